@@ -1,0 +1,1 @@
+"""Pydantic models for every record crossing a topic or the HTTP API."""

@@ -1,0 +1,152 @@
+"""Records the worker publishes on the downstream topics (timeline, profiles, identity, metrics, alerts)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from schemas.touchpoint import Channel, EventType, IdentifierType, SurveyAnswers
+
+
+class Stage(StrEnum):
+    """Journey stage of a touchpoint."""
+
+    PRE_PURCHASE = "pre_purchase"
+    PURCHASE = "purchase"
+    POST_PURCHASE = "post_purchase"
+
+
+class Moment(StrEnum):
+    """Moments of truth: touchpoints where an impression forms."""
+
+    FIRST_PURCHASE = "first_purchase"
+    COMPLAINT = "complaint"
+    SUPPORT_CONTACT = "support_contact"
+    ISSUE_RESOLVED = "issue_resolved"
+    ISSUE_UNRESOLVED = "issue_unresolved"
+    RETURN = "return"
+    LATE_DELIVERY = "late_delivery"
+    PROMOTER = "promoter"
+    PASSIVE = "passive"
+    DETRACTOR = "detractor"
+
+
+#: Moments that count as negative impressions (for alerting).
+NEGATIVE_MOMENTS: frozenset[Moment] = frozenset(
+    {Moment.COMPLAINT, Moment.ISSUE_UNRESOLVED, Moment.RETURN, Moment.LATE_DELIVERY, Moment.DETRACTOR}
+)
+
+_OUT = ConfigDict(extra="forbid", frozen=True)
+
+
+class TimelineEntry(BaseModel):
+    """A touchpoint placed on a customer's timeline, with its stage, moments and issue context."""
+
+    model_config = _OUT
+
+    customer_id: str
+    event_id: str
+    channel: Channel
+    type: EventType
+    occurred_at: AwareDatetime
+    received_at: AwareDatetime
+    stage: Stage
+    moments: tuple[Moment, ...] = ()
+    amount: Decimal | None = None
+    currency: str | None = None
+    issue_key: str | None = Field(default=None, description="issue_id, or reason-derived key when the contact had none.")
+    is_contact: bool = Field(default=False, description="A service/support contact (call, complaint, support request).")
+    contact_number: int = Field(default=0, description="1 for an issue's first contact, 2 for the next, ...; 0 if none.")
+    repeat_contact: bool = Field(default=False, description="The issue already had a contact within the repeat window.")
+    resolved: bool | None = None
+    resolved_at_first_contact: bool | None = None
+    channel_switch: bool = Field(default=False, description="This contact is on another channel than the issue's last.")
+    transfers: int = 0
+    time_to_resolution_s: float | None = None
+    time_since_last_purchase_s: float | None = None
+    survey: SurveyAnswers | None = None
+    source_id: str = ""
+
+
+class CustomerProfile(BaseModel):
+    """Current summary of one customer (compacted topic keyed by customer_id)."""
+
+    model_config = _OUT
+
+    customer_id: str
+    first_seen: AwareDatetime
+    last_seen: AwareDatetime
+    stage: Stage
+    identifiers: dict[IdentifierType, list[str]] = Field(default_factory=dict)
+    events: int = 0
+    purchases: int = 0
+    revenue: Decimal = Decimal(0)
+    contacts: int = 0
+    returns: int = 0
+    open_issues: int = 0
+    channels: dict[Channel, int] = Field(default_factory=dict)
+    merged_into: str | None = Field(default=None, description="Set (tombstone-like) when this customer was merged away.")
+
+
+class IdentityChange(BaseModel):
+    """An identity-graph change: a merge of two customers, with its evidence."""
+
+    model_config = _OUT
+
+    kind: Literal["merge"] = "merge"
+    survivor_id: str
+    merged_id: str
+    event_id: str = Field(description="The event whose identifiers linked the two customers.")
+    identifiers: dict[IdentifierType, str] = Field(default_factory=dict)
+    occurred_at: AwareDatetime
+
+
+class MetricScope(StrEnum):
+    """What a metric figure is about."""
+
+    CUSTOMER = "customer"
+    CHANNEL = "channel"
+    OVERALL = "overall"
+
+
+class MetricUpdate(BaseModel):
+    """One metric over one window for one scope key; re-emitted with a higher revision when it changes."""
+
+    model_config = _OUT
+
+    scope: MetricScope
+    key: str = Field(description="customer_id, channel name, or 'all'.")
+    metric: str
+    window: str = Field(description="Window name: 1h, 1d, 7d, 30d or all.")
+    window_start: AwareDatetime
+    window_end: AwareDatetime
+    numerator: float
+    denominator: float
+    value: float | None
+    status: Literal["provisional", "final"] = "provisional"
+    revision: int = Field(description="Grows with every change; a consumer keeps the highest.")
+
+
+class Severity(StrEnum):
+    """How urgent an alert is."""
+
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+class Alert(BaseModel):
+    """An experience-degradation alert; alert_id is deterministic per cause, so it fires once."""
+
+    model_config = _OUT
+
+    alert_id: str
+    customer_id: str
+    rule: str
+    severity: Severity
+    occurred_at: AwareDatetime
+    evidence: tuple[str, ...] = Field(description="Event ids that caused the alert.")
+    message: str = ""

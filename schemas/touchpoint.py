@@ -1,0 +1,120 @@
+"""The canonical touchpoint event: what every channel adapter produces and the worker consumes."""
+
+from __future__ import annotations
+
+import hashlib
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+
+class Channel(StrEnum):
+    """Where the company met the customer."""
+
+    STORE = "store"
+    PHONE = "phone"
+    WEB = "web"
+    ECOMMERCE = "ecommerce"
+
+
+class IdentifierType(StrEnum):
+    """Typed customer identifiers; the order of declaration is their strength (strongest first)."""
+
+    CRM_ID = "crm_id"
+    LOYALTY_ID = "loyalty_id"
+    EMAIL = "email"
+    PHONE = "phone"
+    WEB_USER_ID = "web_user_id"
+    MARKETPLACE_BUYER_ID = "marketplace_buyer_id"
+    WEB_ANONYMOUS_ID = "web_anonymous_id"
+
+
+#: Strength rank of each identifier type: lower is stronger.
+IDENTIFIER_RANK: dict[IdentifierType, int] = {t: i for i, t in enumerate(IdentifierType)}
+
+
+class EventType(StrEnum):
+    """Channel-independent kind of touchpoint; the journey stage is derived from it."""
+
+    PAGE_VIEW = "page_view"
+    PRODUCT_VIEW = "product_view"
+    SEARCH = "search"
+    ADD_TO_CART = "add_to_cart"
+    CHECKOUT = "checkout"
+    IDENTIFY = "identify"
+    STORE_VISIT = "store_visit"
+    ENQUIRY = "enquiry"
+    PURCHASE = "purchase"
+    SHIPMENT = "shipment"
+    DELIVERY = "delivery"
+    LATE_DELIVERY = "late_delivery"
+    CANCELLATION = "cancellation"
+    RETURN = "return"
+    SUPPORT_CONTACT = "support_contact"
+    REVIEW = "review"
+    SURVEY = "survey"
+    USAGE = "usage"
+    OTHER = "other"
+
+
+NPS = Annotated[int, Field(ge=0, le=10, strict=True)]
+CSAT = Annotated[int, Field(ge=1, le=5, strict=True)]
+CES = Annotated[int, Field(ge=1, le=7, strict=True)]
+
+
+class SurveyAnswers(BaseModel):
+    """Survey scores given with a touchpoint; each scale is bounded (NPS 0-10, CSAT 1-5, CES 1-7)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    nps: NPS | None = None
+    csat: CSAT | None = None
+    ces: CES | None = None
+
+    def is_empty(self) -> bool:
+        """True when no score was given."""
+        return self.nps is None and self.csat is None and self.ces is None
+
+
+class SourceRef(BaseModel):
+    """Where a touchpoint came from, for tracing it back to the source system."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    system: str = Field(description="Source system within the channel: store id, call queue, marketplace, site.")
+    id: str = Field(description="The source's own record id (receipt, call, messageId, order id + status).")
+    file: str | None = None
+    line: int | None = None
+
+
+class TouchpointEvent(BaseModel):
+    """One validated customer touchpoint in canonical form, whatever the channel."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    event_id: str = Field(description="Deterministic id derived from channel + source id: the idempotency key.")
+    channel: Channel
+    type: EventType
+    occurred_at: AwareDatetime
+    received_at: AwareDatetime
+    identifiers: dict[IdentifierType, str] = Field(
+        default_factory=dict, description="Normalised identifiers the channel knows the person by."
+    )
+    amount: Decimal | None = Field(default=None, description="Money value of the touchpoint (order total).")
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] | None = None
+    issue_id: str | None = Field(default=None, description="The case a service contact is about.")
+    reason: str | None = Field(default=None, description="Contact reason; groups contacts when there is no issue id.")
+    resolved: bool | None = Field(default=None, description="Whether a service contact resolved its issue.")
+    transfers: Annotated[int, Field(ge=0)] = 0
+    survey: SurveyAnswers | None = None
+    source: SourceRef
+    attributes: dict[str, Any] = Field(default_factory=dict, description="Free channel-specific attributes.")
+
+
+def derive_event_id(channel: Channel | str, source_id: str) -> str:
+    """Return the deterministic event id for a source record: the same record always gets the same id."""
+    digest = hashlib.sha256(f"{channel}\x1f{source_id}".encode()).hexdigest()
+    return f"{channel}-{digest[:24]}"
+
