@@ -1,0 +1,63 @@
+"""Topic names, all carrying the configured prefix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from schemas.touchpoint import Channel
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """Names of every topic cxstream reads or writes."""
+
+    prefix: str = "cx."
+
+    def channel(self, channel: Channel | str) -> str:
+        """Raw-but-valid touchpoints of one channel, as the adapters publish them."""
+        return f"{self.prefix}touchpoints.{Channel(channel).value}"
+
+    @property
+    def channels(self) -> list[str]:
+        """Every channel topic, in a stable order."""
+        return [self.channel(c) for c in Channel]
+
+    @property
+    def deadletter(self) -> str:
+        """Rejected records with their reason and original bytes."""
+        return f"{self.prefix}deadletter"
+
+    @property
+    def timeline(self) -> str:
+        """TimelineEntry records keyed by customer_id."""
+        return f"{self.prefix}timeline"
+
+    @property
+    def profiles(self) -> str:
+        """CustomerProfile records keyed by customer_id (compacted)."""
+        return f"{self.prefix}profiles"
+
+    @property
+    def identity(self) -> str:
+        """IdentityChange (merge) records keyed by the merged customer_id."""
+        return f"{self.prefix}identity"
+
+    @property
+    def metrics(self) -> str:
+        """MetricUpdate records keyed by scope/key/metric/window/start (compacted)."""
+        return f"{self.prefix}metrics"
+
+    @property
+    def alerts(self) -> str:
+        """Alert records keyed by alert_id."""
+        return f"{self.prefix}alerts"
+
+    @property
+    def outputs(self) -> list[str]:
+        """Every downstream topic."""
+        return [self.timeline, self.profiles, self.identity, self.metrics, self.alerts]
+
+    @property
+    def compacted(self) -> set[str]:
+        """Topics whose consumers only need the latest value per key."""
+        return {self.profiles, self.metrics}

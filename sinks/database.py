@@ -1,0 +1,55 @@
+"""Database engines and schema management for SQLite (embedded default) and PostgreSQL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql import Insert
+
+from sinks.tables import Table
+
+
+def normalise_url(url: str) -> str:
+    """Use psycopg 3 for plain ``postgresql://`` URLs (SQLAlchemy would otherwise pick psycopg2)."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def make_engine(url: str) -> Engine:
+    """Create an engine tuned for batched writes: WAL and one writer for SQLite, pre-ping for PostgreSQL."""
+    url = normalise_url(url)
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # WAL lets readers (the timeline command, tests) query while the worker writes;
+            # synchronous=NORMAL is durable across process crashes, which is the fault we guard against.
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
+
+
+def upsert(engine: Engine, table: Table) -> Insert:
+    """A dialect-specific INSERT for ``INSERT ... ON CONFLICT`` on either database."""
+    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+def upgrade(engine: Engine) -> None:
+    """Bring the schema to the current version (migrations live in sinks/migrations)."""
+    from sinks.migrations import run_migrations
+
+    run_migrations(engine)
+
+
+def table_names(engine: Engine) -> list[str]:
+    """Names of the tables present in the database."""
+    return sorted(inspect(engine).get_table_names())

@@ -1,0 +1,257 @@
+"""The SQL side of a batch: load the state a batch needs, then write state, results and offsets in one transaction.
+
+Keeping per-customer state in the results database (rather than in Faust tables) is what makes the SQL
+results exactly-once without Kafka transactions: state, rows and each input partition's applied offset
+commit together, and a redelivered record at or below the applied offset is skipped (ARCHITECTURE §3, §7).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, delete, func, select, update
+
+from sinks import tables as t
+from sinks.database import upsert
+
+#: Rows per IN (...) list: well under SQLite's bound variables limit.
+CHUNK = 500
+
+CellKey = tuple[str, str, str, datetime]  # scope, key, window, window_start
+
+
+def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def as_utc(ts: datetime) -> datetime:
+    """SQLite hands timestamps back naive; every timestamp in cxstream is UTC."""
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+@dataclass
+class BatchWrite:
+    """Everything one batch changes, written in one transaction."""
+
+    group_id: str
+    offsets: dict[tuple[str, int], int]
+    watermark: datetime | None = None
+    merges: list[dict[str, Any]] = field(default_factory=list)
+    removed_customers: list[str] = field(default_factory=list)
+    customers: list[dict[str, Any]] = field(default_factory=list)
+    identities: list[dict[str, Any]] = field(default_factory=list)
+    touchpoints: list[dict[str, Any]] = field(default_factory=list)
+    cells: list[dict[str, Any]] = field(default_factory=list)
+    removed_cells: list[CellKey] = field(default_factory=list)
+    metric_rows: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    outbox: bytes | None = None
+
+
+class SqlStore:
+    """Reads and writes cxstream's tables for the worker; one instance per worker process."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._upsert = {table: upsert(engine, table) for table in t.metadata.tables.values()}
+
+    # --- reads ----------------------------------------------------------------------------------
+
+    def applied_offsets(self, group_id: str) -> dict[tuple[str, int], int]:
+        """Each input partition's highest offset whose effects are committed."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(t.stream_offsets.c.topic, t.stream_offsets.c.partition, t.stream_offsets.c.applied_offset).where(
+                    t.stream_offsets.c.group_id == group_id
+                )
+            )
+            return {(topic, part): off for topic, part, off in rows}
+
+    def watermark(self, group_id: str) -> datetime | None:
+        """The event-time clock: the latest occurred_at applied so far."""
+        with self.engine.connect() as conn:
+            value = conn.scalar(select(t.stream_clock.c.watermark).where(t.stream_clock.c.group_id == group_id))
+        return as_utc(value) if value else None
+
+    def load_identities(self, conn: Connection, keys: Iterable[str]) -> dict[str, str]:
+        """customer_id of each known identifier key."""
+        found: dict[str, str] = {}
+        c = t.identities.c
+        for chunk in _chunks(sorted(keys)):
+            found.update(conn.execute(select(c.identifier, c.customer_id).where(c.identifier.in_(chunk))).all())
+        return found
+
+    def load_customers(self, conn: Connection, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The stored per-customer state of each known customer."""
+        found: dict[str, dict[str, Any]] = {}
+        c = t.customers.c
+        for chunk in _chunks(sorted(ids)):
+            found.update(conn.execute(select(c.customer_id, c.state).where(c.customer_id.in_(chunk))).all())
+        return found
+
+    def load_cells(self, conn: Connection, keys: Iterable[CellKey]) -> dict[CellKey, dict[str, float]]:
+        """Stored counters of the given metric cells."""
+        groups: dict[tuple[str, str, datetime], list[str]] = defaultdict(list)
+        for scope, key, window, start in keys:
+            groups[(scope, window, start)].append(key)
+        c = t.metric_cells.c
+        found: dict[CellKey, dict[str, float]] = {}
+        for (scope, window, start), names in groups.items():
+            for chunk in _chunks(sorted(names)):
+                rows = conn.execute(
+                    select(c.key, c.counters).where(
+                        and_(c.scope == scope, c.window == window, c.window_start == start, c.key.in_(chunk))
+                    )
+                )
+                for key, counters in rows:
+                    found[(scope, key, window, start)] = counters
+        return found
+
+    def load_customer_cells(self, conn: Connection, customer_ids: Iterable[str]) -> dict[CellKey, dict[str, float]]:
+        """Every metric cell of the given customers (to combine them when customers merge)."""
+        c = t.metric_cells.c
+        found: dict[CellKey, dict[str, float]] = {}
+        for chunk in _chunks(sorted(customer_ids)):
+            rows = conn.execute(
+                select(c.key, c.window, c.window_start, c.counters).where(
+                    and_(c.scope == "customer", c.key.in_(chunk))
+                )
+            )
+            for key, window, start, counters in rows:
+                found[("customer", key, window, as_utc(start))] = counters
+        return found
+
+    def open_cells(self, conn: Connection, closes_before: datetime) -> list[dict[str, Any]]:
+        """Cells not yet final whose window ended before ``closes_before``."""
+        c = t.metric_cells.c
+        rows = conn.execute(
+            select(t.metric_cells).where(and_(c.final.is_(False), c.window_end <= closes_before))
+        ).mappings()
+        return [dict(row) for row in rows]
+
+    # --- the batch transaction ------------------------------------------------------------------
+
+    def write(self, conn: Connection, batch: BatchWrite) -> int | None:
+        """Apply one batch inside the caller's transaction; return the outbox row id, if any."""
+        for merge in batch.merges:
+            survivor, merged = merge["survivor_id"], merge["merged_id"]
+            for table in (t.identities, t.touchpoints, t.alerts, t.identity_merges):
+                column = table.c.survivor_id if table is t.identity_merges else table.c.customer_id
+                conn.execute(update(table).where(column == merged).values({column.name: survivor}))
+        if batch.merges:
+            self._upsert_rows(conn, t.identity_merges, batch.merges, ["merged_id"])
+        if batch.removed_customers:
+            for chunk in _chunks(batch.removed_customers):
+                conn.execute(delete(t.customers).where(t.customers.c.customer_id.in_(chunk)))
+        for scope, key, window, start in batch.removed_cells:
+            for table in (t.metric_cells, t.metrics):
+                c = table.c
+                conn.execute(
+                    delete(table).where(
+                        and_(c.scope == scope, c.key == key, c.window == window, c.window_start == start)
+                    )
+                )
+        self._upsert_rows(conn, t.customers, batch.customers, ["customer_id"])
+        self._upsert_rows(conn, t.identities, batch.identities, ["identifier"], keep=("first_seen",))
+        if batch.touchpoints:
+            conn.execute(self._upsert[t.touchpoints].on_conflict_do_nothing(), batch.touchpoints)
+        self._upsert_rows(conn, t.metric_cells, batch.cells, ["scope", "key", "window", "window_start"])
+        self._upsert_metric_rows(conn, batch.metric_rows)
+        if batch.alerts:
+            conn.execute(self._upsert[t.alerts].on_conflict_do_nothing(), batch.alerts)
+        self._write_offsets(conn, batch)
+        if batch.outbox is not None:
+            return int(
+                conn.execute(
+                    t.outbox.insert()
+                    .values(group_id=batch.group_id, created_at=datetime.now(UTC), payload=batch.outbox)
+                    .returning(t.outbox.c.id)
+                ).scalar_one()
+            )
+        return None
+
+    def _upsert_rows(
+        self,
+        conn: Connection,
+        table: t.Table,
+        rows: list[dict[str, Any]],
+        keys: list[str],
+        keep: tuple[str, ...] = (),
+    ) -> None:
+        if not rows:
+            return
+        stmt = self._upsert[table]
+        changing = {col.name: stmt.excluded[col.name] for col in table.columns if col.name not in keys + list(keep)}
+        conn.execute(stmt.on_conflict_do_update(index_elements=keys, set_=changing), rows)
+
+    def _upsert_metric_rows(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        stmt = self._upsert[t.metrics]
+        keys = ["scope", "key", "metric", "window", "window_start"]
+        changing = {col.name: stmt.excluded[col.name] for col in t.metrics.columns if col.name not in keys}
+        # A revision only replaces an older one: replays and out-of-order writers cannot move a figure back.
+        conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=keys, set_=changing, where=t.metrics.c.revision <= stmt.excluded.revision
+            ),
+            rows,
+        )
+
+    def _write_offsets(self, conn: Connection, batch: BatchWrite) -> None:
+        if batch.offsets:
+            rows = [
+                {"group_id": batch.group_id, "topic": topic, "partition": part, "applied_offset": off}
+                for (topic, part), off in batch.offsets.items()
+            ]
+            stmt = self._upsert[t.stream_offsets]
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["group_id", "topic", "partition"],
+                    set_={"applied_offset": func.max(t.stream_offsets.c.applied_offset, stmt.excluded.applied_offset)}
+                    if conn.dialect.name == "sqlite"
+                    else {"applied_offset": func.greatest(t.stream_offsets.c.applied_offset, stmt.excluded.applied_offset)},
+                ),
+                rows,
+            )
+        if batch.watermark is not None:
+            stmt = self._upsert[t.stream_clock]
+            conn.execute(
+                stmt.on_conflict_do_update(index_elements=["group_id"], set_={"watermark": stmt.excluded.watermark}),
+                [{"group_id": batch.group_id, "watermark": batch.watermark}],
+            )
+
+    # --- outbox ---------------------------------------------------------------------------------
+
+    def pending_outbox(self, group_id: str) -> list[tuple[int, bytes]]:
+        """Outbox rows written but not yet acknowledged by the broker (left by a crash)."""
+        c = t.outbox.c
+        with self.engine.connect() as conn:
+            return [
+                (row_id, bytes(payload))
+                for row_id, payload in conn.execute(
+                    select(c.id, c.payload).where(c.group_id == group_id).order_by(c.id)
+                )
+            ]
+
+    def delete_outbox(self, ids: Sequence[int]) -> None:
+        """Forget outbox rows once their records are acknowledged."""
+        if ids:
+            with self.engine.begin() as conn:
+                conn.execute(delete(t.outbox).where(t.outbox.c.id.in_(list(ids))))
+
+
+def customers_count(engine: Engine) -> int:
+    """Number of customers in the results database."""
+    with engine.connect() as conn:
+        return int(conn.scalar(select(func.count()).select_from(t.customers)) or 0)
+
+
+def mapping_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Plain dict copies of result rows."""
+    return [dict(r) for r in rows]

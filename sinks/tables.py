@@ -1,0 +1,158 @@
+"""SQL tables of cxstream (SQLAlchemy Core). Table and column names are part of the public interface."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+TS = DateTime(timezone=True)
+MONEY = Numeric(18, 4)
+
+customers = Table(
+    "customers",
+    metadata,
+    Column("customer_id", String(64), primary_key=True),
+    Column("first_seen", TS, nullable=False),
+    Column("last_seen", TS, nullable=False),
+    Column("stage", String(32), nullable=False),
+    Column("events", Integer, nullable=False, default=0),
+    Column("purchases", Integer, nullable=False, default=0),
+    Column("revenue", MONEY, nullable=False, default=0),
+    Column("contacts", Integer, nullable=False, default=0),
+    Column("returns", Integer, nullable=False, default=0),
+    Column("open_issues", Integer, nullable=False, default=0),
+    # The stitching engine's per-customer state: one record per customer, written with the results.
+    Column("state", JSON, nullable=False),
+)
+
+identities = Table(
+    "identities",
+    metadata,
+    Column("identifier", String(320), primary_key=True, comment="type:value, value hashed when hashing is on"),
+    Column("id_type", String(32), nullable=False),
+    Column("id_value", String(256), nullable=False),
+    Column("customer_id", String(64), nullable=False, index=True),
+    Column("first_seen", TS, nullable=False),
+    Column("last_seen", TS, nullable=False),
+)
+
+touchpoints = Table(
+    "touchpoints",
+    metadata,
+    Column("event_id", String(64), primary_key=True),
+    Column("customer_id", String(64), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("occurred_at", TS, nullable=False),
+    Column("received_at", TS, nullable=False),
+    Column("committed_at", TS, nullable=False),
+    Column("stage", String(32), nullable=False),
+    Column("moments", String(256), nullable=False, default=""),
+    Column("amount", MONEY),
+    Column("currency", String(3)),
+    Column("issue_id", String(128)),
+    Column("issue_key", String(160)),
+    Column("resolved", Boolean),
+    Column("repeat_contact", Boolean, nullable=False, default=False),
+    Column("nps", Integer),
+    Column("csat", Integer),
+    Column("ces", Integer),
+    Column("source_system", String(128), nullable=False),
+    Column("source_id", String(256), nullable=False),
+    Index("ix_touchpoints_customer_time", "customer_id", "occurred_at"),
+)
+
+metric_cells = Table(
+    "metric_cells",
+    metadata,
+    Column("scope", String(16), primary_key=True),
+    Column("key", String(64), primary_key=True),
+    Column("window", String(8), primary_key=True),
+    Column("window_start", TS, primary_key=True),
+    Column("window_end", TS, nullable=False),
+    # Additive counters of the cell, so windows and merges combine by addition.
+    Column("counters", JSON, nullable=False),
+    Column("final", Boolean, nullable=False, default=False),
+)
+
+metrics = Table(
+    "metrics",
+    metadata,
+    Column("scope", String(16), primary_key=True),
+    Column("key", String(64), primary_key=True),
+    Column("metric", String(48), primary_key=True),
+    Column("window", String(8), primary_key=True),
+    Column("window_start", TS, primary_key=True),
+    Column("window_end", TS, nullable=False),
+    Column("numerator", Float, nullable=False),
+    Column("denominator", Float, nullable=False),
+    Column("value", Float),
+    Column("status", String(16), nullable=False),
+    Column("revision", Integer, nullable=False),
+)
+
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("alert_id", String(64), primary_key=True),
+    Column("customer_id", String(64), nullable=False, index=True),
+    Column("rule", String(64), nullable=False),
+    Column("severity", String(16), nullable=False),
+    Column("occurred_at", TS, nullable=False),
+    Column("evidence", JSON, nullable=False),
+    Column("message", Text, nullable=False, default=""),
+)
+
+identity_merges = Table(
+    "identity_merges",
+    metadata,
+    Column("merged_id", String(64), primary_key=True),
+    Column("survivor_id", String(64), nullable=False, index=True),
+    Column("event_id", String(64), nullable=False),
+    Column("identifiers", JSON, nullable=False),
+    Column("occurred_at", TS, nullable=False),
+)
+
+# --- stream bookkeeping: written in the same transaction as the results ---------------------------
+
+stream_offsets = Table(
+    "stream_offsets",
+    metadata,
+    Column("group_id", String(128), primary_key=True),
+    Column("topic", String(249), primary_key=True),
+    Column("partition", Integer, primary_key=True),
+    Column("applied_offset", BigInteger, nullable=False, comment="highest offset whose effects are committed here"),
+)
+
+stream_clock = Table(
+    "stream_clock",
+    metadata,
+    Column("group_id", String(128), primary_key=True),
+    Column("watermark", TS, comment="max occurred_at applied: the event-time clock for lateness and windows"),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("group_id", String(128), nullable=False),
+    Column("created_at", TS, nullable=False),
+    # The downstream records of one batch, published after commit and deleted once acknowledged.
+    Column("payload", LargeBinary, nullable=False),
+)

@@ -1,0 +1,91 @@
+"""Prometheus metrics of a cxstream process (``cxstream_`` prefix, units in names, ``_total`` counters)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+#: Latency buckets in seconds, from a millisecond to a minute: an event's path spans both.
+LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
+
+
+class Metrics:
+    """The instruments of one process, registered in their own registry (tests run several side by side)."""
+
+    def __init__(self, worker: str, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.worker = worker
+        self.events_in = Counter(
+            "cxstream_events_in_total", "Touchpoint events read by the worker.", ["worker", "channel", "topic"], registry=r
+        )
+        self.events_published = Counter(
+            "cxstream_events_published_total", "Touchpoint events published by an adapter.", ["channel"], registry=r
+        )
+        self.dead_letters = Counter(
+            "cxstream_dead_letters_total",
+            "Records sent to the dead-letter topic.",
+            ["channel", "reason", "stage"],
+            registry=r,
+        )
+        self.duplicates = Counter(
+            "cxstream_duplicates_dropped_total", "Repeated event ids dropped.", ["worker", "channel"], registry=r
+        )
+        self.late_events = Counter(
+            "cxstream_late_events_total",
+            "Out-of-order events: accepted within the allowed lateness, or too late.",
+            ["worker", "outcome"],
+            registry=r,
+        )
+        self.identity_merges = Counter(
+            "cxstream_identity_merges_total", "Customers merged by identity stitching.", ["worker"], registry=r
+        )
+        self.blocked_identifiers = Counter(
+            "cxstream_identifiers_rejected_total",
+            "Identifiers not used for stitching: blocked values or over a per-type limit.",
+            ["worker", "reason"],
+            registry=r,
+        )
+        self.processing_latency = Histogram(
+            "cxstream_processing_latency_seconds",
+            "Event received_at to its timeline entry being applied by the worker.",
+            ["worker"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.end_to_end_latency = Histogram(
+            "cxstream_end_to_end_latency_seconds",
+            "Event received_at to its rows committed in SQL.",
+            ["worker"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.sink_batch_size = Histogram(
+            "cxstream_sink_batch_events", "Events per SQL transaction.", ["worker"], buckets=BATCH_BUCKETS, registry=r
+        )
+        self.sink_write_duration = Histogram(
+            "cxstream_sink_write_duration_seconds",
+            "Duration of one SQL batch transaction.",
+            ["worker"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.sink_retries = Counter(
+            "cxstream_sink_retries_total", "SQL batch writes retried after a transient failure.", ["worker"], registry=r
+        )
+        self.sink_failures = Counter(
+            "cxstream_sink_failures_total",
+            "SQL batch writes that failed (transient: retried; permanent: dead-lettered).",
+            ["worker", "kind"],
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "cxstream_consumer_lag_records",
+            "Records behind the partition's high watermark.",
+            ["worker", "topic", "partition"],
+            registry=r,
+        )
+        self.customers = Gauge("cxstream_customers", "Customers known to the results database.", ["worker"], registry=r)
+        self.outputs_published = Counter(
+            "cxstream_outputs_published_total", "Records published on downstream topics.", ["worker", "topic"], registry=r
+        )

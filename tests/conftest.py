@@ -1,0 +1,99 @@
+"""Shared fixtures: the real embedded broker, real SQLite and PostgreSQL, and worker processes."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from tests.support.processes import free_port
+from tests.support.workers import WorkerFactory
+
+
+@pytest.fixture(scope="session")
+def kafka_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Kafka URL: CXSTREAM_TEST_KAFKA_URL, or the embedded Tansu broker started on a free port."""
+    if os.environ.get("CXSTREAM_TEST_KAFKA_URL"):
+        yield os.environ["CXSTREAM_TEST_KAFKA_URL"]
+        return
+    from streams.broker import start_broker, stop_process
+
+    port = free_port()
+    proc = start_broker(port, log_path=tmp_path_factory.mktemp("broker") / "tansu.log")
+    try:
+        yield f"kafka://127.0.0.1:{port}"
+    finally:
+        stop_process(proc)
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An admin URL of a real PostgreSQL: CXSTREAM_TEST_POSTGRES_URL, or a throwaway server from pgserver.
+
+    Never skips: a PostgreSQL test that cannot reach a server fails.
+    """
+    if os.environ.get("CXSTREAM_TEST_POSTGRES_URL"):
+        yield os.environ["CXSTREAM_TEST_POSTGRES_URL"]
+        return
+    import pgserver
+
+    server = pgserver.get_server(str(tmp_path_factory.mktemp("pg")), cleanup_mode="stop")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+
+
+def _psycopg_url(url: str) -> str:
+    return "postgresql+psycopg://" + url.split("://", 1)[1]
+
+
+@pytest.fixture
+def postgres_url(postgres_server_url: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    name = f"cxs_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(_psycopg_url(postgres_server_url), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    base, _, query = _psycopg_url(postgres_server_url).partition("?")
+    url = base.rsplit("/", 1)[0] + f"/{name}" + (f"?{query}" if query else "")
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A fresh SQLite database file for one test."""
+    return f"sqlite:///{tmp_path / 'cxstream.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """Each test using this runs once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return str(request.getfixturevalue("sqlite_url"))
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    """A topic prefix of the test's own, so tests sharing the broker do not see each other's records."""
+    return f"t{uuid.uuid4().hex[:8]}."
+
+
+@pytest.fixture
+def workers(tmp_path: Path, kafka_url: str) -> Iterator[WorkerFactory]:
+    """Starts `cxstream worker` processes for a test and stops (or kills) them all afterwards."""
+    factory = WorkerFactory(tmp_path, kafka_url)
+    try:
+        yield factory
+    finally:
+        factory.stop_all()
