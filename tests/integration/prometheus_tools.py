@@ -1,0 +1,68 @@
+"""promtool for the integration tests: the one on PATH, or installed from Debian's ``prometheus`` package.
+
+The package is installed for its binaries only. It ships a service, but nothing starts it here: there is no systemd,
+and invoke-rc.d defers to policy-rc.d, which refuses service starts in container images.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+APT_PACKAGE = "prometheus"
+#: apt-get waits this long for the dpkg lock, so a concurrent apt run elsewhere delays the install, not fails it.
+APT_LOCK_TIMEOUT_S = 300
+APT_TIMEOUT_S = 900
+
+
+class PromtoolUnavailable(RuntimeError):
+    """promtool is not on PATH and installing it failed."""
+
+
+def _privileged(cmd: list[str]) -> list[str]:
+    # env passes DEBIAN_FRONTEND through sudo, which resets the environment.
+    cmd = ["env", "DEBIAN_FRONTEND=noninteractive", *cmd]
+    if os.geteuid() == 0:
+        return cmd
+    if shutil.which("sudo"):
+        return ["sudo", "-n", *cmd]  # -n: fail at once rather than wait for a password nobody will type
+    raise PromtoolUnavailable("promtool is missing, and installing it needs root (or sudo)")
+
+
+def _apt_get(*args: str) -> None:
+    cmd = _privileged(["apt-get", "-o", f"DPkg::Lock::Timeout={APT_LOCK_TIMEOUT_S}", *args])
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=APT_TIMEOUT_S, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise PromtoolUnavailable(f"{' '.join(cmd)}: {exc}") from exc
+    if proc.returncode != 0:
+        raise PromtoolUnavailable(
+            f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+        )
+
+
+def ensure_promtool() -> str:
+    """Path of promtool, installing Debian's prometheus package first when it is not on PATH."""
+    found = shutil.which("promtool")
+    if found:
+        return found
+    _apt_get("update")
+    _apt_get("install", "-y", "--no-install-recommends", APT_PACKAGE)
+    found = shutil.which("promtool")
+    if not found:
+        raise PromtoolUnavailable(f"apt-get installed {APT_PACKAGE}, but promtool is still not on PATH")
+    return found
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    """Path of promtool. Fails (never skips) when it cannot be had: the rules would otherwise go unchecked."""
+    try:
+        return ensure_promtool()
+    except PromtoolUnavailable as exc:
+        problem = str(exc)
+    # Outside the except block, so the report is the problem alone, not a chain of tracebacks.
+    pytest.fail(f"promtool unavailable: {problem}", pytrace=False)
