@@ -147,3 +147,16 @@ def load_settings(**overrides: object) -> Settings:
             field = str(err["loc"][0]) if err["loc"] else "?"
             problems.append(f"{ENV_PREFIX}{field.upper()}: {err['msg']} (got {err.get('input')!r})")
         raise SettingsError("invalid configuration:\n  " + "\n  ".join(problems)) from None
+
+
+def settings_markdown() -> str:
+    """The README's configuration table, generated from the Settings fields so the two cannot drift."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, info in Settings.model_fields.items():
+        default = info.default_factory() if info.default_factory else info.default  # type: ignore[call-arg]
+        if isinstance(default, list):
+            default = ",".join(str(v) for v in default)
+        elif isinstance(default, dict):
+            default = ", ".join(f"{k}={v}" for k, v in default.items())
+        rows.append(f"| `{ENV_PREFIX}{name.upper()}` | `{default}` | {info.description} |")
+    return "\n".join(rows)

@@ -93,5 +93,132 @@ def schemas(out: Path) -> None:
         click.echo(str(path))
 
 
+@main.command()
+@click.option(
+    "--channel", "channel", required=True, type=click.Choice(["store", "phone", "web", "ecommerce"]), help="Source channel."
+)
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default=None, help="Default: from the file name.")
+@click.option("--envelope", type=int, default=0, show_default=True, help="Events per Kafka record (0: one per record).")
+@click.option("--strict", is_flag=True, help="Exit 1 if any record was dead-lettered.")
+@click.argument("files", nargs=-1, required=True, type=click.Path(allow_dash=True))
+@click.pass_context
+def publish(ctx: click.Context, channel: str, fmt: str | None, envelope: int, strict: bool, files: tuple[str, ...]) -> None:
+    """Validate source FILES (`-` for stdin) and publish them; bad records go to the dead-letter topic."""
+    from schemas.touchpoint import Channel
+    from streams.adapters.reader import read_records
+    from streams.kafka import BrokerUnreachable, ensure_topics
+    from streams.publisher import Publisher, publish_items
+
+    settings = _settings(ctx)
+    sources = []
+    for name in files:
+        data = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+        file_fmt = fmt or ("csv" if name.endswith(".csv") else "jsonl")
+        sources.append((name, data, file_fmt))
+    try:
+        ensure_topics(settings)
+        publisher = Publisher(settings, envelope_size=envelope)
+    except BrokerUnreachable as exc:
+        total = sum(1 for _, data, _ in sources for line in data.splitlines() if line.strip())
+        raise click.ClickException(f"{exc}\nnothing was sent: {total} records not published") from None
+    for name, data, file_fmt in sources:
+        items = read_records(
+            Channel(channel), data, source_file=name, fmt=file_fmt, default_region=settings.default_phone_region
+        )
+        publish_items(publisher, items)
+    summary = publisher.close()
+    click.echo(summary.render())
+    if not summary.accounted:
+        sys.exit(2)
+    if strict and summary.dead_lettered:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--customers", type=int, default=1000, show_default=True, help="Simulated people.")
+@click.option("--days", type=int, default=7, show_default=True, help="Days of journeys.")
+@click.option("--seed", type=int, default=1, show_default=True, help="Random seed: same seed, same traffic.")
+@click.option("--rate", type=float, default=None, help="Events per second to publish at (default: as fast as possible).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Write <channel>.jsonl files here instead.")
+@click.option("--envelope", type=int, default=0, show_default=True, help="Events per Kafka record (0: one per record).")
+@click.option("--duplicates", type=float, default=0.02, show_default=True, help="Share of re-sent records.")
+@click.option("--late", type=float, default=0.02, show_default=True, help="Share of late, out-of-order records.")
+@click.option("--malformed", type=float, default=0.005, show_default=True, help="Share of malformed lines.")
+@click.pass_context
+def simulate(
+    ctx: click.Context,
+    customers: int,
+    days: int,
+    seed: int,
+    rate: float | None,
+    out: Path | None,
+    envelope: int,
+    duplicates: float,
+    late: float,
+    malformed: float,
+) -> None:
+    """Generate realistic multi-channel journeys and publish them through the adapters (or write files)."""
+    from streams.simulation import run_simulation
+
+    run_simulation(
+        _settings(ctx),
+        customers=customers,
+        days=days,
+        seed=seed,
+        rate=rate,
+        out=out,
+        envelope=envelope,
+        duplicate_rate=duplicates,
+        late_rate=late,
+        malformed_rate=malformed,
+    )
+
+
+@main.command()
+@click.option("--customers", type=int, default=2000, show_default=True)
+@click.option("--days", type=int, default=30, show_default=True)
+@click.option("--rate", type=float, default=200.0, show_default=True, help="Simulated events per second.")
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.pass_context
+def demo(ctx: click.Context, customers: int, days: int, rate: float, seed: int) -> None:
+    """Embedded broker + worker + simulated traffic on SQLite, with /metrics; Ctrl-C stops everything."""
+    from streams.demo import run_demo
+
+    run_demo(_settings(ctx), customers, days, rate, seed)
+
+
+@main.command()
+@click.argument("customer")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def timeline(ctx: click.Context, customer: str, as_json: bool) -> None:
+    """Print the timeline of CUSTOMER (a customer id, or an identifier such as an e-mail or email:a@b.c)."""
+    import orjson
+
+    from sinks.database import make_engine
+    from sinks.queries import customer_timeline, resolve_customer
+
+    engine = make_engine(_settings(ctx).database_url)
+    customer_id = resolve_customer(engine, customer)
+    if customer_id is None:
+        raise click.ClickException(f"no customer known by {customer!r}")
+    data = customer_timeline(engine, customer_id)
+    if as_json:
+        click.echo(orjson.dumps(data, default=str, option=orjson.OPT_INDENT_2).decode())
+        return
+    profile = data["profile"] or {}
+    click.echo(f"customer {customer_id}  stage={profile.get('stage')}  events={profile.get('events')}")
+    click.echo("identifiers: " + ", ".join(data["identifiers"]))
+    stage = None
+    for row in data["touchpoints"]:
+        if row["stage"] != stage:
+            stage = row["stage"]
+            click.echo(f"── {stage.replace('_', '-')} " + "─" * 40)
+        moments = f"  ★ {row['moments']}" if row["moments"] else ""
+        amount = f"  {row['amount']} {row['currency']}" if row["amount"] is not None else ""
+        when = row["occurred_at"].strftime("%Y-%m-%d %H:%M")
+        click.echo(f"  {when}  {row['channel']:<9} {row['type']:<16}{amount}{moments}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,69 @@
+"""`make run`: the embedded default in one command — broker, worker, simulated traffic; Ctrl-C stops it all."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import click
+
+from config.settings import Settings
+from streams.broker import port_is_free, start_broker, stop_process
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise click.ClickException(f"the worker exited with code {proc.returncode}; see its log above")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise click.ClickException(f"the worker did not answer on {url} within {timeout:.0f}s")
+
+
+def run_demo(settings: Settings, customers: int, days: int, rate: float, seed: int) -> None:
+    """Start what is not running yet (broker), then a worker and the simulator; stop everything on Ctrl-C."""
+    children: list[subprocess.Popen[bytes]] = []
+    var = Path(settings.data_dir)
+    var.mkdir(parents=True, exist_ok=True)
+    port = settings.kafka_port
+    local = settings.bootstrap_servers[0].split(":")[0] in ("127.0.0.1", "localhost")
+    try:
+        if local and port_is_free(port):
+            click.echo(f"[demo] starting the embedded broker on 127.0.0.1:{port} (log: {var / 'broker.log'})")
+            children.append(start_broker(port, log_path=var / "broker.log"))
+        else:
+            click.echo(f"[demo] using the broker at {settings.kafka_url}")
+        env = dict(os.environ)
+        cli = [sys.executable, "-m", "streams.cli"]
+        worker = subprocess.Popen([*cli, "worker", "--loglevel", "warning"], env=env, start_new_session=True)
+        children.append(worker)
+        metrics_url = f"http://{settings.web_host}:{settings.web_port}/metrics"
+        _wait_http(metrics_url, worker)
+        click.echo(f"[demo] worker up: metrics at {metrics_url}")
+        click.echo(f"[demo] results in {settings.database_url}  (try: cxstream timeline <customer-or-identifier>)")
+        click.echo(f"[demo] simulating {customers} customers over {days} days at {rate:g} events/s; Ctrl-C stops")
+        sim = subprocess.Popen(
+            [*cli, "simulate", "--customers", str(customers), "--days", str(days), "--seed", str(seed), "--rate", str(rate)],
+            env=env,
+            start_new_session=True,
+        )
+        children.append(sim)
+        while all(c.poll() is None for c in (worker,)):
+            time.sleep(0.5)
+        raise click.ClickException(f"the worker stopped with code {worker.returncode}")
+    except KeyboardInterrupt:
+        click.echo("\n[demo] stopping")
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan children mid-stop
+        for child in reversed(children):
+            stop_process(child, timeout=20)
+        signal.signal(signal.SIGINT, signal.default_int_handler)

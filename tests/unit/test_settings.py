@@ -1,0 +1,55 @@
+"""Settings: defaults, environment overrides, and errors that name the variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from config.settings import SettingsError, load_settings, settings_markdown
+from config.topics import Topics
+from schemas.touchpoint import IdentifierType
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_defaults_are_the_embedded_setup(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("CXSTREAM_KAFKA_URL", "CXSTREAM_DATABASE_URL", "CXSTREAM_TOPIC_PREFIX"):
+        monkeypatch.delenv(var, raising=False)
+    s = load_settings()
+    assert s.kafka_url == "kafka://127.0.0.1:9092"
+    assert s.kafka_port == 9092
+    assert s.database_url.startswith("sqlite:///")
+    assert Topics(s.topic_prefix).channel("web") == "cx.touchpoints.web"
+
+
+def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CXSTREAM_KAFKA_URL", "kafka://a:1,b:2")
+    monkeypatch.setenv("CXSTREAM_METRIC_WINDOWS", "1h, 1d")
+    monkeypatch.setenv("CXSTREAM_IDENTIFIER_LIMITS", '{"crm_id": 2}')
+    s = load_settings()
+    assert s.bootstrap_servers == ["a:1", "b:2"]
+    assert s.metric_windows == ["1h", "1d"]
+    assert s.identifier_limits == {IdentifierType.CRM_ID: 2}
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("CXSTREAM_PARTITIONS", "zero"),
+        ("CXSTREAM_PARTITIONS", "0"),
+        ("CXSTREAM_KAFKA_URL", "http://x"),
+        ("CXSTREAM_DATABASE_URL", "mysql://x"),
+        ("CXSTREAM_METRIC_WINDOWS", "1h,fortnight"),
+        ("CXSTREAM_WEB_PORT", "70000"),
+        ("CXSTREAM_IDENTIFIER_LIMITS", '{"shoe_size": 1}'),
+    ],
+)
+def test_a_bad_value_names_its_variable(monkeypatch: pytest.MonkeyPatch, var: str, value: str) -> None:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(SettingsError, match=var):
+        load_settings()
+
+
+def test_readme_configuration_table_is_current() -> None:
+    assert settings_markdown() in README.read_text(), "run: python -c 'from config.settings import settings_markdown'"
