@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import socket
 import time
 
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
-from kafka.errors import KafkaError, NoBrokersAvailable, TopicAlreadyExistsError
+from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.partitioner.default import murmur2
 
 from config.settings import Settings
@@ -25,18 +26,34 @@ def partition_for(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
-def admin_client(settings: Settings, timeout_s: float = 10.0) -> KafkaAdminClient:
-    """An admin client, or BrokerUnreachable with the URL when no broker answers within ``timeout_s``."""
+def wait_for_broker(settings: Settings, timeout_s: float = 5.0) -> None:
+    """Raise BrokerUnreachable unless a bootstrap server accepts a TCP connection within ``timeout_s``.
+
+    kafka-python's own clients retry for much longer before giving up; an operator wants the answer now.
+    """
     deadline = time.monotonic() + timeout_s
     while True:
-        try:
-            return KafkaAdminClient(
-                bootstrap_servers=settings.bootstrap_servers, client_id="cxstream-admin", request_timeout_ms=10_000
-            )
-        except (NoBrokersAvailable, KafkaError) as exc:
-            if time.monotonic() > deadline:
-                raise BrokerUnreachable(f"no Kafka broker answered at {settings.kafka_url}: {exc}") from exc
-            time.sleep(0.5)
+        for server in settings.bootstrap_servers:
+            host, _, port = server.rpartition(":")
+            try:
+                with socket.create_connection((host, int(port)), timeout=1.0):
+                    return
+            except OSError:
+                continue
+        if time.monotonic() > deadline:
+            raise BrokerUnreachable(f"no Kafka broker answered at {settings.kafka_url}")
+        time.sleep(0.25)
+
+
+def admin_client(settings: Settings) -> KafkaAdminClient:
+    """An admin client, or BrokerUnreachable with the URL when no broker answers."""
+    wait_for_broker(settings)
+    try:
+        return KafkaAdminClient(
+            bootstrap_servers=settings.bootstrap_servers, client_id="cxstream-admin", request_timeout_ms=10_000
+        )
+    except KafkaError as exc:
+        raise BrokerUnreachable(f"no Kafka broker answered at {settings.kafka_url}: {exc}") from exc
 
 
 def ensure_topics(settings: Settings, topics: list[str] | None = None) -> None:
@@ -83,5 +100,5 @@ def make_producer(settings: Settings, *, linger_ms: int = 5, client_id: str = "c
             request_timeout_ms=15_000,
             delivery_timeout_ms=60_000,
         )
-    except (NoBrokersAvailable, KafkaError) as exc:
+    except KafkaError as exc:
         raise BrokerUnreachable(f"no Kafka broker answered at {settings.kafka_url}: {exc}") from exc

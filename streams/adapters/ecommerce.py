@@ -1,0 +1,65 @@
+"""E-commerce adapter: third-party marketplace order records to canonical touchpoints."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from schemas.channels import EcommerceRecord, OrderStatus
+from schemas.touchpoint import Channel, EventType, IdentifierType, SourceRef, TouchpointEvent, derive_event_id
+from streams.adapters.base import collect_identifiers, survey_answers
+
+_TYPES = {
+    OrderStatus.PLACED: EventType.PURCHASE,
+    OrderStatus.SHIPPED: EventType.SHIPMENT,
+    OrderStatus.DELIVERED: EventType.DELIVERY,
+    OrderStatus.DELIVERED_LATE: EventType.LATE_DELIVERY,
+    OrderStatus.RETURNED: EventType.RETURN,
+    OrderStatus.CANCELLED: EventType.CANCELLATION,
+    OrderStatus.REVIEWED: EventType.REVIEW,
+}
+
+#: Statuses whose touchpoint moves money; the others carry the order total in attributes only,
+#: so that summing ``amount`` over purchases never counts an order twice.
+_MONEY_STATUSES = frozenset({OrderStatus.PLACED, OrderStatus.RETURNED})
+
+
+def to_touchpoint(
+    record: EcommerceRecord,
+    *,
+    received_at: datetime,
+    source_file: str | None = None,
+    line: int | None = None,
+    default_region: str = "GB",
+) -> TouchpointEvent:
+    """Convert an order status record; a review rides on it as attributes.review and survey.csat = rating."""
+    identifiers = collect_identifiers(
+        [
+            (IdentifierType.MARKETPLACE_BUYER_ID, "buyer_id", f"{record.marketplace}:{record.buyer_id}"),
+            (IdentifierType.EMAIL, "buyer_email", record.buyer_email),
+        ],
+        default_region,
+    )
+    attributes: dict[str, object] = {
+        "marketplace": record.marketplace,
+        "order_id": record.order_id,
+        "status": str(record.status),
+        "order_total": str(record.total),
+    }
+    if record.items:
+        attributes["items"] = [item.model_dump(mode="json", exclude_none=True) for item in record.items]
+    if record.review is not None:
+        attributes["review"] = record.review.model_dump(mode="json", exclude_none=True)
+    money = record.status in _MONEY_STATUSES
+    return TouchpointEvent(
+        event_id=derive_event_id(Channel.ECOMMERCE, record.source_id),
+        channel=Channel.ECOMMERCE,
+        type=_TYPES[record.status],
+        occurred_at=record.occurred_at,
+        received_at=received_at,
+        identifiers=identifiers,
+        amount=record.total if money else None,
+        currency=record.currency,
+        survey=survey_answers(csat=record.review.rating) if record.review else None,
+        source=SourceRef(system=record.marketplace, id=record.source_id, file=source_file, line=line),
+        attributes=attributes,
+    )

@@ -1,0 +1,115 @@
+"""Web adapter: Segment tracking-spec messages to canonical touchpoints."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+from schemas.channels import SURVEY_ANSWERED, SegmentType, WebRecord, fold_event_name
+from schemas.touchpoint import Channel, EventType, IdentifierType, SourceRef, TouchpointEvent, derive_event_id
+from streams.adapters.base import collect_identifiers, survey_answers
+
+#: Segment e-commerce spec event names (and cxstream's own), keyed by their folded form (see ``fold_event_name``).
+TRACK_EVENTS: dict[str, EventType] = {
+    "product viewed": EventType.PRODUCT_VIEW,
+    "product list viewed": EventType.PAGE_VIEW,
+    "products searched": EventType.SEARCH,
+    "product list filtered": EventType.SEARCH,
+    "product added": EventType.ADD_TO_CART,
+    "checkout started": EventType.CHECKOUT,
+    "order completed": EventType.PURCHASE,
+    "order refunded": EventType.RETURN,
+    "order cancelled": EventType.CANCELLATION,
+    "product reviewed": EventType.REVIEW,
+    SURVEY_ANSWERED: EventType.SURVEY,
+    "support ticket created": EventType.SUPPORT_CONTACT,
+    "complaint submitted": EventType.SUPPORT_CONTACT,
+    "contact form submitted": EventType.SUPPORT_CONTACT,
+    "live chat started": EventType.SUPPORT_CONTACT,
+}
+
+#: An unknown track event naming a support subject and a contact action is a support contact
+#: ("Support Request Sent", "Ticket Opened"); "Support Article Viewed" is not.
+_SUPPORT_SUBJECT = re.compile(r"\b(support|complaint|ticket|case)\b")
+_CONTACT_ACTION = re.compile(r"\b(created|submitted|opened|raised|requested|sent|started|filed|logged)\b")
+_COMPLAINT_WORDS = re.compile(r"\bcomplain(t|ts|ed)?\b")
+
+#: Track events whose touchpoint moves money (amount = properties.revenue, else properties.total).
+_MONEY_TYPES = frozenset({EventType.PURCHASE, EventType.RETURN})
+
+
+def track_event_type(name: str) -> EventType:
+    """Map a Segment track event name to an event type; unknown names are OTHER."""
+    folded = fold_event_name(name)
+    known = TRACK_EVENTS.get(folded)
+    if known is not None:
+        return known
+    if _SUPPORT_SUBJECT.search(folded) and _CONTACT_ACTION.search(folded):
+        return EventType.SUPPORT_CONTACT
+    return EventType.OTHER
+
+
+def _event_type(record: WebRecord) -> EventType:
+    if record.type is SegmentType.IDENTIFY:
+        return EventType.IDENTIFY
+    if record.type is SegmentType.TRACK:
+        assert record.event is not None  # guaranteed by the model validator
+        return track_event_type(record.event)
+    return EventType.PAGE_VIEW
+
+
+def to_touchpoint(
+    record: WebRecord,
+    *,
+    received_at: datetime,
+    source_file: str | None = None,
+    line: int | None = None,
+    default_region: str = "GB",
+) -> TouchpointEvent:
+    """Convert a Segment message: page/screen → PAGE_VIEW, identify → IDENTIFY, track by spec event name."""
+    email_field, email = record.email_trait() or ("traits.email", None)
+    identifiers = collect_identifiers(
+        [
+            (IdentifierType.WEB_ANONYMOUS_ID, "anonymousId", record.anonymous_id),
+            (IdentifierType.WEB_USER_ID, "userId", record.user_id),
+            (IdentifierType.EMAIL, email_field, email),
+        ],
+        default_region,
+    )
+    kind = _event_type(record)
+    props = record.properties
+    attributes: dict[str, object] = {"segment_type": str(record.type)}
+    if record.event is not None:
+        attributes["event"] = record.event
+    if record.name is not None:
+        attributes["name"] = record.name
+    properties = props.model_dump(mode="json", exclude_none=True)
+    if properties:
+        attributes["properties"] = properties
+    rating = (props.model_extra or {}).get("rating")
+    if kind is EventType.REVIEW and isinstance(rating, int | float) and not isinstance(rating, bool):
+        # Segment's Product Reviewed gives no scale, so the rating is not a CSAT answer; the timeline reads it here.
+        attributes["rating"] = rating
+    reason = props.reason
+    if record.event is not None and _COMPLAINT_WORDS.search(fold_event_name(record.event)):
+        # The timeline flags complaints; a complaint form is one even when it names no reason.
+        attributes["complaint"] = True
+        reason = reason or "complaint"
+    money = kind in _MONEY_TYPES
+    support = kind is EventType.SUPPORT_CONTACT
+    return TouchpointEvent(
+        event_id=derive_event_id(Channel.WEB, record.source_id),
+        channel=Channel.WEB,
+        type=kind,
+        occurred_at=record.occurred_at,
+        received_at=received_at,
+        identifiers=identifiers,
+        amount=(props.revenue if props.revenue is not None else props.total) if money else None,
+        currency=props.currency if money else None,
+        issue_id=(props.issue_id or props.ticket_id) if support else None,
+        reason=reason if support else None,
+        resolved=props.resolved if support else None,
+        survey=survey_answers(nps=props.nps, csat=props.csat, ces=props.ces),
+        source=SourceRef(system="web", id=record.source_id, file=source_file, line=line),
+        attributes=attributes,
+    )
