@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from schemas.touchpoint import Channel, TouchpointEvent
 from streams.adapters import ecommerce, phone, store, web
 from streams.adapters.base import Converter
-from streams.domain.identifiers import identifier_key, strongest
+from streams.domain.identifiers import PII_TYPES, identifier_key, strongest
 
 #: The converter of each channel: ``to_touchpoint(record, *, received_at, source_file, line, default_region)``.
 CONVERTERS: dict[Channel, Converter] = {
@@ -17,8 +19,15 @@ CONVERTERS: dict[Channel, Converter] = {
 
 
 def partition_key(event: TouchpointEvent) -> bytes:
-    """Kafka key of an event: its strongest identifier as ``type:value``, else its event id."""
+    """Kafka key of an event: its strongest identifier as ``type:value``, else its event id.
+
+    E-mail addresses and phone numbers are keyed by a digest so personal data does not sit in Kafka keys,
+    which are logged and shown by tools far more readily than values.
+    """
     top = strongest(event.identifiers)
     if top is None:
         return event.event_id.encode()
-    return identifier_key(*top).encode()
+    kind, value = top
+    if kind in PII_TYPES:
+        value = hashlib.sha256(value.encode()).hexdigest()[:32]
+    return identifier_key(kind, value).encode()

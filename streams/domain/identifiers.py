@@ -21,7 +21,8 @@ def normalise_email(value: str) -> str:
     """Lower-case and trim an e-mail address; reject anything without exactly one @ and a domain."""
     email = value.strip().lower()
     local, sep, domain = email.partition("@")
-    if not sep or not local or "." not in domain or "@" in domain or " " in email:
+    labels = domain.split(".")
+    if not sep or not local or len(labels) < 2 or not all(labels) or "@" in domain or any(c.isspace() for c in email):
         raise InvalidIdentifier(f"not an e-mail address: {value!r}")
     return email
 

@@ -333,7 +333,9 @@ def test_web_identify_takes_email_from_traits() -> None:
         IdentifierType.WEB_USER_ID: "u-1",
         IdentifierType.EMAIL: "ann@example.org",
     }
-    assert partition_key(event) == b"email:ann@example.org"
+    key = partition_key(event)
+    assert key.startswith(b"email:") and b"ann" not in key, "personal data is digested in Kafka keys"
+    assert key == partition_key(accept(Channel.WEB, {**identify, "messageId": "other"})), "same person, same key"
 
 
 def test_web_track_takes_email_from_context_traits() -> None:
