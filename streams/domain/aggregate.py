@@ -1,0 +1,294 @@
+"""Windowed metric aggregation: a batch of timeline entries becomes counter deltas per window cell.
+
+The worker's cycle for one batch (all pure here; loading and writing belong to the worker)::
+
+    agg = MetricAggregator.from_settings(settings)
+    for entry in batch.entries:                     # the stitching engine's BatchResult
+        if entry.event_id in batch.replaced:
+            agg.retract(batch.replaced[entry.event_id])
+        agg.add(entry)
+    current = load_counters(agg.touched())          # stored counters of those cells, from SQL
+    out = agg.updates(current)                      # merged counters + MetricRow figures
+    write(out.counters); publish(out.updates)       # in the transaction that stores the offsets
+
+Revisions come from the counters themselves (``revision_of``): the number of entry versions added to or
+withdrawn from the metric's basis. The last record of every (cell, metric) is therefore the same however
+the worker split the entries into batches; where the engine re-emits entries, the versions it emitted (which
+depend on its own batching) are counted too, and the revision still only grows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from typing import TYPE_CHECKING, Literal, NamedTuple
+
+from schemas.outputs import MetricScope, MetricUpdate, TimelineEntry
+from schemas.touchpoint import EventType
+from streams.domain.metrics import (
+    METRICS_BY_SCOPE,
+    RETRACTED,
+    Counters,
+    Metric,
+    contributions,
+    first_purchase_in_window,
+    merge,
+    retraction,
+    revision_of,
+    value_of,
+)
+from streams.domain.windows import ALL_TIME_END, ALL_TIME_START, Window, parse_window
+
+if TYPE_CHECKING:
+    from config.settings import Settings
+
+#: Key of the overall scope.
+OVERALL_KEY = "all"
+
+_CUSTOMER = MetricScope.CUSTOMER
+_CHANNEL = MetricScope.CHANNEL
+_OVERALL = MetricScope.OVERALL
+_PURCHASE = EventType.PURCHASE
+_ALL_TIME_START_S = int(ALL_TIME_START.timestamp())
+_Status = Literal["provisional", "final"]
+
+
+@lru_cache(maxsize=64)
+def _window(name: str) -> Window:
+    return parse_window(name)
+
+
+#: Scope -> counter -> the metrics whose revision that counter moves (its basis, or the basis's _retracted).
+_REVISED_BY: dict[MetricScope, dict[str, tuple[Metric, ...]]] = {
+    scope: {
+        counter: tuple(m for m in metrics if counter in (m.basis, RETRACTED[m.basis]))
+        for counter in {c for m in metrics for c in (m.basis, RETRACTED[m.basis])}
+    }
+    for scope, metrics in METRICS_BY_SCOPE.items()
+}
+
+
+class CellKey(NamedTuple):
+    """One window cell: metrics of one scope key over one window; ``start`` is the window start in epoch seconds."""
+
+    scope: MetricScope
+    key: str
+    window: str
+    start: int
+
+    @property
+    def window_start(self) -> datetime:
+        """Start of the window (inclusive)."""
+        return datetime.fromtimestamp(self.start, tz=UTC)
+
+    @property
+    def window_end(self) -> datetime:
+        """End of the window (exclusive); the all-time window ends at ALL_TIME_END."""
+        seconds = _window(self.window).seconds
+        if seconds is None:
+            return ALL_TIME_END
+        return datetime.fromtimestamp(self.start + seconds, tz=UTC)
+
+
+def _starts(ts: int, seconds: Iterable[int | None]) -> tuple[int, ...]:
+    # Window.bounds' arithmetic on one timestamp for all windows: a datetime per window would dominate add().
+    return tuple(_ALL_TIME_START_S if s is None else ts - ts % s for s in seconds)
+
+
+def cells_for(entry: TimelineEntry, windows: Sequence[Window], customer_windows: Sequence[Window]) -> list[CellKey]:
+    """The cells an entry falls in: its customer's (``customer_windows``), its channel's and overall (``windows``)."""
+    ts = int(entry.occurred_at.timestamp())
+    cells = []
+    for scope, key, wins in (
+        (_CUSTOMER, entry.customer_id, customer_windows),
+        (_CHANNEL, entry.channel.value, windows),
+        (_OVERALL, OVERALL_KEY, windows),
+    ):
+        starts = _starts(ts, (w.seconds for w in wins))
+        cells += [CellKey(scope, key, w.name, start) for w, start in zip(wins, starts, strict=True)]
+    return cells
+
+
+class MetricRow(NamedTuple):
+    """A ``MetricUpdate`` as a plain tuple with the same fields, in the same order.
+
+    Building a pydantic model per figure would cost several times the aggregation itself (a batch yields a
+    few figures per entry), so rows stay tuples: ``_asdict()`` is the SQL row and, through orjson, the JSON of
+    the published record; ``model()`` gives the validated ``MetricUpdate``.
+    """
+
+    scope: MetricScope
+    key: str
+    metric: str
+    window: str
+    window_start: datetime
+    window_end: datetime
+    numerator: float
+    denominator: float
+    value: float | None
+    status: _Status
+    revision: int
+
+    def model(self) -> MetricUpdate:
+        """The validated ``MetricUpdate`` of this row."""
+        return MetricUpdate(**self._asdict())
+
+
+@dataclass(slots=True)
+class AggregateResult:
+    """What one batch produces: the new stored counters of every touched cell, and the figures to publish."""
+
+    counters: dict[CellKey, Counters] = field(default_factory=dict)
+    updates: list[MetricRow] = field(default_factory=list)
+
+
+def _record(
+    cell: CellKey, counters: Mapping[str, float], metrics: Iterable[Metric], status: _Status, bump: int
+) -> list[MetricRow]:
+    start, end = cell.window_start, cell.window_end
+    return [
+        MetricRow(
+            cell.scope,
+            cell.key,
+            metric.name,
+            cell.window,
+            start,
+            end,
+            *value_of(metric, counters),
+            status,
+            revision_of(metric, counters) + bump,
+        )
+        for metric in metrics
+    ]
+
+
+class MetricAggregator:
+    """Accumulates one batch of timeline entries into counter deltas per cell, then merges them into stored ones."""
+
+    def __init__(self, windows: Sequence[Window], customer_windows: Sequence[Window], allowed_lateness_s: float):
+        """Aggregate channel and overall scopes over ``windows``, customers over ``customer_windows``."""
+        self.windows = tuple(windows)
+        self.customer_windows = tuple(customer_windows)
+        self.allowed_lateness_s = allowed_lateness_s
+        # A group in add() spans several windows but purchasers differs by window: it is kept per window
+        # index under a private name until _spread() moves it to its cell.
+        self._purchasers_at = tuple(
+            f"purchasers@{i}" for i in range(max(len(self.windows), len(self.customer_windows)))
+        )
+        self._seconds = tuple(w.seconds for w in self.windows)
+        self._customer_seconds = tuple(w.seconds for w in self.customer_windows)
+        self._groups: dict[tuple[MetricScope, str, tuple[int, ...]], Counters] = {}
+        self._deltas: dict[CellKey, Counters] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MetricAggregator:
+        """An aggregator over the windows and lateness configured in settings."""
+        return cls(
+            [parse_window(w) for w in settings.metric_windows],
+            [parse_window(w) for w in settings.customer_metric_windows],
+            settings.allowed_lateness_s,
+        )
+
+    def add(self, entry: TimelineEntry) -> None:
+        """Add one timeline entry (a new event, or the new version of a re-emitted one) to the batch."""
+        self._apply(entry, contributions(entry), 1)
+
+    def retract(self, entry: TimelineEntry) -> None:
+        """Withdraw the version a re-emitted entry replaces (the engine's ``replaced``); then add the new one."""
+        self._apply(entry, retraction(contributions(entry)), -1)
+
+    def _apply(self, entry: TimelineEntry, contrib: Counters, sign: int) -> None:
+        # Entries are summed per (scope, key, window starts) group, one dict merge per scope instead of one per
+        # window; groups are spread over their window cells once per batch, in _spread().
+        items = contrib.items()
+        ts = int(entry.occurred_at.timestamp())
+        starts = _starts(ts, self._seconds)
+        customer_starts = _starts(ts, self._customer_seconds)
+        purchase = entry.type is _PURCHASE
+        groups = self._groups
+        for group in (
+            (_CUSTOMER, entry.customer_id, customer_starts),
+            (_CHANNEL, entry.channel.value, starts),
+            (_OVERALL, OVERALL_KEY, starts),
+        ):
+            delta = groups.get(group)
+            if delta is None:
+                groups[group] = delta = dict(contrib)
+            else:
+                for name, count in items:
+                    delta[name] = delta.get(name, 0) + count
+            if purchase and group[0] is not _CHANNEL:
+                for i, start in enumerate(group[2]):
+                    if first_purchase_in_window(entry, start * 1_000_000):
+                        name = self._purchasers_at[i]
+                        delta[name] = delta.get(name, 0) + sign
+
+    def add_counters(self, cell: CellKey, counters: Mapping[str, float]) -> None:
+        """Add whole counters to a cell: how a merged customer's cells move into the survivor's."""
+        merge(self._deltas.setdefault(cell, {}), counters)
+
+    def _spread(self) -> dict[CellKey, Counters]:
+        per_window = set(self._purchasers_at)
+        for (scope, key, starts), delta in self._groups.items():
+            shared = [(name, count) for name, count in delta.items() if name not in per_window]
+            windows = self.customer_windows if scope is _CUSTOMER else self.windows
+            for i, (window, start) in enumerate(zip(windows, starts, strict=True)):
+                cell = CellKey(scope, key, window.name, start)
+                target = self._deltas.setdefault(cell, {})
+                for name, count in shared:
+                    target[name] = target.get(name, 0) + count
+                purchasers = delta.get(self._purchasers_at[i])
+                if purchasers:
+                    target["purchasers"] = target.get("purchasers", 0) + purchasers
+        self._groups = {}
+        return self._deltas
+
+    def touched(self) -> list[CellKey]:
+        """Cells the batch changes: the worker loads their stored counters before ``updates``."""
+        return list(self._spread())
+
+    def updates(self, current: Mapping[CellKey, Mapping[str, float]]) -> AggregateResult:
+        """Merge the batch into ``current`` (stored counters; a missing cell is empty) and start a new batch.
+
+        A record is produced for every (cell, metric) whose revision (``revision_of``) grew in this batch, which
+        is whenever an entry version changing its numerator or denominator was added or withdrawn.
+        """
+        result = AggregateResult()
+        for cell, delta in self._spread().items():
+            # Zeros are dropped (a withdrawn version can bring a counter back to 0): a missing counter is 0.
+            counters = {k: v for k, v in merge(dict(current.get(cell, {})), delta).items() if v}
+            result.counters[cell] = counters
+            by_counter = _REVISED_BY[cell.scope]
+            changed: dict[str, Metric] = {}
+            for name, count in delta.items():
+                if count and name in by_counter:
+                    for metric in by_counter[name]:
+                        changed[metric.name] = metric
+            result.updates += _record(cell, counters, changed.values(), "provisional", 0)
+        self._deltas = {}
+        return result
+
+    def closes_at(self, cell: CellKey) -> datetime | None:
+        """When a cell becomes final: window end + allowed lateness; None for the all-time window."""
+        if _window(cell.window).seconds is None:
+            return None
+        return cell.window_end + timedelta(seconds=self.allowed_lateness_s)
+
+    def finalise(
+        self, cells: Mapping[CellKey, Mapping[str, float]], watermark: datetime, since: datetime | None = None
+    ) -> list[MetricRow]:
+        """Final records of the cells that closed at or before ``watermark`` (and after ``since``, if given).
+
+        Every metric the cell ever published is re-published with status final and its revision + 1, so it
+        supersedes the last provisional record; a too-late event can no longer change it.
+        """
+        out: list[MetricRow] = []
+        for cell, counters in cells.items():
+            closes = self.closes_at(cell)
+            if closes is None or closes > watermark or (since is not None and closes <= since):
+                continue
+            present = [m for m in METRICS_BY_SCOPE[cell.scope] if revision_of(m, counters)]
+            out += _record(cell, counters, present, "final", 1)
+        return out
