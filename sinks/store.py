@@ -8,12 +8,12 @@ commit together, and a redelivered record at or below the applied offset is skip
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, func, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, delete, func, select, update
 
 from sinks import tables as t
 from sinks.database import upsert
@@ -41,6 +41,7 @@ class BatchWrite:
     group_id: str
     offsets: dict[tuple[str, int], int]
     watermark: datetime | None = None
+    swept_to: datetime | None = None
     merges: list[dict[str, Any]] = field(default_factory=list)
     removed_customers: list[str] = field(default_factory=list)
     customers: list[dict[str, Any]] = field(default_factory=list)
@@ -72,11 +73,14 @@ class SqlStore:
             )
             return {(topic, part): off for topic, part, off in rows}
 
-    def watermark(self, group_id: str) -> datetime | None:
-        """The event-time clock: the latest occurred_at applied so far."""
+    def clock(self, group_id: str) -> tuple[datetime | None, datetime | None]:
+        """The event-time clock: the latest occurred_at applied, and how far windows were swept."""
+        c = t.stream_clock.c
         with self.engine.connect() as conn:
-            value = conn.scalar(select(t.stream_clock.c.watermark).where(t.stream_clock.c.group_id == group_id))
-        return as_utc(value) if value else None
+            row = conn.execute(select(c.watermark, c.swept_to).where(c.group_id == group_id)).first()
+        if row is None:
+            return None, None
+        return (as_utc(row[0]) if row[0] else None), (as_utc(row[1]) if row[1] else None)
 
     def load_identities(self, conn: Connection, keys: Iterable[str]) -> dict[str, str]:
         """customer_id of each known identifier key."""
@@ -126,40 +130,61 @@ class SqlStore:
                 found[("customer", key, window, as_utc(start))] = counters
         return found
 
-    def open_cells(self, conn: Connection, closes_before: datetime) -> list[dict[str, Any]]:
-        """Cells not yet final whose window ended before ``closes_before``."""
+    def closable_cells(self, conn: Connection, ended_by: datetime) -> dict[CellKey, dict[str, float]]:
+        """Counters of the cells not yet final whose window ended at or before ``ended_by``."""
         c = t.metric_cells.c
         rows = conn.execute(
-            select(t.metric_cells).where(and_(c.final.is_(False), c.window_end <= closes_before))
-        ).mappings()
-        return [dict(row) for row in rows]
+            select(c.scope, c.key, c.window, c.window_start, c.counters).where(
+                and_(c.final.is_(False), c.window_end <= ended_by)
+            )
+        )
+        return {(scope, key, window, as_utc(start)): counters for scope, key, window, start, counters in rows}
+
+    def customers_with_open_issues(self, conn: Connection) -> dict[str, dict[str, Any]]:
+        """State of every customer with an open issue (for overdue-issue alerts)."""
+        c = t.customers.c
+        return dict(conn.execute(select(c.customer_id, c.state).where(c.open_issues > 0)).all())
 
     # --- the batch transaction ------------------------------------------------------------------
 
     def write(self, conn: Connection, batch: BatchWrite) -> int | None:
         """Apply one batch inside the caller's transaction; return the outbox row id, if any."""
-        for merge in batch.merges:
-            survivor, merged = merge["survivor_id"], merge["merged_id"]
+        if batch.merges:
+            # Merges in order, each re-pointing the merged customer's rows; one executemany per table.
+            pairs = [{"m": merge["merged_id"], "s": merge["survivor_id"]} for merge in batch.merges]
             for table in (t.identities, t.touchpoints, t.alerts, t.identity_merges):
                 column = table.c.survivor_id if table is t.identity_merges else table.c.customer_id
-                conn.execute(update(table).where(column == merged).values({column.name: survivor}))
-        if batch.merges:
+                conn.execute(update(table).where(column == bindparam("m")).values({column.name: bindparam("s")}), pairs)
             self._upsert_rows(conn, t.identity_merges, batch.merges, ["merged_id"])
         if batch.removed_customers:
             for chunk in _chunks(batch.removed_customers):
                 conn.execute(delete(t.customers).where(t.customers.c.customer_id.in_(chunk)))
-        for scope, key, window, start in batch.removed_cells:
+        if batch.removed_cells:
+            cells = [{"sc": sc, "k": k, "w": w, "st": st} for sc, k, w, st in batch.removed_cells]
             for table in (t.metric_cells, t.metrics):
                 c = table.c
-                conn.execute(
-                    delete(table).where(
-                        and_(c.scope == scope, c.key == key, c.window == window, c.window_start == start)
-                    )
+                where = and_(
+                    c.scope == bindparam("sc"), c.key == bindparam("k"), c.window == bindparam("w"), c.window_start == bindparam("st")
                 )
+                conn.execute(delete(table).where(where), cells)
         self._upsert_rows(conn, t.customers, batch.customers, ["customer_id"])
-        self._upsert_rows(conn, t.identities, batch.identities, ["identifier"], keep=("first_seen",))
-        if batch.touchpoints:
-            conn.execute(self._upsert[t.touchpoints].on_conflict_do_nothing(), batch.touchpoints)
+        if batch.identities:
+            stmt = self._upsert[t.identities]
+            c = t.identities.c
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["identifier"],
+                    set_={
+                        "customer_id": stmt.excluded.customer_id,
+                        "first_seen": _least(conn, c.first_seen, stmt.excluded.first_seen),
+                        "last_seen": _greatest(conn, c.last_seen, stmt.excluded.last_seen),
+                    },
+                ),
+                batch.identities,
+            )
+        # Entries are re-emitted when a later event changes them (a late contact, a merge): last version wins,
+        # but committed_at keeps the first commit, which end-to-end latency is measured against.
+        self._upsert_rows(conn, t.touchpoints, batch.touchpoints, ["event_id"], keep=("committed_at",))
         self._upsert_rows(conn, t.metric_cells, batch.cells, ["scope", "key", "window", "window_start"])
         self._upsert_metric_rows(conn, batch.metric_rows)
         if batch.alerts:
@@ -210,20 +235,29 @@ class SqlStore:
                 for (topic, part), off in batch.offsets.items()
             ]
             stmt = self._upsert[t.stream_offsets]
+            applied = t.stream_offsets.c.applied_offset
             conn.execute(
                 stmt.on_conflict_do_update(
                     index_elements=["group_id", "topic", "partition"],
-                    set_={"applied_offset": func.max(t.stream_offsets.c.applied_offset, stmt.excluded.applied_offset)}
-                    if conn.dialect.name == "sqlite"
-                    else {"applied_offset": func.greatest(t.stream_offsets.c.applied_offset, stmt.excluded.applied_offset)},
+                    set_={"applied_offset": _greatest(conn, applied, stmt.excluded.applied_offset)},
                 ),
                 rows,
             )
         if batch.watermark is not None:
+            # Workers sharing a group write the same clock row: it only moves forward.
             stmt = self._upsert[t.stream_clock]
+            c = t.stream_clock.c
             conn.execute(
-                stmt.on_conflict_do_update(index_elements=["group_id"], set_={"watermark": stmt.excluded.watermark}),
-                [{"group_id": batch.group_id, "watermark": batch.watermark}],
+                stmt.on_conflict_do_update(
+                    index_elements=["group_id"],
+                    set_={
+                        "watermark": _greatest(conn, c.watermark, stmt.excluded.watermark),
+                        "swept_to": func.coalesce(
+                            _greatest(conn, c.swept_to, stmt.excluded.swept_to), c.swept_to, stmt.excluded.swept_to
+                        ),
+                    },
+                ),
+                [{"group_id": batch.group_id, "watermark": batch.watermark, "swept_to": batch.swept_to}],
             )
 
     # --- outbox ---------------------------------------------------------------------------------
@@ -246,12 +280,16 @@ class SqlStore:
                 conn.execute(delete(t.outbox).where(t.outbox.c.id.in_(list(ids))))
 
 
+def _greatest(conn: Connection, a: Any, b: Any) -> Any:
+    return func.max(a, b) if conn.dialect.name == "sqlite" else func.greatest(a, b)
+
+
+def _least(conn: Connection, a: Any, b: Any) -> Any:
+    return func.min(a, b) if conn.dialect.name == "sqlite" else func.least(a, b)
+
+
 def customers_count(engine: Engine) -> int:
     """Number of customers in the results database."""
     with engine.connect() as conn:
         return int(conn.scalar(select(func.count()).select_from(t.customers)) or 0)
 
-
-def mapping_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Plain dict copies of result rows."""
-    return [dict(r) for r in rows]

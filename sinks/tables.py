@@ -73,7 +73,6 @@ touchpoints = Table(
     Column("nps", Integer),
     Column("csat", Integer),
     Column("ces", Integer),
-    Column("source_system", String(128), nullable=False),
     Column("source_id", String(256), nullable=False),
     Index("ix_touchpoints_customer_time", "customer_id", "occurred_at"),
 )
@@ -145,6 +144,7 @@ stream_clock = Table(
     metadata,
     Column("group_id", String(128), primary_key=True),
     Column("watermark", TS, comment="max occurred_at applied: the event-time clock for lateness and windows"),
+    Column("swept_to", TS, comment="watermark up to which windows were finalised and overdue issues alerted"),
 )
 
 outbox = Table(

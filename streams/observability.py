@@ -29,7 +29,7 @@ class Metrics:
             registry=r,
         )
         self.duplicates = Counter(
-            "cxstream_duplicates_dropped_total", "Repeated event ids dropped.", ["worker", "channel"], registry=r
+            "cxstream_duplicates_dropped_total", "Repeated event ids dropped.", ["worker"], registry=r
         )
         self.late_events = Counter(
             "cxstream_late_events_total",

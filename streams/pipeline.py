@@ -1,34 +1,38 @@
 """One batch of input records through the whole domain, into one SQL transaction and one outbox row.
 
-This is the worker's work without Faust: decode and validate envelopes, skip what was already applied,
-stitch identities and timelines, aggregate metrics, evaluate alerts, and write everything with the
-input offsets. The Faust agent (streams/worker.py) only feeds it batches and publishes the outbox.
+This is the worker's work without Faust: decode and validate events, skip what was already applied,
+stitch identities and timelines, aggregate metrics, evaluate alerts, and write everything together with
+the input offsets. The Faust agent (streams/worker.py) only feeds it batches and publishes the outbox.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter as Tally
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 from pydantic import ValidationError
+from sqlalchemy import Connection
 
 from config.settings import Settings
 from config.topics import Topics
 from schemas.deadletter import DeadLetter
-from schemas.outputs import Alert, MetricScope, MetricUpdate, TimelineEntry
+from schemas.outputs import Alert, MetricScope, TimelineEntry
 from schemas.touchpoint import TouchpointEvent
-from sinks.store import BatchWrite, CellKey, SqlStore, as_utc
-from streams.domain.aggregate import MetricAggregator
-from streams.domain.alerts import evaluate as evaluate_alerts
-from streams.domain.customer import CustomerState
-from streams.domain.engine import BatchResult, StateView, StitchEngine, required_keys
+from sinks.store import BatchWrite, SqlStore, as_utc
+from sinks.store import CellKey as SqlCell
+from streams.domain.aggregate import CellKey, MetricAggregator, MetricRow
+from streams.domain.alerts import OpenIssueInfo, evaluate, overdue
+from streams.domain.customer import REASON_PREFIX, CustomerState, timeline_entry
+from streams.domain.engine import BatchResult, StateView, StitchEngine
 
 log = logging.getLogger(__name__)
+
+#: How far back an alert rule looks from a new entry (the longest rule window, late delivery → contact).
+ALERT_LOOKBACK = timedelta(days=14)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +73,8 @@ class BatchReport:
     skipped_records: int = 0
     dead_letters: list[DeadLetter] = field(default_factory=list)
     result: BatchResult | None = None
+    late_accepted: int = 0
+    alerts: int = 0
     outbox_id: int | None = None
     outputs: Outputs = field(default_factory=Outputs)
     committed_at: datetime | None = None
@@ -83,31 +89,34 @@ class BatchProcessor:
         self.topics = Topics(settings.topic_prefix)
         self.group_id = settings.app_id
         self.engine = StitchEngine(settings)
+        self.lateness = timedelta(seconds=settings.allowed_lateness_s)
         self.applied: dict[tuple[str, int], int] = {}
         self.watermark: datetime | None = None
+        self.swept_to: datetime | None = None
         self.reload()
 
     def reload(self) -> None:
-        """Re-read applied offsets and the event-time clock (at start and after every rebalance)."""
+        """Re-read applied offsets and the event-time clock (at start, after a rebalance or a failed write)."""
         self.applied = self.store.applied_offsets(self.group_id)
-        self.watermark = self.store.watermark(self.group_id)
+        self.watermark, self.swept_to = self.store.clock(self.group_id)
 
     # --- decoding -------------------------------------------------------------------------------
 
     def decode(self, records: Sequence[InRecord], report: BatchReport) -> dict[tuple[str, int], int]:
         """Validate the new records' events into ``report``; return the highest offset seen per partition."""
         offsets: dict[tuple[str, int], int] = {}
+        prefix = f"{self.settings.topic_prefix}touchpoints."
         for rec in records:
             tp = (rec.topic, rec.partition)
             if rec.offset <= self.applied.get(tp, -1):
                 report.skipped_records += 1  # applied before a crash or rebalance: its effects are committed
                 continue
             offsets[tp] = max(offsets.get(tp, -1), rec.offset)
-            channel = rec.topic.removeprefix(f"{self.settings.topic_prefix}touchpoints.")
+            channel = rec.topic.removeprefix(prefix)
             try:
                 body = orjson.loads(rec.value)
             except orjson.JSONDecodeError as exc:
-                report.dead_letters.append(self._dead(channel, "invalid_json", str(exc), rec.value))
+                report.dead_letters.append(_dead(channel, "invalid_json", str(exc), rec.value))
                 continue
             items = body if isinstance(body, list) else [body]
             for item in items:
@@ -115,19 +124,8 @@ class BatchProcessor:
                     report.events.append(TouchpointEvent.model_validate(item))
                 except ValidationError as exc:
                     raw = rec.value if len(items) == 1 else orjson.dumps(item)
-                    report.dead_letters.append(self._dead(channel, "validation_error", _describe(exc), raw))
+                    report.dead_letters.append(_dead(channel, "validation_error", _describe(exc), raw))
         return offsets
-
-    @staticmethod
-    def _dead(channel: str | None, reason: str, detail: str, raw: bytes, stage: str = "worker") -> DeadLetter:
-        return DeadLetter(
-            channel=channel,
-            reason=reason,
-            detail=detail,
-            stage=stage,
-            rejected_at=datetime.now(UTC),
-            original_b64=DeadLetter.encode(raw),
-        )
 
     # --- the batch --------------------------------------------------------------------------------
 
@@ -138,37 +136,56 @@ class BatchProcessor:
         if not offsets:
             return report
         with self.store.engine.begin() as conn:
-            view = StateView(identities=self.store.load_identities(conn, required_keys(report.events, self.settings)))
+            view = StateView(identities=self.store.load_identities(conn, self.engine.required_keys(report.events)))
             view.customers = {
                 cid: CustomerState.from_dict(state)
                 for cid, state in self.store.load_customers(conn, set(view.identities.values())).items()
             }
             result = self.engine.apply(report.events, view, self.watermark)
             report.result = result
-            write = BatchWrite(group_id=self.group_id, offsets=offsets, watermark=result.watermark)
-            outputs = report.outputs
-            self._stitching_rows(result, view, write, outputs)
-            self._metric_rows(conn, result, view, write, outputs)
-            for event in result.too_late:
-                dead = self._dead(
-                    event.channel,
-                    "too_late",
-                    f"occurred_at {event.occurred_at.isoformat()} is older than the allowed lateness",
-                    event.model_dump_json().encode(),
+            if self.watermark is not None:
+                report.late_accepted = sum(1 for e in report.events if e.occurred_at < self.watermark) - len(
+                    result.too_late
                 )
-                report.dead_letters.append(dead)
+            write = BatchWrite(group_id=self.group_id, offsets=offsets, watermark=result.watermark)
+            self._stitching(result, view, report, write)
+            self._metrics(conn, result, write, report.outputs)
+            self._alerts(result, view, write, report)
+            self._sweep(conn, result.watermark, write, report)
+            for event in result.too_late:
+                detail = f"occurred_at {event.occurred_at.isoformat()} is older than the allowed lateness"
+                report.dead_letters.append(_dead(event.channel.value, "too_late", detail, event.model_dump_json().encode()))
             for dead in report.dead_letters:
-                outputs.add(self.topics.deadletter, dead.channel or "", dead.model_dump_json().encode())
-            write.outbox = outputs.encode() if outputs.records else None
+                report.outputs.add(self.topics.deadletter, dead.channel or "", dead.model_dump_json().encode())
+            write.outbox = report.outputs.encode() if report.outputs.records else None
             report.outbox_id = self.store.write(conn, write)
         report.committed_at = datetime.now(UTC)
         self.applied.update(offsets)
         self.watermark = result.watermark
+        self.swept_to = write.swept_to or self.swept_to
         return report
 
-    def _stitching_rows(self, result: BatchResult, view: StateView, write: BatchWrite, outputs: Outputs) -> None:
-        topics = self.topics
-        now = datetime.now(UTC)
+    def reject(self, records: Sequence[InRecord], reason: str, detail: str) -> BatchReport:
+        """Dead-letter records the database will never accept, and mark them applied, in one transaction."""
+        report = BatchReport()
+        offsets: dict[tuple[str, int], int] = {}
+        prefix = f"{self.settings.topic_prefix}touchpoints."
+        for rec in records:
+            tp = (rec.topic, rec.partition)
+            if rec.offset > self.applied.get(tp, -1):
+                offsets[tp] = max(offsets.get(tp, -1), rec.offset)
+                dead = _dead(rec.topic.removeprefix(prefix), reason, detail, rec.value)
+                report.dead_letters.append(dead)
+                report.outputs.add(self.topics.deadletter, dead.channel or "", dead.model_dump_json().encode())
+        if offsets:
+            with self.store.engine.begin() as conn:
+                write = BatchWrite(group_id=self.group_id, offsets=offsets, outbox=report.outputs.encode())
+                report.outbox_id = self.store.write(conn, write)
+            self.applied.update(offsets)
+        return report
+
+    def _stitching(self, result: BatchResult, view: StateView, report: BatchReport, write: BatchWrite) -> None:
+        topics, outputs = self.topics, report.outputs
         for merge in result.merges:
             write.merges.append(
                 {
@@ -176,18 +193,20 @@ class BatchProcessor:
                     "merged_id": merge.merged_id,
                     "event_id": merge.event_id,
                     "identifiers": {str(k): v for k, v in merge.identifiers.items()},
-                    "occurred_at": merge.occurred_at,
+                    "occurred_at": as_utc(merge.occurred_at),
                 }
             )
             outputs.add(topics.identity, merge.merged_id, merge.model_dump_json().encode())
-        write.removed_customers = sorted(result.removed)
+        write.removed_customers = list(result.removed)
         for profile in result.profiles:
-            state = view.customers[profile.customer_id]
+            outputs.add(topics.profiles, profile.customer_id, profile.model_dump_json().encode())
+            if profile.merged_into is not None:
+                continue
             write.customers.append(
                 {
                     "customer_id": profile.customer_id,
-                    "first_seen": profile.first_seen,
-                    "last_seen": profile.last_seen,
+                    "first_seen": as_utc(profile.first_seen),
+                    "last_seen": as_utc(profile.last_seen),
                     "stage": profile.stage.value,
                     "events": profile.events,
                     "purchases": profile.purchases,
@@ -195,59 +214,145 @@ class BatchProcessor:
                     "contacts": profile.contacts,
                     "returns": profile.returns,
                     "open_issues": profile.open_issues,
-                    "state": state.to_dict(),
+                    "state": view.customers[profile.customer_id].to_dict(),
                 }
             )
-            outputs.add(topics.profiles, profile.customer_id, profile.model_dump_json().encode())
-        for key, (customer_id, first_seen, last_seen) in result.identities.items():
-            id_type, _, id_value = key.partition(":")
-            write.identities.append(
-                {
-                    "identifier": key,
-                    "id_type": id_type,
-                    "id_value": id_value,
-                    "customer_id": customer_id,
-                    "first_seen": first_seen,
-                    "last_seen": last_seen,
-                }
-            )
+        write.identities = self._identity_rows(report.events, result)
+        now = report.committed_at or datetime.now(UTC)
         for entry in result.entries:
             write.touchpoints.append(_touchpoint_row(entry, now))
             outputs.add(topics.timeline, entry.customer_id, entry.model_dump_json().encode())
 
-    def _metric_rows(
-        self, conn: Any, result: BatchResult, view: StateView, write: BatchWrite, outputs: Outputs
-    ) -> None:
-        aggregator = MetricAggregator(self.settings)
-        for merge in result.merges:
-            aggregator.absorb_customer(
-                merge.merged_id,
-                merge.survivor_id,
-                self.store.load_customer_cells(conn, [merge.merged_id]),
+    def _identity_rows(self, events: Iterable[TouchpointEvent], result: BatchResult) -> list[dict[str, Any]]:
+        """Identity rows of the keys this batch's events carried, with when each was first and last seen."""
+        seen: dict[str, tuple[datetime, datetime]] = {}
+        for event in events:
+            at = as_utc(event.occurred_at)
+            for key in self.engine.rules.keys_of(event).keys:
+                if key in result.identities:
+                    first, last = seen.get(key, (at, at))
+                    seen[key] = (min(first, at), max(last, at))
+        rows = []
+        for key, (first, last) in seen.items():
+            id_type, _, id_value = key.partition(":")
+            rows.append(
+                {
+                    "identifier": key,
+                    "id_type": id_type,
+                    "id_value": id_value,
+                    "customer_id": result.identities[key],
+                    "first_seen": first,
+                    "last_seen": last,
+                }
             )
+        return rows
+
+    def _metrics(self, conn: Connection, result: BatchResult, write: BatchWrite, outputs: Outputs) -> None:
+        aggregator = MetricAggregator.from_settings(self.settings)
+        survivors = {m.merged_id: m.survivor_id for m in result.merges}
+        if survivors:
+            # Merged customers' metric cells move into the survivor's: history is combined, not lost.
+            for (scope, key, window, start), counters in self.store.load_customer_cells(conn, survivors).items():
+                survivor = survivors[key]
+                while survivor in survivors:
+                    survivor = survivors[survivor]
+                aggregator.add_counters(CellKey(MetricScope(scope), survivor, window, int(start.timestamp())), counters)
+                write.removed_cells.append((scope, key, window, start))
         for entry in result.entries:
+            old = result.replaced.get(entry.event_id)
+            if old is not None:
+                aggregator.retract(old)
             aggregator.add(entry)
-        current = self.store.load_cells(conn, aggregator.touched())
-        cells, updates = aggregator.updates(current)
-        write.removed_cells = aggregator.removed()
-        for cell_key, counters in cells.items():
-            scope, key, window, start = cell_key
-            write.cells.append(_cell_row(cell_key, counters, aggregator.window_end(cell_key)))
-        for update in updates:
-            write.metric_rows.append(_metric_row(update))
-            outputs.add(self.topics.metrics, _metric_key(update), update.model_dump_json().encode())
-        alerts: list[Alert] = []
+        touched = aggregator.touched()
+        stored = self.store.load_cells(conn, [_sql_cell(c) for c in touched])
+        current = {cell: stored[_sql_cell(cell)] for cell in touched if _sql_cell(cell) in stored}
+        merged = aggregator.updates(current)
+        for cell, counters in merged.counters.items():
+            write.cells.append(_cell_row(cell, counters, final=False))
+        self._metric_outputs(merged.updates, write, outputs)
+
+    def _metric_outputs(self, rows: Iterable[MetricRow], write: BatchWrite, outputs: Outputs) -> None:
+        topic = self.topics.metrics
+        for row in rows:
+            data = row._asdict()
+            data["scope"] = row.scope.value
+            write.metric_rows.append(data)
+            key = f"{data['scope']}|{row.key}|{row.metric}|{row.window}|{row.window_start.isoformat()}"
+            outputs.add(topic, key, orjson.dumps(data))
+
+    def _alerts(self, result: BatchResult, view: StateView, write: BatchWrite, report: BatchReport) -> None:
+        recent: dict[str, list[TimelineEntry]] = {}
+        fired: dict[str, Alert] = {}
         for entry in result.entries:
-            state = view.customers.get(entry.customer_id)
-            recent = state.recent_entries() if state else [entry]
-            alerts.extend(evaluate_alerts(entry, recent, self.settings))
-        seen: set[str] = set()
+            if not (entry.is_contact or entry.survey or entry.moments):
+                continue  # no rule is about a plain touchpoint: skip building the customer's recent timeline
+            timeline = recent.get(entry.customer_id)
+            if timeline is None:
+                timeline = recent[entry.customer_id] = self._recent(view.customers.get(entry.customer_id))
+            for alert in evaluate(entry, timeline, self.settings):
+                fired.setdefault(alert.alert_id, alert)
+        self._alert_rows(fired.values(), write, report)
+
+    def _recent(self, state: CustomerState | None) -> list[TimelineEntry]:
+        if state is None:
+            return []
+        policy = self.engine.policy
+        horizon = state.last_seen - 2 * ALERT_LOOKBACK.total_seconds()
+        return [
+            timeline_entry(state.customer_id, row, state.derive(row, policy)) for row in state.timeline if row[0] >= horizon
+        ]
+
+    def _alert_rows(self, alerts: Iterable[Alert], write: BatchWrite, report: BatchReport) -> None:
         for alert in alerts:
-            if alert.alert_id in seen:
-                continue
-            seen.add(alert.alert_id)
-            write.alerts.append(_alert_row(alert))
-            outputs.add(self.topics.alerts, alert.customer_id, alert.model_dump_json().encode())
+            write.alerts.append(
+                {
+                    "alert_id": alert.alert_id,
+                    "customer_id": alert.customer_id,
+                    "rule": alert.rule,
+                    "severity": alert.severity.value,
+                    "occurred_at": as_utc(alert.occurred_at),
+                    "evidence": list(alert.evidence),
+                    "message": alert.message,
+                }
+            )
+            report.outputs.add(self.topics.alerts, alert.customer_id, alert.model_dump_json().encode())
+            report.alerts += 1
+
+    def _sweep(self, conn: Connection, watermark: datetime | None, write: BatchWrite, report: BatchReport) -> None:
+        """When event time has moved on by an hour: finalise closed windows and alert on overdue issues."""
+        if watermark is None or (self.swept_to is not None and watermark < self.swept_to + timedelta(hours=1)):
+            return
+        since = self.swept_to
+        aggregator = MetricAggregator.from_settings(self.settings)
+        closable = self.store.closable_cells(conn, watermark - self.lateness)
+        cells = {_domain_cell(key): counters for key, counters in closable.items()}
+        self._metric_outputs(aggregator.finalise(cells, watermark), write, report.outputs)
+        finalised = {_sql_cell(cell) for cell in cells}
+        write.cells = [row for row in write.cells if _row_cell(row) not in finalised]
+        write.cells += [_cell_row(cell, counters, final=True) for cell, counters in cells.items()]
+        alerts: dict[str, Alert] = {}
+        policy = self.engine.policy
+        for customer_id, data in self.store.customers_with_open_issues(conn).items():
+            state = CustomerState.from_dict(data)
+            issues = {
+                issue.key: OpenIssueInfo(datetime.fromtimestamp(issue.first_contact_at, UTC))
+                for issue in state.open_issues(policy)
+            }
+            for alert in overdue(customer_id, issues, watermark, self.settings, since=since):
+                alerts.setdefault(alert.alert_id, alert)
+        self._alert_rows(alerts.values(), write, report)
+        write.swept_to = watermark
+
+
+def _dead(channel: str | None, reason: str, detail: str, raw: bytes) -> DeadLetter:
+    return DeadLetter(
+        channel=channel,
+        reason=reason,
+        detail=detail,
+        stage="worker",
+        rejected_at=datetime.now(UTC),
+        original_b64=DeadLetter.encode(raw),
+    )
 
 
 def _describe(exc: ValidationError) -> str:
@@ -258,75 +363,52 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def _sql_cell(cell: CellKey) -> SqlCell:
+    return (cell.scope.value, cell.key, cell.window, cell.window_start)
+
+
+def _domain_cell(cell: SqlCell) -> CellKey:
+    scope, key, window, start = cell
+    return CellKey(MetricScope(scope), key, window, int(start.timestamp()))
+
+
+def _row_cell(row: dict[str, Any]) -> SqlCell:
+    return (row["scope"], row["key"], row["window"], row["window_start"])
+
+
+def _cell_row(cell: CellKey, counters: dict[str, float], *, final: bool) -> dict[str, Any]:
+    return {
+        "scope": cell.scope.value,
+        "key": cell.key,
+        "window": cell.window,
+        "window_start": cell.window_start,
+        "window_end": cell.window_end,
+        "counters": counters,
+        "final": final,
+    }
+
+
 def _touchpoint_row(entry: TimelineEntry, now: datetime) -> dict[str, Any]:
     survey = entry.survey
+    key = entry.issue_key
     return {
         "event_id": entry.event_id,
         "customer_id": entry.customer_id,
         "channel": entry.channel.value,
         "type": entry.type.value,
-        "occurred_at": entry.occurred_at,
-        "received_at": entry.received_at,
+        "occurred_at": as_utc(entry.occurred_at),
+        "received_at": as_utc(entry.received_at),
         "committed_at": now,
         "stage": entry.stage.value,
         "moments": ",".join(m.value for m in entry.moments),
         "amount": entry.amount,
         "currency": entry.currency,
-        "issue_id": entry.issue_key if entry.is_contact else None,
+        "issue_id": None if key is None or key.startswith(REASON_PREFIX) else key,
         "issue_key": entry.issue_key,
         "resolved": entry.resolved,
         "repeat_contact": entry.repeat_contact,
         "nps": survey.nps if survey else None,
         "csat": survey.csat if survey else None,
         "ces": survey.ces if survey else None,
-        "source_system": entry.channel.value,
         "source_id": entry.source_id,
     }
-
-
-def _cell_row(cell: CellKey, counters: dict[str, float], window_end: datetime) -> dict[str, Any]:
-    scope, key, window, start = cell
-    return {
-        "scope": scope,
-        "key": key,
-        "window": window,
-        "window_start": start,
-        "window_end": window_end,
-        "counters": counters,
-        "final": False,
-    }
-
-
-def _metric_row(update: MetricUpdate) -> dict[str, Any]:
-    return {
-        "scope": update.scope.value,
-        "key": update.key,
-        "metric": update.metric,
-        "window": update.window,
-        "window_start": update.window_start,
-        "window_end": update.window_end,
-        "numerator": update.numerator,
-        "denominator": update.denominator,
-        "value": update.value,
-        "status": update.status,
-        "revision": update.revision,
-    }
-
-
-def _metric_key(update: MetricUpdate) -> str:
-    return f"{update.scope.value}|{update.key}|{update.metric}|{update.window}|{update.window_start.isoformat()}"
-
-
-def _alert_row(alert: Alert) -> dict[str, Any]:
-    return {
-        "alert_id": alert.alert_id,
-        "customer_id": alert.customer_id,
-        "rule": alert.rule,
-        "severity": alert.severity.value,
-        "occurred_at": alert.occurred_at,
-        "evidence": list(alert.evidence),
-        "message": alert.message,
-    }
-
-
-__all__ = ["BatchProcessor", "BatchReport", "InRecord", "MetricScope", "Outputs", "Tally", "as_utc"]

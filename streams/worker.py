@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
 import faust
+import orjson
 from aiohttp import web
+from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -23,6 +26,7 @@ from config.settings import Settings
 from config.topics import Topics
 from sinks.database import make_engine, upgrade
 from sinks.store import SqlStore, customers_count
+from streams.collector import SEGMENT_KINDS, Collector
 from streams.observability import Metrics
 from streams.pipeline import BatchProcessor, BatchReport, InRecord, Outputs
 
@@ -54,6 +58,7 @@ class Worker:
 
     def _build_app(self) -> faust.App:
         s = self.settings
+        (s.data_dir / s.worker_id).mkdir(parents=True, exist_ok=True)
         app = faust.App(
             s.app_id,
             broker=",".join(f"kafka://{b}" for b in s.bootstrap_servers),
@@ -99,25 +104,80 @@ class Worker:
         async def gauges() -> None:
             await self.update_gauges()
 
+        deadletters = app.topic(self.topics.deadletter, value_serializer="raw", key_serializer="raw")
+
+        @app.agent(deadletters, name="cxstream.deadletters")
+        async def count_dead_letters(stream: faust.StreamT) -> None:
+            # Dead letters are counted where they land, whoever wrote them (adapters, collector, worker),
+            # so the one Prometheus counter accounts for every rejected record exactly once per group.
+            async for value in stream:
+                try:
+                    dead = orjson.loads(value)
+                    labels = (str(dead.get("channel") or "unknown"), str(dead["reason"]), str(dead.get("stage", "?")))
+                except (orjson.JSONDecodeError, KeyError, AttributeError, TypeError):
+                    labels = ("unknown", "unreadable_dead_letter", "?")
+                self.metrics.dead_letters.labels(*labels).inc()
+
         @app.page("/metrics")
         async def metrics_page(_web: Any, _request: Any) -> web.Response:
             return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+        collector = Collector(s, self._send, self.metrics)
+
+        @app.page("/v1/{kind}")
+        class SegmentEndpoint(View):
+            async def post(self, request: Request, kind: str) -> Response:
+                if kind not in (*SEGMENT_KINDS, "batch"):
+                    return self.json({"error": f"unknown endpoint /v1/{kind}"}, status=404)
+                reply = await collector.handle(kind, await request.read(), request.headers.get("Authorization"))
+                return self.json(reply.body, status=reply.status, headers=reply.headers)
+
+        @app.page("/v1/ecommerce/{marketplace}")
+        class MarketplaceEndpoint(View):
+            async def post(self, request: Request, marketplace: str) -> Response:
+                body = await request.read()
+                reply = await collector.handle("ecommerce", body, request.headers.get("Authorization"), marketplace)
+                return self.json(reply.body, status=reply.status, headers=reply.headers)
+
         return app
+
+    async def _send(self, topic: str, key: bytes | None, value: bytes, partition: int | None) -> Any:
+        """Send one record with the app's producer and wait for the broker's acknowledgement."""
+        future = await self.app.producer.send(topic, key, value, partition, None, None)
+        return await future
 
     # --- batches ----------------------------------------------------------------------------------
 
     async def handle(self, records: list[InRecord]) -> None:
-        """Apply one batch, retrying transient database failures with backoff (the stream pauses meanwhile)."""
+        """Apply one batch; a record the database rejects for good is dead-lettered on its own."""
+        try:
+            report = await self._apply(self.processor.process, records)
+        except Exception as exc:
+            log.warning("batch rejected by the database (%s); applying its records one by one", exc)
+            for record in records:
+                try:
+                    report = await self._apply(self.processor.process, [record])
+                except Exception as single:
+                    self.metrics.sink_failures.labels(self.settings.worker_id, "permanent").inc()
+                    detail = f"{single.__class__.__name__}: {single}"[:2000]
+                    report = await self._apply(self.processor.reject, [record], "sink_rejected", detail)
+                await self._publish_report(report)
+            return
+        await self._publish_report(report)
+
+    async def _apply(self, work: Any, *args: Any) -> BatchReport:
+        """Run ``work`` off the event loop, retrying transient database failures with backoff.
+
+        The stream waits meanwhile (its buffer fills, then Faust stops fetching) and no offset moves, so a
+        database outage pauses the job instead of dropping or double-writing anything.
+        """
         delay = 0.2
         while True:
             started = time.perf_counter()
             try:
-                report = await asyncio.to_thread(self.processor.process, records)
-                break
+                report: BatchReport = await asyncio.to_thread(work, *args)
             except Exception as exc:
                 if not is_transient(exc):
-                    self.metrics.sink_failures.labels(self.settings.worker_id, "permanent").inc()
                     raise
                 self.metrics.sink_failures.labels(self.settings.worker_id, "transient").inc()
                 self.metrics.sink_retries.labels(self.settings.worker_id).inc()
@@ -126,26 +186,27 @@ class Worker:
                 delay = min(delay * 2, MAX_BACKOFF_S)
                 # The failed transaction rolled back: start again from what the database says.
                 await asyncio.to_thread(self.processor.reload)
-        self.observe(report, records, time.perf_counter() - started)
+                continue
+            self.observe(report, time.perf_counter() - started)
+            return report
+
+    async def _publish_report(self, report: BatchReport) -> None:
         if report.outbox_id is not None:
             await self.publish(report.outputs)
             await asyncio.to_thread(self.store.delete_outbox, [report.outbox_id])
 
-    def observe(self, report: BatchReport, records: list[InRecord], duration: float) -> None:
+    def observe(self, report: BatchReport, duration: float) -> None:
         """Record a batch in the Prometheus metrics."""
         m, w = self.metrics, self.settings.worker_id
-        for rec in records:
-            channel = rec.topic.rsplit(".", 1)[-1]
-            m.events_in.labels(w, channel, rec.topic).inc()
+        for channel, count in Counter(event.channel.value for event in report.events).items():
+            m.events_in.labels(w, channel, self.topics.channel(channel)).inc(count)
         m.sink_batch_size.labels(w).observe(len(report.events))
         m.sink_write_duration.labels(w).observe(duration)
-        for dead in report.dead_letters:
-            m.dead_letters.labels(dead.channel or "unknown", dead.reason, dead.stage).inc()
         result = report.result
         if result is None or report.committed_at is None:
             return
-        m.duplicates.labels(w, "all").inc(result.duplicates)
-        m.late_events.labels(w, "accepted").inc(result.late_accepted)
+        m.duplicates.labels(w).inc(result.duplicates)
+        m.late_events.labels(w, "accepted").inc(report.late_accepted)
         m.late_events.labels(w, "too_late").inc(len(result.too_late))
         m.identity_merges.labels(w).inc(len(result.merges))
         m.blocked_identifiers.labels(w, "blocked").inc(result.blocked)

@@ -15,7 +15,6 @@ def alembic_config(engine: Engine) -> Config:
     """An Alembic config pointing at these migrations and bound to ``engine``."""
     cfg = Config()
     cfg.set_main_option("script_location", str(HERE))
-    cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
     cfg.attributes["engine"] = engine
     return cfg
 

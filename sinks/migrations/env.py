@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import create_engine
 
 from sinks.tables import metadata
 
 config = context.config
-engine = config.attributes.get("engine") or create_engine(config.get_main_option("sqlalchemy.url"))
+engine = config.attributes["engine"]
 
 with engine.begin() as connection:
     # render_as_batch lets later migrations alter columns on SQLite, which lacks ALTER COLUMN.

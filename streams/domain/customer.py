@@ -1,0 +1,531 @@
+"""Per-customer state: one record per customer, changed atomically with the dedupe set it holds.
+
+A :class:`CustomerState` holds only facts about the customer's events; every per-entry field that
+depends on other events (issue context, first purchase, time since the last purchase, the stage of an
+``other`` event) is derived from those facts by :meth:`CustomerState.derive`. The facts are a function
+of the set of the customer's events and of its latest event time, not of their arrival order, so the
+same events in any order and any batch split give equal states (``to_dict()`` included), as long as no
+identifier limit bites and no event is rejected as too late.
+
+Issues. A support contact is about the issue ``issue_id``, or, without one, about
+``reason:<normalised reason>``. An issue's context for a contact looks back over the same issue's
+contacts within its lookback: ``issue_memory_s`` (the dedupe horizon, at least the repeat window) for an
+issue id, ``repeat_contact_window_s`` for a reason key. Within it, the contact number counts those
+contacts, a repeat contact has a previous one within the repeat window, a channel switch changes
+channel from the previous one, and a resolving contact's time to resolution runs from the first one.
+An issue is open when its latest contact did not resolve it and is within the lookback of the
+customer's latest event (older unresolved issues are abandoned).
+
+Retention. Seen event ids are kept for ``dedupe_horizon_s`` of event time before the customer's
+latest event, issue contacts for their lookback plus twice the allowed lateness, purchase times for
+twice the allowed lateness plus the latest one before that, and the timeline keeps the most recent
+``timeline_limit`` entries. Twice the lateness is what revisions need (see ``engine``): a merge may
+revise entries down to its own event time minus the lateness, which itself may lag the latest event by
+the lateness. Keep ``dedupe_horizon_s >= allowed_lateness_s`` so any redelivery that is not too late is
+still recognised as a duplicate.
+"""
+
+from __future__ import annotations
+
+import heapq
+import re
+from bisect import bisect_left, insort
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from operator import itemgetter
+from typing import Any, NamedTuple
+
+from config.settings import Settings
+from schemas.outputs import CustomerProfile, Moment, Stage, TimelineEntry
+from schemas.touchpoint import Channel, EventType, IdentifierType, SurveyAnswers, TouchpointEvent
+from streams.domain.identity import ANONYMOUS_TYPE, type_rank
+from streams.domain.moments import event_moments, with_first_purchase
+from streams.domain.stages import customer_stage, is_journey_event, stage_of
+
+#: A timeline entry as stored: a list, so a state row is compact JSON and loads without conversion.
+Row = list[Any]
+#: Positions in a :data:`Row`.
+T, EVENT_ID, CHANNEL, TYPE, RECEIVED, AMOUNT, CURRENCY, ISSUE, RESOLVED, TRANSFERS, SURVEY, SOURCE, MOMENTS = range(13)
+
+#: Prefix of issue keys derived from a contact reason (contacts without an issue id).
+REASON_PREFIX = "reason:"
+#: Version of the ``to_dict`` layout.
+STATE_VERSION = 1
+
+_ROW_KEY = itemgetter(T, EVENT_ID)
+#: Contacts are ``[t, event_id, channel, resolved]`` and purchases ``[t, event_id]``: sorted by the pair.
+_PAIR = itemgetter(0, 1)
+_SPACES = re.compile(r"\s+")
+_TYPES: dict[str, EventType] = {t.value: t for t in EventType}
+_MOMENTS: dict[str, Moment] = {m.value: m for m in Moment}
+
+
+def issue_key(event: TouchpointEvent) -> str | None:
+    """The issue a touchpoint is about: its issue id, or for a contact without one its reason."""
+    if event.issue_id:
+        return event.issue_id
+    if event.type is not EventType.SUPPORT_CONTACT:
+        return None
+    reason = _SPACES.sub(" ", (event.reason or "").strip().lower())
+    return REASON_PREFIX + (reason or "unspecified")
+
+
+def make_row(event: TouchpointEvent) -> Row:
+    """The stored timeline entry of an event (its facts; derived fields are computed on output)."""
+    survey = event.survey
+    return [
+        event.occurred_at.timestamp(),
+        event.event_id,
+        event.channel.value,
+        event.type.value,
+        event.received_at.timestamp(),
+        None if event.amount is None else str(event.amount),
+        event.currency,
+        issue_key(event),
+        event.resolved,
+        event.transfers,
+        None if survey is None or survey.is_empty() else [survey.nps, survey.csat, survey.ces],
+        event.source.id,
+        [m.value for m in event_moments(event)],
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The settings the customer state needs, read once from Settings."""
+
+    timeline_limit: int
+    dedupe_horizon_s: float
+    allowed_lateness_s: float
+    repeat_window_s: float
+    issue_memory_s: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Policy:
+        """Build the policy from the settings object."""
+        return cls(
+            timeline_limit=settings.timeline_limit,
+            dedupe_horizon_s=settings.dedupe_horizon_s,
+            allowed_lateness_s=settings.allowed_lateness_s,
+            repeat_window_s=settings.repeat_contact_window_s,
+            # An issue id is remembered as long as event ids are, and never less than the repeat window.
+            issue_memory_s=max(settings.dedupe_horizon_s, settings.repeat_contact_window_s),
+        )
+
+    def lookback(self, issue: str) -> float:
+        """How far back a contact's context looks for contacts about the same issue, seconds."""
+        return self.repeat_window_s if issue.startswith(REASON_PREFIX) else self.issue_memory_s
+
+
+class ContactContext(NamedTuple):
+    """A contact's place in its issue (see the module docstring)."""
+
+    number: int
+    repeat: bool
+    channel_switch: bool
+    resolved_at_first_contact: bool | None
+    time_to_resolution_s: float | None
+
+
+class Derived(NamedTuple):
+    """The fields of a timeline entry that depend on the customer's other events."""
+
+    stage: Stage
+    first_purchase: bool
+    time_since_last_purchase_s: float | None
+    contact: ContactContext | None
+
+
+@dataclass(frozen=True, slots=True)
+class OpenIssue:
+    """An issue whose latest contact did not resolve it."""
+
+    key: str
+    first_contact_at: float
+    last_contact_at: float
+    contacts: int
+    last_channel: str
+
+
+def timeline_entry(customer_id: str, row: Row, derived: Derived) -> TimelineEntry:
+    """Build the published TimelineEntry of a stored row with its derived fields."""
+    moments = tuple(_MOMENTS[m] for m in row[MOMENTS])
+    if derived.first_purchase:
+        moments = with_first_purchase(moments)
+    context = derived.contact
+    survey = row[SURVEY]
+    return TimelineEntry(
+        customer_id=customer_id,
+        event_id=row[EVENT_ID],
+        channel=row[CHANNEL],
+        type=row[TYPE],
+        occurred_at=datetime.fromtimestamp(row[T], UTC),
+        received_at=datetime.fromtimestamp(row[RECEIVED], UTC),
+        stage=derived.stage,
+        moments=moments,
+        amount=row[AMOUNT],
+        currency=row[CURRENCY],
+        issue_key=row[ISSUE],
+        is_contact=context is not None,
+        contact_number=context.number if context else 0,
+        repeat_contact=context.repeat if context else False,
+        resolved=row[RESOLVED],
+        resolved_at_first_contact=context.resolved_at_first_contact if context else None,
+        channel_switch=context.channel_switch if context else False,
+        transfers=row[TRANSFERS],
+        time_to_resolution_s=context.time_to_resolution_s if context else None,
+        time_since_last_purchase_s=derived.time_since_last_purchase_s,
+        survey=None if survey is None else SurveyAnswers(nps=survey[0], csat=survey[1], ces=survey[2]),
+        source_id=row[SOURCE],
+    )
+
+
+class CustomerState:
+    """Everything cxstream remembers about one customer; stored as one JSON row (``to_dict``)."""
+
+    __slots__ = (
+        "anchor",
+        "channels",
+        "contacts",
+        "customer_id",
+        "events",
+        "first_purchase",
+        "first_seen",
+        "identifiers",
+        "issues",
+        "last_seen",
+        "merged_into",
+        "purchase_times",
+        "purchases",
+        "returns",
+        "revenue",
+        "seen",
+        "timeline",
+    )
+
+    def __init__(self, customer_id: str) -> None:
+        self.customer_id = customer_id
+        #: Identifier values held, by key type, each list sorted (the keys are ``type:value``).
+        self.identifiers: dict[str, list[str]] = {}
+        #: Recent entries in event-time order, at most ``timeline_limit``.
+        self.timeline: list[Row] = []
+        #: Event ids seen within the dedupe horizon, with their event time.
+        self.seen: dict[str, float] = {}
+        #: Contacts ``[t, event_id, channel, resolved]`` by issue key, sorted.
+        self.issues: dict[str, list[list[Any]]] = {}
+        #: Purchase times ``[t, event_id]`` within retention, sorted.
+        self.purchase_times: list[list[Any]] = []
+        #: The earliest purchase ever, ``(t, event_id)``.
+        self.first_purchase: tuple[float, str] | None = None
+        #: The latest touchpoint: ``(is journey event, t, event_id, stage)``; decides the current stage.
+        self.anchor: tuple[bool, float, str, str] | None = None
+        self.events = 0
+        self.purchases = 0
+        self.revenue = Decimal(0)
+        self.contacts = 0
+        self.returns = 0
+        self.channels: dict[str, int] = {}
+        self.first_seen = 0.0
+        self.last_seen = 0.0
+        #: Set (in memory only) on a state absorbed by another during a batch.
+        self.merged_into: CustomerState | None = None
+
+    # --- identifiers ---------------------------------------------------------------------------
+
+    def identifier_keys(self) -> list[str]:
+        """Every identifier key the customer holds."""
+        return [f"{kind}:{value}" for kind, values in self.identifiers.items() for value in values]
+
+    def add_key(self, key: str) -> None:
+        """Record that the customer holds ``key``."""
+        kind, _, value = key.partition(":")
+        values = self.identifiers.setdefault(kind, [])
+        if value not in values:
+            insort(values, value)
+
+    def strongest_key(self) -> str:
+        """The customer's strongest identifier key (its id is derived from it)."""
+        kind = min(self.identifiers, key=type_rank)
+        return f"{kind}:{self.identifiers[kind][0]}"
+
+    # --- events --------------------------------------------------------------------------------
+
+    def find(self, t: float, event_id: str) -> Row | None:
+        """The timeline row of an event, or None when it is not (or no longer) on the timeline."""
+        timeline = self.timeline
+        i = bisect_left(timeline, (t, event_id), key=_ROW_KEY)
+        if i < len(timeline) and timeline[i][EVENT_ID] == event_id:
+            return timeline[i]
+        return None
+
+    def affected_by(self, row: Row, policy: Policy) -> list[Row]:
+        """Rows whose derived fields may change when ``row`` is added; call before :meth:`add`."""
+        t, event_id, kind = row[T], row[EVENT_ID], row[TYPE]
+        pair = (t, event_id)
+        found: list[Row | None] = []
+        if kind == EventType.SUPPORT_CONTACT:
+            contacts = self.issues.get(row[ISSUE])
+            if contacts and _PAIR(contacts[-1]) > pair:
+                horizon = t + policy.lookback(row[ISSUE])
+                for contact in contacts[bisect_left(contacts, pair, key=_PAIR) :]:
+                    if contact[0] > horizon:
+                        break
+                    found.append(self.find(contact[0], contact[1]))
+        elif kind == EventType.PURCHASE:
+            times = self.purchase_times
+            i = bisect_left(times, pair, key=_PAIR)
+            if i < len(times):
+                found.append(self.find(times[i][0], times[i][1]))
+            if self.first_purchase is None or pair < self.first_purchase:
+                found.extend(self._others_between(pair, self.first_purchase, float("-inf")))
+        return [r for r in found if r is not None]
+
+    def _others_between(self, low: tuple[float, str], high: tuple[float, str] | None, since: float) -> list[Row | None]:
+        """``other`` rows after ``low`` and before ``high`` (None: no bound), not before ``since``."""
+        timeline = self.timeline
+        start = bisect_left(timeline, max(low, (since, "")), key=_ROW_KEY)
+        stop = len(timeline) if high is None else bisect_left(timeline, high, key=_ROW_KEY)
+        return [r for r in timeline[start:stop] if r[TYPE] == EventType.OTHER]
+
+    def add(self, row: Row, event: TouchpointEvent, policy: Policy) -> None:
+        """Add an accepted event (not seen before) with its row."""
+        t, event_id, kind = row[T], row[EVENT_ID], row[TYPE]
+        self.seen[event_id] = t
+        timeline = self.timeline
+        if not timeline or _ROW_KEY(timeline[-1]) < (t, event_id):
+            timeline.append(row)
+        else:
+            timeline.insert(bisect_left(timeline, (t, event_id), key=_ROW_KEY), row)
+        if len(timeline) > policy.timeline_limit:
+            del timeline[0]
+        if self.events == 0:
+            self.first_seen = self.last_seen = t
+        else:
+            self.first_seen = min(self.first_seen, t)
+            self.last_seen = max(self.last_seen, t)
+        self.events += 1
+        self.channels[row[CHANNEL]] = self.channels.get(row[CHANNEL], 0) + 1
+        if kind == EventType.PURCHASE:
+            self.purchases += 1
+            if event.amount is not None:
+                self.revenue += event.amount
+            insort(self.purchase_times, [t, event_id], key=_PAIR)
+            if self.first_purchase is None or (t, event_id) < self.first_purchase:
+                self.first_purchase = (t, event_id)
+        elif kind == EventType.SUPPORT_CONTACT:
+            self.contacts += 1
+            insort(self.issues.setdefault(row[ISSUE], []), [t, event_id, row[CHANNEL], row[RESOLVED]], key=_PAIR)
+        elif kind == EventType.RETURN:
+            self.returns += 1
+        event_type = _TYPES[kind]
+        anchor = (is_journey_event(event_type), t, event_id, stage_of(event_type).value)
+        if self.anchor is None or anchor > self.anchor:
+            self.anchor = anchor
+
+    # --- merges --------------------------------------------------------------------------------
+
+    def merge_affected(self, other: CustomerState, since: float) -> list[tuple[CustomerState, Row]]:
+        """Rows of either state, at or after ``since``, whose derived fields may change on a merge."""
+        found: list[tuple[CustomerState, Row | None]] = []
+        sides = (self, other)
+        for key in self.issues.keys() & other.issues.keys():
+            for side in sides:
+                for contact in side.issues[key]:
+                    if contact[0] >= since:
+                        found.append((side, side.find(contact[0], contact[1])))
+        if self.purchase_times and other.purchase_times:
+            for side in sides:
+                for t, event_id in side.purchase_times:
+                    if t >= since:
+                        found.append((side, side.find(t, event_id)))
+        firsts = [p for p in (self.first_purchase, other.first_purchase) if p is not None]
+        if firsts:
+            first = min(firsts)
+            for side in sides:
+                if side.first_purchase is None or first < side.first_purchase:
+                    found.extend((side, r) for r in side._others_between(first, side.first_purchase, since))
+        return [(side, r) for side, r in found if r is not None]
+
+    def absorb(self, other: CustomerState, policy: Policy) -> None:
+        """Take over everything ``other`` holds: identifiers, history, dedupe set, counters."""
+        for kind, values in other.identifiers.items():
+            mine = self.identifiers.get(kind)
+            self.identifiers[kind] = sorted(set(values).union(mine)) if mine else list(values)
+        self.timeline = list(heapq.merge(self.timeline, other.timeline, key=_ROW_KEY))[-policy.timeline_limit :]
+        self.seen.update(other.seen)
+        for key, contacts in other.issues.items():
+            mine_contacts = self.issues.get(key)
+            self.issues[key] = list(heapq.merge(mine_contacts, contacts, key=_PAIR)) if mine_contacts else contacts
+        self.purchase_times = list(heapq.merge(self.purchase_times, other.purchase_times, key=_PAIR))
+        firsts = [p for p in (self.first_purchase, other.first_purchase) if p is not None]
+        self.first_purchase = min(firsts) if firsts else None
+        anchors = [a for a in (self.anchor, other.anchor) if a is not None]
+        self.anchor = max(anchors) if anchors else None
+        if not self.events:
+            self.first_seen, self.last_seen = other.first_seen, other.last_seen
+        elif other.events:
+            self.first_seen = min(self.first_seen, other.first_seen)
+            self.last_seen = max(self.last_seen, other.last_seen)
+        self.events += other.events
+        self.purchases += other.purchases
+        self.revenue += other.revenue
+        self.contacts += other.contacts
+        self.returns += other.returns
+        for channel, n in other.channels.items():
+            self.channels[channel] = self.channels.get(channel, 0) + n
+        other.merged_into = self
+
+    def prune(self, policy: Policy) -> None:
+        """Forget what no later event can need (see Retention in the module docstring)."""
+        latest = self.last_seen
+        cutoff = latest - policy.dedupe_horizon_s
+        if self.seen and min(self.seen.values()) < cutoff:
+            self.seen = {event_id: t for event_id, t in self.seen.items() if t >= cutoff}
+        late = 2 * policy.allowed_lateness_s
+        for key in list(self.issues):
+            contacts = self.issues[key]
+            i = bisect_left(contacts, (latest - policy.lookback(key) - late,), key=_PAIR)
+            if i == len(contacts):
+                del self.issues[key]
+            elif i:
+                del contacts[:i]
+        # Keep the latest purchase before the cutoff too: it is the previous purchase of the next one.
+        i = bisect_left(self.purchase_times, (latest - late,), key=_PAIR)
+        if i > 1:
+            del self.purchase_times[: i - 1]
+
+    # --- derived -------------------------------------------------------------------------------
+
+    def derive(self, row: Row, policy: Policy) -> Derived:
+        """The fields of ``row``'s timeline entry that depend on the customer's other events."""
+        kind = row[TYPE]
+        first = self.first_purchase
+        if kind == EventType.PURCHASE:
+            times = self.purchase_times
+            i = bisect_left(times, (row[T], row[EVENT_ID]), key=_PAIR)
+            since = row[T] - times[i - 1][0] if i else None
+            is_first = first is not None and first[1] == row[EVENT_ID]
+            return Derived(Stage.PURCHASE, is_first, since, None)
+        if kind == EventType.SUPPORT_CONTACT:
+            return Derived(Stage.POST_PURCHASE, False, None, self._contact_context(row, policy))
+        if kind == EventType.OTHER:
+            purchased = first is not None and first < (row[T], row[EVENT_ID])
+            return Derived(stage_of(EventType.OTHER, purchased), False, None, None)
+        return Derived(stage_of(_TYPES[kind]), False, None, None)
+
+    def _contact_context(self, row: Row, policy: Policy) -> ContactContext | None:
+        contacts = self.issues.get(row[ISSUE], [])
+        t, event_id = row[T], row[EVENT_ID]
+        i = bisect_left(contacts, (t, event_id), key=_PAIR)
+        if i == len(contacts) or contacts[i][1] != event_id:
+            return None  # older than the issue memory: its context is no longer known
+        j = bisect_left(contacts, (t - policy.lookback(row[ISSUE]),), 0, i, key=_PAIR)
+        number = i - j + 1
+        previous = contacts[i - 1] if i > j else None
+        resolved = row[RESOLVED] is True
+        return ContactContext(
+            number=number,
+            repeat=previous is not None and t - previous[0] <= policy.repeat_window_s,
+            channel_switch=previous is not None and previous[2] != row[CHANNEL],
+            resolved_at_first_contact=(number == 1) if resolved else None,
+            time_to_resolution_s=t - contacts[j][0] if resolved else None,
+        )
+
+    def open_issues(self, policy: Policy) -> list[OpenIssue]:
+        """Issues whose latest contact did not resolve them, within their lookback of the latest event."""
+        found = []
+        for key, contacts in self.issues.items():
+            last = contacts[-1]
+            lookback = policy.lookback(key)
+            if last[3] is True or last[0] < self.last_seen - lookback:
+                continue
+            j = bisect_left(contacts, (last[0] - lookback,), key=_PAIR)
+            found.append(OpenIssue(key, contacts[j][0], last[0], len(contacts) - j, last[2]))
+        return found
+
+    def stage(self, policy: Policy) -> Stage:
+        """The customer's current journey stage (rule in ``stages``)."""
+        return self._stage(bool(self.open_issues(policy)))
+
+    def _stage(self, has_open_issue: bool) -> Stage:
+        latest = Stage.PRE_PURCHASE if self.anchor is None else Stage(self.anchor[3])
+        return customer_stage(latest, has_open_issue)
+
+    @property
+    def last_purchase_at(self) -> float | None:
+        """Event time of the latest purchase (retention always keeps it)."""
+        return self.purchase_times[-1][0] if self.purchase_times else None
+
+    def profile(self, policy: Policy) -> CustomerProfile:
+        """The customer's published profile."""
+        open_issues = len(self.open_issues(policy))
+        return CustomerProfile(
+            customer_id=self.customer_id,
+            first_seen=datetime.fromtimestamp(self.first_seen, UTC),
+            last_seen=datetime.fromtimestamp(self.last_seen, UTC),
+            stage=self._stage(open_issues > 0),
+            identifiers={
+                IdentifierType(kind): list(values)
+                for kind, values in self.identifiers.items()
+                if kind != ANONYMOUS_TYPE
+            },
+            events=self.events,
+            purchases=self.purchases,
+            revenue=self.revenue,
+            contacts=self.contacts,
+            returns=self.returns,
+            open_issues=open_issues,
+            channels={Channel(channel): n for channel, n in self.channels.items()},
+        )
+
+    # --- storage -------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-able row of this state (layout version :data:`STATE_VERSION`)."""
+        return {
+            "v": STATE_VERSION,
+            "id": self.customer_id,
+            "ids": self.identifiers,
+            "timeline": self.timeline,
+            "seen": self.seen,
+            "issues": self.issues,
+            "purchase_times": self.purchase_times,
+            "first_purchase": None if self.first_purchase is None else list(self.first_purchase),
+            "anchor": None if self.anchor is None else list(self.anchor),
+            "counts": {
+                "events": self.events,
+                "purchases": self.purchases,
+                "revenue": str(self.revenue),
+                "contacts": self.contacts,
+                "returns": self.returns,
+            },
+            "channels": self.channels,
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CustomerState:
+        """Rebuild a state from its ``to_dict`` row (which it then owns: nothing is copied)."""
+        if data.get("v") != STATE_VERSION:
+            raise ValueError(f"customer state layout {data.get('v')!r} is not {STATE_VERSION}")
+        state = cls(data["id"])
+        state.identifiers = data["ids"]
+        state.timeline = data["timeline"]
+        state.seen = data["seen"]
+        state.issues = data["issues"]
+        state.purchase_times = data["purchase_times"]
+        first, anchor = data["first_purchase"], data["anchor"]
+        state.first_purchase = None if first is None else (first[0], first[1])
+        state.anchor = None if anchor is None else (anchor[0], anchor[1], anchor[2], anchor[3])
+        counts = data["counts"]
+        state.events = counts["events"]
+        state.purchases = counts["purchases"]
+        state.revenue = Decimal(counts["revenue"])
+        state.contacts = counts["contacts"]
+        state.returns = counts["returns"]
+        state.channels = data["channels"]
+        state.first_seen = data["first_seen"]
+        state.last_seen = data["last_seen"]
+        return state

@@ -1,0 +1,187 @@
+"""Identity graph rules: which identifier keys an event carries, and which customers an event links.
+
+Identifiers are stored as keys ``type:value`` (:func:`identifier_key`); with ``hash_identifiers`` on, the
+value of a PII type (email, phone) is its salted hash, so the raw value is never stored anywhere.
+Blocked values (``settings.blocked_identifiers``: shared devices, placeholder e-mails) are dropped
+before stitching and counted.
+
+A customer is a connected component of the graph whose edges are "these keys appeared on one event".
+Its id is ``"c-" + sha256(key)[:20]`` of the component's strongest key (:func:`key_strength`: the
+type's IDENTIFIER_RANK, then the key), so ids do not depend on the order events arrive in.
+
+Per-type limits (``settings.identifier_limits``) refuse a link that would give a customer more keys of
+a type than allowed: the event goes to the customer of its strongest key and the refused keys stay
+where they were (:func:`plan_link`). Limits guard against wrong merges, but when they bite the result
+depends on arrival order (whichever link came first wins), unlike everything else here.
+
+An event with no usable identifier may still carry an anonymous source identity: the attribute
+``anonymous_id`` (a session or device id the source assigns without knowing the person). It becomes
+the key ``anonymous:<channel>:<source system>:<id>``: its own customer, never linked to others,
+because no event carries both it and a real identifier.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from config.settings import Settings
+from schemas.touchpoint import IDENTIFIER_RANK, IdentifierType, TouchpointEvent
+from streams.domain.identifiers import (
+    PII_TYPES,
+    InvalidIdentifier,
+    hash_identifier,
+    identifier_key,
+    normalise_identifier,
+)
+
+#: Key type of anonymous source identities (not an IdentifierType: it is never linked).
+ANONYMOUS_TYPE = "anonymous"
+#: Event attribute holding an anonymous source identity.
+ANONYMOUS_ATTRIBUTE = "anonymous_id"
+
+_RANK: dict[str, int] = {str(t): r for t, r in IDENTIFIER_RANK.items()} | {ANONYMOUS_TYPE: len(IDENTIFIER_RANK)}
+#: Most hashed PII keys remembered, so a busy customer's e-mail is not re-hashed on every event.
+_HASH_CACHE_SIZE = 100_000
+
+
+def key_type(key: str) -> str:
+    """The type part of a ``type:value`` key."""
+    return key.partition(":")[0]
+
+
+def type_rank(kind: str) -> int:
+    """Strength rank of a key type: lower is stronger; anonymous identities are weakest."""
+    return _RANK[kind]
+
+
+def key_strength(key: str) -> tuple[int, str]:
+    """Sort key of identifier keys, strongest first: the type's rank, then the key itself."""
+    return _RANK[key.partition(":")[0]], key
+
+
+def customer_id_for(key: str) -> str:
+    """The customer id of a component whose strongest key is ``key``."""
+    return "c-" + hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
+def anonymous_key(event: TouchpointEvent) -> str | None:
+    """The key of an event's anonymous source identity, or None when it has none."""
+    value = event.attributes.get(ANONYMOUS_ATTRIBUTE)
+    if not isinstance(value, str) or not value.strip():
+        return None
+    return f"{ANONYMOUS_TYPE}:{event.channel}:{event.source.system}:{value.strip()}"
+
+
+@dataclass(frozen=True, slots=True)
+class EventKeys:
+    """The identifier keys an event is stitched by, strongest first, and how many were blocked."""
+
+    keys: tuple[str, ...]
+    blocked: int = 0
+
+
+class IdentityRules:
+    """Turns an event's identifiers into stored keys: hashing, blocked values, per-type limits."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._hash = settings.hash_identifiers
+        self._salt = settings.identifier_salt
+        self._hashed: dict[tuple[IdentifierType, str], str] = {}
+        #: Most keys of a type one customer may hold, by key type.
+        self.limits: dict[str, int] = {str(t): n for t, n in settings.identifier_limits.items()}
+        self._blocked = frozenset(
+            self._blocked_key(item, settings.default_phone_region) for item in settings.blocked_identifiers
+        )
+
+    def _blocked_key(self, item: str, region: str) -> str:
+        kind, _, value = item.partition(":")
+        try:
+            identifier_type = IdentifierType(kind)
+        except ValueError:
+            return item  # not a known type: it can only match itself
+        try:
+            value = normalise_identifier(identifier_type, value, region)
+        except InvalidIdentifier:
+            value = value.strip()  # a placeholder need not be well-formed to be blocked
+        return self.stored_key(identifier_type, value)
+
+    def stored_key(self, kind: IdentifierType, value: str) -> str:
+        """The key under which an (already normalised) identifier is stored: hashed when it is PII."""
+        if not self._hash or kind not in PII_TYPES:
+            return identifier_key(kind, value)
+        cache_key = (kind, value)
+        key = self._hashed.get(cache_key)
+        if key is None:
+            if len(self._hashed) >= _HASH_CACHE_SIZE:
+                self._hashed.clear()
+            key = self._hashed[cache_key] = identifier_key(kind, hash_identifier(kind, value, self._salt))
+        return key
+
+    def keys_of(self, event: TouchpointEvent) -> EventKeys:
+        """Return the usable keys of an event, strongest first, falling back to its anonymous identity."""
+        keys: list[str] = []
+        blocked = 0
+        for kind, value in event.identifiers.items():
+            key = self.stored_key(kind, value)
+            if key in self._blocked:
+                blocked += 1
+            else:
+                keys.append(key)
+        if not keys:
+            anonymous = anonymous_key(event)
+            if anonymous is not None and anonymous not in self._blocked:
+                keys.append(anonymous)
+        elif len(keys) > 1:
+            keys.sort(key=key_strength)
+        return EventKeys(tuple(keys), blocked)
+
+    def required_keys(self, events: Iterable[TouchpointEvent]) -> set[str]:
+        """The identity rows a worker must load before applying ``events``."""
+        return {key for event in events for key in self.keys_of(event).keys}
+
+
+@dataclass(slots=True)
+class LinkPlan:
+    """What an event links: existing customers to combine, keys new to the graph, keys refused."""
+
+    group: list[str] = field(default_factory=list)
+    new_keys: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+
+
+def plan_link(
+    keys: Sequence[str],
+    identities: Mapping[str, str],
+    holdings: Callable[[str], Mapping[str, Sequence[str]]],
+    limits: Mapping[str, int],
+) -> LinkPlan:
+    """Plan the links an event makes, strongest key first, refusing any that would break a type limit.
+
+    ``keys`` are the event's keys strongest first, ``identities`` maps keys to customer ids and
+    ``holdings(customer_id)`` gives a customer's keys by type. The strongest key is always taken; each
+    further key joins (with its customer's keys) only if the combined customer stays within ``limits``.
+    """
+    plan = LinkPlan()
+    counts = dict.fromkeys(limits, 0)
+    for index, key in enumerate(keys):
+        owner = identities.get(key)
+        if owner is not None and owner in plan.group:
+            continue
+        if owner is None:
+            kind = key_type(key)
+            adds = {kind: 1} if kind in limits else {}
+        else:
+            held = holdings(owner)
+            adds = {kind: len(held.get(kind, ())) for kind in limits}
+        if index and any(counts[kind] + n > limits[kind] for kind, n in adds.items()):
+            plan.refused.append(key)
+            continue
+        for kind, n in adds.items():
+            counts[kind] += n
+        if owner is None:
+            plan.new_keys.append(key)
+        else:
+            plan.group.append(owner)
+    return plan

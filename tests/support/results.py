@@ -1,0 +1,97 @@
+"""Reading a run's results for comparison: SQL snapshots, consumed inputs, completion checks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+from kafka import KafkaConsumer, TopicPartition
+from sqlalchemy import Engine, select
+
+from config.topics import Topics
+from schemas.touchpoint import TouchpointEvent
+from sinks import tables as t
+from tests.support.kafka import read_topic
+
+#: Tables whose rows are the results a user sees (stream bookkeeping left out).
+RESULT_TABLES = ("customers", "identities", "touchpoints", "metrics", "metric_cells", "alerts", "identity_merges")
+
+#: Columns that record when a row was written rather than what it says.
+WALL_CLOCK_COLUMNS = {"committed_at"}
+
+
+def run_cli(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[bytes]:
+    """Run a cxstream command with ``env`` and fail with its output if it exits non-zero."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "streams.cli", *args], env={**os.environ, **env}, capture_output=True, timeout=timeout
+    )
+    assert proc.returncode == 0, f"cxstream {' '.join(args)} failed:\n{proc.stdout.decode()}\n{proc.stderr.decode()}"
+    return proc
+
+
+def consumed_events(kafka_url: str, prefix: str) -> list[TouchpointEvent]:
+    """Every event on the channel topics (one per record or envelopes), as the worker reads them."""
+    import orjson
+
+    events: list[TouchpointEvent] = []
+    for topic in Topics(prefix).channels:
+        for _, value in read_topic(kafka_url, topic, timeout=20):
+            body = orjson.loads(value)
+            for item in body if isinstance(body, list) else [body]:
+                events.append(TouchpointEvent.model_validate(item))
+    return events
+
+
+def end_offsets(kafka_url: str, topics: list[str]) -> dict[tuple[str, int], int]:
+    """The next offset to be written on every partition of ``topics``."""
+    servers = [part.split("://", 1)[-1] for part in kafka_url.split(",")]
+    consumer = KafkaConsumer(bootstrap_servers=servers, group_id=None)
+    try:
+        tps = [TopicPartition(topic, p) for topic in topics for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        return {(tp.topic, tp.partition): off for tp, off in consumer.end_offsets(tps).items()}
+    finally:
+        consumer.close()
+
+
+def caught_up(engine: Engine, group_id: str, ends: dict[tuple[str, int], int]) -> bool:
+    """True when the worker has applied every record below ``ends`` and published its outbox."""
+    with engine.connect() as conn:
+        applied = {
+            (topic, part): off
+            for topic, part, off in conn.execute(
+                select(t.stream_offsets.c.topic, t.stream_offsets.c.partition, t.stream_offsets.c.applied_offset).where(
+                    t.stream_offsets.c.group_id == group_id
+                )
+            )
+        }
+        pending = conn.execute(select(t.outbox.c.id)).first()
+    return pending is None and all(applied.get(tp, -1) >= end - 1 for tp, end in ends.items() if end > 0)
+
+
+def snapshot(engine: Engine) -> dict[str, list[dict[str, Any]]]:
+    """Every result row, sorted, without wall-clock columns: equal snapshots mean equal results."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    with engine.connect() as conn:
+        for name in RESULT_TABLES:
+            table = t.metadata.tables[name]
+            rows = [
+                {k: _plain(v) for k, v in row.items() if k not in WALL_CLOCK_COLUMNS}
+                for row in conn.execute(select(table)).mappings()
+            ]
+            out[name] = sorted(rows, key=lambda r: repr(sorted(r.items())))
+    return out
+
+
+def _plain(value: Any) -> Any:
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    if isinstance(value, datetime):
+        return (value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)).isoformat()
+    if isinstance(value, Decimal):
+        return str(value.normalize())
+    if isinstance(value, float):
+        return round(value, 9)
+    return value

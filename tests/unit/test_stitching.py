@@ -1,0 +1,571 @@
+"""Unit tests of identity stitching, per-customer state and timelines (streams.domain)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from itertools import count
+
+import pytest
+
+from config.settings import Settings
+from schemas.outputs import Moment, Stage
+from schemas.touchpoint import (
+    Channel,
+    EventType,
+    IdentifierType,
+    SourceRef,
+    SurveyAnswers,
+    TouchpointEvent,
+    derive_event_id,
+)
+from streams.domain.customer import EVENT_ID, CustomerState, Policy, issue_key
+from streams.domain.engine import StateView, StitchEngine, required_keys
+from streams.domain.identifiers import hash_identifier
+from streams.domain.identity import customer_id_for
+from streams.domain.moments import event_moments, is_complaint, nps_moment
+from streams.domain.oracle import replay
+from streams.domain.stages import customer_stage, stage_of
+
+T0 = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)
+HOUR = 3600.0
+DAY = 86400.0
+EMAIL = IdentifierType.EMAIL
+ANON = IdentifierType.WEB_ANONYMOUS_ID
+CRM = IdentifierType.CRM_ID
+LOYALTY = IdentifierType.LOYALTY_ID
+_serial = count()
+
+
+def ev(
+    kind: EventType = EventType.PAGE_VIEW,
+    hours: float = 0.0,
+    channel: Channel = Channel.WEB,
+    source_id: str | None = None,
+    **fields: object,
+) -> TouchpointEvent:
+    """A touchpoint ``hours`` after T0; identifiers default to Ann's e-mail."""
+    source_id = source_id or f"rec-{next(_serial)}"
+    fields.setdefault("identifiers", {EMAIL: "ann@example.org"})
+    occurred = T0 + timedelta(hours=hours)
+    return TouchpointEvent(
+        event_id=derive_event_id(channel, source_id),
+        channel=channel,
+        type=kind,
+        occurred_at=occurred,
+        received_at=occurred + timedelta(seconds=2),
+        source=SourceRef(system="test", id=source_id),
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def contact(hours: float, channel: Channel = Channel.PHONE, **fields: object) -> TouchpointEvent:
+    """A support contact."""
+    return ev(EventType.SUPPORT_CONTACT, hours, channel, **fields)
+
+
+def engine(**overrides: object) -> StitchEngine:
+    return StitchEngine(Settings(**overrides))  # type: ignore[arg-type]
+
+
+def entries_by_id(result) -> dict:
+    return {entry.event_id: entry for entry in result.entries}
+
+
+ANN = customer_id_for("email:ann@example.org")
+
+
+# --- identity ------------------------------------------------------------------------------------
+
+
+def test_customer_id_comes_from_the_strongest_key_whatever_the_order() -> None:
+    events = [
+        ev(identifiers={ANON: "a1"}),
+        ev(hours=1, identifiers={ANON: "a1", EMAIL: "ann@example.org"}),
+        ev(hours=2, identifiers={EMAIL: "ann@example.org", LOYALTY: "L-7"}),
+    ]
+    for order in (events, events[::-1], [events[1], events[0], events[2]]):
+        view = StateView()
+        engine().apply(order, view, None)
+        assert list(view.customers) == [customer_id_for("loyalty_id:L-7")]
+        assert set(view.identities.values()) == {customer_id_for("loyalty_id:L-7")}
+
+
+def test_linking_event_merges_two_customers_into_the_stronger_and_reports_it() -> None:
+    view = StateView()
+    eng = engine()
+    first = eng.apply([ev(identifiers={ANON: "a1"}), ev(hours=1)], view, None)
+    anon_id = customer_id_for("web_anonymous_id:a1")
+    assert sorted(first.changed) == sorted([anon_id, ANN])
+    link = ev(EventType.IDENTIFY, hours=2, identifiers={ANON: "a1", EMAIL: "ann@example.org"})
+    result = eng.apply([link], view, None)
+    assert list(view.customers) == [ANN]
+    assert result.removed == [anon_id]
+    assert result.changed == [ANN]
+    (merge,) = result.merges
+    assert (merge.survivor_id, merge.merged_id, merge.event_id) == (ANN, anon_id, link.event_id)
+    assert merge.identifiers == {ANON: "a1", EMAIL: "ann@example.org"}
+    assert merge.occurred_at == link.occurred_at
+    assert result.identities == {"web_anonymous_id:a1": ANN}
+    tombstone = next(p for p in result.profiles if p.customer_id == anon_id)
+    assert tombstone.merged_into == ANN
+    assert view.customers[ANN].events == 3
+
+
+def test_merge_repoints_every_key_of_the_merged_customer_even_ones_not_in_the_batch() -> None:
+    eng = engine()
+    view = StateView()
+    eng.apply([ev(identifiers={ANON: "a1"}), ev(hours=1, identifiers={ANON: "a1", LOYALTY: "L-1"})], view, None)
+    loyal = customer_id_for("loyalty_id:L-1")
+    # The worker loads only the keys of the next batch: the loyalty key is not among them.
+    partial = StateView(identities={"web_anonymous_id:a1": loyal}, customers={loyal: view.customers[loyal]})
+    result = eng.apply([ev(hours=2, identifiers={ANON: "a1", CRM: "C-1"})], partial, None)
+    crm = customer_id_for("crm_id:C-1")
+    assert result.identities == {"web_anonymous_id:a1": crm, "loyalty_id:L-1": crm, "crm_id:C-1": crm}
+    assert [(m.survivor_id, m.merged_id) for m in result.merges] == [(crm, loyal)]
+    assert result.removed == [loyal]
+    assert list(partial.customers) == [crm]
+    assert partial.customers[crm].identifiers == {"web_anonymous_id": ["a1"], "loyalty_id": ["L-1"], "crm_id": ["C-1"]}
+
+
+def test_a_stronger_identifier_joining_one_customer_renames_it_as_a_merge() -> None:
+    eng = engine()
+    view = StateView()
+    eng.apply([ev(identifiers={ANON: "a1"})], view, None)
+    result = eng.apply([ev(hours=1, identifiers={ANON: "a1", EMAIL: "ann@example.org"})], view, None)
+    anon_id = customer_id_for("web_anonymous_id:a1")
+    assert [(m.survivor_id, m.merged_id) for m in result.merges] == [(ANN, anon_id)]
+    assert result.removed == [anon_id]
+    assert list(view.customers) == [ANN]
+    assert view.customers[ANN].customer_id == ANN
+
+
+def test_ids_created_and_merged_within_one_batch_are_not_reported_removed() -> None:
+    result = engine().apply(
+        [ev(identifiers={ANON: "a1"}), ev(hours=1, identifiers={ANON: "a1", EMAIL: "ann@example.org"})],
+        StateView(),
+        None,
+    )
+    assert result.removed == []
+    assert len(result.merges) == 1
+    assert result.changed == [ANN]
+
+
+def test_hashed_identifiers_never_store_the_raw_value() -> None:
+    eng = engine(hash_identifiers=True, identifier_salt="pepper")
+    view = StateView()
+    eng.apply([ev(identifiers={EMAIL: "ann@example.org", ANON: "a1"})], view, None)
+    hashed = "email:" + hash_identifier(EMAIL, "ann@example.org", "pepper")
+    assert set(view.identities) == {hashed, "web_anonymous_id:a1"}
+    (state,) = view.customers.values()
+    assert "ann@example.org" not in json.dumps(state.to_dict())
+    assert state.customer_id == customer_id_for(hashed)
+
+
+def test_blocked_values_are_ignored_for_stitching_and_counted() -> None:
+    placeholder = {EMAIL: "test@example.com"}
+    result = engine().apply(
+        [ev(identifiers={ANON: "a1"} | placeholder), ev(hours=1, identifiers={ANON: "a2"} | placeholder)],
+        view := StateView(),
+        None,
+    )
+    assert result.blocked == 2
+    assert len(view.customers) == 2
+    assert not any(key.startswith("email:") for key in view.identities)
+
+
+def test_blocked_values_match_after_normalisation_and_hashing() -> None:
+    eng = engine(hash_identifiers=True, identifier_salt="s", blocked_identifiers="email:Test@Example.com")
+    result = eng.apply([ev(identifiers={EMAIL: "test@example.com", ANON: "a1"})], StateView(), None)
+    assert result.blocked == 1
+
+
+def test_a_link_over_a_type_limit_is_refused_and_the_event_goes_to_its_strongest_key() -> None:
+    eng = engine()
+    view = StateView()
+    eng.apply([ev(identifiers={CRM: "C-1", EMAIL: "ann@example.org"})], view, None)
+    clash = ev(hours=1, identifiers={CRM: "C-2", EMAIL: "ann@example.org"})
+    result = eng.apply([clash], view, None)
+    assert result.refused == {clash.event_id: ["email:ann@example.org"]}
+    assert result.over_limit == 1
+    assert not result.merges
+    c1, c2 = customer_id_for("crm_id:C-1"), customer_id_for("crm_id:C-2")
+    assert view.identities == {"crm_id:C-1": c1, "email:ann@example.org": c1, "crm_id:C-2": c2}
+    assert view.customers[c2].identifiers == {"crm_id": ["C-2"]}
+    assert [row[EVENT_ID] for row in view.customers[c2].timeline] == [clash.event_id]
+
+
+def test_anonymous_web_ids_are_bounded_per_customer() -> None:
+    eng = engine(identifier_limits={ANON: 2})
+    view = StateView()
+    events = [ev(hours=n, identifiers={EMAIL: "ann@example.org", ANON: f"a{n}"}) for n in range(3)]
+    result = eng.apply(events, view, None)
+    assert view.customers[ANN].identifiers["web_anonymous_id"] == ["a0", "a1"]
+    assert result.refused == {events[2].event_id: ["web_anonymous_id:a2"]}
+    assert view.customers[ANN].events == 3
+
+
+def test_limits_also_refuse_merging_two_customers_that_together_exceed_them() -> None:
+    eng = engine(identifier_limits={ANON: 2})
+    view = StateView()
+    eng.apply(
+        [
+            ev(identifiers={EMAIL: "ann@example.org", ANON: "a1"}),
+            ev(identifiers={EMAIL: "ann@example.org", ANON: "a2"}),
+            ev(identifiers={LOYALTY: "L-1", ANON: "a3"}),
+        ],
+        view,
+        None,
+    )
+    result = eng.apply([ev(hours=1, identifiers={LOYALTY: "L-1", EMAIL: "ann@example.org"})], view, None)
+    assert result.over_limit == 1
+    assert len(view.customers) == 2
+
+
+def test_events_without_identifiers_use_the_anonymous_source_identity_or_are_unattributed() -> None:
+    eng = engine()
+    view = StateView()
+    kiosk = ev(channel=Channel.STORE, identifiers={}, attributes={"anonymous_id": "till-3-session-9"})
+    again = ev(hours=1, channel=Channel.STORE, identifiers={}, attributes={"anonymous_id": "till-3-session-9"})
+    nobody = ev(channel=Channel.STORE, identifiers={})
+    result = eng.apply([kiosk, again, nobody], view, None)
+    assert result.unattributed == [nobody]
+    (state,) = view.customers.values()
+    assert state.customer_id == customer_id_for("anonymous:store:test:till-3-session-9")
+    assert state.events == 2
+    (profile,) = result.profiles
+    assert profile.identifiers == {}
+
+
+def test_required_keys_are_the_keys_apply_looks_up() -> None:
+    settings = Settings(hash_identifiers=True, identifier_salt="s")
+    events = [
+        ev(identifiers={EMAIL: "ann@example.org", ANON: "a1"}),
+        ev(identifiers={EMAIL: "noreply@example.com"}, attributes={"anonymous_id": "x"}),
+        ev(identifiers={}),
+    ]
+    assert required_keys(events, settings) == {
+        "email:" + hash_identifier(EMAIL, "ann@example.org", "s"),
+        "web_anonymous_id:a1",
+        "anonymous:web:test:x",
+    }
+
+
+def test_an_identity_row_without_its_state_in_the_view_is_a_clear_error() -> None:
+    view = StateView(identities={"email:ann@example.org": "c-missing"})
+    with pytest.raises(KeyError, match="c-missing"):
+        engine().apply([ev()], view, None)
+
+
+# --- merges, dedupe, lateness --------------------------------------------------------------------
+
+
+def test_merges_move_history_in_event_time_order() -> None:
+    eng = engine()
+    view = StateView()
+    ann = [ev(EventType.PURCHASE, hours=h, amount=Decimal("10.50")) for h in (1, 5)]
+    anon = [ev(EventType.PAGE_VIEW, hours=h, identifiers={ANON: "a1"}) for h in (2, 6)]
+    eng.apply(ann + anon, view, None)
+    link = ev(EventType.IDENTIFY, hours=3, identifiers={ANON: "a1", EMAIL: "ann@example.org"})
+    eng.apply([link], view, None)
+    state = view.customers[ANN]
+    ordered = [ann[0], anon[0], link, ann[1], anon[1]]
+    assert [row[EVENT_ID] for row in state.timeline] == [e.event_id for e in ordered]
+    assert (state.events, state.purchases, state.revenue) == (5, 2, Decimal("21.00"))
+    assert state.channels == {"web": 5}
+    # The merged customer's dedupe set came along: its events are duplicates now.
+    again = eng.apply([anon[0]], view, None)
+    assert again.duplicates == 1 and not again.entries
+
+
+def test_duplicates_change_nothing_and_emit_nothing() -> None:
+    eng = engine()
+    view = StateView()
+    event = ev(EventType.PURCHASE, amount=Decimal(5))
+    first = eng.apply([event, event], view, None)
+    assert first.duplicates == 1 and len(first.entries) == 1
+    before = json.dumps(view.customers[ANN].to_dict(), sort_keys=True)
+    second = eng.apply([event], view, first.watermark)
+    assert second.duplicates == 1
+    assert (second.entries, second.changed, second.profiles) == ([], [], [])
+    assert json.dumps(view.customers[ANN].to_dict(), sort_keys=True) == before
+
+
+def test_late_events_land_in_order_and_too_late_ones_are_rejected() -> None:
+    eng = engine(allowed_lateness_s=2 * HOUR)
+    view = StateView()
+    first = eng.apply([ev(hours=10), ev(hours=12)], view, None)
+    assert first.watermark == T0 + timedelta(hours=12)
+    late, too_late = ev(hours=10.5), ev(hours=9.5)
+    result = eng.apply([late, too_late], view, first.watermark)
+    assert result.too_late == [too_late]
+    assert result.watermark == T0 + timedelta(hours=12)
+    times = [row[0] for row in view.customers[ANN].timeline]
+    assert times == sorted(times) and len(times) == 3
+
+
+def test_a_redelivered_old_event_is_a_duplicate_not_too_late() -> None:
+    eng = engine(allowed_lateness_s=HOUR)
+    view = StateView()
+    old = ev(hours=0)
+    first = eng.apply([old, ev(hours=5)], view, None)
+    result = eng.apply([old], view, first.watermark)
+    assert (result.duplicates, result.too_late) == (1, [])
+
+
+def test_seen_ids_are_pruned_relative_to_the_customers_latest_event() -> None:
+    eng = engine(dedupe_horizon_s=DAY, allowed_lateness_s=HOUR)
+    view = StateView()
+    old = ev(hours=0)
+    eng.apply([old, ev(hours=30)], view, None)
+    assert old.event_id not in view.customers[ANN].seen
+    assert len(view.customers[ANN].seen) == 1
+
+
+def test_timeline_keeps_the_most_recent_entries_and_still_counts_older_ones() -> None:
+    eng = engine(timeline_limit=3)
+    view = StateView()
+    events = [ev(hours=h) for h in (5, 1, 4, 2, 3)]
+    eng.apply(events, view, None)
+    state = view.customers[ANN]
+    assert [row[0] for row in state.timeline] == [(T0 + timedelta(hours=h)).timestamp() for h in (3, 4, 5)]
+    assert state.events == 5
+
+
+# --- stages ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "stage"),
+    [
+        (EventType.PAGE_VIEW, Stage.PRE_PURCHASE),
+        (EventType.STORE_VISIT, Stage.PRE_PURCHASE),
+        (EventType.ENQUIRY, Stage.PRE_PURCHASE),
+        (EventType.CHECKOUT, Stage.PURCHASE),
+        (EventType.PURCHASE, Stage.PURCHASE),
+        (EventType.LATE_DELIVERY, Stage.POST_PURCHASE),
+        (EventType.SUPPORT_CONTACT, Stage.POST_PURCHASE),
+        (EventType.SURVEY, Stage.POST_PURCHASE),
+        (EventType.USAGE, Stage.POST_PURCHASE),
+    ],
+)
+def test_stage_of_a_touchpoint_follows_its_type(kind: EventType, stage: Stage) -> None:
+    assert stage_of(kind) is stage
+
+
+def test_other_events_are_pre_purchase_until_the_customer_has_purchased() -> None:
+    assert stage_of(EventType.OTHER) is Stage.PRE_PURCHASE
+    assert stage_of(EventType.OTHER, purchased_before=True) is Stage.POST_PURCHASE
+    assert customer_stage(Stage.PRE_PURCHASE, has_open_issue=True) is Stage.POST_PURCHASE
+
+
+def stage_after(*events: TouchpointEvent) -> Stage:
+    view = StateView()
+    result = engine().apply(list(events), view, None)
+    (profile,) = result.profiles
+    assert profile.stage is view.customers[ANN].stage(Policy.from_settings(Settings()))
+    return profile.stage
+
+
+def test_customer_stage_is_the_latest_journey_touchpoint() -> None:
+    assert stage_after(ev(EventType.PURCHASE, 1), ev(EventType.DELIVERY, 2)) is Stage.POST_PURCHASE
+    assert stage_after(ev(EventType.PURCHASE, 1), ev(EventType.DELIVERY, 2), ev(EventType.SEARCH, 3)) is (
+        Stage.PRE_PURCHASE
+    )
+    # Event time decides, not arrival.
+    assert stage_after(ev(EventType.CHECKOUT, 5), ev(EventType.SEARCH, 3)) is Stage.PURCHASE
+
+
+def test_surveys_reviews_and_other_events_do_not_move_the_customer() -> None:
+    survey = ev(EventType.SURVEY, 3, survey=SurveyAnswers(nps=9))
+    assert stage_after(ev(EventType.SEARCH, 1), survey, ev(EventType.OTHER, 4)) is Stage.PRE_PURCHASE
+    assert stage_after(survey) is Stage.POST_PURCHASE
+
+
+def test_an_open_issue_keeps_the_customer_post_purchase_until_resolved() -> None:
+    opened = contact(1, issue_id="case-1", resolved=False)
+    browse = ev(EventType.SEARCH, 2)
+    assert stage_after(opened, browse) is Stage.POST_PURCHASE
+    assert stage_after(opened, browse, contact(1.5, issue_id="case-1", resolved=True)) is Stage.PRE_PURCHASE
+
+
+# --- moments ---------------------------------------------------------------------------------------
+
+
+def test_intrinsic_moments() -> None:
+    assert event_moments(contact(0, reason="Parcel arrived damaged", resolved=False)) == (
+        Moment.COMPLAINT,
+        Moment.SUPPORT_CONTACT,
+        Moment.ISSUE_UNRESOLVED,
+    )
+    assert event_moments(contact(0, reason="change address", resolved=True)) == (
+        Moment.SUPPORT_CONTACT,
+        Moment.ISSUE_RESOLVED,
+    )
+    assert event_moments(ev(EventType.RETURN)) == (Moment.RETURN,)
+    assert event_moments(ev(EventType.LATE_DELIVERY)) == (Moment.LATE_DELIVERY,)
+    assert event_moments(ev(EventType.PAGE_VIEW)) == ()
+
+
+def test_complaints_from_reviews_and_flags() -> None:
+    assert is_complaint(ev(EventType.REVIEW, attributes={"rating": 2}))
+    assert not is_complaint(ev(EventType.REVIEW, attributes={"rating": 4}))
+    assert is_complaint(ev(EventType.REVIEW, survey=SurveyAnswers(csat=1)))
+    assert is_complaint(contact(0, reason="question", attributes={"complaint": True}))
+    assert not is_complaint(ev(EventType.PAGE_VIEW, reason="broken"))
+
+
+@pytest.mark.parametrize(
+    ("score", "moment"),
+    [
+        (10, Moment.PROMOTER),
+        (9, Moment.PROMOTER),
+        (8, Moment.PASSIVE),
+        (7, Moment.PASSIVE),
+        (6, Moment.DETRACTOR),
+        (0, Moment.DETRACTOR),
+    ],
+)
+def test_nps_answers_are_promoters_passives_or_detractors(score: int, moment: Moment) -> None:
+    assert nps_moment(score) is moment
+    assert event_moments(ev(EventType.SURVEY, survey=SurveyAnswers(nps=score))) == (moment,)
+
+
+def test_first_purchase_moves_when_an_earlier_purchase_arrives_late() -> None:
+    eng = engine()
+    view = StateView()
+    later = ev(EventType.PURCHASE, 10, amount=Decimal(20))
+    browse = ev(EventType.OTHER, 8)
+    first = eng.apply([later, browse], view, None)
+    assert entries_by_id(first)[later.event_id].moments == (Moment.FIRST_PURCHASE,)
+    assert entries_by_id(first)[browse.event_id].stage is Stage.PRE_PURCHASE
+    earlier = ev(EventType.PURCHASE, 5, amount=Decimal(7))
+    result = eng.apply([earlier], view, first.watermark)
+    entries = entries_by_id(result)
+    assert entries[earlier.event_id].moments == (Moment.FIRST_PURCHASE,)
+    assert entries[earlier.event_id].time_since_last_purchase_s is None
+    assert entries[later.event_id].moments == ()
+    assert entries[later.event_id].time_since_last_purchase_s == 5 * HOUR
+    assert entries[browse.event_id].stage is Stage.POST_PURCHASE
+    assert result.replaced[later.event_id].moments == (Moment.FIRST_PURCHASE,)
+    assert result.replaced[browse.event_id].stage is Stage.PRE_PURCHASE
+    assert earlier.event_id not in result.replaced
+
+
+# --- issue context ---------------------------------------------------------------------------------
+
+
+def test_issue_context_over_a_multi_contact_issue() -> None:
+    calls = [
+        contact(0, Channel.PHONE, issue_id="case-1", resolved=False, transfers=2),
+        contact(2, Channel.WEB, issue_id="case-1"),
+        contact(5, Channel.WEB, issue_id="case-1", resolved=True),
+    ]
+    result = engine().apply(calls, StateView(), None)
+    one, two, three = (entries_by_id(result)[c.event_id] for c in calls)
+    assert (one.is_contact, one.contact_number, one.repeat_contact, one.channel_switch) == (True, 1, False, False)
+    assert (one.transfers, one.resolved, one.resolved_at_first_contact, one.issue_key) == (2, False, None, "case-1")
+    assert (two.contact_number, two.repeat_contact, two.channel_switch, two.resolved) == (2, True, True, None)
+    assert (three.contact_number, three.repeat_contact, three.channel_switch) == (3, True, False)
+    assert (three.resolved, three.resolved_at_first_contact, three.time_to_resolution_s) == (True, False, 5 * HOUR)
+    assert three.moments == (Moment.SUPPORT_CONTACT, Moment.ISSUE_RESOLVED)
+
+
+def test_resolution_at_first_contact() -> None:
+    call = contact(0, issue_id="case-9", resolved=True)
+    (entry,) = engine().apply([call], StateView(), None).entries
+    assert (entry.contact_number, entry.resolved_at_first_contact, entry.time_to_resolution_s) == (1, True, 0.0)
+    (page,) = engine().apply([ev()], StateView(), None).entries
+    assert (page.is_contact, page.contact_number, page.resolved_at_first_contact) == (False, 0, None)
+
+
+def test_repeat_contact_needs_a_contact_within_the_repeat_window() -> None:
+    eng = engine(repeat_contact_window_s=DAY, dedupe_horizon_s=30 * DAY)
+    calls = [
+        contact(0, issue_id="case-1"),
+        contact(48, issue_id="case-1"),  # same case id, outside the repeat window: not a repeat
+        contact(0, reason="Billing  Question"),
+        contact(48, reason="billing question"),  # no case id: a new issue after the window
+    ]
+    entries = entries_by_id(eng.apply(calls, StateView(), None))
+    _, id_again, reason_first, reason_again = (entries[c.event_id] for c in calls)
+    assert (id_again.contact_number, id_again.repeat_contact) == (2, False)
+    assert (reason_again.contact_number, reason_again.repeat_contact) == (1, False)
+    assert reason_first.issue_key == reason_again.issue_key == "reason:billing question"
+    assert issue_key(contact(0)) == "reason:unspecified"
+
+
+def test_a_late_contact_renumbers_the_issue_and_replaces_the_published_versions() -> None:
+    eng = engine()
+    view = StateView()
+    second = contact(4, Channel.WEB, issue_id="case-1", resolved=True)
+    first = eng.apply([second], view, None)
+    assert entries_by_id(first)[second.event_id].resolved_at_first_contact is True
+    earlier = contact(1, Channel.PHONE, issue_id="case-1", resolved=False)
+    result = eng.apply([earlier], view, first.watermark)
+    entry = entries_by_id(result)[second.event_id]
+    assert (entry.contact_number, entry.repeat_contact, entry.channel_switch) == (2, True, True)
+    assert (entry.resolved_at_first_contact, entry.time_to_resolution_s) == (False, 3 * HOUR)
+    assert result.replaced[second.event_id].contact_number == 1
+    assert {e.event_id for e in result.entries} == {earlier.event_id, second.event_id}
+
+
+def test_time_since_last_purchase() -> None:
+    buys = [ev(EventType.PURCHASE, h, amount=Decimal(1)) for h in (0, 30)]
+    entries = entries_by_id(engine().apply(buys, StateView(), None))
+    assert entries[buys[0].event_id].time_since_last_purchase_s is None
+    assert entries[buys[1].event_id].time_since_last_purchase_s == 30 * HOUR
+    assert entries[buys[1].event_id].moments == ()
+
+
+def test_open_issues_and_their_abandonment() -> None:
+    policy = Policy.from_settings(Settings(repeat_contact_window_s=DAY))
+    view = StateView()
+    StitchEngine(Settings(repeat_contact_window_s=DAY)).apply(
+        [contact(0, Channel.PHONE, reason="late", resolved=False), contact(3, Channel.WEB, reason="late")],
+        view,
+        None,
+    )
+    (issue,) = view.customers[ANN].open_issues(policy)
+    assert (issue.key, issue.contacts, issue.last_channel) == ("reason:late", 2, "web")
+    assert issue.first_contact_at == T0.timestamp()
+    StitchEngine(Settings(repeat_contact_window_s=DAY)).apply([ev(hours=40)], view, None)
+    assert view.customers[ANN].open_issues(policy) == []
+
+
+# --- storage and oracle ----------------------------------------------------------------------------
+
+
+def test_state_round_trips_through_json() -> None:
+    view = StateView()
+    engine().apply(
+        [
+            ev(EventType.PURCHASE, 1, amount=Decimal("9.99"), currency="GBP"),
+            contact(2, issue_id="case-1", resolved=False),
+            ev(EventType.SURVEY, 3, survey=SurveyAnswers(nps=3, ces=2)),
+        ],
+        view,
+        None,
+    )
+    state = view.customers[ANN]
+    again = CustomerState.from_dict(json.loads(json.dumps(state.to_dict())))
+    assert again.to_dict() == state.to_dict()
+    policy = Policy.from_settings(Settings())
+    assert again.profile(policy) == state.profile(policy)
+    assert [again.derive(row, policy) for row in again.timeline] == [state.derive(r, policy) for r in state.timeline]
+    with pytest.raises(ValueError, match="layout"):
+        CustomerState.from_dict(state.to_dict() | {"v": 0})
+
+
+def test_oracle_replays_in_event_time_order() -> None:
+    events = [ev(hours=3), ev(EventType.PURCHASE, 1, amount=Decimal(2)), ev(hours=2, identifiers={ANON: "x"})]
+    oracle = replay(events, Settings())
+    assert oracle.timelines[ANN] == [events[1].event_id, events[0].event_id]
+    assert oracle.stages[ANN] is Stage.PRE_PURCHASE
+    assert oracle.identities == {
+        "email:ann@example.org": ANN,
+        "web_anonymous_id:x": customer_id_for("web_anonymous_id:x"),
+    }
+    assert oracle.entries[events[1].event_id].moments == (Moment.FIRST_PURCHASE,)
+    assert oracle.profiles[ANN].purchases == 1
