@@ -122,9 +122,7 @@ class SqlStore:
         found: dict[CellKey, dict[str, float]] = {}
         for chunk in _chunks(sorted(customer_ids)):
             rows = conn.execute(
-                select(c.key, c.window, c.window_start, c.counters).where(
-                    and_(c.scope == "customer", c.key.in_(chunk))
-                )
+                select(c.key, c.window, c.window_start, c.counters).where(and_(c.scope == "customer", c.key.in_(chunk)))
             )
             for key, window, start, counters in rows:
                 found[("customer", key, window, as_utc(start))] = counters
@@ -140,10 +138,13 @@ class SqlStore:
         )
         return {(scope, key, window, as_utc(start)): counters for scope, key, window, start, counters in rows}
 
-    def customers_with_open_issues(self, conn: Connection) -> dict[str, dict[str, Any]]:
-        """State of every customer with an open issue (for overdue-issue alerts)."""
+    def customers_due(self, conn: Connection, after: datetime | None, until: datetime) -> dict[str, dict[str, Any]]:
+        """State of the customers whose earliest open issue passes its target time in (after, until]."""
         c = t.customers.c
-        return dict(conn.execute(select(c.customer_id, c.state).where(c.open_issues > 0)).all())
+        due = c.overdue_at <= until
+        if after is not None:
+            due = and_(due, c.overdue_at > after)
+        return dict(conn.execute(select(c.customer_id, c.state).where(due)).all())
 
     # --- the batch transaction ------------------------------------------------------------------
 
@@ -164,7 +165,10 @@ class SqlStore:
             for table in (t.metric_cells, t.metrics):
                 c = table.c
                 where = and_(
-                    c.scope == bindparam("sc"), c.key == bindparam("k"), c.window == bindparam("w"), c.window_start == bindparam("st")
+                    c.scope == bindparam("sc"),
+                    c.key == bindparam("k"),
+                    c.window == bindparam("w"),
+                    c.window_start == bindparam("st"),
                 )
                 conn.execute(delete(table).where(where), cells)
         self._upsert_rows(conn, t.customers, batch.customers, ["customer_id"])
@@ -292,4 +296,3 @@ def customers_count(engine: Engine) -> int:
     """Number of customers in the results database."""
     with engine.connect() as conn:
         return int(conn.scalar(select(func.count()).select_from(t.customers)) or 0)
-

@@ -37,6 +37,7 @@ customers = Table(
     Column("contacts", Integer, nullable=False, default=0),
     Column("returns", Integer, nullable=False, default=0),
     Column("open_issues", Integer, nullable=False, default=0),
+    Column("overdue_at", TS, index=True, comment="when the earliest open issue passes its target time"),
     # The stitching engine's per-customer state: one record per customer, written with the results.
     Column("state", JSON, nullable=False),
 )
@@ -88,6 +89,7 @@ metric_cells = Table(
     # Additive counters of the cell, so windows and merges combine by addition.
     Column("counters", JSON, nullable=False),
     Column("final", Boolean, nullable=False, default=False),
+    Index("ix_metric_cells_open", "final", "window_end"),
 )
 
 metrics = Table(

@@ -95,14 +95,20 @@ def schemas(out: Path) -> None:
 
 @main.command()
 @click.option(
-    "--channel", "channel", required=True, type=click.Choice(["store", "phone", "web", "ecommerce"]), help="Source channel."
+    "--channel",
+    "channel",
+    required=True,
+    type=click.Choice(["store", "phone", "web", "ecommerce"]),
+    help="Source channel.",
 )
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default=None, help="Default: from the file name.")
 @click.option("--envelope", type=int, default=0, show_default=True, help="Events per Kafka record (0: one per record).")
 @click.option("--strict", is_flag=True, help="Exit 1 if any record was dead-lettered.")
 @click.argument("files", nargs=-1, required=True, type=click.Path(allow_dash=True))
 @click.pass_context
-def publish(ctx: click.Context, channel: str, fmt: str | None, envelope: int, strict: bool, files: tuple[str, ...]) -> None:
+def publish(
+    ctx: click.Context, channel: str, fmt: str | None, envelope: int, strict: bool, files: tuple[str, ...]
+) -> None:
     """Validate source FILES (`-` for stdin) and publish them; bad records go to the dead-letter topic."""
     from schemas.touchpoint import Channel
     from streams.adapters.reader import read_records
@@ -138,7 +144,9 @@ def publish(ctx: click.Context, channel: str, fmt: str | None, envelope: int, st
 @click.option("--customers", type=int, default=1000, show_default=True, help="Simulated people.")
 @click.option("--days", type=int, default=7, show_default=True, help="Days of journeys.")
 @click.option("--seed", type=int, default=1, show_default=True, help="Random seed: same seed, same traffic.")
-@click.option("--rate", type=float, default=None, help="Events per second to publish at (default: as fast as possible).")
+@click.option(
+    "--rate", type=float, default=None, help="Events per second to publish at (default: as fast as possible)."
+)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write <channel>.jsonl files here instead.")
 @click.option("--envelope", type=int, default=0, show_default=True, help="Events per Kafka record (0: one per record).")
 @click.option("--duplicates", type=float, default=0.02, show_default=True, help="Share of re-sent records.")

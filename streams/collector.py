@@ -20,6 +20,7 @@ import orjson
 
 from config.settings import Settings
 from config.topics import Topics
+from schemas.deadletter import DeadLetter
 from schemas.touchpoint import Channel, TouchpointEvent
 from streams.adapters import partition_key
 from streams.adapters.reader import Rejected, convert_one
@@ -61,10 +62,14 @@ class Collector:
             return False
         return user in self.write_keys
 
-    async def handle(self, path_kind: str, body: bytes, authorization: str | None, marketplace: str | None = None) -> CollectorReply:
+    async def handle(
+        self, path_kind: str, body: bytes, authorization: str | None, marketplace: str | None = None
+    ) -> CollectorReply:
         """Answer one request: ``path_kind`` is track, page, identify, batch or ecommerce."""
         if not self.authorised(authorization):
-            return CollectorReply(401, {"error": "invalid or missing write key"}, {"WWW-Authenticate": 'Basic realm="cxstream"'})
+            return CollectorReply(
+                401, {"error": "invalid or missing write key"}, {"WWW-Authenticate": 'Basic realm="cxstream"'}
+            )
         if len(body) > self.settings.collector_max_body_bytes:
             return CollectorReply(413, {"error": f"body larger than {self.settings.collector_max_body_bytes} bytes"})
         channel = Channel.ECOMMERCE if path_kind == "ecommerce" else Channel.WEB
@@ -76,12 +81,25 @@ class Collector:
             return CollectorReply(400, {"error": f"invalid JSON: {exc}"})
         messages = self._messages(path_kind, payload, marketplace)
         if messages is None:
-            return CollectorReply(400, {"error": "expected a JSON object (or {'batch': [...]} for /v1/batch)"})
+            detail = "expected a JSON object (or {'batch': [...]} for /v1/batch)"
+            # Valid JSON of the wrong shape is bad input like any other: dead-lettered with its bytes, not dropped.
+            dead = DeadLetter(
+                channel=channel.value,
+                reason="invalid_batch" if path_kind == "batch" else "not_an_object",
+                detail=detail,
+                source_file=f"collector:/v1/{path_kind}",
+                rejected_at=datetime.now(UTC),
+                original_b64=DeadLetter.encode(body),
+            )
+            await self._dead_letters([Rejected(None, dead, body)])
+            return CollectorReply(400, {"error": detail})
         now = datetime.now(UTC)
         results = [
             convert_one(channel, msg, received_at=now, source_file=f"collector:/v1/{path_kind}", line=i)
             if isinstance(msg, dict)
-            else convert_one(channel, orjson.dumps(msg), received_at=now, source_file=f"collector:/v1/{path_kind}", line=i)
+            else convert_one(
+                channel, orjson.dumps(msg), received_at=now, source_file=f"collector:/v1/{path_kind}", line=i
+            )
             for i, msg in enumerate(messages)
         ]
         rejected = [r for r in results if isinstance(r, Rejected)]

@@ -151,10 +151,12 @@ class BatchProcessor:
             self._stitching(result, view, report, write)
             self._metrics(conn, result, write, report.outputs)
             self._alerts(result, view, write, report)
-            self._sweep(conn, result.watermark, write, report)
+            self._sweep(conn, view, write, report)
             for event in result.too_late:
                 detail = f"occurred_at {event.occurred_at.isoformat()} is older than the allowed lateness"
-                report.dead_letters.append(_dead(event.channel.value, "too_late", detail, event.model_dump_json().encode()))
+                report.dead_letters.append(
+                    _dead(event.channel.value, "too_late", detail, event.model_dump_json().encode())
+                )
             for dead in report.dead_letters:
                 report.outputs.add(self.topics.deadletter, dead.channel or "", dead.model_dump_json().encode())
             write.outbox = report.outputs.encode() if report.outputs.records else None
@@ -214,22 +216,38 @@ class BatchProcessor:
                     "contacts": profile.contacts,
                     "returns": profile.returns,
                     "open_issues": profile.open_issues,
+                    "overdue_at": self._overdue_at(view.customers[profile.customer_id]),
                     "state": view.customers[profile.customer_id].to_dict(),
                 }
             )
-        write.identities = self._identity_rows(report.events, result)
+        write.identities = self._identity_rows(report.events, result, view)
         now = report.committed_at or datetime.now(UTC)
         for entry in result.entries:
             write.touchpoints.append(_touchpoint_row(entry, now))
             outputs.add(topics.timeline, entry.customer_id, entry.model_dump_json().encode())
 
-    def _identity_rows(self, events: Iterable[TouchpointEvent], result: BatchResult) -> list[dict[str, Any]]:
-        """Identity rows of the keys this batch's events carried, with when each was first and last seen."""
+    def _overdue_at(self, state: CustomerState) -> datetime | None:
+        """When the customer's earliest open issue passes its target time (None without open issues)."""
+        firsts = [issue.first_contact_at for issue in state.open_issues(self.engine.policy)]
+        if not firsts:
+            return None
+        return datetime.fromtimestamp(min(firsts) + self.settings.issue_target_s, UTC)
+
+    def _identity_rows(
+        self, events: Iterable[TouchpointEvent], result: BatchResult, view: StateView
+    ) -> list[dict[str, Any]]:
+        """Identity rows of the keys this batch's accepted events carried, with when each was first and last seen.
+
+        Keys of a merged customer that no event carried are re-pointed by the merge itself.
+        """
+        accepted = {entry.event_id for entry in result.entries}
         seen: dict[str, tuple[datetime, datetime]] = {}
         for event in events:
+            if event.event_id not in accepted:
+                continue
             at = as_utc(event.occurred_at)
             for key in self.engine.rules.keys_of(event).keys:
-                if key in result.identities:
+                if key in view.identities:
                     first, last = seen.get(key, (at, at))
                     seen[key] = (min(first, at), max(last, at))
         rows = []
@@ -240,7 +258,7 @@ class BatchProcessor:
                     "identifier": key,
                     "id_type": id_type,
                     "id_value": id_value,
-                    "customer_id": result.identities[key],
+                    "customer_id": view.identities[key],
                     "first_seen": first,
                     "last_seen": last,
                 }
@@ -299,7 +317,9 @@ class BatchProcessor:
         policy = self.engine.policy
         horizon = state.last_seen - 2 * ALERT_LOOKBACK.total_seconds()
         return [
-            timeline_entry(state.customer_id, row, state.derive(row, policy)) for row in state.timeline if row[0] >= horizon
+            timeline_entry(state.customer_id, row, state.derive(row, policy))
+            for row in state.timeline
+            if row[0] >= horizon
         ]
 
     def _alert_rows(self, alerts: Iterable[Alert], write: BatchWrite, report: BatchReport) -> None:
@@ -318,27 +338,45 @@ class BatchProcessor:
             report.outputs.add(self.topics.alerts, alert.customer_id, alert.model_dump_json().encode())
             report.alerts += 1
 
-    def _sweep(self, conn: Connection, watermark: datetime | None, write: BatchWrite, report: BatchReport) -> None:
-        """When event time has moved on by an hour: finalise closed windows and alert on overdue issues."""
-        if watermark is None or (self.swept_to is not None and watermark < self.swept_to + timedelta(hours=1)):
+    def _sweep(self, conn: Connection, view: StateView, write: BatchWrite, report: BatchReport) -> None:
+        """Follow event time: finalise windows that closed, alert on issues that became overdue.
+
+        Both are decided from the watermark alone (windows: end + allowed lateness; issues: first contact +
+        target), on every batch, so where batches happen to be cut does not change what ends final.
+        """
+        watermark = write.watermark
+        if watermark is None or watermark == self.swept_to:
             return
-        since = self.swept_to
         aggregator = MetricAggregator.from_settings(self.settings)
         closable = self.store.closable_cells(conn, watermark - self.lateness)
-        cells = {_domain_cell(key): counters for key, counters in closable.items()}
-        self._metric_outputs(aggregator.finalise(cells, watermark), write, report.outputs)
-        finalised = {_sql_cell(cell) for cell in cells}
-        write.cells = [row for row in write.cells if _row_cell(row) not in finalised]
-        write.cells += [_cell_row(cell, counters, final=True) for cell, counters in cells.items()]
+        if closable:
+            written = {_row_cell(row): row for row in write.cells}
+            # A cell this batch changed is finalised with its new counters, not the stored ones.
+            cells = {
+                _domain_cell(key): written[key]["counters"] if key in written else counters
+                for key, counters in closable.items()
+            }
+            self._metric_outputs(aggregator.finalise(cells, watermark), write, report.outputs)
+            for cell, counters in cells.items():
+                written[_sql_cell(cell)] = _cell_row(cell, counters, final=True)
+            write.cells = list(written.values())
         alerts: dict[str, Alert] = {}
         policy = self.engine.policy
-        for customer_id, data in self.store.customers_with_open_issues(conn).items():
-            state = CustomerState.from_dict(data)
+        due = {
+            cid: CustomerState.from_dict(data)
+            for cid, data in self.store.customers_due(conn, self.swept_to, watermark).items()
+        }
+        for row in write.customers:  # this batch's states are newer than the stored ones
+            if row["overdue_at"] is not None and row["overdue_at"] <= watermark:
+                due[row["customer_id"]] = view.customers[row["customer_id"]]
+            else:
+                due.pop(row["customer_id"], None)
+        for customer_id, state in due.items():
             issues = {
                 issue.key: OpenIssueInfo(datetime.fromtimestamp(issue.first_contact_at, UTC))
                 for issue in state.open_issues(policy)
             }
-            for alert in overdue(customer_id, issues, watermark, self.settings, since=since):
+            for alert in overdue(customer_id, issues, watermark, self.settings, since=self.swept_to):
                 alerts.setdefault(alert.alert_id, alert)
         self._alert_rows(alerts.values(), write, report)
         write.swept_to = watermark

@@ -95,7 +95,9 @@ class Publisher:
     def dead_letter(self, dead: DeadLetter) -> None:
         """Publish a rejected record with its reason and original bytes."""
         key = (dead.channel or "").encode()
-        self._track(self.producer.send(self.topics.deadletter, key=key, value=dead.model_dump_json().encode()), 1, dead.reason)
+        self._track(
+            self.producer.send(self.topics.deadletter, key=key, value=dead.model_dump_json().encode()), 1, dead.reason
+        )
 
     def _partition_count(self, topic: str) -> int:
         if topic not in self._partitions:
@@ -136,4 +138,3 @@ def publish_items(publisher: Publisher, items: Iterable[object]) -> PublishSumma
         else:
             publisher.event(item.event)  # type: ignore[attr-defined]
     return publisher.flush()
-

@@ -77,6 +77,9 @@ class Worker:
             producer_acks=-1,
             broker_commit_every=1000,
             broker_commit_interval=1.0,
+            # aiohttp's own cap (1 MiB by default) would otherwise override a larger collector limit, and answer
+            # a smaller one with a plain-text 413; the views below answer it with the collector's JSON 413.
+            web_application_options={"client_max_size": s.collector_max_body_bytes},
         )
         inputs = app.topic(*self.topics.channels, value_serializer="raw", key_serializer="raw")
 
@@ -84,9 +87,7 @@ class Worker:
         async def touchpoints(stream: faust.StreamT) -> None:
             # noack_take: offsets move only after our SQL commit, never because the batch was merely read.
             async for events in stream.noack_take(s.batch_max_events, within=s.batch_max_wait):
-                records = [
-                    InRecord(e.message.topic, e.message.partition, e.message.offset, e.value) for e in events
-                ]
+                records = [InRecord(e.message.topic, e.message.partition, e.message.offset, e.value) for e in events]
                 await self.handle(records)
                 for event in events:
                     await stream.ack(event)
@@ -120,22 +121,37 @@ class Worker:
 
         @app.page("/metrics")
         async def metrics_page(_web: Any, _request: Any) -> web.Response:
-            return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+            return web.Response(
+                body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+            )
 
         collector = Collector(s, self._send, self.metrics)
+        too_large = {"error": f"body larger than {s.collector_max_body_bytes} bytes"}
+
+        async def read_body(request: Request) -> bytes | None:
+            """The request body, or None when it is over the limit (aiohttp stops reading it there)."""
+            try:
+                return await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                return None
 
         @app.page("/v1/{kind}")
         class SegmentEndpoint(View):
             async def post(self, request: Request, kind: str) -> Response:
                 if kind not in (*SEGMENT_KINDS, "batch"):
                     return self.json({"error": f"unknown endpoint /v1/{kind}"}, status=404)
-                reply = await collector.handle(kind, await request.read(), request.headers.get("Authorization"))
+                body = await read_body(request)
+                if body is None:
+                    return self.json(too_large, status=413)
+                reply = await collector.handle(kind, body, request.headers.get("Authorization"))
                 return self.json(reply.body, status=reply.status, headers=reply.headers)
 
         @app.page("/v1/ecommerce/{marketplace}")
         class MarketplaceEndpoint(View):
             async def post(self, request: Request, marketplace: str) -> Response:
-                body = await request.read()
+                body = await read_body(request)
+                if body is None:
+                    return self.json(too_large, status=413)
                 reply = await collector.handle("ecommerce", body, request.headers.get("Authorization"), marketplace)
                 return self.json(reply.body, status=reply.status, headers=reply.headers)
 
@@ -213,6 +229,8 @@ class Worker:
         m.blocked_identifiers.labels(w, "over_limit").inc(result.over_limit)
         committed = report.committed_at
         for entry in result.entries:
+            if entry.event_id in result.replaced:
+                continue  # an earlier batch's entry re-emitted (derived fields changed): not a new arrival
             lag = (committed - entry.received_at).total_seconds()
             m.processing_latency.labels(w).observe(lag)
             m.end_to_end_latency.labels(w).observe(lag)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
 from tests.support.processes import free_port
 from tests.support.workers import WorkerFactory
@@ -56,7 +57,9 @@ def _psycopg_url(url: str) -> str:
 def postgres_url(postgres_server_url: str) -> Iterator[str]:
     """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
     name = f"cxs_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(_psycopg_url(postgres_server_url), isolation_level="AUTOCOMMIT")
+    # NullPool: a fresh admin connection each time, so a test that restarted or cut off the server cannot
+    # leave a dead pooled connection behind for the clean-up.
+    admin = create_engine(_psycopg_url(postgres_server_url), isolation_level="AUTOCOMMIT", poolclass=NullPool)
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     base, _, query = _psycopg_url(postgres_server_url).partition("?")

@@ -59,6 +59,11 @@ _PAIR = itemgetter(0, 1)
 _SPACES = re.compile(r"\s+")
 _TYPES: dict[str, EventType] = {t.value: t for t in EventType}
 _MOMENTS: dict[str, Moment] = {m.value: m for m in Moment}
+_STAGES: dict[str, Stage] = {s.value: s for s in Stage}
+#: Per event type: (is a journey event, its stage as stored in the anchor).
+_ANCHOR_OF: dict[str, tuple[bool, str]] = {t.value: (is_journey_event(t), stage_of(t).value) for t in EventType}
+_CHANNELS: dict[str, Channel] = {c.value: c for c in Channel}
+_IDENTIFIER_TYPES: dict[str, IdentifierType] = {t.value: t for t in IdentifierType}
 
 
 def issue_key(event: TouchpointEvent) -> str | None:
@@ -71,14 +76,14 @@ def issue_key(event: TouchpointEvent) -> str | None:
     return REASON_PREFIX + (reason or "unspecified")
 
 
-def make_row(event: TouchpointEvent) -> Row:
-    """The stored timeline entry of an event (its facts; derived fields are computed on output)."""
+def make_row(event: TouchpointEvent, t: float) -> Row:
+    """The stored timeline entry of an event occurring at ``t`` (its facts; derived fields come on output)."""
     survey = event.survey
     return [
-        event.occurred_at.timestamp(),
+        t,
         event.event_id,
-        event.channel.value,
-        event.type.value,
+        str(event.channel),
+        str(event.type),
         event.received_at.timestamp(),
         None if event.amount is None else str(event.amount),
         event.currency,
@@ -87,7 +92,7 @@ def make_row(event: TouchpointEvent) -> Row:
         event.transfers,
         None if survey is None or survey.is_empty() else [survey.nps, survey.csat, survey.ces],
         event.source.id,
-        [m.value for m in event_moments(event)],
+        [str(m) for m in event_moments(event)],
     ]
 
 
@@ -167,7 +172,7 @@ def timeline_entry(customer_id: str, row: Row, derived: Derived) -> TimelineEntr
         amount=row[AMOUNT],
         currency=row[CURRENCY],
         issue_key=row[ISSUE],
-        is_contact=context is not None,
+        is_contact=row[TYPE] == EventType.SUPPORT_CONTACT,
         contact_number=context.number if context else 0,
         repeat_contact=context.repeat if context else False,
         resolved=row[RESOLVED],
@@ -318,8 +323,8 @@ class CustomerState:
             insort(self.issues.setdefault(row[ISSUE], []), [t, event_id, row[CHANNEL], row[RESOLVED]], key=_PAIR)
         elif kind == EventType.RETURN:
             self.returns += 1
-        event_type = _TYPES[kind]
-        anchor = (is_journey_event(event_type), t, event_id, stage_of(event_type).value)
+        journey, stage = _ANCHOR_OF[kind]
+        anchor = (journey, t, event_id, stage)
         if self.anchor is None or anchor > self.anchor:
             self.anchor = anchor
 
@@ -449,7 +454,7 @@ class CustomerState:
         return self._stage(bool(self.open_issues(policy)))
 
     def _stage(self, has_open_issue: bool) -> Stage:
-        latest = Stage.PRE_PURCHASE if self.anchor is None else Stage(self.anchor[3])
+        latest = Stage.PRE_PURCHASE if self.anchor is None else _STAGES[self.anchor[3]]
         return customer_stage(latest, has_open_issue)
 
     @property
@@ -466,7 +471,7 @@ class CustomerState:
             last_seen=datetime.fromtimestamp(self.last_seen, UTC),
             stage=self._stage(open_issues > 0),
             identifiers={
-                IdentifierType(kind): list(values)
+                _IDENTIFIER_TYPES[kind]: list(values)
                 for kind, values in self.identifiers.items()
                 if kind != ANONYMOUS_TYPE
             },
@@ -476,13 +481,16 @@ class CustomerState:
             contacts=self.contacts,
             returns=self.returns,
             open_issues=open_issues,
-            channels={Channel(channel): n for channel, n in self.channels.items()},
+            channels={_CHANNELS[channel]: n for channel, n in self.channels.items()},
         )
 
     # --- storage -------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON-able row of this state (layout version :data:`STATE_VERSION`)."""
+        """The JSON-able row of this state (layout version :data:`STATE_VERSION`).
+
+        It shares the state's lists and dicts, so serialise it straight away rather than keep it.
+        """
         return {
             "v": STATE_VERSION,
             "id": self.customer_id,

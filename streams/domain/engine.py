@@ -168,7 +168,7 @@ class _Batch:
             result.unattributed.append(event)
             return
         state = self._link(event, keys, t)
-        row = make_row(event)
+        row = make_row(event, t)
         for affected in state.affected_by(row, self.policy):
             self._candidate(state, affected)
         state.add(row, event, self.policy)
@@ -186,6 +186,8 @@ class _Batch:
         plan = plan_link(keys, view.identities, lambda cid: self._state(cid).identifiers, self.rules.limits)
         if plan.refused:
             result.refused[event.event_id] = plan.refused
+        if not plan.new_keys and len(plan.group) == 1:
+            return self._state(plan.group[0])  # the usual case: nothing new to link
         states = [self._state(cid) for cid in plan.group]
         strongest = [state.strongest_key() for state in states]
         final_key = min(strongest + plan.new_keys, key=key_strength)
@@ -199,36 +201,35 @@ class _Batch:
             else:
                 survivor = view.customers[final_id] = CustomerState(final_id)
                 self.created.add(final_id)
-        merged = [state for state in states if state is not survivor]
-        if survivor.customer_id != final_id:
-            merged.append(survivor)  # a stronger key joined: its old id is merged into the new one
+        absorbed = [state for state in states if state is not survivor]
+        renamed = survivor.customer_id != final_id  # a stronger key joined: the old id merges into the new
         linked = [key for key in keys if key not in plan.refused]
         since = t - self.policy.allowed_lateness_s
-        for state in merged:
-            old_id = state.customer_id
-            if state is not survivor:
-                for side, row in survivor.merge_affected(state, since):
-                    self._candidate(side, row)
-                survivor.absorb(state, self.policy)
-            del view.customers[old_id]
-            self.removed[old_id] = survivor
+        repoint: list[str] = []
+        for state in absorbed:
+            for side, row in survivor.merge_affected(state, since):
+                self._candidate(side, row)
+            repoint += state.identifier_keys()
+            survivor.absorb(state, self.policy)
+        for state in [*absorbed, survivor] if renamed else absorbed:
+            del view.customers[state.customer_id]
+            self.removed[state.customer_id] = survivor
             result.merges.append(
                 IdentityChange(
                     survivor_id=final_id,
-                    merged_id=old_id,
+                    merged_id=state.customer_id,
                     event_id=event.event_id,
                     identifiers=_evidence(linked),
                     occurred_at=event.occurred_at,
                 )
             )
-        if merged:
-            if survivor.customer_id != final_id:
-                self.created.add(final_id)
+        if renamed:
+            self.created.add(final_id)
             survivor.customer_id = final_id
             view.customers[final_id] = survivor
-            for key in survivor.identifier_keys():
-                if view.identities.get(key) != final_id:
-                    view.identities[key] = result.identities[key] = final_id
+            repoint = survivor.identifier_keys()
+        for key in repoint:
+            view.identities[key] = result.identities[key] = final_id
         for key in plan.new_keys:
             survivor.add_key(key)
             view.identities[key] = result.identities[key] = final_id
@@ -255,8 +256,7 @@ class _Batch:
         result.profiles = list(profiles.values())
         for old_id, holder in self.removed.items():
             if old_id in self.created:
-                continue
-            # An id never comes back: its key stays in a component that has a stronger one.
+                continue  # never stored: nothing to delete or tombstone
             survivor = _final(holder)
             result.removed.append(old_id)
             result.profiles.append(

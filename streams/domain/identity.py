@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from config.settings import Settings
 from schemas.touchpoint import IDENTIFIER_RANK, IdentifierType, TouchpointEvent
@@ -74,8 +74,7 @@ def anonymous_key(event: TouchpointEvent) -> str | None:
     return f"{ANONYMOUS_TYPE}:{event.channel}:{event.source.system}:{value.strip()}"
 
 
-@dataclass(frozen=True, slots=True)
-class EventKeys:
+class EventKeys(NamedTuple):
     """The identifier keys an event is stitched by, strongest first, and how many were blocked."""
 
     keys: tuple[str, ...]
@@ -142,13 +141,12 @@ class IdentityRules:
         return {key for event in events for key in self.keys_of(event).keys}
 
 
-@dataclass(slots=True)
-class LinkPlan:
+class LinkPlan(NamedTuple):
     """What an event links: existing customers to combine, keys new to the graph, keys refused."""
 
-    group: list[str] = field(default_factory=list)
-    new_keys: list[str] = field(default_factory=list)
-    refused: list[str] = field(default_factory=list)
+    group: list[str]
+    new_keys: list[str]
+    refused: list[str]
 
 
 def plan_link(
@@ -163,25 +161,44 @@ def plan_link(
     ``holdings(customer_id)`` gives a customer's keys by type. The strongest key is always taken; each
     further key joins (with its customer's keys) only if the combined customer stays within ``limits``.
     """
-    plan = LinkPlan()
-    counts = dict.fromkeys(limits, 0)
+    plan = LinkPlan([], [], [])
+    counts: dict[str, int] | None = None  # keys by limited type linked so far; computed when first needed
     for index, key in enumerate(keys):
         owner = identities.get(key)
         if owner is not None and owner in plan.group:
             continue
-        if owner is None:
-            kind = key_type(key)
-            adds = {kind: 1} if kind in limits else {}
-        else:
-            held = holdings(owner)
-            adds = {kind: len(held.get(kind, ())) for kind in limits}
-        if index and any(counts[kind] + n > limits[kind] for kind, n in adds.items()):
-            plan.refused.append(key)
-            continue
-        for kind, n in adds.items():
-            counts[kind] += n
+        if index:
+            if counts is None:
+                counts = _type_counts(plan, holdings, limits)
+            if owner is None:
+                kind = key_type(key)
+                adds = {kind: 1} if kind in limits else {}
+            else:
+                held = holdings(owner)
+                adds = {kind: len(held.get(kind, ())) for kind in limits}
+            if any(counts[kind] + n > limits[kind] for kind, n in adds.items()):
+                plan.refused.append(key)
+                continue
+            for kind, n in adds.items():
+                counts[kind] += n
         if owner is None:
             plan.new_keys.append(key)
         else:
             plan.group.append(owner)
     return plan
+
+
+def _type_counts(
+    plan: LinkPlan, holdings: Callable[[str], Mapping[str, Sequence[str]]], limits: Mapping[str, int]
+) -> dict[str, int]:
+    """How many keys of each limited type the customers and keys of ``plan`` hold together."""
+    counts = dict.fromkeys(limits, 0)
+    for owner in plan.group:
+        held = holdings(owner)
+        for kind in limits:
+            counts[kind] += len(held.get(kind, ()))
+    for key in plan.new_keys:
+        kind = key_type(key)
+        if kind in counts:
+            counts[kind] += 1
+    return counts

@@ -52,6 +52,8 @@ COMPLAINT_WORDS: frozenset[str] = frozenset(
 COMPLAINT_RATING = 2
 
 _WORD = re.compile(r"[a-z]+")
+#: Types that can be a moment by themselves (any type can also carry an NPS answer).
+_MOMENT_TYPES = frozenset({EventType.SUPPORT_CONTACT, EventType.RETURN, EventType.LATE_DELIVERY, EventType.REVIEW})
 _ORDER: dict[Moment, int] = {m: i for i, m in enumerate(Moment)}
 
 
@@ -93,6 +95,8 @@ def nps_moment(score: int) -> Moment:
 
 def event_moments(event: TouchpointEvent) -> tuple[Moment, ...]:
     """Return the moments of truth a touchpoint is by itself (all but first_purchase), in Moment order."""
+    if event.type not in _MOMENT_TYPES and event.survey is None:
+        return ()
     found: list[Moment] = []
     if event.type is EventType.SUPPORT_CONTACT:
         found.append(Moment.SUPPORT_CONTACT)

@@ -1,4 +1,5 @@
-"""promtool for the integration tests: the one on PATH, or installed from Debian's ``prometheus`` package.
+"""promtool and the Prometheus server for the integration tests: the ones on PATH, or installed from Debian's
+``prometheus`` package (it ships both binaries).
 
 The package is installed for its binaries only. It ships a service, but nothing starts it here: there is no systemd,
 and invoke-rc.d defers to policy-rc.d, which refuses service starts in container images.
@@ -19,7 +20,7 @@ APT_TIMEOUT_S = 900
 
 
 class PromtoolUnavailable(RuntimeError):
-    """promtool is not on PATH and installing it failed."""
+    """promtool (or prometheus) is not on PATH and installing it failed."""
 
 
 def _privileged(cmd: list[str]) -> list[str]:
@@ -29,7 +30,7 @@ def _privileged(cmd: list[str]) -> list[str]:
         return cmd
     if shutil.which("sudo"):
         return ["sudo", "-n", *cmd]  # -n: fail at once rather than wait for a password nobody will type
-    raise PromtoolUnavailable("promtool is missing, and installing it needs root (or sudo)")
+    raise PromtoolUnavailable(f"{APT_PACKAGE} binaries are missing, and installing them needs root (or sudo)")
 
 
 def _apt_get(*args: str) -> None:
@@ -44,25 +45,40 @@ def _apt_get(*args: str) -> None:
         )
 
 
-def ensure_promtool() -> str:
-    """Path of promtool, installing Debian's prometheus package first when it is not on PATH."""
-    found = shutil.which("promtool")
+def ensure_binary(name: str) -> str:
+    """Path of ``name`` (promtool or prometheus), installing Debian's prometheus package first when missing."""
+    found = shutil.which(name)
     if found:
         return found
     _apt_get("update")
     _apt_get("install", "-y", "--no-install-recommends", APT_PACKAGE)
-    found = shutil.which("promtool")
+    found = shutil.which(name)
     if not found:
-        raise PromtoolUnavailable(f"apt-get installed {APT_PACKAGE}, but promtool is still not on PATH")
+        raise PromtoolUnavailable(f"apt-get installed {APT_PACKAGE}, but {name} is still not on PATH")
     return found
+
+
+def ensure_promtool() -> str:
+    """Path of promtool, installing Debian's prometheus package first when it is not on PATH."""
+    return ensure_binary("promtool")
+
+
+def _binary_or_fail(name: str) -> str:
+    try:
+        return ensure_binary(name)
+    except PromtoolUnavailable as exc:
+        problem = str(exc)
+    # Outside the except block, so the report is the problem alone, not a chain of tracebacks.
+    pytest.fail(f"{name} unavailable: {problem}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
 def promtool() -> str:
     """Path of promtool. Fails (never skips) when it cannot be had: the rules would otherwise go unchecked."""
-    try:
-        return ensure_promtool()
-    except PromtoolUnavailable as exc:
-        problem = str(exc)
-    # Outside the except block, so the report is the problem alone, not a chain of tracebacks.
-    pytest.fail(f"promtool unavailable: {problem}", pytrace=False)
+    return _binary_or_fail("promtool")
+
+
+@pytest.fixture(scope="session")
+def prometheus_server_binary() -> str:
+    """Path of the Prometheus server binary. Fails (never skips) when it cannot be had."""
+    return _binary_or_fail("prometheus")

@@ -12,7 +12,7 @@ from sinks import tables as t
 from sinks.database import make_engine
 from streams.domain.oracle import replay
 from tests.support.processes import wait_until
-from tests.support.results import caught_up, consumed_events, end_offsets, run_cli, snapshot
+from tests.support.results import caught_up, consumed_events, end_offsets, run_cli
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
 LATENESS = str(10 * 365 * 86400)

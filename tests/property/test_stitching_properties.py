@@ -197,12 +197,19 @@ def test_any_arrival_order_and_batching_ends_where_the_oracle_does(events: list,
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(events=histories(max_events=60, span_days=40.0), seed=st.integers(0, 2**32))
-def test_bounded_disorder_with_pruning_and_a_short_timeline_keeps_states_exact(events: list, seed: int) -> None:
-    # Short horizons and a short timeline make pruning and truncation happen; arrival disorder is
-    # bounded by the allowed lateness, so nothing is too late and the final states must still match.
+@given(
+    events=histories(max_events=60, span_days=40.0),
+    timeline_limit=st.sampled_from([6, 1000]),
+    seed=st.integers(0, 2**32),
+)
+def test_bounded_disorder_with_pruning_ends_where_the_oracle_does(events: list, timeline_limit: int, seed: int) -> None:
+    # Short horizons make pruning happen, and a short timeline truncation; arrival disorder is bounded
+    # by the allowed lateness, so nothing is too late and the final states must still match.
     tight = Settings(
-        allowed_lateness_s=2 * DAY, dedupe_horizon_s=3 * DAY, repeat_contact_window_s=1 * DAY, timeline_limit=6
+        allowed_lateness_s=2 * DAY,
+        dedupe_horizon_s=3 * DAY,
+        repeat_contact_window_s=1 * DAY,
+        timeline_limit=timeline_limit,
     )
     rng = random.Random(seed)
     jitter = {e.event_id: rng.uniform(0, tight.allowed_lateness_s) for e in events}
@@ -214,6 +221,8 @@ def test_bounded_disorder_with_pruning_and_a_short_timeline_keeps_states_exact(e
     oracle = replay(events, tight)
     assert identities == oracle.identities
     assert states == {cid: state.to_dict() for cid, state in oracle.customers.items()}
+    # Entries are not compared here: an entry older than a merge's event time minus the lateness is
+    # final, and which merges came before it in processing order differs from the oracle's.
 
 
 @settings(max_examples=60, deadline=None)

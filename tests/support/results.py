@@ -94,4 +94,6 @@ def _plain(value: Any) -> Any:
         return str(value.normalize())
     if isinstance(value, float):
         return round(value, 9)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in sorted(value.items())}
     return value

