@@ -8,6 +8,7 @@ the input offsets. The Faust agent (streams/worker.py) only feeds it batches and
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -30,6 +31,9 @@ from streams.domain.customer import REASON_PREFIX, CustomerState, timeline_entry
 from streams.domain.engine import BatchResult, StateView, StitchEngine
 
 log = logging.getLogger(__name__)
+
+#: Seconds of seeking back to a missing offset before the gap is taken as real (records removed from the log).
+GAP_GRACE_S = 60.0
 
 #: How far back an alert rule looks from a new entry (the longest rule window, late delivery → contact).
 ALERT_LOOKBACK = timedelta(days=14)
@@ -74,6 +78,8 @@ class BatchReport:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     result: BatchResult | None = None
     late_accepted: int = 0
+    #: Partitions whose records arrived past a gap: the worker seeks each back to the offset it expects.
+    gaps: dict[tuple[str, int], int] = field(default_factory=dict)
     alerts: int = 0
     outbox_id: int | None = None
     outputs: Outputs = field(default_factory=Outputs)
@@ -93,6 +99,7 @@ class BatchProcessor:
         self.applied: dict[tuple[str, int], int] = {}
         self.watermark: datetime | None = None
         self.swept_to: datetime | None = None
+        self._gaps_seen: dict[tuple[tuple[str, int], int], float] = {}
         self.reload()
 
     def reload(self) -> None:
@@ -103,15 +110,24 @@ class BatchProcessor:
     # --- decoding -------------------------------------------------------------------------------
 
     def decode(self, records: Sequence[InRecord], report: BatchReport) -> dict[tuple[str, int], int]:
-        """Validate the new records' events into ``report``; return the highest offset seen per partition."""
+        """Validate the new records' events into ``report``; return the highest offset applied per partition.
+
+        Offsets are applied contiguously: a record at or below the applied offset is skipped (its effects are
+        committed), and one beyond the next expected offset means records went missing on the way here (the
+        consumer dropped a fetch during a rebalance): it is not applied, and the partition is sought back.
+        """
         offsets: dict[tuple[str, int], int] = {}
         prefix = f"{self.settings.topic_prefix}touchpoints."
         for rec in records:
             tp = (rec.topic, rec.partition)
-            if rec.offset <= self.applied.get(tp, -1):
-                report.skipped_records += 1  # applied before a crash or rebalance: its effects are committed
+            applied = offsets.get(tp, self.applied.get(tp))
+            if applied is not None and rec.offset <= applied:
+                report.skipped_records += 1
                 continue
-            offsets[tp] = max(offsets.get(tp, -1), rec.offset)
+            if applied is not None and rec.offset > applied + 1 and not self._gap_is_real(tp, applied + 1):
+                report.gaps.setdefault(tp, applied + 1)
+                continue
+            offsets[tp] = rec.offset
             channel = rec.topic.removeprefix(prefix)
             try:
                 body = orjson.loads(rec.value)
@@ -126,6 +142,17 @@ class BatchProcessor:
                     raw = rec.value if len(items) == 1 else orjson.dumps(item)
                     report.dead_letters.append(_dead(channel, "validation_error", _describe(exc), raw))
         return offsets
+
+    def _gap_is_real(self, tp: tuple[str, int], expected: int) -> bool:
+        """True once seeking back to a missing offset has not brought it for a while: it is not in the log.
+
+        Retention or compaction can remove records for good; such a gap is accepted after GAP_GRACE_S.
+        """
+        first_seen = self._gaps_seen.setdefault((tp, expected), time.monotonic())
+        if time.monotonic() - first_seen > GAP_GRACE_S:
+            log.error("offset %d of %s is not in the log; continuing after the gap", expected, tp)
+            return True
+        return False
 
     # --- the batch --------------------------------------------------------------------------------
 

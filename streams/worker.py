@@ -9,15 +9,18 @@ no repartition topic and no Faust table: one pass over the input, one transactio
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import faust
 import orjson
 from aiohttp import web
+from faust.types import TP
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -31,6 +34,8 @@ from streams.observability import Metrics
 from streams.pipeline import BatchProcessor, BatchReport, InRecord, Outputs
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Longest pause between retries of a failing database write.
 MAX_BACKOFF_S = 10.0
@@ -88,14 +93,21 @@ class Worker:
             # noack_take: offsets move only after our SQL commit, never because the batch was merely read.
             async for events in stream.noack_take(s.batch_max_events, within=s.batch_max_wait):
                 records = [InRecord(e.message.topic, e.message.partition, e.message.offset, e.value) for e in events]
-                await self.handle(records)
+                try:
+                    await self.handle(records)
+                except Exception as exc:
+                    # A worker that cannot apply its input must stop (and be restarted by its supervisor),
+                    # not linger with a dead agent; nothing was acked, so nothing is lost.
+                    log.exception("cannot apply a batch; stopping the worker")
+                    await app.crash(exc)
+                    raise
                 for event in events:
                     await stream.ack(event)
 
         @app.on_partitions_assigned.connect
         async def on_assigned(_app: Any, assigned: Any = None, **_: Any) -> None:
             # Another worker may have applied our new partitions: learn how far from the database.
-            self.processor.reload()
+            await self._with_database(self.processor.reload)
 
         @app.task
         async def flush_leftover_outbox() -> None:
@@ -181,35 +193,43 @@ class Worker:
             return
         await self._publish_report(report)
 
-    async def _apply(self, work: Any, *args: Any) -> BatchReport:
-        """Run ``work`` off the event loop, retrying transient database failures with backoff.
+    async def _apply(self, work: Callable[..., BatchReport], *args: Any) -> BatchReport:
+        """Apply a batch off the event loop (retrying like every database call) and record it in the metrics."""
+        started = time.perf_counter()
+        report = await self._with_database(work, *args)
+        self.observe(report, time.perf_counter() - started)
+        return report
+
+    async def _with_database(self, work: Callable[..., T], *args: Any) -> T:
+        """Run ``work`` in a thread, retrying transient database failures with backoff.
 
         The stream waits meanwhile (its buffer fills, then Faust stops fetching) and no offset moves, so a
         database outage pauses the job instead of dropping or double-writing anything.
         """
         delay = 0.2
         while True:
-            started = time.perf_counter()
             try:
-                report: BatchReport = await asyncio.to_thread(work, *args)
+                return await asyncio.to_thread(work, *args)
             except Exception as exc:
                 if not is_transient(exc):
                     raise
                 self.metrics.sink_failures.labels(self.settings.worker_id, "transient").inc()
                 self.metrics.sink_retries.labels(self.settings.worker_id).inc()
-                log.warning("database write failed (%s); retrying in %.1fs", exc.__class__.__name__, delay)
+                log.warning("database unavailable (%s); retrying in %.1fs", exc.__class__.__name__, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_S)
-                # The failed transaction rolled back: start again from what the database says.
-                await asyncio.to_thread(self.processor.reload)
-                continue
-            self.observe(report, time.perf_counter() - started)
-            return report
+                # A failed transaction rolled back: go on from what the database says, not from memory.
+                await self._with_database(self.processor.reload)
 
     async def _publish_report(self, report: BatchReport) -> None:
+        for (topic, partition), offset in report.gaps.items():
+            log.warning(
+                "records of %s[%d] from offset %d went missing in transit: seeking back", topic, partition, offset
+            )
+            await self.app.consumer.seek(TP(topic, partition), offset)
         if report.outbox_id is not None:
             await self.publish(report.outputs)
-            await asyncio.to_thread(self.store.delete_outbox, [report.outbox_id])
+            await self._with_database(self.store.delete_outbox, [report.outbox_id])
 
     def observe(self, report: BatchReport, duration: float) -> None:
         """Record a batch in the Prometheus metrics."""
@@ -245,17 +265,15 @@ class Worker:
 
     async def publish_pending(self) -> None:
         """Publish outbox rows a previous run committed but did not get acknowledged (at-least-once)."""
-        for row_id, payload in await asyncio.to_thread(self.store.pending_outbox, self.processor.group_id):
+        for row_id, payload in await self._with_database(self.store.pending_outbox, self.processor.group_id):
             await self.publish(Outputs.decode(payload))
-            await asyncio.to_thread(self.store.delete_outbox, [row_id])
+            await self._with_database(self.store.delete_outbox, [row_id])
 
     async def update_gauges(self) -> None:
         """Refresh gauges that are read rather than counted: customers in state, consumer lag."""
         w = self.settings.worker_id
-        try:
+        with contextlib.suppress(OperationalError):  # the database is down: the sink's failure counters say so
             self.metrics.customers.labels(w).set(await asyncio.to_thread(customers_count, self.engine))
-        except OperationalError:
-            pass  # the database is down: the sink's failure counters say so
         consumer = self.app.consumer
         try:
             assignment = consumer.assignment()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,11 +44,16 @@ def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
         return
     import pgserver
 
-    server = pgserver.get_server(str(tmp_path_factory.mktemp("pg")), cleanup_mode="stop")
+    # Outside pytest's basetemp: pytest prunes old basetemps, and a concurrent session would pull the data
+    # directory from under a running server. pgserver runs the server as its own user when we are root.
+    data_dir = tempfile.mkdtemp(prefix="cxstream-pg-")
+    os.chmod(data_dir, 0o755)
+    server = pgserver.get_server(data_dir, cleanup_mode="stop")
     try:
         yield server.get_uri()
     finally:
         server.cleanup()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def _psycopg_url(url: str) -> str:

@@ -137,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--worker-env expects CXSTREAM_NAME=VALUE, got {item!r}")
         worker_env[key] = value
     signal.signal(signal.SIGTERM, _on_sigterm)
+    # Also when started from a script that ignores SIGINT (`cmd &` in sh): Ctrl-C or kill -INT must clean up.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     started_at = datetime.now(UTC)
     t0 = time.monotonic()
     run_id = f"cxb{int(time.time()) % 1_000_000:06d}"
@@ -284,6 +286,7 @@ def _publish(
             partitions=ctx.partitions,
         )
         published[shape] = pub
+        ctx.input_topics.update(Topics(prefix).channels)
         results["publish"][shape] = {**as_dict(pub), "ends": None, "records_per_s": pub.records_per_s}
         print(
             f"[bench]   {pub.records:,} records in {pub.seconds:.1f}s ({pub.records_per_s:,.0f} records/s)", flush=True
@@ -364,7 +367,7 @@ def _pipeline(
         raise RunFailed(f"{config.name}: the {config.shape} topics were not published")
     res = run_pipeline(ctx, config, pub, events)
     entry.update(as_dict(res))
-    entry["status"] = "ok"
+    entry["status"] = "ok" if res.batches >= 5 else f"ok ({res.batches} commit{'s' if res.batches > 1 else ''})"
     print(
         f"[bench]   {config.name}: {_num(res.sustained_eps)} events/s sustained, wall {res.wall_s:.1f}s, "
         f"{_num(res.sql_rows_per_s)} SQL rows/s, {res.touchpoints:,} touchpoints",
@@ -454,15 +457,16 @@ def summarise(results: dict[str, Any]) -> None:
             verdict("single-event ≥ 1.0x passthrough (floor 0.5x)", name, ratio, 1.0, 0.5, shown)
     lat = results.get("latency")
     p99 = lat["percentiles"]["p99"] if lat and lat.get("status") == "ok" else None
-    verdict(
-        "p99 < 1 s at half the sustained rate",
-        "latency",
-        p99,
-        1.0,
-        None,
-        f"p99 {p99:.3f} s" if p99 is not None else "—",
-        lower=True,
-    )
+    if "latency" in results["configurations"]:
+        verdict(
+            "p99 < 1 s at half the sustained rate",
+            "latency",
+            p99,
+            1.0,
+            None,
+            f"p99 {p99:.3f} s" if p99 is not None else "—",
+            lower=True,
+        )
     scaling: dict[str, Any] = {}
     for name, run in results["pipelines"].items():
         if run.get("workers", 1) != 2:
@@ -470,9 +474,15 @@ def summarise(results: dict[str, Any]) -> None:
         one_name = name.removesuffix("-2w")
         one = results["pipelines"].get(one_name, {})
         scaling = {"config": name, "baseline": one_name, "ratio": None, "ratio_wall": None}
-        if run.get("sustained_eps") and one.get("sustained_eps"):
-            scaling["ratio"] = run["sustained_eps"] / one["sustained_eps"]
+        if str(run.get("status")).startswith("ok") and str(one.get("status")).startswith("ok"):
             scaling["ratio_wall"] = one["wall_s"] / run["wall_s"]
+            if run.get("sustained_eps") and one.get("sustained_eps"):
+                scaling["ratio"] = run["sustained_eps"] / one["sustained_eps"]
+            else:
+                scaling["why"] = (
+                    f"no sustained rate (too few commits; use a larger workload); by wall time, start-up "
+                    f"included, two workers took {scaling['ratio_wall']:.2f}x less time"
+                )
         else:
             scaling["why"] = f"needs both {name} and {one_name} to succeed in the same run"
         shown = f"{scaling['ratio']:.2f}x one worker" if scaling["ratio"] else "—"

@@ -155,8 +155,9 @@ def run_baseline(
             sampler.unwatch(kind)
             children.stop(proc)
     for line in reversed(log_path.read_text(errors="replace").splitlines()):
-        if line.startswith(RESULT_PREFIX):
-            data = orjson.loads(line[len(RESULT_PREFIX) :])
+        # Faust routes a child's print through its logging ("[date] [pid] [WARNING] BENCH-RESULT {...}").
+        if RESULT_PREFIX in line:
+            data = orjson.loads(line.split(RESULT_PREFIX, 1)[1].strip())
             return BaselineResult(int(data["events"]), float(data["seconds"]), peaks.get(kind, 0))
     raise RuntimeError(f"{kind} baseline exited with {proc.returncode} and no result; log tail:\n{log_tail(log_path)}")
 

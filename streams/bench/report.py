@@ -66,12 +66,13 @@ def _git(repo: Path) -> dict[str, Any]:
 
     def run(*args: str) -> str:
         try:
-            return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
+            return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10).stdout
         except (OSError, subprocess.SubprocessError):
             return ""
 
+    # Porcelain lines are "XY path": the status letters can start with a space, so no strip() before slicing.
     changed = [line[3:] for line in run("status", "--porcelain", "--untracked-files=no").splitlines() if line]
-    return {"commit": run("rev-parse", "--short", "HEAD"), "modified_files": changed}
+    return {"commit": run("rev-parse", "--short", "HEAD").strip(), "modified_files": changed}
 
 
 # --- console --------------------------------------------------------------------------------------
@@ -248,15 +249,20 @@ def write_markdown(results: dict[str, Any], path: Path, png_name: str | None) ->
         "",
         render_table(rows(results), markdown=True),
         "",
-        "- **events/s**: baselines, events ÷ (last record seen - first record seen); pipelines, *sustained*",
-        "  events ÷ (last - first `touchpoints.committed_at`). Both leave out start-up and the group join.",
-        "  Events count every input event, duplicates included.",
+        "- **events/s**: baselines, events ÷ (last record seen - first record seen); pipelines, *sustained*:",
+        "  the events committed after the first commit ÷ (last - first `touchpoints.committed_at`), that share",
+        "  taken from the touchpoints of each commit (the first batch was processed before the span starts;",
+        "  counting it would overstate runs of few, large batches; with two workers the span starts at the",
+        "  second commit). Both leave out start-up and the group join. Events count every input event,",
+        "  duplicates included.",
         "- **wall s**: from starting the process(es) to done (pipelines: every channel-topic end offset in",
         "  `stream_offsets` and the `outbox` empty, polled every 0.5 s); includes start-up and the group join.",
         "- **SQL rows/s**: rows in the result tables at the end (customers, identities, touchpoints, metrics,",
-        "  metric_cells, alerts, identity_merges) ÷ the commit span. Upserted rows count once.",
-        "- **worker MB / broker MB**: peak RSS polled every 0.5 s (psutil); the broker keeps every topic in",
-        "  memory, so its figure grows over the run (it includes the outputs of earlier configurations).",
+        "  metric_cells, alerts, identity_merges), scaled to the measured span like the events. Upserted rows",
+        "  count once.",
+        "- **worker MB / broker MB**: peak RSS polled every 0.5 s (psutil). The broker keeps every topic in",
+        "  memory: its figure holds both input prefixes plus this configuration's downstream topics (each",
+        "  configuration's downstream and internal topics are deleted when it ends, which frees their memory).",
         "- **x faust-pass / x aiokafka**: events/s divided by the baselines' events/s of this run.",
         "",
     ]
@@ -264,20 +270,25 @@ def write_markdown(results: dict[str, Any], path: Path, png_name: str | None) ->
         lines += [f"![throughput and latency]({png_name})", ""]
     lines += ["### Pipeline runs in detail", ""]
     for name, run in results["pipelines"].items():
-        if run["status"] != "ok":
+        if not run["status"].startswith("ok"):
             lines.append(
                 f"- **{name}**: {run['status']}: {run.get('error', '').splitlines()[0] if run.get('error') else ''}"
             )
             continue
         table_rows = ", ".join(f"{k} {v:,}" for k, v in run["rows_by_table"].items())
+        rough = "**few commits: the sustained rate is rough, use a larger workload**; " if run["batches"] < 5 else ""
+        rss = ", ".join(f"{k} {v / MB:,.0f} MB" for k, v in sorted(run["peak_rss"].items()))
         lines.append(
             f"- **{name}** ({run['database']}, {run['shape']}, "
             f"{run['workers']} worker{'s' if run['workers'] > 1 else ''}): "
             f"{run['events']:,} events in {run['records']:,} records; "
-            f"first commit {run['first_commit_s']:.1f} s after start, commit span {run['commit_span_s']:.1f} s, "
-            f"wall {run['wall_s']:.1f} s ({run['wall_eps']:,.0f} events/s by wall time); "
+            f"first commit {run['first_commit_s']:.1f} s after start, {run['batches']:,} commit(s) over "
+            f"{run['commit_span_s']:.1f} s; measured span {run['measured_span_s']:.1f} s holding "
+            f"{100 * run['measured_share']:.1f} % of the touchpoints (events ÷ whole span would say "
+            f"{_fmt(run['naive_eps'])}/s); wall {run['wall_s']:.1f} s ({run['wall_eps']:,.0f} events/s by wall "
+            f"time); {rough}"
             f"touchpoints {run['touchpoints']:,} of {w['distinct_events']:,} distinct events; rows: {table_rows}; "
-            f"peak RSS " + ", ".join(f"{k} {v / MB:,.0f} MB" for k, v in sorted(run["peak_rss"].items()))
+            f"peak RSS {rss}" + _counters(run)
         )
     lines += ["", "## Latency", ""]
     lat = results.get("latency")
@@ -342,6 +353,22 @@ def write_markdown(results: dict[str, Any], path: Path, png_name: str | None) ->
         for failure in results["failures"]:
             lines += [f"### {failure['config']}", "", "```", failure["error"][-3000:], "```", ""]
     path.write_text("\n".join(lines) + "\n")
+
+
+def _counters(run: dict[str, Any]) -> str:
+    """The workers' own counters as a sentence (empty when they could not be read)."""
+    c = run.get("counters") or {}
+    if not c.get("batches"):
+        return ""
+    outputs = c["outputs_by_topic"]
+    total = sum(outputs.values())
+    per_topic = ", ".join(f"{k} {v:,}" for k, v in sorted(outputs.items()))
+    return (
+        f"; the workers' counters: {c['batches']:,} SQL batches of {c['batch_events'] / c['batches']:,.0f} events "
+        f"on average taking {c['batch_seconds']:.1f} s in all ({100 * c['batch_seconds'] / run['wall_s']:.0f} % of "
+        f"the wall time{' per worker, summed' if run['workers'] > 1 else ''}); {total:,} downstream records "
+        f"({total / max(1, run['events']):.1f} per input event: {per_topic}); too late: {c.get('too_late', 0):,}"
+    )
 
 
 def write_png(results: dict[str, Any], path: Path) -> bool:

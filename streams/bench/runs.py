@@ -9,8 +9,10 @@ to done is reported beside it.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -22,7 +24,6 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, func, select
 from sqlalchemy.exc import DBAPIError
 
-from config.topics import Topics
 from sinks import tables as t
 from streams.bench import workload as wl
 from streams.bench.procs import Children, PostgresServer, RssSampler, clean_env, free_port, log_tail
@@ -56,17 +57,38 @@ class PipelineResult:
 
     events: int
     records: int
+    workers: int
     wall_s: float
     first_commit_s: float
     commit_span_s: float
+    batches: int
+    measured_span_s: float
+    measured_share: float
     touchpoints: int
     rows_by_table: dict[str, int]
     peak_rss: dict[str, int]
-    rebalances: int = 0
+    #: (seconds after the first commit, touchpoints committed then) per commit, for anyone who wants to plot it.
+    commit_timeline: list[tuple[float, int]]
+    #: The workers' own Prometheus counters at the end (see scrape_counters).
+    counters: dict[str, Any]
 
     @property
     def sustained_eps(self) -> float | None:
-        """Events / (last commit - first commit); None when everything landed in one commit."""
+        """The events committed after each worker's first batch / the time from that point to the last commit.
+
+        A batch's events are processed before its commit, so the first batch's events fall outside a span
+        that starts at the first commit: counting them (events / span) overstates the rate by about
+        batches / (batches - 1), 15-20 % when large envelope batches make a run only a handful of commits.
+        With W workers the span starts at the W-th commit (each worker's first batch, roughly) and counts
+        the share of touchpoints committed after it. None when nothing was committed after that point.
+        """
+        if self.measured_span_s <= 0 or self.measured_share <= 0:
+            return None
+        return self.events * self.measured_share / self.measured_span_s
+
+    @property
+    def naive_eps(self) -> float | None:
+        """Events / (last commit - first commit), first batch included (an overestimate, see above)."""
         return self.events / self.commit_span_s if self.commit_span_s > 0 else None
 
     @property
@@ -81,8 +103,10 @@ class PipelineResult:
 
     @property
     def sql_rows_per_s(self) -> float | None:
-        """Result rows / commit span."""
-        return self.sql_rows / self.commit_span_s if self.commit_span_s > 0 else None
+        """Result rows over the measured span, scaled like the events (rows are not attributable to a batch)."""
+        if self.sustained_eps is None:
+            return None
+        return self.sql_rows * self.measured_share / self.measured_span_s
 
 
 @dataclass
@@ -114,6 +138,8 @@ class BenchContext:
     timeout_s: float
     stall_s: float
     worker_env: dict[str, str]
+    #: The published channel topics: kept when a configuration's other topics are deleted.
+    input_topics: set[str] = field(default_factory=set)
 
 
 # --- databases and workers ----------------------------------------------------------------------------
@@ -148,10 +174,12 @@ class WorkerProc:
     name: str
     proc: Popen[bytes]
     log_path: Path
+    web_port: int
 
 
 def start_worker(ctx: BenchContext, name: str, app_id: str, prefix: str, database_url: str, tag: str) -> WorkerProc:
     """Start ``cxstream worker`` with explicit CXSTREAM_* settings and watch its memory."""
+    web_port = free_port()
     data_dir = ctx.workdir / f"{tag}-{name}"
     data_dir.mkdir(parents=True, exist_ok=True)
     env = clean_env(
@@ -162,7 +190,7 @@ def start_worker(ctx: BenchContext, name: str, app_id: str, prefix: str, databas
             "CXSTREAM_PARTITIONS": str(ctx.partitions),
             "CXSTREAM_APP_ID": app_id,
             "CXSTREAM_WORKER_ID": name,
-            "CXSTREAM_WEB_PORT": str(free_port()),
+            "CXSTREAM_WEB_PORT": str(web_port),
             "CXSTREAM_DATA_DIR": str(data_dir),
             "CXSTREAM_ALLOWED_LATENESS_S": str(ALLOWED_LATENESS_S),
             # Stated rather than inherited: the figures depend on them (ARCHITECTURE §7).
@@ -175,7 +203,29 @@ def start_worker(ctx: BenchContext, name: str, app_id: str, prefix: str, databas
     argv = [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "warning"]
     proc = ctx.children.spawn(f"{tag}-{name}", argv, env=env, cwd=data_dir, log_path=log_path)
     ctx.sampler.watch(name, proc.pid)
-    return WorkerProc(name, proc, log_path)
+    return WorkerProc(name, proc, log_path, web_port)
+
+
+def drop_topics_except(ctx: BenchContext, keep: set[str]) -> None:
+    """Delete every topic but ``keep`` (the published input topics) once a configuration is over.
+
+    The embedded broker holds every topic in memory and the downstream topics take several times the
+    input (a run of 500k events writes a few GB of timeline, profile and metric records): deleting them
+    frees that memory, so one configuration's outputs neither crowd out nor slow down the next one.
+    The next worker creates them again at start.
+    """
+    from kafka.admin import KafkaAdminClient
+
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=ctx.kafka_url.split("://", 1)[1], request_timeout_ms=30_000)
+        try:
+            doomed = [name for name in admin.list_topics() if name not in keep]
+            if doomed:
+                admin.delete_topics(doomed, timeout_ms=30_000)
+        finally:
+            admin.close()
+    except Exception as exc:  # the figures do not depend on it: say so and carry on
+        print(f"[bench]   could not delete the run's output topics ({exc.__class__.__name__}: {exc})", flush=True)
 
 
 def stop_workers(ctx: BenchContext, workers: list[WorkerProc]) -> None:
@@ -254,6 +304,43 @@ def wait_applied(
         time.sleep(0.5)
 
 
+# --- the workers' own counters ---------------------------------------------------------------------
+
+
+def scrape_counters(workers: list[WorkerProc]) -> dict[str, Any]:
+    """Sum a few of the workers' Prometheus figures: outputs per topic, batches, time in batch transactions.
+
+    They explain a rate rather than measure it (how many downstream records each input event costs, how
+    large the batches were, how much of the wall time the SQL batches took), so a worker that does not
+    answer only leaves them out.
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, Any] = {"outputs_by_topic": {}, "batches": 0, "batch_events": 0.0, "batch_seconds": 0.0}
+    for worker in workers:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{worker.web_port}/metrics", timeout=5) as resp:
+                text = resp.read().decode()
+        except OSError:
+            out["unavailable"] = out.get("unavailable", 0) + 1
+            continue
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                name, labels, value = sample.name, sample.labels, sample.value
+                if name == "cxstream_outputs_published_total":
+                    topic = labels["topic"].rsplit(".", 1)[-1]
+                    out["outputs_by_topic"][topic] = out["outputs_by_topic"].get(topic, 0) + int(value)
+                elif name == "cxstream_sink_batch_events_count":
+                    out["batches"] += int(value)
+                elif name == "cxstream_sink_batch_events_sum":
+                    out["batch_events"] += value
+                elif name == "cxstream_sink_write_duration_seconds_sum":
+                    out["batch_seconds"] += value
+                elif name == "cxstream_late_events_total" and labels.get("outcome") == "too_late":
+                    out["too_late"] = out.get("too_late", 0) + int(value)
+    return out
+
+
 # --- results from SQL ---------------------------------------------------------------------------------
 
 
@@ -261,25 +348,41 @@ def _utc(ts: datetime) -> datetime:
     return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
-def sql_figures(engine: Engine) -> tuple[datetime | None, datetime | None, dict[str, int]]:
-    """First and last touchpoint commit, and the rows of every result table."""
+def sql_figures(engine: Engine) -> tuple[list[tuple[datetime, int]], dict[str, int]]:
+    """Every commit (distinct ``touchpoints.committed_at``, in order, with its touchpoints) and result rows."""
     tp = t.touchpoints.c
     with engine.connect() as conn:
-        first, last = conn.execute(select(func.min(tp.committed_at), func.max(tp.committed_at))).one()
+        commits = [
+            (_utc(at), int(n))
+            for at, n in conn.execute(
+                select(tp.committed_at, func.count()).group_by(tp.committed_at).order_by(tp.committed_at)
+            )
+        ]
         rows = {
             name: int(conn.scalar(select(func.count()).select_from(t.metadata.tables[name])) or 0)
             for name in RESULT_TABLES
         }
-    return (_utc(first) if first else None), (_utc(last) if last else None), rows
+    return commits, rows
 
 
-def count_rebalances(workers: list[WorkerProc]) -> int:
-    """How often the workers' logs mention a rebalance after their first assignment (a hint, from logs)."""
-    count = 0
-    for worker in workers:
-        text = worker.log_path.read_text(errors="replace") if worker.log_path.exists() else ""
-        count += max(0, text.count("Elected group leader") - 1)
-    return count
+def upgrade_schema(ctx: BenchContext, database_url: str, tag: str) -> None:
+    """Create the schema before any worker starts (``cxstream db upgrade``, the documented deployment step).
+
+    Workers also migrate at start, but two of them doing it at once on a fresh PostgreSQL database race to
+    create ``alembic_version`` and one dies (UniqueViolation on pg_type). Migrating first also keeps the
+    start-up in the wall times the same for one and two workers.
+    """
+    env = clean_env({"CXSTREAM_DATABASE_URL": database_url})
+    proc = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "db", "upgrade"],
+        env=env,
+        cwd=ctx.workdir,
+        capture_output=True,
+        timeout=180,
+    )
+    if proc.returncode != 0:
+        output = (proc.stdout + proc.stderr).decode(errors="replace")[-3000:]
+        raise RunFailed(f"{tag}: cxstream db upgrade failed with code {proc.returncode}:\n{output}")
 
 
 def run_pipeline(ctx: BenchContext, config: PipelineConfig, published: wl.PublishResult, events: int) -> PipelineResult:
@@ -289,28 +392,41 @@ def run_pipeline(ctx: BenchContext, config: PipelineConfig, published: wl.Publis
         url = stack.enter_context(fresh_database(ctx, config.database, config.name))
         engine = _reader(url)
         stack.callback(engine.dispose)
+        stack.callback(drop_topics_except, ctx, ctx.input_topics)  # runs last: after the workers stopped
         peaks = stack.enter_context(ctx.sampler.window())
         workers: list[WorkerProc] = []
         stack.callback(stop_workers, ctx, workers)
+        upgrade_schema(ctx, url, config.name)
         started = time.monotonic()
         started_at = datetime.now(UTC)
         for i in range(config.workers):
             workers.append(start_worker(ctx, f"worker-{i + 1}", app_id, published.prefix, url, config.name))
         done = wait_applied(ctx, engine, app_id, published.ends, workers, config.name, started=started)
-        first, last, rows = sql_figures(engine)
+        commits, rows = sql_figures(engine)
+        counters = scrape_counters(workers)
         ctx.sampler.sample_now()
-        if first is None or last is None:
+        if not commits:
             raise RunFailed(f"{config.name}: every record was applied but no touchpoint was committed")
+        first, last = commits[0][0], commits[-1][0]
+        # The measured span starts at the W-th commit: each of W workers' first batch is left out.
+        start_at = commits[min(config.workers, len(commits)) - 1][0]
+        after = sum(n for at, n in commits if at > start_at)
+        total = sum(n for _, n in commits)
         return PipelineResult(
             events=events,
             records=published.records,
+            workers=config.workers,
             wall_s=done - started,
             first_commit_s=(first - started_at).total_seconds(),
             commit_span_s=(last - first).total_seconds(),
+            batches=len(commits),
+            measured_span_s=(last - start_at).total_seconds(),
+            measured_share=after / total if total else 0.0,
             touchpoints=rows["touchpoints"],
             rows_by_table=rows,
             peak_rss=dict(peaks),
-            rebalances=count_rebalances(workers),
+            commit_timeline=[(round((at - first).total_seconds(), 3), n) for at, n in commits],
+            counters=counters,
         )
     raise AssertionError("unreachable")  # pragma: no cover - ExitStack does not swallow exceptions
 
@@ -358,19 +474,19 @@ def run_latency(
         url = stack.enter_context(fresh_database(ctx, "sqlite", name))
         engine = _reader(url)
         stack.callback(engine.dispose)
-        wl.publish_warmup(ctx.kafka_url, prefix, warm, ctx.partitions)
+        upgrade_schema(ctx, url, name)
+        warm_ends = wl.publish_warmup(ctx.kafka_url, prefix, warm, ctx.partitions)
         peaks = stack.enter_context(ctx.sampler.window())
         workers: list[WorkerProc] = []
         stack.callback(stop_workers, ctx, workers)
         started = time.monotonic()
         workers.append(start_worker(ctx, "worker-1", app_id, prefix, url, name))
-        ends = wl.end_offsets(ctx.kafka_url, Topics(prefix).channels)
-        wait_applied(ctx, engine, app_id, ends, workers, f"{name} warm-up", started=started)
+        wait_applied(ctx, engine, app_id, warm_ends, workers, f"{name} warm-up", started=started)
         print(f"[bench] latency: worker ready; publishing {len(paced):,} events at {rate:,.0f}/s ({shape})", flush=True)
         result = wl.publish_paced(
             paced, ctx.kafka_url, prefix, rate, shape=shape, partitions=ctx.partitions, tick_s=tick_s
         )
-        ends = wl.end_offsets(ctx.kafka_url, Topics(prefix).channels)
+        ends = {tp: max(warm_ends.get(tp, 0), end) for tp, end in {**warm_ends, **result.ends}.items()}
         wait_applied(ctx, engine, app_id, ends, workers, name, started=time.monotonic())
         ids = result.event_ids - {e.event_id for e in warm}
         tp = t.touchpoints.c
@@ -401,7 +517,7 @@ def run_latency(
 def as_dict(obj: Any) -> dict[str, Any]:
     """A result as plain JSON-able data, properties included."""
     data = dict(obj.__dict__)
-    for name in ("sustained_eps", "wall_eps", "sql_rows", "sql_rows_per_s"):
+    for name in ("sustained_eps", "naive_eps", "wall_eps", "sql_rows", "sql_rows_per_s"):
         if hasattr(type(obj), name):
             data[name] = getattr(obj, name)
     return data

@@ -15,10 +15,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka.producer.future import RecordMetadata
 
 from config.settings import Settings, load_settings
-from config.topics import Topics
 from schemas.touchpoint import Channel
 from streams.adapters import partition_key
 from streams.adapters.reader import convert_one
@@ -107,6 +106,25 @@ class PreparedPublisher(Publisher):
     acknowledgement accounting) without keeping 500k pydantic objects alive.
     """
 
+    def __init__(self, settings: Settings, *, envelope_size: int = 0) -> None:
+        super().__init__(settings, envelope_size=envelope_size)
+        #: Next offset after the highest acknowledged one, per (topic, partition), and records acknowledged.
+        self.ends: dict[tuple[str, int], int] = {}
+        self.records = 0
+
+    def _track(self, future: object, count: int, reason: str | None = None) -> None:
+        super()._track(future, count, reason)
+        future.add_callback(self._acknowledged)  # type: ignore[attr-defined]
+
+    def _acknowledged(self, meta: RecordMetadata) -> None:
+        # End offsets come from the broker's acknowledgements, not from a ListOffsets request: the embedded
+        # broker (Tansu 0.6.0) answers ListOffsets(latest) with the last produce batch's base offset + 1,
+        # short of the real end whenever that batch held more than one record. Callbacks run on the
+        # producer's one I/O thread, so these updates do not race.
+        tp = (meta.topic, meta.partition)
+        self.ends[tp] = max(self.ends.get(tp, 0), meta.offset + 1)
+        self.records += 1
+
     def prepared(self, event: Prepared) -> None:
         """Publish one converted event, buffered into an envelope when envelopes are on."""
         topic = self.topics.channel(event.channel)
@@ -164,20 +182,8 @@ def publish(
     seconds = time.perf_counter() - started
     if summary.published != len(events) or summary.not_sent:
         raise RuntimeError(f"publishing to {prefix}: {summary.render()}")
-    ends = end_offsets(kafka_url, Topics(prefix).channels)
     shape = "envelopes" if envelope_size else "single"
-    return PublishResult(prefix, shape, len(events), sum(ends.values()), seconds, ends)
-
-
-def end_offsets(kafka_url: str, topics: list[str]) -> dict[tuple[str, int], int]:
-    """The next offset to be written on every partition of ``topics`` (as tests/support/results.py does)."""
-    servers = [part.split("://", 1)[-1] for part in kafka_url.split(",")]
-    consumer = KafkaConsumer(bootstrap_servers=servers, group_id=None)
-    try:
-        tps = [TopicPartition(topic, p) for topic in topics for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        return {(tp.topic, tp.partition): off for tp, off in consumer.end_offsets(tps).items()}
-    finally:
-        consumer.close()
+    return PublishResult(prefix, shape, len(events), publisher.records, seconds, dict(publisher.ends))
 
 
 # --- the latency slice --------------------------------------------------------------------------------
@@ -191,6 +197,7 @@ class PacedResult:
     event_ids: set[str]
     seconds: float
     started_at: datetime
+    ends: dict[tuple[str, int], int]
 
     @property
     def achieved_rate(self) -> float:
@@ -266,10 +273,10 @@ def publish_paced(
         publisher.producer.close(timeout=10)
     if summary.published != total:
         raise RuntimeError(f"paced publishing to {prefix}: {summary.render()}")
-    return PacedResult(total, {e.event_id for e in events}, seconds, started_at)
+    return PacedResult(total, {e.event_id for e in events}, seconds, started_at, dict(publisher.ends))
 
 
-def publish_warmup(kafka_url: str, prefix: str, events: list[Prepared], partitions: int) -> None:
+def publish_warmup(kafka_url: str, prefix: str, events: list[Prepared], partitions: int) -> dict[tuple[str, int], int]:
     """Publish a few events unpaced, so the latency worker has joined its group before the clock starts."""
     settings = bench_settings(kafka_url, prefix, partitions)
     ensure_topics(settings)
@@ -283,3 +290,4 @@ def publish_warmup(kafka_url: str, prefix: str, events: list[Prepared], partitio
         publisher.producer.close(timeout=10)
     if summary.published != len(events):
         raise RuntimeError(f"warm-up publishing to {prefix}: {summary.render()}")
+    return dict(publisher.ends)

@@ -116,3 +116,42 @@ def test_replaying_the_same_input_changes_no_row(kafka_url, topic_prefix, databa
     ends = end_offsets(kafka_url, Topics(topic_prefix).channels)
     wait_until(lambda: caught_up(engine, env["CXSTREAM_APP_ID"], ends), 120, "the replay to be applied")
     assert snapshot(engine) == first
+
+
+def test_database_outage_mid_run_pauses_and_loses_nothing(kafka_url, topic_prefix, postgres_url, workers) -> None:
+    from urllib.parse import urlsplit
+
+    from tests.support.proxy import CuttableProxy, backend_of
+
+    proxy = CuttableProxy(*backend_of(postgres_url))
+    database = urlsplit(postgres_url).path
+    via_proxy = f"postgresql+psycopg://postgres@127.0.0.1:{proxy.port}{database}"
+    env = workers.env(via_proxy, topic_prefix, allowed_lateness_s=LATENESS, batch_max_events="50")
+    run_cli(env, "simulate", "--customers", "500", "--days", "10", "--seed", "21")
+    engine = make_engine(postgres_url)  # the test's own view, not through the proxy
+    group = env["CXSTREAM_APP_ID"]
+    ends = end_offsets(kafka_url, Topics(topic_prefix).channels)
+    try:
+        worker = workers.start(env)
+        wait_until(lambda: applied_count(engine, group) > 0, 60, "the worker to make progress")
+        proxy.cut()
+        stalled = applied_count(engine, group)
+        time.sleep(6)
+        assert applied_count(engine, group) == stalled, "nothing is written while the database is away"
+        assert worker.proc.poll() is None, "the worker waits for the database instead of dying"
+        proxy.restore()
+        wait_until(lambda: caught_up(engine, group, ends), 180, "the worker to catch up after the outage")
+        metrics = worker.metrics_text()
+    finally:
+        proxy.close()
+
+    events = consumed_events(kafka_url, topic_prefix)
+    oracle = replay(events, load_settings(allowed_lateness_s=float(LATENESS)))
+    rows = snapshot(engine)
+    assert {r["event_id"]: r["customer_id"] for r in rows["touchpoints"]} == {
+        eid: e.customer_id for eid, e in oracle.entries.items()
+    }
+    overall = next(r for r in rows["metric_cells"] if r["scope"] == "overall" and r["window"] == "all")
+    assert overall["counters"]["touchpoints"] == len(oracle.entries), "every event counted exactly once"
+    retries = [line for line in metrics.splitlines() if line.startswith("cxstream_sink_retries_total{")]
+    assert retries and float(retries[0].rsplit(" ", 1)[1]) > 0, "the outage shows in the retry counter"

@@ -1,0 +1,90 @@
+"""A TCP proxy a test can cut and restore: a database or broker outage without touching the server."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from urllib.parse import parse_qs, urlsplit
+
+from tests.support.processes import free_port
+
+
+def backend_of(url: str) -> tuple[int, object]:
+    """(address family, address) of a database URL's server: a unix socket (``?host=/dir``) or host:port."""
+    parts = urlsplit(url)
+    host_dir = parse_qs(parts.query).get("host", [None])[0]
+    if host_dir and host_dir.startswith("/"):
+        return socket.AF_UNIX, f"{host_dir}/.s.PGSQL.{parts.port or 5432}"
+    return socket.AF_INET, (parts.hostname or "127.0.0.1", parts.port or 5432)
+
+
+class CuttableProxy:
+    """Forwards 127.0.0.1:port to a backend until ``cut()``; ``restore()`` accepts connections again."""
+
+    def __init__(self, family: int, address: object) -> None:
+        self.family, self.address = family, address
+        self.port = free_port()
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+        self.restore()
+
+    def restore(self) -> None:
+        """Listen and forward again."""
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        """Refuse new connections and break every open one, as a crashed or unreachable server would."""
+        if self._listener is not None:
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread; close() alone does not
+            except OSError:
+                pass
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            for conn in self._conns:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                conn.close()
+            self._conns.clear()
+
+    close = cut
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.socket(self.family, socket.SOCK_STREAM)
+                upstream.connect(self.address)  # type: ignore[arg-type]
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
