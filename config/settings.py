@@ -73,7 +73,8 @@ class Settings(BaseSettings):
         description="Metric windows for channel and overall scopes (comma-separated: 1h,1d,7d,30d,all).",
     )
     customer_metric_windows: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["30d", "all"], description="Metric windows kept per customer (comma-separated)."
+        default_factory=lambda: ["all"],
+        description="Metric windows kept per customer (comma-separated); each adds rows per event.",
     )
 
     # --- identity --------------------------------------------------------------------------------

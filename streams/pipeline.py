@@ -21,7 +21,7 @@ from sqlalchemy import Connection
 from config.settings import Settings
 from config.topics import Topics
 from schemas.deadletter import DeadLetter
-from schemas.outputs import Alert, MetricScope, TimelineEntry
+from schemas.outputs import NEGATIVE_MOMENTS, Alert, MetricScope, TimelineEntry
 from schemas.touchpoint import TouchpointEvent
 from sinks.store import BatchWrite, SqlStore, as_utc
 from sinks.store import CellKey as SqlCell
@@ -329,8 +329,8 @@ class BatchProcessor:
         recent: dict[str, list[TimelineEntry]] = {}
         fired: dict[str, Alert] = {}
         for entry in result.entries:
-            if not (entry.is_contact or entry.survey or entry.moments):
-                continue  # no rule is about a plain touchpoint: skip building the customer's recent timeline
+            if not (entry.is_contact or entry.survey or NEGATIVE_MOMENTS.intersection(entry.moments)):
+                continue  # no rule starts from such an entry: skip building the customer's recent timeline
             timeline = recent.get(entry.customer_id)
             if timeline is None:
                 timeline = recent[entry.customer_id] = self._recent(view.customers.get(entry.customer_id))
