@@ -286,7 +286,7 @@ def test_registry_reads_only_documented_counters() -> None:
 
 
 def test_docs_contain_the_generated_tables() -> None:
-    docs = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
+    docs = Path(__file__).resolve().parents[2] / "README.md"
     assert metrics_markdown() in docs.read_text()
 
 
