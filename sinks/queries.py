@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, or_, select
@@ -22,6 +23,11 @@ def resolve_customer(engine: Engine, ref: str) -> str | None:
         return str(found[0]) if found else None
 
 
+def _plain(row: Any) -> dict[str, Any]:
+    """A row as a dict with str keys and UTC-aware timestamps (SQLite hands them back naive)."""
+    return {str(k): as_utc(v) if isinstance(v, datetime) else v for k, v in row.items()}
+
+
 def customer_timeline(engine: Engine, customer_id: str) -> dict[str, Any]:
     """A customer's profile row, identifiers and event-time-ordered touchpoints."""
     with engine.connect() as conn:
@@ -34,11 +40,7 @@ def customer_timeline(engine: Engine, customer_id: str) -> dict[str, Any]:
             .where(t.touchpoints.c.customer_id == customer_id)
             .order_by(t.touchpoints.c.occurred_at, t.touchpoints.c.event_id)
         ).mappings()
-        touchpoints = [dict(r) for r in rows]
+        touchpoints = [_plain(r) for r in rows]
         identifiers = list(idents)
-    for row in touchpoints:
-        row["occurred_at"] = as_utc(row["occurred_at"])
-        row["received_at"] = as_utc(row["received_at"])
-        row["committed_at"] = as_utc(row["committed_at"])
-    summary = {k: v for k, v in dict(profile).items() if k != "state"} if profile else None
+    summary = {k: v for k, v in _plain(profile).items() if k != "state"} if profile else None
     return {"customer_id": customer_id, "profile": summary, "identifiers": identifiers, "touchpoints": touchpoints}

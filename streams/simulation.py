@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import click
@@ -12,7 +14,7 @@ from schemas.touchpoint import Channel
 from streams.adapters.reader import convert_one
 from streams.kafka import BrokerUnreachable, ensure_topics
 from streams.publisher import Publisher
-from streams.simulate import simulate, write_files
+from streams.simulate import SimRecord, simulate, write_files
 
 
 def run_simulation(
@@ -46,22 +48,33 @@ def run_simulation(
         publisher = Publisher(settings, envelope_size=envelope)
     except BrokerUnreachable as exc:
         raise click.ClickException(str(exc)) from None
-    started = time.monotonic()
     try:
-        for n, rec in enumerate(records, 1):
-            publisher.summary.read += 1
-            item = convert_one(Channel(rec.channel), rec.raw, source_file="simulate", line=n)
-            dead = getattr(item, "dead_letter", None)
-            if dead is not None:
-                publisher.dead_letter(dead)
-            else:
-                publisher.event(item.event, raw_json=None)  # type: ignore[union-attr]
-            if rate:
-                ahead = n / rate - (time.monotonic() - started)
-                if ahead > 0:
-                    time.sleep(ahead)
+        publish_simulated(publisher, records, rate=rate)
     except KeyboardInterrupt:
         click.echo("simulation interrupted", err=True)
     finally:
         summary = publisher.close()
         click.echo(summary.render(), err=True)
+    if not summary.accounted:
+        sys.exit(2)  # like `cxstream publish`: some records were not acknowledged, even after re-sending
+
+
+def publish_simulated(publisher: Publisher, records: Iterable[SimRecord], *, rate: float | None = None) -> None:
+    """Convert simulated records through the adapters and publish them (paced at ``rate`` records/s when given).
+
+    Does not flush: the caller closes the publisher, which waits for every acknowledgement and re-sends what the
+    broker did not acknowledge.
+    """
+    started = time.monotonic()
+    for n, rec in enumerate(records, 1):
+        publisher.summary.read += 1
+        item = convert_one(Channel(rec.channel), rec.raw, source_file="simulate", line=n)
+        dead = getattr(item, "dead_letter", None)
+        if dead is not None:
+            publisher.dead_letter(dead)
+        else:
+            publisher.event(item.event, raw_json=None)  # type: ignore[union-attr]
+        if rate:
+            ahead = n / rate - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)

@@ -218,8 +218,16 @@ class Worker:
                 log.warning("database unavailable (%s); retrying in %.1fs", exc.__class__.__name__, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_S)
-                # A failed transaction rolled back: go on from what the database says, not from memory.
-                await self._with_database(self.processor.reload)
+                if work is not self.processor.reload:
+                    # A failed transaction rolled back: go on from what the database says, not from memory.
+                    work, args = self._reloaded(work), args
+
+    def _reloaded(self, work: Callable[..., T]) -> Callable[..., T]:
+        def again(*args: Any) -> T:
+            self.processor.reload()
+            return work(*args)
+
+        return again
 
     async def _publish_report(self, report: BatchReport) -> None:
         for (topic, partition), offset in report.gaps.items():

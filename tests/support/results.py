@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
@@ -44,13 +45,23 @@ def consumed_events(kafka_url: str, prefix: str) -> list[TouchpointEvent]:
     return events
 
 
-def end_offsets(kafka_url: str, topics: list[str]) -> dict[tuple[str, int], int]:
-    """The next offset to be written on every partition of ``topics``."""
+def end_offsets(kafka_url: str, topics: list[str], settle: float = 1.0) -> dict[tuple[str, int], int]:
+    """The next offset to be written on every partition of ``topics``, once it stops moving.
+
+    A producer's acknowledgement can come before the broker's high watermark shows the record, so a
+    single read right after publishing may miss the last records.
+    """
     servers = [part.split("://", 1)[-1] for part in kafka_url.split(",")]
     consumer = KafkaConsumer(bootstrap_servers=servers, group_id=None)
     try:
         tps = [TopicPartition(topic, p) for topic in topics for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        return {(tp.topic, tp.partition): off for tp, off in consumer.end_offsets(tps).items()}
+        previous = None
+        while True:
+            ends = {(tp.topic, tp.partition): off for tp, off in consumer.end_offsets(tps).items()}
+            if ends == previous:
+                return ends
+            previous = ends
+            time.sleep(settle)
     finally:
         consumer.close()
 

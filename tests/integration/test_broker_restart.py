@@ -1,0 +1,163 @@
+"""Broker restart: the broker on durable storage is killed and restarted while adapters publish and a worker consumes.
+
+The broker is Tansu on S3 storage (a local ``moto_server``), owned by this module: it is SIGKILLed mid-run and
+started again on the same port and storage. The adapters' publisher re-sends what the broker did not
+acknowledge, the worker reconnects by itself, and the results equal the oracle's: every event the adapters
+produced is in SQL once and counted once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kafka import KafkaProducer
+from sqlalchemy import Engine, func, select
+
+from config.settings import Settings, load_settings
+from config.topics import Topics
+from schemas.touchpoint import Channel, TouchpointEvent
+from sinks import tables as t
+from sinks.database import make_engine
+from streams.adapters.reader import Accepted, convert_one
+from streams.domain.oracle import replay
+from streams.kafka import ensure_topics
+from streams.publisher import Publisher, PublishSummary
+from streams.simulate import simulate
+from streams.simulation import publish_simulated
+from tests.support.processes import wait_until
+from tests.support.results import caught_up, end_offsets
+from tests.support.s3 import DurableBroker, S3Server, s3_server  # noqa: F401 - s3_server is a fixture
+from tests.support.workers import WorkerFactory
+
+IDEMPOTENT = False
+LATENESS = str(400 * 86400)  # as in test_faults: arrival order is not event-time order, keep too-late out of it
+CUSTOMERS, DAYS, SEED, MALFORMED = 300, 5, 17, 0.005
+RATE = 120.0  # records/s: about 12 s of traffic, so the broker dies with most of it still to come
+OUTAGE_S = 5.0  # longer than the test producer's delivery timeout: records really fail and must be re-sent
+
+
+@pytest.fixture(scope="module")
+def durable_broker(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DurableBroker]:  # noqa: F811
+    """This module's own broker on S3 storage (not the session's memory broker: this one gets killed)."""
+    bucket = s3_server.create_bucket("cxstream-restart")
+    broker = DurableBroker(s3_server, bucket, tmp_path_factory.mktemp("tansu") / "tansu.log")
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+def adapter_output() -> list[TouchpointEvent]:
+    """Every event the adapters produce from the simulated traffic (duplicates included), computed offline."""
+    records = simulate(customers=CUSTOMERS, days=DAYS, seed=SEED, malformed_rate=MALFORMED)
+    items = (convert_one(Channel(r.channel), r.raw, source_file="simulate", line=n) for n, r in enumerate(records, 1))
+    return [item.event for item in items if isinstance(item, Accepted)]
+
+
+def short_timeout_producer(settings: Settings) -> KafkaProducer:
+    """The adapters' producer (streams.kafka.make_producer) with a 3 s delivery timeout instead of 60 s.
+
+    With the production timeout kafka-python's own retries would ride out a short outage; shortening it makes
+    the broker's outage outlast it, so records really fail and the publisher's re-sending is what saves them.
+    """
+    return KafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id="cxstream-adapter",
+        acks="all",
+        retries=10,
+        retry_backoff_ms=200,
+        max_in_flight_requests_per_connection=1,
+        linger_ms=5,
+        request_timeout_ms=2_000,
+        delivery_timeout_ms=3_000,
+        enable_idempotence=IDEMPOTENT,
+    )
+
+
+def applied_count(engine: Engine, group_id: str) -> int:
+    """Records applied so far (sum over partitions of applied offset + 1)."""
+    with engine.connect() as conn:
+        offsets = conn.execute(
+            select(t.stream_offsets.c.applied_offset).where(t.stream_offsets.c.group_id == group_id)
+        ).scalars()
+        return sum(off + 1 for off in offsets)
+
+
+def stored_event_ids(engine: Engine) -> set[str]:
+    """Event ids with a row in ``touchpoints``."""
+    with engine.connect() as conn:
+        return set(conn.execute(select(t.touchpoints.c.event_id)).scalars())
+
+
+def test_broker_killed_and_restarted_mid_run_loses_nothing(
+    durable_broker: DurableBroker, topic_prefix: str, tmp_path: Path
+) -> None:
+    url = durable_broker.kafka_url
+    workers = WorkerFactory(tmp_path, url)
+    env = workers.env(f"sqlite:///{tmp_path / 'cx.db'}", topic_prefix, allowed_lateness_s=LATENESS)
+    settings = load_settings(kafka_url=url, topic_prefix=topic_prefix, partitions=4)
+    engine = make_engine(env["CXSTREAM_DATABASE_URL"])
+    group = env["CXSTREAM_APP_ID"]
+    events = adapter_output()
+    expected = {event.event_id for event in events}
+
+    ensure_topics(settings)
+    publisher = Publisher(settings, producer=short_timeout_producer(settings), resend_timeout=60, resend_backoff=0.5)
+    summaries: list[PublishSummary] = []
+
+    def adapters() -> None:
+        records = simulate(customers=CUSTOMERS, days=DAYS, seed=SEED, malformed_rate=MALFORMED)
+        try:
+            publish_simulated(publisher, records, rate=RATE)
+        finally:
+            summaries.append(publisher.close())
+
+    try:
+        worker = workers.start(env)
+        sender = threading.Thread(target=adapters, name="adapters", daemon=True)
+        sender.start()
+        wait_until(lambda: applied_count(engine, group) > 0, 60, "the worker to apply records")
+        wait_until(lambda: publisher.summary.read > 300, 30, "the adapters to publish a part of the traffic")
+
+        durable_broker.kill()
+        killed_at = time.monotonic()
+        time.sleep(OUTAGE_S)
+        durable_broker.start()
+        restarted_at = time.monotonic()
+
+        sender.join(90)
+        assert summaries, "the adapters finished publishing"
+        summary = summaries[0]
+        assert summary.read == len(events) + sum(summary.dead_lettered.values()), "every record was read"
+        assert summary.resent > 0, "records the broker did not acknowledge were sent again"
+        assert summary.not_sent == 0 and summary.accounted, summary.render()
+        assert worker.proc.poll() is None, f"the worker survived the broker restart:\n{worker.log()[-4000:]}"
+
+        wait_until(lambda: stored_event_ids(engine) >= expected, 90, "every event to reach SQL after the restart")
+        ends = end_offsets(url, Topics(topic_prefix).channels)
+        wait_until(lambda: caught_up(engine, group, ends), 60, "the worker to apply every record and its outbox")
+        print(f"outage {restarted_at - killed_at:.1f}s, {summary.resent} records re-sent; {summary.render()}")
+    finally:
+        workers.stop_all()
+
+    oracle = replay(events, load_settings(allowed_lateness_s=float(LATENESS)))
+    with engine.connect() as conn:
+        touchpoints = dict(conn.execute(select(t.touchpoints.c.event_id, t.touchpoints.c.customer_id)).all())
+        rows = conn.scalar(select(func.count()).select_from(t.touchpoints))
+        customers = set(conn.execute(select(t.customers.c.customer_id)).scalars())
+        identities = dict(conn.execute(select(t.identities.c.identifier, t.identities.c.customer_id)).all())
+        overall = conn.execute(
+            select(t.metric_cells.c.counters).where(
+                t.metric_cells.c.scope == "overall", t.metric_cells.c.window == "all"
+            )
+        ).scalar_one()
+    assert set(oracle.entries) == expected
+    assert rows == len(expected) and touchpoints == {eid: e.customer_id for eid, e in oracle.entries.items()}
+    assert customers == set(oracle.profiles)
+    assert identities == oracle.identities
+    assert overall["touchpoints"] == len(expected), "every event counted exactly once, re-sent copies not again"

@@ -1,0 +1,198 @@
+"""Experience metrics end to end: survey answers → worker → SQL `metrics` rows and the metrics topic."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pytest
+from sqlalchemy import Engine, select
+
+from config.settings import load_settings
+from config.topics import Topics
+from schemas.deadletter import DeadLetter
+from schemas.outputs import MetricScope
+from schemas.touchpoint import Channel, derive_event_id
+from sinks import tables as t
+from sinks.database import make_engine
+from streams.domain.aggregate import MetricAggregator
+from streams.domain.oracle import replay
+from tests.support.kafka import read_topic
+from tests.support.processes import wait_until
+from tests.support.results import caught_up, consumed_events, end_offsets, run_cli
+
+# Simulated traffic is read from 16 partitions in an order that differs from run to run: a generous lateness
+# keeps too-late decisions out of the comparison with the oracle (part (b) tests lateness on purpose).
+LATENESS = str(400 * 86400)
+SURVEY_METRICS = ("nps", "csat")
+
+
+def wait_applied(engine: Engine, kafka_url: str, prefix: str, group: str, timeout: float = 60) -> None:
+    """Wait until the worker has applied everything published so far on the channel topics."""
+    ends = end_offsets(kafka_url, Topics(prefix).channels)
+    wait_until(lambda: caught_up(engine, group, ends), timeout, "the worker to apply every record")
+
+
+def utc(ts: datetime) -> datetime:
+    """SQLite gives naive datetimes back: they are UTC."""
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+def prometheus_value(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels`` on a /metrics page."""
+    total = 0.0
+    for line in text.splitlines():
+        match = re.match(rf"{re.escape(name)}\{{(.*)\}} (\S+)$", line)
+        if match is None:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(match.group(2))
+    return total
+
+
+def test_daily_nps_and_csat_per_channel_equal_the_oracle(kafka_url, topic_prefix, sqlite_url, workers) -> None:
+    env = workers.env(sqlite_url, topic_prefix, allowed_lateness_s=LATENESS)
+    run_cli(env, "simulate", "--customers", "400", "--days", "7", "--seed", "23")
+    workers.start(env)
+    engine = make_engine(sqlite_url)
+    wait_applied(engine, kafka_url, topic_prefix, env["CXSTREAM_APP_ID"], timeout=90)
+
+    # Expected: the consumed events replayed in event-time order, their final entries aggregated in one go.
+    settings = load_settings(allowed_lateness_s=float(LATENESS))
+    oracle = replay(consumed_events(kafka_url, topic_prefix), settings)
+    aggregator = MetricAggregator.from_settings(settings)
+    for entry in oracle.entries.values():
+        aggregator.add(entry)
+    expected = {
+        (row.scope.value, row.key, row.metric, row.window_start): (row.numerator, row.denominator, row.value)
+        for row in aggregator.updates({}).updates
+        if row.scope in (MetricScope.CHANNEL, MetricScope.OVERALL)
+        and row.window == "1d"
+        and row.metric in SURVEY_METRICS
+    }
+
+    m = t.metrics.c
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(m.scope, m.key, m.metric, m.window_start, m.numerator, m.denominator, m.value).where(
+                m.scope.in_(["channel", "overall"]), m.window == "1d", m.metric.in_(SURVEY_METRICS)
+            )
+        ).all()
+    got = {(scope, key, metric, utc(start)): (num, den, value) for scope, key, metric, start, num, den, value in rows}
+
+    # The run must be rich enough to mean something: several days, channels and both metrics.
+    assert len({start for _, _, _, start in expected}) >= 5
+    assert {key for scope, key, _, _ in expected if scope == "channel"} >= {"store", "phone", "web"}
+    assert {metric for _, _, metric, _ in expected} == set(SURVEY_METRICS)
+    assert got == expected
+
+
+# --- lateness: revisions within the allowed lateness, dead letters beyond it ------------------------------------
+
+DAY = "2024-06-03"  # day D; the allowed lateness is the default 3 days
+CELL_KEY = f"channel|phone|nps|1d|{DAY}T00:00:00+00:00".encode()
+
+
+def _call(call_id: str, at: str, phone: str, nps: int | None = None) -> dict:
+    call = {
+        "call_id": call_id,
+        "occurred_at": at,
+        "phone": phone,
+        "direction": "inbound",
+        "queue": "billing",
+        "duration_seconds": 240,
+        "reason": "billing_query",
+        "issue_id": f"CASE-{call_id}",
+        "resolved": True,
+    }
+    if nps is not None:
+        call["survey"] = {"nps": nps}
+    return call
+
+
+def test_late_answer_revises_the_figure_and_a_too_late_one_is_dead_lettered(
+    kafka_url, topic_prefix, sqlite_url, workers, tmp_path: Path
+) -> None:
+    env = workers.env(sqlite_url, topic_prefix)  # default allowed lateness: 3 days
+    group = env["CXSTREAM_APP_ID"]
+    engine = make_engine(sqlite_url)
+
+    def publish(name: str, *calls: dict, wait: bool = True) -> None:
+        path = tmp_path / f"{name}.jsonl"
+        path.write_bytes(b"".join(orjson.dumps(c) + b"\n" for c in calls))
+        run_cli(env, "publish", "--channel", "phone", str(path))
+        if wait:
+            wait_applied(engine, kafka_url, topic_prefix, group)
+
+    def figure() -> dict:
+        m = t.metrics.c
+        with engine.connect() as conn:
+            row = (
+                conn.execute(
+                    select(t.metrics).where(
+                        m.scope == "channel",
+                        m.key == "phone",
+                        m.metric == "nps",
+                        m.window == "1d",
+                        m.window_start == datetime.fromisoformat(f"{DAY}T00:00:00+00:00"),
+                    )
+                )
+                .mappings()
+                .one()
+            )
+        return {k: row[k] for k in ("numerator", "denominator", "value", "status", "revision")}
+
+    # Two promoters on day D.
+    publish(
+        "promoters",
+        _call("C-1", f"{DAY}T10:00:00Z", "+447700900101", nps=9),
+        _call("C-2", f"{DAY}T11:00:00Z", "+447700900102", nps=10),
+        wait=False,
+    )
+    worker = workers.start(env)
+    wait_applied(engine, kafka_url, topic_prefix, group)
+    first = figure()
+    assert first == {"numerator": 2, "denominator": 2, "value": 100.0, "status": "provisional", "revision": 2}
+
+    # Day D+1 moves the watermark on; then a detractor of day D arrives, a day and a half late but within 3 days.
+    publish("next_day", _call("C-3", "2024-06-04T12:00:00Z", "+447700900103"))
+    publish("late", _call("C-4", f"{DAY}T15:00:00Z", "+447700900104", nps=3))
+    revised = figure()
+    assert revised["revision"] > first["revision"]
+    assert (revised["numerator"], revised["denominator"], revised["status"]) == (1, 3, "provisional")
+    assert revised["value"] == pytest.approx(100 / 3)
+    assert prometheus_value(worker.metrics_text(), "cxstream_late_events_total", outcome="accepted") == 1
+
+    # Day D+4 takes the watermark past day D's end + 3 days: the figure is final. A detractor of day D arriving
+    # now is too late: dead-lettered, and the final figure does not move.
+    publish("final", _call("C-5", "2024-06-07T12:00:00Z", "+447700900105"))
+    final = figure()
+    assert final == {**revised, "status": "final", "revision": revised["revision"] + 1}
+    publish("too_late", _call("C-6", f"{DAY}T16:00:00Z", "+447700900106", nps=0))
+    assert figure() == final
+
+    too_late_id = derive_event_id(Channel.PHONE, "C-6")
+    with engine.connect() as conn:
+        assert conn.scalar(select(t.touchpoints.c.event_id).where(t.touchpoints.c.event_id == too_late_id)) is None
+    assert prometheus_value(worker.metrics_text(), "cxstream_late_events_total", outcome="too_late") == 1
+    dead = [DeadLetter.model_validate_json(v) for _, v in read_topic(kafka_url, Topics(topic_prefix).deadletter)]
+    assert [(d.reason, d.stage, d.channel) for d in dead] == [("too_late", "worker", "phone")]
+    assert orjson.loads(dead[0].original())["event_id"] == too_late_id
+    wait_until(
+        lambda: prometheus_value(worker.metrics_text(), "cxstream_dead_letters_total", reason="too_late") == 1,
+        30,
+        "the dead letter to be counted",
+    )
+
+    # Downstream, the cell's key carries each revision: 100 while provisional, then the corrected 33.3, then final.
+    published = [orjson.loads(v) for k, v in read_topic(kafka_url, Topics(topic_prefix).metrics) if k == CELL_KEY]
+    by_revision = {r["revision"]: (r["value"], r["denominator"], r["status"]) for r in published}
+    assert by_revision[first["revision"]] == (100.0, 2, "provisional")
+    assert by_revision[revised["revision"]] == (pytest.approx(100 / 3), 3, "provisional")
+    assert by_revision[final["revision"]] == (pytest.approx(100 / 3), 3, "final")
+    assert max(by_revision) == final["revision"]
+    assert all(r["denominator"] <= 3 for r in published), "the too-late answer never reached the figure"
+    assert [r["revision"] for r in published] == sorted(r["revision"] for r in published)
