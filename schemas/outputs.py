@@ -57,9 +57,13 @@ class TimelineEntry(BaseModel):
     moments: tuple[Moment, ...] = ()
     amount: Decimal | None = None
     currency: str | None = None
-    issue_key: str | None = Field(default=None, description="issue_id, or reason-derived key when the contact had none.")
+    issue_key: str | None = Field(
+        default=None, description="issue_id, or reason-derived key when the contact had none."
+    )
     is_contact: bool = Field(default=False, description="A service/support contact (call, complaint, support request).")
-    contact_number: int = Field(default=0, description="1 for an issue's first contact, 2 for the next, ...; 0 if none.")
+    contact_number: int = Field(
+        default=0, description="1 for an issue's first contact, 2 for the next, ...; 0 if none."
+    )
     repeat_contact: bool = Field(default=False, description="The issue already had a contact within the repeat window.")
     resolved: bool | None = None
     resolved_at_first_contact: bool | None = None
@@ -88,7 +92,9 @@ class CustomerProfile(BaseModel):
     returns: int = 0
     open_issues: int = 0
     channels: dict[Channel, int] = Field(default_factory=dict)
-    merged_into: str | None = Field(default=None, description="Set (tombstone-like) when this customer was merged away.")
+    merged_into: str | None = Field(
+        default=None, description="Set (tombstone-like) when this customer was merged away."
+    )
 
 
 class IdentityChange(BaseModel):

@@ -117,4 +117,3 @@ def derive_event_id(channel: Channel | str, source_id: str) -> str:
     """Return the deterministic event id for a source record: the same record always gets the same id."""
     digest = hashlib.sha256(f"{channel}\x1f{source_id}".encode()).hexdigest()
     return f"{channel}-{digest[:24]}"
-

@@ -52,7 +52,18 @@ def run_demo(settings: Settings, customers: int, days: int, rate: float, seed: i
         click.echo(f"[demo] results in {settings.database_url}  (try: cxstream timeline <customer-or-identifier>)")
         click.echo(f"[demo] simulating {customers} customers over {days} days at {rate:g} events/s; Ctrl-C stops")
         sim = subprocess.Popen(
-            [*cli, "simulate", "--customers", str(customers), "--days", str(days), "--seed", str(seed), "--rate", str(rate)],
+            [
+                *cli,
+                "simulate",
+                "--customers",
+                str(customers),
+                "--days",
+                str(days),
+                "--seed",
+                str(seed),
+                "--rate",
+                str(rate),
+            ],
             env=env,
             start_new_session=True,
         )

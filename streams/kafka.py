@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import time
@@ -74,10 +75,9 @@ def ensure_topics(settings: Settings, topics: list[str] | None = None) -> None:
             if name not in existing
         ]
         if new:
-            try:
+            # Another process may have created them first: that is what we wanted.
+            with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass  # another process created them first: that is what we wanted
     finally:
         admin.close()
 

@@ -17,7 +17,10 @@ class Metrics:
         r = self.registry
         self.worker = worker
         self.events_in = Counter(
-            "cxstream_events_in_total", "Touchpoint events read by the worker.", ["worker", "channel", "topic"], registry=r
+            "cxstream_events_in_total",
+            "Touchpoint events read by the worker.",
+            ["worker", "channel", "topic"],
+            registry=r,
         )
         self.events_published = Counter(
             "cxstream_events_published_total", "Touchpoint events published by an adapter.", ["channel"], registry=r
@@ -87,5 +90,8 @@ class Metrics:
         )
         self.customers = Gauge("cxstream_customers", "Customers known to the results database.", ["worker"], registry=r)
         self.outputs_published = Counter(
-            "cxstream_outputs_published_total", "Records published on downstream topics.", ["worker", "topic"], registry=r
+            "cxstream_outputs_published_total",
+            "Records published on downstream topics.",
+            ["worker", "topic"],
+            registry=r,
         )

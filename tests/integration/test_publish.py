@@ -61,7 +61,13 @@ def test_a_thousand_good_and_ten_bad_lines(kafka_url: str, topic_prefix: str, tm
         )
         for i in range(1000)
     ]
-    bad = [b"{not json", b'{"call_id": "X"}', b"\xff\xfe\x00", b"[1,2]", b'{"call_id": 5, "occurred_at": "yesterday"}'] * 2
+    bad = [
+        b"{not json",
+        b'{"call_id": "X"}',
+        b"\xff\xfe\x00",
+        b"[1,2]",
+        b'{"call_id": 5, "occurred_at": "yesterday"}',
+    ] * 2
     lines = good[:500] + bad + good[500:]
     path = tmp_path / "calls.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
