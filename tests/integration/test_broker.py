@@ -30,7 +30,7 @@ def test_broker_serves_kafka_and_a_second_one_on_the_same_port_says_why_it_canno
         admin.close()
 
         second = _broker(port)
-        out, err = second.communicate(timeout=30)
+        _out, err = second.communicate(timeout=30)
         assert second.returncode == 1
         message = err.decode()
         assert f"port {port} is already in use" in message
