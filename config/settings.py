@@ -54,7 +54,9 @@ class Settings(BaseSettings):
     broker_max_poll_interval: float = Field(300.0, gt=0, description="Max seconds between polls before eviction.")
 
     # --- processing ----------------------------------------------------------------------------
-    batch_max_events: int = Field(2000, ge=1, description="Most input records the worker applies in one transaction.")
+    batch_max_events: int = Field(
+        5000, ge=1, description="Most events the worker applies in one transaction (and records it takes at once)."
+    )
     batch_max_wait: float = Field(0.2, gt=0, description="Seconds the worker waits to fill a batch before applying it.")
     allowed_lateness_s: float = Field(
         3 * 86400.0, ge=0, description="Event-time lateness accepted, seconds; later events are dead-lettered too_late."

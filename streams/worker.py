@@ -177,7 +177,12 @@ class Worker:
     # --- batches ----------------------------------------------------------------------------------
 
     async def handle(self, records: list[InRecord]) -> None:
-        """Apply one batch; a record the database rejects for good is dead-lettered on its own."""
+        """Apply records in transactions of at most ``batch_max_events`` events (envelopes hold many)."""
+        for chunk in chunk_by_events(records, self.settings.batch_max_events):
+            await self._handle_chunk(chunk)
+
+    async def _handle_chunk(self, records: list[InRecord]) -> None:
+        """Apply one transaction's records; a record the database rejects for good is dead-lettered on its own."""
         try:
             report = await self._apply(self.processor.process, records)
         except Exception as exc:
@@ -293,6 +298,24 @@ class Worker:
                 continue
             applied = self.processor.applied.get((tp.topic, tp.partition), -1)
             self.metrics.consumer_lag.labels(w, tp.topic, str(tp.partition)).set(max(0, high - applied - 1))
+
+
+def chunk_by_events(records: list[InRecord], max_events: int) -> list[list[InRecord]]:
+    """Split records into runs of whole records holding at most ``max_events`` events each (roughly).
+
+    Counting ``"event_id"`` keys sizes an envelope without parsing it; a record is never split, so its offset
+    is committed only with all of its events.
+    """
+    chunks: list[list[InRecord]] = [[]]
+    size = 0
+    for record in records:
+        events = max(1, record.value.count(b'"event_id"'))
+        if chunks[-1] and size + events > max_events:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(record)
+        size += events
+    return chunks
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
