@@ -58,6 +58,11 @@ class Settings(BaseSettings):
         5000, ge=1, description="Most events the worker applies in one transaction (and records it takes at once)."
     )
     batch_max_wait: float = Field(0.2, gt=0, description="Seconds the worker waits to fill a batch before applying it.")
+    offset_gap_grace_s: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds the worker seeks back to a missing input offset before taking the gap as real.",
+    )
     allowed_lateness_s: float = Field(
         3 * 86400.0, ge=0, description="Event-time lateness accepted, seconds; later events are dead-lettered too_late."
     )

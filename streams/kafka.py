@@ -91,8 +91,11 @@ def make_producer(settings: Settings, *, linger_ms: int = 5, client_id: str = "c
             acks="all",
             retries=10,
             retry_backoff_ms=200,
-            # One request in flight keeps retried batches in order without idempotence, which the
-            # embedded broker does not grant (InitProducerId fails there, see ARCHITECTURE §7).
+            # Idempotence needs InitProducerId, which the embedded broker does not grant (ARCHITECTURE §7), and
+            # kafka-python 3 turns it on by default: a producer stalls after a broker restart with it. One
+            # request in flight keeps retried batches in order without it; duplicates are harmless downstream
+            # because event ids are deterministic and the worker deduplicates.
+            enable_idempotence=False,
             max_in_flight_requests_per_connection=1,
             linger_ms=linger_ms,
             batch_size=256 * 1024,

@@ -32,9 +32,6 @@ from streams.domain.engine import BatchResult, StateView, StitchEngine
 
 log = logging.getLogger(__name__)
 
-#: Seconds of seeking back to a missing offset before the gap is taken as real (records removed from the log).
-GAP_GRACE_S = 60.0
-
 #: How far back an alert rule looks from a new entry (the longest rule window, late delivery → contact).
 ALERT_LOOKBACK = timedelta(days=14)
 
@@ -146,10 +143,11 @@ class BatchProcessor:
     def _gap_is_real(self, tp: tuple[str, int], expected: int) -> bool:
         """True once seeking back to a missing offset has not brought it for a while: it is not in the log.
 
-        Retention or compaction can remove records for good; such a gap is accepted after GAP_GRACE_S.
+        Retention, compaction or a broker crash can leave offsets that hold no record; such a gap is accepted
+        after ``offset_gap_grace_s``.
         """
         first_seen = self._gaps_seen.setdefault((tp, expected), time.monotonic())
-        if time.monotonic() - first_seen > GAP_GRACE_S:
+        if time.monotonic() - first_seen > self.settings.offset_gap_grace_s:
             log.error("offset %d of %s is not in the log; continuing after the gap", expected, tp)
             return True
         return False

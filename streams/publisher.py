@@ -44,7 +44,7 @@ PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
     kafka_errors.KafkaConfigurationError,
 )
 
-#: Error texts kept in a summary (the count of failures is in the summary's counters, not in this list).
+#: Distinct error texts kept in a summary (the counts of failures are the summary's counters, not this list).
 MAX_ERRORS = 100
 
 
@@ -76,7 +76,10 @@ class PublishSummary:
             lines.append(f"re-sent {self.resent} records the broker had not acknowledged")
         if self.not_sent:
             lines.append(f"NOT SENT: {self.not_sent} records (the broker did not acknowledge them)")
-        lines += [f"  error: {e}" for e in self.errors[:5]]
+        if self.resent and not self.not_sent:
+            lines += [f"  first failure: {e}" for e in self.errors[:1]]  # all acknowledged in the end
+        else:
+            lines += [f"  error: {e}" for e in self.errors[:5]]
         return "\n".join(lines)
 
 
@@ -124,23 +127,27 @@ class Publisher:
         self._failed: deque[Outgoing] = deque()
         self._resend_at = 0.0
         self._giving_up = False
+        self._final = False
 
     # --- acknowledgements ------------------------------------------------------------------------
 
     def _track(self, future: object, count: int, reason: str | None = None) -> None:
         def ok(_meta: object) -> None:
-            self._unacked.pop(future, None)
             with self._lock:
+                self._unacked.pop(future, None)
+                if self._final:
+                    return
                 if reason is None:
                     self.summary.published += count
                 else:
                     self.summary.dead_lettered[reason] += count
 
         def failed(exc: BaseException) -> None:
-            out = self._unacked.pop(future, None)
             with self._lock:
-                if len(self.summary.errors) < MAX_ERRORS:
-                    self.summary.errors.append(repr(exc))
+                out = self._unacked.pop(future, None)
+                if self._final:
+                    return
+                self._error(exc)
                 if out is None or self._giving_up or isinstance(exc, PERMANENT_ERRORS):
                     self.summary.not_sent += count
                     return
@@ -150,11 +157,11 @@ class Publisher:
 
         future.add_callback(ok).add_errback(failed)  # type: ignore[attr-defined]
 
-    @property
-    def unacknowledged(self) -> int:
-        """Records waiting to be sent again because the broker did not acknowledge them."""
-        with self._lock:
-            return sum(out.count for out in self._failed)
+    def _error(self, exc: BaseException) -> None:
+        """Keep an error's text for the summary (once each, a bounded number; the caller holds the lock)."""
+        text = repr(exc)
+        if len(self.summary.errors) < MAX_ERRORS and text not in self.summary.errors:
+            self.summary.errors.append(text)
 
     def _resend_failed(self) -> None:
         """Send again every record whose attempt failed, once the backoff after the first failure has passed."""
@@ -171,8 +178,7 @@ class Publisher:
                 with self._lock:
                     self._failed.extendleft(reversed(batch[n:]))
                     self._resend_at = time.monotonic() + self.resend_backoff
-                    if len(self.summary.errors) < MAX_ERRORS:
-                        self.summary.errors.append(repr(exc))
+                    self._error(exc)
                 return
             with self._lock:
                 self.summary.resent += out.count
@@ -205,7 +211,8 @@ class Publisher:
     def _send(self, out: Outgoing) -> None:
         """Send one record and track its acknowledgement; keep it until then so that it can be sent again."""
         future = self.producer.send(out.topic, key=out.key, value=out.value, partition=out.partition)
-        self._unacked[future] = out
+        with self._lock:
+            self._unacked[future] = out
         self._track(future, out.count, out.reason)
 
     def _partition_count(self, topic: str) -> int:
@@ -234,8 +241,7 @@ class Publisher:
                 self.producer.flush(timeout=max(0.0, deadline - time.monotonic()))
             except KafkaError as exc:  # timed out with records in flight
                 with self._lock:
-                    if len(self.summary.errors) < MAX_ERRORS:
-                        self.summary.errors.append(repr(exc))
+                    self._error(exc)
                 break
             with self._lock:
                 if not self._failed:
@@ -258,9 +264,14 @@ class Publisher:
             self._giving_up = True  # from now on a failure is final
             while self._failed:
                 summary.not_sent += self._failed.popleft().count
-        self.producer.close(timeout=10)
-        # Closing resolves every record still in flight (acknowledged, or failed and counted); count any left.
+        try:
+            self.producer.close(timeout=10)
+        except KafkaError as exc:  # kafka-python raises when records are still in flight after the timeout
+            with self._lock:
+                self._error(exc)
+        # Records neither acknowledged nor failed by now are not sent; later callbacks must not count them again.
         with self._lock:
+            self._final = True
             summary.not_sent += sum(out.count for out in self._unacked.values())
             self._unacked.clear()
         return summary
