@@ -80,6 +80,7 @@ class BatchReport:
     alerts: int = 0
     outbox_id: int | None = None
     outputs: Outputs = field(default_factory=Outputs)
+    applied_at: datetime | None = None
     committed_at: datetime | None = None
 
 
@@ -168,6 +169,7 @@ class BatchProcessor:
             }
             result = self.engine.apply(report.events, view, self.watermark)
             report.result = result
+            report.applied_at = datetime.now(UTC)
             if self.watermark is not None:
                 report.late_accepted = sum(1 for e in report.events if e.occurred_at < self.watermark) - len(
                     result.too_late

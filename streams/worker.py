@@ -260,13 +260,13 @@ class Worker:
         m.identity_merges.labels(w).inc(len(result.merges))
         m.blocked_identifiers.labels(w, "blocked").inc(result.blocked)
         m.blocked_identifiers.labels(w, "over_limit").inc(result.over_limit)
-        committed = report.committed_at
+        committed, applied = report.committed_at, report.applied_at or report.committed_at
+        processing, end_to_end = m.processing_latency.labels(w), m.end_to_end_latency.labels(w)
         for entry in result.entries:
             if entry.event_id in result.replaced:
                 continue  # an earlier batch's entry re-emitted (derived fields changed): not a new arrival
-            lag = (committed - entry.received_at).total_seconds()
-            m.processing_latency.labels(w).observe(lag)
-            m.end_to_end_latency.labels(w).observe(lag)
+            processing.observe((applied - entry.received_at).total_seconds())
+            end_to_end.observe((committed - entry.received_at).total_seconds())
 
     async def publish(self, outputs: Outputs) -> None:
         """Send a batch's downstream records and wait for the broker's acknowledgements."""

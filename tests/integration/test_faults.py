@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+from pathlib import Path
 
 import orjson
 from sqlalchemy import Engine, func, select
@@ -21,6 +22,7 @@ from tests.support.results import caught_up, consumed_events, end_offsets, run_c
 # whose interleaving differs from run to run: a generous lateness keeps too-late decisions out of the
 # comparison (lateness itself has unit and property tests).
 LATENESS = str(400 * 86400)
+SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
 
 
 def applied_count(engine: Engine, group_id: str) -> int:
@@ -155,3 +157,40 @@ def test_database_outage_mid_run_pauses_and_loses_nothing(kafka_url, topic_prefi
     assert overall["counters"]["touchpoints"] == len(oracle.entries), "every event counted exactly once"
     retries = [line for line in metrics.splitlines() if line.startswith("cxstream_sink_retries_total{")]
     assert retries and float(retries[0].rsplit(" ", 1)[1]) > 0, "the outage shows in the retry counter"
+
+
+def test_a_row_the_database_refuses_is_dead_lettered_and_the_rest_lands(
+    kafka_url, topic_prefix, postgres_url, workers
+) -> None:
+    """PostgreSQL enforces column lengths: an event id longer than `touchpoints.event_id` allows is refused for good."""
+    from kafka import KafkaProducer
+
+    from schemas.deadletter import DeadLetter
+
+    env = workers.env(postgres_url, topic_prefix, allowed_lateness_s=LATENESS)
+    run_cli(env, "publish", "--channel", "web", str(SAMPLES / "web.jsonl"))
+    good = consumed_events(kafka_url, topic_prefix)
+    bad = good[0].model_copy(update={"event_id": "x" * 100})
+    producer = KafkaProducer(bootstrap_servers=[kafka_url.split("://", 1)[1]])
+    producer.send(Topics(topic_prefix).channel("web"), key=b"k", value=bad.model_dump_json().encode())
+    producer.flush()
+    producer.close()
+
+    worker = workers.start(env)
+    engine = make_engine(postgres_url)
+    ends = end_offsets(kafka_url, Topics(topic_prefix).channels)
+    wait_until(lambda: caught_up(engine, env["CXSTREAM_APP_ID"], ends), 90, "the worker to apply every record")
+
+    with engine.connect() as conn:
+        landed = set(conn.execute(select(t.touchpoints.c.event_id)).scalars())
+    expected = set(replay(good, load_settings(allowed_lateness_s=float(LATENESS))).entries)
+    assert expected <= landed and bad.event_id not in landed, "the good records of the batch still land"
+    dead = [DeadLetter.model_validate_json(v) for _, v in read_topic(kafka_url, Topics(topic_prefix).deadletter)]
+    refused = [d for d in dead if d.reason == "sink_rejected"]
+    assert len(refused) == 1 and refused[0].original() == bad.model_dump_json().encode()
+    permanent = [
+        line
+        for line in worker.metrics_text().splitlines()
+        if line.startswith("cxstream_sink_failures_total{") and 'kind="permanent"' in line
+    ]
+    assert permanent and float(permanent[0].rsplit(" ", 1)[1]) >= 1

@@ -7,6 +7,35 @@ from collections.abc import Callable
 
 from kafka import KafkaConsumer, TopicPartition
 
+#: Seconds without a new record after which a topic counts as drained.
+QUIET_S = 1.5
+
+
+def log_ends(kafka_url: str, topics: list[str], timeout: float = 30.0) -> dict[tuple[str, int], int]:
+    """One past the last offset of every partition, found by reading the partitions to the end."""
+    servers = [part.split("://", 1)[-1] for part in kafka_url.split(",")]
+    consumer = KafkaConsumer(bootstrap_servers=servers, group_id=None, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(topic, p) for topic in topics for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = {(tp.topic, tp.partition): 0 for tp in tps}
+        deadline, quiet_since = time.monotonic() + timeout, time.monotonic()
+        while time.monotonic() < deadline:
+            batch = consumer.poll(timeout_ms=300)
+            for tp, msgs in batch.items():
+                key = (tp.topic, tp.partition)
+                ends[key] = max(ends[key], msgs[-1].offset + 1)
+            if batch:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since > QUIET_S:
+                reported = consumer.end_offsets(tps)
+                if all(ends[(tp.topic, tp.partition)] >= reported[tp] for tp in tps):
+                    return ends
+        return ends
+    finally:
+        consumer.close()
+
 
 def read_topic(
     kafka_url: str,
@@ -31,6 +60,7 @@ def read_topic(
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
         records: list[tuple[bytes | None, bytes]] = []
+        quiet_since = time.monotonic()
         while time.monotonic() < deadline:
             batch = consumer.poll(timeout_ms=500)
             for msgs in batch.values():
@@ -38,7 +68,11 @@ def read_topic(
             if until is not None:
                 if until(records):
                     break
-            elif not batch:
+            elif batch:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since > QUIET_S:
+                # The embedded broker's ListOffsets can answer short of the log end, so "drained" means
+                # nothing new for a while and the reported ends reached, not the reported ends alone.
                 ends = consumer.end_offsets(tps)
                 if all(consumer.position(tp) >= ends[tp] for tp in tps):
                     break

@@ -5,16 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from typing import Any
 
-from kafka import KafkaConsumer, TopicPartition
 from sqlalchemy import Engine, select
 
 from config.topics import Topics
 from schemas.touchpoint import TouchpointEvent
 from sinks import tables as t
-from tests.support.kafka import read_topic
+from tests.support.kafka import log_ends, read_topic
 
 #: Tables whose rows are the results a user sees (stream bookkeeping left out).
 RESULT_TABLES = ("customers", "identities", "touchpoints", "metrics", "metric_cells", "alerts", "identity_merges")
@@ -45,25 +43,13 @@ def consumed_events(kafka_url: str, prefix: str) -> list[TouchpointEvent]:
     return events
 
 
-def end_offsets(kafka_url: str, topics: list[str], settle: float = 1.0) -> dict[tuple[str, int], int]:
-    """The next offset to be written on every partition of ``topics``, once it stops moving.
+def end_offsets(kafka_url: str, topics: list[str]) -> dict[tuple[str, int], int]:
+    """One past the last offset of every partition of ``topics``, read from the log itself.
 
-    A producer's acknowledgement can come before the broker's high watermark shows the record, so a
-    single read right after publishing may miss the last records.
+    The embedded broker's ListOffsets can answer short of the real log end (more so after a restart), which
+    would make a run look finished early; reading the partitions to the end cannot.
     """
-    servers = [part.split("://", 1)[-1] for part in kafka_url.split(",")]
-    consumer = KafkaConsumer(bootstrap_servers=servers, group_id=None)
-    try:
-        tps = [TopicPartition(topic, p) for topic in topics for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        previous = None
-        while True:
-            ends = {(tp.topic, tp.partition): off for tp, off in consumer.end_offsets(tps).items()}
-            if ends == previous:
-                return ends
-            previous = ends
-            time.sleep(settle)
-    finally:
-        consumer.close()
+    return log_ends(kafka_url, topics)
 
 
 def caught_up(engine: Engine, group_id: str, ends: dict[tuple[str, int], int]) -> bool:
