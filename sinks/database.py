@@ -19,8 +19,13 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str) -> Engine:
-    """Create an engine tuned for batched writes: WAL and one writer for SQLite, pre-ping for PostgreSQL."""
+def make_engine(url: str, *, writer: bool = False) -> Engine:
+    """Create an engine tuned for batched writes: WAL for SQLite, pre-ping for PostgreSQL.
+
+    A ``writer`` engine (the worker's) starts every SQLite transaction with BEGIN IMMEDIATE: a batch reads
+    state and writes it back, and two workers must not both read before either writes (on PostgreSQL the
+    batch takes an advisory lock instead, see SqlStore.lock_group).
+    """
     url = normalise_url(url)
     # orjson for the JSON columns (customer state, metric counters): several times faster than json.
     codec = {"json_serializer": _dumps, "json_deserializer": orjson.loads}
@@ -35,6 +40,14 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
+            if writer:
+                dbapi_conn.isolation_level = None  # let SQLAlchemy's begin below start transactions
+
+        if writer:
+
+            @event.listens_for(engine, "begin")
+            def _begin_immediate(conn: Any) -> None:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2, **codec)

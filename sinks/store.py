@@ -7,6 +7,7 @@ commit together, and a redelivered record at or below the applied offset is skip
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -128,6 +129,24 @@ class SqlStore:
             bulk = self._bulk[name] = BulkStatement(self._statements[name], self.engine.dialect)
         conn.exec_driver_sql(bulk.sql, bulk.params(rows))
 
+    def lock_group(self, conn: Connection, group_id: str) -> None:
+        """Serialise batches of one consumer group across workers (PostgreSQL; SQLite uses BEGIN IMMEDIATE).
+
+        Workers share the identity graph and customer states: two batches touching the same customer must
+        not both read it before either writes. The lock is held to the end of the transaction.
+        """
+        if conn.dialect.name == "postgresql":
+            key = int.from_bytes(hashlib.sha256(group_id.encode()).digest()[:8], "big", signed=True)
+            conn.execute(select(func.pg_advisory_xact_lock(key)))
+
+    def clock_in(self, conn: Connection, group_id: str) -> tuple[datetime | None, datetime | None]:
+        """The event-time clock as the group last committed it (another worker may have moved it)."""
+        c = t.stream_clock.c
+        row = conn.execute(select(c.watermark, c.swept_to).where(c.group_id == group_id)).first()
+        if row is None:
+            return None, None
+        return (as_utc(row[0]) if row[0] else None), (as_utc(row[1]) if row[1] else None)
+
     # --- reads ----------------------------------------------------------------------------------
 
     def applied_offsets(self, group_id: str) -> dict[tuple[str, int], int]:
@@ -142,12 +161,8 @@ class SqlStore:
 
     def clock(self, group_id: str) -> tuple[datetime | None, datetime | None]:
         """The event-time clock: the latest occurred_at applied, and how far windows were swept."""
-        c = t.stream_clock.c
         with self.engine.connect() as conn:
-            row = conn.execute(select(c.watermark, c.swept_to).where(c.group_id == group_id)).first()
-        if row is None:
-            return None, None
-        return (as_utc(row[0]) if row[0] else None), (as_utc(row[1]) if row[1] else None)
+            return self.clock_in(conn, group_id)
 
     def load_identities(self, conn: Connection, keys: Iterable[str]) -> dict[str, str]:
         """customer_id of each known identifier key."""

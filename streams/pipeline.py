@@ -162,6 +162,9 @@ class BatchProcessor:
         if not offsets:
             return report
         with self.store.engine.begin() as conn:
+            self.store.lock_group(conn, self.group_id)
+            # Under the lock, the group's clock as committed: with several workers, each moves it.
+            self.watermark, self.swept_to = self.store.clock_in(conn, self.group_id)
             view = StateView(identities=self.store.load_identities(conn, self.engine.required_keys(report.events)))
             view.customers = {
                 cid: CustomerState.from_dict(state)

@@ -55,7 +55,7 @@ class Worker:
         self.settings = settings
         self.topics = Topics(settings.topic_prefix)
         self.metrics = Metrics(settings.worker_id)
-        self.engine = make_engine(settings.database_url)
+        self.engine = make_engine(settings.database_url, writer=True)
         upgrade(self.engine)
         self.store = SqlStore(self.engine)
         self.processor = BatchProcessor(settings, self.store)
