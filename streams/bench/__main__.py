@@ -63,7 +63,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--stall-timeout",
         type=float,
         default=120.0,
-        help="fail a configuration when nothing is applied for this long (120)",
+        help="fail a configuration when nothing moves for this long with its workers idle (5x as long if busy; 120)",
     )
     p.add_argument("--latency-seconds", type=float, default=30.0, help="length of the paced latency slice (default 30)")
     p.add_argument(

@@ -250,13 +250,15 @@ def write_markdown(results: dict[str, Any], path: Path, png_name: str | None) ->
         render_table(rows(results), markdown=True),
         "",
         "- **events/s**: baselines, events ÷ (last record seen - first record seen); pipelines, *sustained*:",
-        "  the events committed after the first commit ÷ (last - first `touchpoints.committed_at`), that share",
-        "  taken from the touchpoints of each commit (the first batch was processed before the span starts;",
-        "  counting it would overstate runs of few, large batches; with two workers the span starts at the",
-        "  second commit). Both leave out start-up and the group join. Events count every input event,",
-        "  duplicates included.",
-        "- **wall s**: from starting the process(es) to done (pipelines: every channel-topic end offset in",
-        "  `stream_offsets` and the `outbox` empty, polled every 0.5 s); includes start-up and the group join.",
+        "  the events processed after the first batch ÷ (done - first `touchpoints.committed_at`). *Done* is",
+        "  the end of the job: every channel-topic end offset in `stream_offsets` and the `outbox` empty, so",
+        "  the last batch's downstream records are published too (ending at the last SQL commit would leave",
+        "  that out; the detail below gives that figure as well). The first batch is left out because it was",
+        "  processed before the span starts (its share is taken from the touchpoints of the first commit;",
+        "  with two workers the span starts at the second commit). Both leave out start-up and the group",
+        "  join. Events count every input event, duplicates included.",
+        "- **wall s**: from starting the process(es) to done (polled every 0.5 s); includes start-up and the",
+        "  group join.",
         "- **SQL rows/s**: rows in the result tables at the end (customers, identities, touchpoints, metrics,",
         "  metric_cells, alerts, identity_merges), scaled to the measured span like the events. Upserted rows",
         "  count once.",
@@ -283,9 +285,11 @@ def write_markdown(results: dict[str, Any], path: Path, png_name: str | None) ->
             f"{run['workers']} worker{'s' if run['workers'] > 1 else ''}): "
             f"{run['events']:,} events in {run['records']:,} records; "
             f"first commit {run['first_commit_s']:.1f} s after start, {run['batches']:,} commit(s) over "
-            f"{run['commit_span_s']:.1f} s; measured span {run['measured_span_s']:.1f} s holding "
-            f"{100 * run['measured_share']:.1f} % of the touchpoints (events ÷ whole span would say "
-            f"{_fmt(run['naive_eps'])}/s); wall {run['wall_s']:.1f} s ({run['wall_eps']:,.0f} events/s by wall "
+            f"{run['commit_span_s']:.1f} s, done {run['wall_s'] - run['first_commit_s'] - run['commit_span_s']:.1f} s "
+            f"after the last commit; measured span {run['measured_to_done_s']:.1f} s holding "
+            f"{100 * run['measured_share']:.1f} % of the events (to the last SQL commit instead of done: "
+            f"{_fmt(run['sql_span_eps'])}/s; events ÷ commit span: {_fmt(run['naive_eps'])}/s); "
+            f"wall {run['wall_s']:.1f} s ({run['wall_eps']:,.0f} events/s by wall "
             f"time); {rough}"
             f"touchpoints {run['touchpoints']:,} of {w['distinct_events']:,} distinct events; rows: {table_rows}; "
             f"peak RSS {rss}" + _counters(run)

@@ -1,10 +1,10 @@
 """Pipeline runs: real ``cxstream worker`` processes on a fresh database, timed from the SQL they commit.
 
 A run is done when every channel-topic partition's end offset is in ``stream_offsets`` and the ``outbox`` is
-empty (everything applied and published downstream). Throughput comes from the database itself: events
-divided by the span between the first and the last ``touchpoints.committed_at``, which leaves out the
-worker's start-up and group join the same way the baselines do; the wall time from starting the worker
-to done is reported beside it.
+empty (everything applied and published downstream). The sustained rate is timed from the database's own
+clock: from the first ``touchpoints.committed_at`` to done, counting the events processed after that first
+batch, which leaves out the worker's start-up and group join the same way the baselines do (see
+:attr:`PipelineResult.sustained_eps`); the wall time from starting the worker to done is reported beside it.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 from subprocess import Popen
 from typing import Any
 
+import psutil
 from sqlalchemy import Engine, create_engine, func, select
 from sqlalchemy.exc import DBAPIError
 
@@ -63,6 +64,7 @@ class PipelineResult:
     commit_span_s: float
     batches: int
     measured_span_s: float
+    measured_to_done_s: float
     measured_share: float
     touchpoints: int
     rows_by_table: dict[str, int]
@@ -74,21 +76,32 @@ class PipelineResult:
 
     @property
     def sustained_eps(self) -> float | None:
-        """The events committed after each worker's first batch / the time from that point to the last commit.
+        """Events processed after each worker's first batch / the time from that batch's commit to done.
+
+        Done is the end of the job, end to end: every input offset applied *and* the outbox empty, i.e. the
+        downstream records of the last batch published too. Ending at the last SQL commit instead leaves that
+        last publish out, which flatters runs of a few huge batches enormously (envelope runs here made two
+        commits and then spent a minute and a half publishing the last batch's outputs; see sql_span_eps).
 
         A batch's events are processed before its commit, so the first batch's events fall outside a span
-        that starts at the first commit: counting them (events / span) overstates the rate by about
-        batches / (batches - 1), 15-20 % when large envelope batches make a run only a handful of commits.
-        With W workers the span starts at the W-th commit (each worker's first batch, roughly) and counts
-        the share of touchpoints committed after it. None when nothing was committed after that point.
+        that starts at the first commit: counting them would overstate the rate by about batches /
+        (batches - 1). With W workers the span starts at the W-th commit (each worker's first batch,
+        roughly). The share of events after it is the share of touchpoints committed after it.
         """
+        if self.measured_to_done_s <= 0 or self.measured_share <= 0:
+            return None
+        return self.events * self.measured_share / self.measured_to_done_s
+
+    @property
+    def sql_span_eps(self) -> float | None:
+        """The same events over the span of SQL commits only (to the last commit): leaves the last publish out."""
         if self.measured_span_s <= 0 or self.measured_share <= 0:
             return None
         return self.events * self.measured_share / self.measured_span_s
 
     @property
     def naive_eps(self) -> float | None:
-        """Events / (last commit - first commit), first batch included (an overestimate, see above)."""
+        """Events / (last commit - first commit), first batch included and last publish left out."""
         return self.events / self.commit_span_s if self.commit_span_s > 0 else None
 
     @property
@@ -103,10 +116,10 @@ class PipelineResult:
 
     @property
     def sql_rows_per_s(self) -> float | None:
-        """Result rows over the measured span, scaled like the events (rows are not attributable to a batch)."""
+        """Result rows over the measured span to done, scaled like the events (rows are not attributable to a batch)."""
         if self.sustained_eps is None:
             return None
-        return self.sql_rows * self.measured_share / self.measured_span_s
+        return self.sql_rows * self.measured_share / self.measured_to_done_s
 
 
 @dataclass
@@ -260,6 +273,25 @@ def applied_records(engine: Engine, group_id: str, ends: dict[tuple[str, int], i
     return done, pending is None
 
 
+def _cpu_seconds(workers: list[WorkerProc]) -> float:
+    """CPU time the workers have used so far (user + system), seconds."""
+    total = 0.0
+    for worker in workers:
+        try:
+            times = psutil.Process(worker.proc.pid).cpu_times()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        total += times.user + times.system
+    return total
+
+
+#: A worker using less than this share of a core while nothing moves is waiting on something, not working.
+IDLE_CPU_SHARE = 0.05
+
+#: A worker busy for this many stall timeouts without applying anything is stuck all the same.
+BUSY_STALL_FACTOR = 5
+
+
 def wait_applied(
     ctx: BenchContext,
     engine: Engine,
@@ -272,11 +304,17 @@ def wait_applied(
 ) -> float:
     """Wait until every record below ``ends`` is applied and the outbox is empty; return when (monotonic).
 
-    Fails the run when a worker exits, when nothing moves for ``ctx.stall_s`` seconds (the start-up and
-    group join count against it, which take seconds, not minutes) or after ``ctx.timeout_s`` in all.
+    Fails the run when a worker exits, after ``ctx.timeout_s`` in all, or when it has stalled: nothing
+    applied or published for ``ctx.stall_s`` seconds while the workers sit idle (blocked, stopped,
+    waiting for a group that never forms), or for ``BUSY_STALL_FACTOR`` times as long while they burn
+    CPU. The two limits differ because one batch can legitimately keep a worker busy for minutes: the
+    worker applies up to CXSTREAM_BATCH_MAX_EVENTS *records* per transaction, and with envelopes that
+    is up to 200,000 events.
     """
     total = sum(ends.values())
-    last_done, last_move, last_print = -1, time.monotonic(), time.monotonic()
+    last_state: tuple[int, bool] = (-1, False)
+    last_move = last_print = time.monotonic()
+    cpu_at_move = _cpu_seconds(workers)
     while True:
         now = time.monotonic()
         for worker in workers:
@@ -288,14 +326,20 @@ def wait_applied(
         done, outbox_empty = applied_records(engine, group_id, ends)
         if done >= total and outbox_empty:
             return now
-        if done != last_done:
-            last_done, last_move = done, now
-        elif now - last_move > ctx.stall_s:
-            tails = "\n".join(f"--- {w.name}:\n{log_tail(w.log_path, 1500)}" for w in workers)
-            raise RunFailed(
-                f"{label}: stalled, no record applied for {ctx.stall_s:.0f}s ({done:,} of {total:,} records applied, "
-                f"outbox {'empty' if outbox_empty else 'not empty'}); log tails:\n{tails}"
-            )
+        if (done, outbox_empty) != last_state:
+            last_state, last_move, cpu_at_move = (done, outbox_empty), now, _cpu_seconds(workers)
+        else:
+            still = now - last_move
+            busy = (_cpu_seconds(workers) - cpu_at_move) / still if still > 0 else 1.0
+            idle_stall = still > ctx.stall_s and busy < IDLE_CPU_SHARE
+            if idle_stall or still > BUSY_STALL_FACTOR * ctx.stall_s:
+                tails = "\n".join(f"--- {w.name}:\n{log_tail(w.log_path, 1500)}" for w in workers)
+                how = "idle" if idle_stall else f"busy ({busy:.0%} of a core)"
+                raise RunFailed(
+                    f"{label}: stalled, nothing applied or published for {still:.0f}s with the workers {how} "
+                    f"({done:,} of {total:,} records applied, outbox {'empty' if outbox_empty else 'not empty'}); "
+                    f"log tails:\n{tails}"
+                )
         if now - started > ctx.timeout_s:
             raise RunFailed(f"{label}: timed out after {ctx.timeout_s:.0f}s ({done:,} of {total:,} records applied)")
         if now - last_print >= 10:
@@ -421,6 +465,9 @@ def run_pipeline(ctx: BenchContext, config: PipelineConfig, published: wl.Publis
             commit_span_s=(last - first).total_seconds(),
             batches=len(commits),
             measured_span_s=(last - start_at).total_seconds(),
+            # started_at (wall clock) and started (monotonic) were read together: done on the wall clock
+            # is started_at + wall_s.
+            measured_to_done_s=(done - started) - (start_at - started_at).total_seconds(),
             measured_share=after / total if total else 0.0,
             touchpoints=rows["touchpoints"],
             rows_by_table=rows,
@@ -517,7 +564,7 @@ def run_latency(
 def as_dict(obj: Any) -> dict[str, Any]:
     """A result as plain JSON-able data, properties included."""
     data = dict(obj.__dict__)
-    for name in ("sustained_eps", "naive_eps", "wall_eps", "sql_rows", "sql_rows_per_s"):
+    for name in ("sustained_eps", "sql_span_eps", "naive_eps", "wall_eps", "sql_rows", "sql_rows_per_s"):
         if hasattr(type(obj), name):
             data[name] = getattr(obj, name)
     return data
