@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import select
 
 from config.settings import load_settings
 from config.topics import Topics
@@ -21,7 +20,7 @@ from streams.domain.aggregate import MetricAggregator
 from streams.domain.oracle import replay
 from tests.support.kafka import read_topic
 from tests.support.processes import wait_until
-from tests.support.results import caught_up, consumed_events, end_offsets, run_cli
+from tests.support.results import consumed_events, prometheus_value, run_cli, wait_applied
 
 # Simulated traffic is read from 16 partitions in an order that differs from run to run: a generous lateness
 # keeps too-late decisions out of the comparison with the oracle (part (b) tests lateness on purpose).
@@ -29,28 +28,9 @@ LATENESS = str(400 * 86400)
 SURVEY_METRICS = ("nps", "csat")
 
 
-def wait_applied(engine: Engine, kafka_url: str, prefix: str, group: str, timeout: float = 60) -> None:
-    """Wait until the worker has applied everything published so far on the channel topics."""
-    ends = end_offsets(kafka_url, Topics(prefix).channels)
-    wait_until(lambda: caught_up(engine, group, ends), timeout, "the worker to apply every record")
-
-
 def utc(ts: datetime) -> datetime:
     """SQLite gives naive datetimes back: they are UTC."""
     return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
-
-
-def prometheus_value(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples of ``name`` whose labels include ``labels`` on a /metrics page."""
-    total = 0.0
-    for line in text.splitlines():
-        match = re.match(rf"{re.escape(name)}\{{(.*)\}} (\S+)$", line)
-        if match is None:
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
-        if all(found.get(k) == v for k, v in labels.items()):
-            total += float(match.group(2))
-    return total
 
 
 def test_daily_nps_and_csat_per_channel_equal_the_oracle(kafka_url, topic_prefix, sqlite_url, workers) -> None:

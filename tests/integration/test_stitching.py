@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from pathlib import Path
 
 import orjson
-from sqlalchemy import Engine, func, select
+from sqlalchemy import func, select
 
 from config.topics import Topics
 from schemas.touchpoint import IdentifierType
@@ -17,8 +16,7 @@ from sinks.queries import customer_timeline, resolve_customer
 from streams.domain.identity import customer_id_for
 from streams.simulate import PLACEHOLDER_EMAILS, ground_truth
 from tests.support.kafka import read_topic
-from tests.support.processes import wait_until
-from tests.support.results import caught_up, consumed_events, end_offsets, run_cli
+from tests.support.results import consumed_events, prometheus_value, run_cli, wait_applied
 
 # The simulation is published in arrival order but read from 16 partitions: a generous lateness keeps
 # too-late decisions out of a test about who is who.
@@ -26,25 +24,6 @@ LATENESS = str(400 * 86400)
 
 # 400 persons over a week; this seed has repeat till receipts with placeholder e-mails (checked below).
 CUSTOMERS, DAYS, SEED = 400, 7, 59
-
-
-def wait_applied(engine: Engine, kafka_url: str, prefix: str, group: str, timeout: float = 60) -> None:
-    """Wait until the worker has applied everything published so far on the channel topics."""
-    ends = end_offsets(kafka_url, Topics(prefix).channels)
-    wait_until(lambda: caught_up(engine, group, ends), timeout, "the worker to apply every record")
-
-
-def prometheus_value(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples of ``name`` whose labels include ``labels`` on a /metrics page."""
-    total = 0.0
-    for line in text.splitlines():
-        match = re.match(rf"{re.escape(name)}\{{(.*)\}} (\S+)$", line)
-        if match is None:
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
-        if all(found.get(k) == v for k, v in labels.items()):
-            total += float(match.group(2))
-    return total
 
 
 def test_simulated_population_has_one_customer_per_person(kafka_url, topic_prefix, sqlite_url, workers) -> None:

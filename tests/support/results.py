@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from typing import Any
@@ -13,6 +14,7 @@ from config.topics import Topics
 from schemas.touchpoint import TouchpointEvent
 from sinks import tables as t
 from tests.support.kafka import log_ends, read_topic
+from tests.support.processes import wait_until
 
 #: Tables whose rows are the results a user sees (stream bookkeeping left out).
 RESULT_TABLES = ("customers", "identities", "touchpoints", "metrics", "metric_cells", "alerts", "identity_merges")
@@ -65,6 +67,25 @@ def caught_up(engine: Engine, group_id: str, ends: dict[tuple[str, int], int]) -
         }
         pending = conn.execute(select(t.outbox.c.id)).first()
     return pending is None and all(applied.get(tp, -1) >= end - 1 for tp, end in ends.items() if end > 0)
+
+
+def wait_applied(engine: Engine, kafka_url: str, prefix: str, group: str, timeout: float = 60) -> None:
+    """Wait until the worker has applied everything published so far on the channel topics."""
+    ends = end_offsets(kafka_url, Topics(prefix).channels)
+    wait_until(lambda: caught_up(engine, group, ends), timeout, "the worker to apply every record")
+
+
+def prometheus_value(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels`` on a /metrics page."""
+    total = 0.0
+    for line in text.splitlines():
+        match = re.match(rf"{re.escape(name)}\{{(.*)\}} (\S+)$", line)
+        if match is None:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(match.group(2))
+    return total
 
 
 def snapshot(engine: Engine) -> dict[str, list[dict[str, Any]]]:
