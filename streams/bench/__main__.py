@@ -121,6 +121,14 @@ def configurations(args: argparse.Namespace) -> tuple[list[str], list[PipelineCo
     return names, [c for c in pipelines if c.name in names]
 
 
+def worker_defaults() -> dict[str, str]:
+    """The batching defaults of the code under test, read from its Settings (they change as it is tuned)."""
+    from config.settings import Settings
+
+    fields = ("batch_max_events", "batch_max_wait", "broker_max_poll_interval")
+    return {f"CXSTREAM_{name.upper()}": str(Settings.model_fields[name].default) for name in fields}
+
+
 def _on_sigterm(_signum: int, _frame: object) -> NoReturn:
     # `kill PID` must clean up like Ctrl-C: stop the broker and workers in the finally blocks.
     raise KeyboardInterrupt
@@ -220,7 +228,12 @@ def _run(
         f"[bench] {len(work.events):,} events ({work.simulate_s:.1f}s simulating, {work.convert_s:.1f}s converting)",
         flush=True,
     )
-    results["settings"] = {"partitions": args.partitions, "envelope_size": wl.ENVELOPE_SIZE, "worker_env": worker_env}
+    results["settings"] = {
+        "partitions": args.partitions,
+        "envelope_size": wl.ENVELOPE_SIZE,
+        "worker_env": worker_env,
+        "worker_defaults": worker_defaults(),
+    }
 
     postgres: PostgresServer | None = None
     postgres_error: str | None = None

@@ -5,6 +5,7 @@ All three documents are written from the one JSON-able results dict, so they can
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import sqlite3
@@ -72,7 +73,14 @@ def _git(repo: Path) -> dict[str, Any]:
 
     # Porcelain lines are "XY path": the status letters can start with a space, so no strip() before slicing.
     changed = [line[3:] for line in run("status", "--porcelain", "--untracked-files=no").splitlines() if line]
-    return {"commit": run("rev-parse", "--short", "HEAD").strip(), "modified_files": changed}
+    # Others edit the work tree while benchmarks run: a digest of the uncommitted diff tells two runs of
+    # "the same commit" apart.
+    diff = run("diff", "HEAD", "--", "streams", "sinks", "config", "schemas", "pyproject.toml")
+    return {
+        "commit": run("rev-parse", "--short", "HEAD").strip(),
+        "modified_files": changed,
+        "diff_sha256": hashlib.sha256(diff.encode()).hexdigest()[:16] if diff else None,
+    }
 
 
 # --- console --------------------------------------------------------------------------------------
@@ -213,7 +221,8 @@ def write_markdown(results: dict[str, Any], path: Path, png_name: str | None) ->
         "- " + ", ".join(f"{k} {v}" for k, v in m["packages"].items()),
         f"- code: commit {m['git']['commit']}"
         + (
-            f", with uncommitted changes in {', '.join(m['git']['modified_files'])}"
+            f", with uncommitted changes (diff digest {m['git']['diff_sha256']}) in "
+            f"{', '.join(m['git']['modified_files'])}"
             if m["git"]["modified_files"]
             else ""
         ),
@@ -326,6 +335,17 @@ def write_markdown(results: dict[str, Any], path: Path, png_name: str | None) ->
             f"same database kind and input shape): **{sc['ratio']:.2f}x** sustained events/s "
             f"({sc['ratio_wall']:.2f}x by wall time)."
         )
+        two = results["pipelines"].get(sc["config"], {})
+        one = results["pipelines"].get(sc["baseline"], {})
+        if two.get("machine_cpu_busy") is not None and one.get("machine_cpu_busy") is not None:
+            cpu = ", ".join(f"{k} {v / two['wall_s']:.0%}" for k, v in sorted(two.get("worker_cpu_s", {}).items()))
+            lines += [
+                "",
+                f"CPU: the machine's {m['nproc']} CPUs were {one['machine_cpu_busy']:.0%} busy during the one-worker "
+                f"run and {two['machine_cpu_busy']:.0%} during the two-worker run (workers: {cpu} of a core each). "
+                "Two workers can only scale when there is a free core for the second one: here they share the "
+                "CPUs with PostgreSQL, the broker, the benchmark and whatever else runs on the machine.",
+            ]
     else:
         lines.append("Not measured in this run" + (f": {sc['why']}" if sc and sc.get("why") else "."))
     lines += ["", "## Targets", "", "| target | configuration | measured | verdict |", "|---|---|---:|---|"]
@@ -345,7 +365,8 @@ def write_markdown(results: dict[str, Any], path: Path, png_name: str | None) ->
     ]
     lines += [f"- `{k}={v}`" for k, v in s["worker_env"].items()]
     lines += [
-        "- everything else at its default (e.g. `CXSTREAM_BATCH_MAX_EVENTS=2000`, `CXSTREAM_BATCH_MAX_WAIT=0.2`)",
+        "- everything else at its default in this code: "
+        + ", ".join(f"`{k}={v}`" for k, v in s.get("worker_defaults", {}).items()),
         "",
         "Baselines: `aiokafka` is `AIOKafkaConsumer(*channel_topics, group_id=None).getmany(max_records=10000)` + "
         "`orjson.loads` per record; `faust-pass` is a Faust agent over the four channel topics doing "
@@ -367,7 +388,10 @@ def _counters(run: dict[str, Any]) -> str:
     outputs = c["outputs_by_topic"]
     total = sum(outputs.values())
     per_topic = ", ".join(f"{k} {v:,}" for k, v in sorted(outputs.items()))
+    cpu = run.get("worker_cpu_s") or {}
+    cpu_text = ", ".join(f"{k} {v:,.0f} s ({v / run['wall_s']:.0%} of a core)" for k, v in sorted(cpu.items()))
     return (
+        f"; CPU used: {cpu_text}; the whole machine was {run.get('machine_cpu_busy', 0):.0%} busy meanwhile"
         f"; the workers' counters: {c['batches']:,} SQL batches of {c['batch_events'] / c['batches']:,.0f} events "
         f"on average taking {c['batch_seconds']:.1f} s in all ({100 * c['batch_seconds'] / run['wall_s']:.0f} % of "
         f"the wall time{' per worker, summed' if run['workers'] > 1 else ''}); {total:,} downstream records "

@@ -73,6 +73,11 @@ class PipelineResult:
     commit_timeline: list[tuple[float, int]]
     #: The workers' own Prometheus counters at the end (see scrape_counters).
     counters: dict[str, Any]
+    #: CPU seconds each worker used from its start to done.
+    worker_cpu_s: dict[str, float]
+    #: Share of the whole machine's CPU time that was busy from the workers' start to done (every process,
+    #: the database server, the broker and anything else running on the machine included).
+    machine_cpu_busy: float
 
     @property
     def sustained_eps(self) -> float | None:
@@ -88,14 +93,23 @@ class PipelineResult:
         (batches - 1). With W workers the span starts at the W-th commit (each worker's first batch,
         roughly). The share of events after it is the share of touchpoints committed after it.
         """
-        if self.measured_to_done_s <= 0 or self.measured_share <= 0:
+        if not self.measurable or self.measured_to_done_s <= 0:
             return None
         return self.events * self.measured_share / self.measured_to_done_s
 
     @property
+    def measurable(self) -> bool:
+        """Enough commits for a sustained rate: the span must hold most of the events, not a sliver.
+
+        A small run can be a handful of batches; leaving out the first one then leaves little, and with two
+        workers whose first batches differ in size the estimate becomes noise. Better no figure than that.
+        """
+        return self.batches >= self.workers + 2 and self.measured_share >= 0.5
+
+    @property
     def sql_span_eps(self) -> float | None:
         """The same events over the span of SQL commits only (to the last commit): leaves the last publish out."""
-        if self.measured_span_s <= 0 or self.measured_share <= 0:
+        if not self.measurable or self.measured_span_s <= 0:
             return None
         return self.events * self.measured_share / self.measured_span_s
 
@@ -285,6 +299,13 @@ def _cpu_seconds(workers: list[WorkerProc]) -> float:
     return total
 
 
+def _busy_share(before: Any, after: Any) -> float:
+    """Busy share of all CPUs between two psutil.cpu_times() readings."""
+    idle = (after.idle + getattr(after, "iowait", 0.0)) - (before.idle + getattr(before, "iowait", 0.0))
+    total = sum(after) - sum(before)
+    return round(1.0 - idle / total, 3) if total > 0 else 0.0
+
+
 #: A worker using less than this share of a core while nothing moves is waiting on something, not working.
 IDLE_CPU_SHARE = 0.05
 
@@ -443,9 +464,12 @@ def run_pipeline(ctx: BenchContext, config: PipelineConfig, published: wl.Publis
         upgrade_schema(ctx, url, config.name)
         started = time.monotonic()
         started_at = datetime.now(UTC)
+        machine_before = psutil.cpu_times()
         for i in range(config.workers):
             workers.append(start_worker(ctx, f"worker-{i + 1}", app_id, published.prefix, url, config.name))
         done = wait_applied(ctx, engine, app_id, published.ends, workers, config.name, started=started)
+        machine_busy = _busy_share(machine_before, psutil.cpu_times())
+        worker_cpu = {w.name: round(_cpu_seconds([w]), 1) for w in workers}
         commits, rows = sql_figures(engine)
         counters = scrape_counters(workers)
         ctx.sampler.sample_now()
@@ -474,6 +498,8 @@ def run_pipeline(ctx: BenchContext, config: PipelineConfig, published: wl.Publis
             peak_rss=dict(peaks),
             commit_timeline=[(round((at - first).total_seconds(), 3), n) for at, n in commits],
             counters=counters,
+            worker_cpu_s=worker_cpu,
+            machine_cpu_busy=machine_busy,
         )
     raise AssertionError("unreachable")  # pragma: no cover - ExitStack does not swallow exceptions
 
