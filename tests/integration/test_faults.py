@@ -16,7 +16,15 @@ from sinks.database import make_engine
 from streams.domain.oracle import replay
 from tests.support.kafka import read_topic
 from tests.support.processes import wait_until
-from tests.support.results import caught_up, consumed_events, end_offsets, run_cli, snapshot
+from tests.support.results import (
+    caught_up,
+    consumed_events,
+    end_offsets,
+    run_cli,
+    snapshot,
+    snapshot_diff,
+    without_versions,
+)
 
 # Simulated traffic is published in arrival order, but the worker reads four topics of four partitions each,
 # whose interleaving differs from run to run: a generous lateness keeps too-late decisions out of the
@@ -85,7 +93,8 @@ def test_kill_9_mid_run_ends_exactly_like_an_uninterrupted_run(kafka_url, topic_
     assert {m: ends_a[m] for m in both} == {m: ends_b[m] for m in both}
     for table in ("identity_merges", "alerts"):
         expected.pop(table), got.pop(table)
-    assert got == expected, "a crashed and restarted run must leave exactly the same rows"
+    difference = snapshot_diff(without_versions(expected), without_versions(got))
+    assert not difference, f"a crashed and restarted run must leave exactly the same rows:\n{difference}"
 
     events = consumed_events(kafka_url, topic_prefix)
     oracle = replay(events, load_settings(allowed_lateness_s=float(LATENESS)))
@@ -117,7 +126,8 @@ def test_replaying_the_same_input_changes_no_row(kafka_url, topic_prefix, databa
     run_cli(env, "simulate", "--customers", "150", "--days", "5", "--seed", "3")  # the same records, re-sent
     ends = end_offsets(kafka_url, Topics(topic_prefix).channels)
     wait_until(lambda: caught_up(engine, env["CXSTREAM_APP_ID"], ends), 120, "the replay to be applied")
-    assert snapshot(engine) == first
+    difference = snapshot_diff(first, snapshot(engine))
+    assert not difference, f"replayed input changed rows:\n{difference}"
 
 
 def test_database_outage_mid_run_pauses_and_loses_nothing(kafka_url, topic_prefix, postgres_url, workers) -> None:

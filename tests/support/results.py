@@ -102,6 +102,39 @@ def snapshot(engine: Engine) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+def without_versions(snap: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    """A snapshot without the version bookkeeping that follows how input happened to be batched.
+
+    A metric's ``revision`` (and the ``<basis>_retracted`` counters it is computed from) counts the entry versions
+    the worker emitted, and an entry is re-emitted only when a later event changing it came in a later batch: two
+    runs whose batches were cut differently (a crash, another interleaving of partitions) publish the same values
+    under different revision numbers. Everything else must be equal.
+    """
+    out = dict(snap)
+    out["metrics"] = sorted(
+        ({k: v for k, v in row.items() if k != "revision"} for row in snap["metrics"]),
+        key=lambda r: repr(sorted(r.items())),
+    )
+    out["metric_cells"] = [
+        {**row, "counters": {k: v for k, v in row["counters"].items() if not k.endswith("_retracted")}}
+        for row in snap["metric_cells"]
+    ]
+    return out
+
+
+def snapshot_diff(expected: dict[str, list[dict[str, Any]]], got: dict[str, list[dict[str, Any]]]) -> str:
+    """A short account of the rows that differ between two snapshots ('' when they are equal)."""
+    lines = []
+    for table in sorted(expected.keys() | got.keys()):
+        want = {repr(row): row for row in expected.get(table, [])}
+        have = {repr(row): row for row in got.get(table, [])}
+        missing, extra = [want[k] for k in want.keys() - have.keys()], [have[k] for k in have.keys() - want.keys()]
+        if missing or extra:
+            lines.append(f"{table}: {len(missing)} row(s) only expected, {len(extra)} only got")
+            lines += [f"  - {row}" for row in missing[:3]] + [f"  + {row}" for row in extra[:3]]
+    return "\n".join(lines)
+
+
 def _plain(value: Any) -> Any:
     from datetime import UTC, datetime
     from decimal import Decimal
