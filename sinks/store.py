@@ -8,13 +8,14 @@ commit together, and a redelivered record at or below the applied offset is skip
 from __future__ import annotations
 
 import hashlib
+import operator
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, delete, func, select, update
+from sqlalchemy import Connection, DateTime, Engine, and_, bindparam, delete, func, select, update
 
 from sinks import tables as t
 from sinks.database import upsert
@@ -55,24 +56,47 @@ class BatchWrite:
     outbox: bytes | None = None
 
 
+def _sqlite_datetime(value: datetime | None) -> str | None:
+    """SQLAlchemy's SQLite DATETIME storage format (wall-clock fields, microseconds), computed in C.
+
+    Equal to what ``DATETIME.bind_processor`` writes (``YYYY-MM-DD HH:MM:SS.ffffff``, any offset dropped), at a
+    fraction of its cost: a batch binds several timestamps per event.
+    """
+    return None if value is None else value.isoformat(" ", "microseconds")[:26]
+
+
 class BulkStatement:
     """A statement compiled once for a dialect, with the bind processors of its parameters in order."""
 
     def __init__(self, stmt: Any, dialect: Any) -> None:
+        if dialect.name == "postgresql":
+            # Positional placeholders: psycopg takes plain tuples, like sqlite3 does (no dict per row).
+            dialect = type(dialect)(paramstyle="format")
         compiled = stmt.compile(dialect=dialect)
         self.sql = compiled.string
-        self.positional = bool(compiled.positional)
-        names = list(compiled.positiontup) if self.positional else list(compiled.binds)
-        processors = {name: compiled.binds[name].type._cached_bind_processor(dialect) for name in names}
-        # Bind names of an INSERT are the column names; key by name to read each row's dict.
-        self._plan = [(compiled.binds[name].key, name, processors[name]) for name in names]
+        names = list(compiled.positiontup)
+        # Bind names of an INSERT are the column names: read them from each row's dict.
+        self._values = operator.itemgetter(*(compiled.binds[name].key for name in names))
+        self._processors = []
+        for i, name in enumerate(names):
+            sqltype = compiled.binds[name].type
+            if dialect.name == "sqlite" and isinstance(sqltype, DateTime):
+                self._processors.append((i, _sqlite_datetime))
+            elif (processor := sqltype._cached_bind_processor(dialect)) is not None:
+                self._processors.append((i, processor))
 
     def params(self, rows: list[dict[str, Any]]) -> list[Any]:
-        """The rows as the driver takes them: tuples (qmark) or dicts (named), values bound by type."""
-        plan = self._plan
-        if self.positional:
-            return [tuple(proc(row[key]) if proc else row[key] for key, _, proc in plan) for row in rows]
-        return [{name: proc(row[key]) if proc else row[key] for key, name, proc in plan} for row in rows]
+        """The rows as the driver takes them: sequences in placeholder order, values bound by type."""
+        values, processors = self._values, self._processors
+        if not processors:
+            return [values(row) for row in rows]
+        out = []
+        for row in rows:
+            bound = list(values(row))
+            for i, processor in processors:
+                bound[i] = processor(bound[i])
+            out.append(tuple(bound))
+        return out
 
 
 class SqlStore:

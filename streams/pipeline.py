@@ -26,11 +26,16 @@ from schemas.touchpoint import TouchpointEvent
 from sinks.store import BatchWrite, SqlStore, as_utc
 from sinks.store import CellKey as SqlCell
 from streams.domain.aggregate import CellKey, MetricAggregator, MetricRow
-from streams.domain.alerts import OpenIssueInfo, evaluate, overdue
-from streams.domain.customer import REASON_PREFIX, CustomerState, timeline_entry
+from streams.domain.alerts import READ_TYPES, OpenIssueInfo, evaluate, overdue
+from streams.domain.customer import MOMENTS, REASON_PREFIX, SURVEY, TYPE, CustomerState, T, timeline_entry
 from streams.domain.engine import BatchResult, StateView, StitchEngine
+from streams.domain.identity import EventKeys
+from streams.downstream import Outputs
 
 log = logging.getLogger(__name__)
+
+_ALERT_READ_TYPES = frozenset(t.value for t in READ_TYPES)
+_NEGATIVE = frozenset(m.value for m in NEGATIVE_MOMENTS)
 
 #: How far back an alert rule looks from a new entry (the longest rule window, late delivery → contact).
 ALERT_LOOKBACK = timedelta(days=14)
@@ -44,26 +49,6 @@ class InRecord:
     partition: int
     offset: int
     value: bytes
-
-
-@dataclass
-class Outputs:
-    """What a committed batch publishes downstream: (topic, key, value) triples, in order."""
-
-    records: list[tuple[str, bytes, bytes]] = field(default_factory=list)
-
-    def add(self, topic: str, key: str, value: bytes) -> None:
-        """Queue one downstream record."""
-        self.records.append((topic, key.encode(), value))
-
-    def encode(self) -> bytes:
-        """Serialise for the outbox row."""
-        return orjson.dumps([[topic, key.decode(), value.decode()] for topic, key, value in self.records])
-
-    @staticmethod
-    def decode(payload: bytes) -> Outputs:
-        """Read an outbox row back."""
-        return Outputs([(topic, key.encode(), value.encode()) for topic, key, value in orjson.loads(payload)])
 
 
 @dataclass
@@ -165,12 +150,13 @@ class BatchProcessor:
             self.store.lock_group(conn, self.group_id)
             # Under the lock, the group's clock as committed: with several workers, each moves it.
             self.watermark, self.swept_to = self.store.clock_in(conn, self.group_id)
-            view = StateView(identities=self.store.load_identities(conn, self.engine.required_keys(report.events)))
+            keys = self.engine.keys_of(report.events)
+            view = StateView(identities=self.store.load_identities(conn, {k for ek in keys for k in ek.keys}))
             view.customers = {
                 cid: CustomerState.from_dict(state)
                 for cid, state in self.store.load_customers(conn, set(view.identities.values())).items()
             }
-            result = self.engine.apply(report.events, view, self.watermark)
+            result = self.engine.apply(report.events, view, self.watermark, keys)
             report.result = result
             report.applied_at = datetime.now(UTC)
             if self.watermark is not None:
@@ -178,7 +164,7 @@ class BatchProcessor:
                     result.too_late
                 )
             write = BatchWrite(group_id=self.group_id, offsets=offsets, watermark=result.watermark)
-            self._stitching(result, view, report, write)
+            self._stitching(result, view, report, write, keys)
             self._metrics(conn, result, write, report.outputs)
             self._alerts(result, view, write, report)
             self._sweep(conn, view, write, report)
@@ -216,7 +202,9 @@ class BatchProcessor:
             self.applied.update(offsets)
         return report
 
-    def _stitching(self, result: BatchResult, view: StateView, report: BatchReport, write: BatchWrite) -> None:
+    def _stitching(
+        self, result: BatchResult, view: StateView, report: BatchReport, write: BatchWrite, keys: Sequence[EventKeys]
+    ) -> None:
         topics, outputs = self.topics, report.outputs
         for merge in result.merges:
             write.merges.append(
@@ -250,7 +238,7 @@ class BatchProcessor:
                     "state": view.customers[profile.customer_id].to_dict(),
                 }
             )
-        write.identities = self._identity_rows(report.events, result, view)
+        write.identities = self._identity_rows(report.events, keys, result, view)
         now = report.committed_at or datetime.now(UTC)
         for entry in result.entries:
             write.touchpoints.append(_touchpoint_row(entry, now))
@@ -264,7 +252,7 @@ class BatchProcessor:
         return datetime.fromtimestamp(min(firsts) + self.settings.issue_target_s, UTC)
 
     def _identity_rows(
-        self, events: Iterable[TouchpointEvent], result: BatchResult, view: StateView
+        self, events: Sequence[TouchpointEvent], keys: Sequence[EventKeys], result: BatchResult, view: StateView
     ) -> list[dict[str, Any]]:
         """Identity rows of the keys this batch's accepted events carried, with when each was first and last seen.
 
@@ -272,11 +260,11 @@ class BatchProcessor:
         """
         accepted = {entry.event_id for entry in result.entries}
         seen: dict[str, tuple[datetime, datetime]] = {}
-        for event in events:
+        for event, event_keys in zip(events, keys, strict=True):
             if event.event_id not in accepted:
                 continue
             at = as_utc(event.occurred_at)
-            for key in self.engine.rules.keys_of(event).keys:
+            for key in event_keys.keys:
                 if key in view.identities:
                     first, last = seen.get(key, (at, at))
                     seen[key] = (min(first, at), max(last, at))
@@ -325,8 +313,9 @@ class BatchProcessor:
             data = row._asdict()
             data["scope"] = row.scope.value
             write.metric_rows.append(data)
-            key = f"{data['scope']}|{row.key}|{row.metric}|{row.window}|{row.window_start.isoformat()}"
-            outputs.add(topic, key, orjson.dumps(data))
+            entity = f"{data['scope']}|{row.key}"
+            key = f"{entity}|{row.metric}|{row.window}|{row.window_start.isoformat()}"
+            outputs.add(topic, key, orjson.dumps(data), route=entity)
 
     def _alerts(self, result: BatchResult, view: StateView, write: BatchWrite, report: BatchReport) -> None:
         recent: dict[str, list[TimelineEntry]] = {}
@@ -342,6 +331,7 @@ class BatchProcessor:
         self._alert_rows(fired.values(), write, report)
 
     def _recent(self, state: CustomerState | None) -> list[TimelineEntry]:
+        """The customer's recent entries an alert rule can read (building every entry would cost more than the rules)."""
         if state is None:
             return []
         policy = self.engine.policy
@@ -349,7 +339,8 @@ class BatchProcessor:
         return [
             timeline_entry(state.customer_id, row, state.derive(row, policy))
             for row in state.timeline
-            if row[0] >= horizon
+            if row[T] >= horizon
+            and (row[TYPE] in _ALERT_READ_TYPES or row[SURVEY] is not None or not _NEGATIVE.isdisjoint(row[MOMENTS]))
         ]
 
     def _alert_rows(self, alerts: Iterable[Alert], write: BatchWrite, report: BatchReport) -> None:

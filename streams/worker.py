@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -31,8 +33,9 @@ from config.topics import Topics
 from sinks.database import make_engine, upgrade
 from sinks.store import SqlStore, customers_count
 from streams.collector import SEGMENT_KINDS, Collector
+from streams.downstream import DownstreamProducer, OutboxPublisher
 from streams.observability import Metrics
-from streams.pipeline import BatchProcessor, BatchReport, InRecord, Outputs
+from streams.pipeline import BatchProcessor, BatchReport, InRecord
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,15 @@ class Worker:
         upgrade(self.engine)
         self.store = SqlStore(self.engine)
         self.processor = BatchProcessor(settings, self.store)
+        # Every write goes through one thread, in submission order: a batch, then the deletion of outbox rows
+        # published meanwhile; the event loop keeps publishing and fetching while it runs.
+        self._database_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cxstream-sql")
+        self.publisher = OutboxPublisher(
+            DownstreamProducer(settings.bootstrap_servers, f"{settings.app_id}-{settings.worker_id}-downstream"),
+            pending=functools.partial(self._with_database, self.store.pending_outbox, self.processor.group_id),
+            delete=functools.partial(self._with_database, self.store.delete_outbox),
+            on_sent=self._count_published,
+        )
         self.app = self._build_app()
 
     def _build_app(self) -> faust.App:
@@ -102,6 +114,7 @@ class Worker:
                     log.exception("cannot apply a batch; stopping the worker")
                     await app.crash(exc)
                     raise
+                # Committed with their offsets and outbox row: the outputs are the publisher's now.
                 for event in events:
                     await stream.ack(event)
 
@@ -110,9 +123,7 @@ class Worker:
             # Another worker may have applied our new partitions: learn how far from the database.
             await self._with_database(self.processor.reload)
 
-        @app.task
-        async def flush_leftover_outbox() -> None:
-            await self.publish_pending()
+        app.service(self.publisher)  # type: ignore[arg-type]  # an instance is accepted (on_init_extra_service)
 
         @app.timer(interval=5.0)
         async def gauges() -> None:
@@ -179,6 +190,7 @@ class Worker:
 
     async def handle(self, records: list[InRecord]) -> None:
         """Apply records in transactions of at most ``batch_max_events`` events (envelopes hold many)."""
+        await self.publisher.ready.wait()  # what a previous run left unpublished goes out first
         for chunk in chunk_by_events(records, self.settings.batch_max_events):
             await self._handle_chunk(chunk)
 
@@ -215,7 +227,9 @@ class Worker:
         delay = 0.2
         while True:
             try:
-                return await asyncio.to_thread(work, *args)
+                return await asyncio.get_running_loop().run_in_executor(
+                    self._database_thread, functools.partial(work, *args)
+                )
             except Exception as exc:
                 if not is_transient(exc):
                     raise
@@ -242,8 +256,11 @@ class Worker:
             )
             await self.app.consumer.seek(TP(topic, partition), offset)
         if report.outbox_id is not None:
-            await self.publish(report.outputs)
-            await self._with_database(self.store.delete_outbox, [report.outbox_id])
+            await self.publisher.put(report.outbox_id, report.outputs)
+
+    def _count_published(self, sent: Counter[str]) -> None:
+        for topic, count in sent.items():
+            self.metrics.outputs_published.labels(self.settings.worker_id, topic).inc(count)
 
     def observe(self, report: BatchReport, duration: float) -> None:
         """Record a batch in the Prometheus metrics."""
@@ -268,20 +285,6 @@ class Worker:
                 continue  # an earlier batch's entry re-emitted (derived fields changed): not a new arrival
             processing.observe((applied - entry.received_at).total_seconds())
             end_to_end.observe((committed - entry.received_at).total_seconds())
-
-    async def publish(self, outputs: Outputs) -> None:
-        """Send a batch's downstream records and wait for the broker's acknowledgements."""
-        producer = self.app.producer
-        futures = [await producer.send(topic, key, value, None, None, None) for topic, key, value in outputs.records]
-        await asyncio.gather(*futures)
-        for topic, _, _ in outputs.records:
-            self.metrics.outputs_published.labels(self.settings.worker_id, topic).inc()
-
-    async def publish_pending(self) -> None:
-        """Publish outbox rows a previous run committed but did not get acknowledged (at-least-once)."""
-        for row_id, payload in await self._with_database(self.store.pending_outbox, self.processor.group_id):
-            await self.publish(Outputs.decode(payload))
-            await self._with_database(self.store.delete_outbox, [row_id])
 
     async def update_gauges(self) -> None:
         """Refresh gauges that are read rather than counted: customers in state, consumer lag."""

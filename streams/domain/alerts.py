@@ -36,6 +36,10 @@ RULE_SEVERITY: dict[str, Severity] = {
     LATE_DELIVERY_CONTACT: Severity.INFO,
 }
 
+#: The rules read only entries of these types, entries with a survey answer and entries with a negative moment:
+#: whoever builds the recent timeline for ``evaluate`` may leave every other entry out.
+READ_TYPES: frozenset[EventType] = frozenset({EventType.SUPPORT_CONTACT, EventType.LATE_DELIVERY})
+
 _DAY = 86400.0
 # Enum members as module constants: class attribute lookup of a member costs more than the test itself, and
 # these run over every timeline entry.

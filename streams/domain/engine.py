@@ -38,6 +38,7 @@ from schemas.touchpoint import IdentifierType, TouchpointEvent
 from streams.domain.customer import EVENT_ID, CustomerState, Derived, Policy, Row, make_row, timeline_entry
 from streams.domain.identity import (
     ANONYMOUS_TYPE,
+    EventKeys,
     IdentityRules,
     customer_id_for,
     key_strength,
@@ -109,11 +110,25 @@ class StitchEngine:
         """The identifier keys whose identity rows the worker must load before applying ``events``."""
         return self.rules.required_keys(events)
 
-    def apply(self, events: Sequence[TouchpointEvent], view: StateView, watermark: datetime | None) -> BatchResult:
-        """Apply a batch of events in arrival order to ``view``; return what changed."""
+    def keys_of(self, events: Iterable[TouchpointEvent]) -> list[EventKeys]:
+        """Each event's identifier keys (what ``apply`` stitches by), computed once for the caller and ``apply``."""
+        keys_of = self.rules.keys_of
+        return [keys_of(event) for event in events]
+
+    def apply(
+        self,
+        events: Sequence[TouchpointEvent],
+        view: StateView,
+        watermark: datetime | None,
+        keys: Sequence[EventKeys] | None = None,
+    ) -> BatchResult:
+        """Apply a batch of events in arrival order to ``view``; return what changed.
+
+        ``keys`` are the events' keys from :meth:`keys_of`, when the caller has them already.
+        """
         batch = _Batch(self, view, watermark)
-        for event in events:
-            batch.add(event)
+        for event, event_keys in zip(events, self.keys_of(events) if keys is None else keys, strict=True):
+            batch.add(event, event_keys)
         return batch.finish()
 
 
@@ -146,10 +161,9 @@ class _Batch:
         except KeyError:
             raise KeyError(f"an identity row points to customer {customer_id!r}, whose state is not loaded") from None
 
-    def add(self, event: TouchpointEvent) -> None:
-        """Apply one event (steps in the module docstring)."""
+    def add(self, event: TouchpointEvent, event_keys: EventKeys) -> None:
+        """Apply one event with its keys (steps in the module docstring)."""
         result = self.result
-        event_keys = self.rules.keys_of(event)
         result.blocked += event_keys.blocked
         keys = event_keys.keys
         identities = self.view.identities
