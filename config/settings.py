@@ -70,6 +70,11 @@ class Settings(BaseSettings):
         30 * 86400.0, gt=0, description="How long a customer's seen event ids are remembered, seconds of event time."
     )
     timeline_limit: int = Field(200, ge=1, description="Recent timeline entries kept in each customer's state.")
+    state_cache_customers: int = Field(
+        20_000,
+        ge=0,
+        description="Customer states a worker keeps in memory between batches (saves reading back what it wrote).",
+    )
     repeat_contact_window_s: float = Field(
         7 * 86400.0, gt=0, description="A contact about an issue contacted within this window is a repeat contact."
     )

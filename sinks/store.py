@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, DateTime, Engine, and_, bindparam, delete, func, select, update
 
@@ -34,6 +34,15 @@ def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
 def as_utc(ts: datetime) -> datetime:
     """SQLite hands timestamps back naive; every timestamp in cxstream is UTC."""
     return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+class Clock(NamedTuple):
+    """A consumer group's event-time clock and commit sequence (one ``stream_clock`` row)."""
+
+    watermark: datetime | None
+    swept_to: datetime | None
+    #: Batches of state the group committed: each batch that changes state adds one.
+    sequence: int
 
 
 @dataclass
@@ -163,28 +172,29 @@ class SqlStore:
             key = int.from_bytes(hashlib.sha256(group_id.encode()).digest()[:8], "big", signed=True)
             conn.execute(select(func.pg_advisory_xact_lock(key)))
 
-    def clock_in(self, conn: Connection, group_id: str) -> tuple[datetime | None, datetime | None]:
-        """The event-time clock as the group last committed it (another worker may have moved it)."""
+    def clock_in(self, conn: Connection, group_id: str) -> Clock:
+        """The group's clock as last committed (another worker may have moved it)."""
         c = t.stream_clock.c
-        row = conn.execute(select(c.watermark, c.swept_to).where(c.group_id == group_id)).first()
+        row = conn.execute(select(c.watermark, c.swept_to, c.sequence).where(c.group_id == group_id)).first()
         if row is None:
-            return None, None
-        return (as_utc(row[0]) if row[0] else None), (as_utc(row[1]) if row[1] else None)
+            return Clock(None, None, 0)
+        return Clock(as_utc(row[0]) if row[0] else None, as_utc(row[1]) if row[1] else None, row[2])
 
     # --- reads ----------------------------------------------------------------------------------
 
     def applied_offsets(self, group_id: str) -> dict[tuple[str, int], int]:
         """Each input partition's highest offset whose effects are committed."""
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(t.stream_offsets.c.topic, t.stream_offsets.c.partition, t.stream_offsets.c.applied_offset).where(
-                    t.stream_offsets.c.group_id == group_id
-                )
-            )
-            return {(topic, part): off for topic, part, off in rows}
+            return self.applied_offsets_in(conn, group_id)
 
-    def clock(self, group_id: str) -> tuple[datetime | None, datetime | None]:
-        """The event-time clock: the latest occurred_at applied, and how far windows were swept."""
+    def applied_offsets_in(self, conn: Connection, group_id: str) -> dict[tuple[str, int], int]:
+        """``applied_offsets`` inside the caller's transaction."""
+        c = t.stream_offsets.c
+        rows = conn.execute(select(c.topic, c.partition, c.applied_offset).where(c.group_id == group_id))
+        return {(topic, part): off for topic, part, off in rows}
+
+    def clock(self, group_id: str) -> Clock:
+        """The group's clock: the latest occurred_at applied, how far windows were swept, batches committed."""
         with self.engine.connect() as conn:
             return self.clock_in(conn, group_id)
 
@@ -310,7 +320,8 @@ class SqlStore:
                 rows,
             )
         if batch.watermark is not None:
-            # Workers sharing a group write the same clock row: it only moves forward.
+            # Workers sharing a group write the same clock row: it only moves forward. A batch without a watermark
+            # accepted no event ever, so it changed no state and does not count in the sequence.
             stmt = self._upsert[t.stream_clock]
             c = t.stream_clock.c
             conn.execute(
@@ -321,9 +332,10 @@ class SqlStore:
                         "swept_to": func.coalesce(
                             self._greatest(c.swept_to, stmt.excluded.swept_to), c.swept_to, stmt.excluded.swept_to
                         ),
+                        "sequence": c.sequence + 1,
                     },
                 ),
-                [{"group_id": batch.group_id, "watermark": batch.watermark, "swept_to": batch.swept_to}],
+                [{"group_id": batch.group_id, "watermark": batch.watermark, "swept_to": batch.swept_to, "sequence": 1}],
             )
 
     # --- outbox ---------------------------------------------------------------------------------

@@ -147,6 +147,13 @@ stream_clock = Table(
     Column("group_id", String(128), primary_key=True),
     Column("watermark", TS, comment="max occurred_at applied: the event-time clock for lateness and windows"),
     Column("swept_to", TS, comment="watermark up to which windows were finalised and overdue issues alerted"),
+    Column(
+        "sequence",
+        BigInteger,
+        nullable=False,
+        server_default="0",
+        comment="batches of state the group committed; a worker's cache is current while it wrote the last",
+    ),
 )
 
 outbox = Table(

@@ -177,7 +177,6 @@ class DownstreamProducer:
         return sent
 
 
-
 class OutboxPublisher(Service):
     """Publishes committed outbox rows in commit order, then has them deleted once acknowledged.
 

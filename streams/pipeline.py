@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import Connection
 
 from config.settings import Settings
@@ -31,14 +31,21 @@ from streams.domain.customer import MOMENTS, REASON_PREFIX, SURVEY, TYPE, Custom
 from streams.domain.engine import BatchResult, StateView, StitchEngine
 from streams.domain.identity import EventKeys
 from streams.downstream import Outputs
+from streams.state_cache import StateCache, lookup
 
 log = logging.getLogger(__name__)
 
+_ENVELOPE = TypeAdapter(list[TouchpointEvent])
+_SCOPE_NAMES = {scope: scope.value for scope in MetricScope}
 _ALERT_READ_TYPES = frozenset(t.value for t in READ_TYPES)
 _NEGATIVE = frozenset(m.value for m in NEGATIVE_MOMENTS)
 
 #: How far back an alert rule looks from a new entry (the longest rule window, late delivery → contact).
 ALERT_LOOKBACK = timedelta(days=14)
+
+
+class _AppliedElsewhere(Exception):
+    """Another worker committed offsets of a partition in the batch after it was decoded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,12 +90,14 @@ class BatchProcessor:
         self.watermark: datetime | None = None
         self.swept_to: datetime | None = None
         self._gaps_seen: dict[tuple[tuple[str, int], int], float] = {}
+        self.cache = StateCache(settings.state_cache_customers)
         self.reload()
 
     def reload(self) -> None:
         """Re-read applied offsets and the event-time clock (at start, after a rebalance or a failed write)."""
         self.applied = self.store.applied_offsets(self.group_id)
-        self.watermark, self.swept_to = self.store.clock(self.group_id)
+        self.watermark, self.swept_to, _ = self.store.clock(self.group_id)
+        self.cache.clear()
 
     # --- decoding -------------------------------------------------------------------------------
 
@@ -111,6 +120,16 @@ class BatchProcessor:
                 report.gaps.setdefault(tp, applied + 1)
                 continue
             offsets[tp] = rec.offset
+            try:
+                # The usual case in one call into pydantic-core (parsing included); anything wrong is sorted out
+                # item by item below, with the reason each dead letter needs.
+                if rec.value[:1] == b"[":
+                    report.events += _ENVELOPE.validate_json(rec.value)
+                else:
+                    report.events.append(TouchpointEvent.model_validate_json(rec.value))
+                continue
+            except ValidationError:
+                pass
             channel = rec.topic.removeprefix(prefix)
             try:
                 body = orjson.loads(rec.value)
@@ -142,46 +161,76 @@ class BatchProcessor:
 
     def process(self, records: Sequence[InRecord]) -> BatchReport:
         """Apply ``records`` in one transaction; return what was done and what to publish."""
-        report = BatchReport()
-        offsets = self.decode(records, report)
-        if not offsets:
+        while True:
+            report = BatchReport()
+            offsets = self.decode(records, report)
+            if not offsets:
+                return report
+            try:
+                with self.store.engine.begin() as conn:
+                    self.store.lock_group(conn, self.group_id)
+                    # Under the lock, the group's clock and offsets as committed: with several workers, each moves
+                    # them. A partition another worker applied since this batch was decoded (around a rebalance) is
+                    # decoded again from what it committed, so no record is applied twice.
+                    stored = self.store.applied_offsets_in(conn, self.group_id)
+                    if any(stored.get(tp) != self.applied.get(tp) for tp in offsets):
+                        raise _AppliedElsewhere
+                    clock = self.store.clock_in(conn, self.group_id)
+                    self.watermark, self.swept_to = clock.watermark, clock.swept_to
+                    self.cache.check(clock.sequence)
+                    result, write, view = self._apply(conn, report, offsets)
+            except _AppliedElsewhere:
+                log.info("another worker applied records of this batch's partitions: reading its offsets")
+                self.reload()
+                continue
+            except BaseException:
+                self.cache.clear()  # cached states may hold changes that did not commit
+                raise
+            self.cache.committed(
+                clock.sequence + (write.watermark is not None),
+                view.identities,
+                view.customers,
+                result.removed,
+                ((_row_cell(row), row["counters"]) for row in write.cells),
+                write.removed_cells,
+            )
+            report.committed_at = datetime.now(UTC)
+            self.applied.update(offsets)
+            self.watermark = result.watermark
+            self.swept_to = write.swept_to or self.swept_to
             return report
-        with self.store.engine.begin() as conn:
-            self.store.lock_group(conn, self.group_id)
-            # Under the lock, the group's clock as committed: with several workers, each moves it.
-            self.watermark, self.swept_to = self.store.clock_in(conn, self.group_id)
-            keys = self.engine.keys_of(report.events)
-            view = StateView(identities=self.store.load_identities(conn, {k for ek in keys for k in ek.keys}))
-            view.customers = {
-                cid: CustomerState.from_dict(state)
-                for cid, state in self.store.load_customers(conn, set(view.identities.values())).items()
-            }
-            result = self.engine.apply(report.events, view, self.watermark, keys)
-            report.result = result
-            report.applied_at = datetime.now(UTC)
-            if self.watermark is not None:
-                report.late_accepted = sum(1 for e in report.events if e.occurred_at < self.watermark) - len(
-                    result.too_late
-                )
-            write = BatchWrite(group_id=self.group_id, offsets=offsets, watermark=result.watermark)
-            self._stitching(result, view, report, write, keys)
-            self._metrics(conn, result, write, report.outputs)
-            self._alerts(result, view, write, report)
-            self._sweep(conn, view, write, report)
-            for event in result.too_late:
-                detail = f"occurred_at {event.occurred_at.isoformat()} is older than the allowed lateness"
-                report.dead_letters.append(
-                    _dead(event.channel.value, "too_late", detail, event.model_dump_json().encode())
-                )
-            for dead in report.dead_letters:
-                report.outputs.add(self.topics.deadletter, dead.channel or "", dead.model_dump_json().encode())
-            write.outbox = report.outputs.encode() if report.outputs.records else None
-            report.outbox_id = self.store.write(conn, write)
-        report.committed_at = datetime.now(UTC)
-        self.applied.update(offsets)
-        self.watermark = result.watermark
-        self.swept_to = write.swept_to or self.swept_to
-        return report
+
+    def _apply(
+        self, conn: Connection, report: BatchReport, offsets: dict[tuple[str, int], int]
+    ) -> tuple[BatchResult, BatchWrite, StateView]:
+        """The batch inside its transaction: load what it touches, apply it, write everything back."""
+        keys = self.engine.keys_of(report.events)
+        identities, missing = lookup(self.cache.identities, {key for event_keys in keys for key in event_keys.keys})
+        identities.update(self.store.load_identities(conn, missing))
+        customers, missing = lookup(self.cache.customers, set(identities.values()))
+        for customer_id, state in self.store.load_customers(conn, missing).items():
+            customers[customer_id] = CustomerState.from_dict(state)
+        view = StateView(identities=identities, customers=customers)
+        result = self.engine.apply(report.events, view, self.watermark, keys)
+        report.result = result
+        report.applied_at = datetime.now(UTC)
+        if self.watermark is not None:
+            report.late_accepted = sum(1 for e in report.events if e.occurred_at < self.watermark) - len(
+                result.too_late
+            )
+        write = BatchWrite(group_id=self.group_id, offsets=offsets, watermark=result.watermark)
+        self._stitching(result, view, report, write, keys)
+        self._metrics(conn, result, write, report.outputs)
+        self._alerts(result, view, write, report)
+        self._sweep(conn, view, write, report)
+        for event in result.too_late:
+            detail = f"occurred_at {event.occurred_at.isoformat()} is older than the allowed lateness"
+            report.dead_letters.append(_dead(event.channel.value, "too_late", detail, event.model_dump_json().encode()))
+        for dead in report.dead_letters:
+            report.outputs.add(self.topics.deadletter, dead.channel or "", dead.model_dump_json().encode())
+        write.outbox = report.outputs.encode() if report.outputs.records else None
+        report.outbox_id = self.store.write(conn, write)
+        return result, write, view
 
     def reject(self, records: Sequence[InRecord], reason: str, detail: str) -> BatchReport:
         """Dead-letter records the database will never accept, and mark them applied, in one transaction."""
@@ -300,7 +349,8 @@ class BatchProcessor:
                 aggregator.retract(old)
             aggregator.add(entry)
         touched = aggregator.touched()
-        stored = self.store.load_cells(conn, [_sql_cell(c) for c in touched])
+        stored, missing = lookup(self.cache.cells, [_sql_cell(c) for c in touched])
+        stored.update(self.store.load_cells(conn, missing))
         current = {cell: stored[_sql_cell(cell)] for cell in touched if _sql_cell(cell) in stored}
         merged = aggregator.updates(current)
         for cell, counters in merged.counters.items():
@@ -308,14 +358,29 @@ class BatchProcessor:
         self._metric_outputs(merged.updates, write, outputs)
 
     def _metric_outputs(self, rows: Iterable[MetricRow], write: BatchWrite, outputs: Outputs) -> None:
-        topic = self.topics.metrics
-        for row in rows:
-            data = row._asdict()
-            data["scope"] = row.scope.value
-            write.metric_rows.append(data)
-            entity = f"{data['scope']}|{row.key}"
-            key = f"{entity}|{row.metric}|{row.window}|{row.window_start.isoformat()}"
-            outputs.add(topic, key, orjson.dumps(data), route=entity)
+        topic, add, append = self.topics.metrics, outputs.add, write.metric_rows.append
+        starts: dict[datetime, str] = {}
+        for scope, key, metric, window, start, end, numerator, denominator, value, status, revision in rows:
+            scope_name = _SCOPE_NAMES[scope]
+            data = {
+                "scope": scope_name,
+                "key": key,
+                "metric": metric,
+                "window": window,
+                "window_start": start,
+                "window_end": end,
+                "numerator": numerator,
+                "denominator": denominator,
+                "value": value,
+                "status": status,
+                "revision": revision,
+            }
+            append(data)
+            start_text = starts.get(start)
+            if start_text is None:
+                start_text = starts[start] = start.isoformat()
+            entity = f"{scope_name}|{key}"
+            add(topic, f"{entity}|{metric}|{window}|{start_text}", orjson.dumps(data), entity)
 
     def _alerts(self, result: BatchResult, view: StateView, write: BatchWrite, report: BatchReport) -> None:
         recent: dict[str, list[TimelineEntry]] = {}

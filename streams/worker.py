@@ -15,7 +15,7 @@ import gc
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -72,6 +72,7 @@ class Worker:
             delete=functools.partial(self._with_database, self.store.delete_outbox),
             on_sent=self._count_published,
         )
+        self.batches = BatchFeeder(self._apply_batch, settings.batch_max_events)
         self.app = self._build_app()
 
     def _build_app(self) -> faust.App:
@@ -105,18 +106,10 @@ class Worker:
         async def touchpoints(stream: faust.StreamT) -> None:
             # noack_take: offsets move only after our SQL commit, never because the batch was merely read.
             async for events in stream.noack_take(s.batch_max_events, within=s.batch_max_wait):
-                records = [InRecord(e.message.topic, e.message.partition, e.message.offset, e.value) for e in events]
-                try:
-                    await self.handle(records)
-                except Exception as exc:
-                    # A worker that cannot apply its input must stop (and be restarted by its supervisor),
-                    # not linger with a dead agent; nothing was acked, so nothing is lost.
-                    log.exception("cannot apply a batch; stopping the worker")
-                    await app.crash(exc)
-                    raise
-                # Committed with their offsets and outbox row: the outputs are the publisher's now.
-                for event in events:
-                    await stream.ack(event)
+                await self.batches.add(
+                    [InRecord(e.message.topic, e.message.partition, e.message.offset, e.value) for e in events],
+                    functools.partial(self._ack, stream, events),
+                )
 
         @app.on_partitions_assigned.connect
         async def on_assigned(_app: Any, assigned: Any = None, **_: Any) -> None:
@@ -180,6 +173,23 @@ class Worker:
                 return self.json(reply.body, status=reply.status, headers=reply.headers)
 
         return app
+
+    async def _apply_batch(self, records: list[InRecord]) -> bool:
+        try:
+            await self.handle(records)
+        except Exception as exc:
+            # A worker that cannot apply its input must stop (and be restarted by its supervisor), not linger
+            # with a dead agent; nothing was acked, so nothing is lost.
+            log.exception("cannot apply a batch; stopping the worker")
+            await self.app.crash(exc)
+            return False
+        return True
+
+    @staticmethod
+    async def _ack(stream: faust.StreamT, events: list[Any]) -> None:
+        # Committed with their offsets and outbox row: the outputs are the publisher's now.
+        for event in events:
+            await stream.ack(event)
 
     async def _send(self, topic: str, key: bytes | None, value: bytes, partition: int | None) -> Any:
         """Send one record with the app's producer and wait for the broker's acknowledgement."""
@@ -302,6 +312,44 @@ class Worker:
                 continue
             applied = self.processor.applied.get((tp.topic, tp.partition), -1)
             self.metrics.consumer_lag.labels(w, tp.topic, str(tp.partition)).set(max(0, high - applied - 1))
+
+
+class BatchFeeder:
+    """Feeds taken records to the database thread, one transaction after the other, while more are taken.
+
+    Faust's per-record work (taking records) and the SQL transaction overlap: while one batch is applied, what
+    arrives meanwhile is gathered, and applied next as one batch. Under load batches grow (fewer transactions,
+    less fixed cost per event); when idle, a record waits only for the take window. ``add`` waits while
+    ``max_events`` records are already gathered, so memory stays bounded.
+    """
+
+    def __init__(self, apply: Callable[[list[InRecord]], Awaitable[bool]], max_events: int) -> None:
+        self._apply = apply
+        self._max_events = max_events
+        self._records: list[InRecord] = []
+        self._acks: list[Callable[[], Awaitable[None]]] = []
+        self._room = asyncio.Event()
+        self._draining: asyncio.Future[None] | None = None
+
+    async def add(self, records: list[InRecord], ack: Callable[[], Awaitable[None]]) -> None:
+        """Gather ``records``; ``ack`` runs once they are committed (``apply`` returns False if it could not)."""
+        while len(self._records) >= self._max_events:
+            self._room.clear()
+            await self._room.wait()
+        self._records += records
+        self._acks.append(ack)
+        if self._draining is None or self._draining.done():
+            self._draining = asyncio.ensure_future(self._drain())
+
+    async def _drain(self) -> None:
+        while self._records:
+            records, acks = self._records, self._acks
+            self._records, self._acks = [], []
+            self._room.set()
+            if not await self._apply(records):
+                return  # the worker is stopping; nothing of this batch is acknowledged
+            for ack in acks:
+                await ack()
 
 
 def chunk_by_events(records: list[InRecord], max_events: int) -> list[list[InRecord]]:

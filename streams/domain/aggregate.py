@@ -60,6 +60,12 @@ def _window(name: str) -> Window:
     return parse_window(name)
 
 
+@lru_cache(maxsize=4096)
+def _utc(seconds: int) -> datetime:
+    # Window bounds repeat across cells and batches: one datetime per bound, not one per figure.
+    return datetime.fromtimestamp(seconds, tz=UTC)
+
+
 #: Scope -> counter -> the metrics whose revision that counter moves (its basis, or the basis's _retracted).
 _REVISED_BY: dict[MetricScope, dict[str, tuple[Metric, ...]]] = {
     scope: {
@@ -81,7 +87,7 @@ class CellKey(NamedTuple):
     @property
     def window_start(self) -> datetime:
         """Start of the window (inclusive)."""
-        return datetime.fromtimestamp(self.start, tz=UTC)
+        return _utc(self.start)
 
     @property
     def window_end(self) -> datetime:
@@ -89,7 +95,7 @@ class CellKey(NamedTuple):
         seconds = _window(self.window).seconds
         if seconds is None:
             return ALL_TIME_END
-        return datetime.fromtimestamp(self.start + seconds, tz=UTC)
+        return _utc(self.start + seconds)
 
 
 def _starts(ts: int, seconds: Iterable[int | None]) -> tuple[int, ...]:

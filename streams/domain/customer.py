@@ -155,7 +155,8 @@ class OpenIssue:
 
 def timeline_entry(customer_id: str, row: Row, derived: Derived) -> TimelineEntry:
     """Build the published TimelineEntry of a stored row with its derived fields."""
-    moments = tuple(_MOMENTS[m] for m in row[MOMENTS])
+    stored = row[MOMENTS]
+    moments = tuple(_MOMENTS[m] for m in stored) if stored else ()
     if derived.first_purchase:
         moments = with_first_purchase(moments)
     context = derived.contact

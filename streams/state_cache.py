@@ -1,0 +1,95 @@
+"""The worker's copy of the state it last committed: identity rows, customer states and metric cells.
+
+The results database stays the source of truth; the cache saves reading back, and decoding, what this worker
+wrote itself, which was about a tenth of a batch's time. It is exact only while nobody else writes the state,
+so every batch checks it against the group's commit sequence, read under the batch lock
+(``SqlStore.clock_in``): when another worker, or this worker before a restart, committed since, the cache is
+dropped and filled again from SQL as batches need it. A batch that fails drops it too, because the stitching
+engine changes cached customer states in place before the transaction commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from itertools import islice
+from typing import Any, TypeVar
+
+from streams.domain.customer import CustomerState
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+CellKey = tuple[str, str, str, Any]  # scope, key, window, window_start: as sinks.store.CellKey
+
+
+class _Bounded(dict[K, V]):
+    """A dict that forgets its least recently stored entries beyond ``limit`` (dicts keep insertion order)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def store(self, items: Iterable[tuple[K, V]]) -> None:
+        """Insert or refresh entries as the most recent, then evict the oldest beyond the limit."""
+        for key, value in items:
+            self.pop(key, None)
+            self[key] = value
+        excess = len(self) - self.limit
+        if excess > 0:
+            for key in list(islice(self, excess)):
+                del self[key]
+
+
+def lookup(cache: Mapping[K, V], wanted: Iterable[K]) -> tuple[dict[K, V], list[K]]:
+    """The cached entries of ``wanted``, and the keys that must be read from the database."""
+    found: dict[K, V] = {}
+    missing: list[K] = []
+    for key in wanted:
+        value = cache.get(key)
+        if value is None:
+            missing.append(key)
+        else:
+            found[key] = value
+    return found, missing
+
+
+class StateCache:
+    """What this worker committed last, valid for one value of the group's commit sequence."""
+
+    def __init__(self, max_customers: int) -> None:
+        # Identity keys and cells are small; customers (timelines) are what the limit is about.
+        self.identities: _Bounded[str, str] = _Bounded(4 * max_customers)
+        self.customers: _Bounded[str, CustomerState] = _Bounded(max_customers)
+        self.cells: _Bounded[CellKey, dict[str, float]] = _Bounded(2 * max_customers)
+        self.sequence: int | None = None
+
+    def clear(self) -> None:
+        """Forget everything (another writer committed, or a batch failed)."""
+        self.identities.clear()
+        self.customers.clear()
+        self.cells.clear()
+        self.sequence = None
+
+    def check(self, sequence: int) -> None:
+        """Keep the cache only if ``sequence`` is the one it was stored under."""
+        if sequence != self.sequence:
+            self.clear()
+
+    def committed(
+        self,
+        sequence: int,
+        identities: Mapping[str, str],
+        customers: Mapping[str, CustomerState],
+        removed_customers: Iterable[str],
+        cells: Iterable[tuple[CellKey, dict[str, float]]],
+        removed_cells: Iterable[CellKey],
+    ) -> None:
+        """Record what a batch committed under ``sequence``."""
+        for customer_id in removed_customers:
+            self.customers.pop(customer_id, None)
+        for cell in removed_cells:
+            self.cells.pop(cell, None)
+        self.identities.store(identities.items())
+        self.customers.store(customers.items())
+        self.cells.store(cells)
+        self.sequence = sequence
