@@ -64,10 +64,12 @@ def upsert(engine: Engine, table: Table) -> Insert:
 
 
 def upgrade(engine: Engine) -> None:
-    """Bring the schema to the current version (migrations live in sinks/migrations)."""
+    """Bring the schema to the current version (migrations live in sinks/migrations), views included."""
+    from sinks.metrics_view import refresh
     from sinks.migrations import run_migrations
 
     run_migrations(engine)
+    refresh(engine)
 
 
 def table_names(engine: Engine) -> list[str]:

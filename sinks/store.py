@@ -60,7 +60,6 @@ class BatchWrite:
     touchpoints: list[dict[str, Any]] = field(default_factory=list)
     cells: list[dict[str, Any]] = field(default_factory=list)
     removed_cells: list[CellKey] = field(default_factory=list)
-    metric_rows: list[dict[str, Any]] = field(default_factory=list)
     alerts: list[dict[str, Any]] = field(default_factory=list)
     outbox: bytes | None = None
 
@@ -133,21 +132,15 @@ class SqlStore:
             # wins, but committed_at keeps the first commit, which end-to-end latency is measured against.
             "touchpoints": self._replace(t.touchpoints, ["event_id"], keep=("committed_at",)),
             "metric_cells": self._replace(t.metric_cells, ["scope", "key", "window", "window_start"]),
-            # A revision only replaces an older one: replays and out-of-order writers cannot move a figure back.
-            "metrics": self._replace(
-                t.metrics,
-                ["scope", "key", "metric", "window", "window_start"],
-                where=t.metrics.c.revision <= self._upsert[t.metrics].excluded.revision,
-            ),
             "alerts": self._upsert[t.alerts].on_conflict_do_nothing(),
             "identity_merges": self._replace(t.identity_merges, ["merged_id"]),
         }
         self._greatest, self._least = greatest, least
 
-    def _replace(self, table: t.Table, keys: list[str], keep: tuple[str, ...] = (), where: Any = None) -> Any:
+    def _replace(self, table: t.Table, keys: list[str], keep: tuple[str, ...] = ()) -> Any:
         stmt = self._upsert[table]
         changing = {col.name: stmt.excluded[col.name] for col in table.columns if col.name not in (*keys, *keep)}
-        return stmt.on_conflict_do_update(index_elements=keys, set_=changing, where=where)
+        return stmt.on_conflict_do_update(index_elements=keys, set_=changing)
 
     def _executemany(self, conn: Connection, name: str, rows: list[dict[str, Any]]) -> None:
         """Run a prepared bulk statement over many rows, binding them with the types' own processors.
@@ -278,20 +271,18 @@ class SqlStore:
                 conn.execute(delete(t.customers).where(t.customers.c.customer_id.in_(chunk)))
         if batch.removed_cells:
             cells = [{"sc": sc, "k": k, "w": w, "st": st} for sc, k, w, st in batch.removed_cells]
-            for table in (t.metric_cells, t.metrics):
-                c = table.c
-                where = and_(
-                    c.scope == bindparam("sc"),
-                    c.key == bindparam("k"),
-                    c.window == bindparam("w"),
-                    c.window_start == bindparam("st"),
-                )
-                conn.execute(delete(table).where(where), cells)
+            c = t.metric_cells.c
+            where = and_(
+                c.scope == bindparam("sc"),
+                c.key == bindparam("k"),
+                c.window == bindparam("w"),
+                c.window_start == bindparam("st"),
+            )
+            conn.execute(delete(t.metric_cells).where(where), cells)
         self._executemany(conn, "customers", batch.customers)
         self._executemany(conn, "identities", batch.identities)
         self._executemany(conn, "touchpoints", batch.touchpoints)
         self._executemany(conn, "metric_cells", batch.cells)
-        self._executemany(conn, "metrics", batch.metric_rows)
         self._executemany(conn, "alerts", batch.alerts)
         self._write_offsets(conn, batch)
         if batch.outbox is not None:

@@ -92,9 +92,13 @@ metric_cells = Table(
     Index("ix_metric_cells_open", "final", "window_end"),
 )
 
+#: Views over the tables: not created by the migrations, but by ``sinks.metrics_view`` from the code's registry.
+views = MetaData()
+
+#: Every metric figure, computed from ``metric_cells`` (a view, see ``sinks.metrics_view``).
 metrics = Table(
     "metrics",
-    metadata,
+    views,
     Column("scope", String(16), primary_key=True),
     Column("key", String(64), primary_key=True),
     Column("metric", String(48), primary_key=True),
@@ -165,3 +169,10 @@ outbox = Table(
     # The downstream records of one batch, published after commit and deleted once acknowledged.
     Column("payload", LargeBinary, nullable=False),
 )
+
+#: The tables and views whose rows are the results a user reads, by name.
+RESULTS: dict[str, Table] = {
+    name: table
+    for name, table in {**metadata.tables, **views.tables}.items()
+    if name in ("customers", "identities", "touchpoints", "metrics", "metric_cells", "alerts", "identity_merges")
+}

@@ -355,10 +355,11 @@ class BatchProcessor:
         merged = aggregator.updates(current)
         for cell, counters in merged.counters.items():
             write.cells.append(_cell_row(cell, counters, final=False))
-        self._metric_outputs(merged.updates, write, outputs)
+        self._metric_outputs(merged.updates, outputs)
 
-    def _metric_outputs(self, rows: Iterable[MetricRow], write: BatchWrite, outputs: Outputs) -> None:
-        topic, add, append = self.topics.metrics, outputs.add, write.metric_rows.append
+    def _metric_outputs(self, rows: Iterable[MetricRow], outputs: Outputs) -> None:
+        """Publish metric figures (SQL holds only the cells' counters: the ``metrics`` view computes the same)."""
+        topic, add = self.topics.metrics, outputs.add
         starts: dict[datetime, str] = {}
         for scope, key, metric, window, start, end, numerator, denominator, value, status, revision in rows:
             scope_name = _SCOPE_NAMES[scope]
@@ -375,7 +376,6 @@ class BatchProcessor:
                 "status": status,
                 "revision": revision,
             }
-            append(data)
             start_text = starts.get(start)
             if start_text is None:
                 start_text = starts[start] = start.isoformat()
@@ -442,7 +442,7 @@ class BatchProcessor:
                 _domain_cell(key): written[key]["counters"] if key in written else counters
                 for key, counters in closable.items()
             }
-            self._metric_outputs(aggregator.finalise(cells, watermark), write, report.outputs)
+            self._metric_outputs(aggregator.finalise(cells, watermark), report.outputs)
             for cell, counters in cells.items():
                 written[_sql_cell(cell)] = _cell_row(cell, counters, final=True)
             write.cells = list(written.values())

@@ -424,8 +424,7 @@ def sql_figures(engine: Engine) -> tuple[list[tuple[datetime, int]], dict[str, i
             )
         ]
         rows = {
-            name: int(conn.scalar(select(func.count()).select_from(t.metadata.tables[name])) or 0)
-            for name in RESULT_TABLES
+            name: int(conn.scalar(select(func.count()).select_from(t.RESULTS[name])) or 0) for name in RESULT_TABLES
         }
     return commits, rows
 

@@ -170,6 +170,16 @@ def _record(
     ]
 
 
+def figures(cell: CellKey, counters: Mapping[str, float], *, final: bool) -> list[MetricRow]:
+    """Every figure of a cell as its latest record has it: each metric with a revision, provisional or final.
+
+    Final figures are the provisional ones re-published with status final and revision + 1 (``finalise``). The
+    SQL ``metrics`` view computes the same from the stored counters (``sinks.metrics_view``).
+    """
+    present = [m for m in METRICS_BY_SCOPE[cell.scope] if revision_of(m, counters)]
+    return _record(cell, counters, present, "final" if final else "provisional", 1 if final else 0)
+
+
 class MetricAggregator:
     """Accumulates one batch of timeline entries into counter deltas per cell, then merges them into stored ones."""
 
@@ -295,6 +305,5 @@ class MetricAggregator:
             closes = self.closes_at(cell)
             if closes is None or closes > watermark or (since is not None and closes <= since):
                 continue
-            present = [m for m in METRICS_BY_SCOPE[cell.scope] if revision_of(m, counters)]
-            out += _record(cell, counters, present, "final", 1)
+            out += figures(cell, counters, final=True)
         return out

@@ -93,7 +93,7 @@ def snapshot(engine: Engine) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
     with engine.connect() as conn:
         for name in RESULT_TABLES:
-            table = t.metadata.tables[name]
+            table = t.RESULTS[name]
             rows = [
                 {k: _plain(v) for k, v in row.items() if k not in WALL_CLOCK_COLUMNS}
                 for row in conn.execute(select(table)).mappings()
