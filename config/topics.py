@@ -49,7 +49,7 @@ class Topics:
 
     @property
     def alerts(self) -> str:
-        """Alert records keyed by alert_id."""
+        """Alert records keyed by customer_id (alert_id, in the value, is deterministic per cause)."""
         return f"{self.prefix}alerts"
 
     @property

@@ -73,5 +73,6 @@ def upgrade(engine: Engine) -> None:
 
 
 def table_names(engine: Engine) -> list[str]:
-    """Names of the tables present in the database."""
-    return sorted(inspect(engine).get_table_names())
+    """Names of the tables and views present in the database."""
+    inspector = inspect(engine)
+    return sorted([*inspector.get_table_names(), *inspector.get_view_names()])

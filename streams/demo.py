@@ -49,7 +49,8 @@ def run_demo(settings: Settings, customers: int, days: int, rate: float, seed: i
         metrics_url = f"http://{settings.web_host}:{settings.web_port}/metrics"
         _wait_http(metrics_url, worker)
         click.echo(f"[demo] worker up: metrics at {metrics_url}")
-        click.echo(f"[demo] results in {settings.database_url}  (try: cxstream timeline <customer-or-identifier>)")
+        command = Path(sys.executable).parent / "cxstream"
+        click.echo(f"[demo] results in {settings.database_url}  (try: {command} timeline <customer-or-identifier>)")
         click.echo(f"[demo] simulating {customers} customers over {days} days at {rate:g} events/s; Ctrl-C stops")
         sim = subprocess.Popen(
             [
