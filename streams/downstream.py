@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,9 +27,10 @@ from mode import Service
 
 from streams.kafka import partition_for
 
-#: Outbox payload layout: magic, length of the JSON list of topic names, that list, then per record
-#: a frame (topic index, key length, value length) followed by the key and value bytes.
-_MAGIC = b"CXO1"
+#: Outbox payload layout: magic, then zlib-compressed: length of the JSON list of topic names, that list, then
+#: per record a frame (topic index, key length, value length), the key and value, the route's length and route.
+#: Compressing (level 1, about 5x on these JSON records) keeps the row that every batch writes and deletes small.
+_MAGIC = b"CXO2"
 _LENGTH = struct.Struct("<I")
 _FRAME = struct.Struct("<HII")
 
@@ -66,15 +68,16 @@ class Outputs:
                 i = index[topic] = len(index)
             parts += (pack(i, len(key), len(value)), key, value, _LENGTH.pack(len(route)), route)
         head = orjson.dumps(list(index))
-        return b"".join((_MAGIC, _LENGTH.pack(len(head)), head, *parts))
+        return _MAGIC + zlib.compress(b"".join((_LENGTH.pack(len(head)), head, *parts)), 1)
 
     @staticmethod
     def decode(payload: bytes) -> Outputs:
         """Read an outbox row back."""
         if not payload.startswith(_MAGIC):
             raise ValueError("not an outbox payload of this version")
-        (size,) = _LENGTH.unpack_from(payload, len(_MAGIC))
-        start = len(_MAGIC) + _LENGTH.size
+        payload = zlib.decompress(payload[len(_MAGIC) :])
+        (size,) = _LENGTH.unpack_from(payload)
+        start = _LENGTH.size
         topics = orjson.loads(payload[start : start + size])
         pos, end = start + size, len(payload)
         records = []

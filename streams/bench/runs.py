@@ -125,8 +125,8 @@ class PipelineResult:
 
     @property
     def sql_rows(self) -> int:
-        """Rows in the result tables at the end."""
-        return sum(self.rows_by_table.values())
+        """Rows written in the result tables at the end (the ``metrics`` view's figures are not written)."""
+        return sum(n for name, n in self.rows_by_table.items() if name not in t.views.tables)
 
     @property
     def sql_rows_per_s(self) -> float | None:

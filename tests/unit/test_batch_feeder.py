@@ -1,0 +1,91 @@
+"""The worker's batch feeder: batches apply one after the other, in order, and what arrives meanwhile is gathered."""
+
+from __future__ import annotations
+
+import asyncio
+
+from streams.pipeline import InRecord
+from streams.worker import BatchFeeder
+
+
+def records(*offsets: int) -> list[InRecord]:
+    return [InRecord("t", 0, offset, b"{}") for offset in offsets]
+
+
+def test_records_taken_while_a_batch_applies_are_applied_next_as_one_batch() -> None:
+    applied: list[list[int]] = []
+    acked: list[int] = []
+    release = asyncio.Event()
+
+    async def apply(batch: list[InRecord]) -> bool:
+        applied.append([r.offset for r in batch])
+        if len(applied) == 1:
+            await release.wait()  # the first transaction is slow
+        return True
+
+    def ack(n: int):
+        async def done() -> None:
+            acked.append(n)
+
+        return done
+
+    async def run() -> None:
+        feeder = BatchFeeder(apply, max_events=100)
+        await feeder.add(records(0, 1), ack(1))
+        await asyncio.sleep(0)
+        await feeder.add(records(2), ack(2))
+        await feeder.add(records(3, 4), ack(3))
+        assert acked == [], "nothing is acknowledged before its batch is applied"
+        release.set()
+        while len(acked) < 3:
+            await asyncio.sleep(0.01)
+
+    asyncio.run(run())
+    assert applied == [[0, 1], [2, 3, 4]]
+    assert acked == [1, 2, 3]
+
+
+def test_a_batch_that_cannot_be_applied_is_never_acknowledged() -> None:
+    acked: list[int] = []
+
+    async def apply(batch: list[InRecord]) -> bool:
+        return False
+
+    async def ack() -> None:
+        acked.append(1)
+
+    async def run() -> None:
+        feeder = BatchFeeder(apply, max_events=10)
+        await feeder.add(records(0), ack)
+        await asyncio.sleep(0.05)
+
+    asyncio.run(run())
+    assert acked == []
+
+
+def test_adding_waits_while_a_full_batch_is_gathered() -> None:
+    release = asyncio.Event()
+    order: list[str] = []
+
+    async def apply(batch: list[InRecord]) -> bool:
+        order.append(f"apply {len(batch)}")
+        await release.wait()
+        return True
+
+    async def nothing() -> None:
+        return None
+
+    async def run() -> None:
+        feeder = BatchFeeder(apply, max_events=2)
+        await feeder.add(records(0), nothing)  # applying: waits on release
+        await asyncio.sleep(0)
+        await feeder.add(records(1, 2), nothing)  # gathered: 2 records, the limit
+        blocked = asyncio.ensure_future(feeder.add(records(3), nothing))
+        await asyncio.sleep(0.05)
+        assert not blocked.done(), "a third add waits for room"
+        release.set()
+        await asyncio.wait_for(blocked, 1)
+        order.append("added")
+
+    asyncio.run(run())
+    assert order[:2] == ["apply 1", "apply 2"]

@@ -1,0 +1,36 @@
+"""Outbox payloads and partitioning of downstream records."""
+
+from __future__ import annotations
+
+import pytest
+
+from streams.downstream import Outputs, Partitioner
+from streams.kafka import partition_for
+
+
+def test_an_outbox_payload_reads_back_record_for_record() -> None:
+    outputs = Outputs()
+    outputs.add("cx.timeline", "c-1", b'{"event_id":"e1","note":"\\u00e9 \\n |"}')
+    outputs.add("cx.metrics", "customer|c-1|nps|all|1970", b"{}", route="customer|c-1")
+    outputs.add("cx.timeline", "", b"")
+    outputs.add("cx.deadletter", "web", bytes(range(256)))
+
+    again = Outputs.decode(outputs.encode())
+
+    assert again.records == outputs.records
+    assert again.records[1][3] == b"customer|c-1", "the route is kept for the partition"
+
+
+def test_an_empty_or_foreign_payload() -> None:
+    assert Outputs.decode(Outputs().encode()).records == []
+    with pytest.raises(ValueError, match="outbox payload"):
+        Outputs.decode(b'[["cx.timeline","c-1","{}"]]')
+
+
+def test_partitions_follow_kafkas_default_partitioner_and_are_memoised() -> None:
+    partition_of = Partitioner(max_keys=3)
+    routes = [f"c-{i}".encode() for i in range(10)]
+    for route in routes * 2:
+        assert partition_of(route, 4) == partition_for(route, 4)
+        assert partition_of(route, 7) == partition_for(route, 7)
+    assert len(partition_of._memo) <= 3
