@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-fast lint format bench schemas clean
+.PHONY: install run test test-fast soak lint format bench schemas clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ test: $(STAMP) ## the whole suite: unit, property, integration (real broker, SQL
 
 test-fast: $(STAMP) ## unit and property tests only
 	$(BIN)/python -m pytest -q tests/unit tests/property
+
+soak: $(STAMP) ## a million events through one worker; its memory must stay flat (not part of make test)
+	$(BIN)/python -m pytest -q -s --soak tests/integration/test_soak.py
 
 lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check .

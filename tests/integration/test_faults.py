@@ -20,6 +20,7 @@ from tests.support.results import (
     caught_up,
     consumed_events,
     end_offsets,
+    final_survivors,
     run_cli,
     snapshot,
     snapshot_diff,
@@ -59,19 +60,6 @@ def run_to_completion(workers, env: dict[str, str], kafka_url: str, prefix: str,
         worker = workers.start(env)
     wait_until(lambda: caught_up(engine, group, ends), 180, "the worker to apply every record")
     return engine
-
-
-def final_survivors(snap: dict[str, list[dict]]) -> dict[str, str]:
-    """Where each merged customer id ended up, following chains of merges."""
-    into = {row["merged_id"]: row["survivor_id"] for row in snap["identity_merges"]}
-    current = {row["customer_id"] for row in snap["customers"]}
-    resolved = {}
-    for merged in into:
-        target = into[merged]
-        while target in into and target not in current:
-            target = into[target]
-        resolved[merged] = target
-    return {m: s for m, s in resolved.items() if m not in current}
 
 
 def test_kill_9_mid_run_ends_exactly_like_an_uninterrupted_run(kafka_url, topic_prefix, tmp_path, workers) -> None:

@@ -102,6 +102,19 @@ def snapshot(engine: Engine) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+def final_survivors(snap: dict[str, list[dict]]) -> dict[str, str]:
+    """Where each merged customer id ended up, following chains of merges."""
+    into = {row["merged_id"]: row["survivor_id"] for row in snap["identity_merges"]}
+    current = {row["customer_id"] for row in snap["customers"]}
+    resolved = {}
+    for merged in into:
+        target = into[merged]
+        while target in into and target not in current:
+            target = into[target]
+        resolved[merged] = target
+    return {m: s for m, s in resolved.items() if m not in current}
+
+
 def without_versions(snap: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
     """A snapshot without the version bookkeeping that follows how input happened to be batched.
 

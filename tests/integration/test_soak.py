@@ -1,0 +1,60 @@
+"""Soak (``pytest --soak``): a million events through one worker, whose memory stays flat after warm-up.
+
+A worker's state is bounded by the dedupe horizon, the timeline limit and the state cache, not by how many
+events went through it; this run shows it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from config.topics import Topics
+from sinks.database import make_engine
+from tests.support.processes import wait_until
+from tests.support.results import caught_up, end_offsets, run_cli
+
+pytestmark = pytest.mark.soak
+
+#: About a million events: ~10.6 per simulated customer over 30 days.
+SIMULATION = ("--customers", "95000", "--days", "30", "--seed", "21", "--envelope", "100")
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of a process (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def test_a_million_events_keep_the_worker_memory_flat(kafka_url, topic_prefix, sqlite_url, workers) -> None:
+    env = workers.env(sqlite_url, topic_prefix, allowed_lateness_s=str(400 * 86400))
+    run_cli(env, "simulate", *SIMULATION, timeout=1800)
+    ends = end_offsets(kafka_url, Topics(topic_prefix).channels)
+    engine = make_engine(sqlite_url)
+    worker = workers.start(env)
+    samples: list[tuple[float, float]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            samples.append((time.monotonic(), rss_mb(worker.proc.pid)))
+            time.sleep(1.0)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        wait_until(lambda: caught_up(engine, env["CXSTREAM_APP_ID"], ends), 3600, "the worker to apply everything")
+    finally:
+        done.set()
+        sampler.join()
+    assert len(samples) > 60, "the run was too short to say anything about memory"
+    third = len(samples) // 3
+    warm = max(rss for _, rss in samples[third : 2 * third])
+    late = max(rss for _, rss in samples[2 * third :])
+    print(f"worker RSS: warm {warm:.0f} MB, last third {late:.0f} MB, peak {max(r for _, r in samples):.0f} MB")
+    assert late <= warm * 1.15, f"worker memory grew from {warm:.0f} MB to {late:.0f} MB after warm-up"
