@@ -17,6 +17,7 @@ from streams.domain.oracle import replay
 from tests.support.kafka import read_topic
 from tests.support.processes import wait_until
 from tests.support.results import (
+    RESULT_TABLES,
     caught_up,
     consumed_events,
     end_offsets,
@@ -106,12 +107,12 @@ def test_kill_9_mid_run_ends_exactly_like_an_uninterrupted_run(kafka_url, topic_
 
 def test_replaying_the_same_input_changes_no_row(kafka_url, topic_prefix, database_url, workers) -> None:
     env = workers.env(database_url, topic_prefix, allowed_lateness_s=LATENESS)
-    run_cli(env, "simulate", "--customers", "150", "--days", "5", "--seed", "3")
+    run_cli(env, "simulate", "--customers", "300", "--days", "7", "--seed", "3")
     engine = run_to_completion(workers, env, kafka_url, topic_prefix, kills=0, seed=0)
     first = snapshot(engine)
-    assert first["touchpoints"] and first["metrics"]
+    assert all(first[name] for name in RESULT_TABLES), {name: len(rows) for name, rows in first.items()}
 
-    run_cli(env, "simulate", "--customers", "150", "--days", "5", "--seed", "3")  # the same records, re-sent
+    run_cli(env, "simulate", "--customers", "300", "--days", "7", "--seed", "3")  # the same records, re-sent
     ends = end_offsets(kafka_url, Topics(topic_prefix).channels)
     wait_until(lambda: caught_up(engine, env["CXSTREAM_APP_ID"], ends), 120, "the replay to be applied")
     difference = snapshot_diff(first, snapshot(engine))
