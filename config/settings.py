@@ -71,9 +71,9 @@ class Settings(BaseSettings):
     )
     timeline_limit: int = Field(200, ge=1, description="Recent timeline entries kept in each customer's state.")
     state_cache_customers: int = Field(
-        20_000,
+        50_000,
         ge=0,
-        description="Customer states a worker keeps in memory between batches (saves reading back what it wrote).",
+        description="Customer states a worker keeps in memory between batches (a few KB each; saves reading them back).",
     )
     repeat_contact_window_s: float = Field(
         7 * 86400.0, gt=0, description="A contact about an issue contacted within this window is a repeat contact."

@@ -50,7 +50,11 @@ def make_engine(url: str, *, writer: bool = False) -> Engine:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2, **codec)
+    # psycopg prepares a statement after 5 executions, and PostgreSQL then keeps a generic plan made when the
+    # tables were small (a sequential scan of identities for every batch once they are large; without
+    # autovacuum nothing replans it). Custom plans are made with the batch's values and the tables' sizes.
+    options = {"options": "-c plan_cache_mode=force_custom_plan"}
+    return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2, connect_args=options, **codec)
 
 
 def _dumps(value: Any) -> str:

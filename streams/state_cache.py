@@ -23,17 +23,19 @@ CellKey = tuple[str, str, str, Any]  # scope, key, window, window_start: as sink
 
 
 class _Bounded(dict[K, V]):
-    """A dict that forgets its least recently stored entries beyond ``limit`` (dicts keep insertion order)."""
+    """A dict that forgets its oldest entries beyond ``limit`` (dicts keep insertion order).
+
+    Entries keep the place they were first stored at: refreshing the order on every batch cost more than an
+    occasional reload of an evicted entry from the database.
+    """
 
     def __init__(self, limit: int) -> None:
         super().__init__()
         self.limit = limit
 
     def store(self, items: Iterable[tuple[K, V]]) -> None:
-        """Insert or refresh entries as the most recent, then evict the oldest beyond the limit."""
-        for key, value in items:
-            self.pop(key, None)
-            self[key] = value
+        """Insert or update entries, then evict the oldest beyond the limit."""
+        self.update(items)
         excess = len(self) - self.limit
         if excess > 0:
             for key in list(islice(self, excess)):

@@ -24,11 +24,10 @@ def test_the_cache_is_kept_only_for_the_sequence_it_was_stored_under() -> None:
 
 def test_removed_customers_and_cells_go_and_the_oldest_are_evicted() -> None:
     cache = StateCache(max_customers=2)
-    states = {f"c-{i}": CustomerState(f"c-{i}") for i in range(3)}
+    states = {f"c-{i}": CustomerState(f"c-{i}") for i in range(4)}
     cache.committed(1, {}, {"c-0": states["c-0"], "c-1": states["c-1"]}, [], [(("customer", "c-0", "all", 0), {})], [])
-    cache.committed(2, {}, {"c-0": states["c-0"]}, [], [], [])  # c-0 is touched again: now the most recent
-    cache.committed(3, {}, {"c-2": states["c-2"]}, ["c-1"], [], [("customer", "c-0", "all", 0)])
+    cache.committed(2, {}, {"c-2": states["c-2"]}, ["c-1"], [], [("customer", "c-0", "all", 0)])
     assert list(cache.customers) == ["c-0", "c-2"]
     assert not cache.cells
-    cache.committed(4, {}, {"c-3": CustomerState("c-3")}, [], [], [])
-    assert list(cache.customers) == ["c-2", "c-3"], "the least recently committed customer is evicted"
+    cache.committed(3, {}, {"c-3": states["c-3"]}, [], [], [])
+    assert list(cache.customers) == ["c-2", "c-3"], "the customer stored first is evicted"
