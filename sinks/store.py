@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, DateTime, Engine, and_, bindparam, delete, func, select, tuple_, update
+from sqlalchemy import Connection, DateTime, Engine, and_, bindparam, delete, func, or_, select, tuple_, update
 
 from sinks import tables as t
 from sinks.database import upsert
@@ -50,6 +50,7 @@ class BatchWrite:
 
     group_id: str
     offsets: dict[tuple[str, int], int]
+    worker_id: str = ""
     watermark: datetime | None = None
     swept_to: datetime | None = None
     merges: list[dict[str, Any]] = field(default_factory=list)
@@ -281,7 +282,12 @@ class SqlStore:
             return int(
                 conn.execute(
                     t.outbox.insert()
-                    .values(group_id=batch.group_id, created_at=datetime.now(UTC), payload=batch.outbox)
+                    .values(
+                        group_id=batch.group_id,
+                        worker_id=batch.worker_id,
+                        created_at=datetime.now(UTC),
+                        payload=batch.outbox,
+                    )
                     .returning(t.outbox.c.id)
                 ).scalar_one()
             )
@@ -323,14 +329,20 @@ class SqlStore:
 
     # --- outbox ---------------------------------------------------------------------------------
 
-    def pending_outbox(self, group_id: str) -> list[tuple[int, bytes]]:
-        """Outbox rows written but not yet acknowledged by the broker (left by a crash)."""
+    def pending_outbox(self, group_id: str, worker_id: str, orphaned_before: datetime) -> list[tuple[int, bytes]]:
+        """Outbox rows a worker must publish at start: its own that a crash left unacknowledged, and rows of
+        another worker older than ``orphaned_before`` (that worker is gone: a live one publishes within seconds).
+
+        A live worker's recent rows are left to it: publishing them too could land an older version of a record
+        after the newer one that worker publishes next.
+        """
         c = t.outbox.c
+        mine_or_orphaned = or_(c.worker_id == worker_id, c.created_at < orphaned_before)
         with self.engine.connect() as conn:
             return [
                 (row_id, bytes(payload))
                 for row_id, payload in conn.execute(
-                    select(c.id, c.payload).where(c.group_id == group_id).order_by(c.id)
+                    select(c.id, c.payload).where(c.group_id == group_id, mine_or_orphaned).order_by(c.id)
                 )
             ]
 

@@ -165,6 +165,13 @@ outbox = Table(
     metadata,
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
     Column("group_id", String(128), nullable=False),
+    Column(
+        "worker_id",
+        String(128),
+        nullable=False,
+        server_default="",
+        comment="the worker that committed the row and publishes it",
+    ),
     Column("created_at", TS, nullable=False),
     # The downstream records of one batch, published after commit and deleted once acknowledged.
     Column("payload", LargeBinary, nullable=False),

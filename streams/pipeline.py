@@ -218,7 +218,9 @@ class BatchProcessor:
             report.late_accepted = sum(1 for e in report.events if e.occurred_at < self.watermark) - len(
                 result.too_late
             )
-        write = BatchWrite(group_id=self.group_id, offsets=offsets, watermark=result.watermark)
+        write = BatchWrite(
+            group_id=self.group_id, offsets=offsets, watermark=result.watermark, worker_id=self.settings.worker_id
+        )
         self._stitching(result, view, report, write, keys)
         self._metrics(conn, result, write, report.outputs)
         self._alerts(result, view, write, report)
@@ -246,7 +248,12 @@ class BatchProcessor:
                 report.outputs.add(self.topics.deadletter, dead.channel or "", dead.model_dump_json().encode())
         if offsets:
             with self.store.engine.begin() as conn:
-                write = BatchWrite(group_id=self.group_id, offsets=offsets, outbox=report.outputs.encode())
+                write = BatchWrite(
+                    group_id=self.group_id,
+                    offsets=offsets,
+                    outbox=report.outputs.encode(),
+                    worker_id=self.settings.worker_id,
+                )
                 report.outbox_id = self.store.write(conn, write)
             self.applied.update(offsets)
         return report

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import faust
@@ -40,6 +40,10 @@ from streams.pipeline import BatchProcessor, BatchReport, InRecord
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: Age after which another worker's unpublished outbox row counts as orphaned (its worker is gone) and is
+#: published by a worker starting up. A live worker publishes a row within seconds of committing it.
+ORPHANED_OUTBOX_S = 120.0
 
 #: Longest pause between retries of a failing database write.
 MAX_BACKOFF_S = 10.0
@@ -68,7 +72,7 @@ class Worker:
         self._database_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cxstream-sql")
         self.publisher = OutboxPublisher(
             DownstreamProducer(settings.bootstrap_servers, f"{settings.app_id}-{settings.worker_id}-downstream"),
-            pending=functools.partial(self._with_database, self.store.pending_outbox, self.processor.group_id),
+            pending=self._pending_outbox,
             delete=functools.partial(self._with_database, self.store.delete_outbox),
             on_sent=self._count_published,
         )
@@ -267,6 +271,12 @@ class Worker:
             await self.app.consumer.seek(TP(topic, partition), offset)
         if report.outbox_id is not None:
             await self.publisher.put(report.outbox_id, report.outputs)
+
+    async def _pending_outbox(self) -> list[tuple[int, bytes]]:
+        orphaned_before = datetime.now(UTC) - timedelta(seconds=ORPHANED_OUTBOX_S)
+        return await self._with_database(
+            self.store.pending_outbox, self.processor.group_id, self.settings.worker_id, orphaned_before
+        )
 
     def _count_published(self, sent: Counter[str]) -> None:
         for topic, count in sent.items():
