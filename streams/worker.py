@@ -330,23 +330,26 @@ class BatchFeeder:
     Faust's per-record work (taking records) and the SQL transaction overlap: while one batch is applied, what
     arrives meanwhile is gathered, and applied next as one batch. Under load batches grow (fewer transactions,
     less fixed cost per event); when idle, a record waits only for the take window. ``add`` waits while
-    ``max_events`` records are already gathered, so memory stays bounded.
+    ``max_events`` events are already gathered, so memory stays bounded.
     """
 
     def __init__(self, apply: Callable[[list[InRecord]], Awaitable[bool]], max_events: int) -> None:
         self._apply = apply
         self._max_events = max_events
         self._records: list[InRecord] = []
+        self._events = 0
         self._acks: list[Callable[[], Awaitable[None]]] = []
         self._room = asyncio.Event()
         self._draining: asyncio.Future[None] | None = None
 
     async def add(self, records: list[InRecord], ack: Callable[[], Awaitable[None]]) -> None:
         """Gather ``records``; ``ack`` runs once they are committed (``apply`` returns False if it could not)."""
-        while len(self._records) >= self._max_events:
+        # Bounded by events, not records: an envelope holds a hundred.
+        while self._events >= self._max_events:
             self._room.clear()
             await self._room.wait()
         self._records += records
+        self._events += sum(map(events_in, records))
         self._acks.append(ack)
         if self._draining is None or self._draining.done():
             self._draining = asyncio.ensure_future(self._drain())
@@ -354,7 +357,7 @@ class BatchFeeder:
     async def _drain(self) -> None:
         while self._records:
             records, acks = self._records, self._acks
-            self._records, self._acks = [], []
+            self._records, self._acks, self._events = [], [], 0
             self._room.set()
             if not await self._apply(records):
                 return  # the worker is stopping; nothing of this batch is acknowledged
@@ -362,16 +365,20 @@ class BatchFeeder:
                 await ack()
 
 
+def events_in(record: InRecord) -> int:
+    """How many events a record holds, without parsing it: its ``"event_id"`` keys (at least one)."""
+    return max(1, record.value.count(b'"event_id"'))
+
+
 def chunk_by_events(records: list[InRecord], max_events: int) -> list[list[InRecord]]:
     """Split records into runs of whole records holding at most ``max_events`` events each (roughly).
 
-    Counting ``"event_id"`` keys sizes an envelope without parsing it; a record is never split, so its offset
-    is committed only with all of its events.
+    A record is never split, so its offset is committed only with all of its events.
     """
     chunks: list[list[InRecord]] = [[]]
     size = 0
     for record in records:
-        events = max(1, record.value.count(b'"event_id"'))
+        events = events_in(record)
         if chunks[-1] and size + events > max_events:
             chunks.append([])
             size = 0

@@ -89,3 +89,28 @@ def test_adding_waits_while_a_full_batch_is_gathered() -> None:
 
     asyncio.run(run())
     assert order[:2] == ["apply 1", "apply 2"]
+
+
+def test_envelopes_count_by_their_events() -> None:
+    release = asyncio.Event()
+    envelope = [InRecord("t", 0, 1, b'[{"event_id":"a"},{"event_id":"b"},{"event_id":"c"}]')]
+
+    async def apply(batch: list[InRecord]) -> bool:
+        await release.wait()
+        return True
+
+    async def nothing() -> None:
+        return None
+
+    async def run() -> None:
+        feeder = BatchFeeder(apply, max_events=3)
+        await feeder.add(records(0), nothing)  # applying
+        await asyncio.sleep(0)
+        await feeder.add(envelope, nothing)  # one record, three events: the limit
+        blocked = asyncio.ensure_future(feeder.add(records(2), nothing))
+        await asyncio.sleep(0.05)
+        assert not blocked.done(), "one envelope of three events fills a feeder of three"
+        release.set()
+        await asyncio.wait_for(blocked, 1)
+
+    asyncio.run(run())
