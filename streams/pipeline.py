@@ -357,7 +357,9 @@ class BatchProcessor:
             aggregator.add(entry)
         touched = aggregator.touched()
         stored, missing = lookup(self.cache.cells, [_sql_cell(c) for c in touched])
-        stored.update(self.store.load_cells(conn, missing))
+        # A customer created in this batch has no stored cells: asking for them was most of the misses.
+        customer, created = MetricScope.CUSTOMER.value, result.created
+        stored.update(self.store.load_cells(conn, [c for c in missing if c[0] != customer or c[1] not in created]))
         current = {cell: stored[_sql_cell(cell)] for cell in touched if _sql_cell(cell) in stored}
         merged = aggregator.updates(current)
         for cell, counters in merged.counters.items():

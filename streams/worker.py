@@ -228,7 +228,7 @@ class Worker:
     async def _apply(self, work: Callable[..., BatchReport], *args: Any) -> BatchReport:
         """Apply a batch off the event loop (retrying like every database call) and record it in the metrics."""
         started = time.perf_counter()
-        report = await self._with_database(work, *args)
+        report = await self._with_database(functools.partial(without_cycle_collector, work), *args)
         self.observe(report, time.perf_counter() - started)
         return report
 
@@ -385,6 +385,20 @@ def chunk_by_events(records: list[InRecord], max_events: int) -> list[list[InRec
         chunks[-1].append(record)
         size += events
     return chunks
+
+
+def without_cycle_collector(work: Callable[..., T], *args: Any) -> T:
+    """Run ``work`` with the cycle collector paused (it runs once when ``work`` returns).
+
+    A batch keeps a million young objects alive until it ends (events, rows, entries, records); with the
+    collector on, each generation-0 pass walks the hundred thousand made since the last one, only to
+    promote them: measured as 8% of a batch's time. Nothing a batch makes needs a cycle collection.
+    """
+    gc.disable()
+    try:
+        return work(*args)
+    finally:
+        gc.enable()
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:

@@ -68,6 +68,8 @@ class BatchResult:
     changed: list[str] = field(default_factory=list)
     #: Ids of stored customers merged away in this batch (delete their state rows).
     removed: list[str] = field(default_factory=list)
+    #: Ids of customers that did not exist before this batch: nothing of theirs is stored yet.
+    created: set[str] = field(default_factory=set)
     #: Identity rows to upsert: key -> customer id, including every key of a merged customer.
     identities: dict[str, str] = field(default_factory=dict)
     #: Merges in the order they happened (``UPDATE ... SET customer_id=survivor WHERE customer_id=merged``).
@@ -278,6 +280,7 @@ class _Batch:
                     update={"customer_id": old_id, "merged_into": survivor.customer_id}
                 )
             )
+        result.created = self.created
         result.watermark = None if self.watermark is None else datetime.fromtimestamp(self.watermark, UTC)
         return result
 
