@@ -1,0 +1,56 @@
+"""The SQLite writer's WAL is checkpointed off its thread, and emptied once it grows past the limit."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from sqlalchemy import text
+
+from sinks.checkpoint import WalCheckpointer
+from sinks.database import make_engine
+
+
+def _wait_for(condition, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_writer_commits_are_checkpointed_by_the_thread(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'cx.db'}", writer=True)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)"))
+    for batch in range(5):
+        with engine.begin() as conn:
+            conn.execute(
+                text("INSERT INTO t VALUES (:k, :v)"), [{"k": batch * 100 + i, "v": "x" * 500} for i in range(100)]
+            )
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM t")).scalar() == 500
+    # Only a checkpoint writes pages into the database file, and the writer's connections never run one.
+    path = tmp_path / "cx.db"
+    assert _wait_for(lambda: path.stat().st_size > 500 * 500)
+    engine.dispose()
+
+
+def test_checkpointer_truncates_a_log_past_its_limit(tmp_path: Path) -> None:
+    path = str(tmp_path / "cx.db")
+    engine = make_engine(f"sqlite:///{path}")  # not a writer: no checkpointer of its own to race with
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)"))
+    checkpointer = WalCheckpointer(path, max_wal_bytes=64 * 1024)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO t VALUES (:k, :v)"), [{"k": i, "v": "y" * 1000} for i in range(500)])
+    assert os.path.getsize(path + "-wal") > 64 * 1024
+    checkpointer.request()
+    assert _wait_for(lambda: checkpointer.truncations == 1)
+    assert os.path.getsize(path + "-wal") == 0
+    checkpointer.stop()
+    engine.dispose()
