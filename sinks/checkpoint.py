@@ -32,7 +32,6 @@ class WalCheckpointer:
         self.path = path
         self.max_wal_bytes = max_wal_bytes
         self.busy_timeout_s = busy_timeout_s
-        self.checkpoints = 0
         self.truncations = 0
         self._wake = threading.Event()
         self._stopped = False
@@ -81,7 +80,5 @@ class WalCheckpointer:
             return
         mode = "TRUNCATE" if size > self.max_wal_bytes else "PASSIVE"
         (busy, _, _) = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
-        if busy:
-            return  # another checkpoint was running; the next commit asks again
-        self.checkpoints += 1
-        self.truncations += mode == "TRUNCATE"
+        # Busy: another checkpoint was running; the next commit asks again.
+        self.truncations += not busy and mode == "TRUNCATE"

@@ -154,8 +154,6 @@ class _Batch:
         self.touched: set[CustomerState] = set()
         #: Removed customer id -> the state that took it over.
         self.removed: dict[str, CustomerState] = {}
-        #: Customer ids that did not exist before this batch (never stored, so never to delete).
-        self.created: set[str] = set()
 
     def _state(self, customer_id: str) -> CustomerState:
         try:
@@ -216,7 +214,7 @@ class _Batch:
                 survivor = max(states, key=lambda s: len(s.timeline))  # renamed below: move the least
             else:
                 survivor = view.customers[final_id] = CustomerState(final_id)
-                self.created.add(final_id)
+                self.result.created.add(final_id)
         absorbed = [state for state in states if state is not survivor]
         renamed = survivor.customer_id != final_id  # a stronger key joined: the old id merges into the new
         linked = [key for key in keys if key not in plan.refused]
@@ -240,7 +238,7 @@ class _Batch:
                 )
             )
         if renamed:
-            self.created.add(final_id)
+            self.result.created.add(final_id)
             survivor.customer_id = final_id
             view.customers[final_id] = survivor
             repoint = survivor.identifier_keys()
@@ -271,7 +269,7 @@ class _Batch:
         result.changed = list(profiles)
         result.profiles = list(profiles.values())
         for old_id, holder in self.removed.items():
-            if old_id in self.created:
+            if old_id in result.created:
                 continue  # never stored: nothing to delete or tombstone
             survivor = _final(holder)
             result.removed.append(old_id)
@@ -280,7 +278,6 @@ class _Batch:
                     update={"customer_id": old_id, "merged_into": survivor.customer_id}
                 )
             )
-        result.created = self.created
         result.watermark = None if self.watermark is None else datetime.fromtimestamp(self.watermark, UTC)
         return result
 

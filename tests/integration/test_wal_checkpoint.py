@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 from sqlalchemy import text
 
 from sinks.checkpoint import WalCheckpointer
 from sinks.database import make_engine
-
-
-def _wait_for(condition, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
+from tests.support.processes import wait_until
 
 
 def test_writer_commits_are_checkpointed_by_the_thread(tmp_path: Path) -> None:
@@ -36,7 +27,7 @@ def test_writer_commits_are_checkpointed_by_the_thread(tmp_path: Path) -> None:
         assert conn.execute(text("SELECT count(*) FROM t")).scalar() == 500
     # Only a checkpoint writes pages into the database file, and the writer's connections never run one.
     path = tmp_path / "cx.db"
-    assert _wait_for(lambda: path.stat().st_size > 500 * 500)
+    wait_until(lambda: path.stat().st_size > 500 * 500, 10, "the rows in the database file", 0.02)
     engine.dispose()
 
 
@@ -50,7 +41,7 @@ def test_checkpointer_truncates_a_log_past_its_limit(tmp_path: Path) -> None:
         conn.execute(text("INSERT INTO t VALUES (:k, :v)"), [{"k": i, "v": "y" * 1000} for i in range(500)])
     assert os.path.getsize(path + "-wal") > 64 * 1024
     checkpointer.request()
-    assert _wait_for(lambda: checkpointer.truncations == 1)
+    wait_until(lambda: checkpointer.truncations == 1, 10, "a TRUNCATE checkpoint", 0.02)
     assert os.path.getsize(path + "-wal") == 0
     checkpointer.stop()
     engine.dispose()

@@ -12,6 +12,10 @@ def records(*offsets: int) -> list[InRecord]:
     return [InRecord("t", 0, offset, b"{}") for offset in offsets]
 
 
+async def nothing() -> None:
+    """An acknowledgement that does nothing."""
+
+
 def test_records_taken_while_a_batch_applies_are_applied_next_as_one_batch() -> None:
     applied: list[list[int]] = []
     acked: list[int] = []
@@ -72,9 +76,6 @@ def test_adding_waits_while_a_full_batch_is_gathered() -> None:
         await release.wait()
         return True
 
-    async def nothing() -> None:
-        return None
-
     async def run() -> None:
         feeder = BatchFeeder(apply, max_events=2)
         await feeder.add(records(0), nothing)  # applying: waits on release
@@ -98,9 +99,6 @@ def test_envelopes_count_by_their_events() -> None:
     async def apply(batch: list[InRecord]) -> bool:
         await release.wait()
         return True
-
-    async def nothing() -> None:
-        return None
 
     async def run() -> None:
         feeder = BatchFeeder(apply, max_events=3)
