@@ -244,7 +244,7 @@ class OutboxPublisher(Service):
                 self._deleting = asyncio.ensure_future(self._delete_acknowledged())
 
     async def _delete_acknowledged(self) -> None:
-        # Off the publishing path (the delete waits for the database thread, busy with the next batch), and
+        # Off the publishing path (the delete waits for the apply process, busy with the next batch), and
         # coalesced: one small delete covers every row acknowledged meanwhile.
         while self._acknowledged:
             done, self._acknowledged = self._acknowledged, []

@@ -1,4 +1,4 @@
-"""The Faust application: one agent over every channel topic, feeding batches to the BatchProcessor.
+"""The Faust application: one agent over every channel topic, feeding batches to the apply process.
 
 Why one agent and no internal hops: every Faust hop costs a full per-record pass (~200-260 µs here,
 ARCHITECTURE §7), and every per-event table write as much again. State lives in the results database
@@ -16,7 +16,6 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -26,16 +25,18 @@ from aiohttp import web
 from faust.types import TP
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import OperationalError
 
 from config.settings import Settings
 from config.topics import Topics
 from sinks.database import make_engine, upgrade
-from sinks.store import SqlStore, customers_count
+from sinks.store import customers_count
+from streams import apply_process
+from streams.apply_process import ApplyProcess, BatchSummary, is_transient
 from streams.collector import SEGMENT_KINDS, Collector
 from streams.downstream import DownstreamProducer, OutboxPublisher
 from streams.observability import Metrics
-from streams.pipeline import BatchProcessor, BatchReport, InRecord
+from streams.pipeline import InRecord
 
 log = logging.getLogger(__name__)
 
@@ -49,31 +50,24 @@ ORPHANED_OUTBOX_S = 120.0
 MAX_BACKOFF_S = 10.0
 
 
-def is_transient(exc: BaseException) -> bool:
-    """True for database errors worth retrying (connection lost, server down, lock timeout)."""
-    if isinstance(exc, OperationalError):
-        return True
-    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
-
-
 class Worker:
-    """Ties the Faust app, the batch processor, the outbox publisher and the Prometheus metrics together."""
+    """Ties the Faust app, the apply process, the outbox publisher and the Prometheus metrics together."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.topics = Topics(settings.topic_prefix)
         self.metrics = Metrics(settings.worker_id)
-        self.engine = make_engine(settings.database_url, writer=True)
+        self.engine = make_engine(settings.database_url)  # this process only reads (gauges)
         upgrade(self.engine)
-        self.store = SqlStore(self.engine)
-        self.processor = BatchProcessor(settings, self.store)
-        # Every write goes through one thread, in submission order: a batch, then the deletion of outbox rows
-        # published meanwhile; the event loop keeps publishing and fetching while it runs.
-        self._database_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cxstream-sql")
+        # Every write goes through the apply process, in submission order: a batch, then the deletion of outbox
+        # rows published meanwhile; this process keeps fetching and publishing while it runs.
+        self.database = ApplyProcess(settings)
+        #: Each input partition's highest applied offset, as the apply process last reported it (for the lag gauge).
+        self.applied: dict[tuple[str, int], int] = {}
         self.publisher = OutboxPublisher(
             DownstreamProducer(settings.bootstrap_servers, f"{settings.app_id}-{settings.worker_id}-downstream"),
             pending=self._pending_outbox,
-            delete=functools.partial(self._with_database, self.store.delete_outbox),
+            delete=functools.partial(self._with_database, apply_process.delete_outbox),
             on_sent=self._count_published,
         )
         self.batches = BatchFeeder(self._apply_batch, settings.batch_max_events)
@@ -118,7 +112,7 @@ class Worker:
         @app.on_partitions_assigned.connect
         async def on_assigned(_app: Any, assigned: Any = None, **_: Any) -> None:
             # Another worker may have applied our new partitions: learn how far from the database.
-            await self._with_database(self.processor.reload)
+            self.applied = await self._with_database(apply_process.reload)
 
         app.service(self.publisher)  # type: ignore[arg-type]  # an instance is accepted (on_init_extra_service)
 
@@ -211,100 +205,85 @@ class Worker:
     async def _handle_chunk(self, records: list[InRecord]) -> None:
         """Apply one transaction's records; a record the database rejects for good is dead-lettered on its own."""
         try:
-            report = await self._apply(self.processor.process, records)
+            summary = await self._apply(apply_process.process, records)
         except Exception as exc:
             log.warning("batch rejected by the database (%s); applying its records one by one", exc)
             for record in records:
                 try:
-                    report = await self._apply(self.processor.process, [record])
+                    summary = await self._apply(apply_process.process, [record])
                 except Exception as single:
                     self.metrics.sink_failures.labels(self.settings.worker_id, "permanent").inc()
                     detail = f"{single.__class__.__name__}: {single}"[:2000]
-                    report = await self._apply(self.processor.reject, [record], "sink_rejected", detail)
-                await self._publish_report(report)
+                    summary = await self._apply(apply_process.reject, [record], "sink_rejected", detail)
+                await self._publish(summary)
             return
-        await self._publish_report(report)
+        await self._publish(summary)
 
-    async def _apply(self, work: Callable[..., BatchReport], *args: Any) -> BatchReport:
-        """Apply a batch off the event loop (retrying like every database call) and record it in the metrics."""
+    async def _apply(self, work: Callable[..., BatchSummary], *args: Any) -> BatchSummary:
+        """Apply a batch in the apply process (retrying like every database call) and record it in the metrics."""
         started = time.perf_counter()
-        report = await self._with_database(functools.partial(without_cycle_collector, work), *args)
-        self.observe(report, time.perf_counter() - started)
-        return report
+        summary = await self._with_database(work, *args)
+        self.applied = summary.applied
+        self.observe(summary, time.perf_counter() - started)
+        return summary
 
     async def _with_database(self, work: Callable[..., T], *args: Any) -> T:
-        """Run ``work`` in a thread, retrying transient database failures with backoff.
+        """Run ``work`` in the apply process, retrying transient database failures with backoff.
 
         The stream waits meanwhile (its buffer fills, then Faust stops fetching) and no offset moves, so a
         database outage pauses the job instead of dropping or double-writing anything.
         """
-        delay = 0.2
+        delay, reload = 0.2, False
         while True:
             try:
-                return await asyncio.get_running_loop().run_in_executor(
-                    self._database_thread, functools.partial(work, *args)
-                )
+                return await self.database.run(work, *args, reload=reload)
             except Exception as exc:
                 if not is_transient(exc):
                     raise
                 self.metrics.sink_failures.labels(self.settings.worker_id, "transient").inc()
                 self.metrics.sink_retries.labels(self.settings.worker_id).inc()
-                log.warning("database unavailable (%s); retrying in %.1fs", exc.__class__.__name__, delay)
+                log.warning("database unavailable (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_S)
-                if work is not self.processor.reload:
-                    # A failed transaction rolled back: go on from what the database says, not from memory.
-                    work, args = self._reloaded(work), args
+                # A failed transaction rolled back: go on from what the database says, not from memory.
+                reload = work is not apply_process.reload
 
-    def _reloaded(self, work: Callable[..., T]) -> Callable[..., T]:
-        def again(*args: Any) -> T:
-            self.processor.reload()
-            return work(*args)
-
-        return again
-
-    async def _publish_report(self, report: BatchReport) -> None:
-        for (topic, partition), offset in report.gaps.items():
+    async def _publish(self, summary: BatchSummary) -> None:
+        for (topic, partition), offset in summary.gaps.items():
             log.warning(
                 "records of %s[%d] from offset %d went missing in transit: seeking back", topic, partition, offset
             )
             await self.app.consumer.seek(TP(topic, partition), offset)
-        if report.outbox_id is not None:
-            await self.publisher.put(report.outbox_id, report.outputs)
+        if summary.outbox_id is not None:
+            await self.publisher.put(summary.outbox_id, summary.outputs)
 
     async def _pending_outbox(self) -> list[tuple[int, bytes]]:
         orphaned_before = datetime.now(UTC) - timedelta(seconds=ORPHANED_OUTBOX_S)
-        return await self._with_database(
-            self.store.pending_outbox, self.processor.group_id, self.settings.worker_id, orphaned_before
-        )
+        return await self._with_database(apply_process.pending_outbox, self.settings.worker_id, orphaned_before)
 
     def _count_published(self, sent: Counter[str]) -> None:
         for topic, count in sent.items():
             self.metrics.outputs_published.labels(self.settings.worker_id, topic).inc(count)
 
-    def observe(self, report: BatchReport, duration: float) -> None:
+    def observe(self, summary: BatchSummary, duration: float) -> None:
         """Record a batch in the Prometheus metrics."""
         m, w = self.metrics, self.settings.worker_id
-        for channel, count in Counter(event.channel.value for event in report.events).items():
+        for channel, count in summary.events_by_channel.items():
             m.events_in.labels(w, channel, self.topics.channel(channel)).inc(count)
-        m.sink_batch_size.labels(w).observe(len(report.events))
+        m.sink_batch_size.labels(w).observe(summary.events)
         m.sink_write_duration.labels(w).observe(duration)
-        result = report.result
-        if result is None or report.committed_at is None:
-            return
-        m.duplicates.labels(w).inc(result.duplicates)
-        m.late_events.labels(w, "accepted").inc(report.late_accepted)
-        m.late_events.labels(w, "too_late").inc(len(result.too_late))
-        m.identity_merges.labels(w).inc(len(result.merges))
-        m.blocked_identifiers.labels(w, "blocked").inc(result.blocked)
-        m.blocked_identifiers.labels(w, "over_limit").inc(result.over_limit)
-        committed, applied = report.committed_at, report.applied_at or report.committed_at
+        m.duplicates.labels(w).inc(summary.duplicates)
+        m.late_events.labels(w, "accepted").inc(summary.late_accepted)
+        m.late_events.labels(w, "too_late").inc(summary.too_late)
+        m.identity_merges.labels(w).inc(summary.merges)
+        m.blocked_identifiers.labels(w, "blocked").inc(summary.blocked)
+        m.blocked_identifiers.labels(w, "over_limit").inc(summary.over_limit)
+        # Only entries new in this batch: one re-emitted because a later event changed it is not a new arrival.
         processing, end_to_end = m.processing_latency.labels(w), m.end_to_end_latency.labels(w)
-        for entry in result.entries:
-            if entry.event_id in result.replaced:
-                continue  # an earlier batch's entry re-emitted (derived fields changed): not a new arrival
-            processing.observe((applied - entry.received_at).total_seconds())
-            end_to_end.observe((committed - entry.received_at).total_seconds())
+        for seconds in summary.processing_s:
+            processing.observe(seconds)
+        for seconds in summary.end_to_end_s:
+            end_to_end.observe(seconds)
 
     async def update_gauges(self) -> None:
         """Refresh gauges that are read rather than counted: customers in state, consumer lag."""
@@ -320,12 +299,12 @@ class Worker:
         for tp, high in highwaters.items():
             if high is None:
                 continue
-            applied = self.processor.applied.get((tp.topic, tp.partition), -1)
+            applied = self.applied.get((tp.topic, tp.partition), -1)
             self.metrics.consumer_lag.labels(w, tp.topic, str(tp.partition)).set(max(0, high - applied - 1))
 
 
 class BatchFeeder:
-    """Feeds taken records to the database thread, one transaction after the other, while more are taken.
+    """Feeds taken records to the apply process, one transaction after the other, while more are taken.
 
     Faust's per-record work (taking records) and the SQL transaction overlap: while one batch is applied, what
     arrives meanwhile is gathered, and applied next as one batch. Under load batches grow (fewer transactions,
@@ -385,20 +364,6 @@ def chunk_by_events(records: list[InRecord], max_events: int) -> list[list[InRec
         chunks[-1].append(record)
         size += events
     return chunks
-
-
-def without_cycle_collector(work: Callable[..., T], *args: Any) -> T:
-    """Run ``work`` with the cycle collector paused (it runs once when ``work`` returns).
-
-    A batch keeps a million young objects alive until it ends (events, rows, entries, records); with the
-    collector on, each generation-0 pass walks the hundred thousand made since the last one, only to
-    promote them: measured as 8% of a batch's time. Nothing a batch makes needs a cycle collection.
-    """
-    gc.disable()
-    try:
-        return work(*args)
-    finally:
-        gc.enable()
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:

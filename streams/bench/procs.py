@@ -151,7 +151,8 @@ class RssSampler:
 
     def _sample_one(self, name: str, proc: psutil.Process) -> None:
         try:
-            rss = int(proc.memory_info().rss)
+            # A worker's apply process is part of the worker: its memory counts with it.
+            rss = sum(int(p.memory_info().rss) for p in (proc, *proc.children(recursive=True)))
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             return
         with self._lock:

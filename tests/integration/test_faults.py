@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import random
+import sqlite3
 import time
 from pathlib import Path
 
 import orjson
+import psutil
 from sqlalchemy import Engine, func, select
 
 from config.settings import load_settings
@@ -22,6 +24,7 @@ from tests.support.results import (
     consumed_events,
     end_offsets,
     final_survivors,
+    prometheus_value,
     run_cli,
     snapshot,
     snapshot_diff,
@@ -103,6 +106,32 @@ def test_kill_9_mid_run_ends_exactly_like_an_uninterrupted_run(kafka_url, topic_
     timeline = read_topic(kafka_url, Topics(topic_prefix).timeline, timeout=30)
     published = {orjson.loads(value)["event_id"] for _, value in timeline}
     assert published == set(oracle.entries), "every timeline entry reached the downstream topic"
+
+
+def test_a_killed_worker_leaves_no_writer_behind(kafka_url, topic_prefix, tmp_path, workers) -> None:
+    # The apply process holds the database transaction: were it to outlive a killed worker, it could commit a
+    # batch (and an outbox row) after the restarted worker had read its offsets and pending outbox. The test
+    # holds SQLite's write lock so that the apply process is caught waiting inside a batch when its worker dies
+    # (it would wait out its 30 s busy timeout, then commit).
+    path = tmp_path / "cx.db"
+    env = workers.env(f"sqlite:///{path}", topic_prefix)
+    worker = workers.start(env)
+    parent = psutil.Process(worker.proc.pid)
+    wait_until(lambda: parent.children(recursive=True), 60, "the worker to start its apply process")
+    children = parent.children(recursive=True)
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        run_cli(env, "simulate", "--customers", "50", "--days", "2", "--seed", "5")
+        lag = lambda: prometheus_value(worker.metrics_text(), "cxstream_consumer_lag_records") > 0  # noqa: E731
+        wait_until(lag, 30, "the worker to fetch records it cannot commit")
+        time.sleep(1)  # the batch reaches the apply process and waits for the lock
+        worker.kill()
+        gone = lambda: all(not c.is_running() or c.status() == psutil.STATUS_ZOMBIE for c in children)  # noqa: E731
+        wait_until(gone, 5, "the apply process to die with its worker")
+    finally:
+        blocker.rollback()
+        blocker.close()
 
 
 def test_replaying_the_same_input_changes_no_row(kafka_url, topic_prefix, database_url, workers) -> None:

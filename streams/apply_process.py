@@ -1,0 +1,204 @@
+"""The worker's database work in a process of its own, beside the Faust process.
+
+Why a process: a batch's domain work and SQL (stitching, metrics, rows, one transaction) and Faust's
+per-record work (~100-250 µs a record, ARCHITECTURE §7) are both Python and were paid on one GIL, one after
+the other, on a machine with a second core idle. In this process a batch is applied while the Faust process
+takes the next one and publishes the previous one's outputs.
+
+Nothing about the guarantees moves: the transaction (state, results, offsets, outbox row) is still one, in
+one place, and the Faust process acknowledges records only once it returns. The process dies with its parent
+(``PR_SET_PDEATHSIG``): a killed worker leaves no writer behind that could commit after its successor started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import functools
+import gc
+import multiprocessing
+import os
+import signal
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from config.settings import Settings
+from sinks.database import make_engine
+from sinks.store import SqlStore
+from streams.downstream import Outputs
+from streams.pipeline import BatchProcessor, BatchReport, InRecord
+
+T = TypeVar("T")
+
+_PR_SET_PDEATHSIG = 1
+
+#: The processor of this process, when it is the apply process (set by ``_start``).
+_processor: BatchProcessor | None = None
+
+
+class TransientDatabaseError(Exception):
+    """The database could not be reached or was busy; the call is worth retrying (pickles across processes)."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for database errors worth retrying (connection lost, server down, lock timeout)."""
+    if isinstance(exc, OperationalError | TransientDatabaseError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSummary:
+    """What the Faust process needs of an applied batch: what to publish, where to seek, what to count."""
+
+    events_by_channel: dict[str, int] = field(default_factory=dict)
+    events: int = 0
+    applied: dict[tuple[str, int], int] = field(default_factory=dict)
+    gaps: dict[tuple[str, int], int] = field(default_factory=dict)
+    outbox_id: int | None = None
+    outputs: Outputs = field(default_factory=Outputs)
+    #: Counters of the domain's outcome; zero when nothing was applied.
+    duplicates: int = 0
+    late_accepted: int = 0
+    too_late: int = 0
+    merges: int = 0
+    blocked: int = 0
+    over_limit: int = 0
+    #: Seconds from each new entry's ``received_at`` to the batch's apply and commit.
+    processing_s: list[float] = field(default_factory=list)
+    end_to_end_s: list[float] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, report: BatchReport, applied: dict[tuple[str, int], int]) -> BatchSummary:
+        """Summarise ``report``; ``applied`` is the processor's applied offsets after it."""
+        base = {
+            "events_by_channel": dict(Counter(event.channel.value for event in report.events)),
+            "events": len(report.events),
+            "applied": dict(applied),
+            "gaps": report.gaps,
+            "outbox_id": report.outbox_id,
+            "outputs": report.outputs,
+        }
+        result, committed = report.result, report.committed_at
+        if result is None or committed is None:
+            return cls(**base)
+        applied_at = report.applied_at or committed
+        fresh = [e.received_at for e in result.entries if e.event_id not in result.replaced]
+        return cls(
+            **base,
+            duplicates=result.duplicates,
+            late_accepted=report.late_accepted,
+            too_late=len(result.too_late),
+            merges=len(result.merges),
+            blocked=result.blocked,
+            over_limit=result.over_limit,
+            processing_s=_seconds_since(fresh, applied_at),
+            end_to_end_s=_seconds_since(fresh, committed),
+        )
+
+
+def _seconds_since(times: list[datetime], until: datetime) -> list[float]:
+    return [(until - at).total_seconds() for at in times]
+
+
+class ApplyProcess:
+    """One child process holding the worker's BatchProcessor; calls run there one at a time, in order."""
+
+    def __init__(self, settings: Settings) -> None:
+        # spawn, not fork: the Faust process has threads (its SQL engine, aiohttp) a fork would copy mid-state.
+        self._pool = ProcessPoolExecutor(
+            max_workers=1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start,
+            initargs=(settings, os.getpid()),
+        )
+
+    async def run(self, work: Callable[..., T], *args: Any, reload: bool = False) -> T:
+        """Run ``work(processor, *args)`` in the apply process (after re-reading its state if ``reload``)."""
+        call = functools.partial(_call, work, reload, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+
+
+# --- in the apply process ---------------------------------------------------------------------------
+
+
+def _start(settings: Settings, parent: int) -> None:
+    global _processor
+    _die_with(parent)
+    # Ctrl-C in a terminal reaches the whole process group: the parent decides when this process stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A batch allocates hundreds of thousands of short-lived, acyclic objects; see worker.run_worker.
+    gc.set_threshold(100_000, 20, 20)
+    _processor = BatchProcessor(settings, SqlStore(make_engine(settings.database_url, writer=True)))
+    gc.freeze()
+
+
+def _die_with(parent: int) -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (a no-op elsewhere)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def _call(work: Callable[..., T], reload: bool, *args: Any) -> T:
+    processor = _processor
+    assert processor is not None, "not the apply process"
+    try:
+        if reload:
+            processor.reload()
+        return work(processor, *args)
+    except Exception as exc:
+        # The driver's exceptions do not always survive pickling; whether to retry is decided here.
+        if is_transient(exc) and not isinstance(exc, TransientDatabaseError):
+            raise TransientDatabaseError(f"{exc.__class__.__name__}: {exc}") from None
+        raise
+
+
+def without_cycle_collector(work: Callable[..., T], *args: Any) -> T:
+    """Run ``work`` with the cycle collector paused (it runs once when ``work`` returns).
+
+    A batch keeps a million young objects alive until it ends (events, rows, entries, records); with the
+    collector on, each generation-0 pass walks the hundred thousand made since the last one, only to
+    promote them: measured as 8% of a batch's time. Nothing a batch makes needs a cycle collection.
+    """
+    gc.disable()
+    try:
+        return work(*args)
+    finally:
+        gc.enable()
+
+
+def process(processor: BatchProcessor, records: Sequence[InRecord]) -> BatchSummary:
+    """Apply ``records`` in one transaction (see BatchProcessor.process)."""
+    return BatchSummary.of(without_cycle_collector(processor.process, records), processor.applied)
+
+
+def reject(processor: BatchProcessor, records: Sequence[InRecord], reason: str, detail: str) -> BatchSummary:
+    """Dead-letter records the database will never accept (see BatchProcessor.reject)."""
+    return BatchSummary.of(processor.reject(records, reason, detail), processor.applied)
+
+
+def reload(processor: BatchProcessor) -> dict[tuple[str, int], int]:
+    """Re-read applied offsets and the clock; return the offsets."""
+    processor.reload()
+    return dict(processor.applied)
+
+
+def pending_outbox(processor: BatchProcessor, worker_id: str, orphaned_before: datetime) -> list[tuple[int, bytes]]:
+    """Outbox rows to publish at start (see SqlStore.pending_outbox)."""
+    return processor.store.pending_outbox(processor.group_id, worker_id, orphaned_before)
+
+
+def delete_outbox(processor: BatchProcessor, ids: Sequence[int]) -> None:
+    """Forget published outbox rows (see SqlStore.delete_outbox)."""
+    processor.store.delete_outbox(ids)
