@@ -22,7 +22,7 @@ import signal
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -77,21 +77,21 @@ class BatchSummary:
     @classmethod
     def of(cls, report: BatchReport, applied: dict[tuple[str, int], int]) -> BatchSummary:
         """Summarise ``report``; ``applied`` is the processor's applied offsets after it."""
-        base = {
-            "events_by_channel": dict(Counter(event.channel.value for event in report.events)),
-            "events": len(report.events),
-            "applied": dict(applied),
-            "gaps": report.gaps,
-            "outbox_id": report.outbox_id,
-            "outputs": report.outputs,
-        }
+        base = cls(
+            events_by_channel=dict(Counter(event.channel.value for event in report.events)),
+            events=len(report.events),
+            applied=dict(applied),
+            gaps=report.gaps,
+            outbox_id=report.outbox_id,
+            outputs=report.outputs,
+        )
         result, committed = report.result, report.committed_at
         if result is None or committed is None:
-            return cls(**base)
+            return base
         applied_at = report.applied_at or committed
         fresh = [e.received_at for e in result.entries if e.event_id not in result.replaced]
-        return cls(
-            **base,
+        return replace(
+            base,
             duplicates=result.duplicates,
             late_accepted=report.late_accepted,
             too_late=len(result.too_late),
