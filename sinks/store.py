@@ -213,7 +213,18 @@ class SqlStore:
         columns = tuple_(c.scope, c.key, c.window, c.window_start)
         found: dict[CellKey, dict[str, float]] = {}
         for chunk in _chunks(list(keys), CHUNK // 4):
-            rows = conn.execute(select(c.scope, c.key, c.window, c.window_start, c.counters).where(columns.in_(chunk)))
+            if conn.dialect.name == "sqlite":
+                # SQLite answers a row-value IN list by scanning the whole table (a cost that grows with every
+                # cell kept); an OR of key equalities is a primary-key search per cell.
+                where = or_(
+                    *(
+                        and_(c.scope == scope, c.key == key, c.window == window, c.window_start == start)
+                        for scope, key, window, start in chunk
+                    )
+                )
+            else:
+                where = columns.in_(chunk)
+            rows = conn.execute(select(c.scope, c.key, c.window, c.window_start, c.counters).where(where))
             for scope, key, window, start, counters in rows:
                 found[(scope, key, window, as_utc(start))] = counters
         return found
