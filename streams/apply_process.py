@@ -16,6 +16,7 @@ import asyncio
 import ctypes
 import functools
 import gc
+import logging
 import multiprocessing
 import os
 import signal
@@ -110,13 +111,13 @@ def _seconds_since(times: list[datetime], until: datetime) -> list[float]:
 class ApplyProcess:
     """One child process holding the worker's BatchProcessor; calls run there one at a time, in order."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, loglevel: str = "info") -> None:
         # spawn, not fork: the Faust process has threads (its SQL engine, aiohttp) a fork would copy mid-state.
         self._pool = ProcessPoolExecutor(
             max_workers=1,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start,
-            initargs=(settings, os.getpid()),
+            initargs=(settings, os.getpid(), loglevel),
         )
 
     async def run(self, work: Callable[..., T], *args: Any, reload: bool = False) -> T:
@@ -128,9 +129,13 @@ class ApplyProcess:
 # --- in the apply process ---------------------------------------------------------------------------
 
 
-def _start(settings: Settings, parent: int) -> None:
+def _start(settings: Settings, parent: int, loglevel: str) -> None:
     global _processor
     _die_with(parent)
+    # The worker's log format (Faust's), marked as this process's lines.
+    logging.basicConfig(
+        level=loglevel.upper(), format="[%(asctime)s] [%(process)s] [%(levelname)s] [apply] %(name)s: %(message)s"
+    )
     # Ctrl-C in a terminal reaches the whole process group: the parent decides when this process stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A batch allocates hundreds of thousands of short-lived, acyclic objects; see worker.run_worker.

@@ -16,6 +16,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from concurrent.futures.process import BrokenProcessPool
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -53,7 +54,7 @@ MAX_BACKOFF_S = 10.0
 class Worker:
     """Ties the Faust app, the apply process, the outbox publisher and the Prometheus metrics together."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, loglevel: str = "info") -> None:
         self.settings = settings
         self.topics = Topics(settings.topic_prefix)
         self.metrics = Metrics(settings.worker_id)
@@ -61,7 +62,7 @@ class Worker:
         upgrade(self.engine)
         # Every write goes through the apply process, in submission order: a batch, then the deletion of outbox
         # rows published meanwhile; this process keeps fetching and publishing while it runs.
-        self.database = ApplyProcess(settings)
+        self.database = ApplyProcess(settings, loglevel)
         #: Each input partition's highest applied offset, as the apply process last reported it (for the lag gauge).
         self.applied: dict[tuple[str, int], int] = {}
         self.publisher = OutboxPublisher(
@@ -206,6 +207,8 @@ class Worker:
         """Apply one transaction's records; a record the database rejects for good is dead-lettered on its own."""
         try:
             summary = await self._apply(apply_process.process, records)
+        except BrokenProcessPool:
+            raise  # the apply process died, not the batch: the worker stops with nothing acknowledged
         except Exception as exc:
             log.warning("batch rejected by the database (%s); applying its records one by one", exc)
             for record in records:
@@ -371,7 +374,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     from streams.kafka import ensure_topics
 
     ensure_topics(settings)
-    worker = Worker(settings)
+    worker = Worker(settings, loglevel)
     # A batch allocates hundreds of thousands of short-lived, acyclic objects (rows, dicts, models); the
     # default generation-0 threshold of 700 runs the cycle collector thousands of times per batch. Raising
     # it, and freezing what start-up loaded, measured ~20% faster batches here.

@@ -134,6 +134,35 @@ def test_a_killed_worker_leaves_no_writer_behind(kafka_url, topic_prefix, tmp_pa
         blocker.close()
 
 
+def test_a_dead_apply_process_stops_its_worker_and_a_restart_loses_nothing(
+    kafka_url, topic_prefix, tmp_path, workers
+) -> None:
+    # A worker whose apply process died (OOM killer, a crash in a driver) must stop for its supervisor to
+    # restart it, not linger without applying anything; the batch it was applying is not acknowledged.
+    env = workers.env(f"sqlite:///{tmp_path / 'cx.db'}", topic_prefix, allowed_lateness_s=LATENESS)
+    run_cli(env, "simulate", "--customers", "200", "--days", "5", "--seed", "8")
+    engine = make_engine(f"sqlite:///{tmp_path / 'cx.db'}")
+    group, ends = env["CXSTREAM_APP_ID"], end_offsets(kafka_url, Topics(topic_prefix).channels)
+    worker = workers.start(env)
+    parent = psutil.Process(worker.proc.pid)
+    wait_until(lambda: applied_count(engine, group) > 0, 60, "the worker to make progress")
+    for child in parent.children(recursive=True):
+        child.kill()
+    wait_until(lambda: worker.proc.poll() is not None, 60, "the worker to stop")
+
+    workers.start(env)
+    wait_until(lambda: caught_up(engine, group, ends), 120, "a restarted worker to apply every record")
+    oracle = replay(consumed_events(kafka_url, topic_prefix), load_settings(allowed_lateness_s=float(LATENESS)))
+    with engine.connect() as conn:
+        overall = conn.execute(
+            select(t.metric_cells.c.counters).where(
+                t.metric_cells.c.scope == "overall", t.metric_cells.c.window == "all"
+            )
+        ).scalar_one()
+        touchpoints = conn.scalar(select(func.count()).select_from(t.touchpoints))
+    assert overall["touchpoints"] == len(oracle.entries) == touchpoints, "every event applied, and once"
+
+
 def test_replaying_the_same_input_changes_no_row(kafka_url, topic_prefix, database_url, workers) -> None:
     env = workers.env(database_url, topic_prefix, allowed_lateness_s=LATENESS)
     run_cli(env, "simulate", "--customers", "300", "--days", "7", "--seed", "3")
