@@ -288,14 +288,15 @@ def applied_records(engine: Engine, group_id: str, ends: dict[tuple[str, int], i
 
 
 def _cpu_seconds(workers: list[WorkerProc]) -> float:
-    """CPU time the workers have used so far (user + system), seconds."""
+    """CPU time the workers (each with its apply process) have used so far (user + system), seconds."""
     total = 0.0
     for worker in workers:
         try:
-            times = psutil.Process(worker.proc.pid).cpu_times()
+            proc = psutil.Process(worker.proc.pid)
+            for times in (p.cpu_times() for p in (proc, *proc.children(recursive=True))):
+                total += times.user + times.system
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
-        total += times.user + times.system
     return total
 
 
