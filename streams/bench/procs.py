@@ -89,6 +89,11 @@ class Children:
             self.stop(proc)
 
 
+def with_children(proc: psutil.Process) -> list[psutil.Process]:
+    """``proc`` and its descendants: a worker's apply process is part of the worker, its memory and CPU count with it."""
+    return [proc, *proc.children(recursive=True)]
+
+
 class RssSampler:
     """Polls the resident memory of named processes every 0.5 s and keeps each one's peak per window.
 
@@ -151,8 +156,7 @@ class RssSampler:
 
     def _sample_one(self, name: str, proc: psutil.Process) -> None:
         try:
-            # A worker's apply process is part of the worker: its memory counts with it.
-            rss = sum(int(p.memory_info().rss) for p in (proc, *proc.children(recursive=True)))
+            rss = sum(int(p.memory_info().rss) for p in with_children(proc))
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             return
         with self._lock:

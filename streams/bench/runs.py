@@ -27,7 +27,7 @@ from sqlalchemy.exc import DBAPIError
 
 from sinks import tables as t
 from streams.bench import workload as wl
-from streams.bench.procs import Children, PostgresServer, RssSampler, clean_env, free_port, log_tail
+from streams.bench.procs import Children, PostgresServer, RssSampler, clean_env, free_port, log_tail, with_children
 
 #: Tables whose rows are the results a user sees (as tests/support/results.py counts them).
 RESULT_TABLES = ("customers", "identities", "touchpoints", "metrics", "metric_cells", "alerts", "identity_merges")
@@ -292,8 +292,7 @@ def _cpu_seconds(workers: list[WorkerProc]) -> float:
     total = 0.0
     for worker in workers:
         try:
-            proc = psutil.Process(worker.proc.pid)
-            for times in (p.cpu_times() for p in (proc, *proc.children(recursive=True))):
+            for times in (p.cpu_times() for p in with_children(psutil.Process(worker.proc.pid))):
                 total += times.user + times.system
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue

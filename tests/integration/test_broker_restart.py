@@ -37,7 +37,7 @@ from streams.simulate import simulate
 from streams.simulation import publish_simulated
 from tests.support.kafka import read_topic
 from tests.support.processes import free_port, wait_until
-from tests.support.results import caught_up, end_offsets
+from tests.support.results import caught_up, end_offsets, overall_counters
 from tests.support.s3 import DurableBroker, S3Server, s3_server  # noqa: F401 - s3_server is a fixture
 from tests.support.workers import WorkerFactory
 
@@ -179,11 +179,7 @@ def test_broker_killed_and_restarted_mid_run_loses_nothing(
         rows = conn.scalar(select(func.count()).select_from(t.touchpoints))
         customers = set(conn.execute(select(t.customers.c.customer_id)).scalars())
         identities = dict(conn.execute(select(t.identities.c.identifier, t.identities.c.customer_id)).all())
-        overall = conn.execute(
-            select(t.metric_cells.c.counters).where(
-                t.metric_cells.c.scope == "overall", t.metric_cells.c.window == "all"
-            )
-        ).scalar_one()
+        overall = overall_counters(conn)
     assert set(oracle.entries) == expected
     assert rows == len(expected) and touchpoints == {eid: e.customer_id for eid, e in oracle.entries.items()}
     assert customers == set(oracle.profiles)

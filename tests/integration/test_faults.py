@@ -24,6 +24,7 @@ from tests.support.results import (
     consumed_events,
     end_offsets,
     final_survivors,
+    overall_counters,
     prometheus_value,
     run_cli,
     snapshot,
@@ -96,11 +97,7 @@ def test_kill_9_mid_run_ends_exactly_like_an_uninterrupted_run(kafka_url, topic_
         counted = conn.scalar(
             select(func.count()).select_from(t.metric_cells).where(t.metric_cells.c.scope == "overall")
         )
-        overall = conn.execute(
-            select(t.metric_cells.c.counters).where(
-                t.metric_cells.c.scope == "overall", t.metric_cells.c.window == "all"
-            )
-        ).scalar_one()
+        overall = overall_counters(conn)
     assert counted and overall["touchpoints"] == len(oracle.entries), "every event counted exactly once"
 
     timeline = read_topic(kafka_url, Topics(topic_prefix).timeline, timeout=30)
@@ -154,11 +151,7 @@ def test_a_dead_apply_process_stops_its_worker_and_a_restart_loses_nothing(
     wait_until(lambda: caught_up(engine, group, ends), 120, "a restarted worker to apply every record")
     oracle = replay(consumed_events(kafka_url, topic_prefix), load_settings(allowed_lateness_s=float(LATENESS)))
     with engine.connect() as conn:
-        overall = conn.execute(
-            select(t.metric_cells.c.counters).where(
-                t.metric_cells.c.scope == "overall", t.metric_cells.c.window == "all"
-            )
-        ).scalar_one()
+        overall = overall_counters(conn)
         touchpoints = conn.scalar(select(func.count()).select_from(t.touchpoints))
     assert overall["touchpoints"] == len(oracle.entries) == touchpoints, "every event applied, and once"
 

@@ -10,7 +10,7 @@ from sinks import tables as t
 from sinks.database import make_engine
 from streams.domain.oracle import replay
 from tests.support.processes import wait_until
-from tests.support.results import caught_up, consumed_events, end_offsets, run_cli
+from tests.support.results import caught_up, consumed_events, end_offsets, overall_counters, run_cli
 
 LATENESS = str(400 * 86400)
 
@@ -32,11 +32,7 @@ def test_two_workers_on_postgresql_give_the_results_of_one(kafka_url, topic_pref
         touchpoints = dict(conn.execute(select(t.touchpoints.c.event_id, t.touchpoints.c.customer_id)).all())
         customers = set(conn.execute(select(t.customers.c.customer_id)).scalars())
         identities = dict(conn.execute(select(t.identities.c.identifier, t.identities.c.customer_id)).all())
-        overall = conn.execute(
-            select(t.metric_cells.c.counters).where(
-                t.metric_cells.c.scope == "overall", t.metric_cells.c.window == "all"
-            )
-        ).scalar_one()
+        overall = overall_counters(conn)
     assert touchpoints == {eid: e.customer_id for eid, e in oracle.entries.items()}
     assert customers == set(oracle.profiles)
     assert identities == oracle.identities

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 
 from config.topics import Topics
 from schemas.touchpoint import TouchpointEvent
@@ -73,6 +73,12 @@ def wait_applied(engine: Engine, kafka_url: str, prefix: str, group: str, timeou
     """Wait until the worker has applied everything published so far on the channel topics."""
     ends = end_offsets(kafka_url, Topics(prefix).channels)
     wait_until(lambda: caught_up(engine, group, ends), timeout, "the worker to apply every record")
+
+
+def overall_counters(conn: Connection) -> dict[str, float]:
+    """Counters of the all-time ``overall`` metric cell (``touchpoints`` counts every event applied)."""
+    c = t.metric_cells.c
+    return dict(conn.execute(select(c.counters).where(c.scope == "overall", c.window == "all")).scalar_one())
 
 
 def prometheus_value(text: str, name: str, **labels: str) -> float:
