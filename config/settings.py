@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     broker_session_timeout: float = Field(6.0, gt=0, description="Consumer session timeout, seconds.")
     broker_heartbeat_interval: float = Field(2.0, gt=0, description="Consumer heartbeat interval, seconds.")
     broker_max_poll_interval: float = Field(300.0, gt=0, description="Max seconds between polls before eviction.")
+    broker_fetch_max_wait: float = Field(
+        0.1,
+        gt=0,
+        le=30,
+        description="Most seconds a consumer fetch waits at the broker for records (Faust fixes 1.5; see README).",
+    )
 
     # --- processing ----------------------------------------------------------------------------
     batch_max_events: int = Field(

@@ -35,6 +35,7 @@ from streams import apply_process
 from streams.apply_process import ApplyProcess, BatchSummary, is_transient, tune_collector
 from streams.collector import SEGMENT_KINDS, Collector
 from streams.downstream import DownstreamProducer, OutboxPublisher
+from streams.faust_app import App
 from streams.observability import Metrics
 from streams.pipeline import InRecord
 
@@ -76,8 +77,9 @@ class Worker:
     def _build_app(self) -> faust.App:
         s = self.settings
         (s.data_dir / s.worker_id).mkdir(parents=True, exist_ok=True)
-        app = faust.App(
+        app = App(
             s.app_id,
+            fetch_max_wait=s.broker_fetch_max_wait,
             broker=",".join(f"kafka://{b}" for b in s.bootstrap_servers),
             store="memory://",
             topic_partitions=s.partitions,
