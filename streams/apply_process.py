@@ -202,6 +202,10 @@ def reject(processor: BatchProcessor, records: Sequence[InRecord], reason: str, 
     return BatchSummary.of(processor.reject(records, reason, detail), processor.applied)
 
 
+def alive(_processor: BatchProcessor) -> None:
+    """Nothing: a call that only shows the apply process still answers (an idle worker's watchdog)."""
+
+
 def reload(processor: BatchProcessor) -> dict[tuple[str, int], int]:
     """Re-read applied offsets and the clock; return the offsets."""
     processor.reload()

@@ -47,6 +47,9 @@ T = TypeVar("T")
 #: published by a worker starting up. A live worker publishes a row within seconds of committing it.
 ORPHANED_OUTBOX_S = 120.0
 
+#: Seconds between checks that the apply process still answers (see ``watch_apply_process``).
+APPLY_WATCH_S = 1.0
+
 #: Longest pause between retries of a failing database write.
 MAX_BACKOFF_S = 10.0
 
@@ -121,6 +124,16 @@ class Worker:
         @app.timer(interval=5.0)
         async def gauges() -> None:
             await self.update_gauges()
+
+        @app.timer(interval=APPLY_WATCH_S)
+        async def watch_apply_process() -> None:
+            # A worker with nothing to apply submits nothing: without this call, a dead apply process would be
+            # noticed only when the next record arrives, and the worker would linger meanwhile.
+            try:
+                await self.database.run(apply_process.alive)
+            except BrokenProcessPool as exc:
+                log.error("the apply process died; stopping the worker")
+                await self.app.crash(exc)
 
         deadletters = app.topic(self.topics.deadletter, value_serializer="raw", key_serializer="raw")
 

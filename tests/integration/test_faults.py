@@ -9,6 +9,7 @@ from pathlib import Path
 
 import orjson
 import psutil
+import pytest
 from sqlalchemy import Engine, func, select
 
 from config.settings import load_settings
@@ -131,22 +132,53 @@ def test_a_killed_worker_leaves_no_writer_behind(kafka_url, topic_prefix, tmp_pa
         blocker.close()
 
 
+def _publish_halves(env: dict[str, str], files: list[Path], half: int) -> None:
+    """Publish the first (0) or second (1) half of each channel file of one simulation."""
+    for path in files:
+        lines = path.read_bytes().splitlines(keepends=True)
+        part = path.with_suffix(f".{half}.jsonl")
+        part.write_bytes(b"".join(lines[: len(lines) // 2] if half == 0 else lines[len(lines) // 2 :]))
+        run_cli(env, "publish", "--channel", path.stem, str(part))
+
+
+@pytest.mark.parametrize("when", ["idle", "mid-batch"])
 def test_a_dead_apply_process_stops_its_worker_and_a_restart_loses_nothing(
-    kafka_url, topic_prefix, tmp_path, workers
+    kafka_url, topic_prefix, tmp_path, workers, when
 ) -> None:
     # A worker whose apply process died (OOM killer, a crash in a driver) must stop for its supervisor to
-    # restart it, not linger without applying anything; the batch it was applying is not acknowledged.
-    env = workers.env(f"sqlite:///{tmp_path / 'cx.db'}", topic_prefix, allowed_lateness_s=LATENESS)
-    run_cli(env, "simulate", "--customers", "200", "--days", "5", "--seed", "8")
-    engine = make_engine(f"sqlite:///{tmp_path / 'cx.db'}")
-    group, ends = env["CXSTREAM_APP_ID"], end_offsets(kafka_url, Topics(topic_prefix).channels)
+    # restart it, not linger without applying anything: idle (caught up, nothing to submit) as well as in the
+    # middle of a batch, which must not be acknowledged. Mid-batch, the test holds SQLite's write lock so the
+    # apply process is caught waiting inside a batch when it is killed. One simulation, published in two
+    # halves: separate simulations reuse receipt and call ids, which are event ids.
+    path = tmp_path / "cx.db"
+    env = workers.env(f"sqlite:///{path}", topic_prefix, allowed_lateness_s=LATENESS)
+    engine = make_engine(f"sqlite:///{path}")
+    group, channels = env["CXSTREAM_APP_ID"], Topics(topic_prefix).channels
+    run_cli(env, "simulate", "--customers", "200", "--days", "5", "--seed", "8", "--out", str(tmp_path / "sim"))
+    files = sorted((tmp_path / "sim").glob("*.jsonl"))
+    _publish_halves(env, files, 0)
     worker = workers.start(env)
     parent = psutil.Process(worker.proc.pid)
-    wait_until(lambda: applied_count(engine, group) > 0, 60, "the worker to make progress")
-    for child in parent.children(recursive=True):
-        child.kill()
-    wait_until(lambda: worker.proc.poll() is not None, 60, "the worker to stop")
+    wait_until(lambda: caught_up(engine, group, end_offsets(kafka_url, channels)), 60, "the worker to catch up")
+    blocker = sqlite3.connect(path, isolation_level=None)
+    try:
+        if when == "mid-batch":
+            blocker.execute("BEGIN IMMEDIATE")
+            _publish_halves(env, files, 1)
+            lag = lambda: prometheus_value(worker.metrics_text(), "cxstream_consumer_lag_records") > 0  # noqa: E731
+            wait_until(lag, 30, "the worker to fetch records it cannot commit")
+            time.sleep(1)  # the batch reaches the apply process and waits for the lock
+        for child in parent.children(recursive=True):
+            child.kill()
+        wait_until(lambda: worker.proc.poll() is not None, 30, "the worker to stop")
+    finally:
+        if blocker.in_transaction:
+            blocker.rollback()
+        blocker.close()
 
+    if when == "idle":
+        _publish_halves(env, files, 1)  # what arrives while the worker is down
+    ends = end_offsets(kafka_url, channels)
     workers.start(env)
     wait_until(lambda: caught_up(engine, group, ends), 120, "a restarted worker to apply every record")
     oracle = replay(consumed_events(kafka_url, topic_prefix), load_settings(allowed_lateness_s=float(LATENESS)))
