@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sqlite3
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
@@ -32,6 +34,7 @@ from tests.support.results import (
     snapshot_diff,
     without_versions,
 )
+from tests.support.workers import WorkerProcess
 
 # Simulated traffic is published in arrival order, but the worker reads four topics of four partitions each,
 # whose interleaving differs from run to run: a generous lateness keeps too-late decisions out of the
@@ -117,16 +120,27 @@ def test_a_killed_worker_leaves_no_writer_behind(kafka_url, topic_prefix, tmp_pa
     parent = psutil.Process(worker.proc.pid)
     wait_until(lambda: parent.children(recursive=True), 60, "the worker to start its apply process")
     children = parent.children(recursive=True)
-    blocker = sqlite3.connect(path, isolation_level=None)
-    blocker.execute("BEGIN IMMEDIATE")
-    try:
-        run_cli(env, "simulate", "--customers", "50", "--days", "2", "--seed", "5")
-        lag = lambda: prometheus_value(worker.metrics_text(), "cxstream_consumer_lag_records") > 0  # noqa: E731
-        wait_until(lag, 30, "the worker to fetch records it cannot commit")
-        time.sleep(1)  # the batch reaches the apply process and waits for the lock
+    with batch_waiting_for_the_write_lock(
+        path, worker, lambda: run_cli(env, "simulate", "--customers", "50", "--days", "2", "--seed", "5")
+    ):
         worker.kill()
         gone = lambda: all(not c.is_running() or c.status() == psutil.STATUS_ZOMBIE for c in children)  # noqa: E731
         wait_until(gone, 5, "the apply process to die with its worker")
+
+
+@contextlib.contextmanager
+def batch_waiting_for_the_write_lock(
+    path: Path, worker: WorkerProcess, publish: Callable[[], object]
+) -> Iterator[None]:
+    """Hold SQLite's write lock, ``publish``, and yield once the worker's apply process waits on it inside a batch."""
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        publish()
+        lag = lambda: prometheus_value(worker.metrics_text(), "cxstream_consumer_lag_records") > 0  # noqa: E731
+        wait_until(lag, 30, "the worker to fetch records it cannot commit")
+        time.sleep(1)  # the batch reaches the apply process and waits for the lock
+        yield
     finally:
         blocker.rollback()
         blocker.close()
@@ -160,21 +174,14 @@ def test_a_dead_apply_process_stops_its_worker_and_a_restart_loses_nothing(
     worker = workers.start(env)
     parent = psutil.Process(worker.proc.pid)
     wait_until(lambda: caught_up(engine, group, end_offsets(kafka_url, channels)), 60, "the worker to catch up")
-    blocker = sqlite3.connect(path, isolation_level=None)
-    try:
-        if when == "mid-batch":
-            blocker.execute("BEGIN IMMEDIATE")
-            _publish_halves(env, files, 1)
-            lag = lambda: prometheus_value(worker.metrics_text(), "cxstream_consumer_lag_records") > 0  # noqa: E731
-            wait_until(lag, 30, "the worker to fetch records it cannot commit")
-            time.sleep(1)  # the batch reaches the apply process and waits for the lock
+    with (
+        batch_waiting_for_the_write_lock(path, worker, lambda: _publish_halves(env, files, 1))
+        if when == "mid-batch"
+        else contextlib.nullcontext()
+    ):
         for child in parent.children(recursive=True):
             child.kill()
         wait_until(lambda: worker.proc.poll() is not None, 30, "the worker to stop")
-    finally:
-        if blocker.in_transaction:
-            blocker.rollback()
-        blocker.close()
 
     if when == "idle":
         _publish_halves(env, files, 1)  # what arrives while the worker is down
