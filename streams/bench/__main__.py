@@ -26,7 +26,7 @@ from config.topics import Topics
 from streams.bench import report
 from streams.bench import workload as wl
 from streams.bench.baselines import run_baseline
-from streams.bench.procs import Children, PostgresServer, RssSampler, clean_env, free_port
+from streams.bench.procs import Children, PostgresServer, RssSampler, clean_env, cpu_seconds, free_port
 from streams.bench.runs import (
     ALLOWED_LATENESS_S,
     BenchContext,
@@ -266,6 +266,7 @@ def _run(
         timeout_s=args.timeout,
         stall_s=args.stall_timeout,
         worker_env=worker_env,
+        broker_pid=broker.pid,
     )
     try:
         published = _publish(ctx, work, names, pipelines, results)
@@ -339,6 +340,7 @@ def _baselines(
             continue
 
         def run(kind: str = kind, name: str = name) -> None:
+            broker_before = cpu_seconds(ctx.broker_pid)
             res = run_baseline(
                 kind,
                 children=ctx.children,
@@ -359,6 +361,12 @@ def _baselines(
                 "seconds": res.seconds,
                 "rate": res.rate,
                 "peak_rss": {name: res.peak_rss, "broker": _broker_rss(ctx)},
+                # The child's own CPU over its measured span; the broker's over the child's whole life (start-up
+                # and group join included, when it serves next to nothing).
+                "cpu_by_process": {
+                    name: round(res.cpu_s, 1),
+                    "broker": round(cpu_seconds(ctx.broker_pid) - broker_before, 1),
+                },
             }
             print(f"[bench]   {name}: {res.rate:,.0f} events/s ({res.events:,} in {res.seconds:.2f}s)", flush=True)
 
@@ -388,6 +396,10 @@ def _pipeline(
         f"{_num(res.sql_rows_per_s)} SQL rows/s, {res.touchpoints:,} touchpoints",
         flush=True,
     )
+    per_event = report.cpu_per_event(entry)
+    if per_event:
+        parts = ", ".join(f"{k} {v:,.0f}" for k, v in per_event.items())
+        print(f"[bench]   {config.name}: CPU per event {sum(per_event.values()):,.0f} µs ({parts})", flush=True)
 
 
 def _latency(ctx: BenchContext, args: argparse.Namespace, available: int, results: dict[str, Any]) -> None:

@@ -36,6 +36,8 @@ class BaselineResult:
     events: int
     seconds: float
     peak_rss: int
+    #: CPU seconds the child used over the same span (its own process: the broker's share is measured apart).
+    cpu_s: float
 
     @property
     def rate(self) -> float:
@@ -43,8 +45,8 @@ class BaselineResult:
         return self.events / self.seconds if self.seconds > 0 else 0.0
 
 
-def _report(events: int, seconds: float) -> None:
-    print(RESULT_PREFIX + orjson.dumps({"events": events, "seconds": seconds}).decode(), flush=True)
+def _report(events: int, seconds: float, cpu_s: float) -> None:
+    print(RESULT_PREFIX + orjson.dumps({"events": events, "seconds": seconds, "cpu_s": cpu_s}).decode(), flush=True)
 
 
 # --- children -----------------------------------------------------------------------------------------
@@ -55,7 +57,7 @@ async def _aiokafka(broker: str, topics: list[str], expected: int) -> None:
 
     consumer = AIOKafkaConsumer(*topics, bootstrap_servers=broker, auto_offset_reset="earliest", group_id=None)
     await consumer.start()
-    n, first, last = 0, 0.0, 0.0
+    n, first, last, cpu_first, cpu_last = 0, 0.0, 0.0, 0.0, 0.0
     idle_since = time.perf_counter()
     loads = orjson.loads
     try:
@@ -66,15 +68,16 @@ async def _aiokafka(broker: str, topics: list[str], expected: int) -> None:
                     raise SystemExit(f"aiokafka baseline: no record for {IDLE_LIMIT_S:.0f}s after {n} of {expected}")
                 continue
             if not n:
-                first = time.perf_counter()
+                first, cpu_first = time.perf_counter(), time.process_time()
             for msgs in batch.values():
                 for msg in msgs:
                     loads(msg.value)
                 n += len(msgs)
             last = idle_since = time.perf_counter()
+            cpu_last = time.process_time()
     finally:
         await consumer.stop()
-    _report(n, last - first)
+    _report(n, last - first, cpu_last - cpu_first)
 
 
 def _faust(broker: str, topics: list[str], expected: int, app_id: str) -> None:
@@ -92,7 +95,7 @@ def _faust(broker: str, topics: list[str], expected: int, app_id: str) -> None:
         datadir=str(Path.cwd() / f"{app_id}-data"),
     )
     source = app.topic(*topics, value_serializer="raw", key_serializer="raw")
-    state = {"n": 0, "first": 0.0}
+    state = {"n": 0, "first": 0.0, "cpu_first": 0.0}
     loads = orjson.loads
 
     @app.agent(source)
@@ -100,10 +103,14 @@ def _faust(broker: str, topics: list[str], expected: int, app_id: str) -> None:
         async for value in stream:
             loads(value)
             if not state["n"]:
-                state["first"] = time.perf_counter()
+                state["first"], state["cpu_first"] = time.perf_counter(), time.process_time()
             state["n"] += 1
             if state["n"] >= expected:
-                _report(state["n"], time.perf_counter() - state["first"])
+                _report(
+                    state["n"],
+                    time.perf_counter() - state["first"],
+                    time.process_time() - state["cpu_first"],
+                )
                 os._exit(0)  # Faust's orderly shutdown takes seconds and measures nothing
 
     sys.argv = [sys.argv[0], "worker", "-l", "warn"]
@@ -158,7 +165,9 @@ def run_baseline(
         # Faust routes a child's print through its logging ("[date] [pid] [WARNING] BENCH-RESULT {...}").
         if RESULT_PREFIX in line:
             data = orjson.loads(line.split(RESULT_PREFIX, 1)[1].strip())
-            return BaselineResult(int(data["events"]), float(data["seconds"]), peaks.get(kind, 0))
+            return BaselineResult(
+                int(data["events"]), float(data["seconds"]), peaks.get(kind, 0), float(data.get("cpu_s", 0.0))
+            )
     raise RuntimeError(f"{kind} baseline exited with {proc.returncode} and no result; log tail:\n{log_tail(log_path)}")
 
 

@@ -94,6 +94,18 @@ def with_children(proc: psutil.Process) -> list[psutil.Process]:
     return [proc, *proc.children(recursive=True)]
 
 
+def cpu_seconds(pid: int | None, *, children: bool = False) -> float:
+    """CPU time (user + system) process ``pid`` has used so far, its descendants' too if ``children``; 0 if gone."""
+    if pid is None:
+        return 0.0
+    try:
+        root = psutil.Process(pid)
+        procs = with_children(root) if children else [root]
+        return sum(t.user + t.system for t in (p.cpu_times() for p in procs))
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return 0.0
+
+
 class RssSampler:
     """Polls the resident memory of named processes every 0.5 s and keeps each one's peak per window.
 

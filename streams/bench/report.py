@@ -304,6 +304,7 @@ def write_markdown(results: dict[str, Any], path: Path, png_name: str | None) ->
             f"touchpoints {run['touchpoints']:,} of {w['distinct_events']:,} distinct events; rows: {table_rows}; "
             f"peak RSS {rss}" + _counters(run)
         )
+    lines += _cpu_section(results)
     lines += ["", "## Latency", ""]
     lat = results.get("latency")
     if not lat:
@@ -379,6 +380,54 @@ def write_markdown(results: dict[str, Any], path: Path, png_name: str | None) ->
         for failure in results["failures"]:
             lines += [f"### {failure['config']}", "", "```", failure["error"][-3000:], "```", ""]
     path.write_text("\n".join(lines) + "\n")
+
+
+def cpu_per_event(run: dict[str, Any]) -> dict[str, float]:
+    """Microseconds of CPU per input event, per process (see ``cpu_by_process``); empty when not measured."""
+    events = run.get("events") or 0
+    return {k: 1e6 * v / events for k, v in (run.get("cpu_by_process") or {}).items()} if events else {}
+
+
+def _cpu_section(results: dict[str, Any]) -> list[str]:
+    """What an event costs in CPU, per process, and the throughput that CPU allows on this machine.
+
+    CPU time is steadier than wall time on a shared machine, and it says what rates are possible at all:
+    with N CPUs and X µs of CPU per event over every process of the job, no scheduling reaches N / X.
+    """
+    runs = [(name, r) for name, r in (*results["baselines"].items(), *results["pipelines"].items())]
+    measured = [(name, cpu_per_event(r)) for name, r in runs if r.get("status", "").startswith("ok")]
+    measured = [(name, per) for name, per in measured if per]
+    if not measured:
+        return []
+    nproc = results["machine"]["nproc"]
+    lines = [
+        "",
+        "## CPU per event",
+        "",
+        "CPU time (user + system) each process used, divided by the input events. Pipelines: from the workers' "
+        "start to done (start-up included); baselines: the child's own over its measured span, the broker's over "
+        f"the child's life. *ceiling*: {nproc} CPUs ÷ the total, the rate no scheduling can pass with this much "
+        "CPU per event (a PostgreSQL server's CPU is not counted, so the real ceiling of those runs is lower).",
+        "",
+        "| configuration | per process, µs per event | total µs | ceiling events/s | measured events/s |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for name, per in measured:
+        run = results["baselines"].get(name) or results["pipelines"][name]
+        total = sum(per.values())
+        rate = run.get("rate") or run.get("sustained_eps")
+        parts = ", ".join(f"{k} {v:,.0f}" for k, v in per.items())
+        lines.append(f"| {name} | {parts} | {total:,.0f} | {_fmt(nproc * 1e6 / total)} | {_fmt(rate)} |")
+    passthrough = results["baselines"].get("faust-pass", {}).get("rate")
+    if passthrough:
+        budget = nproc * 1e6 / (2 * passthrough)
+        lines += [
+            "",
+            f"The batched floor, 2x faust-pass ({2 * passthrough:,.0f} events/s here), leaves at most "
+            f"**{budget:,.0f} µs of CPU per event** on {nproc} CPUs for every process of the job together, with "
+            "both CPUs busy all the time and nothing else running.",
+        ]
+    return lines
 
 
 def _counters(run: dict[str, Any]) -> str:

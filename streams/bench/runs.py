@@ -27,7 +27,7 @@ from sqlalchemy.exc import DBAPIError
 
 from sinks import tables as t
 from streams.bench import workload as wl
-from streams.bench.procs import Children, PostgresServer, RssSampler, clean_env, free_port, log_tail, with_children
+from streams.bench.procs import Children, PostgresServer, RssSampler, clean_env, cpu_seconds, free_port, log_tail
 
 #: Tables whose rows are the results a user sees (as tests/support/results.py counts them).
 RESULT_TABLES = ("customers", "identities", "touchpoints", "metrics", "metric_cells", "alerts", "identity_merges")
@@ -78,6 +78,9 @@ class PipelineResult:
     #: Share of the whole machine's CPU time that was busy from the workers' start to done (every process,
     #: the database server, the broker and anything else running on the machine included).
     machine_cpu_busy: float
+    #: CPU seconds from the workers' start to done per process: each worker's Faust and apply process, and the
+    #: embedded broker (absent with an external one). Divided by the events, the CPU an event costs.
+    cpu_by_process: dict[str, float] = field(default_factory=dict)
 
     @property
     def sustained_eps(self) -> float | None:
@@ -165,6 +168,8 @@ class BenchContext:
     timeout_s: float
     stall_s: float
     worker_env: dict[str, str]
+    #: The embedded broker's process, when the benchmark started one (its CPU is reported with each run).
+    broker_pid: int | None = None
     #: The published channel topics: kept when a configuration's other topics are deleted.
     input_topics: set[str] = field(default_factory=set)
 
@@ -289,14 +294,17 @@ def applied_records(engine: Engine, group_id: str, ends: dict[tuple[str, int], i
 
 def _cpu_seconds(workers: list[WorkerProc]) -> float:
     """CPU time the workers (each with its apply process) have used so far (user + system), seconds."""
-    total = 0.0
+    return sum(cpu_seconds(worker.proc.pid, children=True) for worker in workers)
+
+
+def _cpu_by_process(workers: list[WorkerProc]) -> dict[str, float]:
+    """Each worker's CPU seconds so far, split into its Faust process and its apply process."""
+    split: dict[str, float] = {}
     for worker in workers:
-        try:
-            for times in (p.cpu_times() for p in with_children(psutil.Process(worker.proc.pid))):
-                total += times.user + times.system
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    return total
+        faust = cpu_seconds(worker.proc.pid)
+        split[f"{worker.name} faust"] = round(faust, 1)
+        split[f"{worker.name} apply"] = round(cpu_seconds(worker.proc.pid, children=True) - faust, 1)
+    return split
 
 
 def _busy_share(before: Any, after: Any) -> float:
@@ -464,11 +472,15 @@ def run_pipeline(ctx: BenchContext, config: PipelineConfig, published: wl.Publis
         started = time.monotonic()
         started_at = datetime.now(UTC)
         machine_before = psutil.cpu_times()
+        broker_before = cpu_seconds(ctx.broker_pid)
         for i in range(config.workers):
             workers.append(start_worker(ctx, f"worker-{i + 1}", app_id, published.prefix, url, config.name))
         done = wait_applied(ctx, engine, app_id, published.ends, workers, config.name, started=started)
         machine_busy = _busy_share(machine_before, psutil.cpu_times())
         worker_cpu = {w.name: round(_cpu_seconds([w]), 1) for w in workers}
+        cpu_split = _cpu_by_process(workers)
+        if ctx.broker_pid is not None:
+            cpu_split["broker"] = round(cpu_seconds(ctx.broker_pid) - broker_before, 1)
         commits, rows = sql_figures(engine)
         counters = scrape_counters(workers)
         ctx.sampler.sample_now()
@@ -499,6 +511,7 @@ def run_pipeline(ctx: BenchContext, config: PipelineConfig, published: wl.Publis
             counters=counters,
             worker_cpu_s=worker_cpu,
             machine_cpu_busy=machine_busy,
+            cpu_by_process=cpu_split,
         )
     raise AssertionError("unreachable")  # pragma: no cover - ExitStack does not swallow exceptions
 
