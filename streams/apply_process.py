@@ -63,7 +63,9 @@ class BatchSummary:
     applied: dict[tuple[str, int], int] = field(default_factory=dict)
     gaps: dict[tuple[str, int], int] = field(default_factory=dict)
     outbox_id: int | None = None
-    outputs: Outputs = field(default_factory=Outputs)
+    #: The outbox row's payload (``Outputs.encode``): one bytes object crosses to the Faust process, not the
+    #: thousands of records it holds (pickling those kept the apply process from its next batch).
+    outbox: bytes | None = None
     #: Counters of the domain's outcome; zero when nothing was applied.
     duplicates: int = 0
     late_accepted: int = 0
@@ -75,6 +77,10 @@ class BatchSummary:
     processing_s: list[float] = field(default_factory=list)
     end_to_end_s: list[float] = field(default_factory=list)
 
+    def outputs(self) -> Outputs:
+        """The records to publish (decoded from the outbox payload)."""
+        return Outputs.decode(self.outbox) if self.outbox is not None else Outputs()
+
     @classmethod
     def of(cls, report: BatchReport, applied: dict[tuple[str, int], int]) -> BatchSummary:
         """Summarise ``report``; ``applied`` is the processor's applied offsets after it."""
@@ -84,7 +90,7 @@ class BatchSummary:
             applied=dict(applied),
             gaps=report.gaps,
             outbox_id=report.outbox_id,
-            outputs=report.outputs,
+            outbox=report.outbox,
         )
         result, committed = report.result, report.committed_at
         if result is None or committed is None:

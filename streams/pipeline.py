@@ -75,6 +75,8 @@ class BatchReport:
     alerts: int = 0
     outbox_id: int | None = None
     outputs: Outputs = field(default_factory=Outputs)
+    #: ``outputs`` as the outbox row holds them (``Outputs.encode``), when the batch committed any.
+    outbox: bytes | None = None
     applied_at: datetime | None = None
     committed_at: datetime | None = None
 
@@ -233,7 +235,7 @@ class BatchProcessor:
             report.dead_letters.append(_dead(event.channel.value, "too_late", detail, event.model_dump_json().encode()))
         for dead in report.dead_letters:
             report.outputs.add(self.topics.deadletter, dead.channel or "", dead.model_dump_json().encode())
-        write.outbox = report.outputs.encode() if report.outputs.records else None
+        write.outbox = report.outbox = report.outputs.encode() if report.outputs.records else None
         report.outbox_id = self.store.write(conn, write)
         return result, write, view
 
@@ -250,11 +252,12 @@ class BatchProcessor:
                 report.dead_letters.append(dead)
                 report.outputs.add(self.topics.deadletter, dead.channel or "", dead.model_dump_json().encode())
         if offsets:
+            report.outbox = report.outputs.encode()
             with self.store.engine.begin() as conn:
                 write = BatchWrite(
                     group_id=self.group_id,
                     offsets=offsets,
-                    outbox=report.outputs.encode(),
+                    outbox=report.outbox,
                     worker_id=self.settings.worker_id,
                 )
                 report.outbox_id = self.store.write(conn, write)

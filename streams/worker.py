@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from concurrent.futures.process import BrokenProcessPool
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import faust
 import orjson
@@ -42,6 +42,10 @@ from streams.pipeline import InRecord
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Done = TypeVar("Done")
+
+#: A committed transaction's summary and the seconds it took, from submitting it to its summary.
+Applied = tuple[BatchSummary, float]
 
 #: Age after which another worker's unpublished outbox row counts as orphaned (its worker is gone) and is
 #: published by a worker starting up. A live worker publishes a row within seconds of committing it.
@@ -74,7 +78,7 @@ class Worker:
             delete=functools.partial(self._with_database, apply_process.delete_outbox),
             on_sent=self._count_published,
         )
-        self.batches = BatchFeeder(self._apply_batch, settings.batch_max_events)
+        self.batches = BatchFeeder(self._apply_batch, self._finish_batch, settings.batch_max_events)
         self.app = self._build_app()
 
     def _build_app(self) -> faust.App:
@@ -187,16 +191,21 @@ class Worker:
 
         return app
 
-    async def _apply_batch(self, records: list[InRecord]) -> bool:
+    async def _apply_batch(self, records: list[InRecord]) -> list[Applied] | None:
         try:
-            await self.handle(records)
+            return await self.handle(records)
         except Exception as exc:
             # A worker that cannot apply its input must stop (and be restarted by its supervisor), not linger
             # with a dead agent; nothing was acked, so nothing is lost.
             log.exception("cannot apply a batch; stopping the worker")
             await self.app.crash(exc)
-            return False
-        return True
+            return None
+
+    async def _finish_batch(self, applied: list[Applied]) -> None:
+        """What follows a committed batch: count it, seek past gaps, queue its outputs for publishing."""
+        for summary, seconds in applied:
+            self.observe(summary, seconds)
+            await self._publish(summary)
 
     @staticmethod
     async def _ack(stream: faust.StreamT, events: list[Any]) -> None:
@@ -211,38 +220,41 @@ class Worker:
 
     # --- batches ----------------------------------------------------------------------------------
 
-    async def handle(self, records: list[InRecord]) -> None:
-        """Apply records in transactions of at most ``batch_max_events`` events (envelopes hold many)."""
-        await self.publisher.ready.wait()  # what a previous run left unpublished goes out first
-        for chunk in chunk_by_events(records, self.settings.batch_max_events):
-            await self._handle_chunk(chunk)
+    async def handle(self, records: list[InRecord]) -> list[Applied]:
+        """Apply records in transactions of at most ``batch_max_events`` events (envelopes hold many).
 
-    async def _handle_chunk(self, records: list[InRecord]) -> None:
+        Returns each transaction's summary, in commit order, for ``_finish_batch``.
+        """
+        await self.publisher.ready.wait()  # what a previous run left unpublished goes out first
+        applied: list[Applied] = []
+        for chunk in chunk_by_events(records, self.settings.batch_max_events):
+            applied += await self._handle_chunk(chunk)
+        return applied
+
+    async def _handle_chunk(self, records: list[InRecord]) -> list[Applied]:
         """Apply one transaction's records; a record the database rejects for good is dead-lettered on its own."""
         try:
-            summary = await self._apply(apply_process.process, records)
+            return [await self._apply(apply_process.process, records)]
         except BrokenProcessPool:
             raise  # the apply process died, not the batch: the worker stops with nothing acknowledged
         except Exception as exc:
             log.warning("batch rejected by the database (%s); applying its records one by one", exc)
-            for record in records:
-                try:
-                    summary = await self._apply(apply_process.process, [record])
-                except Exception as single:
-                    self.metrics.sink_failures.labels(self.settings.worker_id, "permanent").inc()
-                    detail = f"{single.__class__.__name__}: {single}"[:2000]
-                    summary = await self._apply(apply_process.reject, [record], "sink_rejected", detail)
-                await self._publish(summary)
-            return
-        await self._publish(summary)
+        applied = []
+        for record in records:
+            try:
+                applied.append(await self._apply(apply_process.process, [record]))
+            except Exception as single:
+                self.metrics.sink_failures.labels(self.settings.worker_id, "permanent").inc()
+                detail = f"{single.__class__.__name__}: {single}"[:2000]
+                applied.append(await self._apply(apply_process.reject, [record], "sink_rejected", detail))
+        return applied
 
-    async def _apply(self, work: Callable[..., BatchSummary], *args: Any) -> BatchSummary:
-        """Apply a batch in the apply process (retrying like every database call) and record it in the metrics."""
+    async def _apply(self, work: Callable[..., BatchSummary], *args: Any) -> Applied:
+        """Apply a batch in the apply process (retrying like every database call); return it with its seconds."""
         started = time.perf_counter()
         summary = await self._with_database(work, *args)
         self.applied = summary.applied
-        self.observe(summary, time.perf_counter() - started)
-        return summary
+        return summary, time.perf_counter() - started
 
     async def _with_database(self, work: Callable[..., T], *args: Any) -> T:
         """Run ``work`` in the apply process, retrying transient database failures with backoff.
@@ -272,7 +284,7 @@ class Worker:
             )
             await self.app.consumer.seek(TP(topic, partition), offset)
         if summary.outbox_id is not None:
-            await self.publisher.put(summary.outbox_id, summary.outputs)
+            await self.publisher.put(summary.outbox_id, summary.outputs())
 
     async def _pending_outbox(self) -> list[tuple[int, bytes]]:
         orphaned_before = datetime.now(UTC) - timedelta(seconds=ORPHANED_OUTBOX_S)
@@ -320,17 +332,28 @@ class Worker:
             self.metrics.consumer_lag.labels(w, tp.topic, str(tp.partition)).set(max(0, high - applied - 1))
 
 
-class BatchFeeder:
+class BatchFeeder(Generic[Done]):
     """Feeds taken records to the apply process, one transaction after the other, while more are taken.
 
     Faust's per-record work (taking records) and the SQL transaction overlap: while one batch is applied, what
     arrives meanwhile is gathered, and applied next as one batch. Under load batches grow (fewer transactions,
     less fixed cost per event); when idle, a record waits only for the take window. ``add`` waits while
     ``max_events`` events are already gathered, so memory stays bounded.
+
+    The apply process is the worker's bottleneck, so it is never kept waiting for bookkeeping: once a batch is
+    applied, the next one is submitted first, and only then is the applied one finished (``finish``: metrics,
+    outputs queued for publishing) and acknowledged, while the next one applies. Batches are finished and
+    acknowledged in the order they were applied, and never before they committed.
     """
 
-    def __init__(self, apply: Callable[[list[InRecord]], Awaitable[bool]], max_events: int) -> None:
+    def __init__(
+        self,
+        apply: Callable[[list[InRecord]], Awaitable[Done | None]],
+        finish: Callable[[Done], Awaitable[None]],
+        max_events: int,
+    ) -> None:
         self._apply = apply
+        self._finish = finish
         self._max_events = max_events
         self._records: list[InRecord] = []
         self._events = 0
@@ -339,7 +362,11 @@ class BatchFeeder:
         self._draining: asyncio.Future[None] | None = None
 
     async def add(self, records: list[InRecord], ack: Callable[[], Awaitable[None]]) -> None:
-        """Gather ``records``; ``ack`` runs once they are committed (``apply`` returns False if it could not)."""
+        """Gather ``records``; ``ack`` runs once they are committed and finished.
+
+        ``apply`` returns None when it could not apply a batch (the worker is stopping): that batch is neither
+        finished nor acknowledged, and nothing after it is applied.
+        """
         # Bounded by events, not records: an envelope holds a hundred.
         while self._events >= self._max_events:
             self._room.clear()
@@ -351,14 +378,30 @@ class BatchFeeder:
             self._draining = asyncio.ensure_future(self._drain())
 
     async def _drain(self) -> None:
-        while self._records:
+        applied: tuple[Done, list[Callable[[], Awaitable[None]]]] | None = None  # committed, not yet finished
+        while True:
+            if not self._records:
+                if applied is None:
+                    return
+                await self._complete(*applied)
+                applied = None
+                continue  # records may have arrived meanwhile
             records, acks = self._records, self._acks
             self._records, self._acks, self._events = [], [], 0
             self._room.set()
-            if not await self._apply(records):
+            applying = asyncio.ensure_future(self._apply(records))
+            if applied is not None:
+                await asyncio.sleep(0)  # the apply task submits its batch before this one is finished
+                await self._complete(*applied)
+            done = await applying
+            if done is None:
                 return  # the worker is stopping; nothing of this batch is acknowledged
-            for ack in acks:
-                await ack()
+            applied = (done, acks)
+
+    async def _complete(self, done: Done, acks: list[Callable[[], Awaitable[None]]]) -> None:
+        await self._finish(done)
+        for ack in acks:
+            await ack()
 
 
 def events_in(record: InRecord) -> int:

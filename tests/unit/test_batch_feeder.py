@@ -1,4 +1,8 @@
-"""The worker's batch feeder: batches apply one after the other, in order, and what arrives meanwhile is gathered."""
+"""The worker's batch feeder: batches apply one after the other, in order, and what arrives meanwhile is gathered.
+
+Each applied batch is finished (metrics, outputs) and acknowledged after the next one was submitted, in the
+order the batches were applied.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,8 @@ def records(*offsets: int) -> list[InRecord]:
     return [InRecord("t", 0, offset, b"{}") for offset in offsets]
 
 
-async def nothing() -> None:
-    """An acknowledgement that does nothing."""
+async def nothing(*_: object) -> None:
+    """An acknowledgement (or a finish) that does nothing."""
 
 
 def test_records_taken_while_a_batch_applies_are_applied_next_as_one_batch() -> None:
@@ -21,11 +25,11 @@ def test_records_taken_while_a_batch_applies_are_applied_next_as_one_batch() -> 
     acked: list[int] = []
     release = asyncio.Event()
 
-    async def apply(batch: list[InRecord]) -> bool:
+    async def apply(batch: list[InRecord]) -> list[int]:
         applied.append([r.offset for r in batch])
         if len(applied) == 1:
             await release.wait()  # the first transaction is slow
-        return True
+        return applied[-1]
 
     def ack(n: int):
         async def done() -> None:
@@ -34,7 +38,7 @@ def test_records_taken_while_a_batch_applies_are_applied_next_as_one_batch() -> 
         return done
 
     async def run() -> None:
-        feeder = BatchFeeder(apply, max_events=100)
+        feeder = BatchFeeder(apply, nothing, max_events=100)
         await feeder.add(records(0, 1), ack(1))
         await asyncio.sleep(0)
         await feeder.add(records(2), ack(2))
@@ -52,14 +56,14 @@ def test_records_taken_while_a_batch_applies_are_applied_next_as_one_batch() -> 
 def test_a_batch_that_cannot_be_applied_is_never_acknowledged() -> None:
     acked: list[int] = []
 
-    async def apply(batch: list[InRecord]) -> bool:
-        return False
+    async def apply(batch: list[InRecord]) -> None:
+        return None  # could not apply: the worker is stopping
 
     async def ack() -> None:
         acked.append(1)
 
     async def run() -> None:
-        feeder = BatchFeeder(apply, max_events=10)
+        feeder = BatchFeeder(apply, nothing, max_events=10)
         await feeder.add(records(0), ack)
         await asyncio.sleep(0.05)
 
@@ -71,13 +75,13 @@ def test_adding_waits_while_a_full_batch_is_gathered() -> None:
     release = asyncio.Event()
     order: list[str] = []
 
-    async def apply(batch: list[InRecord]) -> bool:
+    async def apply(batch: list[InRecord]) -> int:
         order.append(f"apply {len(batch)}")
         await release.wait()
-        return True
+        return len(batch)
 
     async def run() -> None:
-        feeder = BatchFeeder(apply, max_events=2)
+        feeder = BatchFeeder(apply, nothing, max_events=2)
         await feeder.add(records(0), nothing)  # applying: waits on release
         await asyncio.sleep(0)
         await feeder.add(records(1, 2), nothing)  # gathered: 2 records, the limit
@@ -96,12 +100,12 @@ def test_envelopes_count_by_their_events() -> None:
     release = asyncio.Event()
     envelope = [InRecord("t", 0, 1, b'[{"event_id":"a"},{"event_id":"b"},{"event_id":"c"}]')]
 
-    async def apply(batch: list[InRecord]) -> bool:
+    async def apply(batch: list[InRecord]) -> int:
         await release.wait()
-        return True
+        return len(batch)
 
     async def run() -> None:
-        feeder = BatchFeeder(apply, max_events=3)
+        feeder = BatchFeeder(apply, nothing, max_events=3)
         await feeder.add(records(0), nothing)  # applying
         await asyncio.sleep(0)
         await feeder.add(envelope, nothing)  # one record, three events: the limit
@@ -112,3 +116,71 @@ def test_envelopes_count_by_their_events() -> None:
         await asyncio.wait_for(blocked, 1)
 
     asyncio.run(run())
+
+
+def test_the_next_batch_is_submitted_before_the_last_one_is_finished_and_acknowledged() -> None:
+    """The apply process never waits for bookkeeping; finishing and acknowledging keep the commit order."""
+    log: list[str] = []
+    release_first = asyncio.Event()
+    second_submitted = asyncio.Event()
+    release_second = asyncio.Event()
+
+    async def apply(batch: list[InRecord]) -> int:
+        first = batch[0].offset
+        log.append(f"apply {first}")
+        if first == 0:
+            await release_first.wait()
+        else:
+            second_submitted.set()
+            await release_second.wait()
+        return first
+
+    async def finish(first: int) -> None:
+        if first == 0:
+            # The second batch must be on its way before the first one's outputs and acknowledgements.
+            await asyncio.wait_for(second_submitted.wait(), 1)
+        log.append(f"finish {first}")
+
+    def ack(first: int):
+        async def done() -> None:
+            log.append(f"ack {first}")
+
+        return done
+
+    async def until(entry: str) -> None:
+        while entry not in log:
+            await asyncio.sleep(0.01)
+
+    async def run() -> None:
+        feeder = BatchFeeder(apply, finish, max_events=100)
+        await feeder.add(records(0, 1), ack(0))
+        await asyncio.sleep(0.01)  # the first batch is applying
+        await feeder.add(records(2), ack(2))  # gathered meanwhile
+        release_first.set()
+        await asyncio.wait_for(until("ack 0"), 2)
+        assert "finish 2" not in log, "a batch is finished only once applied"
+        release_second.set()
+        await asyncio.wait_for(until("ack 2"), 2)
+
+    asyncio.run(run())
+    assert log == ["apply 0", "apply 2", "finish 0", "ack 0", "finish 2", "ack 2"]
+
+
+def test_a_batch_applied_last_is_finished_even_when_nothing_follows() -> None:
+    finished: list[int] = []
+
+    async def apply(batch: list[InRecord]) -> int:
+        return batch[0].offset
+
+    async def finish(first: int) -> None:
+        finished.append(first)
+
+    async def run() -> None:
+        feeder = BatchFeeder(apply, finish, max_events=100)
+        await feeder.add(records(5), nothing)
+        await asyncio.sleep(0.05)
+        await feeder.add(records(6), nothing)  # after the feeder went idle
+        await asyncio.sleep(0.05)
+
+    asyncio.run(run())
+    assert finished == [5, 6]
