@@ -106,6 +106,29 @@ def cpu_seconds(pid: int | None, *, children: bool = False) -> float:
         return 0.0
 
 
+def tree_cpu_seconds(pid: int | None) -> float:
+    """CPU time of process ``pid`` and of every child it has had, reaped ones included; 0 if gone.
+
+    For a server that forks a process per connection (PostgreSQL): connections that ended during a run are
+    in the parent's children times, live ones are read one by one.
+    """
+    if pid is None:
+        return 0.0
+    try:
+        root = psutil.Process(pid)
+        own = root.cpu_times()
+        total = own.user + own.system + own.children_user + own.children_system
+        for child in root.children(recursive=True):
+            try:
+                times = child.cpu_times()
+            except (psutil.NoSuchProcess, psutil.ZombieProcess):
+                continue  # ended between the listing and the reading: its time is in the parent's children times
+            total += times.user + times.system
+        return total
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return 0.0
+
+
 class RssSampler:
     """Polls the resident memory of named processes every 0.5 s and keeps each one's peak per window.
 
@@ -192,6 +215,25 @@ class PostgresServer:
         """The server's version string (raises when the server cannot be reached)."""
         with self._engine.connect() as conn:
             return str(conn.execute(text("SHOW server_version")).scalar_one())
+
+    def local_pid(self) -> int | None:
+        """The server's main process when it runs on this machine (its CPU is then reported), else None.
+
+        Found as the parent of the backend serving the admin connection; a server on another host has no
+        process here, and a pid that happens to exist locally is rejected unless it is a local ``postgres``.
+        """
+        host = make_url(self.admin_url).host
+        if host not in (None, "", "localhost", "127.0.0.1", "::1"):
+            return None
+        with self._engine.connect() as conn:
+            backend = int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+        try:
+            parent = psutil.Process(backend).parent()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return None
+        if parent is None or not parent.name().startswith("postgres"):
+            return None
+        return parent.pid
 
     @contextmanager
     def database(self) -> Iterator[str]:
