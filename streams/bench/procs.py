@@ -106,27 +106,32 @@ def cpu_seconds(pid: int | None, *, children: bool = False) -> float:
         return 0.0
 
 
-def tree_cpu_seconds(pid: int | None) -> float:
-    """CPU time of process ``pid`` and of every child it has had, reaped ones included; 0 if gone.
+def tree_cpu_seconds(pid: int | None) -> float | None:
+    """CPU time of process ``pid`` and of every descendant it has had, reaped ones included; None if unreadable.
 
-    For a server that forks a process per connection (PostgreSQL): connections that ended during a run are
-    in the parent's children times, live ones are read one by one.
+    For a server that forks a process per connection (PostgreSQL): connections that ended are in the parent's
+    children times, live ones are read one by one. A child reaped while the tree is read would be missed or
+    counted twice, so the tree is read again until the parent's children times stand still.
     """
     if pid is None:
-        return 0.0
+        return None
     try:
         root = psutil.Process(pid)
-        own = root.cpu_times()
-        total = own.user + own.system + own.children_user + own.children_system
-        for child in root.children(recursive=True):
-            try:
-                times = child.cpu_times()
-            except (psutil.NoSuchProcess, psutil.ZombieProcess):
-                continue  # ended between the listing and the reading: its time is in the parent's children times
-            total += times.user + times.system
-        return total
+        for _attempt in range(5):
+            before = root.cpu_times()
+            total = before.user + before.system + before.children_user + before.children_system
+            for child in root.children(recursive=True):
+                try:
+                    times = child.cpu_times()
+                except (psutil.NoSuchProcess, psutil.ZombieProcess):
+                    continue
+                total += times.user + times.system
+            after = root.cpu_times()
+            if (after.children_user, after.children_system) == (before.children_user, before.children_system):
+                return total
+        return None
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return 0.0
+        return None
 
 
 class RssSampler:
@@ -219,19 +224,24 @@ class PostgresServer:
     def local_pid(self) -> int | None:
         """The server's main process when it runs on this machine (its CPU is then reported), else None.
 
-        Found as the parent of the backend serving the admin connection; a server on another host has no
-        process here, and a pid that happens to exist locally is rejected unless it is a local ``postgres``.
+        Found as the parent of the backend serving the admin connection. A server on another host, or in a
+        container (whose pids are another namespace's), has no process here: a local process is only taken
+        when it is a ``postgres`` started when the server says it started.
         """
-        host = make_url(self.admin_url).host
-        if host not in (None, "", "localhost", "127.0.0.1", "::1"):
+        url = make_url(self.admin_url)
+        socket_dir = url.query.get("host")
+        host = socket_dir if isinstance(socket_dir, str) else url.host
+        if host and not host.startswith("/") and host not in ("localhost", "127.0.0.1", "::1"):
             return None
         with self._engine.connect() as conn:
-            backend = int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+            backend, started = conn.execute(text("SELECT pg_backend_pid(), pg_postmaster_start_time()")).one()
         try:
-            parent = psutil.Process(backend).parent()
+            parent = psutil.Process(int(backend)).parent()
+            if parent is None or not parent.name().startswith("postgres"):
+                return None
+            if abs(parent.create_time() - started.timestamp()) > 5:
+                return None
         except (psutil.NoSuchProcess, psutil.AccessDenied):
-            return None
-        if parent is None or not parent.name().startswith("postgres"):
             return None
         return parent.pid
 

@@ -407,8 +407,8 @@ def _cpu_section(results: dict[str, Any]) -> list[str]:
         "CPU time (user + system) each process used, divided by the input events. Pipelines: from the workers' "
         "start to done (start-up included); baselines: the child's own over its measured span, the broker's over "
         f"the child's life. *ceiling*: {nproc} CPUs ÷ the total, the rate no scheduling can pass with this much "
-        "CPU per event. *postgres*: the PostgreSQL server's processes, all its databases (counted when the "
-        "server runs on this machine).",
+        "CPU per event. *postgres*: the PostgreSQL server's processes, all its databases, counted when the "
+        "server runs on this machine; a run without it leaves the server's CPU out, and its ceiling is too high.",
         "",
         "| configuration | per process, µs per event | total µs | ceiling events/s | measured events/s |",
         "|---|---|---:|---:|---:|",

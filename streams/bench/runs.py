@@ -492,9 +492,10 @@ def run_pipeline(ctx: BenchContext, config: PipelineConfig, published: wl.Publis
         cpu_split = _cpu_by_process(workers)
         if ctx.broker_pid is not None:
             cpu_split["broker"] = round(cpu_seconds(ctx.broker_pid) - broker_before, 1)
-        if server_pid is not None:
+        server_after = tree_cpu_seconds(server_pid)
+        if server_before is not None and server_after is not None:
             # Every database on the server counts, the benchmark's own polling included: a small overstatement.
-            cpu_split["postgres"] = round(tree_cpu_seconds(server_pid) - server_before, 1)
+            cpu_split["postgres"] = round(server_after - server_before, 1)
         commits, rows = sql_figures(engine)
         counters = scrape_counters(workers)
         ctx.sampler.sample_now()

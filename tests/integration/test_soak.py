@@ -7,6 +7,7 @@ Both processes of the worker are watched: the Faust process and the apply proces
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from pathlib import Path
@@ -37,11 +38,13 @@ def anon_mb(pid: int) -> float:
     raise AssertionError(f"no RssAnon for {pid}")
 
 
-def apply_pid(worker_pid: int) -> int:
-    """The worker's apply process: its largest child (multiprocessing may also start a small resource tracker)."""
-    children = psutil.Process(worker_pid).children(recursive=True)
-    assert children, "the worker has no apply process"
-    return max(children, key=lambda c: c.memory_info().rss).pid
+def apply_pid(worker_pid: int) -> int | None:
+    """The worker's apply process once it runs: the pool worker multiprocessing spawned, not its resource tracker."""
+    for child in psutil.Process(worker_pid).children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if "spawn_main" in " ".join(child.cmdline()):
+                return child.pid
+    return None
 
 
 def flat_after_warm_up(name: str, samples: list[float]) -> None:
@@ -60,25 +63,35 @@ def test_a_million_events_keep_the_worker_memory_flat(kafka_url, topic_prefix, s
     ends = end_offsets(kafka_url, Topics(topic_prefix).channels)
     engine = make_engine(sqlite_url)
     worker = workers.start(env)
-    samples: list[tuple[float, float]] = []
+    samples: dict[str, list[float]] = {"Faust process": [], "apply process": []}
+    failures: list[BaseException] = []
     done = threading.Event()
 
     def sample() -> None:
         applier: int | None = None
-        while not done.is_set():
-            if applier is None:
-                wait_until(lambda: bool(psutil.Process(worker.proc.pid).children()), 60, "the apply process")
-                applier = apply_pid(worker.proc.pid)
-            samples.append((anon_mb(worker.proc.pid), anon_mb(applier)))
-            time.sleep(1.0)
+        try:
+            while not done.is_set():
+                samples["Faust process"].append(anon_mb(worker.proc.pid))
+                applier = applier or apply_pid(worker.proc.pid)  # started with the first batch
+                if applier is not None:
+                    samples["apply process"].append(anon_mb(applier))
+                time.sleep(1.0)
+        except BaseException as exc:  # re-raised by the test: a dead sampler must not pass for a flat run
+            failures.append(exc)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
-        wait_until(lambda: caught_up(engine, env["CXSTREAM_APP_ID"], ends), 3600, "the worker to apply everything")
+        wait_until(
+            lambda: bool(failures) or caught_up(engine, env["CXSTREAM_APP_ID"], ends),
+            3600,
+            "the worker to apply everything",
+        )
     finally:
         done.set()
         sampler.join()
-    assert len(samples) > 60, "the run was too short to say anything about memory"
-    flat_after_warm_up("Faust process", [faust for faust, _ in samples])
-    flat_after_warm_up("apply process", [applied for _, applied in samples])
+    if failures:
+        raise failures[0]
+    for name, series in samples.items():
+        assert len(series) > 60, f"the run was too short to say anything about the {name}'s memory"
+        flat_after_warm_up(name, series)
