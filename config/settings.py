@@ -39,15 +39,6 @@ class Settings(BaseSettings):
         "sqlite:///cxstream.db",
         description="SQLAlchemy URL of the results database: sqlite:///FILE or postgresql+psycopg://user@host/db.",
     )
-    sqlite_mmap_mb: int = Field(
-        1024,
-        ge=0,
-        description=(
-            "MiB of a SQLite results file the worker reads through a memory map (PRAGMA mmap_size; 0: off). "
-            "Each batch reads pages all over the file, each read a system call without it; mapped pages are "
-            "the OS's file cache, counted in the worker's RSS but dropped under memory pressure."
-        ),
-    )
     topic_prefix: str = Field("cx.", description="Prefix of every topic name.")
     partitions: int = Field(4, ge=1, le=1024, description="Partitions of the topics cxstream creates.")
     replication_factor: int = Field(1, ge=1, description="Replication factor of the topics cxstream creates.")

@@ -20,13 +20,12 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str, *, writer: bool = False, sqlite_mmap_mb: int = 0) -> Engine:
+def make_engine(url: str, *, writer: bool = False) -> Engine:
     """Create an engine tuned for batched writes: WAL for SQLite, pre-ping for PostgreSQL.
 
     A ``writer`` engine (the worker's) starts every SQLite transaction with BEGIN IMMEDIATE: a batch reads
     state and writes it back, and two workers must not both read before either writes (on PostgreSQL the
-    batch takes an advisory lock instead, see SqlStore.lock_group). ``sqlite_mmap_mb`` maps that much of a
-    SQLite file into memory (``PRAGMA mmap_size``; settings.sqlite_mmap_mb says why).
+    batch takes an advisory lock instead, see SqlStore.lock_group).
     """
     url = normalise_url(url)
     # orjson for the JSON columns (customer state, metric counters): several times faster than json.
@@ -42,8 +41,6 @@ def make_engine(url: str, *, writer: bool = False, sqlite_mmap_mb: int = 0) -> E
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
-            if sqlite_mmap_mb:
-                cur.execute(f"PRAGMA mmap_size={int(sqlite_mmap_mb) * 1024 * 1024}")
             if checkpointer is not None:
                 cur.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer's thread does it
             cur.close()

@@ -144,9 +144,7 @@ def _start(settings: Settings, parent: int, loglevel: str) -> None:
     )
     # Ctrl-C in a terminal reaches the whole process group: the parent decides when this process stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _processor = BatchProcessor(
-        settings, SqlStore(make_engine(settings.database_url, writer=True, sqlite_mmap_mb=settings.sqlite_mmap_mb))
-    )
+    _processor = BatchProcessor(settings, SqlStore(make_engine(settings.database_url, writer=True)))
     tune_collector()
 
 

@@ -29,8 +29,8 @@ SIMULATION = ("--customers", "95000", "--days", "30", "--seed", "21", "--envelop
 def anon_mb(pid: int) -> float:
     """Anonymous resident memory of a process (Linux): its heap, not the file pages it maps.
 
-    The apply process maps the SQLite file (CXSTREAM_SQLITE_MMAP_MB), and those pages grow with the file; they
-    are the OS's cache, not the worker's state.
+    File-backed pages (libraries, anything mapped) are the OS's to share and reclaim; a leak of worker state
+    shows in the anonymous ones.
     """
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("RssAnon:"):
