@@ -345,8 +345,12 @@ def write_markdown(results: dict[str, Any], path: Path, png_name: str | None) ->
                 "",
                 f"CPU: the machine's {m['nproc']} CPUs were {one['machine_cpu_busy']:.0%} busy during the one-worker "
                 f"run and {two['machine_cpu_busy']:.0%} during the two-worker run (workers: {cpu} of a core each). "
-                "Two workers can only scale when there is a free core for the second one: here they share the "
-                "CPUs with PostgreSQL, the broker, the benchmark and whatever else runs on the machine.",
+                "Batches of one consumer group are applied one at a time, whichever worker holds them: each takes "
+                "the group's lock (an advisory lock on PostgreSQL) from reading state to commit, because two "
+                "batches may touch the same customer, and only decoding runs outside it. A worker's state cache "
+                "is also dropped whenever the other worker committed since its last batch (the commit sequence "
+                "moved), so each batch reads its customers back from the database. With CPUs to spare, the lock "
+                "and those reads are what limit two workers here, not the cores.",
             ]
     else:
         lines.append("Not measured in this run" + (f": {sc['why']}" if sc and sc.get("why") else "."))
