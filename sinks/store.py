@@ -199,6 +199,14 @@ class SqlStore:
             found.update(conn.execute(select(c.identifier, c.customer_id).where(c.identifier.in_(chunk))).all())
         return found
 
+    def load_applied(self, conn: Connection, event_ids: Iterable[str]) -> dict[str, str]:
+        """customer_id of each given event id that was applied (has a touchpoint row)."""
+        found: dict[str, str] = {}
+        c = t.touchpoints.c
+        for chunk in _chunks(sorted(event_ids)):
+            found.update(conn.execute(select(c.event_id, c.customer_id).where(c.event_id.in_(chunk))).all())
+        return found
+
     def load_customers(self, conn: Connection, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         """The stored per-customer state of each known customer."""
         found: dict[str, dict[str, Any]] = {}

@@ -215,7 +215,8 @@ class BatchProcessor:
         customers, missing = lookup(self.cache.customers, set(identities.values()))
         for customer_id, state in self.store.load_customers(conn, missing).items():
             customers[customer_id] = CustomerState.from_dict(state)
-        view = StateView(identities=identities, customers=customers)
+        applied = self.store.load_applied(conn, {event.event_id for event in report.events})
+        view = StateView(identities=identities, customers=customers, applied=applied)
         result = self.engine.apply(report.events, view, self.watermark, keys)
         report.result = result
         report.applied_at = datetime.now(UTC)
@@ -233,6 +234,10 @@ class BatchProcessor:
         for event in result.too_late:
             detail = f"occurred_at {event.occurred_at.isoformat()} is older than the allowed lateness"
             report.dead_letters.append(_dead(event.channel.value, "too_late", detail, event.model_dump_json().encode()))
+        for event, holder in result.conflicts:
+            detail = f"event_id {event.event_id} is already applied to customer {holder}, not to this record's"
+            dead = _dead(event.channel.value, "event_id_conflict", detail, event.model_dump_json().encode())
+            report.dead_letters.append(dead)
         for dead in report.dead_letters:
             report.outputs.add(self.topics.deadletter, dead.channel or "", dead.model_dump_json().encode())
         write.outbox = report.outbox = report.outputs.encode() if report.outputs.records else None

@@ -8,8 +8,10 @@ with its input offsets. The same engine over a full in-memory view is the test o
 Per event, in arrival order:
 
 1. its keys (``identity``): blocked values dropped and counted, PII hashed when configured;
-2. a duplicate (its event id is in the dedupe set of a customer one of its keys points to) changes
-   nothing and emits nothing;
+2. a duplicate (its event id is in the dedupe set of a customer one of its keys points to, or was applied
+   to such a customer) changes nothing and emits nothing; an event whose id was applied to another customer
+   is returned as a ``conflict``: the id is the idempotency key, so a second record claiming it is rejected,
+   not applied beside the first;
 3. an event older than the watermark minus ``allowed_lateness_s`` is returned as ``too_late``;
    otherwise the watermark (the greatest event time accepted) moves up to it;
 4. an event with no usable key (nor anonymous source identity) is returned as ``unattributed``;
@@ -54,6 +56,9 @@ class StateView:
     identities: dict[str, str] = field(default_factory=dict)
     #: Customer id -> state, for every customer those keys point to.
     customers: dict[str, CustomerState] = field(default_factory=dict)
+    #: Event id -> customer id, for the batch's event ids applied before (dedupe sets forget old ids; this
+    #: is the durable record: the worker reads it from the touchpoints table).
+    applied: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -78,6 +83,8 @@ class BatchResult:
     profiles: list[CustomerProfile] = field(default_factory=list)
     #: Events older than the watermark minus the allowed lateness: dead-letter them as ``too_late``.
     too_late: list[TouchpointEvent] = field(default_factory=list)
+    #: Events whose id was already applied to another customer, with that customer's id: dead-letter them.
+    conflicts: list[tuple[TouchpointEvent, str]] = field(default_factory=list)
     #: Events with no usable identifier: counted, not an error.
     unattributed: list[TouchpointEvent] = field(default_factory=list)
     #: Event id -> keys it carried that were not linked because of a per-type limit.
@@ -172,6 +179,13 @@ class _Batch:
             if owner is not None and event.event_id in self._state(owner).seen:
                 result.duplicates += 1
                 return
+        holder = self._holder(event.event_id)
+        if holder is not None:
+            if any(identities.get(key) == holder for key in keys):
+                result.duplicates += 1  # applied before the dedupe set's horizon
+            else:
+                result.conflicts.append((event, holder))
+            return
         t = event.occurred_at.timestamp()
         if self.watermark is not None and t < self.watermark - self.policy.allowed_lateness_s:
             result.too_late.append(event)
@@ -188,6 +202,17 @@ class _Batch:
         state.add(row, event, self.policy)
         self.dirty[event.event_id] = (row, state, None)
         self.touched.add(state)
+
+    def _holder(self, event_id: str) -> str | None:
+        """The id of the customer the event id was applied to, in this batch or before (None if it was not)."""
+        held = self.dirty.get(event_id)
+        if held is not None:
+            return _final(held[1]).customer_id
+        customer_id = self.view.applied.get(event_id)
+        if customer_id is None:
+            return None
+        merged = self.removed.get(customer_id)
+        return customer_id if merged is None else _final(merged).customer_id
 
     def _candidate(self, state: CustomerState, row: Row) -> None:
         """Remember a row whose derived fields may change, with their value before the change."""

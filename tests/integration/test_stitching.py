@@ -9,6 +9,7 @@ import orjson
 from sqlalchemy import func, select
 
 from config.topics import Topics
+from schemas.deadletter import DeadLetter
 from schemas.touchpoint import IdentifierType
 from sinks import tables as t
 from sinks.database import make_engine
@@ -16,6 +17,7 @@ from sinks.queries import customer_timeline, resolve_customer
 from streams.domain.identity import customer_id_for
 from streams.simulate import PLACEHOLDER_EMAILS, ground_truth
 from tests.support.kafka import read_topic
+from tests.support.processes import wait_until
 from tests.support.results import consumed_events, prometheus_value, run_cli, wait_applied
 
 # The simulation is published in arrival order but read from 16 partitions: a generous lateness keeps
@@ -186,3 +188,46 @@ def test_merge_combines_both_histories_in_event_time_order(kafka_url, topic_pref
     assert [row["event_id"] for row in printed["touchpoints"]] == [eid for eid, _, _, _ in rows]
     times = [datetime.fromisoformat(row["occurred_at"]) for row in printed["touchpoints"]]
     assert times == sorted(times) and len(times) == 7
+
+
+def test_a_record_reusing_an_applied_event_id_for_someone_else_is_dead_lettered(
+    kafka_url, topic_prefix, sqlite_url, workers, tmp_path
+) -> None:
+    # A phone call's event id is derived from its call id: a source that reuses call ids (or a third-party
+    # producer with colliding ids) sends another person's call under an id already applied. Applying it too
+    # would count it in the metrics while its touchpoint row overwrote the first one's.
+    def call(phone: str, at: str) -> dict:
+        return {"call_id": "C-1", "occurred_at": f"2024-05-01T{at}:00Z", "phone": phone, "direction": "inbound",
+                "queue": "billing", "duration_seconds": 60, "reason": "billing_query", "resolved": True}  # fmt: skip
+
+    env = workers.env(sqlite_url, topic_prefix)
+    group = env["CXSTREAM_APP_ID"]
+    # Whichever record is applied first holds the id; records published together may be read in either order
+    # (they are keyed by phone number), so the impostors come once the first is committed.
+    first, impostors = "+447700900101", ["+447700900102", "+447700900103"]
+    run_cli(env, "publish", "--channel", "phone", str(_jsonl(tmp_path / "first.jsonl", [call(first, "09:00")])))
+    worker = workers.start(env)
+    engine = make_engine(sqlite_url)
+    wait_applied(engine, kafka_url, topic_prefix, group)
+    calls = [call(phone, f"09:0{n}") for n, phone in enumerate(impostors, 5)]
+    run_cli(env, "publish", "--channel", "phone", str(_jsonl(tmp_path / "impostors.jsonl", calls)))
+    wait_applied(engine, kafka_url, topic_prefix, group)
+
+    owner = customer_id_for(f"phone:{first}")
+    with engine.connect() as conn:
+        touchpoints = conn.execute(select(t.touchpoints.c.event_id, t.touchpoints.c.customer_id)).all()
+        customers = set(conn.execute(select(t.customers.c.customer_id)).scalars())
+        contacts = conn.scalar(select(func.sum(t.customers.c.contacts)))
+    assert [cid for _, cid in touchpoints] == [owner]
+    assert customers == {owner}
+    assert contacts == 1
+
+    dead = [DeadLetter.model_validate_json(v) for _, v in read_topic(kafka_url, Topics(topic_prefix).deadletter)]
+    assert [(d.reason, d.stage, d.channel) for d in dead] == [("event_id_conflict", "worker", "phone")] * 2
+    assert sorted(orjson.loads(d.original())["identifiers"]["phone"] for d in dead) == impostors
+    assert all(owner in d.detail for d in dead)
+    wait_until(
+        lambda: prometheus_value(worker.metrics_text(), "cxstream_dead_letters_total", reason="event_id_conflict") == 2,
+        30,
+        "the dead letters to be counted",
+    )

@@ -120,6 +120,7 @@ def run_like_worker(engine: StitchEngine, arrived: list, rng: random.Random) -> 
     """Apply ``arrived`` in random batches the way the worker does: load a partial view, write back."""
     identities: dict[str, str] = {}
     states: dict[str, str] = {}
+    applied: dict[str, str] = {}  # the touchpoints table: event id -> customer id
     results = []
     watermark = None
     i = 0
@@ -132,6 +133,7 @@ def run_like_worker(engine: StitchEngine, arrived: list, rng: random.Random) -> 
         view.customers = {
             cid: CustomerState.from_dict(json.loads(states[cid])) for cid in set(view.identities.values())
         }
+        view.applied = {e.event_id: applied[e.event_id] for e in batch if e.event_id in applied}
         result = engine.apply(batch, view, watermark)
         watermark = result.watermark
         assert not result.too_late
@@ -140,6 +142,10 @@ def run_like_worker(engine: StitchEngine, arrived: list, rng: random.Random) -> 
             del states[removed]
         for changed in result.changed:
             states[changed] = json.dumps(view.customers[changed].to_dict())
+        # As the SQL write does: merges re-point the touchpoints, then the entries are upserted.
+        survivors = {merge.merged_id: merge.survivor_id for merge in result.merges}
+        applied = {eid: survivors.get(cid, cid) for eid, cid in applied.items()}
+        applied.update((entry.event_id, entry.customer_id) for entry in result.entries)
         # The upserts already re-point every key of a merged customer: the worker's UPDATE is a no-op.
         assert not set(identities.values()) & set(result.removed)
         results.append(result)
@@ -175,21 +181,38 @@ def components(events: list, engine: StitchEngine) -> dict[str, list[str]]:
 LOOSE = Settings(allowed_lateness_s=400 * DAY, dedupe_horizon_s=500 * DAY, timeline_limit=1000)
 
 
+def impostors(events: list, rng: random.Random) -> list:
+    """Records reusing an applied event id under identifiers of someone else (another person or a new one)."""
+    people = {event.event_id: int(event.source.id.split("-")[0]) for event in events}
+    copies = []
+    for event in events:
+        if rng.random() < 0.1:
+            other = rng.choice([p for p in [*people.values(), max(people.values()) + 1] if p != people[event.event_id]])
+            ids = {kind: identifier_value(kind, other) for kind in event.identifiers}
+            copies.append(event.model_copy(update={"identifiers": ids}))
+    return copies
+
+
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(events=histories(), seed=st.integers(0, 2**32))
 def test_any_arrival_order_and_batching_ends_where_the_oracle_does(events: list, seed: int) -> None:
     rng = random.Random(seed)
     engine = StitchEngine(LOOSE)
-    arrived = deliveries(events, rng)
+    # Impostors arrive after the records whose ids they reuse: whichever arrives first holds the id.
+    copies = impostors(events, rng)
+    arrived = deliveries(events, rng) + copies
     identities, states, results = run_like_worker(engine, arrived, rng)
     oracle = replay(events, LOOSE)
+
+    assert sorted(event.event_id for r in results for event, _ in r.conflicts) == sorted(e.event_id for e in copies)
+    assert all(holder == oracle.entries[event.event_id].customer_id for r in results for event, holder in r.conflicts)
 
     assert identities == oracle.identities
     assert states == {cid: state.to_dict() for cid, state in oracle.customers.items()}
     expected = components(events, engine)
     assert {cid: [row[EVENT_ID] for row in s["timeline"]] for cid, s in states.items()} == expected
     assert oracle.timelines == expected
-    assert sum(r.duplicates for r in results) == len(arrived) - len(events)
+    assert sum(r.duplicates for r in results) == len(arrived) - len(events) - len(copies)
     # Every entry's last published version is what the final state says (revisions are complete).
     assert final_entries(results) == oracle.entries
     profiles = {p.customer_id: p for r in results for p in r.profiles if p.merged_into is None}
