@@ -117,9 +117,11 @@ def test_a_killed_worker_leaves_no_writer_behind(kafka_url, topic_prefix, tmp_pa
     path = tmp_path / "cx.db"
     env = workers.env(f"sqlite:///{path}", topic_prefix)
     worker = workers.start(env)
-    parent = psutil.Process(worker.proc.pid)
-    wait_until(lambda: parent.children(recursive=True), 60, "the worker to start its apply process")
-    children = parent.children(recursive=True)
+    # Taken once the apply process runs (the worker starts it when its partitions are assigned): before that,
+    # the only child is multiprocessing's resource tracker, and watching it alone would prove nothing.
+    wait_until(lambda: worker.apply_pid() is not None, 60, "the worker to start its apply process")
+    children = psutil.Process(worker.proc.pid).children(recursive=True)
+    assert worker.apply_pid() in [child.pid for child in children]
     with batch_waiting_for_the_write_lock(
         path, worker, lambda: run_cli(env, "simulate", "--customers", "50", "--days", "2", "--seed", "5")
     ):

@@ -7,12 +7,10 @@ Both processes of the worker are watched: the Faust process and the apply proces
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from config.topics import Topics
@@ -36,15 +34,6 @@ def anon_mb(pid: int) -> float:
         if line.startswith("RssAnon:"):
             return int(line.split()[1]) / 1024
     raise AssertionError(f"no RssAnon for {pid}")
-
-
-def apply_pid(worker_pid: int) -> int | None:
-    """The worker's apply process once it runs: the pool worker multiprocessing spawned, not its resource tracker."""
-    for child in psutil.Process(worker_pid).children(recursive=True):
-        with contextlib.suppress(psutil.NoSuchProcess):
-            if "spawn_main" in " ".join(child.cmdline()):
-                return child.pid
-    return None
 
 
 def flat_after_warm_up(name: str, samples: list[float]) -> None:
@@ -72,7 +61,7 @@ def test_a_million_events_keep_the_worker_memory_flat(kafka_url, topic_prefix, s
         try:
             while not done.is_set():
                 samples["Faust process"].append(anon_mb(worker.proc.pid))
-                applier = applier or apply_pid(worker.proc.pid)  # started with the first batch
+                applier = applier or worker.apply_pid()  # started once partitions are assigned
                 if applier is not None:
                     samples["apply process"].append(anon_mb(applier))
                 time.sleep(1.0)

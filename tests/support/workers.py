@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
+
+import psutil
 
 from tests.support.processes import free_port, wait_until
 
@@ -44,6 +47,15 @@ class WorkerProcess:
     def log(self) -> str:
         """What the worker printed so far."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def apply_pid(self) -> int | None:
+        """The worker's apply process once it runs: the pool worker multiprocessing spawned, not its resource
+        tracker (which starts first)."""
+        for child in psutil.Process(self.proc.pid).children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if "spawn_main" in " ".join(child.cmdline()):
+                    return child.pid
+        return None
 
     def kill(self) -> None:
         """SIGKILL: the crash the guarantees are about."""
