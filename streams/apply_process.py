@@ -32,7 +32,6 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from config.settings import Settings
 from sinks.database import make_engine
 from sinks.store import SqlStore
-from streams.downstream import Outputs
 from streams.pipeline import BatchProcessor, BatchReport, InRecord
 
 T = TypeVar("T")
@@ -76,10 +75,6 @@ class BatchSummary:
     #: Seconds from each new entry's ``received_at`` to the batch's apply and commit.
     processing_s: list[float] = field(default_factory=list)
     end_to_end_s: list[float] = field(default_factory=list)
-
-    def outputs(self) -> Outputs:
-        """The records to publish (decoded from the outbox payload)."""
-        return Outputs.decode(self.outbox) if self.outbox is not None else Outputs()
 
     @classmethod
     def of(cls, report: BatchReport, applied: dict[tuple[str, int], int]) -> BatchSummary:

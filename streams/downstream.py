@@ -18,7 +18,7 @@ import logging
 import struct
 import zlib
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -70,17 +70,29 @@ class Outputs:
         head = orjson.dumps(list(index))
         return _MAGIC + zlib.compress(b"".join((_LENGTH.pack(len(head)), head, *parts)), 1)
 
-    @staticmethod
-    def decode(payload: bytes) -> Outputs:
-        """Read an outbox row back."""
-        if not payload.startswith(_MAGIC):
+
+@dataclass(frozen=True, slots=True)
+class OutboxPayload:
+    """A committed batch's outputs as its outbox row holds them (``Outputs.encode``), read as they are sent.
+
+    The worker keeps queued batches in this compressed form (about a fifth of their decoded size) and decodes
+    a batch only while sending it: decoded up front, the queued batches' records were 75-100 MB of the Faust
+    process's heap at its peak (memray, 20,000 and 50,000 simulated customers).
+    """
+
+    data: bytes
+
+    def __post_init__(self) -> None:
+        if not self.data.startswith(_MAGIC):
             raise ValueError("not an outbox payload of this version")
-        payload = zlib.decompress(payload[len(_MAGIC) :])
+
+    def records(self) -> Iterator[tuple[str, bytes, bytes, bytes]]:
+        """The (topic, key, value, route) records, in order; only one decompressed copy exists meanwhile."""
+        payload = zlib.decompress(self.data[len(_MAGIC) :])
         (size,) = _LENGTH.unpack_from(payload)
         start = _LENGTH.size
         topics = orjson.loads(payload[start : start + size])
         pos, end = start + size, len(payload)
-        records = []
         while pos < end:
             i, klen, vlen = _FRAME.unpack_from(payload, pos)
             pos += _FRAME.size
@@ -88,9 +100,8 @@ class Outputs:
             pos += klen + vlen
             (rlen,) = _LENGTH.unpack_from(payload, pos)
             pos += _LENGTH.size
-            records.append((topics[i], key, value, payload[pos : pos + rlen]))
+            yield topics[i], key, value, payload[pos : pos + rlen]
             pos += rlen
-        return Outputs(records)
 
 
 class Partitioner:
@@ -153,14 +164,15 @@ class DownstreamProducer:
             count = self._partitions[topic] = len(partitions)
         return count
 
-    async def send(self, outputs: Outputs) -> Counter[str]:
-        """Send every record and wait until the broker acknowledged all of them; return the records per topic."""
+    async def send(self, records: Iterable[tuple[str, bytes, bytes, bytes]]) -> Counter[str]:
+        """Send (topic, key, value, route) records and wait until the broker acknowledged all of them; return the
+        records per topic."""
         producer, partition_of = self.producer, self._partition_of
         builders: dict[tuple[str, int], object] = {}
         futures: list[asyncio.Future[object]] = []
         sent: Counter[str] = Counter()
         counts: dict[str, int] = {}
-        for topic, key, value, route in outputs.records:
+        for topic, key, value, route in records:
             partitions = counts.get(topic)
             if partitions is None:
                 partitions = counts[topic] = await self._partition_count(topic)
@@ -204,8 +216,8 @@ class OutboxPublisher(Service):
         self._pending = pending
         self._delete = delete
         self._on_sent = on_sent
-        self._queue: asyncio.Queue[tuple[int, Outputs]] = asyncio.Queue(maxsize=max_queued)
-        self._backlog: list[tuple[int, Outputs]] = []
+        self._queue: asyncio.Queue[tuple[int, OutboxPayload]] = asyncio.Queue(maxsize=max_queued)
+        self._backlog: list[tuple[int, OutboxPayload]] = []
         self._acknowledged: list[int] = []
         self._deleting: asyncio.Future[None] | None = None
         self.ready = asyncio.Event()
@@ -213,14 +225,14 @@ class OutboxPublisher(Service):
     async def on_start(self) -> None:
         """Connect, then queue what a previous run left unpublished."""
         await self.producer.start()
-        self._backlog = [(row_id, Outputs.decode(payload)) for row_id, payload in await self._pending()]
+        self._backlog = [(row_id, OutboxPayload(payload)) for row_id, payload in await self._pending()]
         self.ready.set()
 
     async def on_stop(self) -> None:
         """Disconnect (what is not acknowledged stays in the outbox for the next run)."""
         await self.producer.stop()
 
-    async def put(self, row_id: int, outputs: Outputs) -> None:
+    async def put(self, row_id: int, outputs: OutboxPayload) -> None:
         """Queue a committed batch's outputs; waits while ``max_queued`` batches are unpublished."""
         await self._queue.put((row_id, outputs))
 
@@ -232,7 +244,7 @@ class OutboxPublisher(Service):
             delay = 0.2
             while True:
                 try:
-                    sent = await self.producer.send(outputs)
+                    sent = await self.producer.send(outputs.records())
                     break
                 except Exception as exc:  # the broker is away or refused: keep the row, try again
                     log.warning("downstream publish failed (%s); retrying in %.1fs", exc.__class__.__name__, delay)

@@ -34,7 +34,7 @@ from sinks.store import customers_count
 from streams import apply_process
 from streams.apply_process import ApplyProcess, BatchSummary, is_transient, tune_collector
 from streams.collector import SEGMENT_KINDS, Collector
-from streams.downstream import DownstreamProducer, OutboxPublisher
+from streams.downstream import DownstreamProducer, OutboxPayload, OutboxPublisher
 from streams.faust_app import App
 from streams.observability import Metrics
 from streams.pipeline import InRecord
@@ -101,6 +101,9 @@ class Worker:
             broker_max_poll_interval=s.broker_max_poll_interval,
             consumer_auto_offset_reset="earliest",
             producer_acks=-1,
+            # Faust counts its buffer in records whatever they hold: 4,096 by default, which with envelopes of a
+            # hundred events was ~125 MB of the worker's memory (the input waits in the topic just as well).
+            stream_buffer_maxsize=s.stream_buffer_records,
             broker_commit_every=1000,
             broker_commit_interval=1.0,
             # aiohttp's own cap (1 MiB by default) would otherwise override a larger collector limit, and answer
@@ -112,7 +115,9 @@ class Worker:
         @app.agent(inputs, name="cxstream.touchpoints")
         async def touchpoints(stream: faust.StreamT) -> None:
             # noack_take: offsets move only after our SQL commit, never because the batch was merely read.
-            async for events in stream.noack_take(s.batch_max_events, within=s.batch_max_wait):
+            # Takes are bounded in records too: the batches gather takes up to batch_max_events events, and a
+            # take of batch_max_events envelopes would hold a hundred times that.
+            async for events in stream.noack_take(s.stream_buffer_records, within=s.batch_max_wait):
                 await self.batches.add(
                     [InRecord(e.message.topic, e.message.partition, e.message.offset, e.value) for e in events],
                     functools.partial(self._ack, stream, events),
@@ -284,7 +289,8 @@ class Worker:
             )
             await self.app.consumer.seek(TP(topic, partition), offset)
         if summary.outbox_id is not None:
-            await self.publisher.put(summary.outbox_id, summary.outputs())
+            assert summary.outbox is not None, "an outbox row always has its payload"
+            await self.publisher.put(summary.outbox_id, OutboxPayload(summary.outbox))
 
     async def _pending_outbox(self) -> list[tuple[int, bytes]]:
         orphaned_before = datetime.now(UTC) - timedelta(seconds=ORPHANED_OUTBOX_S)
