@@ -60,8 +60,11 @@ class Settings(BaseSettings):
     )
 
     # --- processing ----------------------------------------------------------------------------
-    batch_max_events: int = Field(
-        5000, ge=1, description="Most events the worker applies in one transaction (and records it takes at once)."
+    batch_max_events: int = Field(5000, ge=1, description="Most events the worker applies in one transaction.")
+    stream_buffer_records: int = Field(
+        500,
+        ge=1,
+        description="Input records the worker buffers ahead of its batches (and takes at once); with envelopes each holds many events.",
     )
     batch_max_wait: float = Field(0.2, gt=0, description="Seconds the worker waits to fill a batch before applying it.")
     offset_gap_grace_s: float = Field(

@@ -345,9 +345,9 @@ def wait_applied(
     Fails the run when a worker exits, after ``ctx.timeout_s`` in all, or when it has stalled: nothing
     applied or published for ``ctx.stall_s`` seconds while the workers sit idle (blocked, stopped,
     waiting for a group that never forms), or for ``BUSY_STALL_FACTOR`` times as long while they burn
-    CPU. The two limits differ because one batch can legitimately keep a worker busy for minutes: the
-    worker applies up to CXSTREAM_BATCH_MAX_EVENTS *records* per transaction, and with envelopes that
-    is up to 200,000 events.
+    CPU. The two limits differ because a busy worker can legitimately go a while without a visible move:
+    its gathered input is applied in transactions of up to CXSTREAM_BATCH_MAX_EVENTS events one after the
+    other, and the outbox is emptied only as they are published.
     """
     total = sum(ends.values())
     last_state: tuple[int, bool] = (-1, False)
