@@ -84,7 +84,7 @@ class Metrics:
         )
         self.consumer_lag = Gauge(
             "cxstream_consumer_lag_records",
-            "Records behind the partition's high watermark.",
+            "Records of a channel (input) topic partition not applied yet: behind its high watermark.",
             ["worker", "topic", "partition"],
             registry=r,
         )

@@ -289,7 +289,8 @@ class Worker:
             )
             await self.app.consumer.seek(TP(topic, partition), offset)
         if summary.outbox_id is not None:
-            assert summary.outbox is not None, "an outbox row always has its payload"
+            if summary.outbox is None:
+                raise RuntimeError(f"outbox row {summary.outbox_id} came back without its payload")
             await self.publisher.put(summary.outbox_id, OutboxPayload(summary.outbox))
 
     async def _pending_outbox(self) -> list[tuple[int, bytes]]:
@@ -326,9 +327,11 @@ class Worker:
         with contextlib.suppress(OperationalError):  # the database is down: the sink's failure counters say so
             self.metrics.customers.labels(w).set(await asyncio.to_thread(customers_count, self.engine))
         consumer = self.app.consumer
+        inputs = set(self.topics.channels)
         try:
-            assignment = consumer.assignment()
-            highwaters = {tp: consumer.highwater(tp) for tp in assignment}
+            # Input partitions only: the worker also reads the dead-letter topic (to count it), whose offsets
+            # are not in ``applied`` — its whole length would show as lag, for ever.
+            highwaters = {tp: consumer.highwater(tp) for tp in consumer.assignment() if tp.topic in inputs}
         except Exception:  # consumer not started yet
             return
         for tp, high in highwaters.items():

@@ -299,5 +299,18 @@ def test_adapter_rejects_are_counted_as_dead_letters(observed: ObservedWorker, k
     for reason, n in expected.items():
         assert counted[frozenset({"channel": "web", "reason": reason, "stage": "adapter"}.items())] >= n
 
-    # The good lines of the same file are applied as usual.
+    # The good lines of the same file are applied as usual, and then nothing is behind: the lag gauge covers the
+    # input topics only (the dead-letter topic, which the worker reads to count, was once reported as lag).
     wait_for_applied(observed, kafka_url)
+    lag: dict[frozenset[tuple[str, str]], float] = {}
+
+    def caught_up_gauge() -> bool:
+        lag.clear()
+        lag.update(metric_values(observed.worker.metrics_text(), "cxstream_consumer_lag_records"))
+        return bool(lag) and not any(lag.values())
+
+    try:
+        wait_until(caught_up_gauge, 30, "the lag gauge to read 0 once everything is applied")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last read {lag}") from None
+    assert {dict(labels)["topic"] for labels in lag} <= set(observed.topics.channels)
