@@ -221,9 +221,9 @@ class BatchProcessor:
         report.result = result
         report.applied_at = datetime.now(UTC)
         if self.watermark is not None:
-            report.late_accepted = sum(1 for e in report.events if e.occurred_at < self.watermark) - len(
-                result.too_late
-            )
+            watermark = self.watermark
+            rejected = len(result.too_late) + sum(1 for e, _ in result.conflicts if e.occurred_at < watermark)
+            report.late_accepted = sum(1 for e in report.events if e.occurred_at < watermark) - rejected
         write = BatchWrite(
             group_id=self.group_id, offsets=offsets, watermark=result.watermark, worker_id=self.settings.worker_id
         )
@@ -326,9 +326,11 @@ class BatchProcessor:
         Keys of a merged customer that no event carried are re-pointed by the merge itself.
         """
         accepted = {entry.event_id for entry in result.entries}
+        # By object, not id: a conflicting record shares its id with an accepted event of another customer.
+        conflicting = {id(event) for event, _ in result.conflicts}
         seen: dict[str, tuple[datetime, datetime]] = {}
         for event, event_keys in zip(events, keys, strict=True):
-            if event.event_id not in accepted:
+            if event.event_id not in accepted or id(event) in conflicting:
                 continue
             at = as_utc(event.occurred_at)
             for key in event_keys.keys:

@@ -22,7 +22,8 @@ twice the allowed lateness plus the latest one before that, and the timeline kee
 ``timeline_limit`` entries. Twice the lateness is what revisions need (see ``engine``): a merge may
 revise entries down to its own event time minus the lateness, which itself may lag the latest event by
 the lateness. Keep ``dedupe_horizon_s >= allowed_lateness_s`` so any redelivery that is not too late is
-still recognised as a duplicate.
+still recognised as a duplicate from the state alone (the worker also checks the touchpoints table, which
+keeps every applied id: ``StateView.applied``).
 """
 
 from __future__ import annotations

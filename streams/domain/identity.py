@@ -12,7 +12,8 @@ type's IDENTIFIER_RANK, then the key), so ids do not depend on the order events 
 Per-type limits (``settings.identifier_limits``) refuse a link that would give a customer more keys of
 a type than allowed: the event goes to the customer of its strongest key and the refused keys stay
 where they were (:func:`plan_link`). Limits guard against wrong merges, but when they bite the result
-depends on arrival order (whichever link came first wins), unlike everything else here.
+depends on arrival order (whichever link came first wins), as does which of two records claiming one
+event id is applied (see ``engine``); nothing else here does.
 
 An event with no usable identifier may still carry an anonymous source identity: the attribute
 ``anonymous_id`` (a session or device id the source assigns without knowing the person). It becomes

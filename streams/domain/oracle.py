@@ -2,7 +2,8 @@
 
 ``replay`` is a pure function of the events and the settings. The engine over any arrival order and
 any batch split must end with the same customers, identity map, timelines and stages (as long as no
-identifier limit bites and no event is too late); integration tests compare SQL contents with it.
+identifier limit bites, no event is too late and no record reuses another person's event id: whichever
+is applied first holds the id, see ``engine``); integration tests compare SQL contents with it.
 """
 
 from __future__ import annotations

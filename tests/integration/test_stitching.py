@@ -222,7 +222,8 @@ def test_a_record_reusing_an_applied_event_id_for_someone_else_is_dead_lettered(
     assert customers == {owner}
     assert contacts == 1
 
-    dead = [DeadLetter.model_validate_json(v) for _, v in read_topic(kafka_url, Topics(topic_prefix).deadletter)]
+    letters = read_topic(kafka_url, Topics(topic_prefix).deadletter, until=lambda records: len(records) >= 2)
+    dead = [DeadLetter.model_validate_json(v) for _, v in letters]
     assert [(d.reason, d.stage, d.channel) for d in dead] == [("event_id_conflict", "worker", "phone")] * 2
     assert sorted(orjson.loads(d.original())["identifiers"]["phone"] for d in dead) == impostors
     assert all(owner in d.detail for d in dead)

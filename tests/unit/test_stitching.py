@@ -129,6 +129,35 @@ def test_merge_repoints_every_key_of_the_merged_customer_even_ones_not_in_the_ba
     assert partial.customers[crm].identifiers == {"web_anonymous_id": ["a1"], "loyalty_id": ["L-1"], "crm_id": ["C-1"]}
 
 
+def test_an_applied_id_past_the_dedupe_horizon_is_a_duplicate_for_its_customer_and_a_conflict_for_others() -> None:
+    eng = engine()
+    view = StateView()
+    original = ev(hours=0, source_id="R-1")
+    eng.apply([original], view, None)
+    view.customers[ANN].seen.clear()  # pruned: only the durable record (the touchpoints table) still knows it
+    view.applied = {original.event_id: ANN}
+    impostor = original.model_copy(update={"identifiers": {EMAIL: "bob@example.org"}})
+    result = eng.apply([original, impostor], view, None)
+    assert result.duplicates == 1
+    assert [(event, holder) for event, holder in result.conflicts] == [(impostor, ANN)]
+    assert result.entries == [] and view.customers[ANN].events == 1
+    assert customer_id_for("email:bob@example.org") not in view.customers
+
+
+def test_an_applied_id_follows_its_customer_through_a_rename_in_the_same_batch() -> None:
+    eng = engine()
+    view = StateView()
+    original = ev(hours=0, source_id="R-1")
+    eng.apply([original], view, None)
+    view.customers[ANN].seen.clear()
+    view.applied = {original.event_id: ANN}
+    # A loyalty id joins Ann (renaming her customer), then her record is redelivered: still hers, a duplicate.
+    joined = ev(hours=1, identifiers={EMAIL: "ann@example.org", LOYALTY: "L-9"})
+    result = eng.apply([joined, original], view, None)
+    assert [m.merged_id for m in result.merges] == [ANN]
+    assert result.duplicates == 1 and result.conflicts == []
+
+
 def test_a_stronger_identifier_joining_one_customer_renames_it_as_a_merge() -> None:
     eng = engine()
     view = StateView()
