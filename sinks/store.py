@@ -30,6 +30,14 @@ def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
         yield items[i : i + size]
 
 
+def _lookup(conn: Connection, key: Any, value: Any, keys: Iterable[str]) -> dict[Any, Any]:
+    """``value`` of each row whose ``key`` is among ``keys``, a few hundred keys per query."""
+    found: dict[Any, Any] = {}
+    for chunk in _chunks(sorted(keys)):
+        found.update(conn.execute(select(key, value).where(key.in_(chunk))).all())
+    return found
+
+
 def as_utc(ts: datetime) -> datetime:
     """SQLite hands timestamps back naive; every timestamp in cxstream is UTC."""
     return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
@@ -193,27 +201,18 @@ class SqlStore:
 
     def load_identities(self, conn: Connection, keys: Iterable[str]) -> dict[str, str]:
         """customer_id of each known identifier key."""
-        found: dict[str, str] = {}
         c = t.identities.c
-        for chunk in _chunks(sorted(keys)):
-            found.update(conn.execute(select(c.identifier, c.customer_id).where(c.identifier.in_(chunk))).all())
-        return found
+        return _lookup(conn, c.identifier, c.customer_id, keys)
 
     def load_applied(self, conn: Connection, event_ids: Iterable[str]) -> dict[str, str]:
         """customer_id of each given event id that was applied (has a touchpoint row)."""
-        found: dict[str, str] = {}
         c = t.touchpoints.c
-        for chunk in _chunks(sorted(event_ids)):
-            found.update(conn.execute(select(c.event_id, c.customer_id).where(c.event_id.in_(chunk))).all())
-        return found
+        return _lookup(conn, c.event_id, c.customer_id, event_ids)
 
     def load_customers(self, conn: Connection, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         """The stored per-customer state of each known customer."""
-        found: dict[str, dict[str, Any]] = {}
         c = t.customers.c
-        for chunk in _chunks(sorted(ids)):
-            found.update(conn.execute(select(c.customer_id, c.state).where(c.customer_id.in_(chunk))).all())
-        return found
+        return _lookup(conn, c.customer_id, c.state, ids)
 
     def load_cells(self, conn: Connection, keys: Iterable[CellKey]) -> dict[CellKey, dict[str, float]]:
         """Stored counters of the given metric cells (one query per few hundred cells: a round trip is the cost)."""
