@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated
@@ -72,13 +73,31 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds the worker seeks back to a missing input offset before taking the gap as real.",
     )
-    allowed_lateness_s: float = Field(
-        3 * 86400.0, ge=0, description="Event-time lateness accepted, seconds; later events are dead-lettered too_late."
+    window_grace_s: float = Field(
+        3 * 86400.0,
+        ge=0,
+        description="A metric window turns final once the event-time watermark passes its end plus this, seconds; later events still revise it. Events up to this late are applied from the state in memory, older ones read their customer's history from SQL.",
     )
-    dedupe_horizon_s: float = Field(
-        30 * 86400.0, gt=0, description="How long a customer's seen event ids are remembered, seconds of event time."
+    partition_idle_s: float = Field(
+        10.0,
+        gt=0,
+        description="An input partition with no new record and no backlog for this long stops holding the event-time watermark back, seconds.",
     )
-    timeline_limit: int = Field(200, ge=1, description="Recent timeline entries kept in each customer's state.")
+    max_event_age_s: float | None = Field(
+        None,
+        gt=0,
+        description="Opt-in: events older than the event-time watermark minus this are dead-lettered too_late, seconds. Unset: every valid event is applied, whatever its age.",
+    )
+    issue_memory_s: float = Field(
+        30 * 86400.0,
+        gt=0,
+        description="How long contacts about one issue id count as the same issue (contact number, time to resolution), seconds of event time.",
+    )
+    timeline_limit: int = Field(
+        200,
+        ge=1,
+        description="Most entries a customer's state keeps of those later events can change or alert rules read (contacts, purchases, surveys, moments); older ones are read back from SQL when needed.",
+    )
     state_cache_customers: int = Field(
         50_000,
         ge=0,
@@ -159,8 +178,24 @@ class Settings(BaseSettings):
         return int(self.bootstrap_servers[0].rsplit(":", 1)[1])
 
 
+#: Variables that meant something in earlier versions: set, they would be ignored silently, so they are refused.
+REMOVED: dict[str, str] = {
+    f"{ENV_PREFIX}ALLOWED_LATENESS_S": (
+        "late events are no longer rejected by default; set CXSTREAM_MAX_EVENT_AGE_S to reject old events, "
+        "CXSTREAM_WINDOW_GRACE_S for when windows turn final"
+    ),
+    f"{ENV_PREFIX}DEDUPE_HORIZON_S": (
+        "duplicates are recognised by event id for ever (the touchpoints table); "
+        "CXSTREAM_ISSUE_MEMORY_S is how long an issue id's contacts count as one issue"
+    ),
+}
+
+
 def load_settings(**overrides: object) -> Settings:
     """Read settings from the environment; raise SettingsError naming the variable when a value is bad."""
+    removed = [f"{name}: no longer read ({why})" for name, why in REMOVED.items() if name in os.environ]
+    if removed:
+        raise SettingsError("invalid configuration:\n  " + "\n  ".join(removed))
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:

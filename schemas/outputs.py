@@ -47,7 +47,9 @@ class TimelineEntry(BaseModel):
 
     model_config = _OUT
 
-    customer_id: str
+    customer_id: str | None = Field(
+        description="The customer the touchpoint belongs to; null for an unattributed one (it carried no usable identifier)."
+    )
     event_id: str
     channel: Channel
     type: EventType

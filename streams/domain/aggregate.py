@@ -107,11 +107,10 @@ def cells_for(entry: TimelineEntry, windows: Sequence[Window], customer_windows:
     """The cells an entry falls in: its customer's (``customer_windows``), its channel's and overall (``windows``)."""
     ts = int(entry.occurred_at.timestamp())
     cells = []
-    for scope, key, wins in (
-        (_CUSTOMER, entry.customer_id, customer_windows),
-        (_CHANNEL, entry.channel.value, windows),
-        (_OVERALL, OVERALL_KEY, windows),
-    ):
+    scopes = [(_CHANNEL, entry.channel.value, windows), (_OVERALL, OVERALL_KEY, windows)]
+    if entry.customer_id is not None:  # an unattributed touchpoint counts for its channel and overall only
+        scopes.insert(0, (_CUSTOMER, entry.customer_id, customer_windows))
+    for scope, key, wins in scopes:
         starts = _starts(ts, (w.seconds for w in wins))
         cells += [CellKey(scope, key, w.name, start) for w, start in zip(wins, starts, strict=True)]
     return cells
@@ -148,6 +147,8 @@ class AggregateResult:
 
     counters: dict[CellKey, Counters] = field(default_factory=dict)
     updates: list[MetricRow] = field(default_factory=list)
+    #: The cells among ``counters`` whose window had closed already: stored final, their figures published final.
+    final: set[CellKey] = field(default_factory=set)
 
 
 def _record(
@@ -183,11 +184,14 @@ def figures(cell: CellKey, counters: Mapping[str, float], *, final: bool) -> lis
 class MetricAggregator:
     """Accumulates one batch of timeline entries into counter deltas per cell, then merges them into stored ones."""
 
-    def __init__(self, windows: Sequence[Window], customer_windows: Sequence[Window], allowed_lateness_s: float):
-        """Aggregate channel and overall scopes over ``windows``, customers over ``customer_windows``."""
+    def __init__(self, windows: Sequence[Window], customer_windows: Sequence[Window], grace_s: float):
+        """Aggregate channel and overall scopes over ``windows``, customers over ``customer_windows``.
+
+        A window closes (its figures turn final) once the watermark passes its end plus ``grace_s``.
+        """
         self.windows = tuple(windows)
         self.customer_windows = tuple(customer_windows)
-        self.allowed_lateness_s = allowed_lateness_s
+        self.grace_s = grace_s
         # A group in add() spans several windows but purchasers differs by window: it is kept per window
         # index under a private name until _spread() moves it to its cell.
         self._purchasers_at = tuple(
@@ -200,11 +204,11 @@ class MetricAggregator:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MetricAggregator:
-        """An aggregator over the windows and lateness configured in settings."""
+        """An aggregator over the windows and grace configured in settings."""
         return cls(
             [parse_window(w) for w in settings.metric_windows],
             [parse_window(w) for w in settings.customer_metric_windows],
-            settings.allowed_lateness_s,
+            settings.window_grace_s,
         )
 
     def add(self, entry: TimelineEntry) -> None:
@@ -224,11 +228,13 @@ class MetricAggregator:
         customer_starts = _starts(ts, self._customer_seconds)
         purchase = entry.type is _PURCHASE
         groups = self._groups
-        for group in (
-            (_CUSTOMER, entry.customer_id, customer_starts),
+        scopes: tuple[tuple[MetricScope, str, tuple[int, ...]], ...] = (
             (_CHANNEL, entry.channel.value, starts),
             (_OVERALL, OVERALL_KEY, starts),
-        ):
+        )
+        if entry.customer_id is not None:  # an unattributed touchpoint counts for its channel and overall only
+            scopes = ((_CUSTOMER, entry.customer_id, customer_starts), *scopes)
+        for group in scopes:
             delta = groups.get(group)
             if delta is None:
                 groups[group] = delta = dict(contrib)
@@ -265,11 +271,15 @@ class MetricAggregator:
         """Cells the batch changes: the worker loads their stored counters before ``updates``."""
         return list(self._spread())
 
-    def updates(self, current: Mapping[CellKey, Mapping[str, float]]) -> AggregateResult:
+    def updates(
+        self, current: Mapping[CellKey, Mapping[str, float]], watermark: datetime | None = None
+    ) -> AggregateResult:
         """Merge the batch into ``current`` (stored counters; a missing cell is empty) and start a new batch.
 
         A record is produced for every (cell, metric) whose revision (``revision_of``) grew in this batch, which
-        is whenever an entry version changing its numerator or denominator was added or withdrawn.
+        is whenever an entry version changing its numerator or denominator was added or withdrawn. A cell that
+        closed at or before ``watermark`` stays final: late events revise it with final records (revision + 1,
+        as ``finalise`` publishes them).
         """
         result = AggregateResult()
         for cell, delta in self._spread().items():
@@ -282,15 +292,20 @@ class MetricAggregator:
                 if count and name in by_counter:
                     for metric in by_counter[name]:
                         changed[metric.name] = metric
-            result.updates += _record(cell, counters, changed.values(), "provisional", 0)
+            closes = self.closes_at(cell)
+            if watermark is not None and closes is not None and closes <= watermark:
+                result.final.add(cell)
+                result.updates += _record(cell, counters, changed.values(), "final", 1)
+            else:
+                result.updates += _record(cell, counters, changed.values(), "provisional", 0)
         self._deltas = {}
         return result
 
     def closes_at(self, cell: CellKey) -> datetime | None:
-        """When a cell becomes final: window end + allowed lateness; None for the all-time window."""
+        """When a cell becomes final: window end + grace; None for the all-time window."""
         if _window(cell.window).seconds is None:
             return None
-        return cell.window_end + timedelta(seconds=self.allowed_lateness_s)
+        return cell.window_end + timedelta(seconds=self.grace_s)
 
     def finalise(
         self, cells: Mapping[CellKey, Mapping[str, float]], watermark: datetime, since: datetime | None = None
@@ -298,7 +313,7 @@ class MetricAggregator:
         """Final records of the cells that closed at or before ``watermark`` (and after ``since``, if given).
 
         Every metric the cell ever published is re-published with status final and its revision + 1, so it
-        supersedes the last provisional record; a too-late event can no longer change it.
+        supersedes the last provisional record. A later event still revises it, with final records.
         """
         out: list[MetricRow] = []
         for cell, counters in cells.items():

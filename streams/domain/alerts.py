@@ -57,6 +57,11 @@ class AlertRules:
     negative_moments_window_s: float = 7 * _DAY
     late_delivery_contact_s: float = 14 * _DAY
 
+    @property
+    def longest_window_s(self) -> float:
+        """How far before or after an entry any rule looks: the history an entry's alerts need around it."""
+        return max(self.repeat_contact_lookback_s, self.negative_moments_window_s, self.late_delivery_contact_s)
+
 
 DEFAULT_RULES = AlertRules()
 
@@ -82,8 +87,9 @@ def _order(entry: TimelineEntry) -> tuple[datetime, str]:
 
 
 def _alert(
-    rule: str, customer_id: str, cause: Sequence[str], evidence: Sequence[str], at: datetime, message: str
+    rule: str, customer_id: str | None, cause: Sequence[str], evidence: Sequence[str], at: datetime, message: str
 ) -> Alert:
+    assert customer_id is not None, "alert rules read one customer's timeline (evaluate skips unattributed entries)"
     return Alert(
         alert_id=alert_id(rule, customer_id, cause),
         customer_id=customer_id,
@@ -239,6 +245,8 @@ def evaluate(
     entry: TimelineEntry, recent: Sequence[TimelineEntry], settings: Settings, rules: AlertRules = DEFAULT_RULES
 ) -> list[Alert]:
     """Alerts whose cause includes ``entry``, given the customer's event-time-ordered recent timeline."""
+    if entry.customer_id is None:
+        return []  # an unattributed touchpoint belongs to nobody's timeline
     survey_rule = _low_score(entry, rules) is not None or _is_repeat_contact(entry)
     burst_rule = _negative_weight(entry) > 0
     delivery_rule = entry.is_contact or _is_late_delivery(entry)

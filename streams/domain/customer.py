@@ -1,45 +1,52 @@
-"""Per-customer state: one record per customer, changed atomically with the dedupe set it holds.
+"""Per-customer state: one record per customer, a bounded summary of the customer's history.
 
-A :class:`CustomerState` holds only facts about the customer's events; every per-entry field that
-depends on other events (issue context, first purchase, time since the last purchase, the stage of an
-``other`` event) is derived from those facts by :meth:`CustomerState.derive`. The facts are a function
-of the set of the customer's events and of its latest event time, not of their arrival order, so the
-same events in any order and any batch split give equal states (``to_dict()`` included), as long as no
-identifier limit bites and no event is rejected as too late.
+A :class:`CustomerState` holds facts about the customer's events; every per-entry field that depends on other
+events (issue context, first purchase, time since the last purchase, the stage of an ``other`` event) is derived
+from those facts by :meth:`CustomerState.derive`. The full history lives in the touchpoints table; the state
+keeps the recent part of it, and a batch that needs more reads it back (:meth:`CustomerState.restore`).
 
 Issues. A support contact is about the issue ``issue_id``, or, without one, about
 ``reason:<normalised reason>``. An issue's context for a contact looks back over the same issue's
-contacts within its lookback: ``issue_memory_s`` (the dedupe horizon, at least the repeat window) for an
-issue id, ``repeat_contact_window_s`` for a reason key. Within it, the contact number counts those
-contacts, a repeat contact has a previous one within the repeat window, a channel switch changes
-channel from the previous one, and a resolving contact's time to resolution runs from the first one.
-An issue is open when its latest contact did not resolve it and is within the lookback of the
-customer's latest event (older unresolved issues are abandoned).
+contacts within its lookback: ``issue_memory_s`` for an issue id, ``repeat_contact_window_s`` for a reason
+key. Within it, the contact number counts those contacts, a repeat contact has a previous one within the
+repeat window, a channel switch changes channel from the previous one, and a resolving contact's time to
+resolution runs from the first one. An issue is open when its latest contact did not resolve it and is within
+the lookback of the customer's latest event (older unresolved issues are abandoned).
 
-Retention. Seen event ids are kept for ``dedupe_horizon_s`` of event time before the customer's
-latest event, issue contacts for their lookback plus twice the allowed lateness, purchase times for
-twice the allowed lateness plus the latest one before that, and the timeline keeps the most recent
-``timeline_limit`` entries. Twice the lateness is what revisions need (see ``engine``): a merge may
-revise entries down to its own event time minus the lateness, which itself may lag the latest event by
-the lateness. Keep ``dedupe_horizon_s >= allowed_lateness_s`` so any redelivery that is not too late is
-still recognised as a duplicate from the state alone (the worker also checks the touchpoints table, which
-keeps every applied id: ``StateView.applied``).
+Retention. What the state keeps is a function of the set of the customer's events, never of their arrival
+order, so the same events in any order and any batch split give equal states (``to_dict()`` included):
+
+- *facts* (``issues``: contacts per issue; ``purchase_times``) from ``facts_from`` on, plus the latest purchase
+  before it (the previous purchase of the next one); ``first_purchase``, ``anchor`` and the counters cover
+  everything;
+- *history*: the entries later events can change (contacts, purchases, ``other``) or alert rules read (surveys,
+  moments of truth), from ``history_from`` on; other entries (page views, visits...) never change after they
+  are made and are not kept.
+
+After each batch (:meth:`prune`) both boundaries are the customer's latest event time minus ``Policy.keep_s``
+(the longest lookback of any derivation or alert rule, plus ``grace_s``), and ``history_from`` rises further
+when more than ``timeline_limit`` entries would be kept. An event up to ``grace_s`` older than the customer's
+latest is therefore applied from the state alone; an older one needs facts and history from before the
+boundaries, which the worker reads from the touchpoints table first (``engine.StitchEngine.history_needs``).
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 import re
 from bisect import bisect_left, insort
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from operator import itemgetter
 from typing import Any, NamedTuple
 
 from config.settings import Settings
 from schemas.outputs import CustomerProfile, Moment, Stage, TimelineEntry
 from schemas.touchpoint import Channel, EventType, IdentifierType, SurveyAnswers, TouchpointEvent
+from streams.domain.alerts import DEFAULT_RULES
 from streams.domain.identity import ANONYMOUS_TYPE, type_rank
 from streams.domain.moments import event_moments, with_first_purchase
 from streams.domain.stages import customer_stage, is_journey_event, stage_of
@@ -51,13 +58,20 @@ T, EVENT_ID, CHANNEL, TYPE, RECEIVED, AMOUNT, CURRENCY, ISSUE, RESOLVED, TRANSFE
 
 #: Prefix of issue keys derived from a contact reason (contacts without an issue id).
 REASON_PREFIX = "reason:"
-#: Version of the ``to_dict`` layout.
-STATE_VERSION = 1
+#: Version of the ``to_dict`` layout (1: a recent timeline of every entry and a dedupe set; 2: facts and history
+#: with their completeness boundaries).
+STATE_VERSION = 2
+
+#: Event types whose entries later events can change (contacts, purchases, ``other``; see ``derive``).
+REVISABLE_TYPES: frozenset[str] = frozenset(
+    {EventType.SUPPORT_CONTACT.value, EventType.PURCHASE.value, EventType.OTHER.value}
+)
 
 _ROW_KEY = itemgetter(T, EVENT_ID)
 #: Contacts are ``[t, event_id, channel, resolved]`` and purchases ``[t, event_id]``: sorted by the pair.
 _PAIR = itemgetter(0, 1)
 _SPACES = re.compile(r"\s+")
+_AMOUNT_QUANTUM = Decimal("0.0001")
 _TYPES: dict[str, EventType] = {t.value: t for t in EventType}
 _MOMENTS: dict[str, Moment] = {m.value: m for m in Moment}
 _STAGES: dict[str, Stage] = {s.value: s for s in Stage}
@@ -65,6 +79,10 @@ _STAGES: dict[str, Stage] = {s.value: s for s in Stage}
 _ANCHOR_OF: dict[str, tuple[bool, str]] = {t.value: (is_journey_event(t), stage_of(t).value) for t in EventType}
 _CHANNELS: dict[str, Channel] = {c.value: c for c in Channel}
 _IDENTIFIER_TYPES: dict[str, IdentifierType] = {t.value: t for t in IdentifierType}
+_PURCHASE = EventType.PURCHASE.value
+_CONTACT = EventType.SUPPORT_CONTACT.value
+_FIRST_PURCHASE = Moment.FIRST_PURCHASE.value
+_NEVER = -math.inf
 
 
 def issue_key(event: TouchpointEvent) -> str | None:
@@ -77,6 +95,18 @@ def issue_key(event: TouchpointEvent) -> str | None:
     return REASON_PREFIX + (reason or "unspecified")
 
 
+def canonical_amount(amount: Decimal) -> str:
+    """An amount as entries carry it: at most four decimals (as SQL stores it), without trailing zeros.
+
+    One spelling per value, so an entry rebuilt from the touchpoints table (``row_of``) equals the one made from
+    the event ("12.50" and "12.5000" are both "12.5").
+    """
+    try:
+        return format(amount.quantize(_AMOUNT_QUANTUM).normalize(), "f")
+    except InvalidOperation:  # beyond the precision of a decimal context: no database column holds it either
+        return str(amount)
+
+
 def make_row(event: TouchpointEvent, t: float) -> Row:
     """The stored timeline entry of an event occurring at ``t`` (its facts; derived fields come on output)."""
     survey = event.survey
@@ -86,7 +116,7 @@ def make_row(event: TouchpointEvent, t: float) -> Row:
         str(event.channel),
         str(event.type),
         event.received_at.timestamp(),
-        None if event.amount is None else str(event.amount),
+        None if event.amount is None else canonical_amount(event.amount),
         event.currency,
         issue_key(event),
         event.resolved,
@@ -97,31 +127,99 @@ def make_row(event: TouchpointEvent, t: float) -> Row:
     ]
 
 
+class StoredEntry(NamedTuple):
+    """A touchpoint as the touchpoints table holds it: what :func:`row_of` rebuilds a :data:`Row` from."""
+
+    occurred_at: datetime
+    event_id: str
+    channel: str
+    type: str
+    received_at: datetime
+    amount: Decimal | None
+    currency: str | None
+    issue_key: str | None
+    resolved: bool | None
+    transfers: int
+    nps: int | None
+    csat: int | None
+    ces: int | None
+    source_id: str
+    #: The entry's moments as published, comma-separated (``first_purchase`` is derived and dropped here).
+    moments: str
+
+
+def row_of(stored: StoredEntry) -> Row:
+    """The :data:`Row` of a stored touchpoint: equal to the one :func:`make_row` made from its event."""
+    survey = (
+        None
+        if stored.nps is None and stored.csat is None and stored.ces is None
+        else [stored.nps, stored.csat, stored.ces]
+    )
+    return [
+        stored.occurred_at.timestamp(),
+        stored.event_id,
+        stored.channel,
+        stored.type,
+        stored.received_at.timestamp(),
+        None if stored.amount is None else canonical_amount(stored.amount),
+        stored.currency,
+        stored.issue_key,
+        stored.resolved,
+        stored.transfers,
+        survey,
+        stored.source_id,
+        [m for m in stored.moments.split(",") if m and m != _FIRST_PURCHASE],
+    ]
+
+
+def is_kept(row: Row) -> bool:
+    """True for entries a state's history keeps: later events can change them, or alert rules read them."""
+    return row[TYPE] in REVISABLE_TYPES or bool(row[MOMENTS]) or row[SURVEY] is not None
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     """The settings the customer state needs, read once from Settings."""
 
     timeline_limit: int
-    dedupe_horizon_s: float
-    allowed_lateness_s: float
     repeat_window_s: float
     issue_memory_s: float
+    #: How late an event may be, relative to its customer's latest, and still be applied from the state alone.
+    grace_s: float
+    #: How far around an entry alert rules look.
+    alert_span_s: float = DEFAULT_RULES.longest_window_s
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
         """Build the policy from the settings object."""
         return cls(
             timeline_limit=settings.timeline_limit,
-            dedupe_horizon_s=settings.dedupe_horizon_s,
-            allowed_lateness_s=settings.allowed_lateness_s,
             repeat_window_s=settings.repeat_contact_window_s,
-            # An issue id is remembered as long as event ids are, and never less than the repeat window.
-            issue_memory_s=max(settings.dedupe_horizon_s, settings.repeat_contact_window_s),
+            # An issue id is remembered at least as long as a repeat contact is.
+            issue_memory_s=max(settings.issue_memory_s, settings.repeat_contact_window_s),
+            grace_s=settings.window_grace_s,
         )
 
     def lookback(self, issue: str) -> float:
         """How far back a contact's context looks for contacts about the same issue, seconds."""
         return self.repeat_window_s if issue.startswith(REASON_PREFIX) else self.issue_memory_s
+
+    @property
+    def span_s(self) -> float:
+        """How far from an entry anything derived from it, or read with it, reaches (any lookback, any alert rule)."""
+        return max(self.issue_memory_s, self.repeat_window_s, self.alert_span_s)
+
+    @property
+    def keep_s(self) -> float:
+        """How far back from a customer's latest event its state keeps facts and history (see Retention)."""
+        return self.span_s + self.grace_s
+
+    def history_needed(self, row: Row) -> float | None:
+        """From what event time on a customer's facts and history must be complete to apply ``row``.
+
+        None when the entry needs nothing (a page view: no derived field, no alert rule reads it).
+        """
+        return row[T] - self.span_s if is_kept(row) else None
 
 
 class ContactContext(NamedTuple):
@@ -143,6 +241,16 @@ class Derived(NamedTuple):
     contact: ContactContext | None
 
 
+def standalone(row: Row) -> Derived:
+    """Derived fields of an entry that belongs to no known customer: it has no history, nor a first purchase."""
+    kind = row[TYPE]
+    if kind == _CONTACT:
+        resolved = row[RESOLVED] is True
+        context = ContactContext(1, False, False, True if resolved else None, 0.0 if resolved else None)
+        return Derived(Stage.POST_PURCHASE, False, None, context)
+    return Derived(stage_of(_TYPES[kind]), False, None, None)
+
+
 @dataclass(frozen=True, slots=True)
 class OpenIssue:
     """An issue whose latest contact did not resolve it."""
@@ -154,8 +262,8 @@ class OpenIssue:
     last_channel: str
 
 
-def timeline_entry(customer_id: str, row: Row, derived: Derived) -> TimelineEntry:
-    """Build the published TimelineEntry of a stored row with its derived fields."""
+def timeline_entry(customer_id: str | None, row: Row, derived: Derived) -> TimelineEntry:
+    """Build the published TimelineEntry of a stored row with its derived fields (no customer: unattributed)."""
     stored = row[MOMENTS]
     moments = tuple(_MOMENTS[m] for m in stored) if stored else ()
     if derived.first_purchase:
@@ -197,8 +305,11 @@ class CustomerState:
         "contacts",
         "customer_id",
         "events",
+        "facts_from",
         "first_purchase",
         "first_seen",
+        "history",
+        "history_from",
         "identifiers",
         "issues",
         "last_seen",
@@ -207,22 +318,23 @@ class CustomerState:
         "purchases",
         "returns",
         "revenue",
-        "seen",
-        "timeline",
     )
 
     def __init__(self, customer_id: str) -> None:
         self.customer_id = customer_id
         #: Identifier values held, by key type, each list sorted (the keys are ``type:value``).
         self.identifiers: dict[str, list[str]] = {}
-        #: Recent entries in event-time order, at most ``timeline_limit``.
-        self.timeline: list[Row] = []
-        #: Event ids seen within the dedupe horizon, with their event time.
-        self.seen: dict[str, float] = {}
-        #: Contacts ``[t, event_id, channel, resolved]`` by issue key, sorted.
+        #: Entries that later events can change or alert rules read (``is_kept``), in event-time order: every
+        #: such entry at or after ``history_from``.
+        self.history: list[Row] = []
+        self.history_from = _NEVER
+        #: Contacts ``[t, event_id, channel, resolved]`` by issue key, sorted: every contact at or after
+        #: ``facts_from``.
         self.issues: dict[str, list[list[Any]]] = {}
-        #: Purchase times ``[t, event_id]`` within retention, sorted.
+        #: Purchase times ``[t, event_id]``, sorted: every purchase at or after ``facts_from`` and the latest
+        #: before it.
         self.purchase_times: list[list[Any]] = []
+        self.facts_from = _NEVER
         #: The earliest purchase ever, ``(t, event_id)``.
         self.first_purchase: tuple[float, str] | None = None
         #: The latest touchpoint: ``(is journey event, t, event_id, stage)``; decides the current stage.
@@ -258,12 +370,17 @@ class CustomerState:
 
     # --- events --------------------------------------------------------------------------------
 
+    @property
+    def complete_from(self) -> float:
+        """The event time from which both facts and history are complete."""
+        return max(self.facts_from, self.history_from)
+
     def find(self, t: float, event_id: str) -> Row | None:
-        """The timeline row of an event, or None when it is not (or no longer) on the timeline."""
-        timeline = self.timeline
-        i = bisect_left(timeline, (t, event_id), key=_ROW_KEY)
-        if i < len(timeline) and timeline[i][EVENT_ID] == event_id:
-            return timeline[i]
+        """The history row of an event, or None when it is not (or no longer) kept."""
+        history = self.history
+        i = bisect_left(history, (t, event_id), key=_ROW_KEY)
+        if i < len(history) and history[i][EVENT_ID] == event_id:
+            return history[i]
         return None
 
     def affected_by(self, row: Row, policy: Policy) -> list[Row]:
@@ -271,7 +388,7 @@ class CustomerState:
         t, event_id, kind = row[T], row[EVENT_ID], row[TYPE]
         pair = (t, event_id)
         found: list[Row | None] = []
-        if kind == EventType.SUPPORT_CONTACT:
+        if kind == _CONTACT:
             contacts = self.issues.get(row[ISSUE])
             if contacts and _PAIR(contacts[-1]) > pair:
                 horizon = t + policy.lookback(row[ISSUE])
@@ -279,33 +396,31 @@ class CustomerState:
                     if contact[0] > horizon:
                         break
                     found.append(self.find(contact[0], contact[1]))
-        elif kind == EventType.PURCHASE:
+        elif kind == _PURCHASE:
             times = self.purchase_times
             i = bisect_left(times, pair, key=_PAIR)
             if i < len(times):
                 found.append(self.find(times[i][0], times[i][1]))
             if self.first_purchase is None or pair < self.first_purchase:
-                found.extend(self._others_between(pair, self.first_purchase, float("-inf")))
+                found.extend(self._others_between(pair, self.first_purchase))
         return [r for r in found if r is not None]
 
-    def _others_between(self, low: tuple[float, str], high: tuple[float, str] | None, since: float) -> list[Row | None]:
-        """``other`` rows after ``low`` and before ``high`` (None: no bound), not before ``since``."""
-        timeline = self.timeline
-        start = bisect_left(timeline, max(low, (since, "")), key=_ROW_KEY)
-        stop = len(timeline) if high is None else bisect_left(timeline, high, key=_ROW_KEY)
-        return [r for r in timeline[start:stop] if r[TYPE] == EventType.OTHER]
+    def _others_between(self, low: tuple[float, str], high: tuple[float, str] | None) -> list[Row]:
+        """``other`` rows after ``low`` and before ``high`` (None: no bound)."""
+        history = self.history
+        start = bisect_left(history, low, key=_ROW_KEY)
+        stop = len(history) if high is None else bisect_left(history, high, key=_ROW_KEY)
+        return [r for r in history[start:stop] if r[TYPE] == EventType.OTHER]
 
-    def add(self, row: Row, event: TouchpointEvent, policy: Policy) -> None:
-        """Add an accepted event (not seen before) with its row."""
+    def add(self, row: Row, event: TouchpointEvent) -> None:
+        """Add an accepted event (not applied before) with its row."""
         t, event_id, kind = row[T], row[EVENT_ID], row[TYPE]
-        self.seen[event_id] = t
-        timeline = self.timeline
-        if not timeline or _ROW_KEY(timeline[-1]) < (t, event_id):
-            timeline.append(row)
-        else:
-            timeline.insert(bisect_left(timeline, (t, event_id), key=_ROW_KEY), row)
-        if len(timeline) > policy.timeline_limit:
-            del timeline[0]
+        if is_kept(row):
+            history = self.history
+            if not history or _ROW_KEY(history[-1]) < (t, event_id):
+                history.append(row)
+            else:
+                history.insert(bisect_left(history, (t, event_id), key=_ROW_KEY), row)
         if self.events == 0:
             self.first_seen = self.last_seen = t
         else:
@@ -313,14 +428,14 @@ class CustomerState:
             self.last_seen = max(self.last_seen, t)
         self.events += 1
         self.channels[row[CHANNEL]] = self.channels.get(row[CHANNEL], 0) + 1
-        if kind == EventType.PURCHASE:
+        if kind == _PURCHASE:
             self.purchases += 1
             if event.amount is not None:
                 self.revenue += event.amount
             insort(self.purchase_times, [t, event_id], key=_PAIR)
             if self.first_purchase is None or (t, event_id) < self.first_purchase:
                 self.first_purchase = (t, event_id)
-        elif kind == EventType.SUPPORT_CONTACT:
+        elif kind == _CONTACT:
             self.contacts += 1
             insort(self.issues.setdefault(row[ISSUE], []), [t, event_id, row[CHANNEL], row[RESOLVED]], key=_PAIR)
         elif kind == EventType.RETURN:
@@ -330,41 +445,79 @@ class CustomerState:
         if self.anchor is None or anchor > self.anchor:
             self.anchor = anchor
 
+    def restore(self, rows: Iterable[Row], previous_purchase: tuple[float, str] | None, since: float) -> None:
+        """Put back what retention dropped, from the touchpoints table: make facts and history complete from ``since``.
+
+        ``rows`` are the customer's kept entries (``is_kept``) from ``since`` up to ``complete_from``, in any
+        order; ``previous_purchase`` is its latest purchase before ``since``. What the state holds already is
+        not added twice.
+        """
+        if since >= self.complete_from:
+            return
+        history_ids = {row[EVENT_ID] for row in self.history if row[T] < self.history_from}
+        fact_ids = {p[1] for p in self.purchase_times if p[0] < self.facts_from}
+        for contacts in self.issues.values():
+            fact_ids.update(c[1] for c in contacts if c[0] < self.facts_from)
+        for row in rows:
+            t, event_id = row[T], row[EVENT_ID]
+            if since <= t < self.history_from and event_id not in history_ids:
+                insort(self.history, row, key=_ROW_KEY)
+                history_ids.add(event_id)
+            if since <= t < self.facts_from and event_id not in fact_ids:
+                fact_ids.add(event_id)
+                if row[TYPE] == _PURCHASE:
+                    insort(self.purchase_times, [t, event_id], key=_PAIR)
+                elif row[TYPE] == _CONTACT:
+                    contact = [t, event_id, row[CHANNEL], row[RESOLVED]]
+                    insort(self.issues.setdefault(row[ISSUE], []), contact, key=_PAIR)
+        if previous_purchase is not None and previous_purchase[1] not in fact_ids:
+            insort(self.purchase_times, list(previous_purchase), key=_PAIR)
+        self.history_from = min(self.history_from, since)
+        self.facts_from = min(self.facts_from, since)
+
     # --- merges --------------------------------------------------------------------------------
 
-    def merge_affected(self, other: CustomerState, since: float) -> list[tuple[CustomerState, Row]]:
-        """Rows of either state, at or after ``since``, whose derived fields may change on a merge."""
+    def merge_affected(self, other: CustomerState, policy: Policy) -> list[tuple[CustomerState, Row]]:
+        """Rows of either state whose derived fields may change when the two merge.
+
+        Only rows whose fields the merged facts can derive are candidates: the worker made the states complete
+        from early enough that no other row can change (``engine.StitchEngine.history_needs``).
+        """
+        facts_from = max(self.facts_from, other.facts_from)
         found: list[tuple[CustomerState, Row | None]] = []
         sides = (self, other)
         for key in self.issues.keys() & other.issues.keys():
+            derivable = facts_from + policy.lookback(key)
             for side in sides:
                 for contact in side.issues[key]:
-                    if contact[0] >= since:
+                    if contact[0] >= derivable:
                         found.append((side, side.find(contact[0], contact[1])))
         if self.purchase_times and other.purchase_times:
             for side in sides:
                 for t, event_id in side.purchase_times:
-                    if t >= since:
+                    if t >= facts_from:
                         found.append((side, side.find(t, event_id)))
         firsts = [p for p in (self.first_purchase, other.first_purchase) if p is not None]
         if firsts:
             first = min(firsts)
             for side in sides:
                 if side.first_purchase is None or first < side.first_purchase:
-                    found.extend((side, r) for r in side._others_between(first, side.first_purchase, since))
+                    found.extend((side, r) for r in side._others_between(first, side.first_purchase))
         return [(side, r) for side, r in found if r is not None]
 
-    def absorb(self, other: CustomerState, policy: Policy) -> None:
-        """Take over everything ``other`` holds: identifiers, history, dedupe set, counters."""
+    def absorb(self, other: CustomerState) -> None:
+        """Take over everything ``other`` holds: identifiers, facts, history, counters."""
         for kind, values in other.identifiers.items():
             mine = self.identifiers.get(kind)
             self.identifiers[kind] = sorted(set(values).union(mine)) if mine else list(values)
-        self.timeline = list(heapq.merge(self.timeline, other.timeline, key=_ROW_KEY))[-policy.timeline_limit :]
-        self.seen.update(other.seen)
+        self.history = list(heapq.merge(self.history, other.history, key=_ROW_KEY))
         for key, contacts in other.issues.items():
             mine_contacts = self.issues.get(key)
             self.issues[key] = list(heapq.merge(mine_contacts, contacts, key=_PAIR)) if mine_contacts else contacts
         self.purchase_times = list(heapq.merge(self.purchase_times, other.purchase_times, key=_PAIR))
+        # Each side is complete from its own boundary: together, from the later one.
+        self.history_from = max(self.history_from, other.history_from)
+        self.facts_from = max(self.facts_from, other.facts_from)
         firsts = [p for p in (self.first_purchase, other.first_purchase) if p is not None]
         self.first_purchase = min(firsts) if firsts else None
         anchors = [a for a in (self.anchor, other.anchor) if a is not None]
@@ -384,23 +537,36 @@ class CustomerState:
         other.merged_into = self
 
     def prune(self, policy: Policy) -> None:
-        """Forget what no later event can need (see Retention in the module docstring)."""
-        latest = self.last_seen
-        cutoff = latest - policy.dedupe_horizon_s
-        if self.seen and min(self.seen.values()) < cutoff:
-            self.seen = {event_id: t for event_id, t in self.seen.items() if t >= cutoff}
-        late = 2 * policy.allowed_lateness_s
+        """Forget what no event up to ``policy.grace_s`` late can need (see Retention in the module docstring).
+
+        The boundaries come out the same whatever the state held beyond what it must (restored rows, both sides
+        of a merge): only what lies at or after the current boundaries is counted, and they only move up.
+        """
+        horizon = self.last_seen - policy.keep_s
+        facts_from = max(horizon, self.facts_from)
         for key in list(self.issues):
             contacts = self.issues[key]
-            i = bisect_left(contacts, (latest - policy.lookback(key) - late,), key=_PAIR)
+            i = bisect_left(contacts, (facts_from,), key=_PAIR)
             if i == len(contacts):
                 del self.issues[key]
             elif i:
                 del contacts[:i]
-        # Keep the latest purchase before the cutoff too: it is the previous purchase of the next one.
-        i = bisect_left(self.purchase_times, (latest - late,), key=_PAIR)
+        # Keep the latest purchase before the boundary too: it is the previous purchase of the next one.
+        i = bisect_left(self.purchase_times, (facts_from,), key=_PAIR)
         if i > 1:
             del self.purchase_times[: i - 1]
+        self.facts_from = facts_from
+        history = self.history
+        history_from = max(horizon, self.history_from)
+        start = bisect_left(history, (self.history_from,), key=_ROW_KEY)
+        if len(history) - start > policy.timeline_limit:
+            # Past the limit, keep only entries later than the newest one that does not fit (none of a tie).
+            newest_left_out = history[-policy.timeline_limit - 1][T]
+            history_from = max(history_from, math.nextafter(newest_left_out, math.inf))
+        i = bisect_left(history, (history_from,), key=_ROW_KEY)
+        if i:
+            del history[:i]
+        self.history_from = history_from
 
     # --- derived -------------------------------------------------------------------------------
 
@@ -408,13 +574,13 @@ class CustomerState:
         """The fields of ``row``'s timeline entry that depend on the customer's other events."""
         kind = row[TYPE]
         first = self.first_purchase
-        if kind == EventType.PURCHASE:
+        if kind == _PURCHASE:
             times = self.purchase_times
             i = bisect_left(times, (row[T], row[EVENT_ID]), key=_PAIR)
             since = row[T] - times[i - 1][0] if i else None
             is_first = first is not None and first[1] == row[EVENT_ID]
             return Derived(Stage.PURCHASE, is_first, since, None)
-        if kind == EventType.SUPPORT_CONTACT:
+        if kind == _CONTACT:
             return Derived(Stage.POST_PURCHASE, False, None, self._contact_context(row, policy))
         if kind == EventType.OTHER:
             purchased = first is not None and first < (row[T], row[EVENT_ID])
@@ -426,7 +592,7 @@ class CustomerState:
         t, event_id = row[T], row[EVENT_ID]
         i = bisect_left(contacts, (t, event_id), key=_PAIR)
         if i == len(contacts) or contacts[i][1] != event_id:
-            return None  # older than the issue memory: its context is no longer known
+            return None  # before the facts kept: the worker restores them before it derives such a row
         j = bisect_left(contacts, (t - policy.lookback(row[ISSUE]),), 0, i, key=_PAIR)
         number = i - j + 1
         previous = contacts[i - 1] if i > j else None
@@ -497,10 +663,11 @@ class CustomerState:
             "v": STATE_VERSION,
             "id": self.customer_id,
             "ids": self.identifiers,
-            "timeline": self.timeline,
-            "seen": self.seen,
+            "history": self.history,
+            "history_from": _bound(self.history_from),
             "issues": self.issues,
             "purchase_times": self.purchase_times,
+            "facts_from": _bound(self.facts_from),
             "first_purchase": None if self.first_purchase is None else list(self.first_purchase),
             "anchor": None if self.anchor is None else list(self.anchor),
             "counts": {
@@ -517,13 +684,16 @@ class CustomerState:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CustomerState:
-        """Rebuild a state from its ``to_dict`` row (which it then owns: nothing is copied)."""
-        if data.get("v") != STATE_VERSION:
-            raise ValueError(f"customer state layout {data.get('v')!r} is not {STATE_VERSION}")
+        """Rebuild a state from its ``to_dict`` row (which it then owns: nothing is copied).
+
+        A layout-1 row (before history was read back from SQL) is taken as complete only from its latest
+        event on: what an older event needs is restored from the touchpoints table.
+        """
+        version = data.get("v")
+        if version not in (1, STATE_VERSION):
+            raise ValueError(f"customer state layout {version!r} is not {STATE_VERSION}")
         state = cls(data["id"])
         state.identifiers = data["ids"]
-        state.timeline = data["timeline"]
-        state.seen = data["seen"]
         state.issues = data["issues"]
         state.purchase_times = data["purchase_times"]
         first, anchor = data["first_purchase"], data["anchor"]
@@ -538,4 +708,20 @@ class CustomerState:
         state.channels = data["channels"]
         state.first_seen = data["first_seen"]
         state.last_seen = data["last_seen"]
+        if version == 1:
+            state.history = [row for row in data["timeline"] if is_kept(row)]
+            state.history_from = state.facts_from = state.last_seen
+        else:
+            state.history = data["history"]
+            state.history_from = _unbound(data["history_from"])
+            state.facts_from = _unbound(data["facts_from"])
         return state
+
+
+def _bound(value: float) -> float | None:
+    # JSON has no infinity: None stands for "from the beginning".
+    return None if value == _NEVER else value
+
+
+def _unbound(value: float | None) -> float:
+    return _NEVER if value is None else value

@@ -1,43 +1,52 @@
 """The stitching engine: identity stitching and per-customer timelines over a batch of events.
 
 Pure code (no Kafka, no SQL): the worker loads a :class:`StateView` holding the identity rows of every
-key the batch carries (:func:`required_keys`) and the state of every customer they point to, calls
-:meth:`StitchEngine.apply`, and writes back what the :class:`BatchResult` reports, in one transaction
-with its input offsets. The same engine over a full in-memory view is the test oracle (``oracle``).
+key the batch carries (:meth:`StitchEngine.required_keys`), the state of every customer they point to and
+which of the batch's event ids were applied before; it restores from the touchpoints table the history that
+:meth:`StitchEngine.history_needs` asks for; then it calls :meth:`StitchEngine.apply`, evaluates alerts on the
+full states, calls :meth:`StitchEngine.close`, and writes back what the :class:`BatchResult` reports, in one
+transaction with its input offsets. The same engine over a full in-memory view is the test oracle (``oracle``).
 
 Per event, in arrival order:
 
 1. its keys (``identity``): blocked values dropped and counted, PII hashed when configured;
-2. a duplicate (its event id is in the dedupe set of a customer one of its keys points to, or was applied
-   to such a customer) changes nothing and emits nothing; an event whose id was applied to another customer
-   is returned as a ``conflict``: the id is the idempotency key, so a second record claiming it is rejected,
-   not applied beside the first;
-3. an event older than the watermark minus ``allowed_lateness_s`` is returned as ``too_late``;
-   otherwise the watermark (the greatest event time accepted) moves up to it;
-4. an event with no usable key (nor anonymous source identity) is returned as ``unattributed``;
+2. a duplicate (its event id was applied before, in this batch or an earlier one, to the customer its keys
+   point to) changes nothing and emits nothing; an event whose id was applied to another customer is returned
+   as a ``conflict``: the id is the idempotency key, so a second record claiming it is rejected, not applied
+   beside the first;
+3. only with an age bound (``reject_before``, opt-in): an older event is returned as ``too_late``;
+4. an event with no usable key (nor anonymous source identity) is applied to no customer: its entry is emitted
+   with ``customer_id`` None (an ``unattributed`` touchpoint still counts in channel and overall metrics);
 5. its keys are linked (merging customers, renaming one whose strongest key changed, or refusing links
-   over a type limit) and it is added to the customer, in event-time order.
+   over a type limit) and it is added to the customer, in event-time order, whatever its age.
 
 Revisions. Every accepted event is emitted as a TimelineEntry once per batch with its derived fields
 as of the end of the batch. An entry emitted before is emitted again when a later-processed event
 changes its derived fields: a late contact renumbers the same issue's later contacts, a late earlier
 purchase moves the first-purchase moment and the next purchase's time since the last one, and a merge
-recomputes both histories' entries at or after the linking event's time minus the allowed lateness.
-Entries older than that are final: a merge combines old history (timeline, counters, state) but does
-not rewrite old entries, as a stream cannot revise what it has already finalised. ``replaced`` holds
-the version a re-emitted entry replaces, so a consumer can subtract it from its metrics.
+recomputes both histories' entries. ``replaced`` holds the version a re-emitted entry replaces, so a consumer
+can subtract it from its metrics. The end result is the same whatever the arrival order and batch split.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 from config.settings import Settings
 from schemas.outputs import CustomerProfile, IdentityChange, TimelineEntry
-from schemas.touchpoint import IdentifierType, TouchpointEvent
-from streams.domain.customer import EVENT_ID, CustomerState, Derived, Policy, Row, make_row, timeline_entry
+from schemas.touchpoint import EventType, IdentifierType, TouchpointEvent
+from streams.domain.customer import (
+    EVENT_ID,
+    REVISABLE_TYPES,
+    CustomerState,
+    Derived,
+    Policy,
+    Row,
+    make_row,
+    standalone,
+    timeline_entry,
+)
 from streams.domain.identity import (
     ANONYMOUS_TYPE,
     EventKeys,
@@ -46,6 +55,13 @@ from streams.domain.identity import (
     key_strength,
     plan_link,
 )
+
+#: Event types that are a moment of truth by themselves, or may be (see ``moments``): their entries are kept.
+_MAYBE_MOMENTS = frozenset({EventType.SUPPORT_CONTACT, EventType.RETURN, EventType.LATE_DELIVERY, EventType.REVIEW})
+_REVISABLE = frozenset(EventType(t) for t in REVISABLE_TYPES)
+
+#: What ``StateView.applied`` holds for an event applied to no customer (unattributed).
+NO_CUSTOMER = ""
 
 
 @dataclass
@@ -56,8 +72,8 @@ class StateView:
     identities: dict[str, str] = field(default_factory=dict)
     #: Customer id -> state, for every customer those keys point to.
     customers: dict[str, CustomerState] = field(default_factory=dict)
-    #: Event id -> customer id, for the batch's event ids applied before (dedupe sets forget old ids; this
-    #: is the durable record: the worker reads it from the touchpoints table).
+    #: Event id -> customer id (``NO_CUSTOMER`` if unattributed), for the batch's event ids applied before:
+    #: the durable dedupe record, which the worker reads from the touchpoints table. ``apply`` adds its own.
     applied: dict[str, str] = field(default_factory=dict)
 
 
@@ -71,21 +87,21 @@ class BatchResult:
     replaced: dict[str, TimelineEntry] = field(default_factory=dict)
     #: Ids of the customers whose state changed (write ``view.customers[id].to_dict()``), sorted.
     changed: list[str] = field(default_factory=list)
-    #: Ids of stored customers merged away in this batch (delete their state rows).
-    removed: list[str] = field(default_factory=list)
+    #: Ids of stored customers merged away in this batch (delete their state rows), with where each went.
+    removed: dict[str, str] = field(default_factory=dict)
     #: Ids of customers that did not exist before this batch: nothing of theirs is stored yet.
     created: set[str] = field(default_factory=set)
     #: Identity rows to upsert: key -> customer id, including every key of a merged customer.
     identities: dict[str, str] = field(default_factory=dict)
     #: Merges in the order they happened (``UPDATE ... SET customer_id=survivor WHERE customer_id=merged``).
     merges: list[IdentityChange] = field(default_factory=list)
-    #: Profile of each changed customer, then a ``merged_into`` tombstone for each removed one.
+    #: Profile of each changed customer, then a ``merged_into`` tombstone for each removed one (``close``).
     profiles: list[CustomerProfile] = field(default_factory=list)
-    #: Events older than the watermark minus the allowed lateness: dead-letter them as ``too_late``.
+    #: Events older than the age bound, when one is set: dead-letter them as ``too_late``.
     too_late: list[TouchpointEvent] = field(default_factory=list)
     #: Events whose id was already applied to another customer, with that customer's id: dead-letter them.
     conflicts: list[tuple[TouchpointEvent, str]] = field(default_factory=list)
-    #: Events with no usable identifier: counted, not an error.
+    #: Events with no usable identifier: applied to no customer (their entries have ``customer_id`` None).
     unattributed: list[TouchpointEvent] = field(default_factory=list)
     #: Event id -> keys it carried that were not linked because of a per-type limit.
     refused: dict[str, list[str]] = field(default_factory=dict)
@@ -93,18 +109,11 @@ class BatchResult:
     duplicates: int = 0
     #: Blocked identifier values seen (ignored for stitching).
     blocked: int = 0
-    #: The watermark after this batch: the greatest event time accepted so far.
-    watermark: datetime | None = None
 
     @property
     def over_limit(self) -> int:
         """How many identifier links were refused because of a per-type limit."""
         return sum(len(keys) for keys in self.refused.values())
-
-
-def required_keys(events: Iterable[TouchpointEvent], settings: Settings) -> set[str]:
-    """The identifier keys whose identity rows the worker must load before applying ``events``."""
-    return IdentityRules(settings).required_keys(events)
 
 
 class StitchEngine:
@@ -124,21 +133,102 @@ class StitchEngine:
         keys_of = self.rules.keys_of
         return [keys_of(event) for event in events]
 
+    def history_needs(
+        self, events: Sequence[TouchpointEvent], keys: Sequence[EventKeys], view: StateView
+    ) -> dict[str, float]:
+        """Customers of the view whose facts and history must be restored before ``apply``, and from when.
+
+        An entry that later events can change, or that alert rules read, needs its customer's facts and history
+        from ``Policy.span_s`` before it (``Policy.history_needed``). Customers the batch may merge need more: a
+        merge can change any entry of either side from the younger side's first event on, so every customer
+        linked, through the batch's keys, to an older one needs its history from the second-earliest
+        ``first_seen`` of the group, minus the span. Customers complete from early enough are left out: in a
+        live stream, with events no later than ``Policy.grace_s``, nobody is.
+        """
+        span = self.policy.span_s
+        parent: dict[str, str] = {}
+
+        def find(node: str) -> str:
+            root = node
+            while (up := parent.get(root, root)) != root:
+                root = up
+            while node != root:
+                parent[node], node = root, parent.get(node, node)
+            return root
+
+        needs: list[tuple[str, float | None]] = []
+        linked: set[str] = set()
+        for event, event_keys in zip(events, keys, strict=True):
+            if not event_keys.keys:
+                continue
+            linked.update(event_keys.keys)
+            first = find(event_keys.keys[0])
+            for key in event_keys.keys[1:]:
+                other = find(key)
+                if other != first:
+                    parent[other] = first
+            needs.append((event_keys.keys[0], event.occurred_at.timestamp() - span if _may_be_kept(event) else None))
+        members: dict[str, set[str]] = {}
+        for key in linked:
+            customer_id = view.identities.get(key)
+            if customer_id is not None:
+                members.setdefault(find(key), set()).add(customer_id)
+        depth: dict[str, float] = {}
+        for key, need in needs:
+            if need is not None:
+                root = find(key)
+                depth[root] = min(depth.get(root, need), need)
+        for root, customer_ids in members.items():
+            if len(customer_ids) > 1:
+                seen = sorted(view.customers[cid].first_seen for cid in customer_ids)
+                depth[root] = min(depth.get(root, seen[1] - span), seen[1] - span)
+        out: dict[str, float] = {}
+        for root, customer_ids in members.items():
+            since = depth.get(root)
+            if since is None:
+                continue
+            for customer_id in customer_ids:
+                if since < view.customers[customer_id].complete_from:
+                    out[customer_id] = since
+        return out
+
     def apply(
         self,
         events: Sequence[TouchpointEvent],
         view: StateView,
-        watermark: datetime | None,
         keys: Sequence[EventKeys] | None = None,
+        *,
+        reject_before: float | None = None,
     ) -> BatchResult:
-        """Apply a batch of events in arrival order to ``view``; return what changed.
+        """Apply a batch of events in arrival order to ``view``; return what changed (then call ``close``).
 
-        ``keys`` are the events' keys from :meth:`keys_of`, when the caller has them already.
+        ``keys`` are the events' keys from :meth:`keys_of`, when the caller has them already;
+        ``reject_before`` (epoch seconds) is the opt-in age bound: older events are returned as ``too_late``.
         """
-        batch = _Batch(self, view, watermark)
+        batch = _Batch(self, view, reject_before)
         for event, event_keys in zip(events, self.keys_of(events) if keys is None else keys, strict=True):
             batch.add(event, event_keys)
         return batch.finish()
+
+    def close(self, view: StateView, result: BatchResult) -> None:
+        """End a batch: prune every state of the view to what it keeps, and profile the changed customers.
+
+        Separate from ``apply`` so that alert rules can read the states with everything the batch restored.
+        """
+        policy = self.policy
+        for state in view.customers.values():
+            state.prune(policy)
+        profiles = {customer_id: view.customers[customer_id].profile(policy) for customer_id in result.changed}
+        result.profiles = list(profiles.values())
+        for old_id, survivor_id in result.removed.items():
+            result.profiles.append(
+                profiles[survivor_id].model_copy(update={"customer_id": old_id, "merged_into": survivor_id})
+            )
+
+
+def _may_be_kept(event: TouchpointEvent) -> bool:
+    """True unless the event's entry is certainly not kept in history (``customer.is_kept``), judged cheaply."""
+    return event.type in _REVISABLE or event.type in _MAYBE_MOMENTS or event.survey is not None
 
 
 def _final(state: CustomerState) -> CustomerState:
@@ -150,14 +240,16 @@ def _final(state: CustomerState) -> CustomerState:
 class _Batch:
     """The work of one apply() call."""
 
-    def __init__(self, engine: StitchEngine, view: StateView, watermark: datetime | None) -> None:
+    def __init__(self, engine: StitchEngine, view: StateView, reject_before: float | None) -> None:
         self.rules = engine.rules
         self.policy = engine.policy
         self.view = view
-        self.watermark = None if watermark is None else watermark.timestamp()
+        self.reject_before = reject_before
         self.result = BatchResult()
         #: Event id -> (row, state holding it, derived fields as emitted before, None if new this batch).
         self.dirty: dict[str, tuple[Row, CustomerState, Derived | None]] = {}
+        #: Event ids applied to no customer in this batch.
+        self.unattributed: set[str] = set()
         self.touched: set[CustomerState] = set()
         #: Removed customer id -> the state that took it over.
         self.removed: dict[str, CustomerState] = {}
@@ -173,33 +265,32 @@ class _Batch:
         result = self.result
         result.blocked += event_keys.blocked
         keys = event_keys.keys
-        identities = self.view.identities
-        for key in keys:
-            owner = identities.get(key)
-            if owner is not None and event.event_id in self._state(owner).seen:
-                result.duplicates += 1
-                return
         holder = self._holder(event.event_id)
         if holder is not None:
-            if any(identities.get(key) == holder for key in keys):
-                result.duplicates += 1  # applied before the dedupe set's horizon
+            if holder == NO_CUSTOMER:
+                duplicate = not keys
+            else:
+                identities = self.view.identities
+                duplicate = any(identities.get(key) == holder for key in keys)
+            if duplicate:
+                result.duplicates += 1
             else:
                 result.conflicts.append((event, holder))
             return
         t = event.occurred_at.timestamp()
-        if self.watermark is not None and t < self.watermark - self.policy.allowed_lateness_s:
+        if self.reject_before is not None and t < self.reject_before:
             result.too_late.append(event)
             return
-        if self.watermark is None or t > self.watermark:
-            self.watermark = t
+        row = make_row(event, t)
         if not keys:
             result.unattributed.append(event)
+            result.entries.append(timeline_entry(None, row, standalone(row)))
+            self.unattributed.add(event.event_id)
             return
         state = self._link(event, keys, t)
-        row = make_row(event, t)
         for affected in state.affected_by(row, self.policy):
             self._candidate(state, affected)
-        state.add(row, event, self.policy)
+        state.add(row, event)
         self.dirty[event.event_id] = (row, state, None)
         self.touched.add(state)
 
@@ -208,9 +299,11 @@ class _Batch:
         held = self.dirty.get(event_id)
         if held is not None:
             return _final(held[1]).customer_id
+        if event_id in self.unattributed:
+            return NO_CUSTOMER
         customer_id = self.view.applied.get(event_id)
-        if customer_id is None:
-            return None
+        if customer_id is None or customer_id == NO_CUSTOMER:
+            return customer_id
         merged = self.removed.get(customer_id)
         return customer_id if merged is None else _final(merged).customer_id
 
@@ -236,20 +329,19 @@ class _Batch:
         else:
             final_id = customer_id_for(final_key)
             if states:
-                survivor = max(states, key=lambda s: len(s.timeline))  # renamed below: move the least
+                survivor = max(states, key=lambda s: len(s.history))  # renamed below: move the least
             else:
                 survivor = view.customers[final_id] = CustomerState(final_id)
                 self.result.created.add(final_id)
         absorbed = [state for state in states if state is not survivor]
         renamed = survivor.customer_id != final_id  # a stronger key joined: the old id merges into the new
         linked = [key for key in keys if key not in plan.refused]
-        since = t - self.policy.allowed_lateness_s
         repoint: list[str] = []
         for state in absorbed:
-            for side, row in survivor.merge_affected(state, since):
+            for side, row in survivor.merge_affected(state, self.policy):
                 self._candidate(side, row)
             repoint += state.identifier_keys()
-            survivor.absorb(state, self.policy)
+            survivor.absorb(state)
         for state in [*absorbed, survivor] if renamed else absorbed:
             del view.customers[state.customer_id]
             self.removed[state.customer_id] = survivor
@@ -275,7 +367,7 @@ class _Batch:
         return survivor
 
     def finish(self) -> BatchResult:
-        """Emit entries and profiles, prune the changed states, and return the result."""
+        """Emit the entries whose derived fields are new or changed, and list the changed and removed customers."""
         result, policy = self.result, self.policy
         for event_id, (row, holder, before) in self.dirty.items():
             state = _final(holder)
@@ -285,25 +377,19 @@ class _Batch:
             elif after != before:
                 result.entries.append(timeline_entry(state.customer_id, row, after))
                 result.replaced[event_id] = timeline_entry(state.customer_id, row, before)
-        finals = {state.customer_id: state for state in map(_final, self.touched)}
-        profiles = {}
-        for customer_id in sorted(finals):
-            state = finals[customer_id]
-            state.prune(policy)
-            profiles[customer_id] = state.profile(policy)
-        result.changed = list(profiles)
-        result.profiles = list(profiles.values())
+        result.changed = sorted({_final(state).customer_id for state in self.touched})
         for old_id, holder in self.removed.items():
-            if old_id in result.created:
-                continue  # never stored: nothing to delete or tombstone
-            survivor = _final(holder)
-            result.removed.append(old_id)
-            result.profiles.append(
-                profiles[survivor.customer_id].model_copy(
-                    update={"customer_id": old_id, "merged_into": survivor.customer_id}
-                )
-            )
-        result.watermark = None if self.watermark is None else datetime.fromtimestamp(self.watermark, UTC)
+            if old_id not in result.created:  # one created in this batch was never stored: nothing to remove
+                result.removed[old_id] = _final(holder).customer_id
+        # The view's durable record of applied ids follows, as the touchpoints table does in the worker.
+        applied = self.view.applied
+        if self.removed:
+            for event_id, customer_id in applied.items():
+                if customer_id in self.removed:
+                    applied[event_id] = _final(self.removed[customer_id]).customer_id
+        for event_id, (_, holder, _) in self.dirty.items():
+            applied[event_id] = _final(holder).customer_id
+        applied.update(dict.fromkeys(self.unattributed, NO_CUSTOMER))
         return result
 
 

@@ -1,9 +1,10 @@
 """The test oracle: the same input replayed in memory, in event-time order, with a full view.
 
 ``replay`` is a pure function of the events and the settings. The engine over any arrival order and
-any batch split must end with the same customers, identity map, timelines and stages (as long as no
-identifier limit bites, no event is too late and no record reuses another person's event id: whichever
-is applied first holds the id, see ``engine``); integration tests compare SQL contents with it.
+any batch split, with the history the worker restores from SQL, must end with the same customers, identity
+map, entries and stages (as long as no identifier limit bites, no age bound is set and no record reuses
+another person's event id: whichever is applied first holds the id, see ``engine``); integration tests compare
+SQL contents with it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from config.settings import Settings
 from schemas.outputs import CustomerProfile, Stage, TimelineEntry
 from schemas.touchpoint import TouchpointEvent
-from streams.domain.customer import EVENT_ID, CustomerState
+from streams.domain.customer import CustomerState
 from streams.domain.engine import BatchResult, StateView, StitchEngine
 
 
@@ -26,7 +27,7 @@ class OracleResult:
     customers: dict[str, CustomerState]
     #: Identifier key -> customer id.
     identities: dict[str, str]
-    #: Customer id -> event ids on its timeline, in event-time order.
+    #: Customer id -> its event ids, in event-time order.
     timelines: dict[str, list[str]]
     #: Customer id -> current stage.
     stages: dict[str, Stage]
@@ -43,14 +44,20 @@ def replay(events: Iterable[TouchpointEvent], settings: Settings) -> OracleResul
     ordered = sorted(events, key=lambda event: (event.occurred_at, event.event_id))
     view = StateView()
     engine = StitchEngine(settings)
-    result = engine.apply(ordered, view, None)
+    result = engine.apply(ordered, view)
+    engine.close(view, result)
+    entries = final_entries([result])
+    timelines: dict[str, list[str]] = {}
+    for entry in sorted(entries.values(), key=lambda e: (e.occurred_at, e.event_id)):
+        if entry.customer_id is not None:
+            timelines.setdefault(entry.customer_id, []).append(entry.event_id)
     return OracleResult(
         customers=view.customers,
         identities=view.identities,
-        timelines={cid: [row[EVENT_ID] for row in state.timeline] for cid, state in view.customers.items()},
+        timelines=timelines,
         stages={cid: state.stage(engine.policy) for cid, state in view.customers.items()},
         profiles={profile.customer_id: profile for profile in result.profiles if profile.merged_into is None},
-        entries=final_entries([result]),
+        entries=entries,
         result=result,
     )
 
@@ -70,7 +77,7 @@ def final_entries(results: Iterable[BatchResult]) -> dict[str, TimelineEntry]:
     final = {}
     for event_id, entry in latest.items():
         customer_id = entry.customer_id
-        while customer_id in alias:
+        while customer_id is not None and customer_id in alias:
             customer_id = alias[customer_id]
         final[event_id] = (
             entry if customer_id == entry.customer_id else entry.model_copy(update={"customer_id": customer_id})

@@ -20,8 +20,8 @@ from schemas.touchpoint import (
     TouchpointEvent,
     derive_event_id,
 )
-from streams.domain.customer import EVENT_ID, CustomerState, Policy, issue_key
-from streams.domain.engine import StateView, StitchEngine, required_keys
+from streams.domain.customer import EVENT_ID, CustomerState, Policy, StoredEntry, issue_key, make_row, row_of
+from streams.domain.engine import BatchResult, StateView, StitchEngine
 from streams.domain.identifiers import hash_identifier
 from streams.domain.identity import customer_id_for
 from streams.domain.moments import event_moments, is_complaint, nps_moment
@@ -69,6 +69,13 @@ def engine(**overrides: object) -> StitchEngine:
     return StitchEngine(Settings(**overrides))  # type: ignore[arg-type]
 
 
+def run(eng: StitchEngine, events: list[TouchpointEvent], view: StateView) -> BatchResult:
+    """One batch as the worker applies it: apply, then close (prune, profiles)."""
+    result = eng.apply(events, view)
+    eng.close(view, result)
+    return result
+
+
 def entries_by_id(result) -> dict:
     return {entry.event_id: entry for entry in result.entries}
 
@@ -87,7 +94,7 @@ def test_customer_id_comes_from_the_strongest_key_whatever_the_order() -> None:
     ]
     for order in (events, events[::-1], [events[1], events[0], events[2]]):
         view = StateView()
-        engine().apply(order, view, None)
+        run(engine(), order, view)
         assert list(view.customers) == [customer_id_for("loyalty_id:L-7")]
         assert set(view.identities.values()) == {customer_id_for("loyalty_id:L-7")}
 
@@ -95,13 +102,13 @@ def test_customer_id_comes_from_the_strongest_key_whatever_the_order() -> None:
 def test_linking_event_merges_two_customers_into_the_stronger_and_reports_it() -> None:
     view = StateView()
     eng = engine()
-    first = eng.apply([ev(identifiers={ANON: "a1"}), ev(hours=1)], view, None)
+    first = run(eng, [ev(identifiers={ANON: "a1"}), ev(hours=1)], view)
     anon_id = customer_id_for("web_anonymous_id:a1")
     assert sorted(first.changed) == sorted([anon_id, ANN])
     link = ev(EventType.IDENTIFY, hours=2, identifiers={ANON: "a1", EMAIL: "ann@example.org"})
-    result = eng.apply([link], view, None)
+    result = run(eng, [link], view)
     assert list(view.customers) == [ANN]
-    assert result.removed == [anon_id]
+    assert list(result.removed) == [anon_id]
     assert result.changed == [ANN]
     (merge,) = result.merges
     assert (merge.survivor_id, merge.merged_id, merge.event_id) == (ANN, anon_id, link.event_id)
@@ -116,28 +123,28 @@ def test_linking_event_merges_two_customers_into_the_stronger_and_reports_it() -
 def test_merge_repoints_every_key_of_the_merged_customer_even_ones_not_in_the_batch() -> None:
     eng = engine()
     view = StateView()
-    eng.apply([ev(identifiers={ANON: "a1"}), ev(hours=1, identifiers={ANON: "a1", LOYALTY: "L-1"})], view, None)
+    run(eng, [ev(identifiers={ANON: "a1"}), ev(hours=1, identifiers={ANON: "a1", LOYALTY: "L-1"})], view)
     loyal = customer_id_for("loyalty_id:L-1")
     # The worker loads only the keys of the next batch: the loyalty key is not among them.
     partial = StateView(identities={"web_anonymous_id:a1": loyal}, customers={loyal: view.customers[loyal]})
-    result = eng.apply([ev(hours=2, identifiers={ANON: "a1", CRM: "C-1"})], partial, None)
+    result = run(eng, [ev(hours=2, identifiers={ANON: "a1", CRM: "C-1"})], partial)
     crm = customer_id_for("crm_id:C-1")
     assert result.identities == {"web_anonymous_id:a1": crm, "loyalty_id:L-1": crm, "crm_id:C-1": crm}
     assert [(m.survivor_id, m.merged_id) for m in result.merges] == [(crm, loyal)]
-    assert result.removed == [loyal]
+    assert list(result.removed) == [loyal]
     assert list(partial.customers) == [crm]
     assert partial.customers[crm].identifiers == {"web_anonymous_id": ["a1"], "loyalty_id": ["L-1"], "crm_id": ["C-1"]}
 
 
-def test_an_applied_id_past_the_dedupe_horizon_is_a_duplicate_for_its_customer_and_a_conflict_for_others() -> None:
+def test_an_applied_id_is_a_duplicate_for_its_customer_and_a_conflict_for_others() -> None:
     eng = engine()
     view = StateView()
     original = ev(hours=0, source_id="R-1")
-    eng.apply([original], view, None)
-    view.customers[ANN].seen.clear()  # pruned: only the durable record (the touchpoints table) still knows it
-    view.applied = {original.event_id: ANN}
+    run(eng, [original], view)
+    # Only the durable record (the touchpoints table, in the worker) knows it: the state keeps no id set.
+    assert view.applied == {original.event_id: ANN}
     impostor = original.model_copy(update={"identifiers": {EMAIL: "bob@example.org"}})
-    result = eng.apply([original, impostor], view, None)
+    result = run(eng, [original, impostor], view)
     assert result.duplicates == 1
     assert [(event, holder) for event, holder in result.conflicts] == [(impostor, ANN)]
     assert result.entries == [] and view.customers[ANN].events == 1
@@ -148,12 +155,10 @@ def test_an_applied_id_follows_its_customer_through_a_rename_in_the_same_batch()
     eng = engine()
     view = StateView()
     original = ev(hours=0, source_id="R-1")
-    eng.apply([original], view, None)
-    view.customers[ANN].seen.clear()
-    view.applied = {original.event_id: ANN}
+    run(eng, [original], view)
     # A loyalty id joins Ann (renaming her customer), then her record is redelivered: still hers, a duplicate.
     joined = ev(hours=1, identifiers={EMAIL: "ann@example.org", LOYALTY: "L-9"})
-    result = eng.apply([joined, original], view, None)
+    result = run(eng, [joined, original], view)
     assert [m.merged_id for m in result.merges] == [ANN]
     assert result.duplicates == 1 and result.conflicts == []
 
@@ -161,22 +166,22 @@ def test_an_applied_id_follows_its_customer_through_a_rename_in_the_same_batch()
 def test_a_stronger_identifier_joining_one_customer_renames_it_as_a_merge() -> None:
     eng = engine()
     view = StateView()
-    eng.apply([ev(identifiers={ANON: "a1"})], view, None)
-    result = eng.apply([ev(hours=1, identifiers={ANON: "a1", EMAIL: "ann@example.org"})], view, None)
+    run(eng, [ev(identifiers={ANON: "a1"})], view)
+    result = run(eng, [ev(hours=1, identifiers={ANON: "a1", EMAIL: "ann@example.org"})], view)
     anon_id = customer_id_for("web_anonymous_id:a1")
     assert [(m.survivor_id, m.merged_id) for m in result.merges] == [(ANN, anon_id)]
-    assert result.removed == [anon_id]
+    assert list(result.removed) == [anon_id]
     assert list(view.customers) == [ANN]
     assert view.customers[ANN].customer_id == ANN
 
 
 def test_ids_created_and_merged_within_one_batch_are_not_reported_removed() -> None:
-    result = engine().apply(
+    result = run(
+        engine(),
         [ev(identifiers={ANON: "a1"}), ev(hours=1, identifiers={ANON: "a1", EMAIL: "ann@example.org"})],
         StateView(),
-        None,
     )
-    assert result.removed == []
+    assert list(result.removed) == []
     assert len(result.merges) == 1
     assert result.changed == [ANN]
 
@@ -184,7 +189,7 @@ def test_ids_created_and_merged_within_one_batch_are_not_reported_removed() -> N
 def test_hashed_identifiers_never_store_the_raw_value() -> None:
     eng = engine(hash_identifiers=True, identifier_salt="pepper")
     view = StateView()
-    eng.apply([ev(identifiers={EMAIL: "ann@example.org", ANON: "a1"})], view, None)
+    run(eng, [ev(identifiers={EMAIL: "ann@example.org", ANON: "a1"})], view)
     hashed = "email:" + hash_identifier(EMAIL, "ann@example.org", "pepper")
     assert set(view.identities) == {hashed, "web_anonymous_id:a1"}
     (state,) = view.customers.values()
@@ -194,10 +199,10 @@ def test_hashed_identifiers_never_store_the_raw_value() -> None:
 
 def test_blocked_values_are_ignored_for_stitching_and_counted() -> None:
     placeholder = {EMAIL: "test@example.com"}
-    result = engine().apply(
+    result = run(
+        engine(),
         [ev(identifiers={ANON: "a1"} | placeholder), ev(hours=1, identifiers={ANON: "a2"} | placeholder)],
         view := StateView(),
-        None,
     )
     assert result.blocked == 2
     assert len(view.customers) == 2
@@ -206,30 +211,31 @@ def test_blocked_values_are_ignored_for_stitching_and_counted() -> None:
 
 def test_blocked_values_match_after_normalisation_and_hashing() -> None:
     eng = engine(hash_identifiers=True, identifier_salt="s", blocked_identifiers="email:Test@Example.com")
-    result = eng.apply([ev(identifiers={EMAIL: "test@example.com", ANON: "a1"})], StateView(), None)
+    result = run(eng, [ev(identifiers={EMAIL: "test@example.com", ANON: "a1"})], StateView())
     assert result.blocked == 1
 
 
 def test_a_link_over_a_type_limit_is_refused_and_the_event_goes_to_its_strongest_key() -> None:
     eng = engine()
     view = StateView()
-    eng.apply([ev(identifiers={CRM: "C-1", EMAIL: "ann@example.org"})], view, None)
+    run(eng, [ev(identifiers={CRM: "C-1", EMAIL: "ann@example.org"})], view)
     clash = ev(hours=1, identifiers={CRM: "C-2", EMAIL: "ann@example.org"})
-    result = eng.apply([clash], view, None)
+    result = run(eng, [clash], view)
     assert result.refused == {clash.event_id: ["email:ann@example.org"]}
     assert result.over_limit == 1
     assert not result.merges
     c1, c2 = customer_id_for("crm_id:C-1"), customer_id_for("crm_id:C-2")
     assert view.identities == {"crm_id:C-1": c1, "email:ann@example.org": c1, "crm_id:C-2": c2}
     assert view.customers[c2].identifiers == {"crm_id": ["C-2"]}
-    assert [row[EVENT_ID] for row in view.customers[c2].timeline] == [clash.event_id]
+    assert view.customers[c2].events == 1
+    assert [(e.event_id, e.customer_id) for e in result.entries] == [(clash.event_id, c2)]
 
 
 def test_anonymous_web_ids_are_bounded_per_customer() -> None:
     eng = engine(identifier_limits={ANON: 2})
     view = StateView()
     events = [ev(hours=n, identifiers={EMAIL: "ann@example.org", ANON: f"a{n}"}) for n in range(3)]
-    result = eng.apply(events, view, None)
+    result = run(eng, events, view)
     assert view.customers[ANN].identifiers["web_anonymous_id"] == ["a0", "a1"]
     assert result.refused == {events[2].event_id: ["web_anonymous_id:a2"]}
     assert view.customers[ANN].events == 3
@@ -238,16 +244,16 @@ def test_anonymous_web_ids_are_bounded_per_customer() -> None:
 def test_limits_also_refuse_merging_two_customers_that_together_exceed_them() -> None:
     eng = engine(identifier_limits={ANON: 2})
     view = StateView()
-    eng.apply(
+    run(
+        eng,
         [
             ev(identifiers={EMAIL: "ann@example.org", ANON: "a1"}),
             ev(identifiers={EMAIL: "ann@example.org", ANON: "a2"}),
             ev(identifiers={LOYALTY: "L-1", ANON: "a3"}),
         ],
         view,
-        None,
     )
-    result = eng.apply([ev(hours=1, identifiers={LOYALTY: "L-1", EMAIL: "ann@example.org"})], view, None)
+    result = run(eng, [ev(hours=1, identifiers={LOYALTY: "L-1", EMAIL: "ann@example.org"})], view)
     assert result.over_limit == 1
     assert len(view.customers) == 2
 
@@ -258,7 +264,7 @@ def test_events_without_identifiers_use_the_anonymous_source_identity_or_are_una
     kiosk = ev(channel=Channel.STORE, identifiers={}, attributes={"anonymous_id": "till-3-session-9"})
     again = ev(hours=1, channel=Channel.STORE, identifiers={}, attributes={"anonymous_id": "till-3-session-9"})
     nobody = ev(channel=Channel.STORE, identifiers={})
-    result = eng.apply([kiosk, again, nobody], view, None)
+    result = run(eng, [kiosk, again, nobody], view)
     assert result.unattributed == [nobody]
     (state,) = view.customers.values()
     assert state.customer_id == customer_id_for("anonymous:store:test:till-3-session-9")
@@ -274,7 +280,7 @@ def test_required_keys_are_the_keys_apply_looks_up() -> None:
         ev(identifiers={EMAIL: "noreply@example.com"}, attributes={"anonymous_id": "x"}),
         ev(identifiers={}),
     ]
-    assert required_keys(events, settings) == {
+    assert StitchEngine(settings).required_keys(events) == {
         "email:" + hash_identifier(EMAIL, "ann@example.org", "s"),
         "web_anonymous_id:a1",
         "anonymous:web:test:x",
@@ -284,7 +290,7 @@ def test_required_keys_are_the_keys_apply_looks_up() -> None:
 def test_an_identity_row_without_its_state_in_the_view_is_a_clear_error() -> None:
     view = StateView(identities={"email:ann@example.org": "c-missing"})
     with pytest.raises(KeyError, match="c-missing"):
-        engine().apply([ev()], view, None)
+        run(engine(), [ev()], view)
 
 
 # --- merges, dedupe, lateness --------------------------------------------------------------------
@@ -294,17 +300,17 @@ def test_merges_move_history_in_event_time_order() -> None:
     eng = engine()
     view = StateView()
     ann = [ev(EventType.PURCHASE, hours=h, amount=Decimal("10.50")) for h in (1, 5)]
-    anon = [ev(EventType.PAGE_VIEW, hours=h, identifiers={ANON: "a1"}) for h in (2, 6)]
-    eng.apply(ann + anon, view, None)
+    anon = [ev(EventType.OTHER, hours=h, identifiers={ANON: "a1"}) for h in (2, 6)]
+    run(eng, ann + anon, view)
     link = ev(EventType.IDENTIFY, hours=3, identifiers={ANON: "a1", EMAIL: "ann@example.org"})
-    eng.apply([link], view, None)
+    run(eng, [link], view)
     state = view.customers[ANN]
-    ordered = [ann[0], anon[0], link, ann[1], anon[1]]
-    assert [row[EVENT_ID] for row in state.timeline] == [e.event_id for e in ordered]
+    # History keeps the entries later events can change (purchases, ``other``), not the identify.
+    assert [row[EVENT_ID] for row in state.history] == [e.event_id for e in (ann[0], anon[0], ann[1], anon[1])]
     assert (state.events, state.purchases, state.revenue) == (5, 2, Decimal("21.00"))
     assert state.channels == {"web": 5}
-    # The merged customer's dedupe set came along: its events are duplicates now.
-    again = eng.apply([anon[0]], view, None)
+    # The merged customer's applied ids came along: its events are duplicates now.
+    again = run(eng, [anon[0]], view)
     assert again.duplicates == 1 and not again.entries
 
 
@@ -312,98 +318,202 @@ def test_duplicates_change_nothing_and_emit_nothing() -> None:
     eng = engine()
     view = StateView()
     event = ev(EventType.PURCHASE, amount=Decimal(5))
-    first = eng.apply([event, event], view, None)
+    first = run(eng, [event, event], view)
     assert first.duplicates == 1 and len(first.entries) == 1
     before = json.dumps(view.customers[ANN].to_dict(), sort_keys=True)
-    second = eng.apply([event], view, first.watermark)
+    second = run(eng, [event], view)
     assert second.duplicates == 1
     assert (second.entries, second.changed, second.profiles) == ([], [], [])
     assert json.dumps(view.customers[ANN].to_dict(), sort_keys=True) == before
 
 
-def test_late_events_land_in_order_and_too_late_ones_are_rejected() -> None:
-    eng = engine(allowed_lateness_s=2 * HOUR)
+def test_late_events_land_in_order_whatever_their_age() -> None:
+    eng = engine()
     view = StateView()
-    first = eng.apply([ev(hours=10), ev(hours=12)], view, None)
-    assert first.watermark == T0 + timedelta(hours=12)
-    late, too_late = ev(hours=10.5), ev(hours=9.5)
-    result = eng.apply([late, too_late], view, first.watermark)
-    assert result.too_late == [too_late]
-    assert result.watermark == T0 + timedelta(hours=12)
-    times = [row[0] for row in view.customers[ANN].timeline]
+    run(
+        eng,
+        [ev(EventType.PURCHASE, 24 * 400, amount=Decimal(1)), ev(EventType.PURCHASE, 24 * 401, amount=Decimal(1))],
+        view,
+    )
+    late = ev(EventType.PURCHASE, 24 * 400.5, amount=Decimal(1))
+    ancient = ev(hours=0)  # 400 days before the customer's latest: applied all the same
+    result = run(eng, [late, ancient], view)
+    assert result.too_late == []
+    assert {e.event_id for e in result.entries} >= {late.event_id, ancient.event_id}
+    state = view.customers[ANN]
+    times = [row[0] for row in state.history]
     assert times == sorted(times) and len(times) == 3
+    assert state.events == 4 and state.first_seen == T0.timestamp()
+
+
+def test_an_age_bound_is_opt_in_and_rejects_only_older_events() -> None:
+    eng = engine()
+    view = StateView()
+    run(eng, [ev(hours=10), ev(hours=12)], view)
+    late, too_late = ev(hours=10.5), ev(hours=9.5)
+    bound = (T0 + timedelta(hours=10)).timestamp()
+    result = eng.apply([late, too_late], view, reject_before=bound)
+    assert result.too_late == [too_late]
+    assert [e.event_id for e in result.entries] == [late.event_id]
 
 
 def test_a_redelivered_old_event_is_a_duplicate_not_too_late() -> None:
-    eng = engine(allowed_lateness_s=HOUR)
+    eng = engine()
     view = StateView()
     old = ev(hours=0)
-    first = eng.apply([old, ev(hours=5)], view, None)
-    result = eng.apply([old], view, first.watermark)
+    run(eng, [old, ev(hours=5)], view)
+    result = eng.apply([old], view, reject_before=(T0 + timedelta(hours=4)).timestamp())
     assert (result.duplicates, result.too_late) == (1, [])
 
 
-def test_seen_ids_are_pruned_relative_to_the_customers_latest_event() -> None:
-    eng = engine(dedupe_horizon_s=DAY, allowed_lateness_s=HOUR)
+def test_an_applied_id_is_a_duplicate_whatever_its_age() -> None:
+    eng = engine()
     view = StateView()
-    old = ev(hours=0)
-    eng.apply([old, ev(hours=30)], view, None)
-    assert old.event_id not in view.customers[ANN].seen
-    assert len(view.customers[ANN].seen) == 1
+    old = ev(EventType.PURCHASE, 0, amount=Decimal(1))
+    run(eng, [old, ev(hours=24 * 365)], view)
+    assert "seen" not in view.customers[ANN].to_dict()  # no id set in the state: the applied record decides
+    assert run(eng, [old], view).duplicates == 1
 
 
 def test_retention_keeps_the_previous_purchase_a_late_purchase_needs() -> None:
-    eng = engine(allowed_lateness_s=2 * DAY, dedupe_horizon_s=3 * DAY)
+    eng = engine(window_grace_s=2 * DAY)
+    keep = Policy.from_settings(eng.settings).keep_s
     view = StateView()
-    old, recent = (ev(EventType.PURCHASE, 24 * day, amount=Decimal(1)) for day in (0, 10))
-    first = eng.apply([old, recent], view, None)
-    # Older than twice the lateness, but still the previous purchase of anything that may arrive.
-    assert [p[1] for p in view.customers[ANN].purchase_times] == [old.event_id, recent.event_id]
-    late = ev(EventType.PURCHASE, 24 * 9, amount=Decimal(1))
-    result = eng.apply([late], view, first.watermark)
+    days = keep / DAY + 10
+    old, recent = (ev(EventType.PURCHASE, 24 * day, amount=Decimal(1)) for day in (0, days))
+    run(eng, [old, recent], view)
+    # Older than the state keeps, but still the previous purchase of anything that may arrive.
+    state = view.customers[ANN]
+    assert [p[1] for p in state.purchase_times] == [old.event_id, recent.event_id]
+    assert state.facts_from == recent.occurred_at.timestamp() - keep
+    late = ev(EventType.PURCHASE, 24 * (days - 1), amount=Decimal(1))
+    assert eng.history_needs([late], eng.keys_of([late]), view) == {}  # within the grace: from memory
+    result = run(eng, [late], view)
     entries = entries_by_id(result)
-    assert entries[late.event_id].time_since_last_purchase_s == 9 * DAY
+    assert entries[late.event_id].time_since_last_purchase_s == (days - 1) * DAY
     assert entries[recent.event_id].time_since_last_purchase_s == DAY
-    assert result.replaced[recent.event_id].time_since_last_purchase_s == 10 * DAY
+    assert result.replaced[recent.event_id].time_since_last_purchase_s == days * DAY
 
 
 def test_retention_keeps_the_contacts_a_late_contact_looks_back_to() -> None:
-    eng = engine(allowed_lateness_s=2 * DAY, dedupe_horizon_s=3 * DAY, repeat_contact_window_s=DAY)
+    eng = engine(window_grace_s=2 * DAY, repeat_contact_window_s=DAY)
     view = StateView()
     earlier = contact(24 * 7.5, reason="late")
-    first = eng.apply([earlier, ev(hours=24 * 10)], view, None)
+    run(eng, [earlier, ev(hours=24 * 10)], view)
     assert "reason:late" in view.customers[ANN].issues
     late = contact(24 * 8.25, Channel.WEB, reason="late")
-    entry = entries_by_id(eng.apply([late], view, first.watermark))[late.event_id]
+    entry = entries_by_id(run(eng, [late], view))[late.event_id]
     assert (entry.contact_number, entry.repeat_contact, entry.channel_switch) == (2, True, True)
 
 
-def test_retention_forgets_what_no_acceptable_event_can_need() -> None:
-    eng = engine(allowed_lateness_s=DAY, dedupe_horizon_s=2 * DAY, repeat_contact_window_s=DAY)
+def test_retention_forgets_what_only_older_events_than_the_grace_can_need() -> None:
+    eng = engine(window_grace_s=DAY)
+    keep = Policy.from_settings(eng.settings).keep_s
     view = StateView()
-    eng.apply(
+    latest = 24 * (keep / DAY + 2)
+    run(
+        eng,
         [
             contact(0, reason="late"),
             *(ev(EventType.PURCHASE, h, amount=Decimal(1)) for h in (1, 2, 3)),
-            ev(hours=24 * 8),
+            ev(hours=latest),
         ],
         view,
-        None,
     )
     state = view.customers[ANN]
     assert state.issues == {}
     assert [p[0] for p in state.purchase_times] == [(T0 + timedelta(hours=3)).timestamp()]
-    assert len(state.seen) == 1
+    assert state.history == []
+    assert state.history_from == state.facts_from == (T0 + timedelta(hours=latest)).timestamp() - keep
 
 
-def test_timeline_keeps_the_most_recent_entries_and_still_counts_older_ones() -> None:
+def test_history_keeps_the_most_recent_entries_and_still_counts_older_ones() -> None:
     eng = engine(timeline_limit=3)
     view = StateView()
-    events = [ev(hours=h) for h in (5, 1, 4, 2, 3)]
-    eng.apply(events, view, None)
+    events = [ev(EventType.PURCHASE, h, amount=Decimal(1)) for h in (5, 1, 4, 2, 3)] + [ev(hours=0.5)]
+    run(eng, events, view)
     state = view.customers[ANN]
-    assert [row[0] for row in state.timeline] == [(T0 + timedelta(hours=h)).timestamp() for h in (3, 4, 5)]
-    assert state.events == 5
+    assert [row[0] for row in state.history] == [(T0 + timedelta(hours=h)).timestamp() for h in (3, 4, 5)]
+    assert state.history_from > (T0 + timedelta(hours=2)).timestamp()  # complete only from there on
+    assert (state.events, state.purchases) == (6, 5)
+
+
+def test_history_needs_name_the_customers_a_batch_must_read_back() -> None:
+    eng = engine(window_grace_s=DAY)
+    policy = Policy.from_settings(eng.settings)
+    view = StateView()
+    run(eng, [ev(EventType.PURCHASE, 0, amount=Decimal(1)), ev(hours=24 * 100)], view)
+    run(eng, [ev(EventType.PURCHASE, 24 * 90, identifiers={EMAIL: "bob@example.org"}, amount=Decimal(1))], view)
+    bob = customer_id_for("email:bob@example.org")
+
+    def needs(*events: TouchpointEvent) -> dict[str, float]:
+        return eng.history_needs(list(events), eng.keys_of(events), view)
+
+    page = ev(hours=24 * 10)  # no entry of Ann's can change because of a page view, and no rule reads it
+    call = contact(24 * 10, reason="late")
+    assert needs(page) == {}
+    assert needs(call) == {ANN: call.occurred_at.timestamp() - policy.span_s}
+    assert needs(contact(24 * 99.5, reason="late")) == {}  # within the grace of Ann's latest
+    # Linking Ann and Bob may change entries of Ann's from Bob's first event on.
+    link = ev(EventType.IDENTIFY, 24 * 100, identifiers={EMAIL: "ann@example.org", LOYALTY: "L-1"})
+    bobs = ev(EventType.IDENTIFY, 24 * 100, identifiers={EMAIL: "bob@example.org", LOYALTY: "L-1"})
+    since = view.customers[bob].first_seen - policy.span_s
+    # Bob's state keeps more than that (he is younger), Ann's not: only hers is read back.
+    assert view.customers[bob].complete_from < since < view.customers[ANN].complete_from
+    assert needs(link, bobs) == {ANN: since}
+
+
+def test_restore_puts_back_what_retention_dropped_and_nothing_twice() -> None:
+    eng = engine(window_grace_s=DAY)
+    view = StateView()
+    calls = [contact(24 * d, reason="late", resolved=False) for d in (0, 1)]
+    run(eng, [*calls, ev(hours=24 * 100)], view)
+    state = view.customers[ANN]
+    assert state.issues == {}
+    kept_from = state.complete_from
+    rows = [make_row(c, c.occurred_at.timestamp()) for c in calls]
+    state.restore(rows, None, 0.0)
+    state.restore(rows, None, 0.0)
+    assert [c[1] for c in state.issues["reason:late"]] == [c.event_id for c in calls]
+    assert [row[EVENT_ID] for row in state.history] == [c.event_id for c in calls]
+    assert state.complete_from == 0.0
+    state.prune(Policy.from_settings(eng.settings))
+    assert (state.issues, state.history, state.complete_from) == ({}, [], kept_from)
+
+
+def test_a_stored_entry_rebuilds_the_row_it_was_made_from() -> None:
+    event = ev(
+        EventType.SUPPORT_CONTACT,
+        2,
+        issue_id="case-1",
+        resolved=False,
+        transfers=2,
+        amount=Decimal("12.50"),
+        currency="GBP",
+        survey=SurveyAnswers(nps=3, csat=None, ces=6),
+        reason="parcel arrived broken",
+    )
+    row = make_row(event, event.occurred_at.timestamp())
+    entry = run(engine(), [event], StateView()).entries[0]
+    stored = StoredEntry(
+        occurred_at=event.occurred_at,
+        event_id=event.event_id,
+        channel="web",
+        type="support_contact",
+        received_at=event.received_at,
+        amount=Decimal("12.5000"),  # as a NUMERIC(18, 4) column gives it back
+        currency="GBP",
+        issue_key="case-1",
+        resolved=False,
+        transfers=2,
+        nps=3,
+        csat=None,
+        ces=6,
+        source_id=event.source.id,
+        moments=",".join(m.value for m in entry.moments),
+    )
+    assert row_of(stored) == row
+    assert row[5] == "12.5"
 
 
 # --- stages ----------------------------------------------------------------------------------------
@@ -435,7 +545,7 @@ def test_other_events_are_pre_purchase_until_the_customer_has_purchased() -> Non
 
 def stage_after(*events: TouchpointEvent) -> Stage:
     view = StateView()
-    result = engine().apply(list(events), view, None)
+    result = run(engine(), list(events), view)
     (profile,) = result.profiles
     assert profile.stage is view.customers[ANN].stage(Policy.from_settings(Settings()))
     return profile.stage
@@ -510,11 +620,11 @@ def test_first_purchase_moves_when_an_earlier_purchase_arrives_late() -> None:
     view = StateView()
     later = ev(EventType.PURCHASE, 10, amount=Decimal(20))
     browse = ev(EventType.OTHER, 8)
-    first = eng.apply([later, browse], view, None)
+    first = run(eng, [later, browse], view)
     assert entries_by_id(first)[later.event_id].moments == (Moment.FIRST_PURCHASE,)
     assert entries_by_id(first)[browse.event_id].stage is Stage.PRE_PURCHASE
     earlier = ev(EventType.PURCHASE, 5, amount=Decimal(7))
-    result = eng.apply([earlier], view, first.watermark)
+    result = run(eng, [earlier], view)
     entries = entries_by_id(result)
     assert entries[earlier.event_id].moments == (Moment.FIRST_PURCHASE,)
     assert entries[earlier.event_id].time_since_last_purchase_s is None
@@ -535,7 +645,7 @@ def test_issue_context_over_a_multi_contact_issue() -> None:
         contact(2, Channel.WEB, issue_id="case-1"),
         contact(5, Channel.WEB, issue_id="case-1", resolved=True),
     ]
-    result = engine().apply(calls, StateView(), None)
+    result = run(engine(), calls, StateView())
     one, two, three = (entries_by_id(result)[c.event_id] for c in calls)
     assert (one.is_contact, one.contact_number, one.repeat_contact, one.channel_switch) == (True, 1, False, False)
     assert (one.transfers, one.resolved, one.resolved_at_first_contact, one.issue_key) == (2, False, None, "case-1")
@@ -547,9 +657,9 @@ def test_issue_context_over_a_multi_contact_issue() -> None:
 
 def test_resolution_at_first_contact() -> None:
     call = contact(0, issue_id="case-9", resolved=True)
-    (entry,) = engine().apply([call], StateView(), None).entries
+    (entry,) = run(engine(), [call], StateView()).entries
     assert (entry.contact_number, entry.resolved_at_first_contact, entry.time_to_resolution_s) == (1, True, 0.0)
-    (page,) = engine().apply([ev()], StateView(), None).entries
+    (page,) = run(engine(), [ev()], StateView()).entries
     assert (page.is_contact, page.contact_number, page.resolved_at_first_contact) == (False, 0, None)
 
 
@@ -561,7 +671,7 @@ def test_repeat_contact_needs_a_contact_within_the_repeat_window() -> None:
         contact(0, reason="Billing  Question"),
         contact(48, reason="billing question"),  # no case id: a new issue after the window
     ]
-    entries = entries_by_id(eng.apply(calls, StateView(), None))
+    entries = entries_by_id(run(eng, calls, StateView()))
     _, id_again, reason_first, reason_again = (entries[c.event_id] for c in calls)
     assert (id_again.contact_number, id_again.repeat_contact) == (2, False)
     assert (reason_again.contact_number, reason_again.repeat_contact) == (1, False)
@@ -573,10 +683,10 @@ def test_a_late_contact_renumbers_the_issue_and_replaces_the_published_versions(
     eng = engine()
     view = StateView()
     second = contact(4, Channel.WEB, issue_id="case-1", resolved=True)
-    first = eng.apply([second], view, None)
+    first = run(eng, [second], view)
     assert entries_by_id(first)[second.event_id].resolved_at_first_contact is True
     earlier = contact(1, Channel.PHONE, issue_id="case-1", resolved=False)
-    result = eng.apply([earlier], view, first.watermark)
+    result = run(eng, [earlier], view)
     entry = entries_by_id(result)[second.event_id]
     assert (entry.contact_number, entry.repeat_contact, entry.channel_switch) == (2, True, True)
     assert (entry.resolved_at_first_contact, entry.time_to_resolution_s) == (False, 3 * HOUR)
@@ -584,34 +694,26 @@ def test_a_late_contact_renumbers_the_issue_and_replaces_the_published_versions(
     assert {e.event_id for e in result.entries} == {earlier.event_id, second.event_id}
 
 
-@pytest.mark.parametrize(("link_at", "revised"), [(12.0, True), (20.0, False)])
-def test_a_merge_recomputes_entries_within_the_lateness_of_the_link_only(link_at: float, revised: bool) -> None:
-    eng = engine(allowed_lateness_s=2 * HOUR)
+@pytest.mark.parametrize("link_at", [12.0, 24 * 200.0])
+def test_a_merge_recomputes_the_entries_it_changes_whatever_their_age(link_at: float) -> None:
+    eng = engine()
     view = StateView()
     mine = contact(10, reason="late", resolved=False)
     theirs = contact(11, Channel.WEB, reason="late", resolved=True, identifiers={ANON: "a1"})
-    first = eng.apply([mine, theirs], view, None)
+    run(eng, [mine, theirs], view)
     link = ev(EventType.IDENTIFY, link_at, identifiers={ANON: "a1", EMAIL: "ann@example.org"})
-    result = eng.apply([link], view, first.watermark)
-    state = view.customers[ANN]
-    assert [row[EVENT_ID] for row in state.timeline] == [mine.event_id, theirs.event_id, link.event_id]
-    policy = Policy.from_settings(eng.settings)
-    context = state.derive(state.timeline[1], policy).contact
-    assert context is not None and context.number == 2  # what a full recomputation would say
-    entries = entries_by_id(result)
-    if revised:
-        entry = entries[theirs.event_id]
-        assert (entry.customer_id, entry.contact_number, entry.channel_switch) == (ANN, 2, True)
-        assert (entry.resolved_at_first_contact, entry.time_to_resolution_s) == (False, HOUR)
-        assert result.replaced[theirs.event_id].contact_number == 1
-        assert result.replaced[theirs.event_id].customer_id == ANN
-    else:
-        assert set(entries) == {link.event_id}  # older than the link's lateness: final, not rewritten
+    assert eng.history_needs([link], eng.keys_of([link]), view) == {}  # both states still hold these contacts
+    result = run(eng, [link], view)
+    entry = entries_by_id(result)[theirs.event_id]
+    assert (entry.customer_id, entry.contact_number, entry.channel_switch) == (ANN, 2, True)
+    assert (entry.resolved_at_first_contact, entry.time_to_resolution_s) == (False, HOUR)
+    assert result.replaced[theirs.event_id].contact_number == 1
+    assert result.replaced[theirs.event_id].customer_id == ANN
 
 
 def test_time_since_last_purchase() -> None:
     buys = [ev(EventType.PURCHASE, h, amount=Decimal(1)) for h in (0, 30)]
-    entries = entries_by_id(engine().apply(buys, StateView(), None))
+    entries = entries_by_id(run(engine(), buys, StateView()))
     assert entries[buys[0].event_id].time_since_last_purchase_s is None
     assert entries[buys[1].event_id].time_since_last_purchase_s == 30 * HOUR
     assert entries[buys[1].event_id].moments == ()
@@ -623,12 +725,11 @@ def test_open_issues_and_their_abandonment() -> None:
     StitchEngine(Settings(repeat_contact_window_s=DAY)).apply(
         [contact(0, Channel.PHONE, reason="late", resolved=False), contact(3, Channel.WEB, reason="late")],
         view,
-        None,
     )
     (issue,) = view.customers[ANN].open_issues(policy)
     assert (issue.key, issue.contacts, issue.last_channel) == ("reason:late", 2, "web")
     assert issue.first_contact_at == T0.timestamp()
-    StitchEngine(Settings(repeat_contact_window_s=DAY)).apply([ev(hours=40)], view, None)
+    StitchEngine(Settings(repeat_contact_window_s=DAY)).apply([ev(hours=40)], view)
     assert view.customers[ANN].open_issues(policy) == []
 
 
@@ -637,23 +738,40 @@ def test_open_issues_and_their_abandonment() -> None:
 
 def test_state_round_trips_through_json() -> None:
     view = StateView()
-    engine().apply(
+    run(
+        engine(),
         [
             ev(EventType.PURCHASE, 1, amount=Decimal("9.99"), currency="GBP"),
             contact(2, issue_id="case-1", resolved=False),
             ev(EventType.SURVEY, 3, survey=SurveyAnswers(nps=3, ces=2)),
         ],
         view,
-        None,
     )
     state = view.customers[ANN]
     again = CustomerState.from_dict(json.loads(json.dumps(state.to_dict())))
     assert again.to_dict() == state.to_dict()
     policy = Policy.from_settings(Settings())
     assert again.profile(policy) == state.profile(policy)
-    assert [again.derive(row, policy) for row in again.timeline] == [state.derive(r, policy) for r in state.timeline]
+    assert [again.derive(row, policy) for row in again.history] == [state.derive(r, policy) for r in state.history]
     with pytest.raises(ValueError, match="layout"):
         CustomerState.from_dict(state.to_dict() | {"v": 0})
+
+
+def test_a_layout_1_state_is_read_as_complete_only_from_its_latest_event() -> None:
+    view = StateView()
+    run(engine(), [ev(EventType.PURCHASE, 1, amount=Decimal(1)), ev(hours=2), contact(3, reason="late")], view)
+    v2 = view.customers[ANN].to_dict()
+    timeline = [
+        *v2["history"][:1],
+        [T0.timestamp() + 2 * HOUR, "page", "web", "page_view", 0, None, None, None, None, 0, None, "s", []],
+        *v2["history"][1:],
+    ]
+    v1 = {k: v for k, v in v2.items() if k not in ("history", "history_from", "facts_from")}
+    v1 |= {"v": 1, "timeline": timeline, "seen": {}}
+    state = CustomerState.from_dict(v1)
+    assert [row[EVENT_ID] for row in state.history] == [row[EVENT_ID] for row in v2["history"]]  # kept entries only
+    assert state.history_from == state.facts_from == state.last_seen
+    assert state.to_dict()["v"] == 2
 
 
 def test_oracle_replays_in_event_time_order() -> None:
