@@ -14,10 +14,25 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, DateTime, Engine, and_, bindparam, delete, func, or_, select, tuple_, update
+from sqlalchemy import (
+    Connection,
+    DateTime,
+    Engine,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 
 from sinks import tables as t
 from sinks.database import upsert
+from streams.domain.customer import REVISABLE_TYPES, StoredEntry
+from streams.domain.event_time import PartitionTime, TopicPartition
 
 #: Rows per IN (...) list: well under SQLite's bound variables limit.
 CHUNK = 500
@@ -59,8 +74,15 @@ class BatchWrite:
     group_id: str
     offsets: dict[tuple[str, int], int]
     worker_id: str = ""
+    #: Digest of the record at each partition's new applied offset (``record_fingerprint``).
+    fingerprints: dict[tuple[str, int], str] = field(default_factory=dict)
+    #: Event time of the partitions this batch moved.
+    partitions: dict[TopicPartition, PartitionTime] = field(default_factory=dict)
+    #: The group's watermark and how far it was swept, when they moved.
     watermark: datetime | None = None
     swept_to: datetime | None = None
+    #: Whether state others may have cached changed (the group's commit sequence then moves).
+    state_changed: bool = False
     merges: list[dict[str, Any]] = field(default_factory=list)
     removed_customers: list[str] = field(default_factory=list)
     customers: list[dict[str, Any]] = field(default_factory=list)
@@ -204,10 +226,98 @@ class SqlStore:
         c = t.identities.c
         return _lookup(conn, c.identifier, c.customer_id, keys)
 
-    def load_applied(self, conn: Connection, event_ids: Iterable[str]) -> dict[str, str]:
-        """customer_id of each given event id that was applied (has a touchpoint row)."""
+    def load_applied(self, conn: Connection, event_ids: Iterable[str]) -> dict[str, str | None]:
+        """customer_id of each given event id that was applied (has a touchpoint row; None: unattributed)."""
         c = t.touchpoints.c
         return _lookup(conn, c.event_id, c.customer_id, event_ids)
+
+    def load_history(
+        self, conn: Connection, ranges: dict[str, tuple[datetime, datetime]]
+    ) -> dict[str, tuple[list[StoredEntry], tuple[datetime, str] | None]]:
+        """Per customer, its touchpoints a state may keep (``customer.is_kept``) in ``[since, until)``, and its
+        latest purchase before ``since``: what the worker restores when a batch needs older history."""
+        c = t.touchpoints.c
+        columns = (
+            c.occurred_at,
+            c.event_id,
+            c.channel,
+            c.type,
+            c.received_at,
+            c.amount,
+            c.currency,
+            c.issue_key,
+            c.resolved,
+            c.transfers,
+            c.nps,
+            c.csat,
+            c.ces,
+            c.source_id,
+            c.moments,
+        )
+        kept = or_(
+            c.type.in_(sorted(REVISABLE_TYPES)),
+            c.moments != "",
+            c.nps.is_not(None),
+            c.csat.is_not(None),
+            c.ces.is_not(None),
+        )
+        found: dict[str, tuple[list[StoredEntry], tuple[datetime, str] | None]] = {}
+        for chunk in _chunks(sorted(ranges)):
+            since = min(ranges[cid][0] for cid in chunk)
+            until = max(ranges[cid][1] for cid in chunk)
+            entries: dict[str, list[StoredEntry]] = {cid: [] for cid in chunk}
+            rows = conn.execute(
+                select(c.customer_id, *columns).where(
+                    c.customer_id.in_(chunk), c.occurred_at >= since, c.occurred_at < until, kept
+                )
+            )
+            for customer_id, *values in rows:
+                values[0], values[4] = as_utc(values[0]), as_utc(values[4])
+                entry = StoredEntry(*values)
+                low, high = ranges[customer_id]
+                if low <= entry.occurred_at < high:
+                    entries[customer_id].append(entry)
+            previous: dict[str, tuple[datetime, str]] = {}
+            latest = max(ranges[cid][0] for cid in chunk)
+            purchases = conn.execute(
+                select(c.customer_id, c.occurred_at, c.event_id).where(
+                    c.customer_id.in_(chunk), c.type == "purchase", c.occurred_at < latest
+                )
+            )
+            for customer_id, occurred_at, event_id in purchases:
+                pair = (as_utc(occurred_at), event_id)
+                if pair[0] < ranges[customer_id][0] and (customer_id not in previous or previous[customer_id] < pair):
+                    previous[customer_id] = pair
+            for customer_id in chunk:
+                found[customer_id] = (entries[customer_id], previous.get(customer_id))
+        return found
+
+    def partition_times(self, conn: Connection, group_id: str) -> dict[TopicPartition, PartitionTime]:
+        """Each input partition's event time and when it was last active, as the group last committed them."""
+        c = t.stream_partitions.c
+        rows = conn.execute(select(c.topic, c.partition, c.event_time, c.active_at).where(c.group_id == group_id))
+        return {
+            (topic, part): PartitionTime(
+                None if event_time is None else as_utc(event_time).timestamp(),
+                None if active_at is None else as_utc(active_at).timestamp(),
+            )
+            for topic, part, event_time, active_at in rows
+        }
+
+    def applied_records(self, group_id: str) -> dict[tuple[str, int], tuple[int, str | None]]:
+        """Each input partition's applied offset with the digest of the record at it (checked at start)."""
+        c = t.stream_offsets.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(c.topic, c.partition, c.applied_offset, c.fingerprint).where(c.group_id == group_id)
+            )
+            return {(topic, part): (offset, fingerprint) for topic, part, offset, fingerprint in rows}
+
+    def reset_offsets(self, group_id: str) -> int:
+        """Forget which input records the group applied (results stay); return how many partitions were reset."""
+        with self.engine.begin() as conn:
+            conn.execute(delete(t.stream_partitions).where(t.stream_partitions.c.group_id == group_id))
+            return int(conn.execute(delete(t.stream_offsets).where(t.stream_offsets.c.group_id == group_id)).rowcount)
 
     def load_customers(self, conn: Connection, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         """The stored per-customer state of each known customer."""
@@ -314,35 +424,72 @@ class SqlStore:
     def _write_offsets(self, conn: Connection, batch: BatchWrite) -> None:
         if batch.offsets:
             rows = [
-                {"group_id": batch.group_id, "topic": topic, "partition": part, "applied_offset": off}
+                {
+                    "group_id": batch.group_id,
+                    "topic": topic,
+                    "partition": part,
+                    "applied_offset": off,
+                    "fingerprint": batch.fingerprints.get((topic, part)),
+                }
                 for (topic, part), off in batch.offsets.items()
             ]
             stmt = self._upsert[t.stream_offsets]
             applied = t.stream_offsets.c.applied_offset
+            ahead = stmt.excluded.applied_offset >= applied
             conn.execute(
                 stmt.on_conflict_do_update(
                     index_elements=["group_id", "topic", "partition"],
-                    set_={"applied_offset": self._greatest(applied, stmt.excluded.applied_offset)},
+                    set_={
+                        "applied_offset": self._greatest(applied, stmt.excluded.applied_offset),
+                        "fingerprint": case((ahead, stmt.excluded.fingerprint), else_=t.stream_offsets.c.fingerprint),
+                    },
                 ),
                 rows,
             )
-        if batch.watermark is not None:
-            # Workers sharing a group write the same clock row: it only moves forward. A batch without a watermark
-            # accepted no event ever, so it changed no state and does not count in the sequence.
+        if batch.partitions:
+            stmt = self._upsert[t.stream_partitions]
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["group_id", "topic", "partition"],
+                    set_={"event_time": stmt.excluded.event_time, "active_at": stmt.excluded.active_at},
+                ),
+                [
+                    {
+                        "group_id": batch.group_id,
+                        "topic": topic,
+                        "partition": part,
+                        "event_time": _utc(clock.event_time),
+                        "active_at": _utc(clock.active_at),
+                    }
+                    for (topic, part), clock in batch.partitions.items()
+                ],
+            )
+        if batch.watermark is not None or batch.state_changed:
+            # Workers sharing a group write the same clock row: the watermark only moves forward, and the sequence
+            # counts the batches that changed state others may have cached.
             stmt = self._upsert[t.stream_clock]
             c = t.stream_clock.c
             conn.execute(
                 stmt.on_conflict_do_update(
                     index_elements=["group_id"],
                     set_={
-                        "watermark": self._greatest(c.watermark, stmt.excluded.watermark),
+                        "watermark": func.coalesce(
+                            self._greatest(c.watermark, stmt.excluded.watermark), c.watermark, stmt.excluded.watermark
+                        ),
                         "swept_to": func.coalesce(
                             self._greatest(c.swept_to, stmt.excluded.swept_to), c.swept_to, stmt.excluded.swept_to
                         ),
-                        "sequence": c.sequence + 1,
+                        "sequence": c.sequence + int(batch.state_changed),
                     },
                 ),
-                [{"group_id": batch.group_id, "watermark": batch.watermark, "swept_to": batch.swept_to, "sequence": 1}],
+                [
+                    {
+                        "group_id": batch.group_id,
+                        "watermark": batch.watermark,
+                        "swept_to": batch.swept_to,
+                        "sequence": int(batch.state_changed),
+                    }
+                ],
             )
 
     # --- outbox ---------------------------------------------------------------------------------
@@ -369,6 +516,10 @@ class SqlStore:
         if ids:
             with self.engine.begin() as conn:
                 conn.execute(delete(t.outbox).where(t.outbox.c.id.in_(list(ids))))
+
+
+def _utc(seconds: float | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
 
 
 def customers_count(engine: Engine) -> int:

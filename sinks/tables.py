@@ -57,7 +57,8 @@ touchpoints = Table(
     "touchpoints",
     metadata,
     Column("event_id", String(64), primary_key=True),
-    Column("customer_id", String(64), nullable=False),
+    # Null for an unattributed touchpoint (no usable identifier): kept, and counted for its channel and overall.
+    Column("customer_id", String(64)),
     Column("channel", String(16), nullable=False),
     Column("type", String(32), nullable=False),
     Column("occurred_at", TS, nullable=False),
@@ -70,6 +71,7 @@ touchpoints = Table(
     Column("issue_id", String(128)),
     Column("issue_key", String(160)),
     Column("resolved", Boolean),
+    Column("transfers", Integer, nullable=False, default=0, server_default="0"),
     Column("repeat_contact", Boolean, nullable=False, default=False),
     Column("nps", Integer),
     Column("csat", Integer),
@@ -143,13 +145,24 @@ stream_offsets = Table(
     Column("topic", String(249), primary_key=True),
     Column("partition", Integer, primary_key=True),
     Column("applied_offset", BigInteger, nullable=False, comment="highest offset whose effects are committed here"),
+    Column("fingerprint", String(32), comment="digest of the record at the applied offset"),
+)
+
+stream_partitions = Table(
+    "stream_partitions",
+    metadata,
+    Column("group_id", String(128), primary_key=True),
+    Column("topic", String(249), primary_key=True),
+    Column("partition", Integer, primary_key=True),
+    Column("event_time", TS, comment="greatest occurred_at read from the partition"),
+    Column("active_at", TS, comment="wall-clock time the partition last had a new record or a backlog"),
 )
 
 stream_clock = Table(
     "stream_clock",
     metadata,
     Column("group_id", String(128), primary_key=True),
-    Column("watermark", TS, comment="max occurred_at applied: the event-time clock for lateness and windows"),
+    Column("watermark", TS, comment="the group's event-time watermark: least event time of its active partitions"),
     Column("swept_to", TS, comment="watermark up to which windows were finalised and overdue issues alerted"),
     Column(
         "sequence",
