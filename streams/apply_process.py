@@ -21,7 +21,7 @@ import multiprocessing
 import os
 import signal
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -32,6 +32,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from config.settings import Settings
 from sinks.database import make_engine
 from sinks.store import SqlStore
+from streams.domain.event_time import TopicPartition
 from streams.pipeline import BatchProcessor, BatchReport, InRecord
 
 T = TypeVar("T")
@@ -69,9 +70,17 @@ class BatchSummary:
     duplicates: int = 0
     late_accepted: int = 0
     too_late: int = 0
+    unattributed: int = 0
     merges: int = 0
+    alerts: int = 0
     blocked: int = 0
     over_limit: int = 0
+    #: Customers whose history was read back from SQL for late events.
+    restored: int = 0
+    #: Dead letters of the batch by reason.
+    rejected: dict[str, int] = field(default_factory=dict)
+    #: The group's event-time watermark after the batch.
+    watermark: datetime | None = None
     #: Seconds from each new entry's ``received_at`` to the batch's apply and commit.
     processing_s: list[float] = field(default_factory=list)
     end_to_end_s: list[float] = field(default_factory=list)
@@ -86,6 +95,9 @@ class BatchSummary:
             gaps=report.gaps,
             outbox_id=report.outbox_id,
             outbox=report.outbox,
+            rejected=dict(report.rejected),
+            watermark=report.watermark,
+            alerts=report.alerts,
         )
         result, committed = report.result, report.committed_at
         if result is None or committed is None:
@@ -97,6 +109,8 @@ class BatchSummary:
             duplicates=result.duplicates,
             late_accepted=report.late_accepted,
             too_late=len(result.too_late),
+            unattributed=len(result.unattributed),
+            restored=report.restored,
             merges=len(result.merges),
             blocked=result.blocked,
             over_limit=result.over_limit,
@@ -193,18 +207,21 @@ def without_cycle_collector(work: Callable[..., T], *args: Any) -> T:
         gc.enable()
 
 
-def process(processor: BatchProcessor, records: Sequence[InRecord]) -> BatchSummary:
+def process(
+    processor: BatchProcessor, records: Sequence[InRecord], backlog: Collection[TopicPartition] = ()
+) -> BatchSummary:
     """Apply ``records`` in one transaction (see BatchProcessor.process)."""
-    return BatchSummary.of(without_cycle_collector(processor.process, records), processor.applied)
+    return BatchSummary.of(without_cycle_collector(processor.process, records, backlog), processor.applied)
+
+
+def tick(processor: BatchProcessor, backlog: Collection[TopicPartition] = ()) -> BatchSummary:
+    """Follow the wall clock between batches (see BatchProcessor.tick); also shows the process still answers."""
+    return BatchSummary.of(processor.tick(backlog), processor.applied)
 
 
 def reject(processor: BatchProcessor, records: Sequence[InRecord], reason: str, detail: str) -> BatchSummary:
     """Dead-letter records the database will never accept (see BatchProcessor.reject)."""
     return BatchSummary.of(processor.reject(records, reason, detail), processor.applied)
-
-
-def alive(_processor: BatchProcessor) -> None:
-    """Nothing: a call that only shows the apply process still answers (an idle worker's watchdog)."""
 
 
 def reload(processor: BatchProcessor) -> dict[tuple[str, int], int]:

@@ -56,13 +56,13 @@ def broker(ctx: click.Context, port: int | None, storage: str) -> None:
 @click.pass_context
 def worker(ctx: click.Context, loglevel: str) -> None:
     """Run a stream worker: consumes the channel topics, writes SQL, serves /metrics and the collector."""
-    from streams.kafka import BrokerUnreachable
+    from streams.kafka import BrokerUnreachable, LogMismatch
     from streams.worker import run_worker
 
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         run_worker(_settings(ctx), loglevel)
-    except BrokerUnreachable as exc:
+    except (BrokerUnreachable, LogMismatch) as exc:
         raise click.ClickException(str(exc)) from None
 
 
@@ -81,6 +81,24 @@ def db_upgrade(ctx: click.Context) -> None:
     engine = make_engine(settings.database_url)
     upgrade(engine)
     click.echo(f"{settings.database_url}: schema up to date ({', '.join(table_names(engine))})")
+
+
+@db.command("reset-offsets")
+@click.pass_context
+def db_reset_offsets(ctx: click.Context) -> None:
+    """Forget which input records were applied, so that workers read the channel topics from their start.
+
+    For a database that followed another copy of the topics (the worker refuses to start on one). Results stay;
+    events applied before are recognised by their event id and not counted twice.
+    """
+    from sinks.database import make_engine, upgrade
+    from sinks.store import SqlStore
+
+    settings = _settings(ctx.find_root())
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    reset = SqlStore(engine).reset_offsets(settings.app_id)
+    click.echo(f"{settings.database_url}: forgot the applied offsets of {reset} partitions (group {settings.app_id})")
 
 
 @main.command()

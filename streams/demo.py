@@ -29,6 +29,24 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -
     raise click.ClickException(f"the worker did not answer on {url} within {timeout:.0f}s")
 
 
+def _forget_earlier_offsets(settings: Settings) -> None:
+    """A fresh embedded broker starts empty: offsets an earlier demo left in the database point into a log that
+    is gone (the worker would refuse them), so they are reset. Results stay; replayed events are duplicates."""
+    from sinks.database import make_engine, upgrade
+    from sinks.store import SqlStore
+
+    engine = make_engine(settings.database_url)
+    try:
+        upgrade(engine)
+        if SqlStore(engine).reset_offsets(settings.app_id):
+            click.echo(
+                f"[demo] {settings.database_url} holds an earlier run's results: its input offsets were reset for the "
+                "fresh broker (results kept; events seen before count once)"
+            )
+    finally:
+        engine.dispose()
+
+
 def run_demo(settings: Settings, customers: int, days: int, rate: float, seed: int) -> None:
     """Start what is not running yet (broker), then a worker and the simulator; stop everything on Ctrl-C."""
     children: list[subprocess.Popen[bytes]] = []
@@ -40,6 +58,7 @@ def run_demo(settings: Settings, customers: int, days: int, rate: float, seed: i
         if local and port_is_free(port):
             click.echo(f"[demo] starting the embedded broker on 127.0.0.1:{port} (log: {var / 'broker.log'})")
             children.append(start_broker(port, log_path=var / "broker.log"))
+            _forget_earlier_offsets(settings)
         else:
             click.echo(f"[demo] using the broker at {settings.kafka_url}")
         env = dict(os.environ)

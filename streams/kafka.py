@@ -6,8 +6,9 @@ import contextlib
 import logging
 import socket
 import time
+from collections.abc import Callable, Mapping
 
-from kafka import KafkaAdminClient, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.partitioner.default import murmur2
@@ -105,3 +106,63 @@ def make_producer(settings: Settings, *, linger_ms: int = 5, client_id: str = "c
         )
     except KafkaError as exc:
         raise BrokerUnreachable(f"no Kafka broker answered at {settings.kafka_url}: {exc}") from exc
+
+
+class LogMismatch(RuntimeError):
+    """The results database applied records that the broker does not hold: it followed another log."""
+
+
+def missing_applied_records(
+    settings: Settings,
+    applied: Mapping[tuple[str, int], tuple[int, str | None]],
+    fingerprint: Callable[[bytes | None], str],
+    timeout_s: float = 10.0,
+) -> list[str]:
+    """Partitions whose applied record (offset and fingerprint, as the database holds them) the broker lacks.
+
+    The record at each applied offset is fetched and compared: a fresh broker (an embedded one starts empty) or
+    another cluster with the same topic names holds no such record, or a different one at that offset. Its
+    reported log ends are not trusted alone, because the embedded broker reports the end of the last *batch*.
+    A record removed by retention (below the log start) cannot be checked and is not reported.
+    """
+    if not applied:
+        return []
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id="cxstream-log-check",
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="none",
+    )
+    try:
+        problems: list[str] = []
+        wanted: dict[TopicPartition, tuple[int, str | None]] = {}
+        for (topic, partition), (offset, digest) in sorted(applied.items()):
+            if partition not in (consumer.partitions_for_topic(topic) or set()):
+                problems.append(f"{topic}[{partition}]: offset {offset} applied, but the broker has no such partition")
+            else:
+                wanted[TopicPartition(topic, partition)] = (offset, digest)
+        starts = consumer.beginning_offsets(list(wanted)) if wanted else {}
+        checked = {tp: want for tp, want in wanted.items() if want[0] >= starts.get(tp, 0)}
+        found: dict[TopicPartition, bytes | None] = {}
+        if checked:
+            consumer.assign(list(checked))
+            for tp, (offset, _) in checked.items():
+                consumer.seek(tp, offset)
+            deadline = time.monotonic() + timeout_s
+            while len(found) < len(checked) and time.monotonic() < deadline:
+                for tp, records in consumer.poll(timeout_ms=200).items():
+                    for record in records:
+                        if record.offset == checked[tp][0]:
+                            found[tp] = record.value
+                    consumer.pause(tp)
+        ends = consumer.end_offsets([tp for tp in checked if tp not in found]) if len(found) < len(checked) else {}
+        for tp, (offset, digest) in checked.items():
+            where = f"{tp.topic}[{tp.partition}]"
+            if tp not in found:
+                problems.append(f"{where}: offset {offset} applied, but the broker's log ends at {ends.get(tp, 0)}")
+            elif digest is not None and fingerprint(found[tp]) != digest:
+                problems.append(f"{where}: the record at applied offset {offset} is not the one the database applied")
+        return problems
+    finally:
+        consumer.close()

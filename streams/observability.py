@@ -36,8 +36,21 @@ class Metrics:
         )
         self.late_events = Counter(
             "cxstream_late_events_total",
-            "Out-of-order events: accepted within the allowed lateness, or too late.",
+            "Events older than the event-time watermark: accepted (applied in place, windows revised), or too late "
+            "(dead-lettered, only with CXSTREAM_MAX_EVENT_AGE_S).",
             ["worker", "outcome"],
+            registry=r,
+        )
+        self.unattributed = Counter(
+            "cxstream_unattributed_events_total",
+            "Events with no usable identifier: applied to no customer, counted for their channel and overall.",
+            ["worker"],
+            registry=r,
+        )
+        self.history_restored = Counter(
+            "cxstream_history_restored_total",
+            "Customers whose history was read back from SQL for events older than their state keeps.",
+            ["worker"],
             registry=r,
         )
         self.identity_merges = Counter(

@@ -1,15 +1,18 @@
 """One batch of input records through the whole domain, into one SQL transaction and one outbox row.
 
 This is the worker's work without Faust: decode and validate events, skip what was already applied,
-stitch identities and timelines, aggregate metrics, evaluate alerts, and write everything together with
-the input offsets. The Faust agent (streams/worker.py) only feeds it batches and publishes the outbox.
+restore the history late events need, stitch identities and timelines, evaluate alerts, aggregate metrics,
+follow event time per input partition, and write everything together with the input offsets. The Faust agent
+(streams/worker.py) only feeds it batches (and, between them, ticks of the wall clock) and publishes the outbox.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -21,14 +24,27 @@ from sqlalchemy import Connection
 from config.settings import Settings
 from config.topics import Topics
 from schemas.deadletter import DeadLetter
-from schemas.outputs import NEGATIVE_MOMENTS, Alert, MetricScope, TimelineEntry
+from schemas.outputs import NEGATIVE_MOMENTS, Alert, CustomerProfile, MetricScope, TimelineEntry
 from schemas.touchpoint import TouchpointEvent
-from sinks.store import BatchWrite, SqlStore, as_utc
+from sinks.store import BatchWrite, Clock, SqlStore, as_utc
 from sinks.store import CellKey as SqlCell
+from streams.domain import event_time
 from streams.domain.aggregate import CellKey, MetricAggregator, MetricRow
-from streams.domain.alerts import READ_TYPES, OpenIssueInfo, evaluate, overdue
-from streams.domain.customer import MOMENTS, REASON_PREFIX, SURVEY, TYPE, CustomerState, T, timeline_entry
-from streams.domain.engine import BatchResult, StateView, StitchEngine
+from streams.domain.alerts import DEFAULT_RULES, READ_TYPES, OpenIssueInfo, evaluate, overdue
+from streams.domain.customer import (
+    MOMENTS,
+    REASON_PREFIX,
+    SURVEY,
+    TYPE,
+    CustomerState,
+    Policy,
+    T,
+    is_kept,
+    row_of,
+    timeline_entry,
+)
+from streams.domain.engine import NO_CUSTOMER, BatchResult, StateView, StitchEngine
+from streams.domain.event_time import TopicPartition
 from streams.domain.identity import EventKeys
 from streams.downstream import Outputs
 from streams.state_cache import StateCache, lookup
@@ -40,8 +56,8 @@ _SCOPE_NAMES = {scope: scope.value for scope in MetricScope}
 _ALERT_READ_TYPES = frozenset(t.value for t in READ_TYPES)
 _NEGATIVE = frozenset(m.value for m in NEGATIVE_MOMENTS)
 
-#: How far back an alert rule looks from a new entry (the longest rule window, late delivery → contact).
-ALERT_LOOKBACK = timedelta(days=14)
+#: How far before or after an entry an alert rule looks (the longest rule window, late delivery → contact).
+ALERT_SPAN_S = DEFAULT_RULES.longest_window_s
 
 
 class _AppliedElsewhere(Exception):
@@ -69,10 +85,15 @@ class BatchReport:
     skipped_records: int = 0
     dead_letters: list[DeadLetter] = field(default_factory=list)
     result: BatchResult | None = None
+    #: Events applied although older than the watermark when the batch began.
     late_accepted: int = 0
+    #: Customers whose history was read back from the touchpoints table for this batch's late events.
+    restored: int = 0
     #: Partitions whose records arrived past a gap: the worker seeks each back to the offset it expects.
     gaps: dict[tuple[str, int], int] = field(default_factory=dict)
     alerts: int = 0
+    #: The group's watermark after the batch.
+    watermark: datetime | None = None
     outbox_id: int | None = None
     outputs: Outputs = field(default_factory=Outputs)
     #: ``outputs`` as the outbox row holds them (``Outputs.encode``), when the batch committed any.
@@ -80,17 +101,42 @@ class BatchReport:
     applied_at: datetime | None = None
     committed_at: datetime | None = None
 
+    @property
+    def rejected(self) -> Counter[str]:
+        """Dead letters of the batch by reason."""
+        return Counter(dead.reason for dead in self.dead_letters)
+
+
+@dataclass
+class _Read:
+    """What decoding a batch's records found, per input partition."""
+
+    #: Highest offset read (and so applied by the batch).
+    offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    #: Greatest event time (epoch seconds) among the valid events read.
+    latest: dict[TopicPartition, float] = field(default_factory=dict)
+    #: Digest of the record at the highest offset.
+    fingerprints: dict[TopicPartition, str] = field(default_factory=dict)
+
+
+def record_fingerprint(value: bytes | None) -> str:
+    """A short digest of a record's value, stored with its offset: the worker checks at start that the broker
+    still holds the log this database followed (a fresh broker's records at the same offsets differ)."""
+    return hashlib.blake2b(value or b"", digest_size=8).hexdigest()
+
 
 class BatchProcessor:
     """Applies batches of input records to the SQL state, exactly once per input offset."""
 
-    def __init__(self, settings: Settings, store: SqlStore) -> None:
+    def __init__(self, settings: Settings, store: SqlStore, clock: Callable[[], float] = time.time) -> None:
+        """``clock`` is the wall clock partitions go idle by (epoch seconds)."""
         self.settings = settings
         self.store = store
+        self.clock = clock
         self.topics = Topics(settings.topic_prefix)
         self.group_id = settings.app_id
         self.engine = StitchEngine(settings)
-        self.lateness = timedelta(seconds=settings.allowed_lateness_s)
+        self.grace = timedelta(seconds=settings.window_grace_s)
         self.applied: dict[tuple[str, int], int] = {}
         self.watermark: datetime | None = None
         self.swept_to: datetime | None = None
@@ -106,14 +152,15 @@ class BatchProcessor:
 
     # --- decoding -------------------------------------------------------------------------------
 
-    def decode(self, records: Sequence[InRecord], report: BatchReport) -> dict[tuple[str, int], int]:
-        """Validate the new records' events into ``report``; return the highest offset applied per partition.
+    def decode(self, records: Sequence[InRecord], report: BatchReport) -> _Read:
+        """Validate the new records' events into ``report``; return what was read per partition.
 
         Offsets are applied contiguously: a record at or below the applied offset is skipped (its effects are
         committed), and one beyond the next expected offset means records went missing on the way here (the
         consumer dropped a fetch during a rebalance): it is not applied, and the partition is sought back.
         """
-        offsets: dict[tuple[str, int], int] = {}
+        read = _Read()
+        offsets, latest = read.offsets, read.latest
         prefix = f"{self.settings.topic_prefix}touchpoints."
         for rec in records:
             tp = (rec.topic, rec.partition)
@@ -125,30 +172,40 @@ class BatchProcessor:
                 report.gaps.setdefault(tp, applied + 1)
                 continue
             offsets[tp] = rec.offset
+            read.fingerprints[tp] = record_fingerprint(rec.value)
+            first = len(report.events)
+            self._decode_record(rec, prefix, report)
+            if len(report.events) > first:
+                newest = max(event.occurred_at for event in report.events[first:]).timestamp()
+                latest[tp] = max(latest.get(tp, newest), newest)
+        return read
+
+    @staticmethod
+    def _decode_record(rec: InRecord, prefix: str, report: BatchReport) -> None:
+        """Add a record's events to ``report``, and a dead letter for each that is not valid."""
+        try:
+            # The usual case in one call into pydantic-core (parsing included); anything wrong is sorted out
+            # item by item below, with the reason each dead letter needs.
+            if rec.value[:1] == b"[":
+                report.events += _ENVELOPE.validate_json(rec.value)
+            else:
+                report.events.append(TouchpointEvent.model_validate_json(rec.value))
+            return
+        except ValidationError:
+            pass
+        channel = rec.topic.removeprefix(prefix)
+        try:
+            body = orjson.loads(rec.value)
+        except orjson.JSONDecodeError as exc:
+            report.dead_letters.append(_dead(channel, "invalid_json", str(exc), rec.value))
+            return
+        items = body if isinstance(body, list) else [body]
+        for item in items:
             try:
-                # The usual case in one call into pydantic-core (parsing included); anything wrong is sorted out
-                # item by item below, with the reason each dead letter needs.
-                if rec.value[:1] == b"[":
-                    report.events += _ENVELOPE.validate_json(rec.value)
-                else:
-                    report.events.append(TouchpointEvent.model_validate_json(rec.value))
-                continue
-            except ValidationError:
-                pass
-            channel = rec.topic.removeprefix(prefix)
-            try:
-                body = orjson.loads(rec.value)
-            except orjson.JSONDecodeError as exc:
-                report.dead_letters.append(_dead(channel, "invalid_json", str(exc), rec.value))
-                continue
-            items = body if isinstance(body, list) else [body]
-            for item in items:
-                try:
-                    report.events.append(TouchpointEvent.model_validate(item))
-                except ValidationError as exc:
-                    raw = rec.value if len(items) == 1 else orjson.dumps(item)
-                    report.dead_letters.append(_dead(channel, "validation_error", _describe(exc), raw))
-        return offsets
+                report.events.append(TouchpointEvent.model_validate(item))
+            except ValidationError as exc:
+                raw = rec.value if len(items) == 1 else orjson.dumps(item)
+                report.dead_letters.append(_dead(channel, "validation_error", _describe(exc), raw))
 
     def _gap_is_real(self, tp: tuple[str, int], expected: int) -> bool:
         """True once seeking back to a missing offset has not brought it for a while: it is not in the log.
@@ -164,26 +221,20 @@ class BatchProcessor:
 
     # --- the batch --------------------------------------------------------------------------------
 
-    def process(self, records: Sequence[InRecord]) -> BatchReport:
-        """Apply ``records`` in one transaction; return what was done and what to publish."""
+    def process(self, records: Sequence[InRecord], backlog: Iterable[TopicPartition] = ()) -> BatchReport:
+        """Apply ``records`` in one transaction; return what was done and what to publish.
+
+        ``backlog``: the worker's input partitions with records still to read, which hold the watermark.
+        """
         while True:
             report = BatchReport()
-            offsets = self.decode(records, report)
-            if not offsets:
+            read = self.decode(records, report)
+            if not read.offsets:
                 return report
             try:
                 with self.store.engine.begin() as conn:
-                    self.store.lock_group(conn, self.group_id)
-                    # Under the lock, the group's clock and offsets as committed: with several workers, each moves
-                    # them. A partition another worker applied since this batch was decoded (around a rebalance) is
-                    # decoded again from what it committed, so no record is applied twice.
-                    stored = self.store.applied_offsets_in(conn, self.group_id)
-                    if any(stored.get(tp) != self.applied.get(tp) for tp in offsets):
-                        raise _AppliedElsewhere
-                    clock = self.store.clock_in(conn, self.group_id)
-                    self.watermark, self.swept_to = clock.watermark, clock.swept_to
-                    self.cache.check(clock.sequence)
-                    result, write, view = self._apply(conn, report, offsets)
+                    clock = self._lock(conn, read.offsets)
+                    result, write, view = self._apply(conn, report, read, backlog, clock)
             except _AppliedElsewhere:
                 log.info("another worker applied records of this batch's partitions: reading its offsets")
                 self.reload()
@@ -191,51 +242,109 @@ class BatchProcessor:
             except BaseException:
                 self.cache.clear()  # cached states may hold changes that did not commit
                 raise
-            self.cache.committed(
-                clock.sequence + (write.watermark is not None),
-                view.identities,
-                view.customers,
-                result.removed,
-                ((_row_cell(row), row["counters"]) for row in write.cells),
-                write.removed_cells,
-            )
+            self._committed(clock, write, view, result.removed)
             report.committed_at = datetime.now(UTC)
-            self.applied.update(offsets)
-            self.watermark = result.watermark
-            self.swept_to = write.swept_to or self.swept_to
+            self.applied.update(read.offsets)
             return report
 
+    def tick(self, backlog: Iterable[TopicPartition] = ()) -> BatchReport:
+        """Follow the wall clock between batches: partitions gone idle stop holding the watermark back, and what
+        it passes is swept (windows finalised, issues overdue). Writes nothing when nothing moved."""
+        report = BatchReport()
+        try:
+            with self.store.engine.begin() as conn:
+                clock = self._lock(conn, {})
+                write = BatchWrite(group_id=self.group_id, offsets={}, worker_id=self.settings.worker_id)
+                self._follow(conn, write, report, {}, backlog, clock, StateView())
+                if not (write.partitions or write.watermark or write.swept_to):
+                    return report
+                write.outbox = report.outbox = report.outputs.encode() if report.outputs.records else None
+                report.outbox_id = self.store.write(conn, write)
+        except BaseException:
+            self.cache.clear()
+            raise
+        self._committed(clock, write, StateView(), {})
+        report.committed_at = datetime.now(UTC)
+        return report
+
+    def _lock(self, conn: Connection, offsets: dict[TopicPartition, int]) -> Clock:
+        """Take the group's lock and read its clock as committed; check the batch's partitions were not applied
+        meanwhile by another worker (``_AppliedElsewhere``), and the state cache against the commit sequence."""
+        self.store.lock_group(conn, self.group_id)
+        # Under the lock, the group's clock and offsets as committed: with several workers, each moves them. A
+        # partition another worker applied since this batch was decoded (around a rebalance) is decoded again
+        # from what it committed, so no record is applied twice.
+        if offsets:
+            stored = self.store.applied_offsets_in(conn, self.group_id)
+            if any(stored.get(tp) != self.applied.get(tp) for tp in offsets):
+                raise _AppliedElsewhere
+        clock = self.store.clock_in(conn, self.group_id)
+        self.watermark, self.swept_to = clock.watermark, clock.swept_to
+        self.cache.check(clock.sequence)
+        return clock
+
+    def _committed(self, clock: Clock, write: BatchWrite, view: StateView, removed: Iterable[str]) -> None:
+        """Remember what the transaction committed: the cache, the clock."""
+        self.cache.committed(
+            clock.sequence + int(write.state_changed),
+            view.identities,
+            view.customers,
+            removed,
+            ((_row_cell(row), row["counters"]) for row in write.cells),
+            write.removed_cells,
+        )
+        self.watermark = write.watermark or self.watermark
+        self.swept_to = write.swept_to or self.swept_to
+
     def _apply(
-        self, conn: Connection, report: BatchReport, offsets: dict[tuple[str, int], int]
+        self, conn: Connection, report: BatchReport, read: _Read, backlog: Iterable[TopicPartition], clock: Clock
     ) -> tuple[BatchResult, BatchWrite, StateView]:
         """The batch inside its transaction: load what it touches, apply it, write everything back."""
-        keys = self.engine.keys_of(report.events)
+        events = report.events
+        keys = self.engine.keys_of(events)
         identities, missing = lookup(self.cache.identities, {key for event_keys in keys for key in event_keys.keys})
         identities.update(self.store.load_identities(conn, missing))
         customers, missing = lookup(self.cache.customers, set(identities.values()))
         for customer_id, state in self.store.load_customers(conn, missing).items():
             customers[customer_id] = CustomerState.from_dict(state)
-        applied = self.store.load_applied(conn, {event.event_id for event in report.events})
+        applied = {
+            event_id: NO_CUSTOMER if customer_id is None else customer_id
+            for event_id, customer_id in self.store.load_applied(conn, {event.event_id for event in events}).items()
+        }
         view = StateView(identities=identities, customers=customers, applied=applied)
-        result = self.engine.apply(report.events, view, self.watermark, keys)
+        report.restored = self._restore(conn, view, self.engine.history_needs(events, keys, view))
+        before = clock.watermark
+        max_age = self.settings.max_event_age_s
+        reject_before = None if before is None or max_age is None else before.timestamp() - max_age
+        result = self.engine.apply(events, view, keys, reject_before=reject_before)
         report.result = result
         report.applied_at = datetime.now(UTC)
-        if self.watermark is not None:
-            watermark = self.watermark
-            rejected = len(result.too_late) + sum(1 for e, _ in result.conflicts if e.occurred_at < watermark)
-            report.late_accepted = sum(1 for e in report.events if e.occurred_at < watermark) - rejected
+        if before is not None:
+            report.late_accepted = sum(
+                1 for entry in result.entries if entry.event_id not in result.replaced and entry.occurred_at < before
+            )
         write = BatchWrite(
-            group_id=self.group_id, offsets=offsets, watermark=result.watermark, worker_id=self.settings.worker_id
+            group_id=self.group_id,
+            offsets=read.offsets,
+            fingerprints=read.fingerprints,
+            worker_id=self.settings.worker_id,
+            state_changed=bool(events),
         )
+        self._alerts(result, view, write, report)  # on the states as applied, with what was restored
+        self.engine.close(view, result)
         self._stitching(result, view, report, write, keys)
-        self._metrics(conn, result, write, report.outputs)
-        self._alerts(result, view, write, report)
-        self._sweep(conn, view, write, report)
+        self._metrics(conn, result, write, report.outputs, before)
+        self._follow(conn, write, report, read.latest, backlog, clock, view)
         for event in result.too_late:
-            detail = f"occurred_at {event.occurred_at.isoformat()} is older than the allowed lateness"
+            detail = (
+                f"occurred_at {event.occurred_at.isoformat()} is older than the watermark "
+                f"{before.isoformat() if before else '?'} minus CXSTREAM_MAX_EVENT_AGE_S"
+            )
             report.dead_letters.append(_dead(event.channel.value, "too_late", detail, event.model_dump_json().encode()))
         for event, holder in result.conflicts:
-            detail = f"event_id {event.event_id} is already applied to customer {holder}, not to this record's"
+            detail = (
+                f"event_id {event.event_id} is already applied to customer {holder or '(none)'}, not to this record's"
+            )
             dead = _dead(event.channel.value, "event_id_conflict", detail, event.model_dump_json().encode())
             report.dead_letters.append(dead)
         for dead in report.dead_letters:
@@ -244,15 +353,31 @@ class BatchProcessor:
         report.outbox_id = self.store.write(conn, write)
         return result, write, view
 
+    def _restore(self, conn: Connection, view: StateView, needs: dict[str, float]) -> int:
+        """Read back from the touchpoints table the history ``needs`` asks for; return how many customers."""
+        if not needs:
+            return 0
+        ranges = {
+            customer_id: (_utc(since), _utc(view.customers[customer_id].complete_from))
+            for customer_id, since in needs.items()
+        }
+        for customer_id, (entries, previous) in self.store.load_history(conn, ranges).items():
+            rows = [row for row in map(row_of, entries) if is_kept(row)]
+            purchase = None if previous is None else (previous[0].timestamp(), previous[1])
+            view.customers[customer_id].restore(rows, purchase, needs[customer_id])
+        return len(needs)
+
     def reject(self, records: Sequence[InRecord], reason: str, detail: str) -> BatchReport:
         """Dead-letter records the database will never accept, and mark them applied, in one transaction."""
         report = BatchReport()
         offsets: dict[tuple[str, int], int] = {}
+        fingerprints: dict[tuple[str, int], str] = {}
         prefix = f"{self.settings.topic_prefix}touchpoints."
         for rec in records:
             tp = (rec.topic, rec.partition)
             if rec.offset > self.applied.get(tp, -1):
-                offsets[tp] = max(offsets.get(tp, -1), rec.offset)
+                if rec.offset > offsets.get(tp, -1):
+                    offsets[tp], fingerprints[tp] = rec.offset, record_fingerprint(rec.value)
                 dead = _dead(rec.topic.removeprefix(prefix), reason, detail, rec.value)
                 report.dead_letters.append(dead)
                 report.outputs.add(self.topics.deadletter, dead.channel or "", dead.model_dump_json().encode())
@@ -262,6 +387,7 @@ class BatchProcessor:
                 write = BatchWrite(
                     group_id=self.group_id,
                     offsets=offsets,
+                    fingerprints=fingerprints,
                     outbox=report.outbox,
                     worker_id=self.settings.worker_id,
                 )
@@ -287,72 +413,28 @@ class BatchProcessor:
         write.removed_customers = list(result.removed)
         for profile in result.profiles:
             outputs.add(topics.profiles, profile.customer_id, profile.model_dump_json().encode())
-            if profile.merged_into is not None:
-                continue
-            write.customers.append(
-                {
-                    "customer_id": profile.customer_id,
-                    "first_seen": as_utc(profile.first_seen),
-                    "last_seen": as_utc(profile.last_seen),
-                    "stage": profile.stage.value,
-                    "events": profile.events,
-                    "purchases": profile.purchases,
-                    "revenue": profile.revenue,
-                    "contacts": profile.contacts,
-                    "returns": profile.returns,
-                    "open_issues": profile.open_issues,
-                    "overdue_at": self._overdue_at(view.customers[profile.customer_id]),
-                    "state": view.customers[profile.customer_id].to_dict(),
-                }
-            )
-        write.identities = self._identity_rows(report.events, keys, result, view)
+            if profile.merged_into is None:
+                state = view.customers[profile.customer_id]
+                write.customers.append(customer_row(profile, state, self._overdue_at(state)))
+        write.identities = identity_rows(report.events, keys, result, view.identities)
         now = report.committed_at or datetime.now(UTC)
         for entry in result.entries:
-            write.touchpoints.append(_touchpoint_row(entry, now))
-            outputs.add(topics.timeline, entry.customer_id, entry.model_dump_json().encode())
+            write.touchpoints.append(touchpoint_row(entry, now))
+            # An unattributed entry has no customer to key it by: its event id keeps its versions together.
+            outputs.add(topics.timeline, entry.customer_id or entry.event_id, entry.model_dump_json().encode())
 
     def _overdue_at(self, state: CustomerState) -> datetime | None:
         """When the customer's earliest open issue passes its target time (None without open issues)."""
-        firsts = [issue.first_contact_at for issue in state.open_issues(self.engine.policy)]
-        if not firsts:
-            return None
-        return datetime.fromtimestamp(min(firsts) + self.settings.issue_target_s, UTC)
+        return overdue_at(state, self.engine.policy, self.settings.issue_target_s)
 
-    def _identity_rows(
-        self, events: Sequence[TouchpointEvent], keys: Sequence[EventKeys], result: BatchResult, view: StateView
-    ) -> list[dict[str, Any]]:
-        """Identity rows of the keys this batch's accepted events carried, with when each was first and last seen.
-
-        Keys of a merged customer that no event carried are re-pointed by the merge itself.
-        """
-        accepted = {entry.event_id for entry in result.entries}
-        # By object, not id: a conflicting record shares its id with an accepted event of another customer.
-        conflicting = {id(event) for event, _ in result.conflicts}
-        seen: dict[str, tuple[datetime, datetime]] = {}
-        for event, event_keys in zip(events, keys, strict=True):
-            if event.event_id not in accepted or id(event) in conflicting:
-                continue
-            at = as_utc(event.occurred_at)
-            for key in event_keys.keys:
-                if key in view.identities:
-                    first, last = seen.get(key, (at, at))
-                    seen[key] = (min(first, at), max(last, at))
-        rows = []
-        for key, (first, last) in seen.items():
-            id_type, _, id_value = key.partition(":")
-            rows.append(
-                {
-                    "identifier": key,
-                    "id_type": id_type,
-                    "id_value": id_value,
-                    "customer_id": view.identities[key],
-                    "first_seen": first,
-                    "last_seen": last,
-                }
-            )
-        return rows
-
-    def _metrics(self, conn: Connection, result: BatchResult, write: BatchWrite, outputs: Outputs) -> None:
+    def _metrics(
+        self,
+        conn: Connection,
+        result: BatchResult,
+        write: BatchWrite,
+        outputs: Outputs,
+        watermark: datetime | None,
+    ) -> None:
         aggregator = MetricAggregator.from_settings(self.settings)
         survivors = {m.merged_id: m.survivor_id for m in result.merges}
         if survivors:
@@ -374,9 +456,10 @@ class BatchProcessor:
         customer, created = MetricScope.CUSTOMER.value, result.created
         stored.update(self.store.load_cells(conn, [c for c in missing if c[0] != customer or c[1] not in created]))
         current = {cell: stored[_sql_cell(cell)] for cell in touched if _sql_cell(cell) in stored}
-        merged = aggregator.updates(current)
+        # Cells the watermark had closed stay final: a late event revises them with final figures.
+        merged = aggregator.updates(current, watermark)
         for cell, counters in merged.counters.items():
-            write.cells.append(_cell_row(cell, counters, final=False))
+            write.cells.append(_cell_row(cell, counters, final=cell in merged.final))
         self._metric_outputs(merged.updates, outputs)
 
     def _metric_outputs(self, rows: Iterable[MetricRow], outputs: Outputs) -> None:
@@ -405,28 +488,29 @@ class BatchProcessor:
             add(topic, f"{entity}|{metric}|{window}|{start_text}", orjson.dumps(data), entity)
 
     def _alerts(self, result: BatchResult, view: StateView, write: BatchWrite, report: BatchReport) -> None:
-        recent: dict[str, list[TimelineEntry]] = {}
-        fired: dict[str, Alert] = {}
+        evaluated: dict[str, list[TimelineEntry]] = {}
         for entry in result.entries:
-            if not (entry.is_contact or entry.survey or NEGATIVE_MOMENTS.intersection(entry.moments)):
-                continue  # no rule starts from such an entry: skip building the customer's recent timeline
-            timeline = recent.get(entry.customer_id)
-            if timeline is None:
-                timeline = recent[entry.customer_id] = self._recent(view.customers.get(entry.customer_id))
-            for alert in evaluate(entry, timeline, self.settings):
-                fired.setdefault(alert.alert_id, alert)
+            if entry.customer_id is None:
+                continue  # unattributed: on nobody's timeline
+            if entry.is_contact or entry.survey or NEGATIVE_MOMENTS.intersection(entry.moments):
+                evaluated.setdefault(entry.customer_id, []).append(entry)
+        fired: dict[str, Alert] = {}
+        for customer_id, entries in evaluated.items():
+            since = min(entry.occurred_at for entry in entries).timestamp() - ALERT_SPAN_S
+            timeline = self._recent(view.customers[customer_id], since)
+            for entry in entries:
+                for alert in evaluate(entry, timeline, self.settings):
+                    fired.setdefault(alert.alert_id, alert)
         self._alert_rows(fired.values(), write, report)
 
-    def _recent(self, state: CustomerState | None) -> list[TimelineEntry]:
-        """The customer's recent entries an alert rule can read (building every entry would cost more than the rules)."""
-        if state is None:
-            return []
+    def _recent(self, state: CustomerState, since: float) -> list[TimelineEntry]:
+        """The customer's entries from ``since`` on that an alert rule can read (not every entry: building them
+        would cost more than the rules)."""
         policy = self.engine.policy
-        horizon = state.last_seen - 2 * ALERT_LOOKBACK.total_seconds()
         return [
             timeline_entry(state.customer_id, row, state.derive(row, policy))
-            for row in state.timeline
-            if row[T] >= horizon
+            for row in state.history
+            if row[T] >= since
             and (row[TYPE] in _ALERT_READ_TYPES or row[SURVEY] is not None or not _NEGATIVE.isdisjoint(row[MOMENTS]))
         ]
 
@@ -446,17 +530,45 @@ class BatchProcessor:
             report.outputs.add(self.topics.alerts, alert.customer_id, alert.model_dump_json().encode())
             report.alerts += 1
 
+    def _follow(
+        self,
+        conn: Connection,
+        write: BatchWrite,
+        report: BatchReport,
+        latest: dict[TopicPartition, float],
+        backlog: Iterable[TopicPartition],
+        clock: Clock,
+        view: StateView,
+    ) -> None:
+        """Move each partition's event time and the group's watermark (``event_time``); sweep what it passed."""
+        now = self.clock()
+        known = self.store.partition_times(conn, self.group_id)
+        idle_s = self.settings.partition_idle_s
+        # A backlog keeps its partition active; refreshed a few times per idle period, not on every tick.
+        stale = [
+            tp
+            for tp in backlog
+            if (p := known.get(tp)) is None or p.active_at is None or now - p.active_at > idle_s / 4
+        ]
+        write.partitions = event_time.advance(known, latest, stale, now)
+        previous = None if clock.watermark is None else clock.watermark.timestamp()
+        moved = event_time.watermark({**known, **write.partitions}, now, idle_s, previous)
+        if moved is not None and moved != previous:
+            write.watermark = _utc(moved)
+        report.watermark = write.watermark or clock.watermark
+        self._sweep(conn, view, write, report)
+
     def _sweep(self, conn: Connection, view: StateView, write: BatchWrite, report: BatchReport) -> None:
         """Follow event time: finalise windows that closed, alert on issues that became overdue.
 
-        Both are decided from the watermark alone (windows: end + allowed lateness; issues: first contact +
-        target), on every batch, so where batches happen to be cut does not change what ends final.
+        Both are decided from the watermark alone (windows: end + grace; issues: first contact + target), on
+        every batch and tick, so where batches happen to be cut does not change what ends final.
         """
         watermark = write.watermark
         if watermark is None or watermark == self.swept_to:
             return
         aggregator = MetricAggregator.from_settings(self.settings)
-        closable = self.store.closable_cells(conn, watermark - self.lateness)
+        closable = self.store.closable_cells(conn, watermark - self.grace)
         if closable:
             written = {_row_cell(row): row for row in write.cells}
             # A cell this batch changed is finalised with its new counters, not the stored ones.
@@ -488,6 +600,67 @@ class BatchProcessor:
                 alerts.setdefault(alert.alert_id, alert)
         self._alert_rows(alerts.values(), write, report)
         write.swept_to = watermark
+
+
+def overdue_at(state: CustomerState, policy: Policy, issue_target_s: float) -> datetime | None:
+    """When the customer's earliest open issue passes its target time (None without open issues)."""
+    firsts = [issue.first_contact_at for issue in state.open_issues(policy)]
+    if not firsts:
+        return None
+    return datetime.fromtimestamp(min(firsts) + issue_target_s, UTC)
+
+
+def customer_row(profile: CustomerProfile, state: CustomerState, overdue: datetime | None) -> dict[str, Any]:
+    """The ``customers`` row of a customer's profile and state."""
+    return {
+        "customer_id": profile.customer_id,
+        "first_seen": as_utc(profile.first_seen),
+        "last_seen": as_utc(profile.last_seen),
+        "stage": profile.stage.value,
+        "events": profile.events,
+        "purchases": profile.purchases,
+        "revenue": profile.revenue,
+        "contacts": profile.contacts,
+        "returns": profile.returns,
+        "open_issues": profile.open_issues,
+        "overdue_at": overdue,
+        "state": state.to_dict(),
+    }
+
+
+def identity_rows(
+    events: Sequence[TouchpointEvent], keys: Sequence[EventKeys], result: BatchResult, identities: dict[str, str]
+) -> list[dict[str, Any]]:
+    """Identity rows of the keys the batch's accepted events carried, with when each was first and last seen.
+
+    Keys of a merged customer that no event carried are re-pointed by the merge itself.
+    """
+    accepted = {entry.event_id for entry in result.entries}
+    # By object, not id: a conflicting record shares its id with an accepted event of another customer.
+    conflicting = {id(event) for event, _ in result.conflicts}
+    seen: dict[str, tuple[datetime, datetime]] = {}
+    for event, event_keys in zip(events, keys, strict=True):
+        if event.event_id not in accepted or id(event) in conflicting:
+            continue
+        at = as_utc(event.occurred_at)
+        for key in event_keys.keys:
+            if key in identities:
+                first, last = seen.get(key, (at, at))
+                seen[key] = (min(first, at), max(last, at))
+    rows = []
+    for key, (first, last) in seen.items():
+        id_type, _, id_value = key.partition(":")
+        rows.append(
+            {
+                "identifier": key,
+                "id_type": id_type,
+                "id_value": id_value,
+                "customer_id": identities[key],
+                "first_seen": first,
+                "last_seen": last,
+            }
+        )
+    return rows
 
 
 def _dead(channel: str | None, reason: str, detail: str, raw: bytes) -> DeadLetter:
@@ -522,6 +695,10 @@ def _row_cell(row: dict[str, Any]) -> SqlCell:
     return (row["scope"], row["key"], row["window"], row["window_start"])
 
 
+def _utc(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
 def _cell_row(cell: CellKey, counters: dict[str, float], *, final: bool) -> dict[str, Any]:
     return {
         "scope": cell.scope.value,
@@ -534,7 +711,8 @@ def _cell_row(cell: CellKey, counters: dict[str, float], *, final: bool) -> dict
     }
 
 
-def _touchpoint_row(entry: TimelineEntry, now: datetime) -> dict[str, Any]:
+def touchpoint_row(entry: TimelineEntry, now: datetime) -> dict[str, Any]:
+    """The ``touchpoints`` row of a timeline entry committed at ``now``."""
     survey = entry.survey
     key = entry.issue_key
     return {
@@ -552,6 +730,7 @@ def _touchpoint_row(entry: TimelineEntry, now: datetime) -> dict[str, Any]:
         "issue_id": None if key is None or key.startswith(REASON_PREFIX) else key,
         "issue_key": entry.issue_key,
         "resolved": entry.resolved,
+        "transfers": entry.transfers,
         "repeat_contact": entry.repeat_contact,
         "nps": survey.nps if survey else None,
         "csat": survey.csat if survey else None,

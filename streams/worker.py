@@ -30,14 +30,15 @@ from sqlalchemy.exc import OperationalError
 from config.settings import Settings
 from config.topics import Topics
 from sinks.database import make_engine, upgrade
-from sinks.store import customers_count
+from sinks.store import SqlStore, customers_count
 from streams import apply_process
 from streams.apply_process import ApplyProcess, BatchSummary, is_transient, tune_collector
 from streams.collector import SEGMENT_KINDS, Collector
 from streams.downstream import DownstreamProducer, OutboxPayload, OutboxPublisher
 from streams.faust_app import App
+from streams.kafka import LogMismatch, missing_applied_records
 from streams.observability import Metrics
-from streams.pipeline import InRecord
+from streams.pipeline import InRecord, record_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,9 @@ Applied = tuple[BatchSummary, float]
 #: published by a worker starting up. A live worker publishes a row within seconds of committing it.
 ORPHANED_OUTBOX_S = 120.0
 
-#: Seconds between checks that the apply process still answers (see ``watch_apply_process``).
-APPLY_WATCH_S = 1.0
+#: Seconds between ticks of the wall clock (see ``follow_the_clock``): idle partitions, sweeps, and the check
+#: that the apply process still answers.
+TICK_S = 1.0
 
 #: Longest pause between retries of a failing database write.
 MAX_BACKOFF_S = 10.0
@@ -78,7 +80,7 @@ class Worker:
             delete=functools.partial(self._with_database, apply_process.delete_outbox),
             on_sent=self._count_published,
         )
-        self.batches = BatchFeeder(self._apply_batch, self._finish_batch, settings.batch_max_events)
+        self.batches = BatchFeeder(self._apply_batch, self._finish_batch, settings.batch_max_events, self._fail)
         self.app = self._build_app()
 
     def _build_app(self) -> faust.App:
@@ -134,15 +136,26 @@ class Worker:
         async def gauges() -> None:
             await self.update_gauges()
 
-        @app.timer(interval=APPLY_WATCH_S)
-        async def watch_apply_process() -> None:
-            # A worker with nothing to apply submits nothing: without this call, a dead apply process would be
-            # noticed only when the next record arrives, and the worker would linger meanwhile.
+        @app.timer(interval=TICK_S)
+        async def follow_the_clock() -> None:
+            # Between batches, partitions that went idle stop holding the event-time watermark back, and what it
+            # passes is swept. A worker with nothing to apply submits nothing else: this call is also how a dead
+            # apply process is noticed when no record arrives.
+            if not self.publisher.ready.is_set():
+                return  # what a previous run left unpublished goes out first
             try:
-                await self.database.run(apply_process.alive)
+                summary = await self.database.run(apply_process.tick, self._backlog())
             except BrokenProcessPool as exc:
                 log.error("the apply process died; stopping the worker")
                 await self.app.crash(exc)
+                return
+            except Exception as exc:
+                if is_transient(exc):
+                    log.warning("database unavailable (%s); the clock waits", exc)
+                    return
+                await self._fail(exc)
+                return
+            await self._publish(summary)
 
         deadletters = app.topic(self.topics.deadletter, value_serializer="raw", key_serializer="raw")
 
@@ -200,17 +213,45 @@ class Worker:
         try:
             return await self.handle(records)
         except Exception as exc:
-            # A worker that cannot apply its input must stop (and be restarted by its supervisor), not linger
-            # with a dead agent; nothing was acked, so nothing is lost.
-            log.exception("cannot apply a batch; stopping the worker")
-            await self.app.crash(exc)
+            await self._fail(exc)
             return None
 
+    async def _fail(self, exc: BaseException) -> None:
+        """Stop the worker loudly: a worker that cannot apply or finish its input must stop (and be restarted by
+        its supervisor), not linger with a dead agent or an outbox nobody publishes. Nothing unfinished was
+        acknowledged, so nothing is lost."""
+        log.error("cannot go on (%s: %s); stopping the worker", exc.__class__.__name__, exc, exc_info=exc)
+        await self.app.crash(exc)
+
     async def _finish_batch(self, applied: list[Applied]) -> None:
-        """What follows a committed batch: count it, seek past gaps, queue its outputs for publishing."""
+        """What follows a committed batch: count it, log it, seek past gaps, queue its outputs for publishing."""
         for summary, seconds in applied:
             self.observe(summary, seconds)
+            self._log_batch(summary, seconds)
             await self._publish(summary)
+
+    def _log_batch(self, summary: BatchSummary, seconds: float) -> None:
+        """One line per batch: what was applied, what was not and why, how far behind the worker is."""
+        conflicts = summary.rejected.get("event_id_conflict", 0)
+        applied = summary.events - summary.duplicates - summary.too_late - conflicts
+        rejected = ", ".join(f"{reason} {n}" for reason, n in sorted(summary.rejected.items())) or "none"
+        lag = sum(self._lag().values())
+        watermark = summary.watermark.isoformat(timespec="seconds") if summary.watermark else "none yet"
+        log.info(
+            "batch: %d events applied (%d late, %d unattributed, %d customers' history read back), %d duplicates, "
+            "rejected: %s; %d merges, %d alerts; watermark %s; lag %d records; %.2fs",
+            applied,
+            summary.late_accepted,
+            summary.unattributed,
+            summary.restored,
+            summary.duplicates,
+            rejected,
+            summary.merges,
+            summary.alerts,
+            watermark,
+            lag,
+            seconds,
+        )
 
     @staticmethod
     async def _ack(stream: faust.StreamT, events: list[Any]) -> None:
@@ -239,7 +280,7 @@ class Worker:
     async def _handle_chunk(self, records: list[InRecord]) -> list[Applied]:
         """Apply one transaction's records; a record the database rejects for good is dead-lettered on its own."""
         try:
-            return [await self._apply(apply_process.process, records)]
+            return [await self._apply(apply_process.process, records, self._backlog())]
         except BrokenProcessPool:
             raise  # the apply process died, not the batch: the worker stops with nothing acknowledged
         except Exception as exc:
@@ -247,7 +288,7 @@ class Worker:
         applied = []
         for record in records:
             try:
-                applied.append(await self._apply(apply_process.process, [record]))
+                applied.append(await self._apply(apply_process.process, [record], self._backlog()))
             except Exception as single:
                 self.metrics.sink_failures.labels(self.settings.worker_id, "permanent").inc()
                 detail = f"{single.__class__.__name__}: {single}"[:2000]
@@ -311,6 +352,10 @@ class Worker:
         m.duplicates.labels(w).inc(summary.duplicates)
         m.late_events.labels(w, "accepted").inc(summary.late_accepted)
         m.late_events.labels(w, "too_late").inc(summary.too_late)
+        if summary.unattributed:
+            m.unattributed.labels(w).inc(summary.unattributed)
+        if summary.restored:
+            m.history_restored.labels(w).inc(summary.restored)
         m.identity_merges.labels(w).inc(summary.merges)
         m.blocked_identifiers.labels(w, "blocked").inc(summary.blocked)
         m.blocked_identifiers.labels(w, "over_limit").inc(summary.over_limit)
@@ -322,10 +367,15 @@ class Worker:
             end_to_end.observe(seconds)
 
     async def update_gauges(self) -> None:
-        """Refresh gauges that are read rather than counted: customers in state, consumer lag."""
+        """Refresh gauges that are read rather than counted: customers in state, consumer lag, watermark."""
         w = self.settings.worker_id
         with contextlib.suppress(OperationalError):  # the database is down: the sink's failure counters say so
             self.metrics.customers.labels(w).set(await asyncio.to_thread(customers_count, self.engine))
+        for (topic, partition), lag in self._lag().items():
+            self.metrics.consumer_lag.labels(w, topic, str(partition)).set(lag)
+
+    def _lag(self) -> dict[tuple[str, int], int]:
+        """Records not yet applied on each input partition assigned to this worker (as far as fetches told)."""
         consumer = self.app.consumer
         inputs = set(self.topics.channels)
         try:
@@ -333,12 +383,36 @@ class Worker:
             # are not in ``applied`` — its whole length would show as lag, for ever.
             highwaters = {tp: consumer.highwater(tp) for tp in consumer.assignment() if tp.topic in inputs}
         except Exception:  # consumer not started yet
-            return
-        for tp, high in highwaters.items():
-            if high is None:
-                continue
-            applied = self.applied.get((tp.topic, tp.partition), -1)
-            self.metrics.consumer_lag.labels(w, tp.topic, str(tp.partition)).set(max(0, high - applied - 1))
+            return {}
+        return {
+            (tp.topic, tp.partition): max(0, high - self.applied.get((tp.topic, tp.partition), -1) - 1)
+            for tp, high in highwaters.items()
+            if high is not None
+        }
+
+    def _backlog(self) -> list[tuple[str, int]]:
+        """This worker's input partitions with records still to apply: they hold the event-time watermark."""
+        return [tp for tp, lag in self._lag().items() if lag > 0]
+
+
+def check_log(settings: Settings, store: SqlStore) -> None:
+    """Refuse to start on a database that followed another log than the broker's (``LogMismatch``).
+
+    Each input partition's applied offset means "every record up to here is in the results": against a broker
+    that does not hold those records (a fresh embedded broker and an old ``cxstream.db``, say), the worker would
+    skip every new record up to that offset, silently.
+    """
+    applied = store.applied_records(settings.app_id)
+    problems = missing_applied_records(settings, applied, record_fingerprint)
+    if problems:
+        shown = "\n  ".join(problems[:8]) + ("\n  ..." if len(problems) > 8 else "")
+        raise LogMismatch(
+            f"the results database {settings.database_url} applied records that the broker at {settings.kafka_url} "
+            f"does not hold ({len(problems)} of {len(applied)} partitions):\n  {shown}\n"
+            "It followed another copy of these topics (a fresh embedded broker starts empty). Use a fresh database "
+            "(CXSTREAM_DATABASE_URL), or run `cxstream db reset-offsets` to read these topics from their start: "
+            "the results stay, and events applied before are recognised by their event id."
+        )
 
 
 class BatchFeeder(Generic[Done]):
@@ -352,7 +426,8 @@ class BatchFeeder(Generic[Done]):
     The apply process is the worker's bottleneck, so it is never kept waiting for bookkeeping: once a batch is
     applied, the next one is submitted first, and only then is the applied one finished (``finish``: metrics,
     outputs queued for publishing) and acknowledged, while the next one applies. Batches are finished and
-    acknowledged in the order they were applied, and never before they committed.
+    acknowledged in the order they were applied, and never before they committed. Should finishing fail, ``fail``
+    is called (the worker stops) and nothing after it is acknowledged.
     """
 
     def __init__(
@@ -360,9 +435,11 @@ class BatchFeeder(Generic[Done]):
         apply: Callable[[list[InRecord]], Awaitable[Done | None]],
         finish: Callable[[Done], Awaitable[None]],
         max_events: int,
+        fail: Callable[[BaseException], Awaitable[None]],
     ) -> None:
         self._apply = apply
         self._finish = finish
+        self._fail = fail
         self._max_events = max_events
         self._records: list[InRecord] = []
         self._events = 0
@@ -384,7 +461,15 @@ class BatchFeeder(Generic[Done]):
         self._events += sum(map(events_in, records))
         self._acks.append(ack)
         if self._draining is None or self._draining.done():
-            self._draining = asyncio.ensure_future(self._drain())
+            self._draining = asyncio.ensure_future(self._drain_or_fail())
+
+    async def _drain_or_fail(self) -> None:
+        # The drain runs as a task of its own: an exception in it (say, in ``finish``) would end it silently,
+        # leaving committed outputs unpublished and records unacknowledged. It is reported instead.
+        try:
+            await self._drain()
+        except Exception as exc:
+            await self._fail(exc)
 
     async def _drain(self) -> None:
         applied: tuple[Done, list[Callable[[], Awaitable[None]]]] | None = None  # committed, not yet finished
@@ -436,11 +521,15 @@ def chunk_by_events(records: list[InRecord], max_events: int) -> list[list[InRec
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
-    """Run a worker in the foreground until SIGINT/SIGTERM."""
+    """Run a worker in the foreground until SIGINT/SIGTERM.
+
+    Raises LogMismatch, before consuming anything, when the database applied records the broker does not hold.
+    """
     from streams.kafka import ensure_topics
 
     ensure_topics(settings)
     worker = Worker(settings, loglevel)
+    check_log(settings, SqlStore(worker.engine))
     tune_collector()
     log.info(
         "cxstream worker %s: /metrics on http://%s:%d/metrics, database %s (started %s)",

@@ -28,7 +28,6 @@ from streams.bench import workload as wl
 from streams.bench.baselines import run_baseline
 from streams.bench.procs import Children, PostgresServer, RssSampler, clean_env, cpu_seconds, free_port
 from streams.bench.runs import (
-    ALLOWED_LATENESS_S,
     BenchContext,
     PipelineConfig,
     RunFailed,
@@ -140,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; 0 when every selected configuration ran, 1 when one failed."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     names, pipelines = configurations(args)
-    worker_env = {"CXSTREAM_ALLOWED_LATENESS_S": str(ALLOWED_LATENESS_S)}
+    worker_env: dict[str, str] = {}
     for item in args.worker_env:
         key, sep, value = item.partition("=")
         if not sep or not key.startswith("CXSTREAM_"):

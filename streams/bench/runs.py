@@ -41,12 +41,6 @@ from streams.bench.procs import (
 #: Tables whose rows are the results a user sees (as tests/support/results.py counts them).
 RESULT_TABLES = ("customers", "identities", "touchpoints", "metrics", "metric_cells", "alerts", "identity_merges")
 
-#: Allowed lateness for the benchmark: the simulated month is published in arrival order within minutes, so
-#: the default three days would be fine for it too, but no configuration must dead-letter anything as too
-#: late merely because a long simulation was replayed quickly.
-ALLOWED_LATENESS_S = 400 * 86400
-
-
 class RunFailed(RuntimeError):
     """A configuration failed (stalled, timed out, worker died); the message says which and why."""
 
@@ -233,7 +227,6 @@ def start_worker(ctx: BenchContext, name: str, app_id: str, prefix: str, databas
             "CXSTREAM_WORKER_ID": name,
             "CXSTREAM_WEB_PORT": str(web_port),
             "CXSTREAM_DATA_DIR": str(data_dir),
-            "CXSTREAM_ALLOWED_LATENESS_S": str(ALLOWED_LATENESS_S),
             # Stated rather than inherited: the figures depend on them (ARCHITECTURE §7).
             "CXSTREAM_BROKER_SESSION_TIMEOUT": "6",
             "CXSTREAM_BROKER_HEARTBEAT_INTERVAL": "2",

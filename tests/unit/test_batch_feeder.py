@@ -20,6 +20,11 @@ async def nothing(*_: object) -> None:
     """An acknowledgement (or a finish) that does nothing."""
 
 
+async def unexpected(exc: BaseException) -> None:
+    """The failure callback of a feeder whose test expects no failure."""
+    raise AssertionError(f"the feeder failed: {exc!r}")
+
+
 def test_records_taken_while_a_batch_applies_are_applied_next_as_one_batch() -> None:
     applied: list[list[int]] = []
     acked: list[int] = []
@@ -38,7 +43,7 @@ def test_records_taken_while_a_batch_applies_are_applied_next_as_one_batch() -> 
         return done
 
     async def run() -> None:
-        feeder = BatchFeeder(apply, nothing, max_events=100)
+        feeder = BatchFeeder(apply, nothing, max_events=100, fail=unexpected)
         await feeder.add(records(0, 1), ack(1))
         await asyncio.sleep(0)
         await feeder.add(records(2), ack(2))
@@ -63,7 +68,7 @@ def test_a_batch_that_cannot_be_applied_is_never_acknowledged() -> None:
         acked.append(1)
 
     async def run() -> None:
-        feeder = BatchFeeder(apply, nothing, max_events=10)
+        feeder = BatchFeeder(apply, nothing, max_events=10, fail=unexpected)
         await feeder.add(records(0), ack)
         await asyncio.sleep(0.05)
 
@@ -81,7 +86,7 @@ def test_adding_waits_while_a_full_batch_is_gathered() -> None:
         return len(batch)
 
     async def run() -> None:
-        feeder = BatchFeeder(apply, nothing, max_events=2)
+        feeder = BatchFeeder(apply, nothing, max_events=2, fail=unexpected)
         await feeder.add(records(0), nothing)  # applying: waits on release
         await asyncio.sleep(0)
         await feeder.add(records(1, 2), nothing)  # gathered: 2 records, the limit
@@ -105,7 +110,7 @@ def test_envelopes_count_by_their_events() -> None:
         return len(batch)
 
     async def run() -> None:
-        feeder = BatchFeeder(apply, nothing, max_events=3)
+        feeder = BatchFeeder(apply, nothing, max_events=3, fail=unexpected)
         await feeder.add(records(0), nothing)  # applying
         await asyncio.sleep(0)
         await feeder.add(envelope, nothing)  # one record, three events: the limit
@@ -152,7 +157,7 @@ def test_the_next_batch_is_submitted_before_the_last_one_is_finished_and_acknowl
             await asyncio.sleep(0.01)
 
     async def run() -> None:
-        feeder = BatchFeeder(apply, finish, max_events=100)
+        feeder = BatchFeeder(apply, finish, max_events=100, fail=unexpected)
         await feeder.add(records(0, 1), ack(0))
         await asyncio.sleep(0.01)  # the first batch is applying
         await feeder.add(records(2), ack(2))  # gathered meanwhile
@@ -176,7 +181,7 @@ def test_a_batch_applied_last_is_finished_even_when_nothing_follows() -> None:
         finished.append(first)
 
     async def run() -> None:
-        feeder = BatchFeeder(apply, finish, max_events=100)
+        feeder = BatchFeeder(apply, finish, max_events=100, fail=unexpected)
         await feeder.add(records(5), nothing)
         await asyncio.sleep(0.05)
         await feeder.add(records(6), nothing)  # after the feeder went idle
@@ -184,3 +189,37 @@ def test_a_batch_applied_last_is_finished_even_when_nothing_follows() -> None:
 
     asyncio.run(run())
     assert finished == [5, 6]
+
+
+def test_a_failure_while_finishing_is_reported_and_stops_acknowledging() -> None:
+    """An exception in ``finish`` must stop the worker loudly, not end the drain task silently (with committed
+    outputs unpublished and records unacknowledged until a restart)."""
+    acked: list[int] = []
+    failures: list[BaseException] = []
+
+    async def apply(batch: list[InRecord]) -> int:
+        return batch[0].offset
+
+    async def finish(done: int) -> None:
+        if done == 1:
+            raise ValueError("Counters can only be incremented by non-negative amounts.")
+
+    def ack(n: int):
+        async def done() -> None:
+            acked.append(n)
+
+        return done
+
+    async def fail(exc: BaseException) -> None:
+        failures.append(exc)
+
+    async def run() -> None:
+        feeder = BatchFeeder(apply, finish, max_events=100, fail=fail)
+        await feeder.add(records(0), ack(0))
+        await asyncio.sleep(0.05)
+        await feeder.add(records(1), ack(1))
+        await asyncio.sleep(0.05)
+
+    asyncio.run(run())
+    assert [type(exc) for exc in failures] == [ValueError]
+    assert acked == [0], "a batch whose finishing failed is not acknowledged"
