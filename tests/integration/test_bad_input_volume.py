@@ -28,7 +28,7 @@ def test_ten_percent_garbage_in_fifty_thousand_records(kafka_url, topic_prefix, 
     good = len(records) - garbage.total()
     assert len(records) >= 50_000 and 0.095 <= garbage.total() / len(records) <= 0.105
 
-    env = workers.env(sqlite_url, topic_prefix, allowed_lateness_s=str(400 * 86400))
+    env = workers.env(sqlite_url, topic_prefix)
     worker = workers.start(env)
     args = [f"--{name}={value}" for name, value in SIMULATION.items()]
     summary = run_cli(env, "simulate", *args).stderr.decode()

@@ -41,7 +41,6 @@ from tests.support.results import caught_up, end_offsets, overall_counters
 from tests.support.s3 import DurableBroker, S3Server, s3_server  # noqa: F401 - s3_server is a fixture
 from tests.support.workers import WorkerFactory
 
-LATENESS = str(400 * 86400)  # as in test_faults: arrival order is not event-time order, keep too-late out of it
 CUSTOMERS, DAYS, SEED, MALFORMED = 300, 5, 17, 0.005
 RATE = 150.0  # records/s: about 10 s of traffic, so the broker dies with most of it still to come
 OUTAGE_S = 5.0  # longer than the test producer's delivery timeout: records really fail and must be re-sent
@@ -110,9 +109,7 @@ def test_broker_killed_and_restarted_mid_run_loses_nothing(
     url = durable_broker.kafka_url
     workers = WorkerFactory(tmp_path, url)
     # A killed broker can hand out an offset it never stores: the worker seeks back for a few seconds, not 30.
-    env = workers.env(
-        f"sqlite:///{tmp_path / 'cx.db'}", topic_prefix, allowed_lateness_s=LATENESS, offset_gap_grace_s="5"
-    )
+    env = workers.env(f"sqlite:///{tmp_path / 'cx.db'}", topic_prefix, offset_gap_grace_s="5")
     settings = load_settings(kafka_url=url, topic_prefix=topic_prefix, partitions=4)
     engine = make_engine(env["CXSTREAM_DATABASE_URL"])
     group = env["CXSTREAM_APP_ID"]
@@ -173,7 +170,7 @@ def test_broker_killed_and_restarted_mid_run_loses_nothing(
     consumed = applied_count(engine, group)  # records (offsets) the worker went through, re-sent copies included
     print(f"\n{phases}\n{consumed} records consumed for {len(events)} events\n{summary.render()}")
 
-    oracle = replay(events, load_settings(allowed_lateness_s=float(LATENESS)))
+    oracle = replay(events, load_settings())
     with engine.connect() as conn:
         touchpoints = dict(conn.execute(select(t.touchpoints.c.event_id, t.touchpoints.c.customer_id)).all())
         rows = conn.scalar(select(func.count()).select_from(t.touchpoints))

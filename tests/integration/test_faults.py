@@ -30,6 +30,7 @@ from tests.support.results import (
     overall_counters,
     prometheus_value,
     run_cli,
+    settled,
     snapshot,
     snapshot_diff,
     without_versions,
@@ -39,7 +40,6 @@ from tests.support.workers import WorkerProcess
 # Simulated traffic is published in arrival order, but the worker reads four topics of four partitions each,
 # whose interleaving differs from run to run: a generous lateness keeps too-late decisions out of the
 # comparison (lateness itself has unit and property tests).
-LATENESS = str(400 * 86400)
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
 
 
@@ -67,12 +67,13 @@ def run_to_completion(workers, env: dict[str, str], kafka_url: str, prefix: str,
         assert applied_count(engine, group) < total, "the run finished before the kill: make it longer"
         worker.kill()
         worker = workers.start(env)
-    wait_until(lambda: caught_up(engine, group, ends), 180, "the worker to apply every record")
+    # Settled: every partition idle since, so the last windows were finalised (their status is part of the rows).
+    wait_until(lambda: settled(engine, group, ends), 180, "the worker to apply every record and go idle")
     return engine
 
 
 def test_kill_9_mid_run_ends_exactly_like_an_uninterrupted_run(kafka_url, topic_prefix, tmp_path, workers) -> None:
-    base = dict(allowed_lateness_s=LATENESS, batch_max_events="50", batch_max_wait="0.05")
+    base = dict(batch_max_events="50", batch_max_wait="0.05")
     env_a = workers.env(f"sqlite:///{tmp_path / 'a.db'}", topic_prefix, app_id=f"{topic_prefix}a", **base)
     env_b = workers.env(f"sqlite:///{tmp_path / 'b.db'}", topic_prefix, app_id=f"{topic_prefix}b", **base)
     run_cli(env_a, "simulate", "--customers", "800", "--days", "10", "--seed", "11", "--malformed", "0.01")
@@ -94,7 +95,7 @@ def test_kill_9_mid_run_ends_exactly_like_an_uninterrupted_run(kafka_url, topic_
     assert not difference, f"a crashed and restarted run must leave exactly the same rows:\n{difference}"
 
     events = consumed_events(kafka_url, topic_prefix)
-    oracle = replay(events, load_settings(allowed_lateness_s=float(LATENESS)))
+    oracle = replay(events, load_settings())
     touchpoints = {row["event_id"]: row["customer_id"] for row in expected["touchpoints"]}
     assert touchpoints == {eid: e.customer_id for eid, e in oracle.entries.items()}, "nothing lost, nothing extra"
     with crashed.connect() as conn:
@@ -167,7 +168,7 @@ def test_a_dead_apply_process_stops_its_worker_and_a_restart_loses_nothing(
     # apply process is caught waiting inside a batch when it is killed. One simulation, published in two
     # halves: separate simulations reuse receipt and call ids, which are event ids.
     path = tmp_path / "cx.db"
-    env = workers.env(f"sqlite:///{path}", topic_prefix, allowed_lateness_s=LATENESS)
+    env = workers.env(f"sqlite:///{path}", topic_prefix)
     engine = make_engine(f"sqlite:///{path}")
     group, channels = env["CXSTREAM_APP_ID"], Topics(topic_prefix).channels
     run_cli(env, "simulate", "--customers", "200", "--days", "5", "--seed", "8", "--out", str(tmp_path / "sim"))
@@ -190,7 +191,7 @@ def test_a_dead_apply_process_stops_its_worker_and_a_restart_loses_nothing(
     ends = end_offsets(kafka_url, channels)
     workers.start(env)
     wait_until(lambda: caught_up(engine, group, ends), 120, "a restarted worker to apply every record")
-    oracle = replay(consumed_events(kafka_url, topic_prefix), load_settings(allowed_lateness_s=float(LATENESS)))
+    oracle = replay(consumed_events(kafka_url, topic_prefix), load_settings())
     with engine.connect() as conn:
         overall = overall_counters(conn)
         touchpoints = conn.scalar(select(func.count()).select_from(t.touchpoints))
@@ -198,7 +199,7 @@ def test_a_dead_apply_process_stops_its_worker_and_a_restart_loses_nothing(
 
 
 def test_replaying_the_same_input_changes_no_row(kafka_url, topic_prefix, database_url, workers) -> None:
-    env = workers.env(database_url, topic_prefix, allowed_lateness_s=LATENESS)
+    env = workers.env(database_url, topic_prefix)
     run_cli(env, "simulate", "--customers", "300", "--days", "7", "--seed", "3")
     engine = run_to_completion(workers, env, kafka_url, topic_prefix, kills=0, seed=0)
     first = snapshot(engine)
@@ -206,7 +207,7 @@ def test_replaying_the_same_input_changes_no_row(kafka_url, topic_prefix, databa
 
     run_cli(env, "simulate", "--customers", "300", "--days", "7", "--seed", "3")  # the same records, re-sent
     ends = end_offsets(kafka_url, Topics(topic_prefix).channels)
-    wait_until(lambda: caught_up(engine, env["CXSTREAM_APP_ID"], ends), 120, "the replay to be applied")
+    wait_until(lambda: settled(engine, env["CXSTREAM_APP_ID"], ends), 120, "the replay to be applied")
     difference = snapshot_diff(first, snapshot(engine))
     assert not difference, f"replayed input changed rows:\n{difference}"
 
@@ -219,7 +220,7 @@ def test_database_outage_mid_run_pauses_and_loses_nothing(kafka_url, topic_prefi
     proxy = CuttableProxy(*backend_of(postgres_url))
     database = urlsplit(postgres_url).path
     via_proxy = f"postgresql+psycopg://postgres@127.0.0.1:{proxy.port}{database}"
-    env = workers.env(via_proxy, topic_prefix, allowed_lateness_s=LATENESS, batch_max_events="50")
+    env = workers.env(via_proxy, topic_prefix, batch_max_events="50")
     run_cli(env, "simulate", "--customers", "500", "--days", "10", "--seed", "21")
     engine = make_engine(postgres_url)  # the test's own view, not through the proxy
     group = env["CXSTREAM_APP_ID"]
@@ -239,7 +240,7 @@ def test_database_outage_mid_run_pauses_and_loses_nothing(kafka_url, topic_prefi
         proxy.close()
 
     events = consumed_events(kafka_url, topic_prefix)
-    oracle = replay(events, load_settings(allowed_lateness_s=float(LATENESS)))
+    oracle = replay(events, load_settings())
     rows = snapshot(engine)
     assert {r["event_id"]: r["customer_id"] for r in rows["touchpoints"]} == {
         eid: e.customer_id for eid, e in oracle.entries.items()
@@ -258,7 +259,7 @@ def test_a_row_the_database_refuses_is_dead_lettered_and_the_rest_lands(
 
     from schemas.deadletter import DeadLetter
 
-    env = workers.env(postgres_url, topic_prefix, allowed_lateness_s=LATENESS)
+    env = workers.env(postgres_url, topic_prefix)
     run_cli(env, "publish", "--channel", "web", str(SAMPLES / "web.jsonl"))
     good = consumed_events(kafka_url, topic_prefix)
     bad = good[0].model_copy(update={"event_id": "x" * 100})
@@ -274,7 +275,7 @@ def test_a_row_the_database_refuses_is_dead_lettered_and_the_rest_lands(
 
     with engine.connect() as conn:
         landed = set(conn.execute(select(t.touchpoints.c.event_id)).scalars())
-    expected = set(replay(good, load_settings(allowed_lateness_s=float(LATENESS))).entries)
+    expected = set(replay(good, load_settings()).entries)
     assert expected <= landed and bad.event_id not in landed, "the good records of the batch still land"
     dead = [DeadLetter.model_validate_json(v) for _, v in read_topic(kafka_url, Topics(topic_prefix).deadletter)]
     refused = [d for d in dead if d.reason == "sink_rejected"]

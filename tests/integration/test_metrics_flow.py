@@ -20,11 +20,10 @@ from streams.domain.aggregate import MetricAggregator
 from streams.domain.oracle import replay
 from tests.support.kafka import read_topic
 from tests.support.processes import wait_until
-from tests.support.results import consumed_events, prometheus_value, run_cli, wait_applied
+from tests.support.results import consumed_events, prometheus_value, run_cli, wait_applied, wait_settled
 
 # Simulated traffic is read from 16 partitions in an order that differs from run to run: a generous lateness
 # keeps too-late decisions out of the comparison with the oracle (part (b) tests lateness on purpose).
-LATENESS = str(400 * 86400)
 SURVEY_METRICS = ("nps", "csat")
 
 
@@ -34,14 +33,14 @@ def utc(ts: datetime) -> datetime:
 
 
 def test_daily_nps_and_csat_per_channel_equal_the_oracle(kafka_url, topic_prefix, sqlite_url, workers) -> None:
-    env = workers.env(sqlite_url, topic_prefix, allowed_lateness_s=LATENESS)
+    env = workers.env(sqlite_url, topic_prefix)
     run_cli(env, "simulate", "--customers", "400", "--days", "7", "--seed", "23")
     workers.start(env)
     engine = make_engine(sqlite_url)
     wait_applied(engine, kafka_url, topic_prefix, env["CXSTREAM_APP_ID"], timeout=90)
 
     # Expected: the consumed events replayed in event-time order, their final entries aggregated in one go.
-    settings = load_settings(allowed_lateness_s=float(LATENESS))
+    settings = load_settings()
     oracle = replay(consumed_events(kafka_url, topic_prefix), settings)
     aggregator = MetricAggregator.from_settings(settings)
     for entry in oracle.entries.values():
@@ -93,19 +92,19 @@ def _call(call_id: str, at: str, phone: str, nps: int | None = None) -> dict:
     return call
 
 
-def test_late_answer_revises_the_figure_and_a_too_late_one_is_dead_lettered(
+def test_late_answers_revise_the_figure_even_once_final_and_an_age_bound_is_opt_in(
     kafka_url, topic_prefix, sqlite_url, workers, tmp_path: Path
 ) -> None:
-    env = workers.env(sqlite_url, topic_prefix)  # default allowed lateness: 3 days
+    env = workers.env(sqlite_url, topic_prefix)  # defaults: no age bound, windows final 3 days after their end
     group = env["CXSTREAM_APP_ID"]
     engine = make_engine(sqlite_url)
 
-    def publish(name: str, *calls: dict, wait: bool = True) -> None:
+    def publish(name: str, *calls: dict, settle: bool = True) -> None:
         path = tmp_path / f"{name}.jsonl"
         path.write_bytes(b"".join(orjson.dumps(c) + b"\n" for c in calls))
         run_cli(env, "publish", "--channel", "phone", str(path))
-        if wait:
-            wait_applied(engine, kafka_url, topic_prefix, group)
+        if settle:  # every partition idle again: the watermark is the latest call's time
+            wait_settled(engine, kafka_url, topic_prefix, group)
 
     def figure() -> dict:
         m = t.metrics.c
@@ -130,14 +129,14 @@ def test_late_answer_revises_the_figure_and_a_too_late_one_is_dead_lettered(
         "promoters",
         _call("C-1", f"{DAY}T10:00:00Z", "+447700900101", nps=9),
         _call("C-2", f"{DAY}T11:00:00Z", "+447700900102", nps=10),
-        wait=False,
+        settle=False,
     )
     worker = workers.start(env)
-    wait_applied(engine, kafka_url, topic_prefix, group)
+    wait_settled(engine, kafka_url, topic_prefix, group)
     first = figure()
     assert first == {"numerator": 2, "denominator": 2, "value": 100.0, "status": "provisional", "revision": 2}
 
-    # Day D+1 moves the watermark on; then a detractor of day D arrives, a day and a half late but within 3 days.
+    # Day D+1 moves the watermark on; then a detractor of day D arrives, a day and a half late.
     publish("next_day", _call("C-3", "2024-06-04T12:00:00Z", "+447700900103"))
     publish("late", _call("C-4", f"{DAY}T15:00:00Z", "+447700900104", nps=3))
     revised = figure()
@@ -146,15 +145,25 @@ def test_late_answer_revises_the_figure_and_a_too_late_one_is_dead_lettered(
     assert revised["value"] == pytest.approx(100 / 3)
     assert prometheus_value(worker.metrics_text(), "cxstream_late_events_total", outcome="accepted") == 1
 
-    # Day D+4 takes the watermark past day D's end + 3 days: the figure is final. A detractor of day D arriving
-    # now is too late: dead-lettered, and the final figure does not move.
+    # Day D+4 takes the watermark past day D's end + 3 days: the figure is final.
     publish("final", _call("C-5", "2024-06-07T12:00:00Z", "+447700900105"))
     final = figure()
     assert final == {**revised, "status": "final", "revision": revised["revision"] + 1}
-    publish("too_late", _call("C-6", f"{DAY}T16:00:00Z", "+447700900106", nps=0))
-    assert figure() == final
 
-    too_late_id = derive_event_id(Channel.PHONE, "C-6")
+    # A detractor of day D arriving now is not lost: it revises the final figure, which stays final.
+    publish("later_still", _call("C-6", f"{DAY}T16:00:00Z", "+447700900106", nps=0))
+    corrected = figure()
+    assert (corrected["numerator"], corrected["denominator"], corrected["status"]) == (0, 4, "final")
+    assert corrected["revision"] > final["revision"]
+
+    # An age bound is the user's choice: with one, an answer older than the watermark minus the bound is
+    # dead-lettered as too_late, counted, and the figure does not move.
+    worker.stop()
+    env["CXSTREAM_MAX_EVENT_AGE_S"] = str(3 * 86400)
+    worker = workers.start(env)
+    publish("too_late", _call("C-7", f"{DAY}T17:00:00Z", "+447700900107", nps=0))
+    assert figure() == corrected
+    too_late_id = derive_event_id(Channel.PHONE, "C-7")
     with engine.connect() as conn:
         assert conn.scalar(select(t.touchpoints.c.event_id).where(t.touchpoints.c.event_id == too_late_id)) is None
     assert prometheus_value(worker.metrics_text(), "cxstream_late_events_total", outcome="too_late") == 1
@@ -173,6 +182,7 @@ def test_late_answer_revises_the_figure_and_a_too_late_one_is_dead_lettered(
     assert by_revision[first["revision"]] == (100.0, 2, "provisional")
     assert by_revision[revised["revision"]] == (pytest.approx(100 / 3), 3, "provisional")
     assert by_revision[final["revision"]] == (pytest.approx(100 / 3), 3, "final")
-    assert max(by_revision) == final["revision"]
-    assert all(r["denominator"] <= 3 for r in published), "the too-late answer never reached the figure"
+    assert by_revision[corrected["revision"]] == (0.0, 4, "final")
+    assert max(by_revision) == corrected["revision"]
+    assert all(r["denominator"] <= 4 for r in published), "the too-late answer never reached the figure"
     assert [r["revision"] for r in published] == sorted(r["revision"] for r in published)

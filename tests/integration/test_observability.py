@@ -39,7 +39,6 @@ from tests.support.results import caught_up, consumed_events, end_offsets, run_c
 from tests.support.workers import WorkerFactory, WorkerProcess
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
-LATENESS = str(10 * 365 * 86400)
 
 # The session fixtures may install Debian's prometheus package first: more than the suite's default 300 s per test.
 PROMETHEUS_TIMEOUT = pytest.mark.timeout(900)
@@ -63,7 +62,7 @@ def observed(kafka_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     prefix = f"t{uuid.uuid4().hex[:8]}."
     database_url = f"sqlite:///{tmp / 'cxstream.db'}"
     factory = WorkerFactory(tmp, kafka_url)
-    env = factory.env(database_url, prefix, allowed_lateness_s=LATENESS)
+    env = factory.env(database_url, prefix)
     for sample in sorted(SAMPLES.iterdir()):
         run_cli(env, "publish", "--channel", sample.name.split(".")[0], str(sample))
     engine = make_engine(database_url)

@@ -15,13 +15,12 @@ from tests.support.processes import wait_until
 from tests.support.results import caught_up, consumed_events, end_offsets, run_cli
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
-LATENESS = str(10 * 365 * 86400)
 
 
 def test_sample_files_flow_from_kafka_into_sql(kafka_url: str, topic_prefix: str, database_url: str, workers) -> None:
     """The wiring: a Faust agent of the project's app consumes the broker and writes rows on both databases."""
     # The sample files are published one after another, so their events arrive far out of event-time order.
-    env = workers.env(database_url, topic_prefix, allowed_lateness_s=LATENESS)
+    env = workers.env(database_url, topic_prefix)
     for sample in sorted(SAMPLES.iterdir()):
         run_cli(env, "publish", "--channel", sample.name.split(".")[0], str(sample))
     worker = workers.start(env)
@@ -31,7 +30,7 @@ def test_sample_files_flow_from_kafka_into_sql(kafka_url: str, topic_prefix: str
     wait_until(lambda: caught_up(engine, f"{topic_prefix}app", ends), 90, "the worker to apply every record")
 
     events = consumed_events(kafka_url, topic_prefix)
-    oracle = replay(events, load_settings(database_url=database_url, allowed_lateness_s=float(LATENESS)))
+    oracle = replay(events, load_settings(database_url=database_url))
     with engine.connect() as conn:
         touchpoints = dict(conn.execute(select(t.touchpoints.c.event_id, t.touchpoints.c.customer_id)).all())
         customers = set(conn.execute(select(t.customers.c.customer_id)).scalars())

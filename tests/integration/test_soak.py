@@ -47,7 +47,7 @@ def flat_after_warm_up(name: str, samples: list[float]) -> None:
 
 def test_a_million_events_keep_the_worker_memory_flat(kafka_url, topic_prefix, sqlite_url, workers) -> None:
     # A small state cache fills within the first third of the run, so growth after it is not the cache filling.
-    env = workers.env(sqlite_url, topic_prefix, allowed_lateness_s=str(400 * 86400), state_cache_customers="5000")
+    env = workers.env(sqlite_url, topic_prefix, state_cache_customers="5000")
     run_cli(env, "simulate", *SIMULATION, timeout=1800)
     ends = end_offsets(kafka_url, Topics(topic_prefix).channels)
     engine = make_engine(sqlite_url)

@@ -22,14 +22,13 @@ from tests.support.results import consumed_events, prometheus_value, run_cli, wa
 
 # The simulation is published in arrival order but read from 16 partitions: a generous lateness keeps
 # too-late decisions out of a test about who is who.
-LATENESS = str(400 * 86400)
 
 # 400 persons over a week; this seed has repeat till receipts with placeholder e-mails (checked below).
 CUSTOMERS, DAYS, SEED = 400, 7, 59
 
 
 def test_simulated_population_has_one_customer_per_person(kafka_url, topic_prefix, sqlite_url, workers) -> None:
-    env = workers.env(sqlite_url, topic_prefix, allowed_lateness_s=LATENESS)
+    env = workers.env(sqlite_url, topic_prefix)
     run_cli(env, "simulate", "--customers", str(CUSTOMERS), "--days", str(DAYS), "--seed", str(SEED))
     worker = workers.start(env)
     engine = make_engine(sqlite_url)

@@ -12,11 +12,9 @@ from streams.domain.oracle import replay
 from tests.support.processes import wait_until
 from tests.support.results import caught_up, consumed_events, end_offsets, overall_counters, run_cli
 
-LATENESS = str(400 * 86400)
-
 
 def test_two_workers_on_postgresql_give_the_results_of_one(kafka_url, topic_prefix, postgres_url, workers) -> None:
-    env = workers.env(postgres_url, topic_prefix, allowed_lateness_s=LATENESS, batch_max_events="200")
+    env = workers.env(postgres_url, topic_prefix, batch_max_events="200")
     run_cli(env, "simulate", "--customers", "600", "--days", "7", "--seed", "31")
     first = workers.start(env, name="worker-1")
     second = workers.start(env, name="worker-2")
@@ -27,7 +25,7 @@ def test_two_workers_on_postgresql_give_the_results_of_one(kafka_url, topic_pref
     applied_by = [w.metrics_text() for w in (first, second)]
     assert all("cxstream_events_in_total{" in text for text in applied_by), "both workers took partitions"
 
-    oracle = replay(consumed_events(kafka_url, topic_prefix), load_settings(allowed_lateness_s=float(LATENESS)))
+    oracle = replay(consumed_events(kafka_url, topic_prefix), load_settings())
     with engine.connect() as conn:
         touchpoints = dict(conn.execute(select(t.touchpoints.c.event_id, t.touchpoints.c.customer_id)).all())
         customers = set(conn.execute(select(t.customers.c.customer_id)).scalars())

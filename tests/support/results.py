@@ -6,13 +6,16 @@ import os
 import re
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, func, select
 
 from config.topics import Topics
 from schemas.touchpoint import TouchpointEvent
 from sinks import tables as t
+from streams.domain.metrics import METRICS
 from tests.support.kafka import log_ends, read_topic
 from tests.support.processes import wait_until
 
@@ -69,6 +72,26 @@ def caught_up(engine: Engine, group_id: str, ends: dict[tuple[str, int], int]) -
     return pending is None and all(applied.get(tp, -1) >= end - 1 for tp, end in ends.items() if end > 0)
 
 
+def settled(engine: Engine, group_id: str, ends: dict[tuple[str, int], int]) -> bool:
+    """``caught_up``, and every input partition idle since: the watermark reached the latest event time read and
+    was swept (windows final, issues overdue), so nothing more changes until new records arrive."""
+    if not caught_up(engine, group_id, ends):
+        return False
+    with engine.connect() as conn:
+        p, c = t.stream_partitions.c, t.stream_clock.c
+        latest = conn.scalar(select(func.max(p.event_time)).where(p.group_id == group_id))
+        swept = conn.scalar(select(c.swept_to).where(c.group_id == group_id))
+    if latest is None:
+        return True
+    return swept is not None and _utc(swept) >= min(_utc(latest), datetime.now(UTC) + timedelta(days=1))
+
+
+def wait_settled(engine: Engine, kafka_url: str, prefix: str, group: str, timeout: float = 90) -> None:
+    """Wait until the worker applied everything published so far and every partition went idle."""
+    ends = end_offsets(kafka_url, Topics(prefix).channels)
+    wait_until(lambda: settled(engine, group, ends), timeout, "the worker to apply every record and go idle")
+
+
 def wait_applied(engine: Engine, kafka_url: str, prefix: str, group: str, timeout: float = 60) -> None:
     """Wait until the worker has applied everything published so far on the channel topics."""
     ends = end_offsets(kafka_url, Topics(prefix).channels)
@@ -101,7 +124,7 @@ def snapshot(engine: Engine) -> dict[str, list[dict[str, Any]]]:
         for name in RESULT_TABLES:
             table = t.RESULTS[name]
             rows = [
-                {k: _plain(v) for k, v in row.items() if k not in WALL_CLOCK_COLUMNS}
+                plain_row({k: v for k, v in row.items() if k not in WALL_CLOCK_COLUMNS})
                 for row in conn.execute(select(table)).mappings()
             ]
             out[name] = sorted(rows, key=lambda r: repr(sorted(r.items())))
@@ -127,17 +150,32 @@ def without_versions(snap: dict[str, list[dict[str, Any]]]) -> dict[str, list[di
     A metric's ``revision`` (and the ``<basis>_retracted`` counters it is computed from) counts the entry versions
     the worker emitted, and an entry is re-emitted only when a later event changing it came in a later batch: two
     runs whose batches were cut differently (a crash, another interleaving of partitions) publish the same values
-    under different revision numbers. Everything else must be equal.
+    under different revision numbers. For the same reason a figure all of whose entry versions were withdrawn
+    (its basis back to 0) exists in one run and not in another: such figures are left out. Everything else must
+    be equal.
     """
     out = dict(snap)
+    counters = {
+        (row["scope"], row["key"], row["window"], row["window_start"]): row["counters"] for row in snap["metric_cells"]
+    }
+    basis = {name: metric.basis for name, metric in METRICS.items()}
     out["metrics"] = sorted(
-        ({k: v for k, v in row.items() if k != "revision"} for row in snap["metrics"]),
+        (
+            {k: v for k, v in row.items() if k != "revision"}
+            for row in snap["metrics"]
+            if counters.get((row["scope"], row["key"], row["window"], row["window_start"]), {}).get(
+                basis[row["metric"]]
+            )
+        ),
         key=lambda r: repr(sorted(r.items())),
     )
-    out["metric_cells"] = [
-        {**row, "counters": {k: v for k, v in row["counters"].items() if not k.endswith("_retracted")}}
-        for row in snap["metric_cells"]
-    ]
+    out["metric_cells"] = sorted(
+        (
+            {**row, "counters": {k: v for k, v in row["counters"].items() if not k.endswith("_retracted")}}
+            for row in snap["metric_cells"]
+        ),
+        key=lambda r: repr(sorted(r.items())),
+    )
     return out
 
 
@@ -154,9 +192,16 @@ def snapshot_diff(expected: dict[str, list[dict[str, Any]]], got: dict[str, list
     return "\n".join(lines)
 
 
+def plain_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A row with plain comparable values (UTC ISO timestamps, normalised decimals, rounded floats)."""
+    return {k: _plain(v) for k, v in row.items()}
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
 def _plain(value: Any) -> Any:
-    from datetime import UTC, datetime
-    from decimal import Decimal
 
     if isinstance(value, datetime):
         return (value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)).isoformat()

@@ -95,13 +95,15 @@ class WorkerFactory:
         env.update({f"CXSTREAM_{k.upper()}": v for k, v in settings.items()})
         return env
 
-    def start(self, env: dict[str, str], name: str = "worker-1", wait: bool = True) -> WorkerProcess:
+    def start(
+        self, env: dict[str, str], name: str = "worker-1", wait: bool = True, loglevel: str = "warning"
+    ) -> WorkerProcess:
         """Start `cxstream worker` and wait until its /metrics answers."""
         env = {**env, "CXSTREAM_WORKER_ID": name, "CXSTREAM_WEB_PORT": str(free_port())}
         log_path = self.tmp_path / f"{name}.{len(self.started)}.log"
         with open(log_path, "wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "warning"],
+                [sys.executable, "-m", "streams.cli", "worker", "--loglevel", loglevel],
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -1,0 +1,74 @@
+"""What the result tables must hold after a run: the oracle's replay turned into rows, as the worker writes them.
+
+Rows are built with the worker's own row functions (``streams.pipeline``) and the metric registry, and put in
+the form ``results.snapshot`` reads SQL in, so a run compares with ``==``. Only the tables that do not depend
+on arrival order are here (see the README's guarantees): ``identity_merges`` and ``alerts`` are not.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from config.settings import Settings
+from schemas.touchpoint import TouchpointEvent
+from streams.domain.aggregate import MetricAggregator, figures
+from streams.domain.customer import Policy
+from streams.domain.engine import StitchEngine
+from streams.domain.event_time import MAX_CLOCK_SKEW_S
+from streams.domain.oracle import replay
+from streams.pipeline import customer_row, identity_rows, overdue_at, touchpoint_row
+from tests.support.results import WALL_CLOCK_COLUMNS, plain_row, without_versions
+
+#: The tables whose rows the oracle decides.
+ORDER_FREE_TABLES = ("customers", "identities", "touchpoints", "metrics", "metric_cells")
+
+
+def expected_results(events: Iterable[TouchpointEvent], settings: Settings) -> dict[str, list[dict[str, Any]]]:
+    """The order-free result tables a worker ends with once it applied ``events`` (as read from the channel
+    topics, duplicates and all) and every partition went idle, in ``results.without_versions`` form."""
+    events = list(events)
+    oracle = replay(events, settings)
+    policy = Policy.from_settings(settings)
+    tables: dict[str, list[dict[str, Any]]] = {name: [] for name in ORDER_FREE_TABLES}
+    for customer_id, profile in oracle.profiles.items():
+        state = oracle.customers[customer_id]
+        tables["customers"].append(customer_row(profile, state, overdue_at(state, policy, settings.issue_target_s)))
+    ordered = sorted(events, key=lambda event: (event.occurred_at, event.event_id))
+    keys = StitchEngine(settings).keys_of(ordered)
+    tables["identities"] = identity_rows(ordered, keys, oracle.result, oracle.identities)
+    now = datetime.now(UTC)
+    tables["touchpoints"] = [touchpoint_row(entry, now) for entry in oracle.entries.values()]
+    aggregator = MetricAggregator.from_settings(settings)
+    for entry in oracle.entries.values():
+        aggregator.add(entry)
+    # Every partition idle: the watermark is the latest event time read (never further ahead of the wall clock
+    # than the skew allowed).
+    watermark = min(max(e.occurred_at.timestamp() for e in events), time.time() + MAX_CLOCK_SKEW_S)
+    for cell, counters in aggregator.updates({}).counters.items():
+        closes = aggregator.closes_at(cell)
+        final = closes is not None and closes.timestamp() <= watermark
+        tables["metric_cells"].append(
+            {
+                "scope": cell.scope.value,
+                "key": cell.key,
+                "window": cell.window,
+                "window_start": cell.window_start,
+                "window_end": cell.window_end,
+                "counters": counters,
+                "final": final,
+            }
+        )
+        tables["metrics"] += [
+            {**row._asdict(), "scope": row.scope.value} for row in figures(cell, counters, final=final)
+        ]
+    snapshot = {
+        name: sorted(
+            (plain_row({k: v for k, v in row.items() if k not in WALL_CLOCK_COLUMNS}) for row in rows),
+            key=lambda r: repr(sorted(r.items())),
+        )
+        for name, rows in tables.items()
+    }
+    return without_versions(snapshot)
