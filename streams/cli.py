@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Literal
 
 import click
 
@@ -111,51 +112,101 @@ def schemas(out: Path) -> None:
         click.echo(str(path))
 
 
-@main.command()
-@click.option(
-    "--channel",
-    "channel",
-    required=True,
-    type=click.Choice(["store", "phone", "web", "ecommerce"]),
-    help="Source channel.",
-)
+@main.command(context_settings={"ignore_unknown_options": True})
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default=None, help="Default: from the file name.")
 @click.option("--envelope", type=int, default=0, show_default=True, help="Events per Kafka record (0: one per record).")
 @click.option("--strict", is_flag=True, help="Exit 1 if any record was dead-lettered.")
-@click.argument("files", nargs=-1, required=True, type=click.Path(allow_dash=True))
+@click.option(
+    "--order",
+    type=click.Choice(["time", "file"]),
+    default="time",
+    show_default=True,
+    help="time: all files' events merged by occurred_at (then event_id); file: file by file, as read.",
+)
+@click.option(
+    "--run-events",
+    type=click.IntRange(min=1),
+    default=250_000,
+    show_default=True,
+    help="With --order time: most events sorted in memory at once (a run is also cut at about 64 MB) before the "
+    "sorted run is spilled to a temporary file under TMPDIR.",
+)
+@click.argument("sources", nargs=-1, required=True, type=click.UNPROCESSED, metavar="[--channel C] FILE|DIR...")
 @click.pass_context
 def publish(
-    ctx: click.Context, channel: str, fmt: str | None, envelope: int, strict: bool, files: tuple[str, ...]
+    ctx: click.Context,
+    fmt: Literal["jsonl", "csv"] | None,
+    envelope: int,
+    strict: bool,
+    order: Literal["time", "file"],
+    run_events: int,
+    sources: tuple[str, ...],
 ) -> None:
-    """Validate source FILES (`-` for stdin) and publish them; bad records go to the dead-letter topic."""
-    from schemas.touchpoint import Channel
-    from streams.adapters.reader import read_records
+    """Validate source files and publish their events; bad records go to the dead-letter topic.
+
+    \b
+    Name the files by channel, or give a directory laid out by channel:
+      cxstream publish --channel store a.csv b.jsonl \\
+                       --channel phone c.jsonl --channel web d.jsonl
+      cxstream publish --channel phone -        (- is stdin)
+      cxstream publish DIR
+
+    --channel C (store, phone, web, ecommerce) applies to the files after it, up to the next --channel; a single
+    --channel applies to every file. A directory after --channel C stands for all its .jsonl and .csv files.
+    DIR without --channel holds <channel>.jsonl and <channel>.csv files and/or <channel>/ directories of them,
+    as `cxstream simulate --out DIR` writes; a file named <channel>.jsonl, or in a <channel>/ directory, needs
+    no --channel either.
+
+    By default the events of all the files are published merged in event-time order (an external sort: bounded
+    memory, temporary files under TMPDIR, removed at the end); --order file publishes file by file instead.
+    """
+    import signal
+
+    from streams.backfill import publish_sources
     from streams.kafka import BrokerUnreachable, ensure_topics
-    from streams.publisher import Publisher, publish_items
+    from streams.progress import stderr_progress
+    from streams.publisher import Publisher
+    from streams.sources import ArgumentProblem, SourceError, parse_sources
 
     settings = _settings(ctx)
-    sources = []
-    for name in files:
-        data = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
-        file_fmt = fmt or ("csv" if name.endswith(".csv") else "jsonl")
-        sources.append((name, data, file_fmt))
+    try:
+        files = parse_sources(sources, fmt)
+    except ArgumentProblem as exc:
+        raise click.UsageError(str(exc), ctx) from None
+    except SourceError as exc:
+        raise click.ClickException(str(exc)) from None
     try:
         ensure_topics(settings)
         publisher = Publisher(settings, envelope_size=envelope)
     except BrokerUnreachable as exc:
-        total = sum(1 for _, data, _ in sources for line in data.splitlines() if line.strip())
+        total = sum(source.count_records() for source in files)
         raise click.ClickException(f"{exc}\nnothing was sent: {total} records not published") from None
-    for name, data, file_fmt in sources:
-        items = read_records(
-            Channel(channel), data, source_file=name, fmt=file_fmt, default_region=settings.default_phone_region
-        )
-        publish_items(publisher, items)
+    # A terminated publish leaves no temporary files behind either: SIGTERM unwinds like Ctrl-C.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    report = publish_sources(
+        publisher,
+        files,
+        order=order,
+        default_region=settings.default_phone_region,
+        progress=stderr_progress,
+        run_events=run_events,
+    )
     summary = publisher.close()
     click.echo(summary.render())
+    click.echo(report.render())
+    click.echo(
+        "the worker reports what it rejects in its log, "
+        f"on {settings.topic_prefix}deadletter and in cxstream_dead_letters_total"
+    )
+    click.echo(report.timing(), err=True)
     if not summary.accounted:
         sys.exit(2)
     if strict and summary.dead_lettered:
         sys.exit(1)
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 @main.command()

@@ -16,8 +16,9 @@ import logging
 import threading
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from kafka import KafkaProducer
 from kafka import errors as kafka_errors
@@ -95,6 +96,19 @@ class Outgoing:
     count: int = 1
     #: The dead-letter reason, or None for events.
     reason: str | None = None
+
+
+class EncodedEvent(NamedTuple):
+    """An event as it goes on its channel topic: its channel, partition key and JSON bytes."""
+
+    channel: str
+    key: bytes
+    value: bytes
+
+
+def encode_event(event: TouchpointEvent, raw_json: bytes | None = None) -> EncodedEvent:
+    """What ``Publisher.event`` sends for ``event``: keyed by its strongest identifier, serialised once."""
+    return EncodedEvent(event.channel.value, partition_key(event), raw_json or event.model_dump_json().encode())
 
 
 class Publisher:
@@ -187,9 +201,12 @@ class Publisher:
 
     def event(self, event: TouchpointEvent, raw_json: bytes | None = None) -> None:
         """Publish one valid event (buffered into an envelope when envelopes are on)."""
+        self.encoded(encode_event(event, raw_json))
+
+    def encoded(self, event: EncodedEvent) -> None:
+        """Publish one event encoded earlier by ``encode_event`` (a backfill sorts them first), as ``event`` does."""
         topic = self.topics.channel(event.channel)
-        value = raw_json or event.model_dump_json().encode()
-        key = partition_key(event)
+        key, value = event.key, event.value
         if self._failed:
             self._resend_failed()
         if not self.envelope_size:
@@ -277,13 +294,21 @@ class Publisher:
         return summary
 
 
-def publish_items(publisher: Publisher, items: Iterable[object]) -> PublishSummary:
-    """Publish reader output (Accepted and Rejected items) and count what was read."""
+def route_items(publisher: Publisher, items: Iterable[object], accept: Callable[[TouchpointEvent], None]) -> None:
+    """Count reader output (Accepted and Rejected items) as read, publish the dead letters, give events to ``accept``.
+
+    Does not flush. ``accept`` is ``publisher.event`` to publish events as they are read.
+    """
     for item in items:
         publisher.summary.read += 1
         dead = getattr(item, "dead_letter", None)
         if dead is not None:
             publisher.dead_letter(dead)
         else:
-            publisher.event(item.event)  # type: ignore[attr-defined]
+            accept(item.event)  # type: ignore[attr-defined]
+
+
+def publish_items(publisher: Publisher, items: Iterable[object]) -> PublishSummary:
+    """Publish reader output (Accepted and Rejected items) and count what was read."""
+    route_items(publisher, items, publisher.event)
     return publisher.flush()

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 
 from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
 
 #: Seconds without a new record after which a topic counts as drained.
 QUIET_S = 1.5
@@ -45,26 +46,50 @@ def read_topic(
     timeout: float = 30.0,
 ) -> list[tuple[bytes | None, bytes]]:
     """Every (key, value) on ``topic`` from the beginning: until ``until`` holds, or the topic is drained."""
+    pairs: list[tuple[bytes | None, bytes]] = []
+
+    def done(messages: list[ConsumerRecord]) -> bool:
+        pairs.extend((m.key, m.value) for m in messages[len(pairs) :])
+        return until is not None and until(pairs)
+
+    messages = read_messages(kafka_url, [topic], until=done if until is not None else None, timeout=timeout)
+    return [(m.key, m.value) for m in messages]
+
+
+def read_messages(
+    kafka_url: str,
+    topics: list[str],
+    *,
+    until: Callable[[list[ConsumerRecord]], bool] | None = None,
+    timeout: float = 30.0,
+) -> list[ConsumerRecord]:
+    """Every record of ``topics`` from the beginning, with offsets and timestamps: until ``until`` holds, or drained.
+
+    Topics that do not exist by the deadline are left out; none existing gives [].
+    """
     servers = [part.split("://", 1)[-1] for part in kafka_url.split(",")]
     consumer = KafkaConsumer(bootstrap_servers=servers, group_id=None, enable_auto_commit=False)
     try:
         deadline = time.monotonic() + timeout
-        partitions = None
-        while partitions is None and time.monotonic() < deadline:
-            partitions = consumer.partitions_for_topic(topic)
-            if partitions is None:
+        partitions: dict[str, set[int]] = {}
+        while len(partitions) < len(topics) and time.monotonic() < deadline:
+            for topic in topics:
+                found = consumer.partitions_for_topic(topic)
+                if found is not None:
+                    partitions[topic] = found
+            if len(partitions) < len(topics):
                 time.sleep(0.2)
-        if partitions is None:
+        if not partitions:
             return []
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        tps = [TopicPartition(topic, p) for topic in topics if topic in partitions for p in sorted(partitions[topic])]
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
-        records: list[tuple[bytes | None, bytes]] = []
+        records: list[ConsumerRecord] = []
         quiet_since = time.monotonic()
         while time.monotonic() < deadline:
             batch = consumer.poll(timeout_ms=500)
             for msgs in batch.values():
-                records.extend((m.key, m.value) for m in msgs)
+                records.extend(msgs)
             if until is not None:
                 if until(records):
                     break
