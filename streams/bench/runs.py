@@ -41,6 +41,7 @@ from streams.bench.procs import (
 #: Tables whose rows are the results a user sees (as tests/support/results.py counts them).
 RESULT_TABLES = ("customers", "identities", "touchpoints", "metrics", "metric_cells", "alerts", "identity_merges")
 
+
 class RunFailed(RuntimeError):
     """A configuration failed (stalled, timed out, worker died); the message says which and why."""
 
