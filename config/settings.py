@@ -67,6 +67,11 @@ class Settings(BaseSettings):
         ge=1,
         description="Input records the worker buffers ahead of its batches (and takes at once); with envelopes each holds many events.",
     )
+    max_record_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="Largest channel-topic record the worker decodes, bytes; a larger one is dead-lettered record_too_large.",
+    )
     batch_max_wait: float = Field(0.2, gt=0, description="Seconds the worker waits to fill a batch before applying it.")
     offset_gap_grace_s: float = Field(
         30.0,

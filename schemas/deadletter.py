@@ -6,6 +6,34 @@ import base64
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from schemas.touchpoint import Channel
+
+#: Every reason cxstream gives a dead letter (the README's dead-letter tables list them, a test checks it).
+REASONS: frozenset[str] = frozenset(
+    {
+        # adapters (files and the collector)
+        "invalid_utf8",
+        "line_too_long",
+        "invalid_json",
+        "not_an_object",
+        "invalid_csv",
+        "validation_error",
+        "invalid_identifier",
+        "conversion_error",
+        # collector
+        "invalid_batch",
+        # worker
+        "empty_record",
+        "record_too_large",
+        "too_late",
+        "event_id_conflict",
+        "sink_rejected",
+    }
+)
+_CHANNELS = frozenset(c.value for c in Channel)
+#: Where records are rejected.
+STAGES: frozenset[str] = frozenset({"adapter", "collector", "worker"})
+
 
 class DeadLetter(BaseModel):
     """A record that could not be accepted; nothing is lost, the original bytes travel with the reason."""
@@ -17,6 +45,9 @@ class DeadLetter(BaseModel):
     detail: str = Field(default="", description="Human-readable detail: field path and message.")
     source_file: str | None = None
     line: int | None = None
+    topic: str | None = Field(default=None, description="The Kafka topic the record was read from (worker).")
+    partition: int | None = Field(default=None, description="Its partition (worker).")
+    offset: int | None = Field(default=None, description="Its offset in the partition (worker).")
     stage: str = Field(default="adapter", description="Where it was rejected: adapter, collector, worker.")
     rejected_at: AwareDatetime
     original_b64: str = Field(description="The original bytes, base64-encoded (may be non-UTF-8).")
@@ -29,3 +60,16 @@ class DeadLetter(BaseModel):
     def original(self) -> bytes:
         """Return the original bytes."""
         return base64.b64decode(self.original_b64)
+
+
+def label_values(channel: object, reason: object, stage: object) -> tuple[str, str, str]:
+    """Prometheus label values of a dead letter, from fixed sets only: a record's content must not create series.
+
+    Anything outside them (a dead letter written by another producer, or garbage on the topic) is counted under
+    ``unknown`` / ``other``.
+    """
+    return (
+        channel if isinstance(channel, str) and channel in _CHANNELS else "unknown",
+        reason if isinstance(reason, str) and reason in REASONS else "other",
+        stage if isinstance(stage, str) and stage in STAGES else "unknown",
+    )

@@ -74,7 +74,14 @@ class InRecord(NamedTuple):
     topic: str
     partition: int
     offset: int
-    value: bytes
+    #: None for a record without a value (a tombstone): dead-lettered, like every record that is not an event.
+    value: bytes | None
+
+
+#: Most dead letters one envelope record gives item by item; past that, one dead letter stands for the record.
+MAX_ITEM_DEAD_LETTERS = 100
+#: Bytes of an oversized record kept in its dead letter, so that the dead letter still fits a Kafka record.
+TOO_LARGE_KEPT_BYTES = 64 * 1024
 
 
 @dataclass
@@ -174,38 +181,68 @@ class BatchProcessor:
             offsets[tp] = rec.offset
             read.fingerprints[tp] = record_fingerprint(rec.value)
             first = len(report.events)
-            self._decode_record(rec, prefix, report)
+            self._decode_record(rec, prefix, self.settings.max_record_bytes, report)
             if len(report.events) > first:
                 newest = max(event.occurred_at for event in report.events[first:]).timestamp()
                 latest[tp] = max(latest.get(tp, newest), newest)
         return read
 
     @staticmethod
-    def _decode_record(rec: InRecord, prefix: str, report: BatchReport) -> None:
-        """Add a record's events to ``report``, and a dead letter for each that is not valid."""
+    def _decode_record(rec: InRecord, prefix: str, max_bytes: int, report: BatchReport) -> None:
+        """Add a record's events to ``report``, and a dead letter for each that is not valid.
+
+        No record can stop the worker: one without a value (a tombstone), an empty one, one over ``max_bytes``,
+        one that is not JSON or holds no event is dead-lettered with where it was read from, and skipped.
+        """
+        value = rec.value
+        channel = rec.topic.removeprefix(prefix)
+
+        def dead(reason: str, detail: str, raw: bytes) -> None:
+            where = f"{rec.topic}[{rec.partition}] offset {rec.offset}"
+            report.dead_letters.append(_dead(channel, reason, f"{detail} ({where})", raw, rec))
+
+        if value is None or not value.strip():
+            what = "a record without a value (a tombstone)" if value is None else "an empty record"
+            dead("empty_record", f"{what}: events are JSON objects or arrays of them", value or b"")
+            return
+        if len(value) > max_bytes:
+            detail = (
+                f"{len(value)} bytes, over CXSTREAM_MAX_RECORD_BYTES={max_bytes}; the first {TOO_LARGE_KEPT_BYTES} kept"
+            )
+            dead("record_too_large", detail, value[:TOO_LARGE_KEPT_BYTES])
+            return
         try:
             # The usual case in one call into pydantic-core (parsing included); anything wrong is sorted out
             # item by item below, with the reason each dead letter needs.
-            if rec.value[:1] == b"[":
-                report.events += _ENVELOPE.validate_json(rec.value)
+            if value[:1] == b"[":
+                report.events += _ENVELOPE.validate_json(value)
             else:
-                report.events.append(TouchpointEvent.model_validate_json(rec.value))
+                report.events.append(TouchpointEvent.model_validate_json(value))
             return
         except ValidationError:
             pass
-        channel = rec.topic.removeprefix(prefix)
         try:
-            body = orjson.loads(rec.value)
+            body = orjson.loads(value)
         except orjson.JSONDecodeError as exc:
-            report.dead_letters.append(_dead(channel, "invalid_json", str(exc), rec.value))
+            dead("invalid_json", str(exc), value)
             return
         items = body if isinstance(body, list) else [body]
-        for item in items:
+        invalid: list[tuple[int, Any, ValidationError]] = []
+        for position, item in enumerate(items, 1):
             try:
                 report.events.append(TouchpointEvent.model_validate(item))
             except ValidationError as exc:
-                raw = rec.value if len(items) == 1 else orjson.dumps(item)
-                report.dead_letters.append(_dead(channel, "validation_error", _describe(exc), raw))
+                invalid.append((position, item, exc))
+        if len(items) == 1 and invalid:
+            dead("validation_error", _describe(invalid[0][2]), value)
+        elif len(invalid) > MAX_ITEM_DEAD_LETTERS:
+            # An envelope of garbage: one dead letter with the whole record, not one per item (memory, and the
+            # dead-letter topic, stay bounded by the record's size).
+            first = "; ".join(f"item {n}: {_describe(exc)}" for n, _, exc in invalid[:3])
+            dead("validation_error", f"{len(invalid)} of {len(items)} items are not valid events ({first}; ...)", value)
+        else:
+            for position, item, exc in invalid:
+                dead("validation_error", f"item {position} of {len(items)}: {_describe(exc)}", orjson.dumps(item))
 
     def _gap_is_real(self, tp: tuple[str, int], expected: int) -> bool:
         """True once seeking back to a missing offset has not brought it for a while: it is not in the log.
@@ -378,7 +415,7 @@ class BatchProcessor:
             if rec.offset > self.applied.get(tp, -1):
                 if rec.offset > offsets.get(tp, -1):
                     offsets[tp], fingerprints[tp] = rec.offset, record_fingerprint(rec.value)
-                dead = _dead(rec.topic.removeprefix(prefix), reason, detail, rec.value)
+                dead = _dead(rec.topic.removeprefix(prefix), reason, detail, rec.value or b"", rec)
                 report.dead_letters.append(dead)
                 report.outputs.add(self.topics.deadletter, dead.channel or "", dead.model_dump_json().encode())
         if offsets:
@@ -663,7 +700,7 @@ def identity_rows(
     return rows
 
 
-def _dead(channel: str | None, reason: str, detail: str, raw: bytes) -> DeadLetter:
+def _dead(channel: str | None, reason: str, detail: str, raw: bytes, rec: InRecord | None = None) -> DeadLetter:
     return DeadLetter(
         channel=channel,
         reason=reason,
@@ -671,6 +708,9 @@ def _dead(channel: str | None, reason: str, detail: str, raw: bytes) -> DeadLett
         stage="worker",
         rejected_at=datetime.now(UTC),
         original_b64=DeadLetter.encode(raw),
+        topic=None if rec is None else rec.topic,
+        partition=None if rec is None else rec.partition,
+        offset=None if rec is None else rec.offset,
     )
 
 

@@ -29,6 +29,7 @@ from sqlalchemy.exc import OperationalError
 
 from config.settings import Settings
 from config.topics import Topics
+from schemas.deadletter import label_values
 from sinks.database import make_engine, upgrade
 from sinks.store import SqlStore, customers_count
 from streams import apply_process
@@ -166,9 +167,9 @@ class Worker:
             async for value in stream:
                 try:
                     dead = orjson.loads(value)
-                    labels = (str(dead.get("channel") or "unknown"), str(dead["reason"]), str(dead.get("stage", "?")))
-                except (orjson.JSONDecodeError, KeyError, AttributeError, TypeError):
-                    labels = ("unknown", "unreadable_dead_letter", "?")
+                    labels = label_values(dead.get("channel"), dead.get("reason"), dead.get("stage"))
+                except (orjson.JSONDecodeError, AttributeError, TypeError):
+                    labels = label_values(None, None, None)
                 self.metrics.dead_letters.labels(*labels).inc()
 
         @app.page("/metrics")
@@ -499,8 +500,9 @@ class BatchFeeder(Generic[Done]):
 
 
 def events_in(record: InRecord) -> int:
-    """How many events a record holds, without parsing it: its ``"event_id"`` keys (at least one)."""
-    return max(1, record.value.count(b'"event_id"'))
+    """How many events a record holds, without parsing it: its ``"event_id"`` keys (at least one; a record
+    without a value, a tombstone, counts one: it is dead-lettered like any record that holds no event)."""
+    return max(1, record.value.count(b'"event_id"')) if record.value else 1
 
 
 def chunk_by_events(records: list[InRecord], max_events: int) -> list[list[InRecord]]:
