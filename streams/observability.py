@@ -41,6 +41,12 @@ class Metrics:
             ["worker", "outcome"],
             registry=r,
         )
+        self.database_up = Gauge(
+            "cxstream_database_up",
+            "1 while the worker's last database call succeeded, 0 while it waits for the database to answer.",
+            ["worker"],
+            registry=r,
+        )
         self.unattributed = Counter(
             "cxstream_unattributed_events_total",
             "Events with no usable identifier: applied to no customer, counted for their channel and overall.",

@@ -149,13 +149,20 @@ class BatchProcessor:
         self.swept_to: datetime | None = None
         self._gaps_seen: dict[tuple[tuple[str, int], int], float] = {}
         self.cache = StateCache(settings.state_cache_customers)
-        self.reload()
+        # Read on first use, not here: the database may be unreachable when the apply process starts, and a call
+        # that fails is retried by the worker, whereas a process that cannot start stops it.
+        self._loaded = False
 
     def reload(self) -> None:
         """Re-read applied offsets and the event-time clock (at start, after a rebalance or a failed write)."""
         self.applied = self.store.applied_offsets(self.group_id)
         self.watermark, self.swept_to, _ = self.store.clock(self.group_id)
         self.cache.clear()
+        self._loaded = True
+
+    def _load(self) -> None:
+        if not self._loaded:
+            self.reload()
 
     # --- decoding -------------------------------------------------------------------------------
 
@@ -263,6 +270,7 @@ class BatchProcessor:
 
         ``backlog``: the worker's input partitions with records still to read, which hold the watermark.
         """
+        self._load()
         while True:
             report = BatchReport()
             read = self.decode(records, report)
@@ -287,6 +295,7 @@ class BatchProcessor:
     def tick(self, backlog: Iterable[TopicPartition] = ()) -> BatchReport:
         """Follow the wall clock between batches: partitions gone idle stop holding the watermark back, and what
         it passes is swept (windows finalised, issues overdue). Writes nothing when nothing moved."""
+        self._load()
         report = BatchReport()
         try:
             with self.store.engine.begin() as conn:
@@ -406,6 +415,7 @@ class BatchProcessor:
 
     def reject(self, records: Sequence[InRecord], reason: str, detail: str) -> BatchReport:
         """Dead-letter records the database will never accept, and mark them applied, in one transaction."""
+        self._load()
         report = BatchReport()
         offsets: dict[tuple[str, int], int] = {}
         fingerprints: dict[tuple[str, int], str] = {}

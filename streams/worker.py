@@ -69,7 +69,6 @@ class Worker:
         self.topics = Topics(settings.topic_prefix)
         self.metrics = Metrics(settings.worker_id)
         self.engine = make_engine(settings.database_url)  # this process only reads (gauges)
-        upgrade(self.engine)
         # Every write goes through the apply process, in submission order: a batch, then the deletion of outbox
         # rows published meanwhile; this process keeps fetching and publishing while it runs.
         self.database = ApplyProcess(settings, loglevel)
@@ -312,10 +311,11 @@ class Worker:
         delay, reload = 0.2, False
         while True:
             try:
-                return await self.database.run(work, *args, reload=reload)
+                result = await self.database.run(work, *args, reload=reload)
             except Exception as exc:
                 if not is_transient(exc):
                     raise
+                self.metrics.database_up.labels(self.settings.worker_id).set(0)
                 self.metrics.sink_failures.labels(self.settings.worker_id, "transient").inc()
                 self.metrics.sink_retries.labels(self.settings.worker_id).inc()
                 log.warning("database unavailable (%s); retrying in %.1fs", exc, delay)
@@ -323,6 +323,9 @@ class Worker:
                 delay = min(delay * 2, MAX_BACKOFF_S)
                 # A failed transaction rolled back: go on from what the database says, not from memory.
                 reload = work is not apply_process.reload
+            else:
+                self.metrics.database_up.labels(self.settings.worker_id).set(1)
+                return result
 
     async def _publish(self, summary: BatchSummary) -> None:
         for (topic, partition), offset in summary.gaps.items():
@@ -394,6 +397,26 @@ class Worker:
     def _backlog(self) -> list[tuple[str, int]]:
         """This worker's input partitions with records still to apply: they hold the event-time watermark."""
         return [tp for tp, lag in self._lag().items() if lag > 0]
+
+
+def until_database_answers(settings: Settings, work: Callable[[], T]) -> T:
+    """Run ``work`` until no transient database error stops it, waiting with backoff and saying so meanwhile."""
+    delay = 0.5
+    while True:
+        try:
+            return work()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.warning(
+                "database %s unreachable (%s: %s); the worker is not ready, retrying in %.1fs",
+                settings.database_url,
+                exc.__class__.__name__,
+                str(exc).splitlines()[0] if str(exc) else "",
+                delay,
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, MAX_BACKOFF_S)
 
 
 def check_log(settings: Settings, store: SqlStore) -> None:
@@ -531,7 +554,9 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
 
     ensure_topics(settings)
     worker = Worker(settings, loglevel)
-    check_log(settings, SqlStore(worker.engine))
+    # The database may be down or locked at start: wait for it, as a running worker does, rather than exit.
+    until_database_answers(settings, lambda: upgrade(worker.engine))
+    until_database_answers(settings, lambda: check_log(settings, SqlStore(worker.engine)))
     tune_collector()
     log.info(
         "cxstream worker %s: /metrics on http://%s:%d/metrics, database %s (started %s)",

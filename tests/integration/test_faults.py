@@ -286,3 +286,65 @@ def test_a_row_the_database_refuses_is_dead_lettered_and_the_rest_lands(
         if line.startswith("cxstream_sink_failures_total{") and 'kind="permanent"' in line
     ]
     assert permanent and float(permanent[0].rsplit(" ", 1)[1]) >= 1
+
+
+def _through_proxy(postgres_url: str):
+    from urllib.parse import urlsplit
+
+    from tests.support.proxy import CuttableProxy, backend_of
+
+    proxy = CuttableProxy(*backend_of(postgres_url))
+    return proxy, f"postgresql+psycopg://postgres@127.0.0.1:{proxy.port}{urlsplit(postgres_url).path}"
+
+
+def test_a_worker_started_without_its_database_waits_for_it(kafka_url, topic_prefix, postgres_url, workers) -> None:
+    """Unreachable at start (its schema not even created yet): the worker waits, says so, and then applies all."""
+    proxy, via_proxy = _through_proxy(postgres_url)
+    env = workers.env(via_proxy, topic_prefix)
+    run_cli(env, "publish", "--channel", "web", str(SAMPLES / "web.jsonl"))
+    try:
+        proxy.cut()
+        worker = workers.start(env, wait=False)
+        wait_until(lambda: "not ready, retrying" in worker.log(), 30, "the worker to say it waits for the database")
+        time.sleep(3)
+        assert worker.proc.poll() is None, f"the worker gave up:\n{worker.log()[-3000:]}"
+        proxy.restore()
+        wait_until(worker.is_serving, 60, "the worker to start once the database answers")
+        engine = make_engine(postgres_url)
+        ends = end_offsets(kafka_url, Topics(topic_prefix).channels)
+        wait_until(lambda: caught_up(engine, env["CXSTREAM_APP_ID"], ends), 90, "the worker to apply every record")
+    finally:
+        proxy.close()
+    expected = set(replay(consumed_events(kafka_url, topic_prefix), load_settings()).entries)
+    with engine.connect() as conn:
+        assert set(conn.execute(select(t.touchpoints.c.event_id)).scalars()) == expected
+
+
+def test_a_worker_given_partitions_while_its_database_is_away_waits_then_applies_all(
+    kafka_url, topic_prefix, postgres_url, workers
+) -> None:
+    """A rebalance (another worker leaves) while the database is cut off: the new owner's first calls fail, it
+    waits with backoff instead of stopping, and everything lands once the database answers."""
+    proxy, via_proxy = _through_proxy(postgres_url)
+    env = workers.env(via_proxy, topic_prefix)
+    engine = make_engine(postgres_url)
+    group = env["CXSTREAM_APP_ID"]
+    try:
+        first = workers.start(env, name="worker-1")
+        second = workers.start(env, name="worker-2")
+        run_cli(env, "simulate", "--customers", "100", "--days", "5", "--seed", "4")
+        ends = end_offsets(kafka_url, Topics(topic_prefix).channels)
+        wait_until(lambda: applied_count(engine, group) > 0, 60, "the workers to make progress")
+        proxy.cut()
+        second.stop()  # its partitions move to the first worker while the database is away
+        time.sleep(8)
+        assert first.proc.poll() is None, f"the worker stopped:\n{first.log()[-3000:]}"
+        proxy.restore()
+        wait_until(lambda: caught_up(engine, group, ends), 120, "the worker to apply every record")
+        assert first.proc.poll() is None
+        assert prometheus_value(first.metrics_text(), "cxstream_database_up") == 1
+    finally:
+        proxy.close()
+    oracle = replay(consumed_events(kafka_url, topic_prefix), load_settings())
+    with engine.connect() as conn:
+        assert overall_counters(conn)["touchpoints"] == len(oracle.entries), "every event applied, and once"
