@@ -73,6 +73,11 @@ class Settings(BaseSettings):
         description="Largest channel-topic record the worker decodes, bytes; a larger one is dead-lettered record_too_large.",
     )
     batch_max_wait: float = Field(0.2, gt=0, description="Seconds the worker waits to fill a batch before applying it.")
+    shutdown_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Most seconds a worker takes to stop after SIGTERM or Ctrl-C; then it exits anyway (what it did not acknowledge is redelivered).",
+    )
     offset_gap_grace_s: float = Field(
         30.0,
         gt=0,

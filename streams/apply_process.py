@@ -13,7 +13,6 @@ one place, and the Faust process acknowledges records only once it returns. The 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import functools
 import gc
 import logging
@@ -33,11 +32,10 @@ from config.settings import Settings
 from sinks.database import make_engine
 from sinks.store import SqlStore
 from streams.domain.event_time import TopicPartition
+from streams.lifetime import die_with_parent
 from streams.pipeline import BatchProcessor, BatchReport, InRecord
 
 T = TypeVar("T")
-
-_PR_SET_PDEATHSIG = 1
 
 #: The processor of this process, when it is the apply process (set by ``_start``).
 _processor: BatchProcessor | None = None
@@ -146,7 +144,7 @@ class ApplyProcess:
 
 def _start(settings: Settings, parent: int, loglevel: str) -> None:
     global _processor
-    _die_with(parent)
+    die_with_parent(signal.SIGKILL, parent)
     # The worker's log format (Faust's), marked as this process's lines.
     logging.basicConfig(
         level=loglevel.upper(), format="[%(asctime)s] [%(process)s] [%(levelname)s] [apply] %(name)s: %(message)s"
@@ -166,17 +164,6 @@ def tune_collector() -> None:
     """
     gc.freeze()
     gc.set_threshold(100_000, 20, 20)
-
-
-def _die_with(parent: int) -> None:
-    """Ask Linux to SIGKILL this process when its parent dies (a no-op elsewhere)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the parent died before the request took effect
-        os._exit(1)
 
 
 def _call(work: Callable[..., T], reload: bool, *args: Any) -> T:

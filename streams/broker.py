@@ -10,6 +10,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from streams import lifetime
+
 
 class BrokerError(RuntimeError):
     """The embedded broker cannot start; the message says why in words an operator can act on."""
@@ -74,8 +76,12 @@ def start_broker(
     log_path: Path | None = None,
     env: Mapping[str, str] | None = None,
     timeout: float = 15.0,
+    die_with_parent: bool = False,
 ) -> subprocess.Popen[bytes]:
-    """Start Tansu in the background on loopback ``port``; return once it accepts connections."""
+    """Start Tansu in the background on loopback ``port``; return once it accepts connections.
+
+    ``die_with_parent``: the broker gets SIGTERM when the process that started it dies, however it dies.
+    """
     if not port_is_free(port):
         raise BrokerError(f"port {port} is already in use: is another broker running? Pick another port.")
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - the child owns it
@@ -85,6 +91,7 @@ def start_broker(
         stderr=subprocess.STDOUT,
         env={**os.environ, **(env or {})},
         start_new_session=True,
+        preexec_fn=lifetime.die_with_parent if die_with_parent else None,
     )
     try:
         wait_for_port(port, timeout)

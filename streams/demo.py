@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from config.settings import Settings
+from streams import lifetime
 from streams.broker import port_is_free, start_broker, stop_process
 
 
@@ -47,8 +48,19 @@ def _forget_earlier_offsets(settings: Settings) -> None:
         engine.dispose()
 
 
+def _stop_requested(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def run_demo(settings: Settings, customers: int, days: int, rate: float, seed: int) -> None:
-    """Start what is not running yet (broker), then a worker and the simulator; stop everything on Ctrl-C."""
+    """Start what is not running yet (broker), then a worker and the simulator; stop everything on Ctrl-C.
+
+    Also on SIGTERM (``kill``), SIGHUP (the terminal closed) and when the process that started the demo dies
+    (``make``, killed on its own): the children started here are stopped, and would die with the demo anyway.
+    """
+    lifetime.die_with_parent(signal.SIGTERM, os.getppid())
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop_requested)
     children: list[subprocess.Popen[bytes]] = []
     var = Path(settings.data_dir)
     var.mkdir(parents=True, exist_ok=True)
@@ -57,13 +69,18 @@ def run_demo(settings: Settings, customers: int, days: int, rate: float, seed: i
     try:
         if local and port_is_free(port):
             click.echo(f"[demo] starting the embedded broker on 127.0.0.1:{port} (log: {var / 'broker.log'})")
-            children.append(start_broker(port, log_path=var / "broker.log"))
+            children.append(start_broker(port, log_path=var / "broker.log", die_with_parent=True))
             _forget_earlier_offsets(settings)
         else:
             click.echo(f"[demo] using the broker at {settings.kafka_url}")
         env = dict(os.environ)
         cli = [sys.executable, "-m", "streams.cli"]
-        worker = subprocess.Popen([*cli, "worker", "--loglevel", "warning"], env=env, start_new_session=True)
+        worker = subprocess.Popen(
+            [*cli, "worker", "--loglevel", "warning"],
+            env=env,
+            start_new_session=True,
+            preexec_fn=lifetime.die_with_parent,
+        )
         children.append(worker)
         metrics_url = f"http://{settings.web_host}:{settings.web_port}/metrics"
         _wait_http(metrics_url, worker)
@@ -86,6 +103,7 @@ def run_demo(settings: Settings, customers: int, days: int, rate: float, seed: i
             ],
             env=env,
             start_new_session=True,
+            preexec_fn=lifetime.die_with_parent,
         )
         children.append(sim)
         while all(c.poll() is None for c in (worker,)):
@@ -94,7 +112,8 @@ def run_demo(settings: Settings, customers: int, days: int, rate: float, seed: i
     except KeyboardInterrupt:
         click.echo("\n[demo] stopping")
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan children mid-stop
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # a second signal must not orphan children
+            signal.signal(sig, signal.SIG_IGN)
         for child in reversed(children):
-            stop_process(child, timeout=20)
+            stop_process(child, timeout=settings.shutdown_timeout_s + 5)
         signal.signal(signal.SIGINT, signal.default_int_handler)

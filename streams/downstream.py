@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import time
 import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
@@ -199,7 +200,9 @@ class OutboxPublisher(Service):
     for :attr:`ready` before applying anything, so a newer version of a record is never published before an
     older one. Publishing runs beside the next batch's transaction (the worker only waits when more than
     ``max_queued`` batches are unpublished). A broker that does not acknowledge is retried with backoff,
-    forever: the rows stay in the outbox meanwhile, so nothing is lost if the worker stops.
+    forever: the rows stay in the outbox meanwhile, so nothing is lost if the worker stops. An attempt that gets
+    no answer within ``attempt_timeout_s`` counts as failed, and every failure is logged with the row and how long
+    it has waited: a stuck outbox is never silent. ``on_waiting`` learns how many rows wait to be published.
     """
 
     def __init__(
@@ -209,6 +212,8 @@ class OutboxPublisher(Service):
         delete: Callable[[Sequence[int]], Awaitable[None]],
         on_sent: Callable[[Counter[str]], None],
         max_queued: int = 2,
+        attempt_timeout_s: float = 60.0,
+        on_waiting: Callable[[int], None] = lambda _rows: None,
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
@@ -216,6 +221,10 @@ class OutboxPublisher(Service):
         self._pending = pending
         self._delete = delete
         self._on_sent = on_sent
+        self._attempt_timeout_s = attempt_timeout_s
+        self._on_waiting = on_waiting
+        #: 1 while a row is being sent.
+        self._sending = 0
         self._queue: asyncio.Queue[tuple[int, OutboxPayload]] = asyncio.Queue(maxsize=max_queued)
         self._backlog: list[tuple[int, OutboxPayload]] = []
         self._acknowledged: list[int] = []
@@ -235,25 +244,47 @@ class OutboxPublisher(Service):
     async def put(self, row_id: int, outputs: OutboxPayload) -> None:
         """Queue a committed batch's outputs; waits while ``max_queued`` batches are unpublished."""
         await self._queue.put((row_id, outputs))
+        self._on_waiting(self.waiting)
+
+    @property
+    def waiting(self) -> int:
+        """Outbox rows committed and not yet acknowledged by the broker (queued, or being sent)."""
+        return len(self._backlog) + self._queue.qsize() + self._sending
 
     @Service.task
     async def _publish(self) -> None:
         await self.ready.wait()
+        self._on_waiting(self.waiting)
         while not self.should_stop:
             row_id, outputs = self._backlog.pop(0) if self._backlog else await self._queue.get()
-            delay = 0.2
-            while True:
-                try:
-                    sent = await self.producer.send(outputs.records())
-                    break
-                except Exception as exc:  # the broker is away or refused: keep the row, try again
-                    log.warning("downstream publish failed (%s); retrying in %.1fs", exc.__class__.__name__, delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 10.0)
+            self._sending = 1
+            sent = await self._send_until_acknowledged(row_id, outputs)
+            self._sending = 0
+            self._on_waiting(self.waiting)
             self._on_sent(sent)
             self._acknowledged.append(row_id)
             if self._deleting is None or self._deleting.done():
                 self._deleting = asyncio.ensure_future(self._delete_acknowledged())
+
+    async def _send_until_acknowledged(self, row_id: int, outputs: OutboxPayload) -> Counter[str]:
+        """Send one row's records until the broker acknowledges all of them, logging every failed attempt."""
+        started, delay, attempt = time.monotonic(), 0.2, 0
+        while True:
+            attempt += 1
+            try:
+                return await asyncio.wait_for(self.producer.send(outputs.records()), self._attempt_timeout_s)
+            except Exception as exc:  # the broker is away, refused, or did not answer: keep the row, try again
+                what = "no answer" if isinstance(exc, TimeoutError) else f"{exc.__class__.__name__}: {exc}"
+                log.warning(
+                    "outbox row %d not published after %.0fs (attempt %d: %s); retrying in %.1fs",
+                    row_id,
+                    time.monotonic() - started,
+                    attempt,
+                    what,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     async def _delete_acknowledged(self) -> None:
         # Off the publishing path (the delete waits for the apply process, busy with the next batch), and

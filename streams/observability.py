@@ -41,6 +41,12 @@ class Metrics:
             ["worker", "outcome"],
             registry=r,
         )
+        self.outbox_unpublished = Gauge(
+            "cxstream_outbox_unpublished",
+            "Committed outbox rows (one per batch) this worker has not yet had acknowledged by the broker.",
+            ["worker"],
+            registry=r,
+        )
         self.database_up = Gauge(
             "cxstream_database_up",
             "1 while the worker's last database call succeeded, 0 while it waits for the database to answer.",

@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -79,6 +81,7 @@ class Worker:
             pending=self._pending_outbox,
             delete=functools.partial(self._with_database, apply_process.delete_outbox),
             on_sent=self._count_published,
+            on_waiting=self.metrics.outbox_unpublished.labels(settings.worker_id).set,
         )
         self.batches = BatchFeeder(self._apply_batch, self._finish_batch, settings.batch_max_events, self._fail)
         self.app = self._build_app()
@@ -106,6 +109,10 @@ class Worker:
             # Faust counts its buffer in records whatever they hold: 4,096 by default, which with envelopes of a
             # hundred events was ~125 MB of the worker's memory (the input waits in the topic just as well).
             stream_buffer_maxsize=s.stream_buffer_records,
+            # Do not wait at a rebalance or shutdown for taken records to be acknowledged: a record not
+            # acknowledged is redelivered, and applying it again changes nothing (offsets in SQL, idempotent ids),
+            # whereas waiting behind a stuck batch or outbox made shutdown never end.
+            stream_wait_empty=False,
             broker_commit_every=1000,
             broker_commit_interval=1.0,
             # aiohttp's own cap (1 MiB by default) would otherwise override a larger collector limit, and answer
@@ -566,4 +573,34 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
         settings.database_url,
         datetime.now(UTC).isoformat(),
     )
-    faust.Worker(worker.app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    BoundedWorker(worker.app, settings.shutdown_timeout_s, loglevel=loglevel, quiet=True).execute_from_commandline()
+
+
+class BoundedWorker(faust.Worker):
+    """Faust's worker, stopping within ``shutdown_timeout_s`` of SIGTERM or Ctrl-C whatever is stuck.
+
+    Stopping waits for services to end cleanly; something that never ends (a batch waiting on a database lock, a
+    broker that does not answer) would keep the process alive for ever. Exiting at the bound loses nothing: what
+    was not acknowledged is redelivered, and the apply process dies with this one.
+    """
+
+    def __init__(self, app: faust.App, shutdown_timeout_s: float, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.shutdown_timeout_s = shutdown_timeout_s
+
+    def _schedule_shutdown(self, signal: Any) -> None:  # mode's hook for SIGINT and SIGTERM
+        if not self._signal_stop_time:
+            timer = threading.Timer(self.shutdown_timeout_s, _exit_now, (self.shutdown_timeout_s,))
+            timer.daemon = True
+            timer.start()
+        super()._schedule_shutdown(signal)
+
+
+def _exit_now(after_s: float) -> None:
+    log.error(
+        "still stopping after %.0fs (CXSTREAM_SHUTDOWN_TIMEOUT_S): exiting now; what was not acknowledged will be "
+        "redelivered",
+        after_s,
+    )
+    logging.shutdown()
+    os._exit(1)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
+import signal
 import sqlite3
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,6 +15,7 @@ from pathlib import Path
 import orjson
 import psutil
 import pytest
+import requests
 from sqlalchemy import Engine, func, select
 
 from config.settings import load_settings
@@ -20,7 +24,7 @@ from sinks import tables as t
 from sinks.database import make_engine
 from streams.domain.oracle import replay
 from tests.support.kafka import read_topic
-from tests.support.processes import wait_until
+from tests.support.processes import free_port, wait_until
 from tests.support.results import (
     RESULT_TABLES,
     caught_up,
@@ -348,3 +352,67 @@ def test_a_worker_given_partitions_while_its_database_is_away_waits_then_applies
     oracle = replay(consumed_events(kafka_url, topic_prefix), load_settings())
     with engine.connect() as conn:
         assert overall_counters(conn)["touchpoints"] == len(oracle.entries), "every event applied, and once"
+
+
+def test_sigterm_mid_batch_ends_within_the_bound_and_a_restart_loses_nothing(
+    kafka_url, topic_prefix, tmp_path, workers
+) -> None:
+    """A batch stuck on a database lock kept a stopping worker alive for ever (Faust waited for it). SIGTERM now ends
+    the worker within CXSTREAM_SHUTDOWN_TIMEOUT_S, apply process included, and nothing unacknowledged is lost."""
+    path = tmp_path / "cx.db"
+    env = workers.env(f"sqlite:///{path}", topic_prefix, shutdown_timeout_s="5")
+    engine = make_engine(f"sqlite:///{path}")
+    group, channels = env["CXSTREAM_APP_ID"], Topics(topic_prefix).channels
+    run_cli(env, "simulate", "--customers", "150", "--days", "5", "--seed", "9", "--out", str(tmp_path / "sim"))
+    files = sorted((tmp_path / "sim").glob("*.jsonl"))
+    _publish_halves(env, files, 0)
+    worker = workers.start(env)
+    wait_until(lambda: caught_up(engine, group, end_offsets(kafka_url, channels)), 60, "the worker to catch up")
+    with batch_waiting_for_the_write_lock(path, worker, lambda: _publish_halves(env, files, 1)):
+        family = [worker.proc.pid, *(p.pid for p in psutil.Process(worker.proc.pid).children(recursive=True))]
+        started = time.monotonic()
+        worker.proc.send_signal(signal.SIGTERM)
+        worker.proc.wait(timeout=60)
+        assert time.monotonic() - started < 5 + 5, "SIGTERM ends the worker within the bound"
+        wait_until(lambda: not any(psutil.pid_exists(pid) for pid in family), 10, "no process of the worker left")
+    ends = end_offsets(kafka_url, channels)
+    workers.start(env)
+    wait_until(lambda: caught_up(engine, group, ends), 120, "a restarted worker to apply every record")
+    oracle = replay(consumed_events(kafka_url, topic_prefix), load_settings())
+    with engine.connect() as conn:
+        assert overall_counters(conn)["touchpoints"] == len(oracle.entries), "every event applied, and once"
+
+
+def test_make_run_stopped_by_sigterm_leaves_no_process_behind(tmp_path) -> None:
+    """`make run` killed (not Ctrl-C): the demo, and the broker, worker and simulator it started, all stop."""
+    repo = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CXSTREAM_")}
+    env.update(
+        CXSTREAM_KAFKA_URL=f"kafka://127.0.0.1:{free_port()}",
+        CXSTREAM_WEB_PORT=str(free_port()),
+        CXSTREAM_DATABASE_URL=f"sqlite:///{tmp_path / 'demo.db'}",
+        CXSTREAM_DATA_DIR=str(tmp_path / "var"),
+    )
+    family: list[int] = []
+    make = subprocess.Popen(
+        ["make", "--no-print-directory", "run"], cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        metrics = f"http://127.0.0.1:{env['CXSTREAM_WEB_PORT']}/metrics"
+
+        def serving() -> bool:
+            try:
+                return requests.get(metrics, timeout=2).ok
+            except requests.RequestException:
+                return False
+
+        wait_until(serving, 90, "the demo's worker to serve /metrics")
+        wait_until(lambda: len(psutil.Process(make.pid).children(recursive=True)) >= 5, 30, "the simulator to start")
+        family = [p.pid for p in psutil.Process(make.pid).children(recursive=True)]
+        make.send_signal(signal.SIGTERM)  # make alone, as `kill PID` does: not its process group
+        make.wait(timeout=30)
+        wait_until(lambda: not any(psutil.pid_exists(pid) for pid in family), 60, "every process of the demo to stop")
+    finally:  # whatever failed, leave nothing of this test running
+        for pid in [make.pid, *family]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                psutil.Process(pid).kill()
