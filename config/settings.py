@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import os
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
 
+import pydantic_settings
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from schemas.touchpoint import IdentifierType
 
 ENV_PREFIX = "CXSTREAM_"
+#: The collector's default write key: public (it is in this README), for the embedded default on loopback only.
+DEV_WRITE_KEY = "dev-write-key"
+_TOPIC_CHARS = re.compile(r"[a-zA-Z0-9._-]*")
 
 
 class SettingsError(ValueError):
@@ -142,7 +147,7 @@ class Settings(BaseSettings):
 
     # --- collector -------------------------------------------------------------------------------
     write_keys: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["dev-write-key"],
+        default_factory=lambda: [DEV_WRITE_KEY],
         description="Write keys accepted by the HTTP collector (HTTP Basic user name, as Segment), comma-separated.",
     )
     collector_max_body_bytes: int = Field(512 * 1024, ge=1024, description="Largest collector request body, bytes.")
@@ -160,6 +165,62 @@ class Settings(BaseSettings):
         for name in value:
             parse_window(name)
         return value
+
+    @field_validator("metric_windows", "write_keys")
+    @classmethod
+    def _not_empty(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("give at least one value")
+        return value
+
+    @field_validator("worker_id", "app_id", "web_host")
+    @classmethod
+    def _named(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _directory(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _topic_prefix(cls, value: str) -> str:
+        # Kafka topic names: ASCII letters, digits, '.', '_' and '-', at most 249 characters (the longest cxstream
+        # topic adds 22 to the prefix).
+        if not _TOPIC_CHARS.fullmatch(value) or len(value) > 200:
+            raise ValueError("use at most 200 of the characters a-z A-Z 0-9 . _ - (Kafka topic names)")
+        return value
+
+    @field_validator("identifier_limits")
+    @classmethod
+    def _limits(cls, value: dict[IdentifierType, int]) -> dict[IdentifierType, int]:
+        bad = {str(kind): n for kind, n in value.items() if n < 1}
+        if bad:
+            raise ValueError(f"limits must be at least 1: {bad}")
+        return value
+
+    @field_validator("blocked_identifiers")
+    @classmethod
+    def _blocked(cls, value: list[str]) -> list[str]:
+        types = {t.value for t in IdentifierType}
+        bad = [item for item in value if item.partition(":")[0] not in types or not item.partition(":")[2]]
+        if bad:
+            raise ValueError(f"expected type:value with a type among {sorted(types)}, got {bad}")
+        return value
+
+    @field_validator("default_phone_region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        import phonenumbers  # local: only this check needs it at load
+
+        if value.upper() not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError("expected a region code such as GB, US or DE")
+        return value.upper()
 
     @field_validator("kafka_url")
     @classmethod
@@ -208,12 +269,39 @@ def load_settings(**overrides: object) -> Settings:
         raise SettingsError("invalid configuration:\n  " + "\n  ".join(removed))
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
+    except pydantic_settings.SettingsError as exc:
+        # A value pydantic-settings cannot even parse (bad JSON in a JSON setting): its message names the field.
+        match = re.search(r'field "(\w+)"', str(exc))
+        name = f"{ENV_PREFIX}{match.group(1).upper()}" if match else "a CXSTREAM_* variable"
+        raise SettingsError(f"invalid configuration:\n  {name}: cannot be parsed ({exc.__cause__ or exc})") from None
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
             field = str(err["loc"][0]) if err["loc"] else "?"
-            problems.append(f"{ENV_PREFIX}{field.upper()}: {err['msg']} (got {err.get('input')!r})")
+            message = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{ENV_PREFIX}{field.upper()}: {message} (got {err.get('input')!r})")
         raise SettingsError("invalid configuration:\n  " + "\n  ".join(problems)) from None
+
+
+def exposure_problems(settings: Settings) -> tuple[list[str], list[str]]:
+    """Defaults that are unsafe outside a laptop: (errors that must stop a worker, warnings to log loudly).
+
+    The public development write key is refused when the collector listens beyond loopback, and warned about
+    against PostgreSQL (a production database on a laptop-only key).
+    """
+    errors, warnings = [], []
+    if DEV_WRITE_KEY in settings.write_keys:
+        if settings.web_host not in ("127.0.0.1", "localhost", "::1"):
+            errors.append(
+                f"{ENV_PREFIX}WRITE_KEYS: the public development key {DEV_WRITE_KEY} is refused when the collector "
+                f"listens on {settings.web_host} ({ENV_PREFIX}WEB_HOST): set keys of your own"
+            )
+        elif settings.database_url.startswith("postgresql"):
+            warnings.append(
+                f"{ENV_PREFIX}WRITE_KEYS holds the public development key {DEV_WRITE_KEY} with a PostgreSQL results "
+                "database: anyone who can reach the collector can write; set keys of your own"
+            )
+    return errors, warnings
 
 
 def settings_markdown() -> str:

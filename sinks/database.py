@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Engine, create_engine, event, inspect, make_url
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql import Insert
 
@@ -69,6 +70,14 @@ def make_engine(url: str, *, writer: bool = False) -> Engine:
     # autovacuum nothing replans it). Custom plans are made with the batch's values and the tables' sizes.
     options = {"options": "-c plan_cache_mode=force_custom_plan"}
     return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2, connect_args=options, **codec)
+
+
+def missing_sqlite_file(url: str) -> str | None:
+    """The path of a SQLite database file that does not exist (connecting would create it empty), else None."""
+    parsed = make_url(normalise_url(url))
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return None if Path(parsed.database).exists() else parsed.database
 
 
 def _dumps(value: Any) -> str:

@@ -63,7 +63,7 @@ def worker(ctx: click.Context, loglevel: str) -> None:
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         run_worker(_settings(ctx), loglevel)
-    except (BrokerUnreachable, LogMismatch) as exc:
+    except (BrokerUnreachable, LogMismatch, SettingsError) as exc:
         raise click.ClickException(str(exc)) from None
 
 
@@ -271,15 +271,26 @@ def demo(ctx: click.Context, customers: int, days: int, rate: float, seed: int) 
 def timeline(ctx: click.Context, customer: str, as_json: bool) -> None:
     """Print the timeline of CUSTOMER (a customer id, or an identifier such as an e-mail or email:a@b.c)."""
     import orjson
+    from sqlalchemy.exc import DBAPIError
 
-    from sinks.database import make_engine
+    from sinks.database import make_engine, missing_sqlite_file
     from sinks.queries import customer_timeline, resolve_customer
 
-    engine = make_engine(_settings(ctx).database_url)
-    customer_id = resolve_customer(engine, customer)
-    if customer_id is None:
-        raise click.ClickException(f"no customer known by {customer!r}")
-    data = customer_timeline(engine, customer_id)
+    url = _settings(ctx).database_url
+    if missing := missing_sqlite_file(url):
+        raise click.ClickException(
+            f"no results database at {missing} (CXSTREAM_DATABASE_URL={url}): start a worker to create it, "
+            "or point CXSTREAM_DATABASE_URL at the one it writes"
+        )
+    engine = make_engine(url)
+    try:
+        customer_id = resolve_customer(engine, customer)
+        if customer_id is None:
+            raise click.ClickException(f"no customer known by {customer!r}")
+        data = customer_timeline(engine, customer_id)
+    except DBAPIError as exc:
+        first = str(exc.orig or exc).splitlines()[0]
+        raise click.ClickException(f"cannot read the results database {url}: {first}") from None
     if as_json:
         click.echo(orjson.dumps(data, default=str, option=orjson.OPT_INDENT_2).decode())
         return

@@ -29,7 +29,7 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import OperationalError
 
-from config.settings import Settings
+from config.settings import Settings, SettingsError, exposure_problems
 from config.topics import Topics
 from schemas.deadletter import label_values
 from sinks.database import make_engine, upgrade
@@ -555,10 +555,16 @@ def chunk_by_events(records: list[InRecord], max_events: int) -> list[list[InRec
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """Run a worker in the foreground until SIGINT/SIGTERM.
 
-    Raises LogMismatch, before consuming anything, when the database applied records the broker does not hold.
+    Raises LogMismatch, before consuming anything, when the database applied records the broker does not hold, and
+    SettingsError for a configuration unsafe outside a laptop (``config.settings.exposure_problems``).
     """
     from streams.kafka import ensure_topics
 
+    errors, warnings = exposure_problems(settings)
+    if errors:
+        raise SettingsError("unsafe configuration:\n  " + "\n  ".join(errors))
+    for warning in warnings:
+        log.warning("UNSAFE: %s", warning)
     ensure_topics(settings)
     worker = Worker(settings, loglevel)
     # The database may be down or locked at start: wait for it, as a running worker does, rather than exit.

@@ -43,6 +43,21 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
         ("CXSTREAM_METRIC_WINDOWS", "1h,fortnight"),
         ("CXSTREAM_WEB_PORT", "70000"),
         ("CXSTREAM_IDENTIFIER_LIMITS", '{"shoe_size": 1}'),
+        # Accepted silently, or a traceback without the variable's name, before:
+        ("CXSTREAM_IDENTIFIER_LIMITS", "{not json"),
+        ("CXSTREAM_IDENTIFIER_LIMITS", '{"crm_id": -1}'),
+        ("CXSTREAM_METRIC_WINDOWS", ""),
+        ("CXSTREAM_TOPIC_PREFIX", "my prefix/"),
+        ("CXSTREAM_WRITE_KEYS", " , "),
+        ("CXSTREAM_DEFAULT_PHONE_REGION", "XX"),
+        ("CXSTREAM_BLOCKED_IDENTIFIERS", "nonsense"),
+        ("CXSTREAM_BLOCKED_IDENTIFIERS", "shoe:42"),
+        ("CXSTREAM_WORKER_ID", " "),
+        ("CXSTREAM_APP_ID", ""),
+        ("CXSTREAM_WEB_HOST", ""),
+        ("CXSTREAM_DATA_DIR", ""),
+        ("CXSTREAM_ALLOWED_LATENESS_S", "86400"),
+        ("CXSTREAM_DEDUPE_HORIZON_S", "86400"),
     ],
 )
 def test_a_bad_value_names_its_variable(monkeypatch: pytest.MonkeyPatch, var: str, value: str) -> None:
@@ -53,3 +68,14 @@ def test_a_bad_value_names_its_variable(monkeypatch: pytest.MonkeyPatch, var: st
 
 def test_readme_configuration_table_is_current() -> None:
     assert settings_markdown() in README.read_text(), "run: python -c 'from config.settings import settings_markdown'"
+
+
+def test_the_public_write_key_is_refused_beyond_loopback_and_warned_about_with_postgresql() -> None:
+    from config.settings import exposure_problems
+
+    assert exposure_problems(load_settings()) == ([], [])
+    errors, _ = exposure_problems(load_settings(web_host="0.0.0.0"))
+    assert errors and "CXSTREAM_WRITE_KEYS" in errors[0] and "CXSTREAM_WEB_HOST" in errors[0]
+    assert exposure_problems(load_settings(web_host="0.0.0.0", write_keys=["k-1"])) == ([], [])
+    _, warnings = exposure_problems(load_settings(database_url="postgresql+psycopg://u@h/db"))
+    assert warnings and "dev-write-key" in warnings[0]

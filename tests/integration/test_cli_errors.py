@@ -1,0 +1,40 @@
+"""User errors at the command line: one clear line naming what to change, an exit code, nothing half-done."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CXSTREAM_")}
+    return subprocess.run(
+        [sys.executable, "-m", "streams.cli", *args],
+        env={**clean, **env},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_timeline_without_a_database_says_so_and_creates_none(tmp_path: Path) -> None:
+    proc = cli(tmp_path, "timeline", "ann@example.org")
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr and "no results database at cxstream.db" in proc.stderr
+    assert not (tmp_path / "cxstream.db").exists()
+
+
+def test_a_setting_that_cannot_be_parsed_is_one_line_naming_it(tmp_path: Path) -> None:
+    proc = cli(tmp_path, "db", "upgrade", CXSTREAM_IDENTIFIER_LIMITS="{not json")
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr and "CXSTREAM_IDENTIFIER_LIMITS: cannot be parsed" in proc.stderr
+
+
+def test_a_worker_exposed_with_the_public_write_key_refuses_to_start(tmp_path: Path) -> None:
+    proc = cli(tmp_path, "worker", CXSTREAM_WEB_HOST="0.0.0.0")
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert "CXSTREAM_WRITE_KEYS" in proc.stderr and "dev-write-key" in proc.stderr
