@@ -36,6 +36,7 @@ from streams.apply_process import ApplyProcess, BatchSummary, is_transient, tune
 from streams.collector import SEGMENT_KINDS, Collector
 from streams.downstream import DownstreamProducer, OutboxPayload, OutboxPublisher
 from streams.faust_app import App
+from streams.http import CollectorHttp, application_options, enqueue_with
 from streams.kafka import LogMismatch, missing_applied_records
 from streams.observability import Metrics
 from streams.pipeline import InRecord, record_fingerprint
@@ -108,9 +109,8 @@ class Worker:
             stream_buffer_maxsize=s.stream_buffer_records,
             broker_commit_every=1000,
             broker_commit_interval=1.0,
-            # aiohttp's own cap (1 MiB by default) would otherwise override a larger collector limit, and answer
-            # a smaller one with a plain-text 413; the views below answer it with the collector's JSON 413.
-            web_application_options={"client_max_size": s.collector_max_body_bytes},
+            # Body cap, read timeouts, no decompression before the write key is checked: see streams.http.
+            web_application_options=application_options(s),
         )
         inputs = app.topic(*self.topics.channels, value_serializer="raw", key_serializer="raw")
 
@@ -177,34 +177,21 @@ class Worker:
                 body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
             )
 
-        collector = Collector(s, self._send, self.metrics)
-        too_large = {"error": f"body larger than {s.collector_max_body_bytes} bytes"}
-
-        async def read_body(request: Request) -> bytes | None:
-            """The request body, or None when it is over the limit (aiohttp stops reading it there)."""
-            try:
-                return await request.read()
-            except web.HTTPRequestEntityTooLarge:
-                return None
+        # The collector: write key first, then the body (bounded in size and time); see streams.http.
+        collector = CollectorHttp(s, Collector(s, enqueue_with(app), self.metrics))
 
         @app.page("/v1/{kind}")
         class SegmentEndpoint(View):
             async def post(self, request: Request, kind: str) -> Response:
                 if kind not in (*SEGMENT_KINDS, "batch"):
                     return self.json({"error": f"unknown endpoint /v1/{kind}"}, status=404)
-                body = await read_body(request)
-                if body is None:
-                    return self.json(too_large, status=413)
-                reply = await collector.handle(kind, body, request.headers.get("Authorization"))
+                reply = await collector.respond(request, kind)  # type: ignore[arg-type]  # aiohttp's request
                 return self.json(reply.body, status=reply.status, headers=reply.headers)
 
         @app.page("/v1/ecommerce/{marketplace}")
         class MarketplaceEndpoint(View):
             async def post(self, request: Request, marketplace: str) -> Response:
-                body = await read_body(request)
-                if body is None:
-                    return self.json(too_large, status=413)
-                reply = await collector.handle("ecommerce", body, request.headers.get("Authorization"), marketplace)
+                reply = await collector.respond(request, "ecommerce", marketplace)  # type: ignore[arg-type]
                 return self.json(reply.body, status=reply.status, headers=reply.headers)
 
         return app
