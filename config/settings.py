@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     replication_factor: int = Field(1, ge=1, description="Replication factor of the topics cxstream creates.")
     web_port: int = Field(6066, ge=1, le=65535, description="The worker's HTTP port (/metrics, collector).")
     web_host: str = Field("127.0.0.1", description="Address the worker's HTTP server binds to.")
+    web_read_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="An HTTP client has this long to send a request's headers (from connecting or from its previous answer; an idle connection is closed then) and as long again for its body (else 408), seconds.",
+    )
     data_dir: Path = Field(Path("var"), description="Directory for the worker's local data (one per worker).")
     worker_id: str = Field("worker-1", description="Name of this worker in logs and in Prometheus labels.")
     app_id: str = Field("cxstream", description="Faust application id: the consumer group of the workers.")
@@ -150,7 +155,24 @@ class Settings(BaseSettings):
         default_factory=lambda: [DEV_WRITE_KEY],
         description="Write keys accepted by the HTTP collector (HTTP Basic user name, as Segment), comma-separated.",
     )
-    collector_max_body_bytes: int = Field(512 * 1024, ge=1024, description="Largest collector request body, bytes.")
+    collector_max_body_bytes: int = Field(
+        512 * 1024, ge=1024, description="Largest collector request body, bytes, as sent and once decompressed (413)."
+    )
+    collector_max_message_bytes: int = Field(
+        32 * 1024,
+        ge=256,
+        description="Largest collector message (a single call's body or one item of a batch), bytes, as Segment's 32 KB; a larger one is dead-lettered message_too_large.",
+    )
+    collector_max_batch_items: int = Field(
+        2500,
+        ge=1,
+        description="Most messages in one /v1/batch call; a batch with more is answered 400 and dead-lettered whole as too_many_items.",
+    )
+    collector_send_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="Most seconds a collector request waits for the broker to acknowledge its records before it is answered 503 with Retry-After.",
+    )
 
     @field_validator("metric_windows", "customer_metric_windows", "blocked_identifiers", "write_keys", mode="before")
     @classmethod

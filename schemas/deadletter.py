@@ -22,6 +22,9 @@ REASONS: frozenset[str] = frozenset(
         "conversion_error",
         # collector
         "invalid_batch",
+        "too_many_items",
+        "message_too_large",
+        "invalid_content_encoding",
         # worker
         "empty_record",
         "record_too_large",

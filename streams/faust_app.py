@@ -7,6 +7,8 @@ p50 378 ms / p99 771 ms after they were produced with a 1.5 s wait and p50 21 ms
 That wait landed in every event's end-to-end latency (records reached the worker in bursts about 0.8 s
 apart). A broker with records ready answers at once either way, so a short wait costs no throughput; idle,
 it costs one more fetch request per wait.
+
+Its web server is ``streams.http.Web``: the app's own pages (/metrics, the collector) and none of Faust's.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ import aiokafka
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TransportT
+from faust.web import Web
+
+from streams.http import Web as PagesOnlyWeb
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -37,7 +42,7 @@ class _Transport(faust_aiokafka.Transport):
 
 
 class App(faust.App):
-    """A ``faust.App`` whose consumer waits at most ``fetch_max_wait`` seconds per fetch."""
+    """A ``faust.App`` whose consumer waits at most ``fetch_max_wait`` seconds per fetch, serving only its own pages."""
 
     def __init__(self, *args: Any, fetch_max_wait: float, **kwargs: Any) -> None:
         self.fetch_max_wait = fetch_max_wait
@@ -45,3 +50,7 @@ class App(faust.App):
 
     def _new_transport(self) -> TransportT:
         return _Transport(self.conf.broker_consumer, self)
+
+    def _new_web(self) -> Web:
+        # Faust picks its web driver by URL (``web`` setting) and has no setting that drops every built-in view.
+        return PagesOnlyWeb(self)

@@ -39,6 +39,7 @@ from streams.apply_process import ApplyProcess, BatchSummary, is_transient, tune
 from streams.collector import SEGMENT_KINDS, Collector
 from streams.downstream import DownstreamProducer, OutboxPayload, OutboxPublisher
 from streams.faust_app import App
+from streams.http import CollectorHttp, application_options, enqueue_with
 from streams.kafka import LogMismatch, missing_applied_records
 from streams.observability import Metrics
 from streams.pipeline import InRecord, record_fingerprint
@@ -115,9 +116,8 @@ class Worker:
             stream_wait_empty=False,
             broker_commit_every=1000,
             broker_commit_interval=1.0,
-            # aiohttp's own cap (1 MiB by default) would otherwise override a larger collector limit, and answer
-            # a smaller one with a plain-text 413; the views below answer it with the collector's JSON 413.
-            web_application_options={"client_max_size": s.collector_max_body_bytes},
+            # Body cap, read timeouts, no decompression before the write key is checked: see streams.http.
+            web_application_options=application_options(s),
         )
         inputs = app.topic(*self.topics.channels, value_serializer="raw", key_serializer="raw")
 
@@ -184,34 +184,21 @@ class Worker:
                 body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
             )
 
-        collector = Collector(s, self._send, self.metrics)
-        too_large = {"error": f"body larger than {s.collector_max_body_bytes} bytes"}
-
-        async def read_body(request: Request) -> bytes | None:
-            """The request body, or None when it is over the limit (aiohttp stops reading it there)."""
-            try:
-                return await request.read()
-            except web.HTTPRequestEntityTooLarge:
-                return None
+        # The collector: write key first, then the body (bounded in size and time); see streams.http.
+        collector = CollectorHttp(s, Collector(s, enqueue_with(app), self.metrics))
 
         @app.page("/v1/{kind}")
         class SegmentEndpoint(View):
             async def post(self, request: Request, kind: str) -> Response:
                 if kind not in (*SEGMENT_KINDS, "batch"):
                     return self.json({"error": f"unknown endpoint /v1/{kind}"}, status=404)
-                body = await read_body(request)
-                if body is None:
-                    return self.json(too_large, status=413)
-                reply = await collector.handle(kind, body, request.headers.get("Authorization"))
+                reply = await collector.respond(request, kind)  # type: ignore[arg-type]  # aiohttp's request
                 return self.json(reply.body, status=reply.status, headers=reply.headers)
 
         @app.page("/v1/ecommerce/{marketplace}")
         class MarketplaceEndpoint(View):
             async def post(self, request: Request, marketplace: str) -> Response:
-                body = await read_body(request)
-                if body is None:
-                    return self.json(too_large, status=413)
-                reply = await collector.handle("ecommerce", body, request.headers.get("Authorization"), marketplace)
+                reply = await collector.respond(request, "ecommerce", marketplace)  # type: ignore[arg-type]
                 return self.json(reply.body, status=reply.status, headers=reply.headers)
 
         return app
@@ -265,11 +252,6 @@ class Worker:
         # Committed with their offsets and outbox row: the outputs are the publisher's now.
         for event in events:
             await stream.ack(event)
-
-    async def _send(self, topic: str, key: bytes | None, value: bytes, partition: int | None) -> Any:
-        """Send one record with the app's producer and wait for the broker's acknowledgement."""
-        future = await self.app.producer.send(topic, key, value, partition, None, None)
-        return await future
 
     # --- batches ----------------------------------------------------------------------------------
 
