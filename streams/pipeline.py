@@ -174,8 +174,14 @@ class BatchProcessor:
         consumer dropped a fetch during a rebalance): it is not applied, and the partition is sought back.
         """
         read = _Read()
-        offsets, latest = read.offsets, read.latest
+        offsets = read.offsets
         prefix = f"{self.settings.topic_prefix}touchpoints."
+        max_bytes = self.settings.max_record_bytes
+        events = report.events
+        # Per partition, the last record read and the greatest event time: digested and converted once per
+        # partition at the end, not per record (the hot path is per record).
+        last: dict[TopicPartition, bytes | None] = {}
+        newest: dict[TopicPartition, datetime] = {}
         for rec in records:
             tp = (rec.topic, rec.partition)
             applied = offsets.get(tp, self.applied.get(tp))
@@ -186,70 +192,20 @@ class BatchProcessor:
                 report.gaps.setdefault(tp, applied + 1)
                 continue
             offsets[tp] = rec.offset
-            read.fingerprints[tp] = record_fingerprint(rec.value)
-            first = len(report.events)
-            self._decode_record(rec, prefix, self.settings.max_record_bytes, report)
-            if len(report.events) > first:
-                newest = max(event.occurred_at for event in report.events[first:]).timestamp()
-                latest[tp] = max(latest.get(tp, newest), newest)
+            last[tp] = rec.value
+            first = len(events)
+            _decode_record(rec, prefix, max_bytes, report)
+            if len(events) == first + 1:
+                at = events[first].occurred_at
+                if tp not in newest or at > newest[tp]:
+                    newest[tp] = at
+            elif len(events) > first:
+                at = max(event.occurred_at for event in events[first:])
+                if tp not in newest or at > newest[tp]:
+                    newest[tp] = at
+        read.fingerprints = {tp: record_fingerprint(value) for tp, value in last.items()}
+        read.latest = {tp: at.timestamp() for tp, at in newest.items()}
         return read
-
-    @staticmethod
-    def _decode_record(rec: InRecord, prefix: str, max_bytes: int, report: BatchReport) -> None:
-        """Add a record's events to ``report``, and a dead letter for each that is not valid.
-
-        No record can stop the worker: one without a value (a tombstone), an empty one, one over ``max_bytes``,
-        one that is not JSON or holds no event is dead-lettered with where it was read from, and skipped.
-        """
-        value = rec.value
-        channel = rec.topic.removeprefix(prefix)
-
-        def dead(reason: str, detail: str, raw: bytes) -> None:
-            where = f"{rec.topic}[{rec.partition}] offset {rec.offset}"
-            report.dead_letters.append(_dead(channel, reason, f"{detail} ({where})", raw, rec))
-
-        if value is None or not value.strip():
-            what = "a record without a value (a tombstone)" if value is None else "an empty record"
-            dead("empty_record", f"{what}: events are JSON objects or arrays of them", value or b"")
-            return
-        if len(value) > max_bytes:
-            detail = (
-                f"{len(value)} bytes, over CXSTREAM_MAX_RECORD_BYTES={max_bytes}; the first {TOO_LARGE_KEPT_BYTES} kept"
-            )
-            dead("record_too_large", detail, value[:TOO_LARGE_KEPT_BYTES])
-            return
-        try:
-            # The usual case in one call into pydantic-core (parsing included); anything wrong is sorted out
-            # item by item below, with the reason each dead letter needs.
-            if value[:1] == b"[":
-                report.events += _ENVELOPE.validate_json(value)
-            else:
-                report.events.append(TouchpointEvent.model_validate_json(value))
-            return
-        except ValidationError:
-            pass
-        try:
-            body = orjson.loads(value)
-        except orjson.JSONDecodeError as exc:
-            dead("invalid_json", str(exc), value)
-            return
-        items = body if isinstance(body, list) else [body]
-        invalid: list[tuple[int, Any, ValidationError]] = []
-        for position, item in enumerate(items, 1):
-            try:
-                report.events.append(TouchpointEvent.model_validate(item))
-            except ValidationError as exc:
-                invalid.append((position, item, exc))
-        if len(items) == 1 and invalid:
-            dead("validation_error", _describe(invalid[0][2]), value)
-        elif len(invalid) > MAX_ITEM_DEAD_LETTERS:
-            # An envelope of garbage: one dead letter with the whole record, not one per item (memory, and the
-            # dead-letter topic, stay bounded by the record's size).
-            first = "; ".join(f"item {n}: {_describe(exc)}" for n, _, exc in invalid[:3])
-            dead("validation_error", f"{len(invalid)} of {len(items)} items are not valid events ({first}; ...)", value)
-        else:
-            for position, item, exc in invalid:
-                dead("validation_error", f"item {position} of {len(items)}: {_describe(exc)}", orjson.dumps(item))
 
     def _gap_is_real(self, tp: tuple[str, int], expected: int) -> bool:
         """True once seeking back to a missing offset has not brought it for a while: it is not in the log.
@@ -708,6 +664,64 @@ def identity_rows(
             }
         )
     return rows
+
+
+def _decode_record(rec: InRecord, prefix: str, max_bytes: int, report: BatchReport) -> None:
+    """Add a record's events to ``report``, and a dead letter for each that is not valid.
+
+    No record can stop the worker: one without a value (a tombstone), an empty one, one over ``max_bytes``,
+    one that is not JSON or holds no event is dead-lettered with where it was read from, and skipped.
+    """
+    value = rec.value
+    if value and len(value) <= max_bytes:
+        try:
+            # The usual case in one call into pydantic-core (parsing included); anything wrong is sorted out
+            # below, with the reason each dead letter needs.
+            if value[:1] == b"[":
+                report.events += _ENVELOPE.validate_json(value)
+            else:
+                report.events.append(TouchpointEvent.model_validate_json(value))
+            return
+        except ValidationError:
+            pass
+    channel = rec.topic.removeprefix(prefix)
+
+    def dead(reason: str, detail: str, raw: bytes) -> None:
+        where = f"{rec.topic}[{rec.partition}] offset {rec.offset}"
+        report.dead_letters.append(_dead(channel, reason, f"{detail} ({where})", raw, rec))
+
+    if value is None or not value or value.isspace():
+        what = "a record without a value (a tombstone)" if value is None else "an empty record"
+        dead("empty_record", f"{what}: events are JSON objects or arrays of them", value or b"")
+        return
+    if len(value) > max_bytes:
+        detail = (
+            f"{len(value)} bytes, over CXSTREAM_MAX_RECORD_BYTES={max_bytes}; the first {TOO_LARGE_KEPT_BYTES} kept"
+        )
+        dead("record_too_large", detail, value[:TOO_LARGE_KEPT_BYTES])
+        return
+    try:
+        body = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        dead("invalid_json", str(exc), value)
+        return
+    items = body if isinstance(body, list) else [body]
+    invalid: list[tuple[int, Any, ValidationError]] = []
+    for position, item in enumerate(items, 1):
+        try:
+            report.events.append(TouchpointEvent.model_validate(item))
+        except ValidationError as exc:
+            invalid.append((position, item, exc))
+    if len(items) == 1 and invalid:
+        dead("validation_error", _describe(invalid[0][2]), value)
+    elif len(invalid) > MAX_ITEM_DEAD_LETTERS:
+        # An envelope of garbage: one dead letter with the whole record, not one per item (memory, and the
+        # dead-letter topic, stay bounded by the record's size).
+        first = "; ".join(f"item {n}: {_describe(exc)}" for n, _, exc in invalid[:3])
+        dead("validation_error", f"{len(invalid)} of {len(items)} items are not valid events ({first}; ...)", value)
+    else:
+        for position, item, exc in invalid:
+            dead("validation_error", f"item {position} of {len(items)}: {_describe(exc)}", orjson.dumps(item))
 
 
 def _dead(channel: str | None, reason: str, detail: str, raw: bytes, rec: InRecord | None = None) -> DeadLetter:

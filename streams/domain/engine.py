@@ -146,6 +146,9 @@ class StitchEngine:
         live stream, with events no later than ``Policy.grace_s``, nobody is.
         """
         span = self.policy.span_s
+        identities = view.identities
+        # Nodes are identifier keys and stored customers ("\0" + id). Only an event carrying several keys that are
+        # not all one stored customer's can link customers: only those are unioned (the live usual case has few).
         parent: dict[str, str] = {}
 
         def find(node: str) -> str:
@@ -156,30 +159,41 @@ class StitchEngine:
                 parent[node], node = root, parent.get(node, node)
             return root
 
-        needs: list[tuple[str, float | None]] = []
-        linked: set[str] = set()
+        def union(a: str, b: str) -> None:
+            ra, rb = find(a), find(b)
+            if ra != rb:
+                parent[rb] = ra
+
+        needs: dict[str, float] = {}  # node -> earliest event time needed from
         for event, event_keys in zip(events, keys, strict=True):
-            if not event_keys.keys:
+            keys_ = event_keys.keys
+            if not keys_:
                 continue
-            linked.update(event_keys.keys)
-            first = find(event_keys.keys[0])
-            for key in event_keys.keys[1:]:
-                other = find(key)
-                if other != first:
-                    parent[other] = first
-            needs.append((event_keys.keys[0], event.occurred_at.timestamp() - span if _may_be_kept(event) else None))
+            owners = {identities.get(key) for key in keys_}
+            if len(keys_) > 1 and (len(owners) > 1 or None in owners):
+                for key in keys_:
+                    union(keys_[0], key)
+                    owner = identities.get(key)
+                    if owner is not None:
+                        union(key, "\0" + owner)
+                node = keys_[0]
+            else:
+                owner = next(iter(owners))
+                node = keys_[0] if owner is None else "\0" + owner
+            if _may_be_kept(event):
+                need = event.occurred_at.timestamp() - span
+                if need < needs.get(node, need + 1):
+                    needs[node] = need
         members: dict[str, set[str]] = {}
-        for key in linked:
-            customer_id = view.identities.get(key)
-            if customer_id is not None:
-                members.setdefault(find(key), set()).add(customer_id)
+        for customer_id in set(identities.values()):
+            members.setdefault(find("\0" + customer_id), set()).add(customer_id)
         depth: dict[str, float] = {}
-        for key, need in needs:
-            if need is not None:
-                root = find(key)
-                depth[root] = min(depth.get(root, need), need)
+        for node, need in needs.items():
+            root = find(node)
+            depth[root] = min(depth.get(root, need), need)
         for root, customer_ids in members.items():
             if len(customer_ids) > 1:
+                # A merge may change any entry of either side from the younger side's first event on.
                 seen = sorted(view.customers[cid].first_seen for cid in customer_ids)
                 depth[root] = min(depth.get(root, seen[1] - span), seen[1] - span)
         out: dict[str, float] = {}
