@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from schemas.touchpoint import CES, CSAT, NPS, Channel
+from schemas.touchpoint import CES, CSAT, NPS, Channel, compose_id
 
 
 def _iso_string_only(value: object) -> object:
@@ -146,8 +146,13 @@ class StoreRecord(BaseModel):
 
     @property
     def source_id(self) -> str:
-        """Deterministic id of this record; the kind keeps a return on its sale's receipt apart from the sale."""
-        return f"{self.store_id}:{self.kind}:{self.receipt_id or self.visit_id}"
+        """Deterministic id of this record; the kind keeps a return on its sale's receipt apart from the sale.
+
+        ``store_id:kind:receipt`` (``compose_id``: escaped only when the store id holds ``:`` or ``\\``).
+        """
+        number = self.receipt_id or self.visit_id
+        assert number is not None  # guaranteed by the model validator
+        return compose_id(self.store_id, str(self.kind), number)
 
 
 # --- phone -------------------------------------------------------------------------------------
@@ -357,8 +362,17 @@ class EcommerceRecord(BaseModel):
 
     @property
     def source_id(self) -> str:
-        """Deterministic id of this record: one event per order and status."""
-        return f"{self.marketplace}:{self.order_id}:{self.status}"
+        """Deterministic id of this record: one event per order and status.
+
+        ``marketplace:order_id:status`` (``compose_id``: escaped only when the marketplace or the order id holds
+        ``:`` or ``\\``).
+        """
+        return compose_id(self.marketplace, self.order_id, str(self.status))
+
+    @property
+    def buyer_key(self) -> str:
+        """The buyer's identifier value, ``marketplace:buyer_id``: a buyer id is only unique within its marketplace."""
+        return compose_id(self.marketplace, self.buyer_id)
 
 
 #: The source-record model of each channel.

@@ -113,6 +113,32 @@ class TouchpointEvent(BaseModel):
     attributes: dict[str, Any] = Field(default_factory=dict, description="Free channel-specific attributes.")
 
 
+#: Joins the parts of a composed id: a store record's ``store_id:kind:receipt``, a marketplace buyer's
+#: ``marketplace:buyer_id``.
+ID_SEPARATOR = ":"
+#: Escapes the separator and itself inside the parts of a composed id, when the id has to be escaped at all.
+ID_ESCAPE = "\\"
+
+
+def _escape_part(part: str) -> str:
+    return part.replace(ID_ESCAPE, ID_ESCAPE * 2).replace(ID_SEPARATOR, ID_ESCAPE + ID_SEPARATOR)
+
+
+def compose_id(*parts: str) -> str:
+    """Join the parts of a composed id with ``:`` so that different parts always give different ids.
+
+    Ids written before this was injective joined the parts as they are, and databases hold them as idempotency
+    keys, so they are kept wherever they were unambiguous: when no part but the last holds ``:`` or ``\\``, the
+    parts are joined as they are (the last part may hold anything: splitting at the first colons reads it back).
+    Otherwise every part is escaped (``\\`` → ``\\\\``, ``:`` → ``\\:``). The two forms never meet: up to its
+    n-1th colon (n parts), a joined id holds no ``\\``, and an escaped one always does (the first part that
+    needed escaping puts one there). So it is injective for a fixed number of parts, which every caller has.
+    """
+    if all(ID_SEPARATOR not in part and ID_ESCAPE not in part for part in parts[:-1]):
+        return ID_SEPARATOR.join(parts)
+    return ID_SEPARATOR.join(map(_escape_part, parts))
+
+
 def derive_event_id(channel: Channel | str, source_id: str) -> str:
     """Return the deterministic event id for a source record: the same record always gets the same id."""
     digest = hashlib.sha256(f"{channel}\x1f{source_id}".encode()).hexdigest()

@@ -34,7 +34,7 @@ def to_touchpoint(
     """Convert an order status record; a review rides on it as attributes.review and survey.csat = rating."""
     identifiers = collect_identifiers(
         [
-            (IdentifierType.MARKETPLACE_BUYER_ID, "buyer_id", f"{record.marketplace}:{record.buyer_id}"),
+            (IdentifierType.MARKETPLACE_BUYER_ID, "buyer_id", record.buyer_key),
             (IdentifierType.EMAIL, "buyer_email", record.buyer_email),
         ],
         default_region,

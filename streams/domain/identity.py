@@ -17,8 +17,8 @@ event id is applied (see ``engine``); nothing else here does.
 
 An event with no usable identifier may still carry an anonymous source identity: the attribute
 ``anonymous_id`` (a session or device id the source assigns without knowing the person). It becomes
-the key ``anonymous:<channel>:<source system>:<id>``: its own customer, never linked to others,
-because no event carries both it and a real identifier.
+the key ``anonymous:<channel>:<source system>:<id>`` (parts joined by ``compose_id``): its own customer,
+never linked to others, because no event carries both it and a real identifier.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 from config.settings import Settings
-from schemas.touchpoint import IDENTIFIER_RANK, IdentifierType, TouchpointEvent
+from schemas.touchpoint import IDENTIFIER_RANK, IdentifierType, TouchpointEvent, compose_id
 from streams.domain.identifiers import (
     PII_TYPES,
     InvalidIdentifier,
@@ -72,7 +72,7 @@ def anonymous_key(event: TouchpointEvent) -> str | None:
     value = event.attributes.get(ANONYMOUS_ATTRIBUTE)
     if not isinstance(value, str) or not value.strip():
         return None
-    return f"{ANONYMOUS_TYPE}:{event.channel}:{event.source.system}:{value.strip()}"
+    return f"{ANONYMOUS_TYPE}:{compose_id(event.channel, event.source.system, value.strip())}"
 
 
 class EventKeys(NamedTuple):
