@@ -53,3 +53,24 @@ def test_a_bad_value_names_its_variable(monkeypatch: pytest.MonkeyPatch, var: st
 
 def test_readme_configuration_table_is_current() -> None:
     assert settings_markdown() in README.read_text(), "run: python -c 'from config.settings import settings_markdown'"
+
+
+@pytest.mark.parametrize("salt", [None, "", "   "])
+def test_hashing_without_a_salt_is_refused(monkeypatch: pytest.MonkeyPatch, salt: str | None) -> None:
+    monkeypatch.setenv("CXSTREAM_HASH_IDENTIFIERS", "true")
+    if salt is None:
+        monkeypatch.delenv("CXSTREAM_IDENTIFIER_SALT", raising=False)
+    else:
+        monkeypatch.setenv("CXSTREAM_IDENTIFIER_SALT", salt)
+    with pytest.raises(SettingsError, match="CXSTREAM_IDENTIFIER_SALT: .*required when CXSTREAM_HASH_IDENTIFIERS"):
+        load_settings()
+
+
+def test_hashing_with_a_salt_and_a_salt_without_hashing_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CXSTREAM_HASH_IDENTIFIERS", "true")
+    monkeypatch.setenv("CXSTREAM_IDENTIFIER_SALT", "pepper")
+    assert load_settings().identifier_salt == "pepper"
+    monkeypatch.setenv("CXSTREAM_HASH_IDENTIFIERS", "false")
+    monkeypatch.delenv("CXSTREAM_IDENTIFIER_SALT")
+    assert load_settings().hash_identifiers is False
+
