@@ -62,7 +62,7 @@ def test_hashing_without_a_salt_is_refused(monkeypatch: pytest.MonkeyPatch, salt
         monkeypatch.delenv("CXSTREAM_IDENTIFIER_SALT", raising=False)
     else:
         monkeypatch.setenv("CXSTREAM_IDENTIFIER_SALT", salt)
-    with pytest.raises(SettingsError, match="CXSTREAM_IDENTIFIER_SALT: .*required when CXSTREAM_HASH_IDENTIFIERS"):
+    with pytest.raises(SettingsError, match=r"CXSTREAM_IDENTIFIER_SALT: .*required when CXSTREAM_HASH_IDENTIFIERS"):
         load_settings()
 
 
@@ -73,4 +73,3 @@ def test_hashing_with_a_salt_and_a_salt_without_hashing_are_accepted(monkeypatch
     monkeypatch.setenv("CXSTREAM_HASH_IDENTIFIERS", "false")
     monkeypatch.delenv("CXSTREAM_IDENTIFIER_SALT")
     assert load_settings().hash_identifiers is False
-
