@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from schemas.limits import ISSUE_ID_MAX
 from schemas.touchpoint import CES, CSAT, NPS, Channel, compose_id
 
 
@@ -62,6 +63,10 @@ Timestamp = Annotated[AwareDatetime, BeforeValidator(_iso_string_only)]
 #: A source system's id: a non-empty string (numbers accepted), at most 256 characters.
 _IdText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
 Id = Annotated[_IdText, BeforeValidator(_number_to_str, json_schema_input_type=_IdText | int)]
+
+#: The case a contact is about: an id that must fit ``touchpoints.issue_id``.
+_IssueIdText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=ISSUE_ID_MAX)]
+IssueId = Annotated[_IssueIdText, BeforeValidator(_number_to_str, json_schema_input_type=_IssueIdText | int)]
 
 #: Short free text (reasons, queue names, event names).
 Label = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
@@ -190,7 +195,7 @@ class PhoneRecord(BaseModel):
     duration_seconds: Seconds
     transfers: Annotated[int, Field(ge=0, le=1000)] = 0
     reason: Label | None = None
-    issue_id: Id | None = None
+    issue_id: IssueId | None = None
     resolved: bool | None = None
     survey: CallSurvey | None = None
 
@@ -253,8 +258,8 @@ class WebProperties(BaseModel):
     nps: NPS | None = None
     csat: CSAT | None = None
     ces: CES | None = None
-    issue_id: Id | None = None
-    ticket_id: Id | None = None
+    issue_id: IssueId | None = None
+    ticket_id: IssueId | None = None
     reason: Label | None = None
     resolved: bool | None = None
 

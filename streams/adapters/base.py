@@ -7,7 +7,9 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any, Protocol
 
-from schemas.touchpoint import IdentifierType, SurveyAnswers, TouchpointEvent
+from schemas.limits import IDENTIFIER_VALUE_MAX, ISSUE_KEY_MAX, SOURCE_ID_MAX
+from schemas.touchpoint import Channel, IdentifierType, SurveyAnswers, TouchpointEvent
+from streams.domain.customer import issue_key
 from streams.domain.identifiers import InvalidIdentifier, normalise_identifier
 
 
@@ -53,3 +55,39 @@ def survey_answers(*, nps: int | None = None, csat: int | None = None, ces: int 
     if nps is None and csat is None and ces is None:
         return None
     return SurveyAnswers(nps=nps, csat=csat, ces=ces)
+
+
+#: What a channel's source id is made of, for the dead letter of one that is too long.
+SOURCE_ID_FIELDS: dict[Channel, str] = {
+    Channel.STORE: "store_id:kind:receipt_id (or visit_id)",
+    Channel.PHONE: "call_id",
+    Channel.WEB: "messageId",
+    Channel.ECOMMERCE: "marketplace:order_id:status",
+}
+#: Where a channel's contact reason comes from.
+REASON_FIELDS: dict[Channel, str] = {Channel.PHONE: "reason", Channel.WEB: "properties.reason"}
+
+
+def column_problem(event: TouchpointEvent) -> str | None:
+    """Why a converted event would not fit its SQL columns (``schemas.limits``), as a dead-letter detail; else None.
+
+    What one field of a source record holds is bounded by its model; these are the values composed from several
+    fields, or changed on the way (a folded reason), checked on the event itself so that nothing is left that
+    PostgreSQL would refuse and SQLite store.
+    """
+    if len(event.source.id) > SOURCE_ID_MAX:
+        return (
+            f"record: the source id {SOURCE_ID_FIELDS[event.channel]} is {len(event.source.id)} characters; "
+            f"at most {SOURCE_ID_MAX} fit"
+        )
+    for kind, value in event.identifiers.items():
+        if len(value) > IDENTIFIER_VALUE_MAX:
+            return f"{kind}: the identifier is {len(value)} characters; at most {IDENTIFIER_VALUE_MAX} fit"
+    key = issue_key(event)
+    if key is not None and len(key) > ISSUE_KEY_MAX:
+        # Only a reason can do this (issue ids are bounded by the models): it is the issue of a contact without one.
+        field = REASON_FIELDS.get(event.channel, "reason")
+        return (
+            f"{field}: too long to name an issue ({len(key)} characters with its prefix; at most {ISSUE_KEY_MAX} fit)"
+        )
+    return None
