@@ -24,6 +24,7 @@ from schemas.deadletter import DeadLetter
 from schemas.touchpoint import Channel, TouchpointEvent
 from streams.adapters import partition_key
 from streams.adapters.reader import Rejected, convert_one
+from streams.domain.identifiers import IdentifierHashing
 from streams.kafka import partition_for
 from streams.observability import Metrics
 
@@ -51,6 +52,8 @@ class Collector:
         self.send = send
         self.metrics = metrics
         self.write_keys = frozenset(settings.write_keys)
+        # The same conversion as `cxstream publish`: with hashing on, no raw e-mail or phone number is published.
+        self.hashing = IdentifierHashing.from_settings(settings)
 
     def authorised(self, authorization: str | None) -> bool:
         """True when the Authorization header carries a known write key as HTTP Basic user name."""
@@ -95,10 +98,14 @@ class Collector:
             return CollectorReply(400, {"error": detail})
         now = datetime.now(UTC)
         results = [
-            convert_one(channel, msg, received_at=now, source_file=f"collector:/v1/{path_kind}", line=i)
-            if isinstance(msg, dict)
-            else convert_one(
-                channel, orjson.dumps(msg), received_at=now, source_file=f"collector:/v1/{path_kind}", line=i
+            convert_one(
+                channel,
+                msg if isinstance(msg, dict) else orjson.dumps(msg),
+                received_at=now,
+                source_file=f"collector:/v1/{path_kind}",
+                line=i,
+                default_region=self.settings.default_phone_region,
+                hashing=self.hashing,
             )
             for i, msg in enumerate(messages)
         ]

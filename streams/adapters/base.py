@@ -10,11 +10,16 @@ from typing import Any, Protocol
 from schemas.limits import IDENTIFIER_VALUE_MAX, ISSUE_KEY_MAX, SOURCE_ID_MAX
 from schemas.touchpoint import Channel, IdentifierType, SurveyAnswers, TouchpointEvent
 from streams.domain.customer import issue_key
-from streams.domain.identifiers import InvalidIdentifier, normalise_identifier
+from streams.domain.identifiers import IdentifierHashing, InvalidIdentifier, normalise_identifier
 
 
 class Converter(Protocol):
-    """A channel's pure conversion of a validated source record into the canonical event."""
+    """A channel's pure conversion of a validated source record into the canonical event.
+
+    With ``hashing`` (hashing on), no e-mail address or phone number may leave it raw: identifiers of those types
+    are hashed by ``collect_identifiers``, and the converter passes the free text it copies through
+    ``hashing.text`` (or ``walk``) and sets ``hashed_with``.
+    """
 
     def __call__(
         self,
@@ -24,6 +29,7 @@ class Converter(Protocol):
         source_file: str | None = None,
         line: int | None = None,
         default_region: str = "GB",
+        hashing: IdentifierHashing | None = None,
     ) -> TouchpointEvent: ...
 
 
@@ -33,9 +39,11 @@ _normalise = lru_cache(maxsize=65_536)(normalise_identifier)
 
 
 def collect_identifiers(
-    candidates: Iterable[tuple[IdentifierType, str, str | None]], default_region: str
+    candidates: Iterable[tuple[IdentifierType, str, str | None]],
+    default_region: str,
+    hashing: IdentifierHashing | None = None,
 ) -> dict[IdentifierType, str]:
-    """Normalise ``(type, field path, value)`` candidates, skipping absent ones.
+    """Normalise ``(type, field path, value)`` candidates, skipping absent ones; with ``hashing``, hash the PII.
 
     Raises InvalidIdentifier whose message starts with the field path, so a dead letter says which field was bad.
     """
@@ -44,9 +52,10 @@ def collect_identifiers(
         if value is None:
             continue
         try:
-            found[kind] = _normalise(kind, value, default_region)
+            normalised = _normalise(kind, value, default_region)
         except InvalidIdentifier as exc:
             raise InvalidIdentifier(f"{field}: {exc}") from exc
+        found[kind] = normalised if hashing is None else hashing.value(kind, normalised)
     return found
 
 

@@ -24,7 +24,7 @@ from schemas.deadletter import DeadLetter
 from schemas.touchpoint import Channel, TouchpointEvent
 from streams.adapters import CONVERTERS
 from streams.adapters.base import column_problem
-from streams.domain.identifiers import InvalidIdentifier
+from streams.domain.identifiers import IdentifierHashing, InvalidIdentifier
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,7 @@ class _Context:
     received_at: datetime | None
     default_region: str
     max_line_bytes: int
+    hashing: IdentifierHashing | None = None
 
     def now(self) -> datetime:
         return self.received_at or datetime.now(UTC)
@@ -116,13 +117,15 @@ def read_records(
     received_at: datetime | None = None,
     max_line_bytes: int = 1_000_000,
     default_region: str = "GB",
+    hashing: IdentifierHashing | None = None,
 ) -> Iterator[Result]:
     """Yield one Accepted or Rejected per non-blank line of ``data`` (a whole document, or an iterable of lines).
 
     Raises ValueError at once for bad arguments (unknown channel or format, CSV for web or e-commerce, a naive
     ``received_at``); after that, no input can make it raise. ``received_at`` defaults to the time of each line.
+    With ``hashing`` (``IdentifierHashing.from_settings``), accepted events carry no raw e-mail or phone number.
     """
-    ctx = _context(channel, source_file, received_at, default_region, max_line_bytes)
+    ctx = _context(channel, source_file, received_at, default_region, max_line_bytes, hashing)
     if fmt == "jsonl":
         return _read_jsonl(ctx, _lines(data))
     if fmt == "csv":
@@ -141,13 +144,14 @@ def convert_one(
     line: int | None = None,
     max_bytes: int = 1_000_000,
     default_region: str = "GB",
+    hashing: IdentifierHashing | None = None,
 ) -> Result:
     """Validate and convert one record: JSON bytes, or a JSON value the caller already parsed (the HTTP collector).
 
     Never raises on any ``raw`` (bad arguments raise ValueError, as in ``read_records``). For a parsed value the
     dead letter holds its JSON re-serialisation, since the original bytes are the caller's.
     """
-    ctx = _context(channel, source_file, received_at, default_region, max_bytes)
+    ctx = _context(channel, source_file, received_at, default_region, max_bytes, hashing)
     if isinstance(raw, bytes | bytearray | memoryview):
         data = bytes(raw)
         return _guard(ctx, line, data, partial(_event_from_json, ctx, line, data))
@@ -166,6 +170,7 @@ def _context(
     received_at: datetime | None,
     default_region: str,
     max_line_bytes: int,
+    hashing: IdentifierHashing | None = None,
 ) -> _Context:
     if received_at is not None and received_at.utcoffset() is None:
         raise ValueError("received_at must be timezone-aware")
@@ -173,7 +178,7 @@ def _context(
         raise ValueError("source_file must be a string")
     if max_line_bytes < 1:
         raise ValueError("max_line_bytes must be positive")
-    return _Context(Channel(channel), source_file, received_at, default_region, max_line_bytes)
+    return _Context(Channel(channel), source_file, received_at, default_region, max_line_bytes, hashing)
 
 
 def _lines(data: bytes | str | Iterable[bytes | str]) -> Iterator[tuple[int, bytes]]:
@@ -342,6 +347,7 @@ def _convert(ctx: _Context, line: int | None, obj: dict[str, Any]) -> Touchpoint
             source_file=ctx.source_file,
             line=line,
             default_region=ctx.default_region,
+            hashing=ctx.hashing,
         )
     except InvalidIdentifier as exc:
         raise _Reject(Reason.INVALID_IDENTIFIER, str(exc)) from None

@@ -1,7 +1,11 @@
 """Identity graph rules: which identifier keys an event carries, and which customers an event links.
 
 Identifiers are stored as keys ``type:value`` (:func:`identifier_key`); with ``hash_identifiers`` on, the
-value of a PII type (email, phone) is its salted hash, so the raw value is never stored anywhere.
+value of a PII type (email, phone) is its salted hash, so the raw value is never stored anywhere. An event the
+adapter hashed already (``hashed_with``, the salt's fingerprint) is stored as it comes, never hashed twice, so a
+raw event and a hashed one of the same person give the same keys. PII hashed with another salt than the worker's
+(``cxstream publish`` run with other settings) cannot be matched with anything: it is dropped from stitching and
+counted as blocked, rather than stored under keys no other event of that person will ever have.
 Blocked values (``settings.blocked_identifiers``: shared devices, placeholder e-mails) are dropped
 before stitching and counted.
 
@@ -35,6 +39,7 @@ from streams.domain.identifiers import (
     hash_identifier,
     identifier_key,
     normalise_identifier,
+    salt_fingerprint,
 )
 
 #: Key type of anonymous source identities (not an IdentifierType: it is never linked).
@@ -88,6 +93,8 @@ class IdentityRules:
     def __init__(self, settings: Settings) -> None:
         self._hash = settings.hash_identifiers
         self._salt = settings.identifier_salt
+        #: The fingerprint events hashed with this worker's salt carry (None: hashing is off here).
+        self.fingerprint = salt_fingerprint(self._salt) if self._hash else None
         self._hashed: dict[tuple[IdentifierType, str], str] = {}
         #: Most keys of a type one customer may hold, by key type.
         self.limits: dict[str, int] = {str(t): n for t, n in settings.identifier_limits.items()}
@@ -123,8 +130,15 @@ class IdentityRules:
         """Return the usable keys of an event, strongest first, falling back to its anonymous identity."""
         keys: list[str] = []
         blocked = 0
+        hashed = event.hashed_with
         for kind, value in event.identifiers.items():
-            key = self.stored_key(kind, value)
+            if hashed is None or kind not in PII_TYPES:
+                key = self.stored_key(kind, value)
+            elif hashed == self.fingerprint:
+                key = identifier_key(kind, value)  # hashed by the adapter with this salt: stored as it is
+            else:
+                blocked += 1  # hashed with another salt, or hashing is off here: it can match nothing
+                continue
             if key in self._blocked:
                 blocked += 1
             else:
