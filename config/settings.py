@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
@@ -123,6 +123,11 @@ class Settings(BaseSettings):
         "",
         validate_default=True,
         description="Salt for hashed identifiers (the HMAC key); required when CXSTREAM_HASH_IDENTIFIERS is on.",
+    )
+    dead_letter_originals: Literal["keep", "hash", "drop"] = Field(
+        "keep",
+        description="What a dead letter carries of the rejected record: keep (its original bytes, raw e-mails and "
+        "phones included), hash (a digest of them, salted with CXSTREAM_IDENTIFIER_SALT when set) or drop (nothing).",
     )
     default_phone_region: str = Field("GB", description="Region for phone numbers written without a country code.")
     identifier_limits: dict[IdentifierType, int] = Field(

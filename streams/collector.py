@@ -146,14 +146,14 @@ class Collector:
             )
         self.metrics.events_published.labels(channel.value).inc(len(events))
 
+    def _as_collector(self, rejected: Rejected) -> bytes:
+        dead = rejected.dead_letter.kept(self.settings.dead_letter_originals, self.settings.identifier_salt)
+        return dead.model_copy(update={"stage": "collector"}).model_dump_json().encode()
+
     async def _dead_letters(self, rejected: list[Rejected]) -> None:
         await asyncio.gather(
             *(
-                self.send(self.topics.deadletter, (r.dead_letter.channel or "").encode(), _as_collector(r), None)
+                self.send(self.topics.deadletter, (r.dead_letter.channel or "").encode(), self._as_collector(r), None)
                 for r in rejected
             )
         )
-
-
-def _as_collector(rejected: Rejected) -> bytes:
-    return rejected.dead_letter.model_copy(update={"stage": "collector"}).model_dump_json().encode()

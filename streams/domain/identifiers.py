@@ -30,7 +30,11 @@ PII_TYPES: frozenset[IdentifierType] = frozenset({IdentifierType.EMAIL, Identifi
 
 
 class InvalidIdentifier(ValueError):
-    """An identifier value that cannot be normalised (e.g. a phone number that is not one)."""
+    """An identifier value that cannot be normalised (e.g. a phone number that is not one).
+
+    The message does not repeat the value: it becomes a dead letter's detail, which is kept whatever
+    ``CXSTREAM_DEAD_LETTER_ORIGINALS`` says about the original bytes (where the value is, when they are kept).
+    """
 
 
 def normalise_email(value: str) -> str:
@@ -39,7 +43,7 @@ def normalise_email(value: str) -> str:
     local, sep, domain = email.partition("@")
     labels = domain.split(".")
     if not sep or not local or len(labels) < 2 or not all(labels) or "@" in domain or any(c.isspace() for c in email):
-        raise InvalidIdentifier(f"not an e-mail address: {value!r}")
+        raise InvalidIdentifier("not an e-mail address")
     return email
 
 
@@ -48,9 +52,9 @@ def normalise_phone(value: str, default_region: str = "GB") -> str:
     try:
         number = phonenumbers.parse(value.strip(), default_region)
     except phonenumbers.NumberParseException as exc:
-        raise InvalidIdentifier(f"not a phone number: {value!r}") from exc
+        raise InvalidIdentifier("not a phone number") from exc
     if not phonenumbers.is_possible_number(number):
-        raise InvalidIdentifier(f"not a possible phone number: {value!r}")
+        raise InvalidIdentifier("not a possible phone number")
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 

@@ -1,5 +1,6 @@
-"""Identifier hashing end to end: with it on, no raw e-mail or phone number reaches a channel topic, and the worker
-stitches the same customers as without it, whether the events on the topics were hashed by the adapters or not.
+"""Identifier hashing end to end: with it on, no raw e-mail or phone number reaches a channel topic (nor, with
+CXSTREAM_DEAD_LETTER_ORIGINALS=hash, the dead-letter topic), and the worker stitches the same customers as without
+it, whether the events on the topics were hashed by the adapters or not.
 
 The sample files, a simulated population (``cxstream simulate --out`` then ``cxstream publish``) and collector
 requests go through the real adapters three times, to three sets of topics: all hashed, all raw, and mixed (some
@@ -22,11 +23,12 @@ import requests
 from sqlalchemy import select
 
 from config.topics import Topics
+from schemas.deadletter import DeadLetter
 from schemas.touchpoint import Channel, IdentifierType
 from sinks import tables as t
 from sinks.database import make_engine
 from streams.domain.identifiers import InvalidIdentifier, hash_identifier, normalise_phone
-from tests.support.kafka import read_messages
+from tests.support.kafka import read_messages, read_topic
 from tests.support.processes import wait_until
 from tests.support.results import caught_up, end_offsets, run_cli
 from tests.support.workers import WorkerFactory
@@ -44,7 +46,10 @@ COLLECTED = [
      "event": "Contact Form Submitted",
      "properties": {"email": "col.lector@example.org", "message": "call me on 020 7946 0999", "issue_id": "Q-1"}},
 ]  # fmt: skip
-COLLECTED_PII = ["Col.Lector@Example.org", "+44 20 7946 0999", "020 7946 0999"]
+#: A message the collector rejects: its dead letter must not carry the e-mail either.
+BAD_COLLECTED = {"type": "identify", "messageId": "col-bad", "userId": "u-bad", "timestamp": "2024-05-03T10:00:00Z",
+                 "traits": {"email": "Bad.Spelling@@example.org"}}  # fmt: skip
+COLLECTED_PII = ["Col.Lector@Example.org", "+44 20 7946 0999", "020 7946 0999", "Bad.Spelling@@example.org"]
 
 
 def source_records(path: Path) -> list[dict[str, Any]]:
@@ -90,7 +95,7 @@ def publish(env: dict[str, str], *args: str) -> None:
     run_cli(env, "publish", *args)
 
 
-def post(port: int, messages: list[dict[str, Any]]) -> None:
+def post(port: int, messages: list[dict[str, Any]], status: int = 200) -> None:
     auth = "Basic " + base64.b64encode(b"dev-write-key:").decode()
     reply = requests.post(
         f"http://127.0.0.1:{port}/v1/batch",
@@ -98,7 +103,7 @@ def post(port: int, messages: list[dict[str, Any]]) -> None:
         headers={"Authorization": auth, "Content-Type": "application/json"},
         timeout=30,
     )
-    assert reply.status_code == 200, reply.text
+    assert reply.status_code == status, reply.text
 
 
 def grouping(database_url: str) -> tuple[set[frozenset[str]], dict[str, str]]:
@@ -123,6 +128,7 @@ def test_hashing_publishes_no_raw_pii_and_stitches_as_without(
             f"sqlite:///{tmp_path / f'{name}.db'}",
             f"t{uuid.uuid4().hex[:8]}.",
             **(HASHING if name != "raw" else {}),
+            **({"dead_letter_originals": "hash"} if name == "hashed" else {}),
         )
         for name in names
     }
@@ -142,6 +148,7 @@ def test_hashing_publishes_no_raw_pii_and_stitches_as_without(
     started = {name: workers.start(env, name=f"worker-{name}") for name, env in envs.items()}
     for worker in started.values():
         post(worker.web_port, COLLECTED)  # the collector converts with the worker's settings
+    post(started["hashed"].web_port, [BAD_COLLECTED], status=400)
 
     # Read back what the hashed run's adapters and collector put on the channel topics, keys and values.
     topics = Topics(envs["hashed"]["CXSTREAM_TOPIC_PREFIX"])
@@ -155,6 +162,13 @@ def test_hashing_publishes_no_raw_pii_and_stitches_as_without(
         assert not leaked, (leaked, text[:400])
         assert not re.search(r"[\w.+-]+@[\w-]+\.[\w.-]+", text), text[:400]  # no e-mail of any kind
         assert not re.search(r"\+\d{9,15}\b", text), text[:400]  # no phone number in E.164
+    # Dead letters (malformed simulated lines, a bad collector message) keep only a digest of the original bytes.
+    dead = [DeadLetter.model_validate_json(value) for _, value in read_topic(kafka_url, topics.deadletter)]
+    assert len(dead) > 5 and {d.stage for d in dead} == {"adapter", "collector"}
+    for letter in dead:
+        text = letter.model_dump_json()
+        assert not [value for value in pii if value in text], text
+        assert letter.original_b64 == "" and (letter.original_digest or "").startswith("hmac-sha256:")
     hashed_alice = "email:" + hash_identifier(IdentifierType.EMAIL, "alice.smith@example.org", SALT)
     assert any(text.startswith(hashed_alice) for text in texts), "keys are salted stored keys"
 

@@ -43,6 +43,7 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
         ("CXSTREAM_METRIC_WINDOWS", "1h,fortnight"),
         ("CXSTREAM_WEB_PORT", "70000"),
         ("CXSTREAM_IDENTIFIER_LIMITS", '{"shoe_size": 1}'),
+        ("CXSTREAM_DEAD_LETTER_ORIGINALS", "shred"),
     ],
 )
 def test_a_bad_value_names_its_variable(monkeypatch: pytest.MonkeyPatch, var: str, value: str) -> None:
