@@ -6,11 +6,11 @@ import os
 import re
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 import pydantic_settings
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from schemas.touchpoint import IdentifierType
@@ -139,7 +139,16 @@ class Settings(BaseSettings):
 
     # --- identity --------------------------------------------------------------------------------
     hash_identifiers: bool = Field(False, description="Store PII identifiers (email, phone) only as salted hashes.")
-    identifier_salt: str = Field("", description="Salt for hashed identifiers; required when hash_identifiers is on.")
+    identifier_salt: str = Field(
+        "",
+        validate_default=True,
+        description="Salt for hashed identifiers (the HMAC key); required when CXSTREAM_HASH_IDENTIFIERS is on.",
+    )
+    dead_letter_originals: Literal["keep", "hash", "drop"] = Field(
+        "keep",
+        description="What a dead letter carries of the rejected record: keep (its original bytes, raw e-mails and "
+        "phones included), hash (a digest of them, salted with CXSTREAM_IDENTIFIER_SALT when set) or drop (nothing).",
+    )
     default_phone_region: str = Field("GB", description="Region for phone numbers written without a country code.")
     identifier_limits: dict[IdentifierType, int] = Field(
         default_factory=lambda: {IdentifierType.CRM_ID: 1, IdentifierType.WEB_ANONYMOUS_ID: 50},
@@ -258,6 +267,14 @@ class Settings(BaseSettings):
     def _database_url(cls, value: str) -> str:
         if not value.startswith(("sqlite", "postgresql")):
             raise ValueError(f"expected a sqlite:// or postgresql:// URL, got {value!r}")
+        return value
+
+    @field_validator("identifier_salt")
+    @classmethod
+    def _salt(cls, value: str, info: ValidationInfo) -> str:
+        # Without a salt the "hash" is an HMAC with an empty key: anyone can recompute it from a list of e-mails.
+        if info.data.get("hash_identifiers") and not value.strip():
+            raise ValueError("required when CXSTREAM_HASH_IDENTIFIERS is on (an unsalted hash is recomputable)")
         return value
 
     @cached_property

@@ -26,7 +26,8 @@ from pydantic import (
     model_validator,
 )
 
-from schemas.touchpoint import CES, CSAT, NPS, Channel
+from schemas.limits import ISSUE_ID_MAX
+from schemas.touchpoint import CES, CSAT, NPS, Channel, compose_id
 
 
 def _iso_string_only(value: object) -> object:
@@ -62,6 +63,10 @@ Timestamp = Annotated[AwareDatetime, BeforeValidator(_iso_string_only)]
 #: A source system's id: a non-empty string (numbers accepted), at most 256 characters.
 _IdText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
 Id = Annotated[_IdText, BeforeValidator(_number_to_str, json_schema_input_type=_IdText | int)]
+
+#: The case a contact is about: an id that must fit ``touchpoints.issue_id``.
+_IssueIdText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=ISSUE_ID_MAX)]
+IssueId = Annotated[_IssueIdText, BeforeValidator(_number_to_str, json_schema_input_type=_IssueIdText | int)]
 
 #: Short free text (reasons, queue names, event names).
 Label = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
@@ -146,8 +151,13 @@ class StoreRecord(BaseModel):
 
     @property
     def source_id(self) -> str:
-        """Deterministic id of this record; the kind keeps a return on its sale's receipt apart from the sale."""
-        return f"{self.store_id}:{self.kind}:{self.receipt_id or self.visit_id}"
+        """Deterministic id of this record; the kind keeps a return on its sale's receipt apart from the sale.
+
+        ``store_id:kind:receipt`` (``compose_id``: escaped only when the store id holds ``:`` or ``\\``).
+        """
+        number = self.receipt_id or self.visit_id
+        assert number is not None  # guaranteed by the model validator
+        return compose_id(self.store_id, str(self.kind), number)
 
 
 # --- phone -------------------------------------------------------------------------------------
@@ -185,7 +195,7 @@ class PhoneRecord(BaseModel):
     duration_seconds: Seconds
     transfers: Annotated[int, Field(ge=0, le=1000)] = 0
     reason: Label | None = None
-    issue_id: Id | None = None
+    issue_id: IssueId | None = None
     resolved: bool | None = None
     survey: CallSurvey | None = None
 
@@ -248,8 +258,8 @@ class WebProperties(BaseModel):
     nps: NPS | None = None
     csat: CSAT | None = None
     ces: CES | None = None
-    issue_id: Id | None = None
-    ticket_id: Id | None = None
+    issue_id: IssueId | None = None
+    ticket_id: IssueId | None = None
     reason: Label | None = None
     resolved: bool | None = None
 
@@ -357,8 +367,17 @@ class EcommerceRecord(BaseModel):
 
     @property
     def source_id(self) -> str:
-        """Deterministic id of this record: one event per order and status."""
-        return f"{self.marketplace}:{self.order_id}:{self.status}"
+        """Deterministic id of this record: one event per order and status.
+
+        ``marketplace:order_id:status`` (``compose_id``: escaped only when the marketplace or the order id holds
+        ``:`` or ``\\``).
+        """
+        return compose_id(self.marketplace, self.order_id, str(self.status))
+
+    @property
+    def buyer_key(self) -> str:
+        """The buyer's identifier value, ``marketplace:buyer_id``: a buyer id is only unique within its marketplace."""
+        return compose_id(self.marketplace, self.buyer_id)
 
 
 #: The source-record model of each channel.

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+#: A salted identifier hash: 64 lower-case hex digits (HMAC-SHA256).
+_HASHED = re.compile(r"[0-9a-f]{64}")
 
 
 class Channel(StrEnum):
@@ -111,6 +115,48 @@ class TouchpointEvent(BaseModel):
     survey: SurveyAnswers | None = None
     source: SourceRef
     attributes: dict[str, Any] = Field(default_factory=dict, description="Free channel-specific attributes.")
+    hashed_with: str | None = Field(
+        default=None,
+        description="Set when the adapter hashed the personal data: the fingerprint of the salt it used. The email "
+        "and phone identifiers are then salted hashes (64 hex digits), stored as they are, and e-mails and phone "
+        "numbers in free text are replaced by their keys. None: identifiers as the source gave them (normalised).",
+    )
+
+    @model_validator(mode="after")
+    def _hashed_identifiers(self) -> TouchpointEvent:
+        # A raw value under a hashed marker would be stored as if it were a hash: raw PII in the identities table.
+        if self.hashed_with is not None:
+            for kind in (IdentifierType.EMAIL, IdentifierType.PHONE):
+                value = self.identifiers.get(kind)
+                if value is not None and not _HASHED.fullmatch(value):
+                    raise ValueError(f"identifiers.{kind}: not a salted hash, although hashed_with is set")
+        return self
+
+
+#: Joins the parts of a composed id: a store record's ``store_id:kind:receipt``, a marketplace buyer's
+#: ``marketplace:buyer_id``.
+ID_SEPARATOR = ":"
+#: Escapes the separator and itself inside the parts of a composed id, when the id has to be escaped at all.
+ID_ESCAPE = "\\"
+
+
+def _escape_part(part: str) -> str:
+    return part.replace(ID_ESCAPE, ID_ESCAPE * 2).replace(ID_SEPARATOR, ID_ESCAPE + ID_SEPARATOR)
+
+
+def compose_id(*parts: str) -> str:
+    """Join the parts of a composed id with ``:`` so that different parts always give different ids.
+
+    Ids written before this was injective joined the parts as they are, and databases hold them as idempotency
+    keys, so they are kept wherever they were unambiguous: when no part but the last holds ``:`` or ``\\``, the
+    parts are joined as they are (the last part may hold anything: splitting at the first colons reads it back).
+    Otherwise every part is escaped (``\\`` → ``\\\\``, ``:`` → ``\\:``). The two forms never meet: up to its
+    n-1th colon (n parts), a joined id holds no ``\\``, and an escaped one always does (the first part that
+    needed escaping puts one there). So it is injective for a fixed number of parts, which every caller has.
+    """
+    if all(ID_SEPARATOR not in part and ID_ESCAPE not in part for part in parts[:-1]):
+        return ID_SEPARATOR.join(parts)
+    return ID_SEPARATOR.join(map(_escape_part, parts))
 
 
 def derive_event_id(channel: Channel | str, source_id: str) -> str:

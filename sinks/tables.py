@@ -1,4 +1,8 @@
-"""SQL tables of cxstream (SQLAlchemy Core). Table and column names are part of the public interface."""
+"""SQL tables of cxstream (SQLAlchemy Core). Table and column names are part of the public interface.
+
+The sizes of the columns that hold what a source record carries come from ``schemas.limits``, which the adapters
+check records against: a record that does not fit is rejected before it reaches either database.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,15 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+)
+
+from schemas.limits import (
+    EVENT_ID_MAX,
+    IDENTIFIER_KEY_MAX,
+    IDENTIFIER_VALUE_MAX,
+    ISSUE_ID_MAX,
+    ISSUE_KEY_MAX,
+    SOURCE_ID_MAX,
 )
 
 metadata = MetaData()
@@ -45,9 +58,14 @@ customers = Table(
 identities = Table(
     "identities",
     metadata,
-    Column("identifier", String(320), primary_key=True, comment="type:value, value hashed when hashing is on"),
+    Column(
+        "identifier",
+        String(IDENTIFIER_KEY_MAX),
+        primary_key=True,
+        comment="type:value, value hashed when hashing is on",
+    ),
     Column("id_type", String(32), nullable=False),
-    Column("id_value", String(256), nullable=False),
+    Column("id_value", String(IDENTIFIER_VALUE_MAX), nullable=False),
     Column("customer_id", String(64), nullable=False, index=True),
     Column("first_seen", TS, nullable=False),
     Column("last_seen", TS, nullable=False),
@@ -56,7 +74,7 @@ identities = Table(
 touchpoints = Table(
     "touchpoints",
     metadata,
-    Column("event_id", String(64), primary_key=True),
+    Column("event_id", String(EVENT_ID_MAX), primary_key=True),
     # Null for an unattributed touchpoint (no usable identifier): kept, and counted for its channel and overall.
     Column("customer_id", String(64)),
     Column("channel", String(16), nullable=False),
@@ -68,15 +86,15 @@ touchpoints = Table(
     Column("moments", String(256), nullable=False, default=""),
     Column("amount", MONEY),
     Column("currency", String(3)),
-    Column("issue_id", String(128)),
-    Column("issue_key", String(160)),
+    Column("issue_id", String(ISSUE_ID_MAX)),
+    Column("issue_key", String(ISSUE_KEY_MAX)),
     Column("resolved", Boolean),
     Column("transfers", Integer, nullable=False, default=0, server_default="0"),
     Column("repeat_contact", Boolean, nullable=False, default=False),
     Column("nps", Integer),
     Column("csat", Integer),
     Column("ces", Integer),
-    Column("source_id", String(256), nullable=False),
+    Column("source_id", String(SOURCE_ID_MAX), nullable=False),
     Index("ix_touchpoints_customer_time", "customer_id", "occurred_at"),
 )
 

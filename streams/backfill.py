@@ -19,6 +19,7 @@ from typing import Literal
 
 from schemas.touchpoint import TouchpointEvent
 from streams.adapters.reader import read_records
+from streams.domain.identifiers import IdentifierHashing
 from streams.event_sort import RUN_EVENTS, EventSorter
 from streams.progress import Progress, no_progress
 from streams.publisher import Publisher, encode_event, route_items
@@ -80,6 +81,7 @@ def publish_sources(
     *,
     order: Order = "time",
     default_region: str = "GB",
+    hashing: IdentifierHashing | None = None,
     progress: Progress = no_progress,
     run_events: int = RUN_EVENTS,
     temp_dir: str | Path | None = None,
@@ -88,13 +90,14 @@ def publish_sources(
 
     Does not close the publisher: the caller does, and renders its summary. ``run_events`` and ``temp_dir``
     size and place the external sort's runs (see ``EventSorter``); its temporary files are gone when this returns
-    or raises, Ctrl-C included.
+    or raises, Ctrl-C included. With ``hashing``, events are hashed as they are read, so neither the topics nor
+    the sort's temporary files hold a raw e-mail or phone number.
     """
     report = BackfillReport(order, files=len(sources))
     sizes = [source.size() for source in sources]
     total = None if None in sizes else sum(size or 0 for size in sizes)
     if order == "file":
-        _read(publisher, sources, report, progress, total, default_region, publisher.event)
+        _read(publisher, sources, report, progress, total, default_region, hashing, publisher.event)
         return report
     with EventSorter(run_events=run_events, directory=temp_dir) as sorter:
         _read(
@@ -104,6 +107,7 @@ def publish_sources(
             progress,
             total,
             default_region,
+            hashing,
             lambda event: sorter.add(event.occurred_at, event.event_id, encode_event(event)),
         )
         started = time.monotonic()
@@ -122,6 +126,7 @@ def _read(
     progress: Progress,
     total: int | None,
     default_region: str,
+    hashing: IdentifierHashing | None,
     accept: Callable[[TouchpointEvent], None],
 ) -> None:
     """Read every source line by line: dead letters to the publisher, valid events counted and given to accept."""
@@ -140,7 +145,12 @@ def _read(
         for source in sources:
             with source.lines(read_bytes) as lines:
                 items = read_records(
-                    source.channel, lines, source_file=source.name, fmt=source.fmt, default_region=default_region
+                    source.channel,
+                    lines,
+                    source_file=source.name,
+                    fmt=source.fmt,
+                    default_region=default_region,
+                    hashing=hashing,
                 )
                 route_items(publisher, items, counted)
     report.read_s = time.monotonic() - started

@@ -163,6 +163,7 @@ def publish(
     import signal
 
     from streams.backfill import publish_sources
+    from streams.domain.identifiers import IdentifierHashing
     from streams.kafka import BrokerUnreachable, ensure_topics
     from streams.progress import stderr_progress
     from streams.publisher import Publisher
@@ -188,6 +189,7 @@ def publish(
         files,
         order=order,
         default_region=settings.default_phone_region,
+        hashing=IdentifierHashing.from_settings(settings),
         progress=stderr_progress,
         run_events=run_events,
     )

@@ -40,6 +40,7 @@ from schemas.deadletter import DeadLetter
 from schemas.touchpoint import Channel, TouchpointEvent
 from streams.adapters import partition_key
 from streams.adapters.reader import MAX_DETAIL_CHARS, TOO_LONG_KEPT_BYTES, Accepted, Rejected, convert_one
+from streams.domain.identifiers import IdentifierHashing
 from streams.kafka import partition_for
 from streams.observability import Metrics
 
@@ -89,6 +90,8 @@ class Collector:
         #: Bytes queued with the producer and not acknowledged yet, for MAX_UNACKNOWLEDGED_BODIES.
         self.unacknowledged = 0
         self.max_unacknowledged = MAX_UNACKNOWLEDGED_BODIES * settings.collector_max_body_bytes
+        # The same conversion as `cxstream publish`: with hashing on, no raw e-mail or phone number is published.
+        self.hashing = IdentifierHashing.from_settings(settings)
 
     def authorised(self, authorization: str | None) -> bool:
         """True when the Authorization header carries a known write key as HTTP Basic user name."""
@@ -183,7 +186,15 @@ class Collector:
             if len(raw) > self.settings.collector_max_message_bytes:
                 results.append(self._too_large(channel, source, raw, position, now))
             else:
-                result = convert_one(channel, raw, received_at=now, source_file=source, line=position)
+                result = convert_one(
+                    channel,
+                    raw,
+                    received_at=now,
+                    source_file=source,
+                    line=position,
+                    default_region=self.settings.default_phone_region,
+                    hashing=self.hashing,
+                )
                 results.append(_collector_stage(result, note))
             if position % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
@@ -204,7 +215,14 @@ class Collector:
             payload.setdefault("type", kind)
         elif kind == "ecommerce" and marketplace:
             payload["marketplace"] = marketplace
-        result = convert_one(channel, payload, received_at=now, source_file=source)
+        result = convert_one(
+            channel,
+            payload,
+            received_at=now,
+            source_file=source,
+            default_region=self.settings.default_phone_region,
+            hashing=self.hashing,
+        )
         if isinstance(result, Rejected):
             # The dead letter keeps the body as sent, not the object completed from the path.
             dead = result.dead_letter.model_copy(update={"original_b64": DeadLetter.encode(body)})
@@ -242,9 +260,19 @@ class Collector:
         return [(topic, None, b"[" + b",".join(vals) + b"]", part) for part, vals in by_partition.items()]
 
     def _dead_records(self, rejected: list[Rejected]) -> list[Record]:
-        topic = self.topics.deadletter
+        """The dead letters' records, keeping of each original what CXSTREAM_DEAD_LETTER_ORIGINALS says."""
+        topic, originals, salt = (
+            self.topics.deadletter,
+            self.settings.dead_letter_originals,
+            self.settings.identifier_salt,
+        )
         return [
-            (topic, (r.dead_letter.channel or "").encode(), r.dead_letter.model_dump_json().encode(), None)
+            (
+                topic,
+                (r.dead_letter.channel or "").encode(),
+                r.dead_letter.kept(originals, salt).model_dump_json().encode(),
+                None,
+            )
             for r in rejected
         ]
 

@@ -350,7 +350,7 @@ class BatchProcessor:
             dead = _dead(event.channel.value, "event_id_conflict", detail, event.model_dump_json().encode())
             report.dead_letters.append(dead)
         for dead in report.dead_letters:
-            report.outputs.add(self.topics.deadletter, dead.channel or "", dead.model_dump_json().encode())
+            report.outputs.add(self.topics.deadletter, dead.channel or "", self._dead_letter_bytes(dead))
         write.outbox = report.outbox = report.outputs.encode() if report.outputs.records else None
         report.outbox_id = self.store.write(conn, write)
         return result, write, view
@@ -383,7 +383,7 @@ class BatchProcessor:
                     offsets[tp], fingerprints[tp] = rec.offset, record_fingerprint(rec.value)
                 dead = _dead(rec.topic.removeprefix(prefix), reason, detail, rec.value or b"", rec)
                 report.dead_letters.append(dead)
-                report.outputs.add(self.topics.deadletter, dead.channel or "", dead.model_dump_json().encode())
+                report.outputs.add(self.topics.deadletter, dead.channel or "", self._dead_letter_bytes(dead))
         if offsets:
             report.outbox = report.outputs.encode()
             with self.store.engine.begin() as conn:
@@ -397,6 +397,10 @@ class BatchProcessor:
                 report.outbox_id = self.store.write(conn, write)
             self.applied.update(offsets)
         return report
+
+    def _dead_letter_bytes(self, dead: DeadLetter) -> bytes:
+        """A dead letter as published: with its original bytes, or what CXSTREAM_DEAD_LETTER_ORIGINALS keeps of them."""
+        return dead.kept(self.settings.dead_letter_originals, self.settings.identifier_salt).model_dump_json().encode()
 
     def _stitching(
         self, result: BatchResult, view: StateView, report: BatchReport, write: BatchWrite, keys: Sequence[EventKeys]

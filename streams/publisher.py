@@ -128,6 +128,7 @@ class Publisher:
         resend_backoff: float = 1.0,
     ) -> None:
         self.topics = Topics(settings.topic_prefix)
+        self._originals, self._salt = settings.dead_letter_originals, settings.identifier_salt
         self.producer = producer or make_producer(settings, linger_ms=20 if envelope_size else 5)
         self.envelope_size = envelope_size
         self.resend_timeout = resend_timeout
@@ -219,7 +220,8 @@ class Publisher:
             self._send_envelope(topic, part)
 
     def dead_letter(self, dead: DeadLetter) -> None:
-        """Publish a rejected record with its reason and original bytes."""
+        """Publish a rejected record with its reason and original bytes (or what CXSTREAM_DEAD_LETTER_ORIGINALS keeps)."""
+        dead = dead.kept(self._originals, self._salt)
         key = (dead.channel or "").encode()
         if self._failed:
             self._resend_failed()

@@ -12,6 +12,7 @@ import click
 from config.settings import Settings
 from schemas.touchpoint import Channel
 from streams.adapters.reader import convert_one
+from streams.domain.identifiers import IdentifierHashing
 from streams.kafka import BrokerUnreachable, ensure_topics
 from streams.publisher import Publisher
 from streams.simulate import SimRecord, simulate, write_files
@@ -49,7 +50,7 @@ def run_simulation(
     except BrokerUnreachable as exc:
         raise click.ClickException(str(exc)) from None
     try:
-        publish_simulated(publisher, records, rate=rate)
+        publish_simulated(publisher, records, rate=rate, hashing=IdentifierHashing.from_settings(settings))
     except KeyboardInterrupt:
         click.echo("simulation interrupted", err=True)
     finally:
@@ -59,7 +60,13 @@ def run_simulation(
         sys.exit(2)  # like `cxstream publish`: some records were not acknowledged, even after re-sending
 
 
-def publish_simulated(publisher: Publisher, records: Iterable[SimRecord], *, rate: float | None = None) -> None:
+def publish_simulated(
+    publisher: Publisher,
+    records: Iterable[SimRecord],
+    *,
+    rate: float | None = None,
+    hashing: IdentifierHashing | None = None,
+) -> None:
     """Convert simulated records through the adapters and publish them (paced at ``rate`` records/s when given).
 
     Does not flush: the caller closes the publisher, which waits for every acknowledgement and re-sends what the
@@ -68,7 +75,7 @@ def publish_simulated(publisher: Publisher, records: Iterable[SimRecord], *, rat
     started = time.monotonic()
     for n, rec in enumerate(records, 1):
         publisher.summary.read += 1
-        item = convert_one(Channel(rec.channel), rec.raw, source_file="simulate", line=n)
+        item = convert_one(Channel(rec.channel), rec.raw, source_file="simulate", line=n, hashing=hashing)
         dead = getattr(item, "dead_letter", None)
         if dead is not None:
             publisher.dead_letter(dead)

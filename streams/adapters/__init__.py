@@ -21,13 +21,15 @@ CONVERTERS: dict[Channel, Converter] = {
 def partition_key(event: TouchpointEvent) -> bytes:
     """Kafka key of an event: its strongest identifier as ``type:value``, else its event id.
 
-    E-mail addresses and phone numbers are keyed by a digest so personal data does not sit in Kafka keys,
-    which are logged and shown by tools far more readily than values.
+    E-mail addresses and phone numbers never sit raw in Kafka keys, which are logged and shown by tools far more
+    readily than values. Hashed by the adapter (hashing on), the key is the identifier's stored key, a salted hash;
+    otherwise a plain SHA-256 digest, which keeps the keys of deployments without hashing where they were (it
+    only keeps the value out of sight: anyone holding a list of e-mails can recompute it).
     """
     top = strongest(event.identifiers)
     if top is None:
         return event.event_id.encode()
     kind, value = top
-    if kind in PII_TYPES:
+    if kind in PII_TYPES and event.hashed_with is None:
         value = hashlib.sha256(value.encode()).hexdigest()[:32]
     return identifier_key(kind, value).encode()

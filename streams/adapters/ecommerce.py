@@ -7,6 +7,7 @@ from datetime import datetime
 from schemas.channels import EcommerceRecord, OrderStatus
 from schemas.touchpoint import Channel, EventType, IdentifierType, SourceRef, TouchpointEvent, derive_event_id
 from streams.adapters.base import collect_identifiers, survey_answers
+from streams.domain.identifiers import IdentifierHashing
 
 _TYPES = {
     OrderStatus.PLACED: EventType.PURCHASE,
@@ -30,15 +31,18 @@ def to_touchpoint(
     source_file: str | None = None,
     line: int | None = None,
     default_region: str = "GB",
+    hashing: IdentifierHashing | None = None,
 ) -> TouchpointEvent:
     """Convert an order status record; a review rides on it as attributes.review and survey.csat = rating."""
     identifiers = collect_identifiers(
         [
-            (IdentifierType.MARKETPLACE_BUYER_ID, "buyer_id", f"{record.marketplace}:{record.buyer_id}"),
+            (IdentifierType.MARKETPLACE_BUYER_ID, "buyer_id", record.buyer_key),
             (IdentifierType.EMAIL, "buyer_email", record.buyer_email),
         ],
         default_region,
+        hashing,
     )
+    # buyer_email is an identifier only, never an attribute: with hashing on it leaves as a salted hash or not at all.
     attributes: dict[str, object] = {
         "marketplace": record.marketplace,
         "order_id": record.order_id,
@@ -48,7 +52,10 @@ def to_touchpoint(
     if record.items:
         attributes["items"] = [item.model_dump(mode="json", exclude_none=True) for item in record.items]
     if record.review is not None:
-        attributes["review"] = record.review.model_dump(mode="json", exclude_none=True)
+        review = record.review.model_dump(mode="json", exclude_none=True)
+        if hashing is not None and "text" in review:
+            review["text"] = hashing.text(review["text"])  # buyers sign reviews with their e-mail or number
+        attributes["review"] = review
     money = record.status in _MONEY_STATUSES
     return TouchpointEvent(
         event_id=derive_event_id(Channel.ECOMMERCE, record.source_id),
@@ -62,4 +69,5 @@ def to_touchpoint(
         survey=survey_answers(csat=record.review.rating) if record.review else None,
         source=SourceRef(system=record.marketplace, id=record.source_id, file=source_file, line=line),
         attributes=attributes,
+        hashed_with=hashing.fingerprint if hashing else None,
     )

@@ -7,6 +7,7 @@ from datetime import datetime
 from schemas.channels import CallDirection, PhoneRecord
 from schemas.touchpoint import Channel, EventType, IdentifierType, SourceRef, TouchpointEvent, derive_event_id
 from streams.adapters.base import collect_identifiers, survey_answers
+from streams.domain.identifiers import IdentifierHashing
 
 #: Call reasons that make an inbound call a pre-purchase enquiry rather than a service contact.
 ENQUIRY_REASONS: frozenset[str] = frozenset({"product_enquiry", "enquiry", "pre_sales"})
@@ -27,6 +28,7 @@ def to_touchpoint(
     source_file: str | None = None,
     line: int | None = None,
     default_region: str = "GB",
+    hashing: IdentifierHashing | None = None,
 ) -> TouchpointEvent:
     """Convert a call: SUPPORT_CONTACT, or ENQUIRY for an inbound pre-sales call; survey and issue carried."""
     identifiers = collect_identifiers(
@@ -35,7 +37,10 @@ def to_touchpoint(
             (IdentifierType.PHONE, "phone", record.phone),
         ],
         default_region,
+        hashing,
     )
+    # The reason is free text, typed by an agent or a source system: the one place a caller's number may hide.
+    reason = record.reason if hashing is None or record.reason is None else hashing.text(record.reason)
     attributes: dict[str, object] = {
         "direction": str(record.direction),
         "wait_seconds": record.wait_seconds,
@@ -52,10 +57,11 @@ def to_touchpoint(
         received_at=received_at,
         identifiers=identifiers,
         issue_id=record.issue_id,
-        reason=record.reason,
+        reason=reason,
         resolved=record.resolved,
         transfers=record.transfers,
         survey=survey_answers(nps=survey.nps, csat=survey.csat, ces=survey.ces) if survey else None,
         source=SourceRef(system=record.queue or "call-centre", id=record.source_id, file=source_file, line=line),
         attributes=attributes,
+        hashed_with=hashing.fingerprint if hashing else None,
     )

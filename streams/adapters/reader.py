@@ -23,7 +23,8 @@ from schemas.channels import CHANNEL_MODELS
 from schemas.deadletter import DeadLetter
 from schemas.touchpoint import Channel, TouchpointEvent
 from streams.adapters import CONVERTERS
-from streams.domain.identifiers import InvalidIdentifier
+from streams.adapters.base import column_problem
+from streams.domain.identifiers import IdentifierHashing, InvalidIdentifier
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ class _Context:
     received_at: datetime | None
     default_region: str
     max_line_bytes: int
+    hashing: IdentifierHashing | None = None
 
     def now(self) -> datetime:
         return self.received_at or datetime.now(UTC)
@@ -115,13 +117,15 @@ def read_records(
     received_at: datetime | None = None,
     max_line_bytes: int = 1_000_000,
     default_region: str = "GB",
+    hashing: IdentifierHashing | None = None,
 ) -> Iterator[Result]:
     """Yield one Accepted or Rejected per non-blank line of ``data`` (a whole document, or an iterable of lines).
 
     Raises ValueError at once for bad arguments (unknown channel or format, CSV for web or e-commerce, a naive
     ``received_at``); after that, no input can make it raise. ``received_at`` defaults to the time of each line.
+    With ``hashing`` (``IdentifierHashing.from_settings``), accepted events carry no raw e-mail or phone number.
     """
-    ctx = _context(channel, source_file, received_at, default_region, max_line_bytes)
+    ctx = _context(channel, source_file, received_at, default_region, max_line_bytes, hashing)
     if fmt == "jsonl":
         return _read_jsonl(ctx, _lines(data))
     if fmt == "csv":
@@ -140,13 +144,14 @@ def convert_one(
     line: int | None = None,
     max_bytes: int = 1_000_000,
     default_region: str = "GB",
+    hashing: IdentifierHashing | None = None,
 ) -> Result:
     """Validate and convert one record: JSON bytes, or a JSON value the caller already parsed (the HTTP collector).
 
     Never raises on any ``raw`` (bad arguments raise ValueError, as in ``read_records``). For a parsed value the
     dead letter holds its JSON re-serialisation, since the original bytes are the caller's.
     """
-    ctx = _context(channel, source_file, received_at, default_region, max_bytes)
+    ctx = _context(channel, source_file, received_at, default_region, max_bytes, hashing)
     if isinstance(raw, bytes | bytearray | memoryview):
         data = bytes(raw)
         return _guard(ctx, line, data, partial(_event_from_json, ctx, line, data))
@@ -165,6 +170,7 @@ def _context(
     received_at: datetime | None,
     default_region: str,
     max_line_bytes: int,
+    hashing: IdentifierHashing | None = None,
 ) -> _Context:
     if received_at is not None and received_at.utcoffset() is None:
         raise ValueError("received_at must be timezone-aware")
@@ -172,7 +178,7 @@ def _context(
         raise ValueError("source_file must be a string")
     if max_line_bytes < 1:
         raise ValueError("max_line_bytes must be positive")
-    return _Context(Channel(channel), source_file, received_at, default_region, max_line_bytes)
+    return _Context(Channel(channel), source_file, received_at, default_region, max_line_bytes, hashing)
 
 
 def _lines(data: bytes | str | Iterable[bytes | str]) -> Iterator[tuple[int, bytes]]:
@@ -327,20 +333,57 @@ def _parse_csv_row(ctx: _Context, header: list[str], raw: bytes, line: int) -> d
 
 
 def _convert(ctx: _Context, line: int | None, obj: dict[str, Any]) -> TouchpointEvent:
+    nul = _nul_path(obj)
+    if nul is not None:
+        raise _Reject(Reason.VALIDATION_ERROR, f"{nul}: a NUL character (\\u0000) is not accepted in any text")
     try:
         record = CHANNEL_MODELS[ctx.channel].model_validate(obj)
     except ValidationError as exc:
         raise _Reject(Reason.VALIDATION_ERROR, format_validation_error(exc)) from None
     try:
-        return CONVERTERS[ctx.channel](
+        event = CONVERTERS[ctx.channel](
             record,
             received_at=ctx.now(),
             source_file=ctx.source_file,
             line=line,
             default_region=ctx.default_region,
+            hashing=ctx.hashing,
         )
     except InvalidIdentifier as exc:
         raise _Reject(Reason.INVALID_IDENTIFIER, str(exc)) from None
+    problem = column_problem(event)
+    if problem is not None:
+        raise _Reject(Reason.VALIDATION_ERROR, problem)
+    return event
+
+
+def _nul_path(obj: dict[str, Any]) -> str | None:
+    """The path of a NUL character in a record's keys or text values, or None when it holds none.
+
+    PostgreSQL text cannot hold NUL, so a record with one would be stored on SQLite and refused on PostgreSQL; it is
+    rejected here, not stripped, because stripping would change its ids without telling anyone.
+    """
+    # One serialisation is cheaper than a walk, and orjson writes every NUL as \u0000: walk only records that have one.
+    try:
+        if b"\\u0000" not in orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS, default=str):
+            return None
+    except (TypeError, orjson.JSONEncodeError):  # an object orjson cannot write (a huge integer): walk it
+        pass
+    stack: list[tuple[str, Any]] = [("", obj)]
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, str):
+            if "\x00" in node:
+                return path or "record"
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                child = f"{path}.{key}" if path else str(key)
+                if isinstance(key, str) and "\x00" in key:
+                    return child
+                stack.append((child, value))
+        elif isinstance(node, list):
+            stack.extend((f"{path}[{i}]", value) for i, value in enumerate(node))
+    return None
 
 
 def _guard(ctx: _Context, line: int | None, raw: bytes, work: Callable[[], TouchpointEvent]) -> Result:

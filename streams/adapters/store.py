@@ -7,6 +7,7 @@ from datetime import datetime
 from schemas.channels import StoreKind, StoreRecord
 from schemas.touchpoint import Channel, EventType, IdentifierType, SourceRef, TouchpointEvent, derive_event_id
 from streams.adapters.base import collect_identifiers, survey_answers
+from streams.domain.identifiers import IdentifierHashing
 
 _TYPES = {
     StoreKind.VISIT: EventType.STORE_VISIT,
@@ -22,6 +23,7 @@ def to_touchpoint(
     source_file: str | None = None,
     line: int | None = None,
     default_region: str = "GB",
+    hashing: IdentifierHashing | None = None,
 ) -> TouchpointEvent:
     """Convert a store record: visit → STORE_VISIT, sale → PURCHASE, return → RETURN; feedback csat → survey."""
     identifiers = collect_identifiers(
@@ -31,7 +33,9 @@ def to_touchpoint(
             (IdentifierType.PHONE, "phone", record.phone),
         ],
         default_region,
+        hashing,
     )
+    # No free text: the attributes are the store's own ids and line items.
     attributes: dict[str, object] = {"store_id": record.store_id, "kind": str(record.kind)}
     if record.visit_id is not None:
         attributes["visit_id"] = record.visit_id
@@ -52,4 +56,5 @@ def to_touchpoint(
         survey=survey_answers(csat=record.feedback.csat) if record.feedback else None,
         source=SourceRef(system=record.store_id, id=source_id, file=source_file, line=line),
         attributes=attributes,
+        hashed_with=hashing.fingerprint if hashing else None,
     )

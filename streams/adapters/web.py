@@ -8,6 +8,7 @@ from datetime import datetime
 from schemas.channels import SURVEY_ANSWERED, SegmentType, WebRecord, fold_event_name
 from schemas.touchpoint import Channel, EventType, IdentifierType, SourceRef, TouchpointEvent, derive_event_id
 from streams.adapters.base import collect_identifiers, survey_answers
+from streams.domain.identifiers import IdentifierHashing
 
 #: Segment e-commerce spec event names (and cxstream's own), keyed by their folded form (see ``fold_event_name``).
 TRACK_EVENTS: dict[str, EventType] = {
@@ -33,6 +34,9 @@ TRACK_EVENTS: dict[str, EventType] = {
 _SUPPORT_SUBJECT = re.compile(r"\b(support|complaint|ticket|case)\b")
 _CONTACT_ACTION = re.compile(r"\b(created|submitted|opened|raised|requested|sent|started|filed|logged)\b")
 _COMPLAINT_WORDS = re.compile(r"\bcomplain(t|ts|ed)?\b")
+
+#: Attribute paths of issue ids, left as they are when free text is hashed.
+_ISSUE_IDS = frozenset({"properties.issue_id", "properties.ticket_id"})
 
 #: Track events whose touchpoint moves money (amount = properties.revenue, else properties.total).
 _MONEY_TYPES = frozenset({EventType.PURCHASE, EventType.RETURN})
@@ -65,6 +69,7 @@ def to_touchpoint(
     source_file: str | None = None,
     line: int | None = None,
     default_region: str = "GB",
+    hashing: IdentifierHashing | None = None,
 ) -> TouchpointEvent:
     """Convert a Segment message: page/screen → PAGE_VIEW, identify → IDENTIFY, track by spec event name."""
     email_field, email = record.email_trait() or ("traits.email", None)
@@ -75,9 +80,13 @@ def to_touchpoint(
             (IdentifierType.EMAIL, email_field, email),
         ],
         default_region,
+        hashing,
     )
     kind = _event_type(record)
     props = record.properties
+    # Copied: the event and page names and the properties, kept whole because trackers put anything there (an
+    # "email" property, a phone number in a form field). Not copied: traits and context (context.traits holds the
+    # e-mail), sentAt, integrations. With hashing on, every string copied is passed through hashing.text.
     attributes: dict[str, object] = {"segment_type": str(record.type)}
     if record.event is not None:
         attributes["event"] = record.event
@@ -86,11 +95,15 @@ def to_touchpoint(
     properties = props.model_dump(mode="json", exclude_none=True)
     if properties:
         attributes["properties"] = properties
+    reason = props.reason
+    if hashing is not None:
+        # Issue ids stay as sent: they are ids, stored as the touchpoint's issue_id (and equal to the event's).
+        attributes = hashing.walk(attributes, keep=_ISSUE_IDS.__contains__)
+        reason = None if reason is None else hashing.text(reason)
     rating = (props.model_extra or {}).get("rating")
     if kind is EventType.REVIEW and isinstance(rating, int | float) and not isinstance(rating, bool):
         # Segment's Product Reviewed gives no scale, so the rating is not a CSAT answer; the timeline reads it here.
         attributes["rating"] = rating
-    reason = props.reason
     if record.event is not None and _COMPLAINT_WORDS.search(fold_event_name(record.event)):
         # The timeline flags complaints; a complaint form is one even when it names no reason.
         attributes["complaint"] = True
@@ -112,4 +125,5 @@ def to_touchpoint(
         survey=survey_answers(nps=props.nps, csat=props.csat, ces=props.ces),
         source=SourceRef(system="web", id=record.source_id, file=source_file, line=line),
         attributes=attributes,
+        hashed_with=hashing.fingerprint if hashing else None,
     )

@@ -1,20 +1,40 @@
-"""Identifier normalisation and optional salted hashing: one person, one spelling of each identifier."""
+"""Identifier normalisation and optional salted hashing: one person, one spelling of each identifier.
+
+With hashing on (``CXSTREAM_HASH_IDENTIFIERS``), an e-mail or phone number is kept only as its salted hash, the
+HMAC-SHA256 of ``type:value`` keyed with ``CXSTREAM_IDENTIFIER_SALT`` (:func:`hash_identifier`). The adapters hash
+before anything is published (:class:`IdentifierHashing`), and mark the event with the salt's fingerprint; the
+worker hashes what arrives raw (events published before, or by a process with hashing off) the same way, so both
+end under one stored key.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import phonenumbers
 
 from schemas.touchpoint import IDENTIFIER_RANK, IdentifierType
+
+if TYPE_CHECKING:
+    from config.settings import Settings
+
+_T = TypeVar("_T")
 
 #: Identifier types that are personal data and may be stored only as salted hashes.
 PII_TYPES: frozenset[IdentifierType] = frozenset({IdentifierType.EMAIL, IdentifierType.PHONE})
 
 
 class InvalidIdentifier(ValueError):
-    """An identifier value that cannot be normalised (e.g. a phone number that is not one)."""
+    """An identifier value that cannot be normalised (e.g. a phone number that is not one).
+
+    The message does not repeat the value: it becomes a dead letter's detail, which is kept whatever
+    ``CXSTREAM_DEAD_LETTER_ORIGINALS`` says about the original bytes (where the value is, when they are kept).
+    """
 
 
 def normalise_email(value: str) -> str:
@@ -23,7 +43,7 @@ def normalise_email(value: str) -> str:
     local, sep, domain = email.partition("@")
     labels = domain.split(".")
     if not sep or not local or len(labels) < 2 or not all(labels) or "@" in domain or any(c.isspace() for c in email):
-        raise InvalidIdentifier(f"not an e-mail address: {value!r}")
+        raise InvalidIdentifier("not an e-mail address")
     return email
 
 
@@ -32,9 +52,9 @@ def normalise_phone(value: str, default_region: str = "GB") -> str:
     try:
         number = phonenumbers.parse(value.strip(), default_region)
     except phonenumbers.NumberParseException as exc:
-        raise InvalidIdentifier(f"not a phone number: {value!r}") from exc
+        raise InvalidIdentifier("not a phone number") from exc
     if not phonenumbers.is_possible_number(number):
-        raise InvalidIdentifier(f"not a possible phone number: {value!r}")
+        raise InvalidIdentifier("not a possible phone number")
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
@@ -53,6 +73,99 @@ def normalise_identifier(kind: IdentifierType, value: str, default_region: str =
 def hash_identifier(kind: IdentifierType, value: str, salt: str) -> str:
     """Return the salted hash under which a PII identifier is stored (HMAC-SHA256, hex)."""
     return hmac.new(salt.encode(), f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()
+
+
+def salt_fingerprint(salt: str) -> str:
+    """A short public name of a salt: events hashed with it say so, and a worker can tell whether it holds the same.
+
+    An HMAC of a fixed text, so it tells nothing about the salt beyond what any hashed identifier already does.
+    """
+    return "hmac-sha256:" + hmac.new(salt.encode(), b"cxstream identifier salt", hashlib.sha256).hexdigest()[:16]
+
+
+# An e-mail address inside text (the local part as RFC 5322 allows it unquoted).
+_EMAIL_IN_TEXT = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+# A phone number written as one, inside text: international (+...) or national (0...) form, 9 to 15 digits.
+# Not after a letter, digit, dot, slash or dash, so that the tail of an order number or a date is not one.
+_PHONE_IN_TEXT = re.compile(r"(?<![\w+./-])(?:\+|\(?0)[\d ().-]{7,20}\d(?![\w.-]*\d)")
+
+
+@dataclass(frozen=True)
+class IdentifierHashing:
+    """How the adapters hash personal data before it is published: the salt, its fingerprint, the default region.
+
+    Built from the settings at the edge (:meth:`from_settings`): None when hashing is off.
+    """
+
+    salt: str
+    default_region: str = "GB"
+    fingerprint: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fingerprint", salt_fingerprint(self.salt))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> IdentifierHashing | None:
+        """The hashing the settings ask for, or None when ``hash_identifiers`` is off."""
+        if not settings.hash_identifiers:
+            return None
+        return cls(settings.identifier_salt, settings.default_phone_region)
+
+    def value(self, kind: IdentifierType, value: str) -> str:
+        """The stored value of a normalised identifier: its salted hash when it is PII, else the value itself."""
+        return hash_identifier(kind, value, self.salt) if kind in PII_TYPES else value
+
+    def text(self, text: str) -> str:
+        """Free text with every e-mail address and phone number in it replaced by its stored key (``email:<hash>``).
+
+        For the free text adapters copy into an event (web properties, review texts, contact reasons). E-mails are
+        found by their shape; phone numbers written in international (``+44 ...``) or national (``07700 ...``) form
+        with 9 to 15 digits that libphonenumber takes for possible numbers, and numbers libphonenumber finds valid
+        anywhere. Spans are found in the text as given, then replaced at once (the first and longest wins an overlap).
+        """
+        spans: list[tuple[int, int, str]] = []
+        if "@" in text:
+            for match in _EMAIL_IN_TEXT.finditer(text):
+                spans.append((match.start(), match.end(), self._key(IdentifierType.EMAIL, match.group(0).lower())))
+        if sum(c.isdigit() for c in text) >= 7:
+            for match in _PHONE_IN_TEXT.finditer(text):
+                written = match.group(0)
+                if 9 <= sum(c.isdigit() for c in written) <= 15:
+                    try:
+                        e164 = normalise_phone(written, self.default_region)
+                    except InvalidIdentifier:
+                        continue
+                    spans.append((match.start(), match.end(), self._key(IdentifierType.PHONE, e164)))
+            valid = phonenumbers.Leniency.VALID
+            for found in phonenumbers.PhoneNumberMatcher(text, self.default_region, leniency=valid):
+                e164 = phonenumbers.format_number(found.number, phonenumbers.PhoneNumberFormat.E164)
+                spans.append((found.start, found.end, self._key(IdentifierType.PHONE, e164)))
+        if not spans:
+            return text
+        out, at = [], 0
+        for start, end, key in sorted(spans, key=lambda span: (span[0], -span[1])):
+            if start >= at:
+                out += [text[at:start], key]
+                at = end
+        out.append(text[at:])
+        return "".join(out)
+
+    def _key(self, kind: IdentifierType, value: str) -> str:
+        return identifier_key(kind, self.value(kind, value))
+
+    def walk(self, value: _T, keep: Callable[[str], bool] = lambda _path: False, path: str = "") -> _T:
+        """``value`` with :meth:`text` applied to every string in it (lists and dicts walked, keys left alone).
+
+        ``keep(path)`` spares the strings at the paths it is true for (``properties.issue_id``: ids an adapter
+        stores as they are); items of a list share their list's path.
+        """
+        if isinstance(value, str):
+            return value if keep(path) else cast(_T, self.text(value))
+        if isinstance(value, dict):
+            return cast(_T, {k: self.walk(v, keep, f"{path}.{k}" if path else str(k)) for k, v in value.items()})
+        if isinstance(value, list):
+            return cast(_T, [self.walk(v, keep, path) for v in value])
+        return value
 
 
 def identifier_key(kind: IdentifierType, value: str) -> str:

@@ -1,7 +1,11 @@
 """Identity graph rules: which identifier keys an event carries, and which customers an event links.
 
 Identifiers are stored as keys ``type:value`` (:func:`identifier_key`); with ``hash_identifiers`` on, the
-value of a PII type (email, phone) is its salted hash, so the raw value is never stored anywhere.
+value of a PII type (email, phone) is its salted hash, so the raw value is never stored anywhere. An event the
+adapter hashed already (``hashed_with``, the salt's fingerprint) is stored as it comes, never hashed twice, so a
+raw event and a hashed one of the same person give the same keys. PII hashed with another salt than the worker's
+(``cxstream publish`` run with other settings) cannot be matched with anything: it is dropped from stitching and
+counted as blocked, rather than stored under keys no other event of that person will ever have.
 Blocked values (``settings.blocked_identifiers``: shared devices, placeholder e-mails) are dropped
 before stitching and counted.
 
@@ -17,8 +21,8 @@ event id is applied (see ``engine``); nothing else here does.
 
 An event with no usable identifier may still carry an anonymous source identity: the attribute
 ``anonymous_id`` (a session or device id the source assigns without knowing the person). It becomes
-the key ``anonymous:<channel>:<source system>:<id>``: its own customer, never linked to others,
-because no event carries both it and a real identifier.
+the key ``anonymous:<channel>:<source system>:<id>`` (parts joined by ``compose_id``): its own customer,
+never linked to others, because no event carries both it and a real identifier.
 """
 
 from __future__ import annotations
@@ -28,13 +32,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 from config.settings import Settings
-from schemas.touchpoint import IDENTIFIER_RANK, IdentifierType, TouchpointEvent
+from schemas.touchpoint import IDENTIFIER_RANK, IdentifierType, TouchpointEvent, compose_id
 from streams.domain.identifiers import (
     PII_TYPES,
     InvalidIdentifier,
     hash_identifier,
     identifier_key,
     normalise_identifier,
+    salt_fingerprint,
 )
 
 #: Key type of anonymous source identities (not an IdentifierType: it is never linked).
@@ -72,7 +77,7 @@ def anonymous_key(event: TouchpointEvent) -> str | None:
     value = event.attributes.get(ANONYMOUS_ATTRIBUTE)
     if not isinstance(value, str) or not value.strip():
         return None
-    return f"{ANONYMOUS_TYPE}:{event.channel}:{event.source.system}:{value.strip()}"
+    return f"{ANONYMOUS_TYPE}:{compose_id(event.channel, event.source.system, value.strip())}"
 
 
 class EventKeys(NamedTuple):
@@ -88,6 +93,8 @@ class IdentityRules:
     def __init__(self, settings: Settings) -> None:
         self._hash = settings.hash_identifiers
         self._salt = settings.identifier_salt
+        #: The fingerprint events hashed with this worker's salt carry (None: hashing is off here).
+        self.fingerprint = salt_fingerprint(self._salt) if self._hash else None
         self._hashed: dict[tuple[IdentifierType, str], str] = {}
         #: Most keys of a type one customer may hold, by key type.
         self.limits: dict[str, int] = {str(t): n for t, n in settings.identifier_limits.items()}
@@ -123,8 +130,15 @@ class IdentityRules:
         """Return the usable keys of an event, strongest first, falling back to its anonymous identity."""
         keys: list[str] = []
         blocked = 0
+        hashed = event.hashed_with
         for kind, value in event.identifiers.items():
-            key = self.stored_key(kind, value)
+            if hashed is None or kind not in PII_TYPES:
+                key = self.stored_key(kind, value)
+            elif hashed == self.fingerprint:
+                key = identifier_key(kind, value)  # hashed by the adapter with this salt: stored as it is
+            else:
+                blocked += 1  # hashed with another salt, or hashing is off here: it can match nothing
+                continue
             if key in self._blocked:
                 blocked += 1
             else:

@@ -658,3 +658,51 @@ def test_convert_one_rejects_parsed_values_that_are_not_objects(value: object) -
 def test_reader_splits_a_whole_str_document_into_lines() -> None:
     document = json.dumps(TRACK) + "\n\n" + json.dumps(TRACK) + "\n"
     assert [r.line for r in read(Channel.WEB, document)] == [1, 3]  # type: ignore[arg-type]
+
+
+# --- what PostgreSQL would refuse is rejected by the adapter, whatever the database ----------------
+
+
+@pytest.mark.parametrize(
+    ("channel", "line", "path"),
+    [
+        (Channel.STORE, b'{"store_id": "S\\u0000", "receipt_id": "R", "kind": "visit"}', "store_id"),
+        (Channel.STORE, b'{"store_id": "S", "visit_id": "V", "kind": "visit", "note": "x\\u0000"}', "note"),
+        (Channel.WEB, b'{"type": "page", "messageId": "m", "properties": {"a\\u0000b": 1}}', "properties.a\x00b"),
+        (Channel.ECOMMERCE, b'{"items": [{"sku": "ok"}, {"sku": "\\u0000"}]}', "items[1].sku"),
+    ],
+)
+def test_a_nul_character_anywhere_rejects_the_record(channel: Channel, line: bytes, path: str) -> None:
+    # Unknown fields included: a record is rejected whole rather than stored on SQLite and refused by PostgreSQL.
+    (result,) = read(channel, line)
+    assert isinstance(result, Rejected) and result.reason == Reason.VALIDATION_ERROR
+    assert result.dead_letter.detail.startswith(f"{path}: a NUL character")
+    assert result.dead_letter.original() == line
+
+
+def test_a_nul_character_in_a_csv_cell_rejects_the_row() -> None:
+    row = b"R-1,,LON-1,2024-05-01T09:31:05+01:00,sale,LOY-\x001,,,,"
+    (result,) = read(Channel.STORE, CSV_HEADER + b"\n" + row, fmt="csv")
+    assert isinstance(result, Rejected) and result.dead_letter.detail.startswith("loyalty_id: a NUL character")
+
+
+@pytest.mark.parametrize(
+    ("channel", "record", "detail"),
+    [
+        (Channel.PHONE, CALL | {"issue_id": "I" * 129}, "issue_id: String should have at most 128 characters"),
+        (Channel.WEB, TRACK | {"properties": {"ticket_id": "T" * 129}}, "properties.ticket_id: String should have"),
+        (Channel.STORE, STORE_SALE | {"store_id": "S" * 200, "receipt_id": "R" * 60}, "record: the source id"),
+        (Channel.ECOMMERCE, ORDER | {"marketplace": "m" * 60, "buyer_id": "b" * 200}, "marketplace_buyer_id: the"),
+        (Channel.PHONE, CALL | {"issue_id": None, "reason": "r" * 154}, "reason: too long to name an issue"),
+    ],
+)
+def test_values_longer_than_their_sql_column_are_rejected(
+    channel: Channel, record: dict[str, Any], detail: str
+) -> None:
+    dead = reject(channel, {k: v for k, v in record.items() if v is not None}).dead_letter
+    assert dead.reason == Reason.VALIDATION_ERROR and dead.detail.startswith(detail), dead.detail
+
+
+def test_a_long_reason_is_fine_on_a_contact_that_names_its_issue() -> None:
+    # The reason names the issue only when there is no issue id; otherwise it is not stored in a sized column.
+    assert accept(Channel.PHONE, CALL | {"reason": "r" * 200}).issue_id == CALL["issue_id"]

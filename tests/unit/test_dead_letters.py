@@ -18,7 +18,7 @@ def test_every_reason_is_documented_and_every_documented_reason_is_known() -> No
     for row in re.findall(r"^\| (`[a-z0-9_]+`(?:, `[a-z0-9_]+`)*) \|", section, flags=re.M):
         documented.update(re.findall(r"`([a-z0-9_]+)`", row))
     fields = {"channel", "reason", "detail", "source_file", "line", "stage", "rejected_at", "original_b64"}
-    fields |= {"topic", "partition", "offset"}
+    fields |= {"topic", "partition", "offset", "original_digest"}
     assert documented - fields == REASONS
     assert {reason.value for reason in Reason} <= REASONS
 

@@ -58,6 +58,7 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
         ("CXSTREAM_DATA_DIR", ""),
         ("CXSTREAM_ALLOWED_LATENESS_S", "86400"),
         ("CXSTREAM_DEDUPE_HORIZON_S", "86400"),
+        ("CXSTREAM_DEAD_LETTER_ORIGINALS", "shred"),
     ],
 )
 def test_a_bad_value_names_its_variable(monkeypatch: pytest.MonkeyPatch, var: str, value: str) -> None:
@@ -79,3 +80,23 @@ def test_the_public_write_key_is_refused_beyond_loopback_and_warned_about_with_p
     assert exposure_problems(load_settings(web_host="0.0.0.0", write_keys=["k-1"])) == ([], [])
     _, warnings = exposure_problems(load_settings(database_url="postgresql+psycopg://u@h/db"))
     assert warnings and "dev-write-key" in warnings[0]
+
+
+@pytest.mark.parametrize("salt", [None, "", "   "])
+def test_hashing_without_a_salt_is_refused(monkeypatch: pytest.MonkeyPatch, salt: str | None) -> None:
+    monkeypatch.setenv("CXSTREAM_HASH_IDENTIFIERS", "true")
+    if salt is None:
+        monkeypatch.delenv("CXSTREAM_IDENTIFIER_SALT", raising=False)
+    else:
+        monkeypatch.setenv("CXSTREAM_IDENTIFIER_SALT", salt)
+    with pytest.raises(SettingsError, match=r"CXSTREAM_IDENTIFIER_SALT: .*required when CXSTREAM_HASH_IDENTIFIERS"):
+        load_settings()
+
+
+def test_hashing_with_a_salt_and_a_salt_without_hashing_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CXSTREAM_HASH_IDENTIFIERS", "true")
+    monkeypatch.setenv("CXSTREAM_IDENTIFIER_SALT", "pepper")
+    assert load_settings().identifier_salt == "pepper"
+    monkeypatch.setenv("CXSTREAM_HASH_IDENTIFIERS", "false")
+    monkeypatch.delenv("CXSTREAM_IDENTIFIER_SALT")
+    assert load_settings().hash_identifiers is False
