@@ -7,9 +7,12 @@ and invoke-rc.d defers to policy-rc.d, which refuses service starts in container
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -50,8 +53,12 @@ def ensure_binary(name: str) -> str:
     found = shutil.which(name)
     if found:
         return found
-    _apt_get("update")
-    _apt_get("install", "-y", "--no-install-recommends", APT_PACKAGE)
+    # Test processes run side by side (pytest-xdist): one installs, the others wait for it and find it installed.
+    with open(Path(tempfile.gettempdir()) / "cxstream-prometheus-install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not shutil.which(name):
+            _apt_get("update")
+            _apt_get("install", "-y", "--no-install-recommends", APT_PACKAGE)
     found = shutil.which(name)
     if not found:
         raise PromtoolUnavailable(f"apt-get installed {APT_PACKAGE}, but {name} is still not on PATH")

@@ -79,6 +79,7 @@ def test_the_worker_s_dead_letters_follow_the_setting_too(sqlite_url: str) -> No
         upgrade(engine)
         settings = load_settings(database_url=sqlite_url, dead_letter_originals=originals)
         processor = BatchProcessor(settings, SqlStore(engine))
+        processor.reload()  # it reads the applied offsets on first use otherwise
         offset = processor.applied.get(("cx.touchpoints.store", 0), -1) + 1
         report = processor.process([InRecord("cx.touchpoints.store", 0, offset, garbage)])
         (published,) = [value for topic, _, value, _ in report.outputs.records if topic == "cx.deadletter"]
