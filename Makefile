@@ -24,7 +24,7 @@ test-fast: $(STAMP) ## unit and property tests only
 	$(BIN)/python -m pytest -q tests/unit tests/property
 
 soak: $(STAMP) ## a million events through one worker; its memory must stay flat (not part of make test)
-	$(BIN)/python -m pytest -q -s --soak tests/integration/test_soak.py
+	$(BIN)/python -m pytest -q -n0 -s --soak tests/integration/test_soak.py
 
 lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check .

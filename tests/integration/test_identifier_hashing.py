@@ -177,6 +177,17 @@ def test_hashing_publishes_no_raw_pii_and_stitches_as_without(
         ends = end_offsets(kafka_url, Topics(env["CXSTREAM_TOPIC_PREFIX"]).channels)
         wait_until(lambda e=engine, g=group, o=ends: caught_up(e, g, o), 120, f"the {name} worker to catch up")
 
+    # Nor anything the hashed run's worker wrote: its SQLite file, the WAL beside it, its log.
+    database = tmp_path / "hashed.db"
+    written = {
+        path.name: path.read_bytes() for path in (database, database.with_name("hashed.db-wal")) if path.exists()
+    }
+    written["log"] = started["hashed"].log().encode()
+    assert database.name in written and written["log"]
+    for name, data in written.items():
+        leaked = sorted(value for value in pii if value.encode() in data)
+        assert not leaked, (name, leaked)
+
     hashed, raw, mixed = (grouping(envs[name]["CXSTREAM_DATABASE_URL"]) for name in names)
     assert len(raw[0]) > CUSTOMERS / 2
     assert hashed[0] == raw[0], "hashing changed who is who"
