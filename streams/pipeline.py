@@ -466,7 +466,7 @@ class BatchProcessor:
         # Cells the watermark had closed stay final: a late event revises them with final figures.
         merged = aggregator.updates(current, watermark)
         for cell, counters in merged.counters.items():
-            write.cells.append(_cell_row(cell, counters, final=cell in merged.final))
+            write.cells.append(cell_row(cell, counters, final=cell in merged.final))
         self._metric_outputs(merged.updates, outputs)
 
     def _metric_outputs(self, rows: Iterable[MetricRow], outputs: Outputs) -> None:
@@ -585,7 +585,7 @@ class BatchProcessor:
             }
             self._metric_outputs(aggregator.finalise(cells, watermark), report.outputs)
             for cell, counters in cells.items():
-                written[_sql_cell(cell)] = _cell_row(cell, counters, final=True)
+                written[_sql_cell(cell)] = cell_row(cell, counters, final=True)
             write.cells = list(written.values())
         alerts: dict[str, Alert] = {}
         policy = self.engine.policy
@@ -767,7 +767,8 @@ def _utc(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
-def _cell_row(cell: CellKey, counters: dict[str, float], *, final: bool) -> dict[str, Any]:
+def cell_row(cell: CellKey, counters: dict[str, float], *, final: bool) -> dict[str, Any]:
+    """The ``metric_cells`` row of a cell's counters."""
     return {
         "scope": cell.scope.value,
         "key": cell.key,

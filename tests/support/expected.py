@@ -19,7 +19,7 @@ from streams.domain.customer import Policy
 from streams.domain.engine import StitchEngine
 from streams.domain.event_time import MAX_CLOCK_SKEW_S
 from streams.domain.oracle import replay
-from streams.pipeline import customer_row, identity_rows, overdue_at, touchpoint_row
+from streams.pipeline import cell_row, customer_row, identity_rows, overdue_at, touchpoint_row
 from tests.support.results import WALL_CLOCK_COLUMNS, plain_row, without_versions
 
 #: The tables whose rows the oracle decides.
@@ -50,17 +50,7 @@ def expected_results(events: Iterable[TouchpointEvent], settings: Settings) -> d
     for cell, counters in aggregator.updates({}).counters.items():
         closes = aggregator.closes_at(cell)
         final = closes is not None and closes.timestamp() <= watermark
-        tables["metric_cells"].append(
-            {
-                "scope": cell.scope.value,
-                "key": cell.key,
-                "window": cell.window,
-                "window_start": cell.window_start,
-                "window_end": cell.window_end,
-                "counters": counters,
-                "final": final,
-            }
-        )
+        tables["metric_cells"].append(cell_row(cell, counters, final=final))
         tables["metrics"] += [
             {**row._asdict(), "scope": row.scope.value} for row in figures(cell, counters, final=final)
         ]
