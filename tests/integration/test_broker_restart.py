@@ -35,6 +35,7 @@ from streams.kafka import ensure_topics
 from streams.publisher import Publisher, PublishSummary
 from streams.simulate import simulate
 from streams.simulation import publish_simulated
+from tests.support.faults import applied_count
 from tests.support.kafka import read_topic
 from tests.support.processes import free_port, wait_until
 from tests.support.results import caught_up, end_offsets, overall_counters
@@ -86,15 +87,6 @@ def short_timeout_producer(settings: Settings) -> KafkaProducer:
         delivery_timeout_ms=3_000,
         enable_idempotence=False,
     )
-
-
-def applied_count(engine: Engine, group_id: str) -> int:
-    """Records applied so far (sum over partitions of applied offset + 1)."""
-    with engine.connect() as conn:
-        offsets = conn.execute(
-            select(t.stream_offsets.c.applied_offset).where(t.stream_offsets.c.group_id == group_id)
-        ).scalars()
-        return sum(off + 1 for off in offsets)
 
 
 def stored_event_ids(engine: Engine) -> set[str]:
