@@ -8,7 +8,6 @@ from typing import Any
 import orjson
 from sqlalchemy import Engine, create_engine, event, inspect, make_url
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.sql import Insert
 
 from sinks.checkpoint import WalCheckpointer
 from sinks.tables import Table
@@ -26,7 +25,7 @@ def make_engine(url: str, *, writer: bool = False) -> Engine:
 
     A ``writer`` engine (the worker's) starts every SQLite transaction with BEGIN IMMEDIATE: a batch reads
     state and writes it back, and two workers must not both read before either writes (on PostgreSQL the
-    batch takes an advisory lock instead, see SqlStore.lock_group).
+    batch takes an advisory lock instead, see SqlSink.lock_group).
     """
     url = normalise_url(url)
     # orjson for the JSON columns (customer state, metric counters): several times faster than json.
@@ -84,7 +83,7 @@ def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def upsert(engine: Engine, table: Table) -> Insert:
+def upsert(engine: Engine, table: Table) -> postgresql.Insert | sqlite.Insert:
     """A dialect-specific INSERT for ``INSERT ... ON CONFLICT`` on either database."""
     dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
     return dialect.insert(table)

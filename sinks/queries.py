@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Engine, or_, select
 
 from sinks import tables as t
-from sinks.store import as_utc
+from sinks.sql import as_utc
 
 
 def resolve_customer(engine: Engine, ref: str) -> str | None:

@@ -30,7 +30,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from config.settings import Settings
 from sinks.database import make_engine
-from sinks.store import SqlStore
+from sinks.sql import SqlSink
 from streams.domain.event_time import TopicPartition
 from streams.lifetime import die_with_parent
 from streams.pipeline import BatchProcessor, BatchReport, InRecord
@@ -151,7 +151,7 @@ def _start(settings: Settings, parent: int, loglevel: str) -> None:
     )
     # Ctrl-C in a terminal reaches the whole process group: the parent decides when this process stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _processor = BatchProcessor(settings, SqlStore(make_engine(settings.database_url, writer=True)))
+    _processor = BatchProcessor(settings, SqlSink(make_engine(settings.database_url, writer=True)))
     tune_collector()
 
 
@@ -218,10 +218,10 @@ def reload(processor: BatchProcessor) -> dict[tuple[str, int], int]:
 
 
 def pending_outbox(processor: BatchProcessor, worker_id: str, orphaned_before: datetime) -> list[tuple[int, bytes]]:
-    """Outbox rows to publish at start (see SqlStore.pending_outbox)."""
-    return processor.store.pending_outbox(processor.group_id, worker_id, orphaned_before)
+    """Outbox rows to publish at start (see SqlSink.pending_outbox)."""
+    return processor.sink.pending_outbox(processor.group_id, worker_id, orphaned_before)
 
 
 def delete_outbox(processor: BatchProcessor, ids: Sequence[int]) -> None:
-    """Forget published outbox rows (see SqlStore.delete_outbox)."""
-    processor.store.delete_outbox(ids)
+    """Forget published outbox rows (see SqlSink.delete_outbox)."""
+    processor.sink.delete_outbox(ids)

@@ -93,12 +93,12 @@ def db_reset_offsets(ctx: click.Context) -> None:
     events applied before are recognised by their event id and not counted twice.
     """
     from sinks.database import make_engine, upgrade
-    from sinks.store import SqlStore
+    from sinks.sql import SqlSink
 
     settings = _settings(ctx.find_root())
     engine = make_engine(settings.database_url)
     upgrade(engine)
-    reset = SqlStore(engine).reset_offsets(settings.app_id)
+    reset = SqlSink(engine).reset_offsets(settings.app_id)
     click.echo(f"{settings.database_url}: forgot the applied offsets of {reset} partitions (group {settings.app_id})")
 
 

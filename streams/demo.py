@@ -34,12 +34,12 @@ def _forget_earlier_offsets(settings: Settings) -> None:
     """A fresh embedded broker starts empty: offsets an earlier demo left in the database point into a log that
     is gone (the worker would refuse them), so they are reset. Results stay; replayed events are duplicates."""
     from sinks.database import make_engine, upgrade
-    from sinks.store import SqlStore
+    from sinks.sql import SqlSink
 
     engine = make_engine(settings.database_url)
     try:
         upgrade(engine)
-        if SqlStore(engine).reset_offsets(settings.app_id):
+        if SqlSink(engine).reset_offsets(settings.app_id):
             click.echo(
                 f"[demo] {settings.database_url} holds an earlier run's results: its input offsets were reset for the "
                 "fresh broker (results kept; events seen before count once)"

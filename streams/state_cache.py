@@ -3,7 +3,7 @@
 The results database stays the source of truth; the cache saves reading back, and decoding, what this worker
 wrote itself, which was about a tenth of a batch's time. It is exact only while nobody else writes the state,
 so every batch checks it against the group's commit sequence, read under the batch lock
-(``SqlStore.clock_in``): when another worker, or this worker before a restart, committed since, the cache is
+(``ResultSink.clock_in``): when another worker, or this worker before a restart, committed since, the cache is
 dropped and filled again from SQL as batches need it. A batch that fails drops it too, because the stitching
 engine changes cached customer states in place before the transaction commits.
 """
@@ -12,14 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from itertools import islice
-from typing import Any, TypeVar
+from typing import TypeVar
 
+from streams.domain.aggregate import CellKey
 from streams.domain.customer import CustomerState
 
 K = TypeVar("K")
 V = TypeVar("V")
-
-CellKey = tuple[str, str, str, Any]  # scope, key, window, window_start: as sinks.store.CellKey
 
 
 class _Bounded(dict[K, V]):

@@ -33,7 +33,7 @@ from config.settings import Settings, SettingsError, exposure_problems
 from config.topics import Topics
 from schemas.deadletter import label_values
 from sinks.database import make_engine, upgrade
-from sinks.store import SqlStore, customers_count
+from sinks.sql import SqlSink, customers_count
 from streams import apply_process
 from streams.apply_process import ApplyProcess, BatchSummary, is_transient, tune_collector
 from streams.collector import SEGMENT_KINDS, Collector
@@ -408,7 +408,7 @@ def until_database_answers(settings: Settings, work: Callable[[], T]) -> T:
             delay = min(delay * 2, MAX_BACKOFF_S)
 
 
-def check_log(settings: Settings, store: SqlStore) -> None:
+def check_log(settings: Settings, store: SqlSink) -> None:
     """Refuse to start on a database that followed another log than the broker's (``LogMismatch``).
 
     Each input partition's applied offset means "every record up to here is in the results": against a broker
@@ -551,7 +551,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     worker = Worker(settings, loglevel)
     # The database may be down or locked at start: wait for it, as a running worker does, rather than exit.
     until_database_answers(settings, lambda: upgrade(worker.engine))
-    until_database_answers(settings, lambda: check_log(settings, SqlStore(worker.engine)))
+    until_database_answers(settings, lambda: check_log(settings, SqlSink(worker.engine)))
     tune_collector()
     log.info(
         "cxstream worker %s: /metrics on http://%s:%d/metrics, database %s (started %s)",

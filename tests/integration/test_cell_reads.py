@@ -7,39 +7,37 @@ from typing import Any
 
 from sqlalchemy import event
 
+from schemas.outputs import MetricScope
+from sinks.contract import BatchWrite, CellKey, CellRow
 from sinks.database import make_engine, upgrade
-from sinks.store import BatchWrite, SqlStore
+from sinks.sql import SqlSink
 
 START = datetime(2026, 3, 1, tzinfo=UTC)
 
 
-def _cell(key: str, hours: int, touchpoints: float) -> dict[str, Any]:
+def _key(key: str, start: datetime) -> CellKey:
+    return CellKey(MetricScope.CUSTOMER, key, "hour", int(start.timestamp()))
+
+
+def _cell(key: str, hours: int, touchpoints: float) -> CellRow:
     start = START + timedelta(hours=hours)
-    return {
-        "scope": "customer",
-        "key": key,
-        "window": "hour",
-        "window_start": start,
-        "window_end": start + timedelta(hours=1),
-        "counters": {"touchpoints": touchpoints},
-        "final": False,
-    }
+    return CellRow("customer", key, "hour", start, start + timedelta(hours=1), {"touchpoints": touchpoints}, False)
 
 
 def test_load_cells_finds_exactly_the_cells_asked_for(database_url: str) -> None:
     engine = make_engine(database_url, writer=True)
     upgrade(engine)
-    store = SqlStore(engine)
+    store = SqlSink(engine)
     stored = [_cell(f"c{i}", hours, i * 10 + hours) for i in range(300) for hours in range(3)]
     with engine.begin() as conn:
-        store.write(conn, BatchWrite(group_id="g", offsets={}, cells=stored))
-    wanted = [("customer", f"c{i}", "hour", START + timedelta(hours=i % 3)) for i in range(0, 300, 2)]
-    missing = [("customer", "c1", "hour", START + timedelta(hours=7)), ("customer", "nobody", "hour", START)]
+        store.write(conn, BatchWrite(group_id="g", offsets={}, cells={row.cell: row for row in stored}))
+    wanted = [_key(f"c{i}", START + timedelta(hours=i % 3)) for i in range(0, 300, 2)]
+    missing = [_key("c1", START + timedelta(hours=7)), _key("nobody", START)]
 
     with engine.connect() as conn:
         found = store.load_cells(conn, wanted + missing)
 
-    assert found == {key: {"touchpoints": int(key[1][1:]) * 10 + key[3].hour} for key in wanted}
+    assert found == {key: {"touchpoints": int(key.key[1:]) * 10 + key.window_start.hour} for key in wanted}
     engine.dispose()
 
 
@@ -55,9 +53,9 @@ def test_sqlite_reads_cells_through_the_primary_key_not_a_table_scan(sqlite_url:
         if "FROM metric_cells" in statement:
             executed.append((statement, parameters))
 
-    keys = [("customer", f"c{i}", "hour", START) for i in range(5)]
+    keys = [_key(f"c{i}", START) for i in range(5)]
     with engine.connect() as conn:
-        SqlStore(engine).load_cells(conn, keys)
+        SqlSink(engine).load_cells(conn, keys)
         queries = list(executed)  # the EXPLAINs below would be captured too
         assert queries, "load_cells queried metric_cells"
         for statement, parameters in queries:

@@ -20,7 +20,7 @@ from schemas.limits import IDENTIFIER_KEY_MAX, IDENTIFIER_VALUE_MAX, ISSUE_ID_MA
 from schemas.touchpoint import Channel
 from sinks import tables as t
 from sinks.database import make_engine, upgrade
-from sinks.store import SqlStore
+from sinks.sql import SqlSink
 from streams.adapters.reader import Accepted, Rejected, convert_one
 from streams.pipeline import BatchProcessor, InRecord
 
@@ -82,7 +82,7 @@ def test_records_at_the_limits_are_stored_and_one_over_is_rejected_first(databas
 
     engine = make_engine(database_url, writer=True)
     upgrade(engine)
-    processor = BatchProcessor(load_settings(database_url=database_url), SqlStore(engine))
+    processor = BatchProcessor(load_settings(database_url=database_url), SqlSink(engine))
     offsets: Counter[str] = Counter()  # each topic's offsets follow on, as a partition's do
     records = []
     for event in events:

@@ -13,17 +13,18 @@ import random
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import Engine
 
 from config.settings import load_settings
 from schemas.touchpoint import Channel
-from sinks import store as store_module
+from sinks import tables as t
+from sinks.contract import BatchWrite
 from sinks.database import make_engine, upgrade
-from sinks.store import BatchWrite, SqlStore
+from sinks.sql import SqlSink
 from streams.adapters import partition_key
 from streams.adapters.reader import convert_one
 from streams.kafka import partition_for
@@ -58,24 +59,22 @@ ARRIVALS = [tp for tp, log in LOGS.items() for _ in log]
 random.Random(3).shuffle(ARRIVALS)  # one fixed interleaving of the partitions, as a consumer reads them
 
 
-@contextmanager
-def crashing(after: set[int]) -> Iterator[None]:
-    """Make the n-th batch write (n in ``after``) die inside its transaction, before the commit."""
-    original = store_module.SqlStore.write
-    calls = Counter[str]()
+class CrashingSink(SqlSink):
+    """The SQL sink, dying inside the transaction of the n-th batch write (n in ``crash_after``), before it commits.
 
-    def write(self: SqlStore, conn: Any, batch: BatchWrite) -> int | None:
-        calls["write"] += 1
-        result = original(self, conn, batch)
-        if calls["write"] in after:
-            raise Crash(f"killed in batch {calls['write']}")
+    ``writes`` counts the writes of every sink of a run (a new worker after each crash has a sink of its own).
+    """
+
+    def __init__(self, engine: Engine, crash_after: set[int], writes: Counter[str]) -> None:
+        super().__init__(engine)
+        self.crash_after, self.writes = crash_after, writes
+
+    def write(self, tx: Any, batch: BatchWrite) -> int | None:
+        self.writes["write"] += 1
+        result = super().write(tx, batch)
+        if self.writes["write"] in self.crash_after:
+            raise Crash(f"killed in batch {self.writes['write']}")
         return result
-
-    store_module.SqlStore.write = write  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        store_module.SqlStore.write = original  # type: ignore[method-assign]
 
 
 def redelivery(position: dict[tuple[str, int], int]) -> Iterator[InRecord]:
@@ -87,37 +86,38 @@ def redelivery(position: dict[tuple[str, int], int]) -> Iterator[InRecord]:
             yield LOGS[tp][seen[tp] - 1]
 
 
-def run(database_url: str, crash_after: set[int], seed: int) -> dict:
+def run(database_url: str, crash_after: set[int], seed: int, sink: type[CrashingSink] = CrashingSink) -> dict:
     """Feed every record in batches of random size; after each crash, start afresh and redeliver from earlier."""
     settings = load_settings(database_url=database_url)
     engine = make_engine(database_url, writer=True)
     upgrade(engine)
     rng = random.Random(seed)
-    processor = BatchProcessor(settings, SqlStore(engine))
+    writes = Counter[str]()
+    processor = BatchProcessor(settings, sink(engine, crash_after, writes))
     records = redelivery(dict.fromkeys(LOGS, 0))
     pending: list[InRecord] = []
     size = rng.randint(1, 120)
-    with crashing(crash_after):
-        while True:
-            record = next(records, None)
-            if record is not None:
-                pending.append(record)
-                if len(pending) < size:
-                    continue
-            if not pending:
-                break
-            try:
-                processor.process(pending)
-            except Crash:
-                # Like a consumer group after a crash: a new worker (empty cache), and every partition rewound to
-                # some offset at or before the first unapplied one (Kafka's committed offsets lag the applied ones).
-                processor = BatchProcessor(settings, SqlStore(engine))
-                position = {
-                    tp: rng.randint(max(0, processor.applied.get(tp, -1) - 30), processor.applied.get(tp, -1) + 1)
-                    for tp in LOGS
-                }
-                records = redelivery(position)
-            pending, size = [], rng.randint(1, 120)
+    while True:
+        record = next(records, None)
+        if record is not None:
+            pending.append(record)
+            if len(pending) < size:
+                continue
+        if not pending:
+            break
+        try:
+            processor.process(pending)
+        except Crash:
+            # Like a consumer group after a crash: a new worker (empty cache), and every partition rewound to
+            # some offset at or before the first unapplied one (Kafka's committed offsets lag the applied ones).
+            processor = BatchProcessor(settings, sink(engine, crash_after, writes))
+            processor.reload()
+            position = {
+                tp: rng.randint(max(0, processor.applied.get(tp, -1) - 30), processor.applied.get(tp, -1) + 1)
+                for tp in LOGS
+            }
+            records = redelivery(position)
+        pending, size = [], rng.randint(1, 120)
     # The input ends: once its partitions have been idle a while, the watermark reaches the latest event time.
     later = time.time() + settings.partition_idle_s + 1
     processor.clock = lambda: later
@@ -149,30 +149,29 @@ def test_crashes_anywhere_leave_the_results_of_an_uninterrupted_run(uninterrupte
     assert not difference, difference
 
 
-@pytest.mark.parametrize("variant", ["a skipped state write", "a sink without upsert"])
-def test_the_harness_catches_a_broken_sink(uninterrupted: dict, tmp_path: Path, variant: str, monkeypatch) -> None:
-    original_write = store_module.SqlStore.write
-    original_init = store_module.SqlStore.__init__
-    if variant == "a skipped state write":
+class SkippingStateWrites(CrashingSink):
+    """Broken: some batches lose their customer states; everything else commits."""
 
-        def write(self: SqlStore, conn: Any, batch: BatchWrite) -> int | None:
-            if batch.customers and len(batch.touchpoints) % 5 == 0:
-                batch.customers = []  # some batches lose their customer states; everything else commits
-            return original_write(self, conn, batch)
+    def write(self, tx: Any, batch: BatchWrite) -> int | None:
+        if batch.customers and len(batch.touchpoints) % 5 == 0:
+            batch.customers = []
+        return super().write(tx, batch)
 
-        monkeypatch.setattr(store_module.SqlStore, "write", write)
-    else:
 
-        def init(self: SqlStore, engine: Any) -> None:
-            original_init(self, engine)
-            cells = self._upsert[store_module.t.metric_cells]
-            self._statements["metric_cells"] = cells.on_conflict_do_nothing()  # the first counters stay forever
+class WithoutUpsert(CrashingSink):
+    """Broken: metric cells are inserted, never updated: the first counters stay forever."""
 
-        monkeypatch.setattr(store_module.SqlStore, "__init__", init)
+    def __init__(self, engine: Engine, crash_after: set[int], writes: Counter[str]) -> None:
+        super().__init__(engine, crash_after, writes)
+        self._statements["metric_cells"] = self._upsert[t.metric_cells].on_conflict_do_nothing()
+
+
+@pytest.mark.parametrize("broken", [SkippingStateWrites, WithoutUpsert], ids=lambda sink: sink.__doc__.split(":")[1])
+def test_the_harness_catches_a_broken_sink(uninterrupted: dict, tmp_path: Path, broken: type[CrashingSink]) -> None:
     try:
-        broken = run(f"sqlite:///{tmp_path / 'broken.db'}", crash_after={5, 12, 25}, seed=2)
+        result = run(f"sqlite:///{tmp_path / 'broken.db'}", crash_after={5, 12, 25}, seed=2, sink=broken)
     except Exception as exc:  # state broken badly enough to stop the worker: caught too
         caught = f"the run failed: {exc!r}"
     else:
-        caught = snapshot_diff(comparable(uninterrupted), comparable(broken))
-    assert caught, f"{variant} went unnoticed"
+        caught = snapshot_diff(comparable(uninterrupted), comparable(result))
+    assert caught, f"{broken.__doc__} went unnoticed"

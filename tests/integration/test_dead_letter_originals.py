@@ -16,7 +16,7 @@ import pytest
 from config.settings import load_settings
 from schemas.deadletter import DeadLetter
 from sinks.database import make_engine, upgrade
-from sinks.store import SqlStore
+from sinks.sql import SqlSink
 from streams.pipeline import BatchProcessor, InRecord
 from tests.support.kafka import read_topic
 
@@ -78,7 +78,7 @@ def test_the_worker_s_dead_letters_follow_the_setting_too(sqlite_url: str) -> No
         engine = make_engine(sqlite_url, writer=True)
         upgrade(engine)
         settings = load_settings(database_url=sqlite_url, dead_letter_originals=originals)
-        processor = BatchProcessor(settings, SqlStore(engine))
+        processor = BatchProcessor(settings, SqlSink(engine))
         processor.reload()  # it reads the applied offsets on first use otherwise
         offset = processor.applied.get(("cx.touchpoints.store", 0), -1) + 1
         report = processor.process([InRecord("cx.touchpoints.store", 0, offset, garbage)])

@@ -8,7 +8,7 @@ from sqlalchemy import insert
 
 from sinks import tables as t
 from sinks.database import make_engine, upgrade
-from sinks.store import SqlStore
+from sinks.sql import SqlSink
 
 
 def test_a_starting_worker_leaves_a_live_workers_recent_rows_alone(database_url: str) -> None:
@@ -28,6 +28,6 @@ def test_a_starting_worker_leaves_a_live_workers_recent_rows_alone(database_url:
             [{"group_id": g, "worker_id": w, "created_at": at, "payload": p} for g, w, at, p in rows],
         )
 
-    pending = SqlStore(engine).pending_outbox("g", "worker-1", now - timedelta(minutes=2))
+    pending = SqlSink(engine).pending_outbox("g", "worker-1", now - timedelta(minutes=2))
 
     assert [payload for _, payload in pending] == [b"mine, recent", b"orphaned", b"mine, old"], "in commit order"

@@ -1,6 +1,6 @@
 """What the result tables must hold after a run: the oracle's replay turned into rows, as the worker writes them.
 
-Rows are built with the worker's own row functions (``streams.pipeline``) and the metric registry, and put in
+Rows are built with the worker's own row functions (``streams.result_rows``) and the metric registry, and put in
 the form ``results.snapshot`` reads SQL in, so a run compares with ``==``. Only the tables that do not depend
 on arrival order are here (see the README's guarantees): ``identity_merges`` and ``alerts`` are not.
 """
@@ -19,7 +19,7 @@ from streams.domain.customer import Policy
 from streams.domain.engine import StitchEngine
 from streams.domain.event_time import MAX_CLOCK_SKEW_S
 from streams.domain.oracle import replay
-from streams.pipeline import cell_row, customer_row, identity_rows, overdue_at, touchpoint_row
+from streams.result_rows import cell_row, customer_row, identity_rows, overdue_at, touchpoint_row
 from tests.support.results import WALL_CLOCK_COLUMNS, plain_row, without_versions
 
 #: The tables whose rows the oracle decides.
@@ -35,12 +35,14 @@ def expected_results(events: Iterable[TouchpointEvent], settings: Settings) -> d
     tables: dict[str, list[dict[str, Any]]] = {name: [] for name in ORDER_FREE_TABLES}
     for customer_id, profile in oracle.profiles.items():
         state = oracle.customers[customer_id]
-        tables["customers"].append(customer_row(profile, state, overdue_at(state, policy, settings.issue_target_s)))
+        tables["customers"].append(
+            customer_row(profile, state, overdue_at(state, policy, settings.issue_target_s))._asdict()
+        )
     ordered = sorted(events, key=lambda event: (event.occurred_at, event.event_id))
     keys = StitchEngine(settings).keys_of(ordered)
-    tables["identities"] = identity_rows(ordered, keys, oracle.result, oracle.identities)
+    tables["identities"] = [row._asdict() for row in identity_rows(ordered, keys, oracle.result, oracle.identities)]
     now = datetime.now(UTC)
-    tables["touchpoints"] = [touchpoint_row(entry, now) for entry in oracle.entries.values()]
+    tables["touchpoints"] = [touchpoint_row(entry, now)._asdict() for entry in oracle.entries.values()]
     aggregator = MetricAggregator.from_settings(settings)
     for entry in oracle.entries.values():
         aggregator.add(entry)
@@ -50,7 +52,7 @@ def expected_results(events: Iterable[TouchpointEvent], settings: Settings) -> d
     for cell, counters in aggregator.updates({}).counters.items():
         closes = aggregator.closes_at(cell)
         final = closes is not None and closes.timestamp() <= watermark
-        tables["metric_cells"].append(cell_row(cell, counters, final=final))
+        tables["metric_cells"].append(cell_row(cell, counters, final=final)._asdict())
         tables["metrics"] += [
             {**row._asdict(), "scope": row.scope.value} for row in figures(cell, counters, final=final)
         ]

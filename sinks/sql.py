@@ -1,4 +1,4 @@
-"""The SQL side of a batch: load the state a batch needs, then write state, results and offsets in one transaction.
+"""The SQL results sink: load the state a batch needs, then write state, results and offsets in one transaction.
 
 Keeping per-customer state in the results database (rather than in Faust tables) is what makes the SQL
 results exactly-once without Kafka transactions: state, rows and each input partition's applied offset
@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import operator
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 from sqlalchemy import (
     Connection,
@@ -30,14 +30,24 @@ from sqlalchemy import (
 )
 
 from sinks import tables as t
+from sinks.contract import (
+    AlertRow,
+    BatchWrite,
+    CellKey,
+    CellRow,
+    Clock,
+    CustomerRow,
+    IdentityRow,
+    MergeRow,
+    TouchpointRow,
+    cell_key,
+)
 from sinks.database import upsert
 from streams.domain.customer import REVISABLE_TYPES, StoredEntry
 from streams.domain.event_time import PartitionTime, TopicPartition
 
 #: Rows per IN (...) list: well under SQLite's bound variables limit.
 CHUNK = 500
-
-CellKey = tuple[str, str, str, datetime]  # scope, key, window, window_start
 
 
 def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
@@ -58,42 +68,6 @@ def as_utc(ts: datetime) -> datetime:
     return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
-class Clock(NamedTuple):
-    """A consumer group's event-time clock and commit sequence (one ``stream_clock`` row)."""
-
-    watermark: datetime | None
-    swept_to: datetime | None
-    #: Batches of state the group committed: each batch that changes state adds one.
-    sequence: int
-
-
-@dataclass
-class BatchWrite:
-    """Everything one batch changes, written in one transaction."""
-
-    group_id: str
-    offsets: dict[tuple[str, int], int]
-    worker_id: str = ""
-    #: Digest of the record at each partition's new applied offset (``record_fingerprint``).
-    fingerprints: dict[tuple[str, int], str] = field(default_factory=dict)
-    #: Event time of the partitions this batch moved.
-    partitions: dict[TopicPartition, PartitionTime] = field(default_factory=dict)
-    #: The group's watermark and how far it was swept, when they moved.
-    watermark: datetime | None = None
-    swept_to: datetime | None = None
-    #: Whether state others may have cached changed (the group's commit sequence then moves).
-    state_changed: bool = False
-    merges: list[dict[str, Any]] = field(default_factory=list)
-    removed_customers: list[str] = field(default_factory=list)
-    customers: list[dict[str, Any]] = field(default_factory=list)
-    identities: list[dict[str, Any]] = field(default_factory=list)
-    touchpoints: list[dict[str, Any]] = field(default_factory=list)
-    cells: list[dict[str, Any]] = field(default_factory=list)
-    removed_cells: list[CellKey] = field(default_factory=list)
-    alerts: list[dict[str, Any]] = field(default_factory=list)
-    outbox: bytes | None = None
-
-
 def _sqlite_datetime(value: datetime | None) -> str | None:
     """SQLAlchemy's SQLite DATETIME storage format (wall-clock fields, microseconds), computed in C.
 
@@ -106,15 +80,17 @@ def _sqlite_datetime(value: datetime | None) -> str | None:
 class BulkStatement:
     """A statement compiled once for a dialect, with the bind processors of its parameters in order."""
 
-    def __init__(self, stmt: Any, dialect: Any) -> None:
+    def __init__(self, stmt: Any, dialect: Any, fields: Sequence[str]) -> None:
+        """``fields``: the names of the row tuples' fields (``sinks.contract``), which are column names."""
         if dialect.name == "postgresql":
             # Positional placeholders: psycopg takes plain tuples, like sqlite3 does (no dict per row).
             dialect = type(dialect)(paramstyle="format")
         compiled = stmt.compile(dialect=dialect)
         self.sql = compiled.string
         names = list(compiled.positiontup)
-        # Bind names of an INSERT are the column names: read them from each row's dict.
-        self._values = operator.itemgetter(*(compiled.binds[name].key for name in names))
+        # Bind names of an INSERT are the column names: the rows' fields of the same names, in placeholder order.
+        position = {name: i for i, name in enumerate(fields)}
+        self._values = operator.itemgetter(*(position[compiled.binds[name].key] for name in names))
         self._processors = []
         for i, name in enumerate(names):
             sqltype = compiled.binds[name].type
@@ -123,7 +99,7 @@ class BulkStatement:
             elif (processor := sqltype._cached_bind_processor(dialect)) is not None:
                 self._processors.append((i, processor))
 
-    def params(self, rows: list[dict[str, Any]]) -> list[Any]:
+    def params(self, rows: Sequence[tuple[Any, ...]]) -> list[Any]:
         """The rows as the driver takes them: sequences in placeholder order, values bound by type."""
         values, processors = self._values, self._processors
         if not processors:
@@ -137,8 +113,20 @@ class BulkStatement:
         return out
 
 
-class SqlStore:
-    """Reads and writes cxstream's tables for the worker; one instance per worker process."""
+#: The row type each bulk statement binds.
+_ROW_TYPES: dict[str, type[tuple[Any, ...]]] = {
+    "customers": CustomerRow,
+    "identities": IdentityRow,
+    "touchpoints": TouchpointRow,
+    "metric_cells": CellRow,
+    "alerts": AlertRow,
+    "identity_merges": MergeRow,
+}
+
+
+class SqlSink:
+    """The results sink on SQL (``sinks.contract.ResultSink``): cxstream's tables, read and written for the
+    worker; one instance per worker process."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -172,7 +160,11 @@ class SqlStore:
         changing = {col.name: stmt.excluded[col.name] for col in table.columns if col.name not in (*keys, *keep)}
         return stmt.on_conflict_do_update(index_elements=keys, set_=changing)
 
-    def _executemany(self, conn: Connection, name: str, rows: list[dict[str, Any]]) -> None:
+    def transaction(self) -> AbstractContextManager[Connection]:
+        """Begin a transaction on the engine (committed when the block ends, rolled back when it raises)."""
+        return self.engine.begin()
+
+    def _executemany(self, conn: Connection, name: str, rows: Sequence[tuple[Any, ...]]) -> None:
         """Run a prepared bulk statement over many rows, binding them with the types' own processors.
 
         SQLAlchemy's generic executemany costs more per row than the database does (ARCHITECTURE §7: the hot
@@ -182,7 +174,11 @@ class SqlStore:
             return
         bulk = self._bulk.get(name)
         if bulk is None:
-            bulk = self._bulk[name] = BulkStatement(self._statements[name], self.engine.dialect)
+            bulk = self._bulk[name] = BulkStatement(
+                self._statements[name],
+                self.engine.dialect,
+                _ROW_TYPES[name]._fields,  # type: ignore[attr-defined]
+            )
         conn.exec_driver_sql(bulk.sql, bulk.params(rows))
 
     def lock_group(self, conn: Connection, group_id: str) -> None:
@@ -232,7 +228,7 @@ class SqlStore:
         return _lookup(conn, c.event_id, c.customer_id, event_ids)
 
     def load_history(
-        self, conn: Connection, ranges: dict[str, tuple[datetime, datetime]]
+        self, conn: Connection, ranges: Mapping[str, tuple[datetime, datetime]]
     ) -> dict[str, tuple[list[StoredEntry], tuple[datetime, str] | None]]:
         """Per customer, its touchpoints a state may keep (``customer.is_kept``) in ``[since, until)``, and its
         latest purchase before ``since``: what the worker restores when a batch needs older history."""
@@ -329,7 +325,8 @@ class SqlStore:
         c = t.metric_cells.c
         columns = tuple_(c.scope, c.key, c.window, c.window_start)
         found: dict[CellKey, dict[str, float]] = {}
-        for chunk in _chunks(list(keys), CHUNK // 4):
+        values = [(cell.scope.value, cell.key, cell.window, cell.window_start) for cell in keys]
+        for chunk in _chunks(values, CHUNK // 4):
             if conn.dialect.name == "sqlite":
                 # SQLite answers a row-value IN list by scanning the whole table (a cost that grows with every
                 # cell kept); an OR of key equalities is a primary-key search per cell.
@@ -343,7 +340,7 @@ class SqlStore:
                 where = columns.in_(chunk)
             rows = conn.execute(select(c.scope, c.key, c.window, c.window_start, c.counters).where(where))
             for scope, key, window, start, counters in rows:
-                found[(scope, key, window, as_utc(start))] = counters
+                found[cell_key(scope, key, window, as_utc(start))] = counters
         return found
 
     def load_customer_cells(self, conn: Connection, customer_ids: Iterable[str]) -> dict[CellKey, dict[str, float]]:
@@ -355,7 +352,7 @@ class SqlStore:
                 select(c.key, c.window, c.window_start, c.counters).where(and_(c.scope == "customer", c.key.in_(chunk)))
             )
             for key, window, start, counters in rows:
-                found[("customer", key, window, as_utc(start))] = counters
+                found[cell_key("customer", key, window, as_utc(start))] = counters
         return found
 
     def closable_cells(self, conn: Connection, ended_by: datetime) -> dict[CellKey, dict[str, float]]:
@@ -366,7 +363,7 @@ class SqlStore:
                 and_(c.final.is_(False), c.window_end <= ended_by)
             )
         )
-        return {(scope, key, window, as_utc(start)): counters for scope, key, window, start, counters in rows}
+        return {cell_key(scope, key, window, as_utc(start)): counters for scope, key, window, start, counters in rows}
 
     def customers_due(self, conn: Connection, after: datetime | None, until: datetime) -> dict[str, dict[str, Any]]:
         """State of the customers whose earliest open issue passes its target time in (after, until]."""
@@ -382,7 +379,7 @@ class SqlStore:
         """Apply one batch inside the caller's transaction; return the outbox row id, if any."""
         if batch.merges:
             # Merges in order, each re-pointing the merged customer's rows; one executemany per table.
-            pairs = [{"m": merge["merged_id"], "s": merge["survivor_id"]} for merge in batch.merges]
+            pairs = [{"m": merge.merged_id, "s": merge.survivor_id} for merge in batch.merges]
             for table in (t.identities, t.touchpoints, t.alerts, t.identity_merges):
                 column = table.c.survivor_id if table is t.identity_merges else table.c.customer_id
                 conn.execute(update(table).where(column == bindparam("m")).values({column.name: bindparam("s")}), pairs)
@@ -391,7 +388,10 @@ class SqlStore:
             for chunk in _chunks(batch.removed_customers):
                 conn.execute(delete(t.customers).where(t.customers.c.customer_id.in_(chunk)))
         if batch.removed_cells:
-            cells = [{"sc": sc, "k": k, "w": w, "st": st} for sc, k, w, st in batch.removed_cells]
+            cells = [
+                {"sc": cell.scope.value, "k": cell.key, "w": cell.window, "st": cell.window_start}
+                for cell in batch.removed_cells
+            ]
             c = t.metric_cells.c
             where = and_(
                 c.scope == bindparam("sc"),
@@ -403,7 +403,7 @@ class SqlStore:
         self._executemany(conn, "customers", batch.customers)
         self._executemany(conn, "identities", batch.identities)
         self._executemany(conn, "touchpoints", batch.touchpoints)
-        self._executemany(conn, "metric_cells", batch.cells)
+        self._executemany(conn, "metric_cells", list(batch.cells.values()))
         self._executemany(conn, "alerts", batch.alerts)
         self._write_offsets(conn, batch)
         if batch.outbox is not None:

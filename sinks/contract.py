@@ -1,0 +1,232 @@
+"""What the apply path and a results sink agree on: typed rows, one batch's write, and the sink's interface.
+
+The rows are plain NamedTuples whose fields are the table's columns in order (``sinks.tables``), so the SQL
+implementation binds them as they are, and a test reads them as dicts with ``_asdict()``. Metric cells are
+named by the domain's ``CellKey`` everywhere; only the SQL implementation turns it into column values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, NamedTuple, Protocol
+
+from schemas.outputs import MetricScope
+from streams.domain.aggregate import CellKey
+from streams.domain.customer import StoredEntry
+from streams.domain.event_time import PartitionTime, TopicPartition
+
+__all__ = [
+    "AlertRow",
+    "BatchWrite",
+    "CellKey",
+    "CellRow",
+    "Clock",
+    "CustomerRow",
+    "IdentityRow",
+    "MergeRow",
+    "ResultSink",
+    "TouchpointRow",
+]
+
+
+class CustomerRow(NamedTuple):
+    """A ``customers`` row: the profile's figures and the stitching state they come from."""
+
+    customer_id: str
+    first_seen: datetime
+    last_seen: datetime
+    stage: str
+    events: int
+    purchases: int
+    revenue: Decimal
+    contacts: int
+    returns: int
+    open_issues: int
+    #: When the earliest open issue passes its target time (None without open issues).
+    overdue_at: datetime | None
+    state: dict[str, Any]
+
+
+class IdentityRow(NamedTuple):
+    """An ``identities`` row: which customer an identifier key belongs to, first and last seen."""
+
+    identifier: str
+    id_type: str
+    id_value: str
+    customer_id: str
+    first_seen: datetime
+    last_seen: datetime
+
+
+class TouchpointRow(NamedTuple):
+    """A ``touchpoints`` row: one timeline entry as committed."""
+
+    event_id: str
+    customer_id: str | None
+    channel: str
+    type: str
+    occurred_at: datetime
+    received_at: datetime
+    committed_at: datetime
+    stage: str
+    moments: str
+    amount: Decimal | None
+    currency: str | None
+    issue_id: str | None
+    issue_key: str | None
+    resolved: bool | None
+    transfers: int
+    repeat_contact: bool
+    nps: int | None
+    csat: int | None
+    ces: int | None
+    source_id: str
+
+
+class CellRow(NamedTuple):
+    """A ``metric_cells`` row: the additive counters of one cell."""
+
+    scope: str
+    key: str
+    window: str
+    window_start: datetime
+    window_end: datetime
+    counters: dict[str, float]
+    final: bool
+
+    @property
+    def cell(self) -> CellKey:
+        """The cell this row holds."""
+        return cell_key(self.scope, self.key, self.window, self.window_start)
+
+
+class AlertRow(NamedTuple):
+    """An ``alerts`` row."""
+
+    alert_id: str
+    customer_id: str
+    rule: str
+    severity: str
+    occurred_at: datetime
+    evidence: list[str]
+    message: str
+
+
+class MergeRow(NamedTuple):
+    """An ``identity_merges`` row: a customer merged into another, with the evidence."""
+
+    merged_id: str
+    survivor_id: str
+    event_id: str
+    identifiers: dict[str, str]
+    occurred_at: datetime
+
+
+def cell_key(scope: str, key: str, window: str, window_start: datetime) -> CellKey:
+    """The domain's key of a cell stored as these column values."""
+    return CellKey(MetricScope(scope), key, window, int(window_start.timestamp()))
+
+
+class Clock(NamedTuple):
+    """A consumer group's event-time clock and commit sequence (one ``stream_clock`` row)."""
+
+    watermark: datetime | None
+    swept_to: datetime | None
+    #: Batches of state the group committed: each batch that changes state adds one.
+    sequence: int
+
+
+@dataclass
+class BatchWrite:
+    """Everything one batch changes, written in one transaction."""
+
+    group_id: str
+    offsets: dict[TopicPartition, int]
+    worker_id: str = ""
+    #: Digest of the record at each partition's new applied offset (``record_fingerprint``).
+    fingerprints: dict[TopicPartition, str] = field(default_factory=dict)
+    #: Event time of the partitions this batch moved.
+    partitions: dict[TopicPartition, PartitionTime] = field(default_factory=dict)
+    #: The group's watermark and how far it was swept, when they moved.
+    watermark: datetime | None = None
+    swept_to: datetime | None = None
+    #: Whether state others may have cached changed (the group's commit sequence then moves).
+    state_changed: bool = False
+    merges: list[MergeRow] = field(default_factory=list)
+    removed_customers: list[str] = field(default_factory=list)
+    customers: list[CustomerRow] = field(default_factory=list)
+    identities: list[IdentityRow] = field(default_factory=list)
+    touchpoints: list[TouchpointRow] = field(default_factory=list)
+    #: The batch's metric cells by key (a cell finalised by the sweep replaces the batch's own row of it).
+    cells: dict[CellKey, CellRow] = field(default_factory=dict)
+    removed_cells: list[CellKey] = field(default_factory=list)
+    alerts: list[AlertRow] = field(default_factory=list)
+    outbox: bytes | None = None
+
+
+class ResultSink(Protocol):
+    """The results store the batch processor reads state from and commits batches to.
+
+    Reads and the write of one batch run inside one transaction (``transaction``); the handle it yields is
+    passed back to every call. ``sinks.sql.SqlSink`` implements it on SQLite and PostgreSQL.
+    """
+
+    def transaction(self) -> AbstractContextManager[Any]:
+        """Begin a transaction; it commits when the block ends and rolls back when it raises."""
+
+    def lock_group(self, tx: Any, group_id: str) -> None:
+        """Serialise the batches of one consumer group across workers until the transaction ends."""
+
+    def clock_in(self, tx: Any, group_id: str) -> Clock:
+        """The group's clock as last committed."""
+
+    def applied_offsets(self, group_id: str) -> dict[TopicPartition, int]:
+        """Each input partition's highest offset whose effects are committed."""
+
+    def applied_offsets_in(self, tx: Any, group_id: str) -> dict[TopicPartition, int]:
+        """``applied_offsets`` inside the caller's transaction."""
+
+    def clock(self, group_id: str) -> Clock:
+        """The group's clock, outside any batch."""
+
+    def load_identities(self, tx: Any, keys: Iterable[str]) -> dict[str, str]:
+        """customer_id of each known identifier key."""
+
+    def load_applied(self, tx: Any, event_ids: Iterable[str]) -> dict[str, str | None]:
+        """customer_id of each given event id that was applied (None: unattributed)."""
+
+    def load_customers(self, tx: Any, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The stored per-customer state of each known customer."""
+
+    def load_history(
+        self, tx: Any, ranges: Mapping[str, tuple[datetime, datetime]]
+    ) -> dict[str, tuple[list[StoredEntry], tuple[datetime, str] | None]]:
+        """Per customer, the touchpoints a state keeps in ``[since, until)`` and the latest purchase before."""
+
+    def load_cells(self, tx: Any, keys: Iterable[CellKey]) -> dict[CellKey, dict[str, float]]:
+        """Stored counters of the given metric cells."""
+
+    def load_customer_cells(self, tx: Any, customer_ids: Iterable[str]) -> dict[CellKey, dict[str, float]]:
+        """Every metric cell of the given customers."""
+
+    def closable_cells(self, tx: Any, ended_by: datetime) -> dict[CellKey, dict[str, float]]:
+        """Counters of the cells not yet final whose window ended at or before ``ended_by``."""
+
+    def customers_due(self, tx: Any, after: datetime | None, until: datetime) -> dict[str, dict[str, Any]]:
+        """State of the customers whose earliest open issue passes its target time in (after, until]."""
+
+    def partition_times(self, tx: Any, group_id: str) -> dict[TopicPartition, PartitionTime]:
+        """Each input partition's event time and when it was last active."""
+
+    def write(self, tx: Any, batch: BatchWrite) -> int | None:
+        """Write one batch inside the transaction; return the outbox row id, if any."""
+
+    def pending_outbox(self, group_id: str, worker_id: str, orphaned_before: datetime) -> list[tuple[int, bytes]]:
+        """Outbox rows a worker must publish at start: its own, and those another worker left behind."""
+
+    def delete_outbox(self, ids: Sequence[int]) -> None:
+        """Forget outbox rows once their records are acknowledged."""

@@ -1,0 +1,74 @@
+"""The downstream records of what a batch produced: one method per output topic, collected in ``Outputs``.
+
+Keys say what a record is about, so that a compacted topic keeps its latest version: the customer for timeline,
+profile and alert records, the merged customer for identity changes, the cell and metric for metric figures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+import orjson
+
+from config.topics import Topics
+from schemas.deadletter import DeadLetter
+from schemas.outputs import Alert, CustomerProfile, IdentityChange, MetricScope, TimelineEntry
+from streams.domain.aggregate import MetricRow
+from streams.downstream import Outputs
+
+_SCOPE_NAMES = {scope: scope.value for scope in MetricScope}
+
+
+class ResultRecords:
+    """Collects one batch's downstream records, in the order they are published."""
+
+    def __init__(self, topics: Topics, outputs: Outputs) -> None:
+        self.topics = topics
+        self.outputs = outputs
+
+    def timeline(self, entry: TimelineEntry) -> None:
+        """A timeline entry, keyed by its customer (an unattributed one by its event id)."""
+        self.outputs.add(self.topics.timeline, entry.customer_id or entry.event_id, entry.model_dump_json().encode())
+
+    def profile(self, profile: CustomerProfile) -> None:
+        """A customer's profile, keyed by the customer."""
+        self.outputs.add(self.topics.profiles, profile.customer_id, profile.model_dump_json().encode())
+
+    def merge(self, merge: IdentityChange) -> None:
+        """An identity change, keyed by the merged customer."""
+        self.outputs.add(self.topics.identity, merge.merged_id, merge.model_dump_json().encode())
+
+    def alert(self, alert: Alert) -> None:
+        """An alert, keyed by its customer."""
+        self.outputs.add(self.topics.alerts, alert.customer_id, alert.model_dump_json().encode())
+
+    def dead_letter(self, dead: DeadLetter, value: bytes) -> None:
+        """A dead letter as published (``value``: with what the settings keep of its original bytes)."""
+        self.outputs.add(self.topics.deadletter, dead.channel or "", value)
+
+    def metrics(self, rows: Iterable[MetricRow]) -> None:
+        """Metric figures (``MetricUpdate`` records; SQL holds only the cells' counters, the ``metrics`` view
+        computes the same figures). Built as dicts: a batch publishes a few figures per event."""
+        topic, add = self.topics.metrics, self.outputs.add
+        starts: dict[datetime, str] = {}
+        for scope, key, metric, window, start, end, numerator, denominator, value, status, revision in rows:
+            scope_name = _SCOPE_NAMES[scope]
+            data = {
+                "scope": scope_name,
+                "key": key,
+                "metric": metric,
+                "window": window,
+                "window_start": start,
+                "window_end": end,
+                "numerator": numerator,
+                "denominator": denominator,
+                "value": value,
+                "status": status,
+                "revision": revision,
+            }
+            start_text = starts.get(start)
+            if start_text is None:
+                start_text = starts[start] = start.isoformat()
+            entity = f"{scope_name}|{key}"
+            add(topic, f"{entity}|{metric}|{window}|{start_text}", orjson.dumps(data), entity)

@@ -1,0 +1,127 @@
+"""The SQL rows of what a batch produced (``sinks.contract``): one function per table, from the domain's results.
+
+The expected-results oracle of the tests builds its rows with these same functions, so a run compares with the
+worker's tables row for row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from schemas.outputs import Alert, CustomerProfile, IdentityChange, TimelineEntry
+from schemas.touchpoint import TouchpointEvent
+from sinks.contract import AlertRow, CellKey, CellRow, CustomerRow, IdentityRow, MergeRow, TouchpointRow
+from sinks.sql import as_utc
+from streams.domain.customer import REASON_PREFIX, CustomerState, Policy
+from streams.domain.engine import BatchResult
+from streams.domain.identity import EventKeys
+
+
+def overdue_at(state: CustomerState, policy: Policy, issue_target_s: float) -> datetime | None:
+    """When the customer's earliest open issue passes its target time (None without open issues)."""
+    firsts = [issue.first_contact_at for issue in state.open_issues(policy)]
+    if not firsts:
+        return None
+    return datetime.fromtimestamp(min(firsts) + issue_target_s, UTC)
+
+
+def customer_row(profile: CustomerProfile, state: CustomerState, overdue: datetime | None) -> CustomerRow:
+    """The ``customers`` row of a customer's profile and state."""
+    return CustomerRow(
+        customer_id=profile.customer_id,
+        first_seen=as_utc(profile.first_seen),
+        last_seen=as_utc(profile.last_seen),
+        stage=profile.stage.value,
+        events=profile.events,
+        purchases=profile.purchases,
+        revenue=profile.revenue,
+        contacts=profile.contacts,
+        returns=profile.returns,
+        open_issues=profile.open_issues,
+        overdue_at=overdue,
+        state=state.to_dict(),
+    )
+
+
+def identity_rows(
+    events: Sequence[TouchpointEvent], keys: Sequence[EventKeys], result: BatchResult, identities: dict[str, str]
+) -> list[IdentityRow]:
+    """Identity rows of the keys the batch's accepted events carried, with when each was first and last seen.
+
+    Keys of a merged customer that no event carried are re-pointed by the merge itself.
+    """
+    accepted = {entry.event_id for entry in result.entries}
+    # By object, not id: a conflicting record shares its id with an accepted event of another customer.
+    conflicting = {id(event) for event, _ in result.conflicts}
+    seen: dict[str, tuple[datetime, datetime]] = {}
+    for event, event_keys in zip(events, keys, strict=True):
+        if event.event_id not in accepted or id(event) in conflicting:
+            continue
+        at = as_utc(event.occurred_at)
+        for key in event_keys.keys:
+            if key in identities:
+                first, last = seen.get(key, (at, at))
+                seen[key] = (min(first, at), max(last, at))
+    rows = []
+    for key, (first, last) in seen.items():
+        id_type, _, id_value = key.partition(":")
+        rows.append(IdentityRow(key, id_type, id_value, identities[key], first, last))
+    return rows
+
+
+def touchpoint_row(entry: TimelineEntry, now: datetime) -> TouchpointRow:
+    """The ``touchpoints`` row of a timeline entry committed at ``now``."""
+    survey = entry.survey
+    key = entry.issue_key
+    return TouchpointRow(
+        event_id=entry.event_id,
+        customer_id=entry.customer_id,
+        channel=entry.channel.value,
+        type=entry.type.value,
+        occurred_at=as_utc(entry.occurred_at),
+        received_at=as_utc(entry.received_at),
+        committed_at=now,
+        stage=entry.stage.value,
+        moments=",".join(m.value for m in entry.moments),
+        amount=entry.amount,
+        currency=entry.currency,
+        issue_id=None if key is None or key.startswith(REASON_PREFIX) else key,
+        issue_key=key,
+        resolved=entry.resolved,
+        transfers=entry.transfers,
+        repeat_contact=entry.repeat_contact,
+        nps=survey.nps if survey else None,
+        csat=survey.csat if survey else None,
+        ces=survey.ces if survey else None,
+        source_id=entry.source_id,
+    )
+
+
+def cell_row(cell: CellKey, counters: dict[str, float], *, final: bool) -> CellRow:
+    """The ``metric_cells`` row of a cell's counters."""
+    return CellRow(cell.scope.value, cell.key, cell.window, cell.window_start, cell.window_end, counters, final)
+
+
+def alert_row(alert: Alert) -> AlertRow:
+    """The ``alerts`` row of an alert."""
+    return AlertRow(
+        alert_id=alert.alert_id,
+        customer_id=alert.customer_id,
+        rule=alert.rule,
+        severity=alert.severity.value,
+        occurred_at=as_utc(alert.occurred_at),
+        evidence=list(alert.evidence),
+        message=alert.message,
+    )
+
+
+def merge_row(merge: IdentityChange) -> MergeRow:
+    """The ``identity_merges`` row of a merge."""
+    return MergeRow(
+        merged_id=merge.merged_id,
+        survivor_id=merge.survivor_id,
+        event_id=merge.event_id,
+        identifiers={str(k): v for k, v in merge.identifiers.items()},
+        occurred_at=as_utc(merge.occurred_at),
+    )
