@@ -25,9 +25,8 @@ import psutil
 from sqlalchemy import Engine, create_engine, func, select
 from sqlalchemy.exc import DBAPIError
 
-from sinks import tables as t
-from streams.bench import workload as wl
-from streams.bench.procs import (
+from bench import workload as wl
+from bench.procs import (
     Children,
     PostgresServer,
     RssSampler,
@@ -37,6 +36,7 @@ from streams.bench.procs import (
     log_tail,
     tree_cpu_seconds,
 )
+from sinks import tables as t
 
 #: Tables whose rows are the results a user sees (as tests/support/results.py counts them).
 RESULT_TABLES = ("customers", "identities", "touchpoints", "metrics", "metric_cells", "alerts", "identity_merges")
