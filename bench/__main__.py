@@ -35,7 +35,7 @@ from bench.runs import (
     run_pipeline,
 )
 from config.topics import Topics
-from streams.broker import start_broker
+from streams.sandbox.embedded_broker import start_broker
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"

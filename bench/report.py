@@ -233,8 +233,9 @@ def write_markdown(results: dict[str, Any], path: Path, png_name: str | None) ->
         "",
         "## Workload",
         "",
-        f"`streams.simulate.simulate(customers={w['customers']:,}, days={w['days']}, seed=1, duplicate_rate=0.02, "
-        f"late_rate=0.02)`: {w['records']:,} records ({', '.join(f'{k} {v:,}' for k, v in w['kinds'].items())}), "
+        f"`streams.sandbox.journeys.simulate(customers={w['customers']:,}, days={w['days']}, seed=1, "
+        f"duplicate_rate=0.02, late_rate=0.02)`: {w['records']:,} records "
+        f"({', '.join(f'{k} {v:,}' for k, v in w['kinds'].items())}), "
         f"converted once with `convert_one` into {w['events']:,} TouchpointEvent JSON values "
         f"({w['distinct_events']:,} distinct event ids; {w['mean_bytes']:,.0f} bytes on average; "
         f"{sum(w['rejected'].values())} rejected). Simulating took {w['simulate_s']:.1f} s, "

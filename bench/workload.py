@@ -23,7 +23,7 @@ from streams.adapters import partition_key
 from streams.adapters.reader import convert_one
 from streams.kafka import ensure_topics, partition_for
 from streams.publisher import Publisher
-from streams.simulate import SimRecord, simulate
+from streams.sandbox.journeys import SimRecord, simulate
 
 #: Events per envelope (ARCHITECTURE §7 measured envelopes of 100).
 ENVELOPE_SIZE = 100

@@ -41,7 +41,7 @@ def main(ctx: click.Context) -> None:
 @click.pass_context
 def broker(ctx: click.Context, port: int | None, storage: str) -> None:
     """Run the embedded Kafka-protocol broker (Tansu) on loopback, in the foreground; Ctrl-C stops it."""
-    from streams.broker import BrokerError, run_broker_foreground
+    from streams.sandbox.embedded_broker import BrokerError, run_broker_foreground
 
     port = port or _settings(ctx).kafka_port
     click.echo(f"embedded broker on 127.0.0.1:{port} (storage {storage}); Ctrl-C stops it", err=True)
@@ -237,7 +237,7 @@ def simulate(
     malformed: float,
 ) -> None:
     """Generate realistic multi-channel journeys and publish them through the adapters (or write files)."""
-    from streams.simulation import run_simulation
+    from streams.sandbox.traffic import run_simulation
 
     run_simulation(
         _settings(ctx),
@@ -261,7 +261,7 @@ def simulate(
 @click.pass_context
 def demo(ctx: click.Context, customers: int, days: int, rate: float, seed: int) -> None:
     """Embedded broker + worker + simulated traffic on SQLite, with /metrics; Ctrl-C stops everything."""
-    from streams.demo import run_demo
+    from streams.sandbox.demo import run_demo
 
     run_demo(_settings(ctx), customers, days, rate, seed)
 

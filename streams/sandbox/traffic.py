@@ -1,4 +1,4 @@
-"""`cxstream simulate`: simulated journeys published through the same adapters as real source files."""
+"""`cxstream simulate`: simulated journeys published through the same adapters as real source files, or written out."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from streams.adapters.reader import convert_one
 from streams.domain.identifiers import IdentifierHashing
 from streams.kafka import BrokerUnreachable, ensure_topics
 from streams.publisher import Publisher
-from streams.simulate import SimRecord, simulate, write_files
+from streams.sandbox.journeys import SimRecord, simulate, write_files
 
 
 def run_simulation(
