@@ -103,6 +103,21 @@ def _rss(peaks: dict[str, int] | None, name_prefix: str) -> float | None:
     return max(values) / MB if values else None
 
 
+def _row(name: str, entry: dict[str, Any], *, rate: str, seconds: str, sql_rows: str | None, process: str) -> list[str]:
+    """One row of the summary table: a baseline or a pipeline run, whose figures have names of their own."""
+    return [
+        name,
+        _fmt(entry.get(rate)),
+        _fmt(entry.get("ratio_vs_faust"), ".2f"),
+        _fmt(entry.get("ratio_vs_aiokafka"), ".2f"),
+        _fmt(entry.get(seconds), ".1f"),
+        _fmt(entry.get(sql_rows)) if sql_rows else "—",
+        _fmt(_rss(entry.get("peak_rss"), process), ",.0f"),
+        _fmt(_rss(entry.get("peak_rss"), "broker"), ",.0f"),
+        entry["status"],
+    ]
+
+
 def rows(results: dict[str, Any]) -> list[list[str]]:
     """The summary table, one row per configuration, as strings."""
     out = [
@@ -119,33 +134,9 @@ def rows(results: dict[str, Any]) -> list[list[str]]:
         ]
     ]
     for name, base in results["baselines"].items():
-        out.append(
-            [
-                name,
-                _fmt(base.get("rate")),
-                _fmt(base.get("ratio_vs_faust"), ".2f"),
-                _fmt(base.get("ratio_vs_aiokafka"), ".2f"),
-                _fmt(base.get("seconds"), ".1f"),
-                "—",
-                _fmt(_rss(base.get("peak_rss"), name), ",.0f"),
-                _fmt(_rss(base.get("peak_rss"), "broker"), ",.0f"),
-                base["status"],
-            ]
-        )
+        out.append(_row(name, base, rate="rate", seconds="seconds", sql_rows=None, process=name))
     for name, run in results["pipelines"].items():
-        out.append(
-            [
-                name,
-                _fmt(run.get("sustained_eps")),
-                _fmt(run.get("ratio_vs_faust"), ".2f"),
-                _fmt(run.get("ratio_vs_aiokafka"), ".2f"),
-                _fmt(run.get("wall_s"), ".1f"),
-                _fmt(run.get("sql_rows_per_s")),
-                _fmt(_rss(run.get("peak_rss"), "worker"), ",.0f"),
-                _fmt(_rss(run.get("peak_rss"), "broker"), ",.0f"),
-                run["status"],
-            ]
-        )
+        out.append(_row(name, run, rate="sustained_eps", seconds="wall_s", sql_rows="sql_rows_per_s", process="worker"))
     return out
 
 

@@ -569,7 +569,9 @@ def run_latency(
         engine = _reader(url)
         stack.callback(engine.dispose)
         upgrade_schema(ctx, url, name)
-        warm_ends = wl.publish_warmup(ctx.kafka_url, prefix, warm, ctx.partitions)
+        warm_ends = wl.publish(
+            ctx.kafka_url, prefix, warm, envelope_size=0, partitions=ctx.partitions, flush_timeout=60
+        ).ends
         peaks = stack.enter_context(ctx.sampler.window())
         workers: list[WorkerProc] = []
         stack.callback(stop_workers, ctx, workers)
