@@ -36,7 +36,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 bench: $(STAMP) ## throughput/latency benchmark; writes docs/benchmarks.{md,json,png}
-	$(BIN)/python -m streams.bench
+	$(BIN)/python -m bench
 
 schemas: $(STAMP) ## regenerate the published JSON Schemas of every topic record
 	$(BIN)/cxstream schemas --out schemas/json

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import click
 
@@ -41,7 +41,7 @@ def main(ctx: click.Context) -> None:
 @click.pass_context
 def broker(ctx: click.Context, port: int | None, storage: str) -> None:
     """Run the embedded Kafka-protocol broker (Tansu) on loopback, in the foreground; Ctrl-C stops it."""
-    from streams.broker import BrokerError, run_broker_foreground
+    from streams.sandbox.embedded_broker import BrokerError, run_broker_foreground
 
     port = port or _settings(ctx).kafka_port
     click.echo(f"embedded broker on 127.0.0.1:{port} (storage {storage}); Ctrl-C stops it", err=True)
@@ -220,37 +220,21 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
 )
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write <channel>.jsonl files here instead.")
 @click.option("--envelope", type=int, default=0, show_default=True, help="Events per Kafka record (0: one per record).")
-@click.option("--duplicates", type=float, default=0.02, show_default=True, help="Share of re-sent records.")
-@click.option("--late", type=float, default=0.02, show_default=True, help="Share of late, out-of-order records.")
-@click.option("--malformed", type=float, default=0.005, show_default=True, help="Share of malformed lines.")
+@click.option(
+    "--duplicates", "duplicate_rate", type=float, default=0.02, show_default=True, help="Share of re-sent records."
+)
+@click.option(
+    "--late", "late_rate", type=float, default=0.02, show_default=True, help="Share of late, out-of-order records."
+)
+@click.option(
+    "--malformed", "malformed_rate", type=float, default=0.005, show_default=True, help="Share of malformed lines."
+)
 @click.pass_context
-def simulate(
-    ctx: click.Context,
-    customers: int,
-    days: int,
-    seed: int,
-    rate: float | None,
-    out: Path | None,
-    envelope: int,
-    duplicates: float,
-    late: float,
-    malformed: float,
-) -> None:
+def simulate(ctx: click.Context, **options: Any) -> None:
     """Generate realistic multi-channel journeys and publish them through the adapters (or write files)."""
-    from streams.simulation import run_simulation
+    from streams.sandbox.traffic import run_simulation
 
-    run_simulation(
-        _settings(ctx),
-        customers=customers,
-        days=days,
-        seed=seed,
-        rate=rate,
-        out=out,
-        envelope=envelope,
-        duplicate_rate=duplicates,
-        late_rate=late,
-        malformed_rate=malformed,
-    )
+    run_simulation(_settings(ctx), **options)
 
 
 @main.command()
@@ -261,7 +245,7 @@ def simulate(
 @click.pass_context
 def demo(ctx: click.Context, customers: int, days: int, rate: float, seed: int) -> None:
     """Embedded broker + worker + simulated traffic on SQLite, with /metrics; Ctrl-C stops everything."""
-    from streams.demo import run_demo
+    from streams.sandbox.demo import run_demo
 
     run_demo(_settings(ctx), customers, days, rate, seed)
 

@@ -36,7 +36,7 @@ def kafka_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if os.environ.get("CXSTREAM_TEST_KAFKA_URL"):
         yield os.environ["CXSTREAM_TEST_KAFKA_URL"]
         return
-    from streams.broker import start_broker, stop_process
+    from streams.sandbox.embedded_broker import start_broker, stop_process
 
     port = free_port()
     proc = start_broker(port, log_path=tmp_path_factory.mktemp("broker") / "tansu.log")

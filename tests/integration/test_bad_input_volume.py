@@ -7,7 +7,7 @@ from collections import Counter
 from config.topics import Topics
 from schemas.deadletter import DeadLetter
 from sinks.database import make_engine
-from streams.simulate import simulate
+from streams.sandbox.journeys import simulate
 from tests.support.kafka import read_topic
 from tests.support.processes import wait_until
 from tests.support.results import prometheus_value, run_cli, wait_applied

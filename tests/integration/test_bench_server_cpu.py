@@ -7,8 +7,8 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
+from bench.procs import PostgresServer, tree_cpu_seconds
 from sinks.database import normalise_url
-from streams.bench.procs import PostgresServer, tree_cpu_seconds
 
 
 def test_server_cpu_includes_backends_that_exited(postgres_url: str, postgres_server_url: str) -> None:

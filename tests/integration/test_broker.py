@@ -9,7 +9,7 @@ import sys
 
 from kafka import KafkaAdminClient
 
-from streams.broker import port_is_free, wait_for_port
+from streams.sandbox.embedded_broker import port_is_free, wait_for_port
 from tests.support.processes import free_port, wait_until
 
 

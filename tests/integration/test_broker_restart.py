@@ -29,12 +29,12 @@ from schemas.touchpoint import Channel, TouchpointEvent
 from sinks import tables as t
 from sinks.database import make_engine
 from streams.adapters.reader import Accepted, convert_one
-from streams.broker import port_is_free, wait_for_port
 from streams.domain.oracle import replay
 from streams.kafka import ensure_topics
 from streams.publisher import Publisher, PublishSummary
-from streams.simulate import simulate
-from streams.simulation import publish_simulated
+from streams.sandbox.embedded_broker import port_is_free, wait_for_port
+from streams.sandbox.journeys import simulate
+from streams.sandbox.traffic import publish_simulated
 from tests.support.faults import applied_count
 from tests.support.kafka import read_topic
 from tests.support.processes import free_port, wait_until

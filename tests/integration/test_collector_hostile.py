@@ -30,7 +30,7 @@ from sqlalchemy import Engine, create_engine, text
 from config.topics import Topics
 from schemas.deadletter import DeadLetter
 from schemas.touchpoint import Channel, derive_event_id
-from streams.broker import start_broker, stop_process
+from streams.sandbox.embedded_broker import start_broker, stop_process
 from tests.support.kafka import read_topic
 from tests.support.processes import free_port, wait_until
 from tests.support.workers import WorkerFactory, WorkerProcess

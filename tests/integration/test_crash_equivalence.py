@@ -29,7 +29,7 @@ from streams.adapters import partition_key
 from streams.adapters.reader import convert_one
 from streams.kafka import partition_for
 from streams.pipeline import BatchProcessor, InRecord
-from streams.simulate import simulate
+from streams.sandbox.journeys import simulate
 from tests.support.results import final_survivors, snapshot, snapshot_diff, without_versions
 
 PARTITIONS = 2

@@ -17,7 +17,7 @@ from config.settings import load_settings
 from config.topics import Topics
 from sinks import tables as t
 from sinks.database import make_engine
-from streams.broker import start_broker, stop_process
+from streams.sandbox.embedded_broker import start_broker, stop_process
 from tests.support.expected import ORDER_FREE_TABLES, expected_results
 from tests.support.kafka import read_topic
 from tests.support.processes import free_port, wait_until

@@ -25,7 +25,7 @@ from sinks.database import make_engine
 from streams.adapters.reader import read_records
 from streams.kafka import ensure_topics
 from streams.publisher import Publisher, publish_items
-from streams.simulate import simulate
+from streams.sandbox.journeys import simulate
 from tests.integration.test_event_time import wait_for_results
 from tests.support.expected import expected_results
 from tests.support.results import consumed_events

@@ -16,7 +16,7 @@ import pytest
 
 from schemas.deadletter import DeadLetter
 from schemas.touchpoint import Channel, TouchpointEvent
-from streams.simulate import simulate, write_files
+from streams.sandbox.journeys import simulate, write_files
 from tests.support.kafka import read_messages, read_topic
 from tests.support.processes import free_port
 

@@ -15,7 +15,7 @@ from sinks import tables as t
 from sinks.database import make_engine
 from sinks.queries import customer_timeline, resolve_customer
 from streams.domain.identity import customer_id_for
-from streams.simulate import PLACEHOLDER_EMAILS, ground_truth
+from streams.sandbox.journeys import PLACEHOLDER_EMAILS, ground_truth
 from tests.support.kafka import read_topic
 from tests.support.processes import wait_until
 from tests.support.results import consumed_events, prometheus_value, run_cli, wait_applied

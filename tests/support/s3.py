@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker import port_is_free, start_broker, stop_process, wait_for_port
+from streams.sandbox.embedded_broker import port_is_free, start_broker, stop_process, wait_for_port
 from tests.support.processes import free_port, wait_until
 
 #: Credentials moto accepts (any will do); the broker reads them from its environment.

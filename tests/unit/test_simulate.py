@@ -14,7 +14,7 @@ import pytest
 from config.settings import load_settings
 from schemas.touchpoint import IdentifierType
 from streams.domain.identifiers import identifier_key, normalise_identifier
-from streams.simulate import CHANNELS, PLACEHOLDER_EMAILS, SimRecord, ground_truth, simulate, write_files
+from streams.sandbox.journeys import CHANNELS, PLACEHOLDER_EMAILS, SimRecord, ground_truth, simulate, write_files
 
 START = datetime(2024, 3, 4, tzinfo=UTC)
 WEB_EVENTS = {

@@ -23,7 +23,7 @@ from streams.adapters import partition_key
 from streams.adapters.reader import convert_one
 from streams.kafka import ensure_topics, partition_for
 from streams.publisher import Publisher
-from streams.simulate import SimRecord, simulate
+from streams.sandbox.journeys import SimRecord, simulate
 
 #: Events per envelope (ARCHITECTURE §7 measured envelopes of 100).
 ENVELOPE_SIZE = 100
@@ -165,9 +165,18 @@ class PublishResult:
 
 
 def publish(
-    kafka_url: str, prefix: str, events: list[Prepared], *, envelope_size: int, partitions: int
+    kafka_url: str,
+    prefix: str,
+    events: list[Prepared],
+    *,
+    envelope_size: int,
+    partitions: int,
+    flush_timeout: float = 300,
 ) -> PublishResult:
-    """Create the prefix's topics and publish every event; raise unless the broker acknowledged all of them."""
+    """Create the prefix's topics and publish every event unpaced; raise unless the broker acknowledged all of them.
+
+    Also the latency run's warm-up: a few events, so its worker has joined its group before the clock starts.
+    """
     settings = bench_settings(kafka_url, prefix, partitions)
     ensure_topics(settings)
     publisher = PreparedPublisher(settings, envelope_size=envelope_size)
@@ -176,7 +185,7 @@ def publish(
         for event in events:
             publisher.summary.read += 1
             publisher.prepared(event)
-        summary = publisher.flush(timeout=300)
+        summary = publisher.flush(timeout=flush_timeout)
     finally:
         publisher.producer.close(timeout=10)
     seconds = time.perf_counter() - started
@@ -274,20 +283,3 @@ def publish_paced(
     if summary.published != total:
         raise RuntimeError(f"paced publishing to {prefix}: {summary.render()}")
     return PacedResult(total, {e.event_id for e in events}, seconds, started_at, dict(publisher.ends))
-
-
-def publish_warmup(kafka_url: str, prefix: str, events: list[Prepared], partitions: int) -> dict[tuple[str, int], int]:
-    """Publish a few events unpaced, so the latency worker has joined its group before the clock starts."""
-    settings = bench_settings(kafka_url, prefix, partitions)
-    ensure_topics(settings)
-    publisher = PreparedPublisher(settings, envelope_size=0)
-    try:
-        for event in events:
-            publisher.summary.read += 1
-            publisher.prepared(event)
-        summary = publisher.flush(timeout=60)
-    finally:
-        publisher.producer.close(timeout=10)
-    if summary.published != len(events):
-        raise RuntimeError(f"warm-up publishing to {prefix}: {summary.render()}")
-    return dict(publisher.ends)

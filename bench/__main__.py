@@ -1,4 +1,4 @@
-"""``python -m streams.bench`` (``make bench``): run the benchmark and write docs/benchmarks.{md,json,png}.
+"""``python -m bench`` (``make bench``): run the benchmark and write docs/benchmarks.{md,json,png}.
 
 Order of a full run: build the workload, start the broker, publish both shapes, the two baselines, the
 pipeline configurations (SQLite and PostgreSQL, single and envelopes), two workers, then the latency run
@@ -22,12 +22,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
-from config.topics import Topics
-from streams.bench import report
-from streams.bench import workload as wl
-from streams.bench.baselines import run_baseline
-from streams.bench.procs import Children, PostgresServer, RssSampler, clean_env, cpu_seconds, free_port
-from streams.bench.runs import (
+from bench import report
+from bench import workload as wl
+from bench.baselines import run_baseline
+from bench.procs import Children, PostgresServer, RssSampler, clean_env, cpu_seconds, free_port
+from bench.runs import (
     BenchContext,
     PipelineConfig,
     RunFailed,
@@ -35,15 +34,16 @@ from streams.bench.runs import (
     run_latency,
     run_pipeline,
 )
-from streams.broker import start_broker
+from config.topics import Topics
+from streams.sandbox.embedded_broker import start_broker
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """The command line."""
-    p = argparse.ArgumentParser(prog="python -m streams.bench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--customers", type=int, default=50_000, help="simulated customers (default 50000)")
     p.add_argument("--days", type=int, default=30, help="simulated days (default 30)")
     p.add_argument("--quick", action="store_true", help="preset: --customers 5000 --days 10 --latency-seconds 15")
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix=f"{run_id}-"))
     children, sampler = Children(), RssSampler()
     results: dict[str, Any] = {
-        "command": " ".join(shlex.quote(a) for a in [".venv/bin/python", "-m", "streams.bench", *sys.argv[1:]]),
+        "command": " ".join(shlex.quote(a) for a in [".venv/bin/python", "-m", "bench", *sys.argv[1:]]),
         "started_at": started_at.isoformat(timespec="seconds"),
         "machine": report.machine_facts(REPO),
         "configurations": names,
@@ -287,7 +287,7 @@ def _publish(
     shapes = {c.shape for c in pipelines}
     if "aiokafka" in names or "faust-pass" in names:
         shapes.add("single")
-    published = {}
+    published: dict[str, wl.PublishResult] = {}
     for shape in ("single", "envelopes"):
         if shape not in shapes:
             continue

@@ -14,7 +14,7 @@ import click
 
 from config.settings import Settings
 from streams import lifetime
-from streams.broker import port_is_free, start_broker, stop_process
+from streams.sandbox.embedded_broker import port_is_free, start_broker, stop_process
 
 
 def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:

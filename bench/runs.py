@@ -25,9 +25,8 @@ import psutil
 from sqlalchemy import Engine, create_engine, func, select
 from sqlalchemy.exc import DBAPIError
 
-from sinks import tables as t
-from streams.bench import workload as wl
-from streams.bench.procs import (
+from bench import workload as wl
+from bench.procs import (
     Children,
     PostgresServer,
     RssSampler,
@@ -37,6 +36,7 @@ from streams.bench.procs import (
     log_tail,
     tree_cpu_seconds,
 )
+from sinks import tables as t
 
 #: Tables whose rows are the results a user sees (as tests/support/results.py counts them).
 RESULT_TABLES = ("customers", "identities", "touchpoints", "metrics", "metric_cells", "alerts", "identity_merges")
@@ -569,7 +569,9 @@ def run_latency(
         engine = _reader(url)
         stack.callback(engine.dispose)
         upgrade_schema(ctx, url, name)
-        warm_ends = wl.publish_warmup(ctx.kafka_url, prefix, warm, ctx.partitions)
+        warm_ends = wl.publish(
+            ctx.kafka_url, prefix, warm, envelope_size=0, partitions=ctx.partitions, flush_timeout=60
+        ).ends
         peaks = stack.enter_context(ctx.sampler.window())
         workers: list[WorkerProc] = []
         stack.callback(stop_workers, ctx, workers)

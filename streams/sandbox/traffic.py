@@ -1,4 +1,4 @@
-"""`cxstream simulate`: simulated journeys published through the same adapters as real source files."""
+"""`cxstream simulate`: simulated journeys published through the same adapters as real source files, or written out."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -15,31 +16,16 @@ from streams.adapters.reader import convert_one
 from streams.domain.identifiers import IdentifierHashing
 from streams.kafka import BrokerUnreachable, ensure_topics
 from streams.publisher import Publisher
-from streams.simulate import SimRecord, simulate, write_files
+from streams.sandbox.journeys import SimRecord, simulate, write_files
 
 
-def run_simulation(
-    settings: Settings,
-    *,
-    customers: int,
-    days: int,
-    seed: int,
-    rate: float | None,
-    out: Path | None,
-    envelope: int,
-    duplicate_rate: float,
-    late_rate: float,
-    malformed_rate: float,
-) -> None:
-    """Generate traffic; write it to ``out`` or publish it (paced at ``rate`` events/s when given)."""
-    records = simulate(
-        customers=customers,
-        days=days,
-        seed=seed,
-        duplicate_rate=duplicate_rate,
-        late_rate=late_rate,
-        malformed_rate=malformed_rate,
-    )
+def run_simulation(settings: Settings, *, rate: float | None, out: Path | None, envelope: int, **journeys: Any) -> None:
+    """Generate traffic; write it to ``out`` or publish it (paced at ``rate`` events/s when given).
+
+    ``journeys``: the keyword arguments of :func:`~streams.sandbox.journeys.simulate` (customers, days, seed and
+    the rates of duplicate, late and malformed records), as the ``cxstream simulate`` options give them.
+    """
+    records = simulate(**journeys)
     if out is not None:
         for channel, path in write_files(records, out).items():
             click.echo(f"{channel}: {path}")

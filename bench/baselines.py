@@ -6,7 +6,7 @@
   with the worker's consumer timings (session 6 s, heartbeat 2 s).
 
 Both time from the first record seen to the last, so connecting and the group join are left out, and print
-one ``BENCH-RESULT {json}`` line. Child usage: ``python -m streams.bench.baselines aiokafka|faust BROKER
+one ``BENCH-RESULT {json}`` line. Child usage: ``python -m bench.baselines aiokafka|faust BROKER
 TOPICS EXPECTED [APP_ID]`` (TOPICS comma-separated).
 """
 
@@ -21,9 +21,12 @@ from pathlib import Path
 
 import orjson
 
-from streams.bench.procs import Children, RssSampler, log_tail
+from bench.procs import Children, RssSampler, log_tail
 
 RESULT_PREFIX = "BENCH-RESULT "
+
+#: The checkout that holds the ``bench`` package, which is not installed: the children import it from there.
+_CHECKOUT = Path(__file__).resolve().parents[1]
 
 #: A child that has seen no record for this long is stuck (the parent's timeout is the outer guard).
 IDLE_LIMIT_S = 120.0
@@ -146,9 +149,10 @@ def run_baseline(
 ) -> BaselineResult:
     """Run one baseline child to completion (or kill it after ``timeout``) and read its result line."""
     log_path = workdir / f"baseline-{kind}.log"
-    argv = [sys.executable, "-m", "streams.bench.baselines", kind, broker, ",".join(topics), str(expected), app_id]
+    argv = [sys.executable, "-m", "bench.baselines", kind, broker, ",".join(topics), str(expected), app_id]
+    path = os.pathsep.join(p for p in (str(_CHECKOUT), env.get("PYTHONPATH", "")) if p)
     with sampler.window() as peaks:
-        proc = children.spawn(kind, argv, env=env, cwd=workdir, log_path=log_path)
+        proc = children.spawn(kind, argv, env={**env, "PYTHONPATH": path}, cwd=workdir, log_path=log_path)
         sampler.watch(kind, proc.pid)
         try:
             deadline = time.monotonic() + timeout
