@@ -9,7 +9,7 @@ from streams.adapters import ecommerce, phone, store, web
 from streams.adapters.base import Converter
 from streams.domain.identifiers import PII_TYPES, identifier_key, strongest
 
-#: The converter of each channel: ``to_touchpoint(record, *, received_at, source_file, line, default_region)``.
+#: The converter of each channel: ``to_touchpoint(record, conversion)``.
 CONVERTERS: dict[Channel, Converter] = {
     Channel.STORE: store.to_touchpoint,
     Channel.PHONE: phone.to_touchpoint,

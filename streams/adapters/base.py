@@ -1,62 +1,122 @@
-"""What every channel adapter shares: the converter signature, identifiers and survey answers."""
+"""What every channel adapter shares: a record's conversion (identifiers, free text, the common event fields),
+survey answers, and the column checks of a converted event."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict, Unpack
 
 from schemas.limits import IDENTIFIER_VALUE_MAX, ISSUE_KEY_MAX, SOURCE_ID_MAX
-from schemas.touchpoint import Channel, IdentifierType, SurveyAnswers, TouchpointEvent
+from schemas.touchpoint import (
+    Channel,
+    EventType,
+    IdentifierType,
+    SourceRef,
+    SurveyAnswers,
+    TouchpointEvent,
+    derive_event_id,
+)
 from streams.domain.customer import issue_key
 from streams.domain.identifiers import IdentifierHashing, InvalidIdentifier, normalise_identifier
-
-
-class Converter(Protocol):
-    """A channel's pure conversion of a validated source record into the canonical event.
-
-    With ``hashing`` (hashing on), no e-mail address or phone number may leave it raw: identifiers of those types
-    are hashed by ``collect_identifiers``, and the converter passes the free text it copies through
-    ``hashing.text`` (or ``walk``) and sets ``hashed_with``.
-    """
-
-    def __call__(
-        self,
-        record: Any,
-        *,
-        received_at: datetime,
-        source_file: str | None = None,
-        line: int | None = None,
-        default_region: str = "GB",
-        hashing: IdentifierHashing | None = None,
-    ) -> TouchpointEvent: ...
-
 
 # Parsing a phone number costs more than the rest of a record's conversion, and the same customers
 # come back: a bounded memo of the pure normaliser pays for itself (failures are not cached).
 _normalise = lru_cache(maxsize=65_536)(normalise_identifier)
 
 
-def collect_identifiers(
-    candidates: Iterable[tuple[IdentifierType, str, str | None]],
-    default_region: str,
-    hashing: IdentifierHashing | None = None,
-) -> dict[IdentifierType, str]:
-    """Normalise ``(type, field path, value)`` candidates, skipping absent ones; with ``hashing``, hash the PII.
+class SourceRecord(Protocol):
+    """What every channel's validated record gives: its deterministic source id and its event time."""
 
-    Raises InvalidIdentifier whose message starts with the field path, so a dead letter says which field was bad.
+    @property
+    def source_id(self) -> str: ...
+
+    @property
+    def occurred_at(self) -> datetime: ...
+
+
+class ChannelFields(TypedDict, total=False):
+    """The touchpoint fields that only some channels fill; a channel passes those it has."""
+
+    amount: Decimal | None
+    currency: str | None
+    issue_id: str | None
+    reason: str | None
+    resolved: bool | None
+    transfers: int
+    survey: SurveyAnswers | None
+
+
+@dataclass(frozen=True, slots=True)
+class Conversion:
+    """One record's conversion: when and where the record arrived, and the settings it is converted under.
+
+    With ``hashing`` (hashing on), no e-mail address or phone number may leave a converter raw: identifiers of those
+    types are hashed by :meth:`identifiers`, the free text a converter copies goes through :meth:`text` (or
+    ``hashing.walk``), and :meth:`touchpoint` sets ``hashed_with``.
     """
-    found: dict[IdentifierType, str] = {}
-    for kind, field, value in candidates:
-        if value is None:
-            continue
-        try:
-            normalised = _normalise(kind, value, default_region)
-        except InvalidIdentifier as exc:
-            raise InvalidIdentifier(f"{field}: {exc}") from exc
-        found[kind] = normalised if hashing is None else hashing.value(kind, normalised)
-    return found
+
+    received_at: datetime
+    source_file: str | None = None
+    line: int | None = None
+    default_region: str = "GB"
+    hashing: IdentifierHashing | None = None
+
+    def identifiers(self, candidates: Iterable[tuple[IdentifierType, str, str | None]]) -> dict[IdentifierType, str]:
+        """Normalise ``(type, field path, value)`` candidates, skipping absent ones; with hashing, hash the PII.
+
+        Raises InvalidIdentifier whose message starts with the field path, so a dead letter says which field was bad.
+        """
+        found: dict[IdentifierType, str] = {}
+        for kind, field, value in candidates:
+            if value is None:
+                continue
+            try:
+                normalised = _normalise(kind, value, self.default_region)
+            except InvalidIdentifier as exc:
+                raise InvalidIdentifier(f"{field}: {exc}") from exc
+            found[kind] = normalised if self.hashing is None else self.hashing.value(kind, normalised)
+        return found
+
+    def text(self, text: str | None) -> str | None:
+        """Free text as it may be copied into an event: with hashing on, its e-mails and phone numbers hashed."""
+        return text if self.hashing is None or text is None else self.hashing.text(text)
+
+    def touchpoint(
+        self,
+        channel: Channel,
+        record: SourceRecord,
+        type: EventType,
+        identifiers: dict[IdentifierType, str],
+        *,
+        system: str,
+        attributes: dict[str, Any],
+        **fields: Unpack[ChannelFields],
+    ) -> TouchpointEvent:
+        """The canonical event of ``record``: what every channel fills alike, and the channel's own ``fields``.
+
+        The event id derives from the channel and the record's source id, so a record sent twice gets the same id.
+        """
+        source_id = record.source_id
+        return TouchpointEvent(
+            event_id=derive_event_id(channel, source_id),
+            channel=channel,
+            type=type,
+            occurred_at=record.occurred_at,
+            received_at=self.received_at,
+            identifiers=identifiers,
+            source=SourceRef(system=system, id=source_id, file=self.source_file, line=self.line),
+            attributes=attributes,
+            hashed_with=self.hashing.fingerprint if self.hashing else None,
+            **fields,
+        )
+
+
+#: A channel's pure conversion of a validated source record into the canonical event (``to_touchpoint``).
+Converter = Callable[[Any, Conversion], TouchpointEvent]
 
 
 def survey_answers(*, nps: int | None = None, csat: int | None = None, ces: int | None = None) -> SurveyAnswers | None:

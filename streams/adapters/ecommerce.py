@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from schemas.channels import EcommerceRecord, OrderStatus
-from schemas.touchpoint import Channel, EventType, IdentifierType, SourceRef, TouchpointEvent, derive_event_id
-from streams.adapters.base import collect_identifiers, survey_answers
-from streams.domain.identifiers import IdentifierHashing
+from schemas.touchpoint import Channel, EventType, IdentifierType, TouchpointEvent
+from streams.adapters.base import Conversion, survey_answers
 
 _TYPES = {
     OrderStatus.PLACED: EventType.PURCHASE,
@@ -24,23 +21,13 @@ _TYPES = {
 _MONEY_STATUSES = frozenset({OrderStatus.PLACED, OrderStatus.RETURNED})
 
 
-def to_touchpoint(
-    record: EcommerceRecord,
-    *,
-    received_at: datetime,
-    source_file: str | None = None,
-    line: int | None = None,
-    default_region: str = "GB",
-    hashing: IdentifierHashing | None = None,
-) -> TouchpointEvent:
+def to_touchpoint(record: EcommerceRecord, conversion: Conversion) -> TouchpointEvent:
     """Convert an order status record; a review rides on it as attributes.review and survey.csat = rating."""
-    identifiers = collect_identifiers(
+    identifiers = conversion.identifiers(
         [
             (IdentifierType.MARKETPLACE_BUYER_ID, "buyer_id", record.buyer_key),
             (IdentifierType.EMAIL, "buyer_email", record.buyer_email),
-        ],
-        default_region,
-        hashing,
+        ]
     )
     # buyer_email is an identifier only, never an attribute: with hashing on it leaves as a salted hash or not at all.
     attributes: dict[str, object] = {
@@ -53,21 +40,18 @@ def to_touchpoint(
         attributes["items"] = [item.model_dump(mode="json", exclude_none=True) for item in record.items]
     if record.review is not None:
         review = record.review.model_dump(mode="json", exclude_none=True)
-        if hashing is not None and "text" in review:
-            review["text"] = hashing.text(review["text"])  # buyers sign reviews with their e-mail or number
+        if "text" in review:
+            review["text"] = conversion.text(review["text"])  # buyers sign reviews with their e-mail or number
         attributes["review"] = review
     money = record.status in _MONEY_STATUSES
-    return TouchpointEvent(
-        event_id=derive_event_id(Channel.ECOMMERCE, record.source_id),
-        channel=Channel.ECOMMERCE,
-        type=_TYPES[record.status],
-        occurred_at=record.occurred_at,
-        received_at=received_at,
-        identifiers=identifiers,
+    return conversion.touchpoint(
+        Channel.ECOMMERCE,
+        record,
+        _TYPES[record.status],
+        identifiers,
+        system=record.marketplace,
+        attributes=attributes,
         amount=record.total if money else None,
         currency=record.currency,
         survey=survey_answers(csat=record.review.rating) if record.review else None,
-        source=SourceRef(system=record.marketplace, id=record.source_id, file=source_file, line=line),
-        attributes=attributes,
-        hashed_with=hashing.fingerprint if hashing else None,
     )

@@ -23,7 +23,7 @@ from schemas.channels import CHANNEL_MODELS
 from schemas.deadletter import DeadLetter
 from schemas.touchpoint import Channel, TouchpointEvent
 from streams.adapters import CONVERTERS
-from streams.adapters.base import column_problem
+from streams.adapters.base import Conversion, column_problem
 from streams.domain.identifiers import IdentifierHashing, InvalidIdentifier
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,9 @@ class _Context:
 
     def now(self) -> datetime:
         return self.received_at or datetime.now(UTC)
+
+    def conversion(self, line: int | None) -> Conversion:
+        return Conversion(self.now(), self.source_file, line, self.default_region, self.hashing)
 
 
 def read_records(
@@ -341,14 +344,7 @@ def _convert(ctx: _Context, line: int | None, obj: dict[str, Any]) -> Touchpoint
     except ValidationError as exc:
         raise _Reject(Reason.VALIDATION_ERROR, format_validation_error(exc)) from None
     try:
-        event = CONVERTERS[ctx.channel](
-            record,
-            received_at=ctx.now(),
-            source_file=ctx.source_file,
-            line=line,
-            default_region=ctx.default_region,
-            hashing=ctx.hashing,
-        )
+        event = CONVERTERS[ctx.channel](record, ctx.conversion(line))
     except InvalidIdentifier as exc:
         raise _Reject(Reason.INVALID_IDENTIFIER, str(exc)) from None
     problem = column_problem(event)

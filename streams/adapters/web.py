@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
 
 from schemas.channels import SURVEY_ANSWERED, SegmentType, WebRecord, fold_event_name
-from schemas.touchpoint import Channel, EventType, IdentifierType, SourceRef, TouchpointEvent, derive_event_id
-from streams.adapters.base import collect_identifiers, survey_answers
-from streams.domain.identifiers import IdentifierHashing
+from schemas.touchpoint import Channel, EventType, IdentifierType, TouchpointEvent
+from streams.adapters.base import Conversion, survey_answers
 
 #: Segment e-commerce spec event names (and cxstream's own), keyed by their folded form (see ``fold_event_name``).
 TRACK_EVENTS: dict[str, EventType] = {
@@ -62,25 +60,15 @@ def _event_type(record: WebRecord) -> EventType:
     return EventType.PAGE_VIEW
 
 
-def to_touchpoint(
-    record: WebRecord,
-    *,
-    received_at: datetime,
-    source_file: str | None = None,
-    line: int | None = None,
-    default_region: str = "GB",
-    hashing: IdentifierHashing | None = None,
-) -> TouchpointEvent:
+def to_touchpoint(record: WebRecord, conversion: Conversion) -> TouchpointEvent:
     """Convert a Segment message: page/screen → PAGE_VIEW, identify → IDENTIFY, track by spec event name."""
     email_field, email = record.email_trait() or ("traits.email", None)
-    identifiers = collect_identifiers(
+    identifiers = conversion.identifiers(
         [
             (IdentifierType.WEB_ANONYMOUS_ID, "anonymousId", record.anonymous_id),
             (IdentifierType.WEB_USER_ID, "userId", record.user_id),
             (IdentifierType.EMAIL, email_field, email),
-        ],
-        default_region,
-        hashing,
+        ]
     )
     kind = _event_type(record)
     props = record.properties
@@ -95,11 +83,10 @@ def to_touchpoint(
     properties = props.model_dump(mode="json", exclude_none=True)
     if properties:
         attributes["properties"] = properties
-    reason = props.reason
-    if hashing is not None:
+    if conversion.hashing is not None:
         # Issue ids stay as sent: they are ids, stored as the touchpoint's issue_id (and equal to the event's).
-        attributes = hashing.walk(attributes, keep=_ISSUE_IDS.__contains__)
-        reason = None if reason is None else hashing.text(reason)
+        attributes = conversion.hashing.walk(attributes, keep=_ISSUE_IDS.__contains__)
+    reason = conversion.text(props.reason)
     rating = (props.model_extra or {}).get("rating")
     if kind is EventType.REVIEW and isinstance(rating, int | float) and not isinstance(rating, bool):
         # Segment's Product Reviewed gives no scale, so the rating is not a CSAT answer; the timeline reads it here.
@@ -110,20 +97,17 @@ def to_touchpoint(
         reason = reason or "complaint"
     money = kind in _MONEY_TYPES
     support = kind is EventType.SUPPORT_CONTACT
-    return TouchpointEvent(
-        event_id=derive_event_id(Channel.WEB, record.source_id),
-        channel=Channel.WEB,
-        type=kind,
-        occurred_at=record.occurred_at,
-        received_at=received_at,
-        identifiers=identifiers,
+    return conversion.touchpoint(
+        Channel.WEB,
+        record,
+        kind,
+        identifiers,
+        system="web",
+        attributes=attributes,
         amount=(props.revenue if props.revenue is not None else props.total) if money else None,
         currency=props.currency if money else None,
         issue_id=(props.issue_id or props.ticket_id) if support else None,
         reason=reason if support else None,
         resolved=props.resolved if support else None,
         survey=survey_answers(nps=props.nps, csat=props.csat, ces=props.ces),
-        source=SourceRef(system="web", id=record.source_id, file=source_file, line=line),
-        attributes=attributes,
-        hashed_with=hashing.fingerprint if hashing else None,
     )

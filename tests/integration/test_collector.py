@@ -22,6 +22,7 @@ from schemas.deadletter import DeadLetter
 from schemas.touchpoint import Channel, EventType, TouchpointEvent, derive_event_id
 from tests.support.kafka import read_topic
 from tests.support.results import end_offsets
+from tests.support.segment import track
 from tests.support.workers import WorkerFactory, WorkerProcess
 
 WRITE_KEY = "collector-test-key"
@@ -99,20 +100,6 @@ def collector(kafka_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         yield Collector(factory.start(env), kafka_url, Topics(prefix))
     finally:
         factory.stop_all()
-
-
-def track(message_id: str, **extra: Any) -> dict[str, Any]:
-    """A Segment track message as analytics.js sends it."""
-    return {
-        "type": "track",
-        "messageId": message_id,
-        "anonymousId": f"anon-{message_id}",
-        "timestamp": "2026-03-01T10:00:00.000Z",
-        "event": "Product Viewed",
-        "properties": {"product_id": "JACKET-WP-M", "price": 69.98, "currency": "GBP"},
-        "context": {"library": {"name": "analytics.js", "version": "next-1.64.0"}},
-        **extra,
-    }
 
 
 def test_track_with_a_write_key_is_published_as_a_touchpoint(collector: Collector) -> None:

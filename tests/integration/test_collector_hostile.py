@@ -19,7 +19,6 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import orjson
 import psutil
@@ -33,6 +32,7 @@ from schemas.touchpoint import Channel, derive_event_id
 from streams.sandbox.embedded_broker import start_broker, stop_process
 from tests.support.kafka import read_topic
 from tests.support.processes import free_port, wait_until
+from tests.support.segment import track
 from tests.support.workers import WorkerFactory, WorkerProcess
 
 WRITE_KEY = "dev-write-key"  # the default CXSTREAM_WRITE_KEYS
@@ -95,18 +95,6 @@ class Site:
             with contextlib.suppress(psutil.NoSuchProcess):  # a child may end meanwhile
                 total += p.memory_info().rss
         return total
-
-
-def track(message_id: str, **extra: Any) -> dict[str, Any]:
-    """A valid Segment track message."""
-    return {
-        "type": "track",
-        "messageId": message_id,
-        "anonymousId": f"anon-{message_id}",
-        "timestamp": "2026-03-01T10:00:00.000Z",
-        "event": "Product Viewed",
-        **extra,
-    }
 
 
 def start_site(factory: WorkerFactory, kafka_url: str, tmp: Path, **settings: str) -> Site:

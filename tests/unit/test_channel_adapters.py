@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,18 +12,9 @@ import pytest
 from schemas.touchpoint import Channel, EventType, IdentifierType, TouchpointEvent, derive_event_id
 from streams.adapters import partition_key
 from streams.adapters.reader import Accepted, Reason, Rejected, convert_one, read_records
+from tests.support.samples import SAMPLE_FILES, SAMPLES
 
-SAMPLES = Path(__file__).parent.parent / "data" / "samples"
 RECEIVED = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
-
-SAMPLE_FILES = [
-    ("store.jsonl", Channel.STORE, "jsonl"),
-    ("store.csv", Channel.STORE, "csv"),
-    ("phone.jsonl", Channel.PHONE, "jsonl"),
-    ("phone.csv", Channel.PHONE, "csv"),
-    ("web.jsonl", Channel.WEB, "jsonl"),
-    ("ecommerce.jsonl", Channel.ECOMMERCE, "jsonl"),
-]
 
 
 def accept(channel: Channel, record: dict[str, Any]) -> TouchpointEvent:
@@ -100,7 +90,7 @@ ORDER = {
 @pytest.mark.parametrize(("name", "channel", "fmt"), SAMPLE_FILES)
 def test_every_sample_line_converts(name: str, channel: Channel, fmt: str) -> None:
     raw = (SAMPLES / name).read_bytes()
-    results = list(read_records(channel, raw, source_file=name, fmt=fmt, received_at=RECEIVED))  # type: ignore[arg-type]
+    results = list(read_records(channel, raw, source_file=name, fmt=fmt, received_at=RECEIVED))
     lines = [n for n, text in enumerate(raw.split(b"\n"), start=1) if text.strip()]
     data_lines = lines[1:] if fmt == "csv" else lines  # a CSV header gives no result
     assert [r.line for r in results] == data_lines

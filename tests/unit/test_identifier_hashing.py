@@ -7,7 +7,6 @@ import hashlib
 import json
 import re
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,20 +19,12 @@ from streams.adapters.reader import Accepted, convert_one, read_records
 from streams.domain.identifiers import IdentifierHashing, hash_identifier, normalise_phone, salt_fingerprint
 from streams.domain.identity import IdentityRules
 from streams.domain.oracle import replay
+from tests.support.samples import SAMPLE_FILES, SAMPLES
 
-SAMPLES = Path(__file__).parent.parent / "data" / "samples"
 RECEIVED = datetime(2024, 6, 1, tzinfo=UTC)
 SALT = "pepper-for-tests"
 HASHING = IdentifierHashing(SALT)
 SETTINGS = Settings(hash_identifiers=True, identifier_salt=SALT)
-SAMPLE_FILES = [
-    ("store.jsonl", Channel.STORE, "jsonl"),
-    ("store.csv", Channel.STORE, "csv"),
-    ("phone.jsonl", Channel.PHONE, "jsonl"),
-    ("phone.csv", Channel.PHONE, "csv"),
-    ("web.jsonl", Channel.WEB, "jsonl"),
-    ("ecommerce.jsonl", Channel.ECOMMERCE, "jsonl"),
-]
 EMAIL, PHONE = IdentifierType.EMAIL, IdentifierType.PHONE
 
 
@@ -42,7 +33,7 @@ def events_of(hashing: IdentifierHashing | None) -> list[TouchpointEvent]:
     events = []
     for name, channel, fmt in SAMPLE_FILES:
         data = (SAMPLES / name).read_bytes()
-        for result in read_records(channel, data, source_file=name, fmt=fmt, received_at=RECEIVED, hashing=hashing):  # type: ignore[arg-type]
+        for result in read_records(channel, data, source_file=name, fmt=fmt, received_at=RECEIVED, hashing=hashing):
             assert isinstance(result, Accepted), result
             events.append(result.event)
     return events
