@@ -228,7 +228,7 @@ def start_worker(ctx: BenchContext, name: str, app_id: str, prefix: str, databas
             "CXSTREAM_WORKER_ID": name,
             "CXSTREAM_WEB_PORT": str(web_port),
             "CXSTREAM_DATA_DIR": str(data_dir),
-            # Stated rather than inherited: the figures depend on them (ARCHITECTURE §7).
+            # Stated rather than inherited: the figures depend on them (docs/architecture.md §7).
             "CXSTREAM_BROKER_SESSION_TIMEOUT": "6",
             "CXSTREAM_BROKER_HEARTBEAT_INTERVAL": "2",
             **ctx.worker_env,

@@ -25,7 +25,7 @@ from streams.kafka import ensure_topics, partition_for
 from streams.publisher import Publisher
 from streams.sandbox.journeys import SimRecord, simulate
 
-#: Events per envelope (ARCHITECTURE §7 measured envelopes of 100).
+#: Events per envelope (docs/architecture.md §7 measured envelopes of 100).
 ENVELOPE_SIZE = 100
 
 #: The simulator's delivery faults kept in the workload (duplicates and late, out-of-order events).

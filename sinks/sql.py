@@ -2,7 +2,7 @@
 
 Keeping per-customer state in the results database (rather than in Faust tables) is what makes the SQL
 results exactly-once without Kafka transactions: state, rows and each input partition's applied offset
-commit together, and a redelivered record at or below the applied offset is skipped (ARCHITECTURE §3, §7).
+commit together, and a redelivered record at or below the applied offset is skipped (docs/architecture.md §3, §7).
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ class SqlSink:
     def _executemany(self, conn: Connection, name: str, rows: Sequence[tuple[Any, ...]]) -> None:
         """Run a prepared bulk statement over many rows, binding them with the types' own processors.
 
-        SQLAlchemy's generic executemany costs more per row than the database does (ARCHITECTURE §7: the hot
+        SQLAlchemy's generic executemany costs more per row than the database does (docs/architecture.md §9: the hot
         path is per event); compiling once and binding plain tuples keeps the same statement and types.
         """
         if not rows:

@@ -1,7 +1,7 @@
 """The worker's database work in a process of its own, beside the Faust process.
 
 Why a process: a batch's domain work and SQL (stitching, metrics, rows, one transaction) and Faust's
-per-record work (~100-250 µs a record, ARCHITECTURE §7) are both Python and were paid on one GIL, one after
+per-record work (~100-250 µs a record, docs/architecture.md §7) are both Python and were paid on one GIL, one after
 the other, on a machine with a second core idle. In this process a batch is applied while the Faust process
 takes the next one and publishes the previous one's outputs.
 

@@ -131,7 +131,7 @@ class DownstreamProducer:
             "bootstrap_servers": bootstrap_servers,
             "client_id": client_id,
             "acks": "all",
-            # The embedded broker grants no producer ids (ARCHITECTURE §7); records are keyed and idempotent downstream.
+            # The embedded broker grants no producer ids (docs/architecture.md §7); records are keyed and idempotent downstream.
             "enable_idempotence": False,
             "max_batch_size": MAX_BATCH_BYTES,
             "max_request_size": 2 * MAX_BATCH_BYTES,

@@ -92,7 +92,7 @@ def make_producer(settings: Settings, *, linger_ms: int = 5, client_id: str = "c
             acks="all",
             retries=10,
             retry_backoff_ms=200,
-            # Idempotence needs InitProducerId, which the embedded broker does not grant (ARCHITECTURE §7), and
+            # Idempotence needs InitProducerId, which the embedded broker does not grant (docs/architecture.md §7), and
             # kafka-python 3 turns it on by default: a producer stalls after a broker restart with it. One
             # request in flight keeps retried batches in order without it; duplicates are harmless downstream
             # because event ids are deterministic and the worker deduplicates.

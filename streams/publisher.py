@@ -2,7 +2,7 @@
 
 Events go one per record (keyed by the strongest identifier, as any producer would send them) or, where
 throughput matters, as envelopes: a JSON array of events for one destination partition, sent to that
-partition explicitly so key-derived routing stays deterministic (ARCHITECTURE §7).
+partition explicitly so key-derived routing stays deterministic (docs/architecture.md §7).
 
 A record the broker does not acknowledge (a broker restart or outage that outlasts the producer's own retries
 and delivery timeout) is kept and sent again, until it is acknowledged or the publisher gives up at its

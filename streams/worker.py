@@ -1,7 +1,7 @@
 """The Faust application: one agent over every channel topic, feeding batches to the apply process.
 
 Why one agent and no internal hops: every Faust hop costs a full per-record pass (~200-260 µs here,
-ARCHITECTURE §7), and every per-event table write as much again. State lives in the results database
+docs/architecture.md §7), and every per-event table write as much again. State lives in the results database
 and is written once per batch with the input offsets, so stitching, timelines, metrics and alerts need
 no repartition topic and no Faust table: one pass over the input, one transaction per batch.
 """

@@ -1,4 +1,4 @@
-"""Moments of truth: the touchpoints where an impression forms (ARCHITECTURE §5).
+"""Moments of truth: the touchpoints where an impression forms (docs/architecture.md §5).
 
 Most moments follow from the touchpoint alone (:func:`event_moments`):
 

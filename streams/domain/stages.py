@@ -1,6 +1,6 @@
 """Journey stages of touchpoints and of customers.
 
-A touchpoint's stage follows from its type alone (ARCHITECTURE §5):
+A touchpoint's stage follows from its type alone (docs/architecture.md §5):
 
 - pre-purchase: page_view, product_view, search, add_to_cart, identify, store_visit, enquiry;
 - purchase: checkout, purchase;

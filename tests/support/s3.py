@@ -2,7 +2,7 @@
 
 Tansu keeps its topics and consumer-group offsets in S3 when started with ``--storage-engine s3://BUCKET/``;
 against a local ``moto_server`` a broker can be killed with SIGKILL and restarted on the same storage, a real
-broker crash rather than a cut connection (ARCHITECTURE §7).
+broker crash rather than a cut connection (docs/architecture.md §7).
 """
 
 from __future__ import annotations
