@@ -20,6 +20,10 @@ def normalise_url(url: str) -> str:
     return url
 
 
+#: SQLite page cache of the worker's connection (KiB).
+WRITER_CACHE_KIB = 256 * 1024
+
+
 def make_engine(url: str, *, writer: bool = False) -> Engine:
     """Create an engine tuned for batched writes: WAL for SQLite, pre-ping for PostgreSQL.
 
@@ -43,6 +47,10 @@ def make_engine(url: str, *, writer: bool = False) -> Engine:
             cur.execute("PRAGMA synchronous=NORMAL")
             if checkpointer is not None:
                 cur.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer's thread does it
+            if writer:
+                # The worker reads back the pages it wrote (identities, customers, cells): 256 MiB of page cache
+                # instead of the 2 MiB default was 3.6 µs an event less (in-process, 50,000 customers).
+                cur.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
             cur.close()
             if writer:
                 dbapi_conn.isolation_level = None  # let SQLAlchemy's begin below start transactions
