@@ -29,6 +29,7 @@ __all__ = [
     "IdentityRow",
     "MergeRow",
     "ResultSink",
+    "StoredIdentity",
     "TouchpointRow",
 ]
 
@@ -52,11 +53,20 @@ class CustomerRow(NamedTuple):
 
 
 class IdentityRow(NamedTuple):
-    """An ``identities`` row: which customer an identifier key belongs to, first and last seen."""
+    """An ``identities`` row: which customer an identifier key belongs to, when it was first seen (exactly) and
+    last seen (the UTC day, ``result_rows.IDENTITY_SEEN_DAY_S``)."""
 
     identifier: str
     id_type: str
     id_value: str
+    customer_id: str
+    first_seen: datetime
+    last_seen: datetime
+
+
+class StoredIdentity(NamedTuple):
+    """What the ``identities`` table holds of a key: the batch needs it to know whether its row must change."""
+
     customer_id: str
     first_seen: datetime
     last_seen: datetime
@@ -160,6 +170,9 @@ class BatchWrite:
     removed_customers: list[str] = field(default_factory=list)
     customers: list[CustomerRow] = field(default_factory=list)
     identities: list[IdentityRow] = field(default_factory=list)
+    #: The ``identities`` rows of the keys the batch touched as they are once it commits (what a cache may keep);
+    #: None for a key a merge re-pointed without reading its row.
+    known_identities: dict[str, StoredIdentity | None] = field(default_factory=dict)
     touchpoints: list[TouchpointRow] = field(default_factory=list)
     #: The batch's metric cells by key (a cell finalised by the sweep replaces the batch's own row of it).
     cells: dict[CellKey, CellRow] = field(default_factory=dict)
@@ -193,8 +206,8 @@ class ResultSink(Protocol):
     def clock(self, group_id: str) -> Clock:
         """The group's clock, outside any batch."""
 
-    def load_identities(self, tx: Any, keys: Iterable[str]) -> dict[str, str]:
-        """customer_id of each known identifier key."""
+    def load_identities(self, tx: Any, keys: Iterable[str]) -> dict[str, StoredIdentity]:
+        """The stored row of each known identifier key."""
 
     def load_applied(self, tx: Any, event_ids: Iterable[str]) -> dict[str, str | None]:
         """customer_id of each given event id that was applied (None: unattributed)."""

@@ -39,6 +39,7 @@ from sinks.contract import (
     CustomerRow,
     IdentityRow,
     MergeRow,
+    StoredIdentity,
     TouchpointRow,
     cell_key,
 )
@@ -217,10 +218,17 @@ class SqlSink:
         with self.engine.connect() as conn:
             return self.clock_in(conn, group_id)
 
-    def load_identities(self, conn: Connection, keys: Iterable[str]) -> dict[str, str]:
-        """customer_id of each known identifier key."""
+    def load_identities(self, conn: Connection, keys: Iterable[str]) -> dict[str, StoredIdentity]:
+        """The stored row of each known identifier key."""
         c = t.identities.c
-        return _lookup(conn, c.identifier, c.customer_id, keys)
+        found: dict[str, StoredIdentity] = {}
+        for chunk in _chunks(sorted(keys)):
+            rows = conn.execute(
+                select(c.identifier, c.customer_id, c.first_seen, c.last_seen).where(c.identifier.in_(chunk))
+            )
+            for key, customer_id, first, last in rows:
+                found[key] = StoredIdentity(customer_id, as_utc(first), as_utc(last))
+        return found
 
     def load_applied(self, conn: Connection, event_ids: Iterable[str]) -> dict[str, str | None]:
         """customer_id of each given event id that was applied (has a touchpoint row; None: unattributed)."""

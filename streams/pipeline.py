@@ -23,7 +23,7 @@ from config.topics import Topics
 from schemas.deadletter import DeadLetter
 from schemas.outputs import NEGATIVE_MOMENTS, Alert, MetricScope, TimelineEntry
 from schemas.touchpoint import TouchpointEvent
-from sinks.contract import BatchWrite, Clock, ResultSink
+from sinks.contract import BatchWrite, Clock, ResultSink, StoredIdentity
 from streams.decoding import InRecord, dead_letter, decode_record, record_fingerprint
 from streams.domain import event_time
 from streams.domain.aggregate import MetricAggregator
@@ -300,7 +300,7 @@ class BatchProcessor:
         """Remember what the transaction committed: the cache, the clock."""
         self.cache.committed(
             clock.sequence + int(write.state_changed),
-            view.identities,
+            write.known_identities.items(),
             view.customers,
             removed,
             ((cell, row.counters) for cell, row in write.cells.items()),
@@ -318,8 +318,9 @@ class BatchProcessor:
         events = report.events
         # 3. load
         keys = self.engine.keys_of(events)
-        identities, missing = lookup(self.cache.identities, {key for event_keys in keys for key in event_keys.keys})
-        identities.update(self.sink.load_identities(tx, missing))
+        stored, missing = lookup(self.cache.identities, {key for event_keys in keys for key in event_keys.keys})
+        stored.update(self.sink.load_identities(tx, missing))
+        identities = {key: row.customer_id for key, row in stored.items()}
         customers, missing = lookup(self.cache.customers, set(identities.values()))
         for customer_id, state in self.sink.load_customers(tx, missing).items():
             customers[customer_id] = CustomerState.from_dict(state)
@@ -351,7 +352,7 @@ class BatchProcessor:
         self._alerts(result, view, write, report, records)  # on the states as applied, with what was restored
         self.engine.close(view, result)
         # 5. results
-        self._stitching(result, view, report, write, keys, records)
+        self._stitching(result, view, report, write, keys, records, stored)
         self._metrics(tx, result, write, records, before)
         # 6. event time
         self._follow(tx, write, report, read.latest, backlog, clock, view)
@@ -410,8 +411,12 @@ class BatchProcessor:
         write: BatchWrite,
         keys: Sequence[EventKeys],
         records: ResultRecords,
+        stored: dict[str, StoredIdentity],
     ) -> None:
-        """Merges, profiles, identities and touchpoints of the batch: their rows and records."""
+        """Merges, profiles, identities and touchpoints of the batch: their rows and records.
+
+        ``stored``: the identity rows of the batch's keys as the table held them; updated to what it holds after.
+        """
         for merge in result.merges:
             write.merges.append(merge_row(merge))
             records.merge(merge)
@@ -422,7 +427,17 @@ class BatchProcessor:
             if profile.merged_into is None:
                 state = view.customers[profile.customer_id]
                 write.customers.append(customer_row(profile, state, overdue_at(state, policy, target)))
-        write.identities = identity_rows(report.events, keys, result, view.identities)
+        write.identities = identity_rows(report.events, keys, result, view.identities, stored)
+        for row in write.identities:
+            stored[row.identifier] = StoredIdentity(row.customer_id, row.first_seen, row.last_seen)
+        # Keys a merge re-pointed that the batch did not read (the merge's UPDATE moved their rows) are not known
+        # here: None, so that a cache forgets what it held of them.
+        write.known_identities = {
+            key: None
+            if (old := stored.get(key)) is None
+            else StoredIdentity(customer_id, old.first_seen, old.last_seen)
+            for key, customer_id in view.identities.items()
+        }
         now = report.committed_at or datetime.now(UTC)
         for entry in result.entries:
             write.touchpoints.append(touchpoint_row(entry, now))

@@ -6,12 +6,21 @@ worker's tables row for row.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 from schemas.outputs import Alert, CustomerProfile, IdentityChange, TimelineEntry
 from schemas.touchpoint import TouchpointEvent
-from sinks.contract import AlertRow, CellKey, CellRow, CustomerRow, IdentityRow, MergeRow, TouchpointRow
+from sinks.contract import (
+    AlertRow,
+    CellKey,
+    CellRow,
+    CustomerRow,
+    IdentityRow,
+    MergeRow,
+    StoredIdentity,
+    TouchpointRow,
+)
 from sinks.sql import as_utc
 from streams.domain.customer import REASON_PREFIX, CustomerState, Policy
 from streams.domain.engine import BatchResult
@@ -44,12 +53,30 @@ def customer_row(profile: CustomerProfile, state: CustomerState, overdue: dateti
     )
 
 
-def identity_rows(
-    events: Sequence[TouchpointEvent], keys: Sequence[EventKeys], result: BatchResult, identities: dict[str, str]
-) -> list[IdentityRow]:
-    """Identity rows of the keys the batch's accepted events carried, with when each was first and last seen.
+#: ``identities.last_seen`` is the UTC day of the latest event that carried the key, not its time: a key's row
+#: is then rewritten once a day at most, not for every event (identity rows were most of a batch's rows, most
+#: of them only moving ``last_seen``). A day, not a rounding of the arrival: the result is the same in any order.
+IDENTITY_SEEN_DAY_S = 86_400
 
-    Keys of a merged customer that no event carried are re-pointed by the merge itself.
+
+def seen_day(at: datetime) -> datetime:
+    """The UTC day (its midnight) ``identities.last_seen`` records for an event at ``at``."""
+    seconds = int(at.timestamp())
+    return datetime.fromtimestamp(seconds - seconds % IDENTITY_SEEN_DAY_S, UTC)
+
+
+def identity_rows(
+    events: Sequence[TouchpointEvent],
+    keys: Sequence[EventKeys],
+    result: BatchResult,
+    identities: Mapping[str, str],
+    stored: Mapping[str, StoredIdentity],
+) -> list[IdentityRow]:
+    """The identity rows the batch's accepted events change: keys new to the table, keys now of another customer,
+    and keys seen earlier than their ``first_seen`` or on a later day than their ``last_seen``.
+
+    ``stored``: the table's rows of the keys (the keys missing from it are new). Keys of a merged customer that
+    no event carried are re-pointed by the merge itself.
     """
     accepted = {entry.event_id for entry in result.entries}
     # By object, not id: a conflicting record shares its id with an accepted event of another customer.
@@ -65,8 +92,14 @@ def identity_rows(
                 seen[key] = (min(first, at), max(last, at))
     rows = []
     for key, (first, last) in seen.items():
+        customer_id, day = identities[key], seen_day(last)
+        old = stored.get(key)
+        if old is not None:
+            if customer_id == old.customer_id and first >= old.first_seen and day <= old.last_seen:
+                continue
+            first, day = min(first, old.first_seen), max(day, old.last_seen)
         id_type, _, id_value = key.partition(":")
-        rows.append(IdentityRow(key, id_type, id_value, identities[key], first, last))
+        rows.append(IdentityRow(key, id_type, id_value, customer_id, first, day))
     return rows
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from itertools import islice
 from typing import TypeVar
 
+from sinks.contract import StoredIdentity
 from streams.domain.aggregate import CellKey
 from streams.domain.customer import CustomerState
 
@@ -59,7 +60,7 @@ class StateCache:
 
     def __init__(self, max_customers: int) -> None:
         # Identity keys and cells are small; customers (timelines) are what the limit is about.
-        self.identities: _Bounded[str, str] = _Bounded(4 * max_customers)
+        self.identities: _Bounded[str, StoredIdentity] = _Bounded(4 * max_customers)
         self.customers: _Bounded[str, CustomerState] = _Bounded(max_customers)
         self.cells: _Bounded[CellKey, dict[str, float]] = _Bounded(2 * max_customers)
         self.sequence: int | None = None
@@ -79,7 +80,7 @@ class StateCache:
     def committed(
         self,
         sequence: int,
-        identities: Mapping[str, str],
+        identities: Iterable[tuple[str, StoredIdentity | None]],
         customers: Mapping[str, CustomerState],
         removed_customers: Iterable[str],
         cells: Iterable[tuple[CellKey, dict[str, float]]],
@@ -90,7 +91,13 @@ class StateCache:
             self.customers.pop(customer_id, None)
         for cell in removed_cells:
             self.cells.pop(cell, None)
-        self.identities.store(identities.items())
+        known = []
+        for key, row in identities:
+            if row is None:
+                self.identities.pop(key, None)
+            else:
+                known.append((key, row))
+        self.identities.store(known)
         self.customers.store(customers.items())
         self.cells.store(cells)
         self.sequence = sequence

@@ -40,7 +40,7 @@ def expected_results(events: Iterable[TouchpointEvent], settings: Settings) -> d
         )
     ordered = sorted(events, key=lambda event: (event.occurred_at, event.event_id))
     keys = StitchEngine(settings).keys_of(ordered)
-    tables["identities"] = [row._asdict() for row in identity_rows(ordered, keys, oracle.result, oracle.identities)]
+    tables["identities"] = [row._asdict() for row in identity_rows(ordered, keys, oracle.result, oracle.identities, {})]
     now = datetime.now(UTC)
     tables["touchpoints"] = [touchpoint_row(entry, now)._asdict() for entry in oracle.entries.values()]
     aggregator = MetricAggregator.from_settings(settings)
