@@ -43,9 +43,9 @@ from streams.domain.customer import (
     row_of,
     timeline_entry,
 )
-from streams.domain.engine import NO_CUSTOMER, BatchResult, StateView, StitchEngine
 from streams.domain.event_time import TopicPartition
 from streams.domain.identity import EventKeys
+from streams.domain.stitching import NO_CUSTOMER, BatchResult, StateView, Stitcher
 from streams.downstream import Outputs
 from streams.state_cache import StateCache, lookup
 
@@ -142,7 +142,7 @@ class BatchProcessor:
         self.clock = clock
         self.topics = Topics(settings.topic_prefix)
         self.group_id = settings.app_id
-        self.engine = StitchEngine(settings)
+        self.stitcher = Stitcher(settings)
         self.grace = timedelta(seconds=settings.window_grace_s)
         self.applied: dict[tuple[str, int], int] = {}
         self.watermark: datetime | None = None
@@ -303,7 +303,7 @@ class BatchProcessor:
     ) -> tuple[BatchResult, BatchWrite, StateView]:
         """The batch inside its transaction: load what it touches, apply it, write everything back."""
         events = report.events
-        keys = self.engine.keys_of(events)
+        keys = self.stitcher.keys_of(events)
         identities, missing = lookup(self.cache.identities, {key for event_keys in keys for key in event_keys.keys})
         identities.update(self.store.load_identities(conn, missing))
         customers, missing = lookup(self.cache.customers, set(identities.values()))
@@ -314,11 +314,11 @@ class BatchProcessor:
             for event_id, customer_id in self.store.load_applied(conn, {event.event_id for event in events}).items()
         }
         view = StateView(identities=identities, customers=customers, applied=applied)
-        report.restored = self._restore(conn, view, self.engine.history_needs(events, keys, view))
+        report.restored = self._restore(conn, view, self.stitcher.history_needs(events, keys, view))
         before = clock.watermark
         max_age = self.settings.max_event_age_s
         reject_before = None if before is None or max_age is None else before.timestamp() - max_age
-        result = self.engine.apply(events, view, keys, reject_before=reject_before)
+        result = self.stitcher.apply(events, view, keys, reject_before=reject_before)
         report.result = result
         report.applied_at = datetime.now(UTC)
         if before is not None:
@@ -333,7 +333,7 @@ class BatchProcessor:
             state_changed=bool(events),
         )
         self._alerts(result, view, write, report)  # on the states as applied, with what was restored
-        self.engine.close(view, result)
+        self.stitcher.close(view, result)
         self._stitching(result, view, report, write, keys)
         self._metrics(conn, result, write, report.outputs, before)
         self._follow(conn, write, report, read.latest, backlog, clock, view)
@@ -432,7 +432,7 @@ class BatchProcessor:
 
     def _overdue_at(self, state: CustomerState) -> datetime | None:
         """When the customer's earliest open issue passes its target time (None without open issues)."""
-        return overdue_at(state, self.engine.policy, self.settings.issue_target_s)
+        return overdue_at(state, self.stitcher.policy, self.settings.issue_target_s)
 
     def _metrics(
         self,
@@ -513,7 +513,7 @@ class BatchProcessor:
     def _recent(self, state: CustomerState, since: float) -> list[TimelineEntry]:
         """The customer's entries from ``since`` on that an alert rule can read (not every entry: building them
         would cost more than the rules)."""
-        policy = self.engine.policy
+        policy = self.stitcher.policy
         return [
             timeline_entry(state.customer_id, row, state.derive(row, policy))
             for row in state.history
@@ -588,7 +588,7 @@ class BatchProcessor:
                 written[_sql_cell(cell)] = cell_row(cell, counters, final=True)
             write.cells = list(written.values())
         alerts: dict[str, Alert] = {}
-        policy = self.engine.policy
+        policy = self.stitcher.policy
         due = {
             cid: CustomerState.from_dict(data)
             for cid, data in self.store.customers_due(conn, self.swept_to, watermark).items()

@@ -3,7 +3,7 @@
 The worker's cycle for one batch (all pure here; loading and writing belong to the worker)::
 
     agg = MetricAggregator.from_settings(settings)
-    for entry in batch.entries:                     # the stitching engine's BatchResult
+    for entry in batch.entries:                     # the stitcher's BatchResult
         if entry.event_id in batch.replaced:
             agg.retract(batch.replaced[entry.event_id])
         agg.add(entry)
@@ -13,7 +13,7 @@ The worker's cycle for one batch (all pure here; loading and writing belong to t
 
 Revisions come from the counters themselves (``revision_of``): the number of entry versions added to or
 withdrawn from the metric's basis. The last record of every (cell, metric) is therefore the same however
-the worker split the entries into batches; where the engine re-emits entries, the versions it emitted (which
+the worker split the entries into batches; where the stitcher re-emits entries, the versions it emitted (which
 depend on its own batching) are counted too, and the revision still only grows.
 """
 
@@ -216,7 +216,7 @@ class MetricAggregator:
         self._apply(entry, contributions(entry), 1)
 
     def retract(self, entry: TimelineEntry) -> None:
-        """Withdraw the version a re-emitted entry replaces (the engine's ``replaced``); then add the new one."""
+        """Withdraw the version a re-emitted entry replaces (the stitcher's ``replaced``); then add the new one."""
         self._apply(entry, retraction(contributions(entry)), -1)
 
     def _apply(self, entry: TimelineEntry, contrib: Counters, sign: int) -> None:

@@ -27,7 +27,7 @@ After each batch (:meth:`prune`) both boundaries are the customer's latest event
 (the longest lookback of any derivation or alert rule, plus ``grace_s``), and ``history_from`` rises further
 when more than ``timeline_limit`` entries would be kept. An event up to ``grace_s`` older than the customer's
 latest is therefore applied from the state alone; an older one needs facts and history from before the
-boundaries, which the worker reads from the touchpoints table first (``engine.StitchEngine.history_needs``).
+boundaries, which the worker reads from the touchpoints table first (``stitching.Stitcher.history_needs``).
 """
 
 from __future__ import annotations
@@ -481,7 +481,7 @@ class CustomerState:
         """Rows of either state whose derived fields may change when the two merge.
 
         Only rows whose fields the merged facts can derive are candidates: the worker made the states complete
-        from early enough that no other row can change (``engine.StitchEngine.history_needs``).
+        from early enough that no other row can change (``stitching.Stitcher.history_needs``).
         """
         facts_from = max(self.facts_from, other.facts_from)
         found: list[tuple[CustomerState, Row | None]] = []

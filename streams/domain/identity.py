@@ -17,7 +17,7 @@ Per-type limits (``settings.identifier_limits``) refuse a link that would give a
 a type than allowed: the event goes to the customer of its strongest key and the refused keys stay
 where they were (:func:`plan_link`). Limits guard against wrong merges, but when they bite the result
 depends on arrival order (whichever link came first wins), as does which of two records claiming one
-event id is applied (see ``engine``); nothing else here does.
+event id is applied (see ``stitching``); nothing else here does.
 
 An event with no usable identifier may still carry an anonymous source identity: the attribute
 ``anonymous_id`` (a session or device id the source assigns without knowing the person). It becomes
@@ -28,7 +28,7 @@ never linked to others, because no event carries both it and a real identifier.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 from config.settings import Settings
@@ -150,10 +150,6 @@ class IdentityRules:
         elif len(keys) > 1:
             keys.sort(key=key_strength)
         return EventKeys(tuple(keys), blocked)
-
-    def required_keys(self, events: Iterable[TouchpointEvent]) -> set[str]:
-        """The identity rows a worker must load before applying ``events``."""
-        return {key for event in events for key in self.keys_of(event).keys}
 
 
 class LinkPlan(NamedTuple):

@@ -388,7 +388,7 @@ def first_purchase_in_window(entry: TimelineEntry, window_start_us: int) -> bool
     """True when a purchase entry is the customer's first purchase in a window starting at ``window_start_us``.
 
     Decided from the entry alone: its previous purchase (``time_since_last_purchase_s`` back) lies before the
-    window start, or it has none. A late earlier purchase changes the next one's gap; the engine re-emits
+    window start, or it has none. A late earlier purchase changes the next one's gap; the stitcher re-emits
     that entry, and withdrawing its old version keeps the count exact.
     """
     if entry.type is not _PURCHASE:

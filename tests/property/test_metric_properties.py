@@ -51,7 +51,7 @@ def entries(draw: st.DrawFn) -> TimelineEntry:
     occurred = T0 + timedelta(seconds=draw(st.integers(0, 45 * DAY)), microseconds=draw(st.integers(0, 999_999)))
     fields: dict[str, Any] = {
         "customer_id": draw(st.sampled_from(["c0", "c1", "c2", "c3"])),
-        "event_id": f"e{draw(st.integers(0, 60))}",  # collisions are the duplicates the engine removes
+        "event_id": f"e{draw(st.integers(0, 60))}",  # collisions are the duplicates the stitcher removes
         "channel": draw(st.sampled_from(list(Channel))),
         "type": draw(st.sampled_from([EventType.PURCHASE, EventType.PAGE_VIEW, *EventType])),
         "occurred_at": occurred,

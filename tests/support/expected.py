@@ -16,9 +16,9 @@ from config.settings import Settings
 from schemas.touchpoint import TouchpointEvent
 from streams.domain.aggregate import MetricAggregator, figures
 from streams.domain.customer import Policy
-from streams.domain.engine import StitchEngine
 from streams.domain.event_time import MAX_CLOCK_SKEW_S
 from streams.domain.oracle import replay
+from streams.domain.stitching import Stitcher
 from streams.pipeline import cell_row, customer_row, identity_rows, overdue_at, touchpoint_row
 from tests.support.results import WALL_CLOCK_COLUMNS, plain_row, without_versions
 
@@ -37,7 +37,7 @@ def expected_results(events: Iterable[TouchpointEvent], settings: Settings) -> d
         state = oracle.customers[customer_id]
         tables["customers"].append(customer_row(profile, state, overdue_at(state, policy, settings.issue_target_s)))
     ordered = sorted(events, key=lambda event: (event.occurred_at, event.event_id))
-    keys = StitchEngine(settings).keys_of(ordered)
+    keys = Stitcher(settings).keys_of(ordered)
     tables["identities"] = identity_rows(ordered, keys, oracle.result, oracle.identities)
     now = datetime.now(UTC)
     tables["touchpoints"] = [touchpoint_row(entry, now) for entry in oracle.entries.values()]

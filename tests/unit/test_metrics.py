@@ -394,7 +394,7 @@ def test_retract_replaces_a_re_emitted_version() -> None:
     agg.add(first)
     stored = agg.updates({}).counters
     assert value_of("fcr", stored[day]) == (1.0, 1.0, 100.0)
-    # ...until a late earlier contact of the same issue renumbers it: the engine re-emits it with `replaced`.
+    # ...until a late earlier contact of the same issue renumbers it: the stitcher re-emits it with `replaced`.
     agg.add(contact("c1", 1, occurred_at=T0 - timedelta(minutes=5)))
     agg.retract(first)
     agg.add(contact("c2", 2, resolved=True, repeat_contact=True))

@@ -1,11 +1,11 @@
-"""The stitching engine: identity stitching and per-customer timelines over a batch of events.
+"""The stitcher: identity stitching and per-customer timelines over a batch of events.
 
 Pure code (no Kafka, no SQL): the worker loads a :class:`StateView` holding the identity rows of every
-key the batch carries (:meth:`StitchEngine.required_keys`), the state of every customer they point to and
+key the batch carries (:meth:`Stitcher.required_keys`), the state of every customer they point to and
 which of the batch's event ids were applied before; it restores from the touchpoints table the history that
-:meth:`StitchEngine.history_needs` asks for; then it calls :meth:`StitchEngine.apply`, evaluates alerts on the
-full states, calls :meth:`StitchEngine.close`, and writes back what the :class:`BatchResult` reports, in one
-transaction with its input offsets. The same engine over a full in-memory view is the test oracle (``oracle``).
+:meth:`Stitcher.history_needs` asks for; then it calls :meth:`Stitcher.apply`, evaluates alerts on the
+full states, calls :meth:`Stitcher.close`, and writes back what the :class:`BatchResult` reports, in one
+transaction with its input offsets. The same stitcher over a full in-memory view is the test oracle (``oracle``).
 
 Per event, in arrival order:
 
@@ -116,7 +116,7 @@ class BatchResult:
         return sum(len(keys) for keys in self.refused.values())
 
 
-class StitchEngine:
+class Stitcher:
     """Applies batches of events to a state view (see the module docstring)."""
 
     def __init__(self, settings: Settings) -> None:
@@ -126,7 +126,7 @@ class StitchEngine:
 
     def required_keys(self, events: Iterable[TouchpointEvent]) -> set[str]:
         """The identifier keys whose identity rows the worker must load before applying ``events``."""
-        return self.rules.required_keys(events)
+        return {key for event_keys in self.keys_of(events) for key in event_keys.keys}
 
     def keys_of(self, events: Iterable[TouchpointEvent]) -> list[EventKeys]:
         """Each event's identifier keys (what ``apply`` stitches by), computed once for the caller and ``apply``."""
@@ -254,9 +254,9 @@ def _final(state: CustomerState) -> CustomerState:
 class _Batch:
     """The work of one apply() call."""
 
-    def __init__(self, engine: StitchEngine, view: StateView, reject_before: float | None) -> None:
-        self.rules = engine.rules
-        self.policy = engine.policy
+    def __init__(self, stitcher: Stitcher, view: StateView, reject_before: float | None) -> None:
+        self.rules = stitcher.rules
+        self.policy = stitcher.policy
         self.view = view
         self.reject_before = reject_before
         self.result = BatchResult()
