@@ -40,9 +40,9 @@ from schemas.deadletter import DeadLetter
 from schemas.touchpoint import Channel, TouchpointEvent
 from streams.adapters import partition_key
 from streams.adapters.reader import MAX_DETAIL_CHARS, TOO_LONG_KEPT_BYTES, Accepted, Rejected, convert_one
-from streams.domain.identifiers import IdentifierHashing
 from streams.kafka import partition_for
 from streams.observability import Metrics
+from streams.policies import identifier_hashing
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class Collector:
         self.unacknowledged = 0
         self.max_unacknowledged = MAX_UNACKNOWLEDGED_BODIES * settings.collector_max_body_bytes
         # The same conversion as `cxstream publish`: with hashing on, no raw e-mail or phone number is published.
-        self.hashing = IdentifierHashing.from_settings(settings)
+        self.hashing = identifier_hashing(settings)
 
     def authorised(self, authorization: str | None) -> bool:
         """True when the Authorization header carries a known write key as HTTP Basic user name."""

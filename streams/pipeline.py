@@ -30,14 +30,14 @@ from sinks.store import BatchWrite, Clock, SqlStore, as_utc
 from sinks.store import CellKey as SqlCell
 from streams.domain import event_time
 from streams.domain.aggregate import CellKey, MetricAggregator, MetricRow
-from streams.domain.alerts import DEFAULT_RULES, READ_TYPES, OpenIssueInfo, evaluate, overdue
+from streams.domain.alerts import READ_TYPES, OpenIssueInfo, evaluate, overdue
 from streams.domain.customer import (
     MOMENTS,
     REASON_PREFIX,
     SURVEY,
     TYPE,
+    CustomerPolicy,
     CustomerState,
-    Policy,
     T,
     is_kept,
     row_of,
@@ -47,6 +47,7 @@ from streams.domain.event_time import TopicPartition
 from streams.domain.identity import EventKeys
 from streams.domain.stitching import NO_CUSTOMER, BatchResult, StateView, Stitcher
 from streams.downstream import Outputs
+from streams.policies import Policies
 from streams.state_cache import StateCache, lookup
 
 log = logging.getLogger(__name__)
@@ -55,9 +56,6 @@ _ENVELOPE = TypeAdapter(list[TouchpointEvent])
 _SCOPE_NAMES = {scope: scope.value for scope in MetricScope}
 _ALERT_READ_TYPES = frozenset(t.value for t in READ_TYPES)
 _NEGATIVE = frozenset(m.value for m in NEGATIVE_MOMENTS)
-
-#: How far before or after an entry an alert rule looks (the longest rule window, late delivery → contact).
-ALERT_SPAN_S = DEFAULT_RULES.longest_window_s
 
 
 class _AppliedElsewhere(Exception):
@@ -142,7 +140,8 @@ class BatchProcessor:
         self.clock = clock
         self.topics = Topics(settings.topic_prefix)
         self.group_id = settings.app_id
-        self.stitcher = Stitcher(settings)
+        self.policies = Policies.from_settings(settings)
+        self.stitcher = Stitcher(self.policies)
         self.grace = timedelta(seconds=settings.window_grace_s)
         self.applied: dict[tuple[str, int], int] = {}
         self.watermark: datetime | None = None
@@ -442,7 +441,7 @@ class BatchProcessor:
         outputs: Outputs,
         watermark: datetime | None,
     ) -> None:
-        aggregator = MetricAggregator.from_settings(self.settings)
+        aggregator = MetricAggregator(self.policies.metrics)
         survivors = {m.merged_id: m.survivor_id for m in result.merges}
         if survivors:
             # Merged customers' metric cells move into the survivor's: history is combined, not lost.
@@ -503,10 +502,10 @@ class BatchProcessor:
                 evaluated.setdefault(entry.customer_id, []).append(entry)
         fired: dict[str, Alert] = {}
         for customer_id, entries in evaluated.items():
-            since = min(entry.occurred_at for entry in entries).timestamp() - ALERT_SPAN_S
+            since = min(entry.occurred_at for entry in entries).timestamp() - self.policies.alerts.longest_window_s
             timeline = self._recent(view.customers[customer_id], since)
             for entry in entries:
-                for alert in evaluate(entry, timeline, self.settings):
+                for alert in evaluate(entry, timeline, self.policies.alerts):
                     fired.setdefault(alert.alert_id, alert)
         self._alert_rows(fired.values(), write, report)
 
@@ -574,7 +573,7 @@ class BatchProcessor:
         watermark = write.watermark
         if watermark is None or watermark == self.swept_to:
             return
-        aggregator = MetricAggregator.from_settings(self.settings)
+        aggregator = MetricAggregator(self.policies.metrics)
         closable = self.store.closable_cells(conn, watermark - self.grace)
         if closable:
             written = {_row_cell(row): row for row in write.cells}
@@ -603,13 +602,13 @@ class BatchProcessor:
                 issue.key: OpenIssueInfo(datetime.fromtimestamp(issue.first_contact_at, UTC))
                 for issue in state.open_issues(policy)
             }
-            for alert in overdue(customer_id, issues, watermark, self.settings, since=self.swept_to):
+            for alert in overdue(customer_id, issues, watermark, self.policies.alerts, since=self.swept_to):
                 alerts.setdefault(alert.alert_id, alert)
         self._alert_rows(alerts.values(), write, report)
         write.swept_to = watermark
 
 
-def overdue_at(state: CustomerState, policy: Policy, issue_target_s: float) -> datetime | None:
+def overdue_at(state: CustomerState, policy: CustomerPolicy, issue_target_s: float) -> datetime | None:
     """When the customer's earliest open issue passes its target time (None without open issues)."""
     firsts = [issue.first_contact_at for issue in state.open_issues(policy)]
     if not firsts:

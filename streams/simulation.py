@@ -14,6 +14,7 @@ from schemas.touchpoint import Channel
 from streams.adapters.reader import convert_one
 from streams.domain.identifiers import IdentifierHashing
 from streams.kafka import BrokerUnreachable, ensure_topics
+from streams.policies import identifier_hashing
 from streams.publisher import Publisher
 from streams.simulate import SimRecord, simulate, write_files
 
@@ -50,7 +51,7 @@ def run_simulation(
     except BrokerUnreachable as exc:
         raise click.ClickException(str(exc)) from None
     try:
-        publish_simulated(publisher, records, rate=rate, hashing=IdentifierHashing.from_settings(settings))
+        publish_simulated(publisher, records, rate=rate, hashing=identifier_hashing(settings))
     except KeyboardInterrupt:
         click.echo("simulation interrupted", err=True)
     finally:

@@ -1,6 +1,6 @@
 """The test oracle: the same input replayed in memory, in event-time order, with a full view.
 
-``replay`` is a pure function of the events and the settings. The stitcher over any arrival order and
+``replay`` is a pure function of the events and the policies. The stitcher over any arrival order and
 any batch split, with the history the worker restores from SQL, must end with the same customers, identity
 map, entries and stages (as long as no identifier limit bites, no age bound is set and no record reuses
 another person's event id: whichever is applied first holds the id, see ``stitching``); integration tests compare
@@ -12,11 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from config.settings import Settings
 from schemas.outputs import CustomerProfile, Stage, TimelineEntry
 from schemas.touchpoint import TouchpointEvent
 from streams.domain.customer import CustomerState
-from streams.domain.stitching import BatchResult, StateView, Stitcher
+from streams.domain.stitching import BatchResult, StateView, Stitcher, StitchPolicies
 
 
 @dataclass
@@ -39,11 +38,11 @@ class OracleResult:
     result: BatchResult
 
 
-def replay(events: Iterable[TouchpointEvent], settings: Settings) -> OracleResult:
+def replay(events: Iterable[TouchpointEvent], policies: StitchPolicies) -> OracleResult:
     """Replay ``events`` sorted by (occurred_at, event_id) through one stitcher over a full view."""
     ordered = sorted(events, key=lambda event: (event.occurred_at, event.event_id))
     view = StateView()
-    stitcher = Stitcher(settings)
+    stitcher = Stitcher(policies)
     result = stitcher.apply(ordered, view)
     stitcher.close(view, result)
     entries = final_entries([result])

@@ -32,16 +32,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from config.settings import Settings
 from schemas.outputs import CustomerProfile, IdentityChange, TimelineEntry
 from schemas.touchpoint import EventType, IdentifierType, TouchpointEvent
 from streams.domain.customer import (
     EVENT_ID,
     REVISABLE_TYPES,
+    CustomerPolicy,
     CustomerState,
     Derived,
-    Policy,
     Row,
     make_row,
     standalone,
@@ -50,6 +50,7 @@ from streams.domain.customer import (
 from streams.domain.identity import (
     ANONYMOUS_TYPE,
     EventKeys,
+    IdentityPolicy,
     IdentityRules,
     customer_id_for,
     key_strength,
@@ -116,13 +117,22 @@ class BatchResult:
         return sum(len(keys) for keys in self.refused.values())
 
 
+class StitchPolicies(Protocol):
+    """The policies stitching reads (``streams.policies.Policies`` holds them, built from the settings)."""
+
+    @property
+    def identity(self) -> IdentityPolicy: ...
+
+    @property
+    def customer(self) -> CustomerPolicy: ...
+
+
 class Stitcher:
     """Applies batches of events to a state view (see the module docstring)."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.rules = IdentityRules(settings)
-        self.policy = Policy.from_settings(settings)
+    def __init__(self, policies: StitchPolicies) -> None:
+        self.rules = IdentityRules(policies.identity)
+        self.policy = policies.customer
 
     def required_keys(self, events: Iterable[TouchpointEvent]) -> set[str]:
         """The identifier keys whose identity rows the worker must load before applying ``events``."""
@@ -139,11 +149,11 @@ class Stitcher:
         """Customers of the view whose facts and history must be restored before ``apply``, and from when.
 
         An entry that later events can change, or that alert rules read, needs its customer's facts and history
-        from ``Policy.span_s`` before it (``Policy.history_needed``). Customers the batch may merge need more: a
-        merge can change any entry of either side from the younger side's first event on, so every customer
-        linked, through the batch's keys, to an older one needs its history from the second-earliest
-        ``first_seen`` of the group, minus the span. Customers complete from early enough are left out: in a
-        live stream, with events no later than ``Policy.grace_s``, nobody is.
+        from ``CustomerPolicy.span_s`` before it (``CustomerPolicy.history_needed``). Customers the batch may merge
+        need more: a merge can change any entry of either side from the younger side's first event on, so every
+        customer linked, through the batch's keys, to an older one needs its history from the second-earliest
+        ``first_seen`` of the group, minus the span. Customers complete from early enough are left out: in a live
+        stream, with events no later than ``CustomerPolicy.grace_s``, nobody is.
         """
         span = self.policy.span_s
         identities = view.identities

@@ -30,5 +30,5 @@ class Window:
 
 
 def parse_window(name: str) -> Window:
-    """Parse a window name such as ``1h``, ``7d`` or ``all`` (``schemas.windows``); raise ValueError on anything else."""
+    """Parse a window name such as ``1h``, ``7d`` or ``all`` (``schemas.windows``); raise ValueError otherwise."""
     return Window(name, window_seconds(name))

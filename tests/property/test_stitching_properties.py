@@ -25,6 +25,7 @@ from streams.domain.customer import EVENT_ID, CustomerState, StoredEntry, is_kep
 from streams.domain.identity import customer_id_for, key_strength
 from streams.domain.oracle import final_entries, replay
 from streams.domain.stitching import NO_CUSTOMER, BatchResult, StateView, Stitcher
+from streams.policies import Policies
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 DAY = 86400.0
@@ -217,8 +218,10 @@ def components(events: list, stitcher: Stitcher) -> dict[str, list[str]]:
 
 
 #: The defaults, and tight ones: short lookbacks, grace and history, so that retention and restoring happen often.
-DEFAULTS = Settings()
-TIGHT = Settings(window_grace_s=DAY, issue_memory_s=3 * DAY, repeat_contact_window_s=DAY, timeline_limit=4)
+DEFAULTS = Policies.from_settings(Settings())
+TIGHT = Policies.from_settings(
+    Settings(window_grace_s=DAY, issue_memory_s=3 * DAY, repeat_contact_window_s=DAY, timeline_limit=4)
+)
 
 
 def impostors(events: list, rng: random.Random) -> list:
@@ -233,11 +236,11 @@ def impostors(events: list, rng: random.Random) -> list:
     return copies
 
 
-def assert_like_the_oracle(events: list, arrived: list, copies: list, settings: Settings, rng: random.Random) -> None:
+def assert_like_the_oracle(events: list, arrived: list, copies: list, policies: Policies, rng: random.Random) -> None:
     """Run ``arrived`` like the worker and compare everything with the oracle's replay of ``events``."""
-    stitcher = Stitcher(settings)
+    stitcher = Stitcher(policies)
     identities, states, results = run_like_worker(stitcher, arrived, rng)
-    oracle = replay(events, settings)
+    oracle = replay(events, policies)
 
     assert sorted(event.event_id for r in results for event, _ in r.conflicts) == sorted(e.event_id for e in copies)
     assert all(holder == oracle.entries[event.event_id].customer_id for r in results for event, holder in r.conflicts)

@@ -20,13 +20,14 @@ from schemas.touchpoint import (
     TouchpointEvent,
     derive_event_id,
 )
-from streams.domain.customer import EVENT_ID, CustomerState, Policy, StoredEntry, issue_key, make_row, row_of
+from streams.domain.customer import EVENT_ID, CustomerState, StoredEntry, issue_key, make_row, row_of
 from streams.domain.identifiers import hash_identifier
 from streams.domain.identity import customer_id_for
 from streams.domain.moments import event_moments, is_complaint, nps_moment
 from streams.domain.oracle import replay
 from streams.domain.stages import customer_stage, stage_of
 from streams.domain.stitching import BatchResult, StateView, Stitcher
+from streams.policies import Policies
 
 T0 = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)
 HOUR = 3600.0
@@ -66,7 +67,7 @@ def contact(hours: float, channel: Channel = Channel.PHONE, **fields: object) ->
 
 
 def new_stitcher(**overrides: object) -> Stitcher:
-    return Stitcher(Settings(**overrides))  # type: ignore[arg-type]
+    return Stitcher(Policies.from_settings(Settings(**overrides)))  # type: ignore[arg-type]
 
 
 def run(stitcher: Stitcher, events: list[TouchpointEvent], view: StateView) -> BatchResult:
@@ -280,7 +281,7 @@ def test_required_keys_are_the_keys_apply_looks_up() -> None:
         ev(identifiers={EMAIL: "noreply@example.com"}, attributes={"anonymous_id": "x"}),
         ev(identifiers={}),
     ]
-    assert Stitcher(settings).required_keys(events) == {
+    assert Stitcher(Policies.from_settings(settings)).required_keys(events) == {
         "email:" + hash_identifier(EMAIL, "ann@example.org", "s"),
         "web_anonymous_id:a1",
         "anonymous:web:test:x",
@@ -377,7 +378,7 @@ def test_an_applied_id_is_a_duplicate_whatever_its_age() -> None:
 
 def test_retention_keeps_the_previous_purchase_a_late_purchase_needs() -> None:
     stitcher = new_stitcher(window_grace_s=2 * DAY)
-    keep = Policy.from_settings(stitcher.settings).keep_s
+    keep = stitcher.policy.keep_s
     view = StateView()
     days = keep / DAY + 10
     old, recent = (ev(EventType.PURCHASE, 24 * day, amount=Decimal(1)) for day in (0, days))
@@ -408,7 +409,7 @@ def test_retention_keeps_the_contacts_a_late_contact_looks_back_to() -> None:
 
 def test_retention_forgets_what_only_older_events_than_the_grace_can_need() -> None:
     stitcher = new_stitcher(window_grace_s=DAY)
-    keep = Policy.from_settings(stitcher.settings).keep_s
+    keep = stitcher.policy.keep_s
     view = StateView()
     latest = 24 * (keep / DAY + 2)
     run(
@@ -440,7 +441,7 @@ def test_history_keeps_the_most_recent_entries_and_still_counts_older_ones() -> 
 
 def test_history_needs_name_the_customers_a_batch_must_read_back() -> None:
     stitcher = new_stitcher(window_grace_s=DAY)
-    policy = Policy.from_settings(stitcher.settings)
+    policy = stitcher.policy
     view = StateView()
     run(stitcher, [ev(EventType.PURCHASE, 0, amount=Decimal(1)), ev(hours=24 * 100)], view)
     run(stitcher, [ev(EventType.PURCHASE, 24 * 90, identifiers={EMAIL: "bob@example.org"}, amount=Decimal(1))], view)
@@ -477,7 +478,7 @@ def test_restore_puts_back_what_retention_dropped_and_nothing_twice() -> None:
     assert [c[1] for c in state.issues["reason:late"]] == [c.event_id for c in calls]
     assert [row[EVENT_ID] for row in state.history] == [c.event_id for c in calls]
     assert state.complete_from == 0.0
-    state.prune(Policy.from_settings(stitcher.settings))
+    state.prune(stitcher.policy)
     assert (state.issues, state.history, state.complete_from) == ({}, [], kept_from)
 
 
@@ -547,7 +548,7 @@ def stage_after(*events: TouchpointEvent) -> Stage:
     view = StateView()
     result = run(new_stitcher(), list(events), view)
     (profile,) = result.profiles
-    assert profile.stage is view.customers[ANN].stage(Policy.from_settings(Settings()))
+    assert profile.stage is view.customers[ANN].stage(Policies.from_settings(Settings()).customer)
     return profile.stage
 
 
@@ -720,16 +721,17 @@ def test_time_since_last_purchase() -> None:
 
 
 def test_open_issues_and_their_abandonment() -> None:
-    policy = Policy.from_settings(Settings(repeat_contact_window_s=DAY))
+    stitcher = new_stitcher(repeat_contact_window_s=DAY)
+    policy = stitcher.policy
     view = StateView()
-    Stitcher(Settings(repeat_contact_window_s=DAY)).apply(
+    stitcher.apply(
         [contact(0, Channel.PHONE, reason="late", resolved=False), contact(3, Channel.WEB, reason="late")],
         view,
     )
     (issue,) = view.customers[ANN].open_issues(policy)
     assert (issue.key, issue.contacts, issue.last_channel) == ("reason:late", 2, "web")
     assert issue.first_contact_at == T0.timestamp()
-    Stitcher(Settings(repeat_contact_window_s=DAY)).apply([ev(hours=40)], view)
+    stitcher.apply([ev(hours=40)], view)
     assert view.customers[ANN].open_issues(policy) == []
 
 
@@ -750,7 +752,7 @@ def test_state_round_trips_through_json() -> None:
     state = view.customers[ANN]
     again = CustomerState.from_dict(json.loads(json.dumps(state.to_dict())))
     assert again.to_dict() == state.to_dict()
-    policy = Policy.from_settings(Settings())
+    policy = Policies.from_settings(Settings()).customer
     assert again.profile(policy) == state.profile(policy)
     assert [again.derive(row, policy) for row in again.history] == [state.derive(r, policy) for r in state.history]
     with pytest.raises(ValueError, match="layout"):
@@ -776,7 +778,7 @@ def test_a_layout_1_state_is_read_as_complete_only_from_its_latest_event() -> No
 
 def test_oracle_replays_in_event_time_order() -> None:
     events = [ev(hours=3), ev(EventType.PURCHASE, 1, amount=Decimal(2)), ev(hours=2, identifiers={ANON: "x"})]
-    oracle = replay(events, Settings())
+    oracle = replay(events, Policies.from_settings(Settings()))
     assert oracle.timelines[ANN] == [events[1].event_id, events[0].event_id]
     assert oracle.stages[ANN] is Stage.PRE_PURCHASE
     assert oracle.identities == {
