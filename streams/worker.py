@@ -74,7 +74,7 @@ class Worker:
         self.engine = make_engine(settings.database_url)  # this process only reads (gauges)
         # Every write goes through the apply process, in submission order: a batch, then the deletion of outbox
         # rows published meanwhile; this process keeps fetching and publishing while it runs.
-        self.database = ApplyProcess(settings, loglevel)
+        self.apply_process = ApplyProcess(settings, loglevel)
         #: Each input partition's highest applied offset, as the apply process last reported it (for the lag gauge).
         self.applied: dict[tuple[str, int], int] = {}
         self.publisher = OutboxPublisher(
@@ -151,7 +151,7 @@ class Worker:
             if not self.publisher.ready.is_set():
                 return  # what a previous run left unpublished goes out first
             try:
-                summary = await self.database.run(apply_process.tick, self._backlog())
+                summary = await self.apply_process.run(apply_process.tick, self._backlog())
             except BrokenProcessPool as exc:
                 log.error("the apply process died; stopping the worker")
                 await self.app.crash(exc)
@@ -300,7 +300,7 @@ class Worker:
         delay, reload = 0.2, False
         while True:
             try:
-                result = await self.database.run(work, *args, reload=reload)
+                result = await self.apply_process.run(work, *args, reload=reload)
             except Exception as exc:
                 if not is_transient(exc):
                     raise
