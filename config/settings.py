@@ -14,6 +14,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from schemas.touchpoint import IdentifierType
+from schemas.windows import window_seconds
 
 ENV_PREFIX = "CXSTREAM_"
 #: The collector's default write key: public (it is in this README), for the embedded default on loopback only.
@@ -191,10 +192,8 @@ class Settings(BaseSettings):
     @field_validator("metric_windows", "customer_metric_windows")
     @classmethod
     def _windows(cls, value: list[str]) -> list[str]:
-        from streams.domain.windows import parse_window  # local: config must not import the domain at load
-
         for name in value:
-            parse_window(name)
+            window_seconds(name)
         return value
 
     @field_validator("metric_windows", "write_keys")

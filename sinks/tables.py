@@ -51,7 +51,7 @@ customers = Table(
     Column("returns", Integer, nullable=False, default=0),
     Column("open_issues", Integer, nullable=False, default=0),
     Column("overdue_at", TS, index=True, comment="when the earliest open issue passes its target time"),
-    # The stitching engine's per-customer state: one record per customer, written with the results.
+    # The stitcher's per-customer state: one record per customer, written with the results.
     Column("state", JSON, nullable=False),
 )
 

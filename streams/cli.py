@@ -163,8 +163,8 @@ def publish(
     import signal
 
     from streams.backfill import publish_sources
-    from streams.domain.identifiers import IdentifierHashing
     from streams.kafka import BrokerUnreachable, ensure_topics
+    from streams.policies import identifier_hashing
     from streams.progress import stderr_progress
     from streams.publisher import Publisher
     from streams.sources import ArgumentProblem, SourceError, parse_sources
@@ -189,7 +189,7 @@ def publish(
         files,
         order=order,
         default_region=settings.default_phone_region,
-        hashing=IdentifierHashing.from_settings(settings),
+        hashing=identifier_hashing(settings),
         progress=stderr_progress,
         run_events=run_events,
     )

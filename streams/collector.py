@@ -40,9 +40,9 @@ from schemas.deadletter import DeadLetter
 from schemas.touchpoint import Channel, TouchpointEvent
 from streams.adapters import partition_key
 from streams.adapters.reader import MAX_DETAIL_CHARS, TOO_LONG_KEPT_BYTES, Accepted, Rejected, convert_one
-from streams.domain.identifiers import IdentifierHashing
 from streams.kafka import partition_for
-from streams.observability import Metrics
+from streams.observability import Instruments
+from streams.policies import identifier_hashing
 
 log = logging.getLogger(__name__)
 
@@ -81,17 +81,17 @@ class CollectorReply:
 class Collector:
     """Validates collector requests and publishes their events; framework-free so tests call it directly."""
 
-    def __init__(self, settings: Settings, enqueue: EnqueueFn, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, enqueue: EnqueueFn, instruments: Instruments) -> None:
         self.settings = settings
         self.topics = Topics(settings.topic_prefix)
         self.enqueue = enqueue
-        self.metrics = metrics
+        self.instruments = instruments
         self.write_keys = frozenset(settings.write_keys)
         #: Bytes queued with the producer and not acknowledged yet, for MAX_UNACKNOWLEDGED_BODIES.
         self.unacknowledged = 0
         self.max_unacknowledged = MAX_UNACKNOWLEDGED_BODIES * settings.collector_max_body_bytes
         # The same conversion as `cxstream publish`: with hashing on, no raw e-mail or phone number is published.
-        self.hashing = IdentifierHashing.from_settings(settings)
+        self.hashing = identifier_hashing(settings)
 
     def authorised(self, authorization: str | None) -> bool:
         """True when the Authorization header carries a known write key as HTTP Basic user name."""
@@ -141,7 +141,7 @@ class Collector:
         unavailable = await self._send_all([*self._event_records(channel, events), *self._dead_records(rejected)])
         if unavailable:
             return unavailable
-        self.metrics.events_published.labels(channel.value).inc(len(events))
+        self.instruments.events_published.labels(channel.value).inc(len(events))
         if rejected:
             # ``index`` is the message's place in the request's array (0-based); its dead letter's ``line`` is index + 1.
             errors = [

@@ -1,4 +1,6 @@
-"""Prometheus metrics of a cxstream process (``cxstream_`` prefix, units in names, ``_total`` counters)."""
+"""Operational instruments of a cxstream process: its Prometheus metrics (``cxstream_`` prefix, units in names,
+``_total`` counters). Not to be confused with the experience metrics (``streams.domain.metrics``), which are data.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +11,8 @@ LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
 
 
-class Metrics:
-    """The instruments of one process, registered in their own registry (tests run several side by side)."""
+class Instruments:
+    """The Prometheus instruments of one process, registered in their own registry (tests run several side by side)."""
 
     def __init__(self, worker: str, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()

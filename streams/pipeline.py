@@ -27,12 +27,13 @@ from sinks.contract import BatchWrite, Clock, ResultSink, StoredIdentity
 from streams.decoding import InRecord, dead_letter, decode_record, record_fingerprint
 from streams.domain import event_time
 from streams.domain.aggregate import MetricAggregator
-from streams.domain.alerts import DEFAULT_RULES, READ_TYPES, OpenIssueInfo, evaluate, overdue
+from streams.domain.alerts import READ_TYPES, OpenIssueInfo, evaluate, overdue
 from streams.domain.customer import MOMENTS, SURVEY, TYPE, CustomerState, T, is_kept, row_of, timeline_entry
-from streams.domain.engine import NO_CUSTOMER, BatchResult, StateView, StitchEngine
 from streams.domain.event_time import TopicPartition
 from streams.domain.identity import EventKeys
+from streams.domain.stitching import NO_CUSTOMER, BatchResult, StateView, Stitcher
 from streams.downstream import Outputs
+from streams.policies import Policies
 from streams.result_records import ResultRecords
 from streams.result_rows import alert_row, cell_row, customer_row, identity_rows, merge_row, overdue_at, touchpoint_row
 from streams.state_cache import StateCache, lookup
@@ -41,9 +42,6 @@ log = logging.getLogger(__name__)
 
 _ALERT_READ_TYPES = frozenset(t.value for t in READ_TYPES)
 _NEGATIVE = frozenset(m.value for m in NEGATIVE_MOMENTS)
-
-#: How far before or after an entry an alert rule looks (the longest rule window, late delivery → contact).
-ALERT_SPAN_S = DEFAULT_RULES.longest_window_s
 
 __all__ = ["BatchProcessor", "BatchReport", "InRecord", "record_fingerprint"]
 
@@ -105,7 +103,8 @@ class BatchProcessor:
         self.clock = clock
         self.topics = Topics(settings.topic_prefix)
         self.group_id = settings.app_id
-        self.engine = StitchEngine(settings)
+        self.policies = Policies.from_settings(settings)
+        self.stitcher = Stitcher(self.policies)
         self.grace = timedelta(seconds=settings.window_grace_s)
         self.applied: dict[TopicPartition, int] = {}
         self.watermark: datetime | None = None
@@ -317,7 +316,7 @@ class BatchProcessor:
         """Steps 3 to 7 of ``process``: load what the batch touches, apply it, write everything back."""
         events = report.events
         # 3. load
-        keys = self.engine.keys_of(events)
+        keys = self.stitcher.keys_of(events)
         stored, missing = lookup(self.cache.identities, {key for event_keys in keys for key in event_keys.keys})
         stored.update(self.sink.load_identities(tx, missing))
         identities = {key: row.customer_id for key, row in stored.items()}
@@ -329,12 +328,12 @@ class BatchProcessor:
             for event_id, customer_id in self.sink.load_applied(tx, {event.event_id for event in events}).items()
         }
         view = StateView(identities=identities, customers=customers, applied=applied)
-        report.restored = self._restore(tx, view, self.engine.history_needs(events, keys, view))
+        report.restored = self._restore(tx, view, self.stitcher.history_needs(events, keys, view))
         # 4. apply
         before = clock.watermark
         max_age = self.settings.max_event_age_s
         reject_before = None if before is None or max_age is None else before.timestamp() - max_age
-        result = self.engine.apply(events, view, keys, reject_before=reject_before)
+        result = self.stitcher.apply(events, view, keys, reject_before=reject_before)
         report.result = result
         report.applied_at = datetime.now(UTC)
         if before is not None:
@@ -350,7 +349,7 @@ class BatchProcessor:
         )
         records = ResultRecords(self.topics, report.outputs)
         self._alerts(result, view, write, report, records)  # on the states as applied, with what was restored
-        self.engine.close(view, result)
+        self.stitcher.close(view, result)
         # 5. results
         self._stitching(result, view, report, write, keys, records, stored)
         self._metrics(tx, result, write, records, before)
@@ -421,7 +420,7 @@ class BatchProcessor:
             write.merges.append(merge_row(merge))
             records.merge(merge)
         write.removed_customers = list(result.removed)
-        policy, target = self.engine.policy, self.settings.issue_target_s
+        policy, target = self.stitcher.policy, self.settings.issue_target_s
         for profile in result.profiles:
             records.profile(profile)
             if profile.merged_into is None:
@@ -448,7 +447,7 @@ class BatchProcessor:
     ) -> None:
         """The metric cells the batch's entries change (merged customers' cells folded into the survivor's):
         their rows, and the figures that changed."""
-        aggregator = MetricAggregator.from_settings(self.settings)
+        aggregator = MetricAggregator(self.policies.metrics)
         survivors = {m.merged_id: m.survivor_id for m in result.merges}
         if survivors:
             # Merged customers' metric cells move into the survivor's: history is combined, not lost.
@@ -486,17 +485,17 @@ class BatchProcessor:
                 evaluated.setdefault(entry.customer_id, []).append(entry)
         fired: dict[str, Alert] = {}
         for customer_id, entries in evaluated.items():
-            since = min(entry.occurred_at for entry in entries).timestamp() - ALERT_SPAN_S
+            since = min(entry.occurred_at for entry in entries).timestamp() - self.policies.alerts.longest_window_s
             timeline = self._recent(view.customers[customer_id], since)
             for entry in entries:
-                for alert in evaluate(entry, timeline, self.settings):
+                for alert in evaluate(entry, timeline, self.policies.alerts):
                     fired.setdefault(alert.alert_id, alert)
         self._alert_rows(fired.values(), write, report, records)
 
     def _recent(self, state: CustomerState, since: float) -> list[TimelineEntry]:
         """The customer's entries from ``since`` on that an alert rule can read (not every entry: building them
         would cost more than the rules)."""
-        policy = self.engine.policy
+        policy = self.stitcher.policy
         return [
             timeline_entry(state.customer_id, row, state.derive(row, policy))
             for row in state.history
@@ -552,7 +551,7 @@ class BatchProcessor:
         if watermark is None or watermark == self.swept_to:
             return
         records = ResultRecords(self.topics, report.outputs)
-        aggregator = MetricAggregator.from_settings(self.settings)
+        aggregator = MetricAggregator(self.policies.metrics)
         closable = self.sink.closable_cells(tx, watermark - self.grace)
         if closable:
             # A cell this batch changed is finalised with its new counters, not the stored ones.
@@ -564,7 +563,7 @@ class BatchProcessor:
             for cell, counters in cells.items():
                 write.cells[cell] = cell_row(cell, counters, final=True)
         alerts: dict[str, Alert] = {}
-        policy = self.engine.policy
+        policy = self.stitcher.policy
         due = {
             cid: CustomerState.from_dict(data)
             for cid, data in self.sink.customers_due(tx, self.swept_to, watermark).items()
@@ -579,7 +578,7 @@ class BatchProcessor:
                 issue.key: OpenIssueInfo(datetime.fromtimestamp(issue.first_contact_at, UTC))
                 for issue in state.open_issues(policy)
             }
-            for alert in overdue(customer_id, issues, watermark, self.settings, since=self.swept_to):
+            for alert in overdue(customer_id, issues, watermark, self.policies.alerts, since=self.swept_to):
                 alerts.setdefault(alert.alert_id, alert)
         self._alert_rows(alerts.values(), write, report, records)
         write.swept_to = watermark

@@ -22,12 +22,12 @@ from sinks.contract import (
     TouchpointRow,
 )
 from sinks.sql import as_utc
-from streams.domain.customer import REASON_PREFIX, CustomerState, Policy
-from streams.domain.engine import BatchResult
+from streams.domain.customer import REASON_PREFIX, CustomerPolicy, CustomerState
 from streams.domain.identity import EventKeys
+from streams.domain.stitching import BatchResult
 
 
-def overdue_at(state: CustomerState, policy: Policy, issue_target_s: float) -> datetime | None:
+def overdue_at(state: CustomerState, policy: CustomerPolicy, issue_target_s: float) -> datetime | None:
     """When the customer's earliest open issue passes its target time (None without open issues)."""
     firsts = [issue.first_contact_at for issue in state.open_issues(policy)]
     if not firsts:

@@ -41,7 +41,7 @@ from streams.downstream import DownstreamProducer, OutboxPayload, OutboxPublishe
 from streams.faust_app import App
 from streams.http import CollectorHttp, application_options, enqueue_with
 from streams.kafka import LogMismatch, missing_applied_records
-from streams.observability import Metrics
+from streams.observability import Instruments
 from streams.pipeline import InRecord, record_fingerprint
 
 log = logging.getLogger(__name__)
@@ -65,16 +65,16 @@ MAX_BACKOFF_S = 10.0
 
 
 class Worker:
-    """Ties the Faust app, the apply process, the outbox publisher and the Prometheus metrics together."""
+    """Ties the Faust app, the apply process, the outbox publisher and the Prometheus instruments together."""
 
     def __init__(self, settings: Settings, loglevel: str = "info") -> None:
         self.settings = settings
         self.topics = Topics(settings.topic_prefix)
-        self.metrics = Metrics(settings.worker_id)
+        self.instruments = Instruments(settings.worker_id)
         self.engine = make_engine(settings.database_url)  # this process only reads (gauges)
         # Every write goes through the apply process, in submission order: a batch, then the deletion of outbox
         # rows published meanwhile; this process keeps fetching and publishing while it runs.
-        self.database = ApplyProcess(settings, loglevel)
+        self.apply_process = ApplyProcess(settings, loglevel)
         #: Each input partition's highest applied offset, as the apply process last reported it (for the lag gauge).
         self.applied: dict[tuple[str, int], int] = {}
         self.publisher = OutboxPublisher(
@@ -82,7 +82,7 @@ class Worker:
             pending=self._pending_outbox,
             delete=functools.partial(self._with_database, apply_process.delete_outbox),
             on_sent=self._count_published,
-            on_waiting=self.metrics.outbox_unpublished.labels(settings.worker_id).set,
+            on_waiting=self.instruments.outbox_unpublished.labels(settings.worker_id).set,
         )
         self.batches = BatchFeeder(self._apply_batch, self._finish_batch, settings.batch_max_events, self._fail)
         self.app = self._build_app()
@@ -151,7 +151,7 @@ class Worker:
             if not self.publisher.ready.is_set():
                 return  # what a previous run left unpublished goes out first
             try:
-                summary = await self.database.run(apply_process.tick, self._backlog())
+                summary = await self.apply_process.run(apply_process.tick, self._backlog())
             except BrokenProcessPool as exc:
                 log.error("the apply process died; stopping the worker")
                 await self.app.crash(exc)
@@ -176,16 +176,16 @@ class Worker:
                     labels = label_values(dead.get("channel"), dead.get("reason"), dead.get("stage"))
                 except (orjson.JSONDecodeError, AttributeError, TypeError):
                     labels = label_values(None, None, None)
-                self.metrics.dead_letters.labels(*labels).inc()
+                self.instruments.dead_letters.labels(*labels).inc()
 
         @app.page("/metrics")
         async def metrics_page(_web: Any, _request: Any) -> web.Response:
             return web.Response(
-                body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+                body=generate_latest(self.instruments.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
             )
 
         # The collector: write key first, then the body (bounded in size and time); see streams.http.
-        collector = CollectorHttp(s, Collector(s, enqueue_with(app), self.metrics))
+        collector = CollectorHttp(s, Collector(s, enqueue_with(app), self.instruments))
 
         @app.page("/v1/{kind}")
         class SegmentEndpoint(View):
@@ -279,7 +279,7 @@ class Worker:
             try:
                 applied.append(await self._apply(apply_process.process, [record], self._backlog()))
             except Exception as single:
-                self.metrics.sink_failures.labels(self.settings.worker_id, "permanent").inc()
+                self.instruments.sink_failures.labels(self.settings.worker_id, "permanent").inc()
                 detail = f"{single.__class__.__name__}: {single}"[:2000]
                 applied.append(await self._apply(apply_process.reject, [record], "sink_rejected", detail))
         return applied
@@ -300,20 +300,20 @@ class Worker:
         delay, reload = 0.2, False
         while True:
             try:
-                result = await self.database.run(work, *args, reload=reload)
+                result = await self.apply_process.run(work, *args, reload=reload)
             except Exception as exc:
                 if not is_transient(exc):
                     raise
-                self.metrics.database_up.labels(self.settings.worker_id).set(0)
-                self.metrics.sink_failures.labels(self.settings.worker_id, "transient").inc()
-                self.metrics.sink_retries.labels(self.settings.worker_id).inc()
+                self.instruments.database_up.labels(self.settings.worker_id).set(0)
+                self.instruments.sink_failures.labels(self.settings.worker_id, "transient").inc()
+                self.instruments.sink_retries.labels(self.settings.worker_id).inc()
                 log.warning("database unavailable (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_S)
                 # A failed transaction rolled back: go on from what the database says, not from memory.
                 reload = work is not apply_process.reload
             else:
-                self.metrics.database_up.labels(self.settings.worker_id).set(1)
+                self.instruments.database_up.labels(self.settings.worker_id).set(1)
                 return result
 
     async def _publish(self, summary: BatchSummary) -> None:
@@ -333,27 +333,27 @@ class Worker:
 
     def _count_published(self, sent: Counter[str]) -> None:
         for topic, count in sent.items():
-            self.metrics.outputs_published.labels(self.settings.worker_id, topic).inc(count)
+            self.instruments.outputs_published.labels(self.settings.worker_id, topic).inc(count)
 
     def observe(self, summary: BatchSummary, duration: float) -> None:
         """Record a batch in the Prometheus metrics."""
-        m, w = self.metrics, self.settings.worker_id
+        inst, w = self.instruments, self.settings.worker_id
         for channel, count in summary.events_by_channel.items():
-            m.events_in.labels(w, channel, self.topics.channel(channel)).inc(count)
-        m.sink_batch_size.labels(w).observe(summary.events)
-        m.sink_write_duration.labels(w).observe(duration)
-        m.duplicates.labels(w).inc(summary.duplicates)
-        m.late_events.labels(w, "accepted").inc(summary.late_accepted)
-        m.late_events.labels(w, "too_late").inc(summary.too_late)
+            inst.events_in.labels(w, channel, self.topics.channel(channel)).inc(count)
+        inst.sink_batch_size.labels(w).observe(summary.events)
+        inst.sink_write_duration.labels(w).observe(duration)
+        inst.duplicates.labels(w).inc(summary.duplicates)
+        inst.late_events.labels(w, "accepted").inc(summary.late_accepted)
+        inst.late_events.labels(w, "too_late").inc(summary.too_late)
         if summary.unattributed:
-            m.unattributed.labels(w).inc(summary.unattributed)
+            inst.unattributed.labels(w).inc(summary.unattributed)
         if summary.restored:
-            m.history_restored.labels(w).inc(summary.restored)
-        m.identity_merges.labels(w).inc(summary.merges)
-        m.blocked_identifiers.labels(w, "blocked").inc(summary.blocked)
-        m.blocked_identifiers.labels(w, "over_limit").inc(summary.over_limit)
+            inst.history_restored.labels(w).inc(summary.restored)
+        inst.identity_merges.labels(w).inc(summary.merges)
+        inst.blocked_identifiers.labels(w, "blocked").inc(summary.blocked)
+        inst.blocked_identifiers.labels(w, "over_limit").inc(summary.over_limit)
         # Only entries new in this batch: one re-emitted because a later event changed it is not a new arrival.
-        processing, end_to_end = m.processing_latency.labels(w), m.end_to_end_latency.labels(w)
+        processing, end_to_end = inst.processing_latency.labels(w), inst.end_to_end_latency.labels(w)
         for seconds in summary.processing_s:
             processing.observe(seconds)
         for seconds in summary.end_to_end_s:
@@ -363,9 +363,9 @@ class Worker:
         """Refresh gauges that are read rather than counted: customers in state, consumer lag, watermark."""
         w = self.settings.worker_id
         with contextlib.suppress(OperationalError):  # the database is down: the sink's failure counters say so
-            self.metrics.customers.labels(w).set(await asyncio.to_thread(customers_count, self.engine))
+            self.instruments.customers.labels(w).set(await asyncio.to_thread(customers_count, self.engine))
         for (topic, partition), lag in self._lag().items():
-            self.metrics.consumer_lag.labels(w, topic, str(partition)).set(lag)
+            self.instruments.consumer_lag.labels(w, topic, str(partition)).set(lag)
 
     def _lag(self) -> dict[tuple[str, int], int]:
         """Records not yet applied on each input partition assigned to this worker (as far as fetches told)."""

@@ -126,7 +126,7 @@ def read_records(
 
     Raises ValueError at once for bad arguments (unknown channel or format, CSV for web or e-commerce, a naive
     ``received_at``); after that, no input can make it raise. ``received_at`` defaults to the time of each line.
-    With ``hashing`` (``IdentifierHashing.from_settings``), accepted events carry no raw e-mail or phone number.
+    With ``hashing`` (``streams.policies.identifier_hashing``), accepted events carry no raw e-mail or phone number.
     """
     ctx = _context(channel, source_file, received_at, default_region, max_line_bytes, hashing)
     if fmt == "jsonl":

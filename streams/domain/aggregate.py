@@ -2,8 +2,8 @@
 
 The worker's cycle for one batch (all pure here; loading and writing belong to the worker)::
 
-    agg = MetricAggregator.from_settings(settings)
-    for entry in batch.entries:                     # the stitching engine's BatchResult
+    agg = MetricAggregator(policy)                  # a MetricPolicy: windows and grace
+    for entry in batch.entries:                     # the stitcher's BatchResult
         if entry.event_id in batch.replaced:
             agg.retract(batch.replaced[entry.event_id])
         agg.add(entry)
@@ -13,7 +13,7 @@ The worker's cycle for one batch (all pure here; loading and writing belong to t
 
 Revisions come from the counters themselves (``revision_of``): the number of entry versions added to or
 withdrawn from the metric's basis. The last record of every (cell, metric) is therefore the same however
-the worker split the entries into batches; where the engine re-emits entries, the versions it emitted (which
+the worker split the entries into batches; where the stitcher re-emits entries, the versions it emitted (which
 depend on its own batching) are counted too, and the revision still only grows.
 """
 
@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
 from schemas.outputs import MetricScope, MetricUpdate, TimelineEntry
 from schemas.touchpoint import EventType
@@ -40,9 +40,6 @@ from streams.domain.metrics import (
     value_of,
 )
 from streams.domain.windows import ALL_TIME_END, ALL_TIME_START, Window, parse_window
-
-if TYPE_CHECKING:
-    from config.settings import Settings
 
 #: Key of the overall scope.
 OVERALL_KEY = "all"
@@ -181,17 +178,26 @@ def figures(cell: CellKey, counters: Mapping[str, float], *, final: bool) -> lis
     return _record(cell, counters, present, "final" if final else "provisional", 1 if final else 0)
 
 
+@dataclass(frozen=True, slots=True)
+class MetricPolicy:
+    """What metric aggregation reads: its windows and their grace (built by ``streams.policies``)."""
+
+    #: Windows of the channel and overall scopes.
+    windows: tuple[Window, ...]
+    #: Windows of the customer scope.
+    customer_windows: tuple[Window, ...]
+    #: A window closes (its figures turn final) once the watermark passes its end plus this, seconds.
+    grace_s: float
+
+
 class MetricAggregator:
     """Accumulates one batch of timeline entries into counter deltas per cell, then merges them into stored ones."""
 
-    def __init__(self, windows: Sequence[Window], customer_windows: Sequence[Window], grace_s: float):
-        """Aggregate channel and overall scopes over ``windows``, customers over ``customer_windows``.
-
-        A window closes (its figures turn final) once the watermark passes its end plus ``grace_s``.
-        """
-        self.windows = tuple(windows)
-        self.customer_windows = tuple(customer_windows)
-        self.grace_s = grace_s
+    def __init__(self, policy: MetricPolicy):
+        """Aggregate channel and overall scopes over ``policy.windows``, customers over ``policy.customer_windows``."""
+        self.windows = policy.windows
+        self.customer_windows = policy.customer_windows
+        self.grace_s = policy.grace_s
         # A group in add() spans several windows but purchasers differs by window: it is kept per window
         # index under a private name until _spread() moves it to its cell.
         self._purchasers_at = tuple(
@@ -202,21 +208,12 @@ class MetricAggregator:
         self._groups: dict[tuple[MetricScope, str, tuple[int, ...]], Counters] = {}
         self._deltas: dict[CellKey, Counters] = {}
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> MetricAggregator:
-        """An aggregator over the windows and grace configured in settings."""
-        return cls(
-            [parse_window(w) for w in settings.metric_windows],
-            [parse_window(w) for w in settings.customer_metric_windows],
-            settings.window_grace_s,
-        )
-
     def add(self, entry: TimelineEntry) -> None:
         """Add one timeline entry (a new event, or the new version of a re-emitted one) to the batch."""
         self._apply(entry, contributions(entry), 1)
 
     def retract(self, entry: TimelineEntry) -> None:
-        """Withdraw the version a re-emitted entry replaces (the engine's ``replaced``); then add the new one."""
+        """Withdraw the version a re-emitted entry replaces (the stitcher's ``replaced``); then add the new one."""
         self._apply(entry, retraction(contributions(entry)), -1)
 
     def _apply(self, entry: TimelineEntry, contrib: Counters, sign: int) -> None:

@@ -15,13 +15,9 @@ import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
 
 from schemas.outputs import NEGATIVE_MOMENTS, Alert, Moment, Severity, TimelineEntry
 from schemas.touchpoint import EventType
-
-if TYPE_CHECKING:
-    from config.settings import Settings
 
 DETRACTOR_AFTER_REPEAT_CONTACT = "detractor_after_repeat_contact"
 ISSUE_OVERDUE = "issue_overdue"
@@ -48,9 +44,13 @@ _LATE_DELIVERY_MOMENT = Moment.LATE_DELIVERY
 
 
 @dataclass(frozen=True, slots=True)
-class AlertRules:
-    """Thresholds of the timeline rules that are not settings (the issue target and burst size are)."""
+class AlertPolicy:
+    """Thresholds of the alert rules: the burst size and the issue target are settings, the rest fixed defaults."""
 
+    #: Negative moments within ``negative_moments_window_s`` that raise an alert.
+    negative_moments_threshold: int
+    #: An issue open longer than this after its first contact raises an alert, seconds.
+    issue_target_s: float
     nps_detractor_max: int = 6
     csat_low_max: int = 2
     repeat_contact_lookback_s: float = 7 * _DAY
@@ -61,9 +61,6 @@ class AlertRules:
     def longest_window_s(self) -> float:
         """How far before or after an entry any rule looks: the history an entry's alerts need around it."""
         return max(self.repeat_contact_lookback_s, self.negative_moments_window_s, self.late_delivery_contact_s)
-
-
-DEFAULT_RULES = AlertRules()
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,13 +98,13 @@ def _alert(
     )
 
 
-def _low_score(entry: TimelineEntry, rules: AlertRules) -> str | None:
+def _low_score(entry: TimelineEntry, policy: AlertPolicy) -> str | None:
     survey = entry.survey
     if survey is None:
         return None
-    if survey.nps is not None and survey.nps <= rules.nps_detractor_max:
+    if survey.nps is not None and survey.nps <= policy.nps_detractor_max:
         return f"NPS {survey.nps}"
-    if survey.csat is not None and survey.csat <= rules.csat_low_max:
+    if survey.csat is not None and survey.csat <= policy.csat_low_max:
         return f"CSAT {survey.csat}"
     return None
 
@@ -135,10 +132,10 @@ def _within(earlier: TimelineEntry, later: TimelineEntry, seconds: float) -> boo
 
 
 def _detractor_after_repeat_contact(
-    entry: TimelineEntry, timeline: Sequence[TimelineEntry], rules: AlertRules
+    entry: TimelineEntry, timeline: Sequence[TimelineEntry], policy: AlertPolicy
 ) -> list[Alert]:
     """(a) A low NPS (<= 6) or CSAT (<= 2) answer with a repeat contact in the 7 days up to it; cause: the survey."""
-    lookback = rules.repeat_contact_lookback_s
+    lookback = policy.repeat_contact_lookback_s
     repeats = _ordered(c for c in timeline if _is_repeat_contact(c))
 
     def repeats_before(survey: TimelineEntry) -> list[TimelineEntry]:
@@ -156,7 +153,7 @@ def _detractor_after_repeat_contact(
         )
 
     out = []
-    score = _low_score(entry, rules)
+    score = _low_score(entry, policy)
     if score is not None:
         contacts = repeats_before(entry)
         if contacts:
@@ -165,7 +162,7 @@ def _detractor_after_repeat_contact(
         # A late repeat contact completes the cause of low scores after it that had no repeat contact yet;
         # a score that already had one fired then and must not fire again.
         for survey in _ordered(e for e in timeline if e.survey is not None and e is not entry):
-            score = _low_score(survey, rules)
+            score = _low_score(survey, policy)
             if score is None or not _within(entry, survey, lookback):
                 continue
             if [c.event_id for c in repeats_before(survey)] == [entry.event_id]:
@@ -173,17 +170,15 @@ def _detractor_after_repeat_contact(
     return out
 
 
-def _negative_moments(
-    entry: TimelineEntry, timeline: Sequence[TimelineEntry], threshold: int, rules: AlertRules
-) -> list[Alert]:
-    """(c) The count of negative moments in the 7 days up to an entry reaches ``threshold`` at that entry.
+def _negative_moments(entry: TimelineEntry, timeline: Sequence[TimelineEntry], policy: AlertPolicy) -> list[Alert]:
+    """(c) The count of negative moments in the 7 days up to an entry reaches the threshold at that entry.
 
     Cause: the negative entries of that window; the id comes from the earliest of them, so two crossings of
     one burst (possible only when a late entry reshapes it) share one alert.
     """
     if not _negative_weight(entry):
         return []
-    span = rules.negative_moments_window_s
+    span, threshold = policy.negative_moments_window_s, policy.negative_moments_threshold
     negatives = _ordered(e for e in timeline if _negative_weight(e))
     out = []
     for last in negatives:
@@ -206,9 +201,9 @@ def _negative_moments(
     return out
 
 
-def _late_delivery_contact(entry: TimelineEntry, timeline: Sequence[TimelineEntry], rules: AlertRules) -> list[Alert]:
+def _late_delivery_contact(entry: TimelineEntry, timeline: Sequence[TimelineEntry], policy: AlertPolicy) -> list[Alert]:
     """(d) A late delivery followed by a service contact within 14 days; cause: the late delivery."""
-    span = rules.late_delivery_contact_s
+    span = policy.late_delivery_contact_s
     contacts = _ordered(c for c in timeline if c.is_contact)
 
     def contacts_after(late: TimelineEntry) -> list[TimelineEntry]:
@@ -241,13 +236,11 @@ def _late_delivery_contact(entry: TimelineEntry, timeline: Sequence[TimelineEntr
     return out
 
 
-def evaluate(
-    entry: TimelineEntry, recent: Sequence[TimelineEntry], settings: Settings, rules: AlertRules = DEFAULT_RULES
-) -> list[Alert]:
+def evaluate(entry: TimelineEntry, recent: Sequence[TimelineEntry], policy: AlertPolicy) -> list[Alert]:
     """Alerts whose cause includes ``entry``, given the customer's event-time-ordered recent timeline."""
     if entry.customer_id is None:
         return []  # an unattributed touchpoint belongs to nobody's timeline
-    survey_rule = _low_score(entry, rules) is not None or _is_repeat_contact(entry)
+    survey_rule = _low_score(entry, policy) is not None or _is_repeat_contact(entry)
     burst_rule = _negative_weight(entry) > 0
     delivery_rule = entry.is_contact or _is_late_delivery(entry)
     if not (survey_rule or burst_rule or delivery_rule):
@@ -257,11 +250,11 @@ def evaluate(
     timeline.append(entry)
     out = []
     if survey_rule:
-        out += _detractor_after_repeat_contact(entry, timeline, rules)
+        out += _detractor_after_repeat_contact(entry, timeline, policy)
     if burst_rule:
-        out += _negative_moments(entry, timeline, settings.negative_moments_alert, rules)
+        out += _negative_moments(entry, timeline, policy)
     if delivery_rule:
-        out += _late_delivery_contact(entry, timeline, rules)
+        out += _late_delivery_contact(entry, timeline, policy)
     return out
 
 
@@ -269,15 +262,15 @@ def overdue(
     customer_id: str,
     open_issues: Mapping[str, OpenIssueInfo],
     watermark: datetime,
-    settings: Settings,
+    policy: AlertPolicy,
     since: datetime | None = None,
 ) -> list[Alert]:
-    """(b) Alerts for open issues whose first contact is more than ``settings.issue_target_s`` before ``watermark``.
+    """(b) Alerts for open issues whose first contact is more than ``policy.issue_target_s`` before ``watermark``.
 
     With ``since`` (the watermark of the previous call) only issues that became overdue after it are returned,
     so each fires once; without it every overdue issue is returned again, under the same alert id.
     """
-    target = timedelta(seconds=settings.issue_target_s)
+    target = timedelta(seconds=policy.issue_target_s)
     out = []
     for issue_key in sorted(open_issues):
         issue = open_issues[issue_key]

@@ -23,11 +23,11 @@ order, so the same events in any order and any batch split give equal states (``
   moments of truth), from ``history_from`` on; other entries (page views, visits...) never change after they
   are made and are not kept.
 
-After each batch (:meth:`prune`) both boundaries are the customer's latest event time minus ``Policy.keep_s``
+After each batch (:meth:`prune`) both boundaries are the customer's latest event time minus ``CustomerPolicy.keep_s``
 (the longest lookback of any derivation or alert rule, plus ``grace_s``), and ``history_from`` rises further
 when more than ``timeline_limit`` entries would be kept. An event up to ``grace_s`` older than the customer's
 latest is therefore applied from the state alone; an older one needs facts and history from before the
-boundaries, which the worker reads from the touchpoints table first (``engine.StitchEngine.history_needs``).
+boundaries, which the worker reads from the touchpoints table first (``stitching.Stitcher.history_needs``).
 """
 
 from __future__ import annotations
@@ -43,10 +43,8 @@ from decimal import Decimal, InvalidOperation
 from operator import itemgetter
 from typing import Any, NamedTuple
 
-from config.settings import Settings
 from schemas.outputs import CustomerProfile, Moment, Stage, TimelineEntry
 from schemas.touchpoint import Channel, EventType, IdentifierType, SurveyAnswers, TouchpointEvent
-from streams.domain.alerts import DEFAULT_RULES
 from streams.domain.identity import ANONYMOUS_TYPE, type_rank
 from streams.domain.moments import event_moments, with_first_purchase
 from streams.domain.stages import customer_stage, is_journey_event, stage_of
@@ -178,27 +176,23 @@ def is_kept(row: Row) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class Policy:
-    """The settings the customer state needs, read once from Settings."""
+class CustomerPolicy:
+    """What the customer state reads: its lookbacks, retention and size (built by ``streams.policies``)."""
 
+    #: Most kept entries of a customer's history (see Retention).
     timeline_limit: int
+    #: A contact about an issue contacted within this window is a repeat contact, seconds.
     repeat_window_s: float
+    #: How long contacts about one issue id count as one issue, seconds (raised to ``repeat_window_s`` if shorter).
     issue_memory_s: float
     #: How late an event may be, relative to its customer's latest, and still be applied from the state alone.
     grace_s: float
-    #: How far around an entry alert rules look.
-    alert_span_s: float = DEFAULT_RULES.longest_window_s
+    #: How far around an entry alert rules look (``alerts.AlertPolicy.longest_window_s``).
+    alert_span_s: float
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Policy:
-        """Build the policy from the settings object."""
-        return cls(
-            timeline_limit=settings.timeline_limit,
-            repeat_window_s=settings.repeat_contact_window_s,
-            # An issue id is remembered at least as long as a repeat contact is.
-            issue_memory_s=max(settings.issue_memory_s, settings.repeat_contact_window_s),
-            grace_s=settings.window_grace_s,
-        )
+    def __post_init__(self) -> None:
+        # An issue id is remembered at least as long as a repeat contact is.
+        object.__setattr__(self, "issue_memory_s", max(self.issue_memory_s, self.repeat_window_s))
 
     def lookback(self, issue: str) -> float:
         """How far back a contact's context looks for contacts about the same issue, seconds."""
@@ -383,7 +377,7 @@ class CustomerState:
             return history[i]
         return None
 
-    def affected_by(self, row: Row, policy: Policy) -> list[Row]:
+    def affected_by(self, row: Row, policy: CustomerPolicy) -> list[Row]:
         """Rows whose derived fields may change when ``row`` is added; call before :meth:`add`."""
         t, event_id, kind = row[T], row[EVENT_ID], row[TYPE]
         pair = (t, event_id)
@@ -477,11 +471,11 @@ class CustomerState:
 
     # --- merges --------------------------------------------------------------------------------
 
-    def merge_affected(self, other: CustomerState, policy: Policy) -> list[tuple[CustomerState, Row]]:
+    def merge_affected(self, other: CustomerState, policy: CustomerPolicy) -> list[tuple[CustomerState, Row]]:
         """Rows of either state whose derived fields may change when the two merge.
 
         Only rows whose fields the merged facts can derive are candidates: the worker made the states complete
-        from early enough that no other row can change (``engine.StitchEngine.history_needs``).
+        from early enough that no other row can change (``stitching.Stitcher.history_needs``).
         """
         facts_from = max(self.facts_from, other.facts_from)
         found: list[tuple[CustomerState, Row | None]] = []
@@ -536,7 +530,7 @@ class CustomerState:
             self.channels[channel] = self.channels.get(channel, 0) + n
         other.merged_into = self
 
-    def prune(self, policy: Policy) -> None:
+    def prune(self, policy: CustomerPolicy) -> None:
         """Forget what no event up to ``policy.grace_s`` late can need (see Retention in the module docstring).
 
         The boundaries come out the same whatever the state held beyond what it must (restored rows, both sides
@@ -570,7 +564,7 @@ class CustomerState:
 
     # --- derived -------------------------------------------------------------------------------
 
-    def derive(self, row: Row, policy: Policy) -> Derived:
+    def derive(self, row: Row, policy: CustomerPolicy) -> Derived:
         """The fields of ``row``'s timeline entry that depend on the customer's other events."""
         kind = row[TYPE]
         first = self.first_purchase
@@ -587,7 +581,7 @@ class CustomerState:
             return Derived(stage_of(EventType.OTHER, purchased), False, None, None)
         return Derived(stage_of(_TYPES[kind]), False, None, None)
 
-    def _contact_context(self, row: Row, policy: Policy) -> ContactContext | None:
+    def _contact_context(self, row: Row, policy: CustomerPolicy) -> ContactContext | None:
         contacts = self.issues.get(row[ISSUE], [])
         t, event_id = row[T], row[EVENT_ID]
         i = bisect_left(contacts, (t, event_id), key=_PAIR)
@@ -605,7 +599,7 @@ class CustomerState:
             time_to_resolution_s=t - contacts[j][0] if resolved else None,
         )
 
-    def open_issues(self, policy: Policy) -> list[OpenIssue]:
+    def open_issues(self, policy: CustomerPolicy) -> list[OpenIssue]:
         """Issues whose latest contact did not resolve them, within their lookback of the latest event."""
         found = []
         for key, contacts in self.issues.items():
@@ -617,7 +611,7 @@ class CustomerState:
             found.append(OpenIssue(key, contacts[j][0], last[0], len(contacts) - j, last[2]))
         return found
 
-    def stage(self, policy: Policy) -> Stage:
+    def stage(self, policy: CustomerPolicy) -> Stage:
         """The customer's current journey stage (rule in ``stages``)."""
         return self._stage(bool(self.open_issues(policy)))
 
@@ -630,7 +624,7 @@ class CustomerState:
         """Event time of the latest purchase (retention always keeps it)."""
         return self.purchase_times[-1][0] if self.purchase_times else None
 
-    def profile(self, policy: Policy) -> CustomerProfile:
+    def profile(self, policy: CustomerPolicy) -> CustomerProfile:
         """The customer's published profile."""
         open_issues = len(self.open_issues(policy))
         return CustomerProfile(

@@ -14,14 +14,11 @@ import hmac
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar, cast
+from typing import TypeVar, cast
 
 import phonenumbers
 
 from schemas.touchpoint import IDENTIFIER_RANK, IdentifierType
-
-if TYPE_CHECKING:
-    from config.settings import Settings
 
 _T = TypeVar("_T")
 
@@ -94,7 +91,7 @@ _PHONE_IN_TEXT = re.compile(r"(?<![\w+./-])(?:\+|\(?0)[\d ().-]{7,20}\d(?![\w.-]
 class IdentifierHashing:
     """How the adapters hash personal data before it is published: the salt, its fingerprint, the default region.
 
-    Built from the settings at the edge (:meth:`from_settings`): None when hashing is off.
+    Built from the settings at the edge (``streams.policies.identifier_hashing``): None when hashing is off.
     """
 
     salt: str
@@ -103,13 +100,6 @@ class IdentifierHashing:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fingerprint", salt_fingerprint(self.salt))
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> IdentifierHashing | None:
-        """The hashing the settings ask for, or None when ``hash_identifiers`` is off."""
-        if not settings.hash_identifiers:
-            return None
-        return cls(settings.identifier_salt, settings.default_phone_region)
 
     def value(self, kind: IdentifierType, value: str) -> str:
         """The stored value of a normalised identifier: its salted hash when it is PII, else the value itself."""

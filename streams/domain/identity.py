@@ -1,23 +1,24 @@
 """Identity graph rules: which identifier keys an event carries, and which customers an event links.
 
-Identifiers are stored as keys ``type:value`` (:func:`identifier_key`); with ``hash_identifiers`` on, the
-value of a PII type (email, phone) is its salted hash, so the raw value is never stored anywhere. An event the
-adapter hashed already (``hashed_with``, the salt's fingerprint) is stored as it comes, never hashed twice, so a
-raw event and a hashed one of the same person give the same keys. PII hashed with another salt than the worker's
-(``cxstream publish`` run with other settings) cannot be matched with anything: it is dropped from stitching and
-counted as blocked, rather than stored under keys no other event of that person will ever have.
-Blocked values (``settings.blocked_identifiers``: shared devices, placeholder e-mails) are dropped
+Identifiers are stored as keys ``type:value`` (:func:`identifier_key`); with hashing on
+(``IdentityPolicy.hashing``), the value of a PII type (email, phone) is its salted hash, so the raw value is never
+stored anywhere. An event the adapter hashed already (``hashed_with``, the salt's fingerprint) is stored as it
+comes, never hashed twice, so a raw event and a hashed one of the same person give the same keys. PII hashed with
+another salt than the worker's (``cxstream publish`` run with other settings) cannot be matched with anything: it
+is dropped from stitching and counted as blocked, rather than stored under keys no other event of that person will
+ever have.
+Blocked values (``IdentityPolicy.blocked``: shared devices, placeholder e-mails) are dropped
 before stitching and counted.
 
 A customer is a connected component of the graph whose edges are "these keys appeared on one event".
 Its id is ``"c-" + sha256(key)[:20]`` of the component's strongest key (:func:`key_strength`: the
 type's IDENTIFIER_RANK, then the key), so ids do not depend on the order events arrive in.
 
-Per-type limits (``settings.identifier_limits``) refuse a link that would give a customer more keys of
+Per-type limits (``IdentityPolicy.limits``) refuse a link that would give a customer more keys of
 a type than allowed: the event goes to the customer of its strongest key and the refused keys stay
 where they were (:func:`plan_link`). Limits guard against wrong merges, but when they bite the result
 depends on arrival order (whichever link came first wins), as does which of two records claiming one
-event id is applied (see ``engine``); nothing else here does.
+event id is applied (see ``stitching``); nothing else here does.
 
 An event with no usable identifier may still carry an anonymous source identity: the attribute
 ``anonymous_id`` (a session or device id the source assigns without knowing the person). It becomes
@@ -28,18 +29,18 @@ never linked to others, because no event carries both it and a real identifier.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
-from config.settings import Settings
 from schemas.touchpoint import IDENTIFIER_RANK, IdentifierType, TouchpointEvent, compose_id
 from streams.domain.identifiers import (
     PII_TYPES,
+    IdentifierHashing,
     InvalidIdentifier,
     hash_identifier,
     identifier_key,
     normalise_identifier,
-    salt_fingerprint,
 )
 
 #: Key type of anonymous source identities (not an IdentifierType: it is never linked).
@@ -87,20 +88,31 @@ class EventKeys(NamedTuple):
     blocked: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class IdentityPolicy:
+    """What identity stitching reads (built by ``streams.policies``)."""
+
+    #: How PII identifiers are stored: their salted hash (None: as they are).
+    hashing: IdentifierHashing | None
+    #: Most identifiers of a type one customer may hold (types not listed: no limit).
+    limits: Mapping[IdentifierType, int]
+    #: Identifiers never used for stitching, as ``type:value``.
+    blocked: tuple[str, ...]
+    #: Region of phone numbers written without a country code (blocked phone numbers are read with it).
+    default_region: str
+
+
 class IdentityRules:
     """Turns an event's identifiers into stored keys: hashing, blocked values, per-type limits."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._hash = settings.hash_identifiers
-        self._salt = settings.identifier_salt
+    def __init__(self, policy: IdentityPolicy) -> None:
+        self._hashing = policy.hashing
         #: The fingerprint events hashed with this worker's salt carry (None: hashing is off here).
-        self.fingerprint = salt_fingerprint(self._salt) if self._hash else None
+        self.fingerprint = None if policy.hashing is None else policy.hashing.fingerprint
         self._hashed: dict[tuple[IdentifierType, str], str] = {}
         #: Most keys of a type one customer may hold, by key type.
-        self.limits: dict[str, int] = {str(t): n for t, n in settings.identifier_limits.items()}
-        self._blocked = frozenset(
-            self._blocked_key(item, settings.default_phone_region) for item in settings.blocked_identifiers
-        )
+        self.limits: dict[str, int] = {str(t): n for t, n in policy.limits.items()}
+        self._blocked = frozenset(self._blocked_key(item, policy.default_region) for item in policy.blocked)
 
     def _blocked_key(self, item: str, region: str) -> str:
         kind, _, value = item.partition(":")
@@ -116,14 +128,14 @@ class IdentityRules:
 
     def stored_key(self, kind: IdentifierType, value: str) -> str:
         """The key under which an (already normalised) identifier is stored: hashed when it is PII."""
-        if not self._hash or kind not in PII_TYPES:
+        if self._hashing is None or kind not in PII_TYPES:
             return identifier_key(kind, value)
         cache_key = (kind, value)
         key = self._hashed.get(cache_key)
         if key is None:
             if len(self._hashed) >= _HASH_CACHE_SIZE:
                 self._hashed.clear()
-            key = self._hashed[cache_key] = identifier_key(kind, hash_identifier(kind, value, self._salt))
+            key = self._hashed[cache_key] = identifier_key(kind, hash_identifier(kind, value, self._hashing.salt))
         return key
 
     def keys_of(self, event: TouchpointEvent) -> EventKeys:
@@ -150,10 +162,6 @@ class IdentityRules:
         elif len(keys) > 1:
             keys.sort(key=key_strength)
         return EventKeys(tuple(keys), blocked)
-
-    def required_keys(self, events: Iterable[TouchpointEvent]) -> set[str]:
-        """The identity rows a worker must load before applying ``events``."""
-        return {key for event in events for key in self.keys_of(event).keys}
 
 
 class LinkPlan(NamedTuple):

@@ -115,6 +115,12 @@ def _count(name: str, counter: str, description: str) -> Metric:
     return Metric(name, "count", ">= 0", f"`{counter}`", description, ((counter, 1),), None, counter)
 
 
+def _per_contact(name: str, counter: str, description: str) -> Metric:
+    return Metric(
+        name, "per contact", ">= 0", f"`{counter}` / `contacts`", description, ((counter, 1),), "contacts", "contacts"
+    )
+
+
 def _rate(name: str, num: str, den: str, description: str, scopes: frozenset[MetricScope] = ALL_SCOPES) -> Metric:
     return Metric(
         name, "%", "0 to 100", f"100 * `{num}` / `{den}`", description, ((num, 1),), den, den, 100.0, 1, scopes
@@ -159,16 +165,7 @@ _METRICS: tuple[Metric, ...] = (
     ),
     _count("contacts", "contacts", "Service and support contacts."),
     _count("channel_switches", "channel_switches", "Contacts on another channel than the issue's previous one."),
-    Metric(
-        "channel_switches_per_contact",
-        "per contact",
-        ">= 0",
-        "`channel_switches` / `contacts`",
-        "Channel switches per service contact.",
-        (("channel_switches", 1),),
-        "contacts",
-        "contacts",
-    ),
+    _per_contact("channel_switches_per_contact", "channel_switches", "Channel switches per service contact."),
     Metric(
         "transfers",
         "count",
@@ -179,16 +176,7 @@ _METRICS: tuple[Metric, ...] = (
         None,
         "contacts",
     ),
-    Metric(
-        "transfers_per_contact",
-        "per contact",
-        ">= 0",
-        "`transfers` / `contacts`",
-        "Mean transfers per service contact.",
-        (("transfers", 1),),
-        "contacts",
-        "contacts",
-    ),
+    _per_contact("transfers_per_contact", "transfers", "Mean transfers per service contact."),
     _count("touchpoints", "touchpoints", "Timeline entries (every touchpoint)."),
     _count("visits", "visits", "Store visits and web page views."),
     _count("purchases", "purchases", "Purchases (orders, POS sales)."),
@@ -388,7 +376,7 @@ def first_purchase_in_window(entry: TimelineEntry, window_start_us: int) -> bool
     """True when a purchase entry is the customer's first purchase in a window starting at ``window_start_us``.
 
     Decided from the entry alone: its previous purchase (``time_since_last_purchase_s`` back) lies before the
-    window start, or it has none. A late earlier purchase changes the next one's gap; the engine re-emits
+    window start, or it has none. A late earlier purchase changes the next one's gap; the stitcher re-emits
     that entry, and withdrawing its old version keeps the count exact.
     """
     if entry.type is not _PURCHASE:

@@ -1,9 +1,9 @@
 """The test oracle: the same input replayed in memory, in event-time order, with a full view.
 
-``replay`` is a pure function of the events and the settings. The engine over any arrival order and
+``replay`` is a pure function of the events and the policies. The stitcher over any arrival order and
 any batch split, with the history the worker restores from SQL, must end with the same customers, identity
 map, entries and stages (as long as no identifier limit bites, no age bound is set and no record reuses
-another person's event id: whichever is applied first holds the id, see ``engine``); integration tests compare
+another person's event id: whichever is applied first holds the id, see ``stitching``); integration tests compare
 SQL contents with it.
 """
 
@@ -12,11 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from config.settings import Settings
 from schemas.outputs import CustomerProfile, Stage, TimelineEntry
 from schemas.touchpoint import TouchpointEvent
 from streams.domain.customer import CustomerState
-from streams.domain.engine import BatchResult, StateView, StitchEngine
+from streams.domain.stitching import BatchResult, StateView, Stitcher, StitchPolicies
 
 
 @dataclass
@@ -39,13 +38,13 @@ class OracleResult:
     result: BatchResult
 
 
-def replay(events: Iterable[TouchpointEvent], settings: Settings) -> OracleResult:
-    """Replay ``events`` sorted by (occurred_at, event_id) through one engine over a full view."""
+def replay(events: Iterable[TouchpointEvent], policies: StitchPolicies) -> OracleResult:
+    """Replay ``events`` sorted by (occurred_at, event_id) through one stitcher over a full view."""
     ordered = sorted(events, key=lambda event: (event.occurred_at, event.event_id))
     view = StateView()
-    engine = StitchEngine(settings)
-    result = engine.apply(ordered, view)
-    engine.close(view, result)
+    stitcher = Stitcher(policies)
+    result = stitcher.apply(ordered, view)
+    stitcher.close(view, result)
     entries = final_entries([result])
     timelines: dict[str, list[str]] = {}
     for entry in sorted(entries.values(), key=lambda e: (e.occurred_at, e.event_id)):
@@ -55,7 +54,7 @@ def replay(events: Iterable[TouchpointEvent], settings: Settings) -> OracleResul
         customers=view.customers,
         identities=view.identities,
         timelines=timelines,
-        stages={cid: state.stage(engine.policy) for cid, state in view.customers.items()},
+        stages={cid: state.stage(stitcher.policy) for cid, state in view.customers.items()},
         profiles={profile.customer_id: profile for profile in result.profiles if profile.merged_into is None},
         entries=entries,
         result=result,

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-_UNITS = {"m": 60, "h": 3600, "d": 86400}
-_PATTERN = re.compile(r"^(\d+)([mhd])$")
+from schemas.windows import window_seconds
 
 #: Start and end given to the all-time window, so that every window has bounds.
 ALL_TIME_START = datetime(1970, 1, 1, tzinfo=UTC)
@@ -32,10 +30,5 @@ class Window:
 
 
 def parse_window(name: str) -> Window:
-    """Parse a window name such as ``1h``, ``7d`` or ``all``; raise ValueError on anything else."""
-    if name == "all":
-        return Window("all", None)
-    match = _PATTERN.match(name)
-    if not match or int(match.group(1)) == 0:
-        raise ValueError(f"window {name!r} is not of the form <number><m|h|d> or 'all'")
-    return Window(name, int(match.group(1)) * _UNITS[match.group(2)])
+    """Parse a window name such as ``1h``, ``7d`` or ``all`` (``schemas.windows``); raise ValueError otherwise."""
+    return Window(name, window_seconds(name))

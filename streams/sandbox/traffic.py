@@ -15,6 +15,7 @@ from schemas.touchpoint import Channel
 from streams.adapters.reader import convert_one
 from streams.domain.identifiers import IdentifierHashing
 from streams.kafka import BrokerUnreachable, ensure_topics
+from streams.policies import identifier_hashing
 from streams.publisher import Publisher
 from streams.sandbox.journeys import SimRecord, simulate, write_files
 
@@ -36,7 +37,7 @@ def run_simulation(settings: Settings, *, rate: float | None, out: Path | None, 
     except BrokerUnreachable as exc:
         raise click.ClickException(str(exc)) from None
     try:
-        publish_simulated(publisher, records, rate=rate, hashing=IdentifierHashing.from_settings(settings))
+        publish_simulated(publisher, records, rate=rate, hashing=identifier_hashing(settings))
     except KeyboardInterrupt:
         click.echo("simulation interrupted", err=True)
     finally:

@@ -31,6 +31,7 @@ from sinks.database import make_engine
 from streams.adapters.reader import Accepted, convert_one
 from streams.domain.oracle import replay
 from streams.kafka import ensure_topics
+from streams.policies import Policies
 from streams.publisher import Publisher, PublishSummary
 from streams.sandbox.embedded_broker import port_is_free, wait_for_port
 from streams.sandbox.journeys import simulate
@@ -162,7 +163,7 @@ def test_broker_killed_and_restarted_mid_run_loses_nothing(
     consumed = applied_count(engine, group)  # records (offsets) the worker went through, re-sent copies included
     print(f"\n{phases}\n{consumed} records consumed for {len(events)} events\n{summary.render()}")
 
-    oracle = replay(events, load_settings())
+    oracle = replay(events, Policies.from_settings(load_settings()))
     with engine.connect() as conn:
         touchpoints = dict(conn.execute(select(t.touchpoints.c.event_id, t.touchpoints.c.customer_id)).all())
         rows = conn.scalar(select(func.count()).select_from(t.touchpoints))

@@ -14,6 +14,7 @@ from config.topics import Topics
 from sinks import tables as t
 from sinks.database import make_engine
 from streams.domain.oracle import replay
+from streams.policies import Policies
 from tests.support.faults import applied_count, through_proxy
 from tests.support.kafka import read_topic
 from tests.support.processes import wait_until
@@ -77,7 +78,7 @@ def test_kill_9_mid_run_ends_exactly_like_an_uninterrupted_run(kafka_url, topic_
     assert not difference, f"a crashed and restarted run must leave exactly the same rows:\n{difference}"
 
     events = consumed_events(kafka_url, topic_prefix)
-    oracle = replay(events, load_settings())
+    oracle = replay(events, Policies.from_settings(load_settings()))
     touchpoints = {row["event_id"]: row["customer_id"] for row in expected["touchpoints"]}
     assert touchpoints == {eid: e.customer_id for eid, e in oracle.entries.items()}, "nothing lost, nothing extra"
     with crashed.connect() as conn:
@@ -128,7 +129,7 @@ def test_database_outage_mid_run_pauses_and_loses_nothing(kafka_url, topic_prefi
         proxy.close()
 
     events = consumed_events(kafka_url, topic_prefix)
-    oracle = replay(events, load_settings())
+    oracle = replay(events, Policies.from_settings(load_settings()))
     rows = snapshot(engine)
     assert {r["event_id"]: r["customer_id"] for r in rows["touchpoints"]} == {
         eid: e.customer_id for eid, e in oracle.entries.items()
@@ -163,7 +164,7 @@ def test_a_row_the_database_refuses_is_dead_lettered_and_the_rest_lands(
 
     with engine.connect() as conn:
         landed = set(conn.execute(select(t.touchpoints.c.event_id)).scalars())
-    expected = set(replay(good, load_settings()).entries)
+    expected = set(replay(good, Policies.from_settings(load_settings())).entries)
     assert expected <= landed and bad.event_id not in landed, "the good records of the batch still land"
     dead = [DeadLetter.model_validate_json(v) for _, v in read_topic(kafka_url, Topics(topic_prefix).deadletter)]
     refused = [d for d in dead if d.reason == "sink_rejected"]

@@ -24,6 +24,7 @@ from config.topics import Topics
 from sinks import tables as t
 from sinks.database import make_engine
 from streams.domain.oracle import replay
+from streams.policies import Policies
 from tests.support.faults import applied_count, batch_waiting_for_the_write_lock, publish_halves, through_proxy
 from tests.support.processes import free_port, wait_until
 from tests.support.results import caught_up, consumed_events, end_offsets, overall_counters, prometheus_value, run_cli
@@ -85,7 +86,7 @@ def test_a_dead_apply_process_stops_its_worker_and_a_restart_loses_nothing(
     ends = end_offsets(kafka_url, channels)
     workers.start(env)
     wait_until(lambda: caught_up(engine, group, ends), 120, "a restarted worker to apply every record")
-    oracle = replay(consumed_events(kafka_url, topic_prefix), load_settings())
+    oracle = replay(consumed_events(kafka_url, topic_prefix), Policies.from_settings(load_settings()))
     with engine.connect() as conn:
         overall = overall_counters(conn)
         touchpoints = conn.scalar(select(func.count()).select_from(t.touchpoints))
@@ -110,7 +111,7 @@ def test_a_worker_started_without_its_database_waits_for_it(kafka_url, topic_pre
         wait_until(lambda: caught_up(engine, env["CXSTREAM_APP_ID"], ends), 90, "the worker to apply every record")
     finally:
         proxy.close()
-    expected = set(replay(consumed_events(kafka_url, topic_prefix), load_settings()).entries)
+    expected = set(replay(consumed_events(kafka_url, topic_prefix), Policies.from_settings(load_settings())).entries)
     with engine.connect() as conn:
         assert set(conn.execute(select(t.touchpoints.c.event_id)).scalars()) == expected
 
@@ -140,7 +141,7 @@ def test_a_worker_given_partitions_while_its_database_is_away_waits_then_applies
         assert prometheus_value(first.metrics_text(), "cxstream_database_up") == 1
     finally:
         proxy.close()
-    oracle = replay(consumed_events(kafka_url, topic_prefix), load_settings())
+    oracle = replay(consumed_events(kafka_url, topic_prefix), Policies.from_settings(load_settings()))
     with engine.connect() as conn:
         assert overall_counters(conn)["touchpoints"] == len(oracle.entries), "every event applied, and once"
 
@@ -169,7 +170,7 @@ def test_sigterm_mid_batch_ends_within_the_bound_and_a_restart_loses_nothing(
     ends = end_offsets(kafka_url, channels)
     workers.start(env)
     wait_until(lambda: caught_up(engine, group, ends), 120, "a restarted worker to apply every record")
-    oracle = replay(consumed_events(kafka_url, topic_prefix), load_settings())
+    oracle = replay(consumed_events(kafka_url, topic_prefix), Policies.from_settings(load_settings()))
     with engine.connect() as conn:
         assert overall_counters(conn)["touchpoints"] == len(oracle.entries), "every event applied, and once"
 

@@ -18,6 +18,7 @@ from sinks import tables as t
 from sinks.database import make_engine
 from streams.domain.aggregate import MetricAggregator
 from streams.domain.oracle import replay
+from streams.policies import Policies
 from tests.support.kafka import read_topic
 from tests.support.processes import wait_until
 from tests.support.results import consumed_events, prometheus_value, run_cli, wait_applied, wait_settled
@@ -41,8 +42,9 @@ def test_daily_nps_and_csat_per_channel_equal_the_oracle(kafka_url, topic_prefix
 
     # Expected: the consumed events replayed in event-time order, their final entries aggregated in one go.
     settings = load_settings()
-    oracle = replay(consumed_events(kafka_url, topic_prefix), settings)
-    aggregator = MetricAggregator.from_settings(settings)
+    policies = Policies.from_settings(settings)
+    oracle = replay(consumed_events(kafka_url, topic_prefix), policies)
+    aggregator = MetricAggregator(policies.metrics)
     for entry in oracle.entries.values():
         aggregator.add(entry)
     expected = {

@@ -11,6 +11,7 @@ from config.topics import Topics
 from sinks import tables as t
 from sinks.database import make_engine
 from streams.domain.oracle import replay
+from streams.policies import Policies
 from tests.support.processes import wait_until
 from tests.support.results import caught_up, consumed_events, end_offsets, run_cli
 
@@ -30,7 +31,7 @@ def test_sample_files_flow_from_kafka_into_sql(kafka_url: str, topic_prefix: str
     wait_until(lambda: caught_up(engine, f"{topic_prefix}app", ends), 90, "the worker to apply every record")
 
     events = consumed_events(kafka_url, topic_prefix)
-    oracle = replay(events, load_settings(database_url=database_url))
+    oracle = replay(events, Policies.from_settings(load_settings(database_url=database_url)))
     with engine.connect() as conn:
         touchpoints = dict(conn.execute(select(t.touchpoints.c.event_id, t.touchpoints.c.customer_id)).all())
         customers = set(conn.execute(select(t.customers.c.customer_id)).scalars())

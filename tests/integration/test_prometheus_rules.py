@@ -3,7 +3,7 @@
 - promtool checks the alert rules and the Prometheus config (which loads the rules by a path relative to itself),
   and runs the rules' unit tests in docker/prometheus/alerts_test.yml;
 - every PromQL expression of the Grafana dashboard parses (promtool checks them as recording rules);
-- every metric name in those expressions exists in streams.observability.Metrics, with the suffixes Prometheus
+- every metric name in those expressions exists in streams.observability.Instruments, with the suffixes Prometheus
   gives each type (counters _total; histograms _bucket, _sum, _count), and every metric there has a panel.
 
 The YAML files are read without a YAML library (none is a project dependency): rules keep `expr: |` block style.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.observability import Metrics
+from streams.observability import Instruments
 from tests.integration.prometheus_tools import promtool  # noqa: F401  (pytest fixture)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -125,11 +125,11 @@ def metric_names(expr: str) -> set[str]:
 
 
 def exposed_series_names() -> dict[str, str]:
-    """Series name -> metric family for every metric of Metrics, as Prometheus's text format names them."""
+    """Series name -> metric family for every metric of Instruments, as Prometheus's text format names them."""
     suffixes = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count"),
                 "summary": ("", "_sum", "_count"), "info": ("_info",)}  # fmt: skip
     names: dict[str, str] = {}
-    for family in Metrics("t").registry.collect():
+    for family in Instruments("t").registry.collect():
         assert family.type in suffixes, f"{family.name}: metric type {family.type} not handled by this test"
         for suffix in suffixes[family.type]:
             names[family.name + suffix] = family.name

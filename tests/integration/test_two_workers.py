@@ -9,6 +9,7 @@ from config.topics import Topics
 from sinks import tables as t
 from sinks.database import make_engine
 from streams.domain.oracle import replay
+from streams.policies import Policies
 from tests.support.processes import wait_until
 from tests.support.results import caught_up, consumed_events, end_offsets, overall_counters, run_cli
 
@@ -25,7 +26,7 @@ def test_two_workers_on_postgresql_give_the_results_of_one(kafka_url, topic_pref
     applied_by = [w.metrics_text() for w in (first, second)]
     assert all("cxstream_events_in_total{" in text for text in applied_by), "both workers took partitions"
 
-    oracle = replay(consumed_events(kafka_url, topic_prefix), load_settings())
+    oracle = replay(consumed_events(kafka_url, topic_prefix), Policies.from_settings(load_settings()))
     with engine.connect() as conn:
         touchpoints = dict(conn.execute(select(t.touchpoints.c.event_id, t.touchpoints.c.customer_id)).all())
         customers = set(conn.execute(select(t.customers.c.customer_id)).scalars())

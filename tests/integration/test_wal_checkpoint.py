@@ -7,8 +7,8 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from sinks.checkpoint import WalCheckpointer
 from sinks.database import make_engine
+from sinks.wal import WalCheckpointer
 from tests.support.processes import wait_until
 
 

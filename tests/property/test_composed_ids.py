@@ -17,6 +17,7 @@ from schemas.touchpoint import Channel, IdentifierType, SourceRef, compose_id, d
 from streams.adapters.reader import Accepted, convert_one
 from streams.domain.identity import ANONYMOUS_ATTRIBUTE, anonymous_key
 from streams.domain.oracle import replay
+from streams.policies import Policies
 
 RECEIVED = datetime(2024, 6, 1, tzinfo=UTC)
 MANY = settings(max_examples=300, deadline=None)
@@ -151,7 +152,7 @@ def test_two_buyers_whose_parts_share_a_colon_stay_two_customers() -> None:
         _event(Channel.ECOMMERCE, _order("shop", "eu:o-1", "placed", buyer_id="eu:anna")),
     ]
     assert events[0].event_id != events[1].event_id
-    result = replay(events, Settings())
+    result = replay(events, Policies.from_settings(Settings()))
     assert len(result.profiles) == 2
     assert len({entry.customer_id for entry in result.entries.values()}) == 2
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from schemas.outputs import MetricScope, Stage, TimelineEntry
 from schemas.touchpoint import Channel, EventType, SurveyAnswers
-from streams.domain.aggregate import CellKey, MetricAggregator, MetricRow, cells_for
+from streams.domain.aggregate import CellKey, MetricAggregator, MetricPolicy, MetricRow, cells_for
 from streams.domain.metrics import (
     METRICS,
     METRICS_BY_SCOPE,
@@ -28,8 +28,8 @@ from streams.domain.metrics import (
 from streams.domain.windows import parse_window
 
 T0 = datetime(2024, 2, 27, 22, 15, tzinfo=UTC)
-WINDOWS = [parse_window(w) for w in ("1h", "1d", "7d", "30d", "all")]
-CUSTOMER_WINDOWS = [parse_window(w) for w in ("30d", "all")]
+WINDOWS = tuple(parse_window(w) for w in ("1h", "1d", "7d", "30d", "all"))
+CUSTOMER_WINDOWS = tuple(parse_window(w) for w in ("30d", "all"))
 DAY = 86400
 
 _maybe = st.none
@@ -51,7 +51,7 @@ def entries(draw: st.DrawFn) -> TimelineEntry:
     occurred = T0 + timedelta(seconds=draw(st.integers(0, 45 * DAY)), microseconds=draw(st.integers(0, 999_999)))
     fields: dict[str, Any] = {
         "customer_id": draw(st.sampled_from(["c0", "c1", "c2", "c3"])),
-        "event_id": f"e{draw(st.integers(0, 60))}",  # collisions are the duplicates the engine removes
+        "event_id": f"e{draw(st.integers(0, 60))}",  # collisions are the duplicates the stitcher removes
         "channel": draw(st.sampled_from(list(Channel))),
         "type": draw(st.sampled_from([EventType.PURCHASE, EventType.PAGE_VIEW, *EventType])),
         "occurred_at": occurred,
@@ -102,7 +102,7 @@ def run_batches(batches: Sequence[Sequence[TimelineEntry]]) -> tuple[dict[CellKe
     """The worker's cycle: per batch, load the touched cells, merge, store, publish."""
     stored: dict[CellKey, Counters] = {}
     published: list[MetricRow] = []
-    agg = MetricAggregator(WINDOWS, CUSTOMER_WINDOWS, 3 * DAY)
+    agg = MetricAggregator(MetricPolicy(WINDOWS, CUSTOMER_WINDOWS, 3 * DAY))
     for batch in batches:
         for e in batch:
             agg.add(e)
@@ -234,7 +234,7 @@ def test_re_emitted_versions_replace_their_predecessors(
 
     stored: dict[CellKey, Counters] = {}
     last: dict[tuple[CellKey, str], MetricRow] = {}
-    agg = MetricAggregator(WINDOWS, CUSTOMER_WINDOWS, 3 * DAY)
+    agg = MetricAggregator(MetricPolicy(WINDOWS, CUSTOMER_WINDOWS, 3 * DAY))
     for batch in split(ops, cuts):  # type: ignore[arg-type]
         for old, new in batch:
             if old is not None:

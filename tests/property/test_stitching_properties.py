@@ -1,4 +1,4 @@
-"""Property tests: the engine over any arrival order and batch split ends where the oracle does."""
+"""Property tests: the stitcher over any arrival order and batch split ends where the oracle does."""
 
 from __future__ import annotations
 
@@ -22,9 +22,10 @@ from schemas.touchpoint import (
     derive_event_id,
 )
 from streams.domain.customer import EVENT_ID, CustomerState, StoredEntry, is_kept, row_of
-from streams.domain.engine import NO_CUSTOMER, BatchResult, StateView, StitchEngine
 from streams.domain.identity import customer_id_for, key_strength
 from streams.domain.oracle import final_entries, replay
+from streams.domain.stitching import NO_CUSTOMER, BatchResult, StateView, Stitcher
+from streams.policies import Policies
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 DAY = 86400.0
@@ -139,7 +140,7 @@ def stored_of(entry: TimelineEntry) -> StoredEntry:
     )
 
 
-def run_like_worker(engine: StitchEngine, arrived: list, rng: random.Random) -> tuple[dict, dict, list[BatchResult]]:
+def run_like_worker(stitcher: Stitcher, arrived: list, rng: random.Random) -> tuple[dict, dict, list[BatchResult]]:
     """Apply ``arrived`` in random batches the way the worker does: load a partial view, read back the history
     its late events need from the touchpoints table, apply, close, write back."""
     identities: dict[str, str] = {}
@@ -151,13 +152,13 @@ def run_like_worker(engine: StitchEngine, arrived: list, rng: random.Random) -> 
         size = rng.randint(1, 12)
         batch = arrived[i : i + size]
         i += size
-        keys = engine.keys_of(batch)
+        keys = stitcher.keys_of(batch)
         view = StateView(identities={k: identities[k] for ek in keys for k in ek.keys if k in identities})
         view.customers = {
             cid: CustomerState.from_dict(json.loads(states[cid])) for cid in set(view.identities.values())
         }
         view.applied = {e.event_id: table[e.event_id][0] or NO_CUSTOMER for e in batch if e.event_id in table}
-        for cid, since in engine.history_needs(batch, keys, view).items():
+        for cid, since in stitcher.history_needs(batch, keys, view).items():
             until = view.customers[cid].complete_from
             mine = [stored for owner, stored in table.values() if owner == cid]
             rows = [row_of(s) for s in mine if since <= s.occurred_at.timestamp() < until]
@@ -167,8 +168,8 @@ def run_like_worker(engine: StitchEngine, arrived: list, rng: random.Random) -> 
                 if s.type == "purchase" and s.occurred_at.timestamp() < since
             ]
             view.customers[cid].restore([r for r in rows if is_kept(r)], max(earlier, default=None), since)
-        result = engine.apply(batch, view, keys)
-        engine.close(view, result)
+        result = stitcher.apply(batch, view, keys)
+        stitcher.close(view, result)
         identities.update(result.identities)
         for removed in result.removed:
             del states[removed]
@@ -190,7 +191,7 @@ def run_like_worker(engine: StitchEngine, arrived: list, rng: random.Random) -> 
     return identities, {cid: json.loads(row) for cid, row in states.items()}, results
 
 
-def components(events: list, engine: StitchEngine) -> dict[str, list[str]]:
+def components(events: list, stitcher: Stitcher) -> dict[str, list[str]]:
     """Connected components over all events' keys (union-find): customer id -> sorted event ids."""
     parent: dict[str, str] = {}
 
@@ -201,7 +202,7 @@ def components(events: list, engine: StitchEngine) -> dict[str, list[str]]:
         return key
 
     for event in events:
-        keys = engine.rules.keys_of(event).keys
+        keys = stitcher.rules.keys_of(event).keys
         root = find(keys[0])
         for key in keys[1:]:
             parent[find(key)] = root
@@ -211,14 +212,16 @@ def components(events: list, engine: StitchEngine) -> dict[str, list[str]]:
     id_of = {root: customer_id_for(min(keys, key=key_strength)) for root, keys in members.items()}
     timelines: dict[str, list] = {}
     for event in events:
-        cid = id_of[find(engine.rules.keys_of(event).keys[0])]
+        cid = id_of[find(stitcher.rules.keys_of(event).keys[0])]
         timelines.setdefault(cid, []).append((event.occurred_at, event.event_id))
     return {cid: [eid for _, eid in sorted(items)] for cid, items in timelines.items()}
 
 
 #: The defaults, and tight ones: short lookbacks, grace and history, so that retention and restoring happen often.
-DEFAULTS = Settings()
-TIGHT = Settings(window_grace_s=DAY, issue_memory_s=3 * DAY, repeat_contact_window_s=DAY, timeline_limit=4)
+DEFAULTS = Policies.from_settings(Settings())
+TIGHT = Policies.from_settings(
+    Settings(window_grace_s=DAY, issue_memory_s=3 * DAY, repeat_contact_window_s=DAY, timeline_limit=4)
+)
 
 
 def impostors(events: list, rng: random.Random) -> list:
@@ -233,11 +236,11 @@ def impostors(events: list, rng: random.Random) -> list:
     return copies
 
 
-def assert_like_the_oracle(events: list, arrived: list, copies: list, settings: Settings, rng: random.Random) -> None:
+def assert_like_the_oracle(events: list, arrived: list, copies: list, policies: Policies, rng: random.Random) -> None:
     """Run ``arrived`` like the worker and compare everything with the oracle's replay of ``events``."""
-    engine = StitchEngine(settings)
-    identities, states, results = run_like_worker(engine, arrived, rng)
-    oracle = replay(events, settings)
+    stitcher = Stitcher(policies)
+    identities, states, results = run_like_worker(stitcher, arrived, rng)
+    oracle = replay(events, policies)
 
     assert sorted(event.event_id for r in results for event, _ in r.conflicts) == sorted(e.event_id for e in copies)
     assert all(holder == oracle.entries[event.event_id].customer_id for r in results for event, holder in r.conflicts)
@@ -245,7 +248,7 @@ def assert_like_the_oracle(events: list, arrived: list, copies: list, settings: 
     assert identities == oracle.identities
     assert states == {cid: state.to_dict() for cid, state in oracle.customers.items()}
     assert {cid: entries for cid, entries in oracle.timelines.items()} == {
-        cid: ids for cid, ids in components(events, engine).items() if cid in oracle.timelines
+        cid: ids for cid, ids in components(events, stitcher).items() if cid in oracle.timelines
     }
     assert sum(r.duplicates for r in results) == len(arrived) - len(events) - len(copies)
     # Every entry's last published version is what the oracle says (revisions are complete), whatever the
@@ -318,7 +321,7 @@ def test_a_merge_yields_one_timeline_with_both_histories_in_event_time_order(
     events.append(event("link", link_at, email | anonymous, EventType.IDENTIFY))
     random.Random(seed).shuffle(events)
     view = StateView()
-    result = StitchEngine(DEFAULTS).apply(events, view)
+    result = Stitcher(DEFAULTS).apply(events, view)
     (customer,) = view.customers.values()
     assert customer.customer_id == customer_id_for("email:ann@example.org")
     # ``other`` entries are kept (a purchase would change their stage); the identify is not.

@@ -15,10 +15,10 @@ from typing import Any
 from config.settings import Settings
 from schemas.touchpoint import TouchpointEvent
 from streams.domain.aggregate import MetricAggregator, figures
-from streams.domain.customer import Policy
-from streams.domain.engine import StitchEngine
 from streams.domain.event_time import MAX_CLOCK_SKEW_S
 from streams.domain.oracle import replay
+from streams.domain.stitching import Stitcher
+from streams.policies import Policies
 from streams.result_rows import cell_row, customer_row, identity_rows, overdue_at, touchpoint_row
 from tests.support.results import WALL_CLOCK_COLUMNS, plain_row, without_versions
 
@@ -30,20 +30,20 @@ def expected_results(events: Iterable[TouchpointEvent], settings: Settings) -> d
     """The order-free result tables a worker ends with once it applied ``events`` (as read from the channel
     topics, duplicates and all) and every partition went idle, in ``results.without_versions`` form."""
     events = list(events)
-    oracle = replay(events, settings)
-    policy = Policy.from_settings(settings)
+    policies = Policies.from_settings(settings)
+    oracle = replay(events, policies)
     tables: dict[str, list[dict[str, Any]]] = {name: [] for name in ORDER_FREE_TABLES}
     for customer_id, profile in oracle.profiles.items():
         state = oracle.customers[customer_id]
         tables["customers"].append(
-            customer_row(profile, state, overdue_at(state, policy, settings.issue_target_s))._asdict()
+            customer_row(profile, state, overdue_at(state, policies.customer, settings.issue_target_s))._asdict()
         )
     ordered = sorted(events, key=lambda event: (event.occurred_at, event.event_id))
-    keys = StitchEngine(settings).keys_of(ordered)
+    keys = Stitcher(policies).keys_of(ordered)
     tables["identities"] = [row._asdict() for row in identity_rows(ordered, keys, oracle.result, oracle.identities, {})]
     now = datetime.now(UTC)
     tables["touchpoints"] = [touchpoint_row(entry, now)._asdict() for entry in oracle.entries.values()]
-    aggregator = MetricAggregator.from_settings(settings)
+    aggregator = MetricAggregator(policies.metrics)
     for entry in oracle.entries.values():
         aggregator.add(entry)
     # Every partition idle: the watermark is the latest event time read (never further ahead of the wall clock

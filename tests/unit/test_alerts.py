@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from config.settings import Settings
 from schemas.outputs import Alert, Moment, Severity, Stage, TimelineEntry
 from schemas.touchpoint import Channel, EventType, SurveyAnswers
 from streams.domain.alerts import (
@@ -16,6 +15,7 @@ from streams.domain.alerts import (
     ISSUE_OVERDUE,
     LATE_DELIVERY_CONTACT,
     NEGATIVE_MOMENTS_BURST,
+    AlertPolicy,
     OpenIssueInfo,
     alert_id,
     evaluate,
@@ -23,7 +23,7 @@ from streams.domain.alerts import (
 )
 
 T0 = datetime(2024, 5, 1, 9, tzinfo=UTC)
-SETTINGS = Settings(negative_moments_alert=3, issue_target_s=48 * 3600.0)
+POLICY = AlertPolicy(negative_moments_threshold=3, issue_target_s=48 * 3600.0)
 
 
 def at(days: float) -> datetime:
@@ -79,7 +79,7 @@ def replay(arrivals: Sequence[TimelineEntry]) -> list[Alert]:
     alerts: list[Alert] = []
     for e in arrivals:
         timeline = sorted([*timeline, e], key=lambda x: (x.occurred_at, x.event_id))
-        alerts += evaluate(e, timeline, SETTINGS)
+        alerts += evaluate(e, timeline, POLICY)
     return alerts
 
 
@@ -101,7 +101,7 @@ def test_detractor_after_repeat_contact_fires_once() -> None:
     assert alert.occurred_at == at(3)
     assert "NPS 6" in alert.message
     # Re-evaluating the same input (a replay after a crash) gives the same alert, not a second one.
-    assert evaluate(entries[-1], entries, SETTINGS) == alerts
+    assert evaluate(entries[-1], entries, POLICY) == alerts
     # Later entries do not fire it again.
     assert only(replay([*entries, entry("v2", 4), contact("c3", 4.5, number=3)]), DETRACTOR_AFTER_REPEAT_CONTACT) == [
         alert
@@ -146,8 +146,8 @@ def test_detractor_rule_does_not_fire_without_its_cause(entries: list[TimelineEn
 
 def test_overdue_issue_fires_once() -> None:
     issues = {"ISS-1": OpenIssueInfo(first_contact_at=T0, event_ids=("c1", "c2"))}
-    assert overdue("c1", issues, T0 + timedelta(hours=47, minutes=59), SETTINGS) == []
-    fired = overdue("c1", issues, T0 + timedelta(hours=48), SETTINGS)
+    assert overdue("c1", issues, T0 + timedelta(hours=47, minutes=59), POLICY) == []
+    fired = overdue("c1", issues, T0 + timedelta(hours=48), POLICY)
     assert len(fired) == 1
     alert = fired[0]
     assert alert.rule == ISSUE_OVERDUE and alert.severity is Severity.WARNING
@@ -156,13 +156,13 @@ def test_overdue_issue_fires_once() -> None:
     assert alert.alert_id == alert_id(ISSUE_OVERDUE, "c1", ["ISS-1", T0.isoformat()])
     assert "ISS-1" in alert.message
     # The next watermark, given the previous one, fires nothing new; without it the same alert comes back.
-    assert overdue("c1", issues, T0 + timedelta(hours=60), SETTINGS, since=T0 + timedelta(hours=48)) == []
-    assert overdue("c1", issues, T0 + timedelta(hours=60), SETTINGS) == fired
+    assert overdue("c1", issues, T0 + timedelta(hours=60), POLICY, since=T0 + timedelta(hours=48)) == []
+    assert overdue("c1", issues, T0 + timedelta(hours=60), POLICY) == fired
 
 
 def test_a_recurring_issue_key_fires_again_for_a_new_episode() -> None:
-    first = overdue("c1", {"reason:delivery": OpenIssueInfo(T0)}, at(3), SETTINGS)
-    again = overdue("c1", {"reason:delivery": OpenIssueInfo(at(10))}, at(13), SETTINGS)
+    first = overdue("c1", {"reason:delivery": OpenIssueInfo(T0)}, at(3), POLICY)
+    again = overdue("c1", {"reason:delivery": OpenIssueInfo(at(10))}, at(13), POLICY)
     assert len(first) == len(again) == 1
     assert first[0].alert_id != again[0].alert_id
 
@@ -172,8 +172,8 @@ def test_overdue_does_not_fire_for_young_issues() -> None:
         "old": OpenIssueInfo(first_contact_at=T0 - timedelta(days=3), event_ids=("a",)),
         "new": OpenIssueInfo(first_contact_at=T0, event_ids=("b",)),
     }
-    assert [a.evidence for a in overdue("c1", issues, T0 + timedelta(hours=1), SETTINGS)] == [("a",)]
-    assert overdue("c1", {}, T0, SETTINGS) == []
+    assert [a.evidence for a in overdue("c1", issues, T0 + timedelta(hours=1), POLICY)] == [("a",)]
+    assert overdue("c1", {}, T0, POLICY) == []
 
 
 # --- (c) negative moments within 7 days -----------------------------------------------------------------
@@ -192,7 +192,7 @@ def test_negative_moments_burst_fires_once() -> None:
     assert alerts[0].evidence == ("n1", "n2", "n3")
     assert alerts[0].occurred_at == at(5)
     assert alerts[0].alert_id == alert_id(NEGATIVE_MOMENTS_BURST, "c1", ["n1"])
-    assert evaluate(entries[3], entries, SETTINGS)[0] == alerts[0]
+    assert evaluate(entries[3], entries, POLICY)[0] == alerts[0]
 
 
 def test_negative_moments_of_one_entry_count_separately() -> None:
@@ -225,7 +225,7 @@ def test_late_delivery_then_contact_fires_once() -> None:
     assert alert.alert_id == alert_id(LATE_DELIVERY_CONTACT, "c1", ["d"])
     assert alert.severity is Severity.INFO
     assert alert.occurred_at == at(5)
-    assert evaluate(entries[2], entries[:3], SETTINGS) == alerts
+    assert evaluate(entries[2], entries[:3], POLICY) == alerts
 
 
 def test_late_delivery_arriving_after_its_contact_fires_once() -> None:

@@ -19,12 +19,14 @@ from streams.adapters.reader import Accepted, convert_one, read_records
 from streams.domain.identifiers import IdentifierHashing, hash_identifier, normalise_phone, salt_fingerprint
 from streams.domain.identity import IdentityRules
 from streams.domain.oracle import replay
+from streams.policies import Policies
 from tests.support.samples import SAMPLE_FILES, SAMPLES
 
 RECEIVED = datetime(2024, 6, 1, tzinfo=UTC)
 SALT = "pepper-for-tests"
 HASHING = IdentifierHashing(SALT)
 SETTINGS = Settings(hash_identifiers=True, identifier_salt=SALT)
+POLICIES = Policies.from_settings(SETTINGS)
 EMAIL, PHONE = IdentifierType.EMAIL, IdentifierType.PHONE
 
 
@@ -66,7 +68,7 @@ def test_with_hashing_the_sample_files_publish_no_raw_email_or_phone() -> None:
 
 def test_hashed_and_raw_events_stitch_by_the_same_stored_keys() -> None:
     raw, hashed = events_of(None), events_of(HASHING)
-    rules = IdentityRules(SETTINGS)
+    rules = IdentityRules(POLICIES.identity)
     assert [rules.keys_of(e) for e in hashed] == [rules.keys_of(e) for e in raw]
     # Hashed once, never twice: the stored key is the hash of the raw value.
     (event,) = [e for e in raw if e.identifiers.get(EMAIL) == "alice.smith@example.org"][:1]
@@ -75,8 +77,8 @@ def test_hashed_and_raw_events_stitch_by_the_same_stored_keys() -> None:
     assert expected in rules.keys_of(hashed[raw.index(event)]).keys
 
     # Raw events already on the topics and hashed ones of the same people, in any mix: the same customers.
-    everyone_raw = replay(raw, SETTINGS)
-    mixed = replay([h if n % 2 else r for n, (r, h) in enumerate(zip(raw, hashed, strict=True))], SETTINGS)
+    everyone_raw = replay(raw, POLICIES)
+    mixed = replay([h if n % 2 else r for n, (r, h) in enumerate(zip(raw, hashed, strict=True))], POLICIES)
     assert mixed.identities == everyone_raw.identities
     assert {k: v.customer_id for k, v in mixed.entries.items()} == {
         k: v.customer_id for k, v in everyone_raw.entries.items()
@@ -87,7 +89,7 @@ def test_placeholder_emails_hashed_by_the_adapter_are_still_blocked() -> None:
     record = {"visit_id": "V-1", "store_id": "S", "occurred_at": "2024-05-01T09:00:00Z", "kind": "visit"}
     event = convert_one(Channel.STORE, record | {"email": "Test@Example.com"}, received_at=RECEIVED, hashing=HASHING)
     assert isinstance(event, Accepted)
-    assert IdentityRules(SETTINGS).keys_of(event.event).blocked == 1
+    assert IdentityRules(POLICIES.identity).keys_of(event.event).blocked == 1
 
 
 @pytest.mark.parametrize(
@@ -99,7 +101,7 @@ def test_pii_hashed_with_a_salt_the_worker_does_not_hold_is_dropped_and_counted(
               "total": "1", "currency": "GBP", "loyalty_id": "L-1", "email": "ann@example.org"}  # fmt: skip
     result = convert_one(Channel.STORE, record, received_at=RECEIVED, hashing=HASHING)
     assert isinstance(result, Accepted)
-    keys = IdentityRules(worker).keys_of(result.event)
+    keys = IdentityRules(Policies.from_settings(worker).identity).keys_of(result.event)
     assert keys.keys == ("loyalty_id:L-1",) and keys.blocked == 1
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from schemas.outputs import MetricScope, MetricUpdate, Stage, TimelineEntry
 from schemas.touchpoint import Channel, EventType, SurveyAnswers
-from streams.domain.aggregate import OVERALL_KEY, CellKey, MetricAggregator, MetricRow, cells_for
+from streams.domain.aggregate import OVERALL_KEY, CellKey, MetricAggregator, MetricPolicy, MetricRow, cells_for
 from streams.domain.metrics import (
     COUNTERS,
     METRICS,
@@ -28,8 +28,8 @@ from streams.domain.windows import ALL_TIME_END, ALL_TIME_START, parse_window
 
 T0 = datetime(2024, 5, 1, 12, 30, tzinfo=UTC)
 DAY = 86400.0
-WINDOWS = [parse_window(w) for w in ("1h", "1d", "7d", "30d", "all")]
-CUSTOMER_WINDOWS = [parse_window(w) for w in ("30d", "all")]
+WINDOWS = tuple(parse_window(w) for w in ("1h", "1d", "7d", "30d", "all"))
+CUSTOMER_WINDOWS = tuple(parse_window(w) for w in ("30d", "all"))
 
 
 def entry(event_id: str = "e1", **fields: Any) -> TimelineEntry:
@@ -308,7 +308,7 @@ def test_cells_match_window_bounds() -> None:
 
 
 def aggregator(lateness_s: float = 3 * DAY) -> MetricAggregator:
-    return MetricAggregator(WINDOWS, CUSTOMER_WINDOWS, lateness_s)
+    return MetricAggregator(MetricPolicy(WINDOWS, CUSTOMER_WINDOWS, lateness_s))
 
 
 def cell(scope: MetricScope, key: str, window: str, at: datetime = T0) -> CellKey:
@@ -394,7 +394,7 @@ def test_retract_replaces_a_re_emitted_version() -> None:
     agg.add(first)
     stored = agg.updates({}).counters
     assert value_of("fcr", stored[day]) == (1.0, 1.0, 100.0)
-    # ...until a late earlier contact of the same issue renumbers it: the engine re-emits it with `replaced`.
+    # ...until a late earlier contact of the same issue renumbers it: the stitcher re-emits it with `replaced`.
     agg.add(contact("c1", 1, occurred_at=T0 - timedelta(minutes=5)))
     agg.retract(first)
     agg.add(contact("c2", 2, resolved=True, repeat_contact=True))
@@ -434,8 +434,10 @@ def test_add_counters_moves_a_merged_customer() -> None:
 
 def test_settings_windows() -> None:
     from config.settings import Settings
+    from streams.policies import Policies
 
-    agg = MetricAggregator.from_settings(Settings(metric_windows=["1d", "all"], customer_metric_windows=["all"]))
+    settings = Settings(metric_windows=["1d", "all"], customer_metric_windows=["all"])
+    agg = MetricAggregator(Policies.from_settings(settings).metrics)
     agg.add(entry("v"))
     shared = [(s, w) for s in (MetricScope.CHANNEL, MetricScope.OVERALL) for w in ("1d", "all")]
     assert sorted((c.scope, c.window) for c in agg.touched()) == sorted([(MetricScope.CUSTOMER, "all"), *shared])

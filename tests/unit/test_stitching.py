@@ -20,13 +20,14 @@ from schemas.touchpoint import (
     TouchpointEvent,
     derive_event_id,
 )
-from streams.domain.customer import EVENT_ID, CustomerState, Policy, StoredEntry, issue_key, make_row, row_of
-from streams.domain.engine import BatchResult, StateView, StitchEngine
+from streams.domain.customer import EVENT_ID, CustomerState, StoredEntry, issue_key, make_row, row_of
 from streams.domain.identifiers import hash_identifier
 from streams.domain.identity import customer_id_for
 from streams.domain.moments import event_moments, is_complaint, nps_moment
 from streams.domain.oracle import replay
 from streams.domain.stages import customer_stage, stage_of
+from streams.domain.stitching import BatchResult, StateView, Stitcher
+from streams.policies import Policies
 
 T0 = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)
 HOUR = 3600.0
@@ -65,14 +66,14 @@ def contact(hours: float, channel: Channel = Channel.PHONE, **fields: object) ->
     return ev(EventType.SUPPORT_CONTACT, hours, channel, **fields)
 
 
-def engine(**overrides: object) -> StitchEngine:
-    return StitchEngine(Settings(**overrides))  # type: ignore[arg-type]
+def new_stitcher(**overrides: object) -> Stitcher:
+    return Stitcher(Policies.from_settings(Settings(**overrides)))  # type: ignore[arg-type]
 
 
-def run(eng: StitchEngine, events: list[TouchpointEvent], view: StateView) -> BatchResult:
+def run(stitcher: Stitcher, events: list[TouchpointEvent], view: StateView) -> BatchResult:
     """One batch as the worker applies it: apply, then close (prune, profiles)."""
-    result = eng.apply(events, view)
-    eng.close(view, result)
+    result = stitcher.apply(events, view)
+    stitcher.close(view, result)
     return result
 
 
@@ -94,19 +95,19 @@ def test_customer_id_comes_from_the_strongest_key_whatever_the_order() -> None:
     ]
     for order in (events, events[::-1], [events[1], events[0], events[2]]):
         view = StateView()
-        run(engine(), order, view)
+        run(new_stitcher(), order, view)
         assert list(view.customers) == [customer_id_for("loyalty_id:L-7")]
         assert set(view.identities.values()) == {customer_id_for("loyalty_id:L-7")}
 
 
 def test_linking_event_merges_two_customers_into_the_stronger_and_reports_it() -> None:
     view = StateView()
-    eng = engine()
-    first = run(eng, [ev(identifiers={ANON: "a1"}), ev(hours=1)], view)
+    stitcher = new_stitcher()
+    first = run(stitcher, [ev(identifiers={ANON: "a1"}), ev(hours=1)], view)
     anon_id = customer_id_for("web_anonymous_id:a1")
     assert sorted(first.changed) == sorted([anon_id, ANN])
     link = ev(EventType.IDENTIFY, hours=2, identifiers={ANON: "a1", EMAIL: "ann@example.org"})
-    result = run(eng, [link], view)
+    result = run(stitcher, [link], view)
     assert list(view.customers) == [ANN]
     assert list(result.removed) == [anon_id]
     assert result.changed == [ANN]
@@ -121,13 +122,13 @@ def test_linking_event_merges_two_customers_into_the_stronger_and_reports_it() -
 
 
 def test_merge_repoints_every_key_of_the_merged_customer_even_ones_not_in_the_batch() -> None:
-    eng = engine()
+    stitcher = new_stitcher()
     view = StateView()
-    run(eng, [ev(identifiers={ANON: "a1"}), ev(hours=1, identifiers={ANON: "a1", LOYALTY: "L-1"})], view)
+    run(stitcher, [ev(identifiers={ANON: "a1"}), ev(hours=1, identifiers={ANON: "a1", LOYALTY: "L-1"})], view)
     loyal = customer_id_for("loyalty_id:L-1")
     # The worker loads only the keys of the next batch: the loyalty key is not among them.
     partial = StateView(identities={"web_anonymous_id:a1": loyal}, customers={loyal: view.customers[loyal]})
-    result = run(eng, [ev(hours=2, identifiers={ANON: "a1", CRM: "C-1"})], partial)
+    result = run(stitcher, [ev(hours=2, identifiers={ANON: "a1", CRM: "C-1"})], partial)
     crm = customer_id_for("crm_id:C-1")
     assert result.identities == {"web_anonymous_id:a1": crm, "loyalty_id:L-1": crm, "crm_id:C-1": crm}
     assert [(m.survivor_id, m.merged_id) for m in result.merges] == [(crm, loyal)]
@@ -137,14 +138,14 @@ def test_merge_repoints_every_key_of_the_merged_customer_even_ones_not_in_the_ba
 
 
 def test_an_applied_id_is_a_duplicate_for_its_customer_and_a_conflict_for_others() -> None:
-    eng = engine()
+    stitcher = new_stitcher()
     view = StateView()
     original = ev(hours=0, source_id="R-1")
-    run(eng, [original], view)
+    run(stitcher, [original], view)
     # Only the durable record (the touchpoints table, in the worker) knows it: the state keeps no id set.
     assert view.applied == {original.event_id: ANN}
     impostor = original.model_copy(update={"identifiers": {EMAIL: "bob@example.org"}})
-    result = run(eng, [original, impostor], view)
+    result = run(stitcher, [original, impostor], view)
     assert result.duplicates == 1
     assert [(event, holder) for event, holder in result.conflicts] == [(impostor, ANN)]
     assert result.entries == [] and view.customers[ANN].events == 1
@@ -152,22 +153,22 @@ def test_an_applied_id_is_a_duplicate_for_its_customer_and_a_conflict_for_others
 
 
 def test_an_applied_id_follows_its_customer_through_a_rename_in_the_same_batch() -> None:
-    eng = engine()
+    stitcher = new_stitcher()
     view = StateView()
     original = ev(hours=0, source_id="R-1")
-    run(eng, [original], view)
+    run(stitcher, [original], view)
     # A loyalty id joins Ann (renaming her customer), then her record is redelivered: still hers, a duplicate.
     joined = ev(hours=1, identifiers={EMAIL: "ann@example.org", LOYALTY: "L-9"})
-    result = run(eng, [joined, original], view)
+    result = run(stitcher, [joined, original], view)
     assert [m.merged_id for m in result.merges] == [ANN]
     assert result.duplicates == 1 and result.conflicts == []
 
 
 def test_a_stronger_identifier_joining_one_customer_renames_it_as_a_merge() -> None:
-    eng = engine()
+    stitcher = new_stitcher()
     view = StateView()
-    run(eng, [ev(identifiers={ANON: "a1"})], view)
-    result = run(eng, [ev(hours=1, identifiers={ANON: "a1", EMAIL: "ann@example.org"})], view)
+    run(stitcher, [ev(identifiers={ANON: "a1"})], view)
+    result = run(stitcher, [ev(hours=1, identifiers={ANON: "a1", EMAIL: "ann@example.org"})], view)
     anon_id = customer_id_for("web_anonymous_id:a1")
     assert [(m.survivor_id, m.merged_id) for m in result.merges] == [(ANN, anon_id)]
     assert list(result.removed) == [anon_id]
@@ -177,7 +178,7 @@ def test_a_stronger_identifier_joining_one_customer_renames_it_as_a_merge() -> N
 
 def test_ids_created_and_merged_within_one_batch_are_not_reported_removed() -> None:
     result = run(
-        engine(),
+        new_stitcher(),
         [ev(identifiers={ANON: "a1"}), ev(hours=1, identifiers={ANON: "a1", EMAIL: "ann@example.org"})],
         StateView(),
     )
@@ -187,9 +188,9 @@ def test_ids_created_and_merged_within_one_batch_are_not_reported_removed() -> N
 
 
 def test_hashed_identifiers_never_store_the_raw_value() -> None:
-    eng = engine(hash_identifiers=True, identifier_salt="pepper")
+    stitcher = new_stitcher(hash_identifiers=True, identifier_salt="pepper")
     view = StateView()
-    run(eng, [ev(identifiers={EMAIL: "ann@example.org", ANON: "a1"})], view)
+    run(stitcher, [ev(identifiers={EMAIL: "ann@example.org", ANON: "a1"})], view)
     hashed = "email:" + hash_identifier(EMAIL, "ann@example.org", "pepper")
     assert set(view.identities) == {hashed, "web_anonymous_id:a1"}
     (state,) = view.customers.values()
@@ -200,7 +201,7 @@ def test_hashed_identifiers_never_store_the_raw_value() -> None:
 def test_blocked_values_are_ignored_for_stitching_and_counted() -> None:
     placeholder = {EMAIL: "test@example.com"}
     result = run(
-        engine(),
+        new_stitcher(),
         [ev(identifiers={ANON: "a1"} | placeholder), ev(hours=1, identifiers={ANON: "a2"} | placeholder)],
         view := StateView(),
     )
@@ -210,17 +211,17 @@ def test_blocked_values_are_ignored_for_stitching_and_counted() -> None:
 
 
 def test_blocked_values_match_after_normalisation_and_hashing() -> None:
-    eng = engine(hash_identifiers=True, identifier_salt="s", blocked_identifiers="email:Test@Example.com")
-    result = run(eng, [ev(identifiers={EMAIL: "test@example.com", ANON: "a1"})], StateView())
+    stitcher = new_stitcher(hash_identifiers=True, identifier_salt="s", blocked_identifiers="email:Test@Example.com")
+    result = run(stitcher, [ev(identifiers={EMAIL: "test@example.com", ANON: "a1"})], StateView())
     assert result.blocked == 1
 
 
 def test_a_link_over_a_type_limit_is_refused_and_the_event_goes_to_its_strongest_key() -> None:
-    eng = engine()
+    stitcher = new_stitcher()
     view = StateView()
-    run(eng, [ev(identifiers={CRM: "C-1", EMAIL: "ann@example.org"})], view)
+    run(stitcher, [ev(identifiers={CRM: "C-1", EMAIL: "ann@example.org"})], view)
     clash = ev(hours=1, identifiers={CRM: "C-2", EMAIL: "ann@example.org"})
-    result = run(eng, [clash], view)
+    result = run(stitcher, [clash], view)
     assert result.refused == {clash.event_id: ["email:ann@example.org"]}
     assert result.over_limit == 1
     assert not result.merges
@@ -232,20 +233,20 @@ def test_a_link_over_a_type_limit_is_refused_and_the_event_goes_to_its_strongest
 
 
 def test_anonymous_web_ids_are_bounded_per_customer() -> None:
-    eng = engine(identifier_limits={ANON: 2})
+    stitcher = new_stitcher(identifier_limits={ANON: 2})
     view = StateView()
     events = [ev(hours=n, identifiers={EMAIL: "ann@example.org", ANON: f"a{n}"}) for n in range(3)]
-    result = run(eng, events, view)
+    result = run(stitcher, events, view)
     assert view.customers[ANN].identifiers["web_anonymous_id"] == ["a0", "a1"]
     assert result.refused == {events[2].event_id: ["web_anonymous_id:a2"]}
     assert view.customers[ANN].events == 3
 
 
 def test_limits_also_refuse_merging_two_customers_that_together_exceed_them() -> None:
-    eng = engine(identifier_limits={ANON: 2})
+    stitcher = new_stitcher(identifier_limits={ANON: 2})
     view = StateView()
     run(
-        eng,
+        stitcher,
         [
             ev(identifiers={EMAIL: "ann@example.org", ANON: "a1"}),
             ev(identifiers={EMAIL: "ann@example.org", ANON: "a2"}),
@@ -253,18 +254,18 @@ def test_limits_also_refuse_merging_two_customers_that_together_exceed_them() ->
         ],
         view,
     )
-    result = run(eng, [ev(hours=1, identifiers={LOYALTY: "L-1", EMAIL: "ann@example.org"})], view)
+    result = run(stitcher, [ev(hours=1, identifiers={LOYALTY: "L-1", EMAIL: "ann@example.org"})], view)
     assert result.over_limit == 1
     assert len(view.customers) == 2
 
 
 def test_events_without_identifiers_use_the_anonymous_source_identity_or_are_unattributed() -> None:
-    eng = engine()
+    stitcher = new_stitcher()
     view = StateView()
     kiosk = ev(channel=Channel.STORE, identifiers={}, attributes={"anonymous_id": "till-3-session-9"})
     again = ev(hours=1, channel=Channel.STORE, identifiers={}, attributes={"anonymous_id": "till-3-session-9"})
     nobody = ev(channel=Channel.STORE, identifiers={})
-    result = run(eng, [kiosk, again, nobody], view)
+    result = run(stitcher, [kiosk, again, nobody], view)
     assert result.unattributed == [nobody]
     (state,) = view.customers.values()
     assert state.customer_id == customer_id_for("anonymous:store:test:till-3-session-9")
@@ -280,7 +281,7 @@ def test_required_keys_are_the_keys_apply_looks_up() -> None:
         ev(identifiers={EMAIL: "noreply@example.com"}, attributes={"anonymous_id": "x"}),
         ev(identifiers={}),
     ]
-    assert StitchEngine(settings).required_keys(events) == {
+    assert Stitcher(Policies.from_settings(settings)).required_keys(events) == {
         "email:" + hash_identifier(EMAIL, "ann@example.org", "s"),
         "web_anonymous_id:a1",
         "anonymous:web:test:x",
@@ -290,54 +291,54 @@ def test_required_keys_are_the_keys_apply_looks_up() -> None:
 def test_an_identity_row_without_its_state_in_the_view_is_a_clear_error() -> None:
     view = StateView(identities={"email:ann@example.org": "c-missing"})
     with pytest.raises(KeyError, match="c-missing"):
-        run(engine(), [ev()], view)
+        run(new_stitcher(), [ev()], view)
 
 
 # --- merges, dedupe, lateness --------------------------------------------------------------------
 
 
 def test_merges_move_history_in_event_time_order() -> None:
-    eng = engine()
+    stitcher = new_stitcher()
     view = StateView()
     ann = [ev(EventType.PURCHASE, hours=h, amount=Decimal("10.50")) for h in (1, 5)]
     anon = [ev(EventType.OTHER, hours=h, identifiers={ANON: "a1"}) for h in (2, 6)]
-    run(eng, ann + anon, view)
+    run(stitcher, ann + anon, view)
     link = ev(EventType.IDENTIFY, hours=3, identifiers={ANON: "a1", EMAIL: "ann@example.org"})
-    run(eng, [link], view)
+    run(stitcher, [link], view)
     state = view.customers[ANN]
     # History keeps the entries later events can change (purchases, ``other``), not the identify.
     assert [row[EVENT_ID] for row in state.history] == [e.event_id for e in (ann[0], anon[0], ann[1], anon[1])]
     assert (state.events, state.purchases, state.revenue) == (5, 2, Decimal("21.00"))
     assert state.channels == {"web": 5}
     # The merged customer's applied ids came along: its events are duplicates now.
-    again = run(eng, [anon[0]], view)
+    again = run(stitcher, [anon[0]], view)
     assert again.duplicates == 1 and not again.entries
 
 
 def test_duplicates_change_nothing_and_emit_nothing() -> None:
-    eng = engine()
+    stitcher = new_stitcher()
     view = StateView()
     event = ev(EventType.PURCHASE, amount=Decimal(5))
-    first = run(eng, [event, event], view)
+    first = run(stitcher, [event, event], view)
     assert first.duplicates == 1 and len(first.entries) == 1
     before = json.dumps(view.customers[ANN].to_dict(), sort_keys=True)
-    second = run(eng, [event], view)
+    second = run(stitcher, [event], view)
     assert second.duplicates == 1
     assert (second.entries, second.changed, second.profiles) == ([], [], [])
     assert json.dumps(view.customers[ANN].to_dict(), sort_keys=True) == before
 
 
 def test_late_events_land_in_order_whatever_their_age() -> None:
-    eng = engine()
+    stitcher = new_stitcher()
     view = StateView()
     run(
-        eng,
+        stitcher,
         [ev(EventType.PURCHASE, 24 * 400, amount=Decimal(1)), ev(EventType.PURCHASE, 24 * 401, amount=Decimal(1))],
         view,
     )
     late = ev(EventType.PURCHASE, 24 * 400.5, amount=Decimal(1))
     ancient = ev(hours=0)  # 400 days before the customer's latest: applied all the same
-    result = run(eng, [late, ancient], view)
+    result = run(stitcher, [late, ancient], view)
     assert result.too_late == []
     assert {e.event_id for e in result.entries} >= {late.event_id, ancient.event_id}
     state = view.customers[ANN]
@@ -347,48 +348,48 @@ def test_late_events_land_in_order_whatever_their_age() -> None:
 
 
 def test_an_age_bound_is_opt_in_and_rejects_only_older_events() -> None:
-    eng = engine()
+    stitcher = new_stitcher()
     view = StateView()
-    run(eng, [ev(hours=10), ev(hours=12)], view)
+    run(stitcher, [ev(hours=10), ev(hours=12)], view)
     late, too_late = ev(hours=10.5), ev(hours=9.5)
     bound = (T0 + timedelta(hours=10)).timestamp()
-    result = eng.apply([late, too_late], view, reject_before=bound)
+    result = stitcher.apply([late, too_late], view, reject_before=bound)
     assert result.too_late == [too_late]
     assert [e.event_id for e in result.entries] == [late.event_id]
 
 
 def test_a_redelivered_old_event_is_a_duplicate_not_too_late() -> None:
-    eng = engine()
+    stitcher = new_stitcher()
     view = StateView()
     old = ev(hours=0)
-    run(eng, [old, ev(hours=5)], view)
-    result = eng.apply([old], view, reject_before=(T0 + timedelta(hours=4)).timestamp())
+    run(stitcher, [old, ev(hours=5)], view)
+    result = stitcher.apply([old], view, reject_before=(T0 + timedelta(hours=4)).timestamp())
     assert (result.duplicates, result.too_late) == (1, [])
 
 
 def test_an_applied_id_is_a_duplicate_whatever_its_age() -> None:
-    eng = engine()
+    stitcher = new_stitcher()
     view = StateView()
     old = ev(EventType.PURCHASE, 0, amount=Decimal(1))
-    run(eng, [old, ev(hours=24 * 365)], view)
+    run(stitcher, [old, ev(hours=24 * 365)], view)
     assert "seen" not in view.customers[ANN].to_dict()  # no id set in the state: the applied record decides
-    assert run(eng, [old], view).duplicates == 1
+    assert run(stitcher, [old], view).duplicates == 1
 
 
 def test_retention_keeps_the_previous_purchase_a_late_purchase_needs() -> None:
-    eng = engine(window_grace_s=2 * DAY)
-    keep = Policy.from_settings(eng.settings).keep_s
+    stitcher = new_stitcher(window_grace_s=2 * DAY)
+    keep = stitcher.policy.keep_s
     view = StateView()
     days = keep / DAY + 10
     old, recent = (ev(EventType.PURCHASE, 24 * day, amount=Decimal(1)) for day in (0, days))
-    run(eng, [old, recent], view)
+    run(stitcher, [old, recent], view)
     # Older than the state keeps, but still the previous purchase of anything that may arrive.
     state = view.customers[ANN]
     assert [p[1] for p in state.purchase_times] == [old.event_id, recent.event_id]
     assert state.facts_from == recent.occurred_at.timestamp() - keep
     late = ev(EventType.PURCHASE, 24 * (days - 1), amount=Decimal(1))
-    assert eng.history_needs([late], eng.keys_of([late]), view) == {}  # within the grace: from memory
-    result = run(eng, [late], view)
+    assert stitcher.history_needs([late], stitcher.keys_of([late]), view) == {}  # within the grace: from memory
+    result = run(stitcher, [late], view)
     entries = entries_by_id(result)
     assert entries[late.event_id].time_since_last_purchase_s == (days - 1) * DAY
     assert entries[recent.event_id].time_since_last_purchase_s == DAY
@@ -396,23 +397,23 @@ def test_retention_keeps_the_previous_purchase_a_late_purchase_needs() -> None:
 
 
 def test_retention_keeps_the_contacts_a_late_contact_looks_back_to() -> None:
-    eng = engine(window_grace_s=2 * DAY, repeat_contact_window_s=DAY)
+    stitcher = new_stitcher(window_grace_s=2 * DAY, repeat_contact_window_s=DAY)
     view = StateView()
     earlier = contact(24 * 7.5, reason="late")
-    run(eng, [earlier, ev(hours=24 * 10)], view)
+    run(stitcher, [earlier, ev(hours=24 * 10)], view)
     assert "reason:late" in view.customers[ANN].issues
     late = contact(24 * 8.25, Channel.WEB, reason="late")
-    entry = entries_by_id(run(eng, [late], view))[late.event_id]
+    entry = entries_by_id(run(stitcher, [late], view))[late.event_id]
     assert (entry.contact_number, entry.repeat_contact, entry.channel_switch) == (2, True, True)
 
 
 def test_retention_forgets_what_only_older_events_than_the_grace_can_need() -> None:
-    eng = engine(window_grace_s=DAY)
-    keep = Policy.from_settings(eng.settings).keep_s
+    stitcher = new_stitcher(window_grace_s=DAY)
+    keep = stitcher.policy.keep_s
     view = StateView()
     latest = 24 * (keep / DAY + 2)
     run(
-        eng,
+        stitcher,
         [
             contact(0, reason="late"),
             *(ev(EventType.PURCHASE, h, amount=Decimal(1)) for h in (1, 2, 3)),
@@ -428,10 +429,10 @@ def test_retention_forgets_what_only_older_events_than_the_grace_can_need() -> N
 
 
 def test_history_keeps_the_most_recent_entries_and_still_counts_older_ones() -> None:
-    eng = engine(timeline_limit=3)
+    stitcher = new_stitcher(timeline_limit=3)
     view = StateView()
     events = [ev(EventType.PURCHASE, h, amount=Decimal(1)) for h in (5, 1, 4, 2, 3)] + [ev(hours=0.5)]
-    run(eng, events, view)
+    run(stitcher, events, view)
     state = view.customers[ANN]
     assert [row[0] for row in state.history] == [(T0 + timedelta(hours=h)).timestamp() for h in (3, 4, 5)]
     assert state.history_from > (T0 + timedelta(hours=2)).timestamp()  # complete only from there on
@@ -439,15 +440,15 @@ def test_history_keeps_the_most_recent_entries_and_still_counts_older_ones() -> 
 
 
 def test_history_needs_name_the_customers_a_batch_must_read_back() -> None:
-    eng = engine(window_grace_s=DAY)
-    policy = Policy.from_settings(eng.settings)
+    stitcher = new_stitcher(window_grace_s=DAY)
+    policy = stitcher.policy
     view = StateView()
-    run(eng, [ev(EventType.PURCHASE, 0, amount=Decimal(1)), ev(hours=24 * 100)], view)
-    run(eng, [ev(EventType.PURCHASE, 24 * 90, identifiers={EMAIL: "bob@example.org"}, amount=Decimal(1))], view)
+    run(stitcher, [ev(EventType.PURCHASE, 0, amount=Decimal(1)), ev(hours=24 * 100)], view)
+    run(stitcher, [ev(EventType.PURCHASE, 24 * 90, identifiers={EMAIL: "bob@example.org"}, amount=Decimal(1))], view)
     bob = customer_id_for("email:bob@example.org")
 
     def needs(*events: TouchpointEvent) -> dict[str, float]:
-        return eng.history_needs(list(events), eng.keys_of(events), view)
+        return stitcher.history_needs(list(events), stitcher.keys_of(events), view)
 
     page = ev(hours=24 * 10)  # no entry of Ann's can change because of a page view, and no rule reads it
     call = contact(24 * 10, reason="late")
@@ -464,10 +465,10 @@ def test_history_needs_name_the_customers_a_batch_must_read_back() -> None:
 
 
 def test_restore_puts_back_what_retention_dropped_and_nothing_twice() -> None:
-    eng = engine(window_grace_s=DAY)
+    stitcher = new_stitcher(window_grace_s=DAY)
     view = StateView()
     calls = [contact(24 * d, reason="late", resolved=False) for d in (0, 1)]
-    run(eng, [*calls, ev(hours=24 * 100)], view)
+    run(stitcher, [*calls, ev(hours=24 * 100)], view)
     state = view.customers[ANN]
     assert state.issues == {}
     kept_from = state.complete_from
@@ -477,7 +478,7 @@ def test_restore_puts_back_what_retention_dropped_and_nothing_twice() -> None:
     assert [c[1] for c in state.issues["reason:late"]] == [c.event_id for c in calls]
     assert [row[EVENT_ID] for row in state.history] == [c.event_id for c in calls]
     assert state.complete_from == 0.0
-    state.prune(Policy.from_settings(eng.settings))
+    state.prune(stitcher.policy)
     assert (state.issues, state.history, state.complete_from) == ({}, [], kept_from)
 
 
@@ -494,7 +495,7 @@ def test_a_stored_entry_rebuilds_the_row_it_was_made_from() -> None:
         reason="parcel arrived broken",
     )
     row = make_row(event, event.occurred_at.timestamp())
-    entry = run(engine(), [event], StateView()).entries[0]
+    entry = run(new_stitcher(), [event], StateView()).entries[0]
     stored = StoredEntry(
         occurred_at=event.occurred_at,
         event_id=event.event_id,
@@ -545,9 +546,9 @@ def test_other_events_are_pre_purchase_until_the_customer_has_purchased() -> Non
 
 def stage_after(*events: TouchpointEvent) -> Stage:
     view = StateView()
-    result = run(engine(), list(events), view)
+    result = run(new_stitcher(), list(events), view)
     (profile,) = result.profiles
-    assert profile.stage is view.customers[ANN].stage(Policy.from_settings(Settings()))
+    assert profile.stage is view.customers[ANN].stage(Policies.from_settings(Settings()).customer)
     return profile.stage
 
 
@@ -616,15 +617,15 @@ def test_nps_answers_are_promoters_passives_or_detractors(score: int, moment: Mo
 
 
 def test_first_purchase_moves_when_an_earlier_purchase_arrives_late() -> None:
-    eng = engine()
+    stitcher = new_stitcher()
     view = StateView()
     later = ev(EventType.PURCHASE, 10, amount=Decimal(20))
     browse = ev(EventType.OTHER, 8)
-    first = run(eng, [later, browse], view)
+    first = run(stitcher, [later, browse], view)
     assert entries_by_id(first)[later.event_id].moments == (Moment.FIRST_PURCHASE,)
     assert entries_by_id(first)[browse.event_id].stage is Stage.PRE_PURCHASE
     earlier = ev(EventType.PURCHASE, 5, amount=Decimal(7))
-    result = run(eng, [earlier], view)
+    result = run(stitcher, [earlier], view)
     entries = entries_by_id(result)
     assert entries[earlier.event_id].moments == (Moment.FIRST_PURCHASE,)
     assert entries[earlier.event_id].time_since_last_purchase_s is None
@@ -645,7 +646,7 @@ def test_issue_context_over_a_multi_contact_issue() -> None:
         contact(2, Channel.WEB, issue_id="case-1"),
         contact(5, Channel.WEB, issue_id="case-1", resolved=True),
     ]
-    result = run(engine(), calls, StateView())
+    result = run(new_stitcher(), calls, StateView())
     one, two, three = (entries_by_id(result)[c.event_id] for c in calls)
     assert (one.is_contact, one.contact_number, one.repeat_contact, one.channel_switch) == (True, 1, False, False)
     assert (one.transfers, one.resolved, one.resolved_at_first_contact, one.issue_key) == (2, False, None, "case-1")
@@ -657,21 +658,21 @@ def test_issue_context_over_a_multi_contact_issue() -> None:
 
 def test_resolution_at_first_contact() -> None:
     call = contact(0, issue_id="case-9", resolved=True)
-    (entry,) = run(engine(), [call], StateView()).entries
+    (entry,) = run(new_stitcher(), [call], StateView()).entries
     assert (entry.contact_number, entry.resolved_at_first_contact, entry.time_to_resolution_s) == (1, True, 0.0)
-    (page,) = run(engine(), [ev()], StateView()).entries
+    (page,) = run(new_stitcher(), [ev()], StateView()).entries
     assert (page.is_contact, page.contact_number, page.resolved_at_first_contact) == (False, 0, None)
 
 
 def test_repeat_contact_needs_a_contact_within_the_repeat_window() -> None:
-    eng = engine(repeat_contact_window_s=DAY, dedupe_horizon_s=30 * DAY)
+    stitcher = new_stitcher(repeat_contact_window_s=DAY, dedupe_horizon_s=30 * DAY)
     calls = [
         contact(0, issue_id="case-1"),
         contact(48, issue_id="case-1"),  # same case id, outside the repeat window: not a repeat
         contact(0, reason="Billing  Question"),
         contact(48, reason="billing question"),  # no case id: a new issue after the window
     ]
-    entries = entries_by_id(run(eng, calls, StateView()))
+    entries = entries_by_id(run(stitcher, calls, StateView()))
     _, id_again, reason_first, reason_again = (entries[c.event_id] for c in calls)
     assert (id_again.contact_number, id_again.repeat_contact) == (2, False)
     assert (reason_again.contact_number, reason_again.repeat_contact) == (1, False)
@@ -680,13 +681,13 @@ def test_repeat_contact_needs_a_contact_within_the_repeat_window() -> None:
 
 
 def test_a_late_contact_renumbers_the_issue_and_replaces_the_published_versions() -> None:
-    eng = engine()
+    stitcher = new_stitcher()
     view = StateView()
     second = contact(4, Channel.WEB, issue_id="case-1", resolved=True)
-    first = run(eng, [second], view)
+    first = run(stitcher, [second], view)
     assert entries_by_id(first)[second.event_id].resolved_at_first_contact is True
     earlier = contact(1, Channel.PHONE, issue_id="case-1", resolved=False)
-    result = run(eng, [earlier], view)
+    result = run(stitcher, [earlier], view)
     entry = entries_by_id(result)[second.event_id]
     assert (entry.contact_number, entry.repeat_contact, entry.channel_switch) == (2, True, True)
     assert (entry.resolved_at_first_contact, entry.time_to_resolution_s) == (False, 3 * HOUR)
@@ -696,14 +697,14 @@ def test_a_late_contact_renumbers_the_issue_and_replaces_the_published_versions(
 
 @pytest.mark.parametrize("link_at", [12.0, 24 * 200.0])
 def test_a_merge_recomputes_the_entries_it_changes_whatever_their_age(link_at: float) -> None:
-    eng = engine()
+    stitcher = new_stitcher()
     view = StateView()
     mine = contact(10, reason="late", resolved=False)
     theirs = contact(11, Channel.WEB, reason="late", resolved=True, identifiers={ANON: "a1"})
-    run(eng, [mine, theirs], view)
+    run(stitcher, [mine, theirs], view)
     link = ev(EventType.IDENTIFY, link_at, identifiers={ANON: "a1", EMAIL: "ann@example.org"})
-    assert eng.history_needs([link], eng.keys_of([link]), view) == {}  # both states still hold these contacts
-    result = run(eng, [link], view)
+    assert stitcher.history_needs([link], stitcher.keys_of([link]), view) == {}  # both states still hold these contacts
+    result = run(stitcher, [link], view)
     entry = entries_by_id(result)[theirs.event_id]
     assert (entry.customer_id, entry.contact_number, entry.channel_switch) == (ANN, 2, True)
     assert (entry.resolved_at_first_contact, entry.time_to_resolution_s) == (False, HOUR)
@@ -713,23 +714,24 @@ def test_a_merge_recomputes_the_entries_it_changes_whatever_their_age(link_at: f
 
 def test_time_since_last_purchase() -> None:
     buys = [ev(EventType.PURCHASE, h, amount=Decimal(1)) for h in (0, 30)]
-    entries = entries_by_id(run(engine(), buys, StateView()))
+    entries = entries_by_id(run(new_stitcher(), buys, StateView()))
     assert entries[buys[0].event_id].time_since_last_purchase_s is None
     assert entries[buys[1].event_id].time_since_last_purchase_s == 30 * HOUR
     assert entries[buys[1].event_id].moments == ()
 
 
 def test_open_issues_and_their_abandonment() -> None:
-    policy = Policy.from_settings(Settings(repeat_contact_window_s=DAY))
+    stitcher = new_stitcher(repeat_contact_window_s=DAY)
+    policy = stitcher.policy
     view = StateView()
-    StitchEngine(Settings(repeat_contact_window_s=DAY)).apply(
+    stitcher.apply(
         [contact(0, Channel.PHONE, reason="late", resolved=False), contact(3, Channel.WEB, reason="late")],
         view,
     )
     (issue,) = view.customers[ANN].open_issues(policy)
     assert (issue.key, issue.contacts, issue.last_channel) == ("reason:late", 2, "web")
     assert issue.first_contact_at == T0.timestamp()
-    StitchEngine(Settings(repeat_contact_window_s=DAY)).apply([ev(hours=40)], view)
+    stitcher.apply([ev(hours=40)], view)
     assert view.customers[ANN].open_issues(policy) == []
 
 
@@ -739,7 +741,7 @@ def test_open_issues_and_their_abandonment() -> None:
 def test_state_round_trips_through_json() -> None:
     view = StateView()
     run(
-        engine(),
+        new_stitcher(),
         [
             ev(EventType.PURCHASE, 1, amount=Decimal("9.99"), currency="GBP"),
             contact(2, issue_id="case-1", resolved=False),
@@ -750,7 +752,7 @@ def test_state_round_trips_through_json() -> None:
     state = view.customers[ANN]
     again = CustomerState.from_dict(json.loads(json.dumps(state.to_dict())))
     assert again.to_dict() == state.to_dict()
-    policy = Policy.from_settings(Settings())
+    policy = Policies.from_settings(Settings()).customer
     assert again.profile(policy) == state.profile(policy)
     assert [again.derive(row, policy) for row in again.history] == [state.derive(r, policy) for r in state.history]
     with pytest.raises(ValueError, match="layout"):
@@ -759,7 +761,7 @@ def test_state_round_trips_through_json() -> None:
 
 def test_a_layout_1_state_is_read_as_complete_only_from_its_latest_event() -> None:
     view = StateView()
-    run(engine(), [ev(EventType.PURCHASE, 1, amount=Decimal(1)), ev(hours=2), contact(3, reason="late")], view)
+    run(new_stitcher(), [ev(EventType.PURCHASE, 1, amount=Decimal(1)), ev(hours=2), contact(3, reason="late")], view)
     v2 = view.customers[ANN].to_dict()
     timeline = [
         *v2["history"][:1],
@@ -776,7 +778,7 @@ def test_a_layout_1_state_is_read_as_complete_only_from_its_latest_event() -> No
 
 def test_oracle_replays_in_event_time_order() -> None:
     events = [ev(hours=3), ev(EventType.PURCHASE, 1, amount=Decimal(2)), ev(hours=2, identifiers={ANON: "x"})]
-    oracle = replay(events, Settings())
+    oracle = replay(events, Policies.from_settings(Settings()))
     assert oracle.timelines[ANN] == [events[1].event_id, events[0].event_id]
     assert oracle.stages[ANN] is Stage.PRE_PURCHASE
     assert oracle.identities == {

@@ -1,4 +1,7 @@
-"""SQLite write-ahead-log checkpoints on their own thread, so the worker's batches do not wait for them.
+"""SQLite write-ahead-log housekeeping: WAL checkpoints on their own thread, so the worker's batches do not wait.
+
+A WAL checkpoint is SQLite's copy of the log into the database file: nothing to do with input offsets, which
+are stored with the results they produced (``sinks.store``).
 
 With SQLite's automatic checkpoints the commit that crosses the WAL threshold copies the log into the
 database file and syncs both, on the committing thread: measured as 17 of 172 µs per event of a batch, most
@@ -66,14 +69,14 @@ class WalCheckpointer:
                 if self._stopped:
                     return
                 try:
-                    self._checkpoint(conn)
+                    self._checkpoint_wal(conn)
                 except sqlite3.Error as exc:
                     # The next commit asks again; the writer's transactions do not depend on this one.
                     log.warning("WAL checkpoint of %s failed: %s", self.path, exc)
         finally:
             conn.close()
 
-    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+    def _checkpoint_wal(self, conn: sqlite3.Connection) -> None:
         try:
             size = os.path.getsize(self.path + "-wal")
         except FileNotFoundError:

@@ -1,11 +1,11 @@
-"""The stitching engine: identity stitching and per-customer timelines over a batch of events.
+"""The stitcher: identity stitching and per-customer timelines over a batch of events.
 
 Pure code (no Kafka, no SQL): the worker loads a :class:`StateView` holding the identity rows of every
-key the batch carries (:meth:`StitchEngine.required_keys`), the state of every customer they point to and
+key the batch carries (:meth:`Stitcher.required_keys`), the state of every customer they point to and
 which of the batch's event ids were applied before; it restores from the touchpoints table the history that
-:meth:`StitchEngine.history_needs` asks for; then it calls :meth:`StitchEngine.apply`, evaluates alerts on the
-full states, calls :meth:`StitchEngine.close`, and writes back what the :class:`BatchResult` reports, in one
-transaction with its input offsets. The same engine over a full in-memory view is the test oracle (``oracle``).
+:meth:`Stitcher.history_needs` asks for; then it calls :meth:`Stitcher.apply`, evaluates alerts on the
+full states, calls :meth:`Stitcher.close`, and writes back what the :class:`BatchResult` reports, in one
+transaction with its input offsets. The same stitcher over a full in-memory view is the test oracle (``oracle``).
 
 Per event, in arrival order:
 
@@ -32,16 +32,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from config.settings import Settings
 from schemas.outputs import CustomerProfile, IdentityChange, TimelineEntry
 from schemas.touchpoint import EventType, IdentifierType, TouchpointEvent
 from streams.domain.customer import (
     EVENT_ID,
     REVISABLE_TYPES,
+    CustomerPolicy,
     CustomerState,
     Derived,
-    Policy,
     Row,
     make_row,
     standalone,
@@ -50,6 +50,7 @@ from streams.domain.customer import (
 from streams.domain.identity import (
     ANONYMOUS_TYPE,
     EventKeys,
+    IdentityPolicy,
     IdentityRules,
     customer_id_for,
     key_strength,
@@ -116,17 +117,26 @@ class BatchResult:
         return sum(len(keys) for keys in self.refused.values())
 
 
-class StitchEngine:
+class StitchPolicies(Protocol):
+    """The policies stitching reads (``streams.policies.Policies`` holds them, built from the settings)."""
+
+    @property
+    def identity(self) -> IdentityPolicy: ...
+
+    @property
+    def customer(self) -> CustomerPolicy: ...
+
+
+class Stitcher:
     """Applies batches of events to a state view (see the module docstring)."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.rules = IdentityRules(settings)
-        self.policy = Policy.from_settings(settings)
+    def __init__(self, policies: StitchPolicies) -> None:
+        self.rules = IdentityRules(policies.identity)
+        self.policy = policies.customer
 
     def required_keys(self, events: Iterable[TouchpointEvent]) -> set[str]:
         """The identifier keys whose identity rows the worker must load before applying ``events``."""
-        return self.rules.required_keys(events)
+        return {key for event_keys in self.keys_of(events) for key in event_keys.keys}
 
     def keys_of(self, events: Iterable[TouchpointEvent]) -> list[EventKeys]:
         """Each event's identifier keys (what ``apply`` stitches by), computed once for the caller and ``apply``."""
@@ -139,11 +149,11 @@ class StitchEngine:
         """Customers of the view whose facts and history must be restored before ``apply``, and from when.
 
         An entry that later events can change, or that alert rules read, needs its customer's facts and history
-        from ``Policy.span_s`` before it (``Policy.history_needed``). Customers the batch may merge need more: a
-        merge can change any entry of either side from the younger side's first event on, so every customer
-        linked, through the batch's keys, to an older one needs its history from the second-earliest
-        ``first_seen`` of the group, minus the span. Customers complete from early enough are left out: in a
-        live stream, with events no later than ``Policy.grace_s``, nobody is.
+        from ``CustomerPolicy.span_s`` before it (``CustomerPolicy.history_needed``). Customers the batch may merge
+        need more: a merge can change any entry of either side from the younger side's first event on, so every
+        customer linked, through the batch's keys, to an older one needs its history from the second-earliest
+        ``first_seen`` of the group, minus the span. Customers complete from early enough are left out: in a live
+        stream, with events no later than ``CustomerPolicy.grace_s``, nobody is.
         """
         span = self.policy.span_s
         identities = view.identities
@@ -254,9 +264,9 @@ def _final(state: CustomerState) -> CustomerState:
 class _Batch:
     """The work of one apply() call."""
 
-    def __init__(self, engine: StitchEngine, view: StateView, reject_before: float | None) -> None:
-        self.rules = engine.rules
-        self.policy = engine.policy
+    def __init__(self, stitcher: Stitcher, view: StateView, reject_before: float | None) -> None:
+        self.rules = stitcher.rules
+        self.policy = stitcher.policy
         self.view = view
         self.reject_before = reject_before
         self.result = BatchResult()

@@ -1,0 +1,64 @@
+"""The domain's policies, built from the settings: the one place where ``Settings`` meets ``streams.domain``.
+
+The domain reads no settings. Each of its parts takes a small frozen policy of exactly what it reads
+(``IdentityPolicy``, ``CustomerPolicy``, ``AlertPolicy``, ``MetricPolicy``); the worker, the CLI, the tests and
+the tools build them here, once, from the ``Settings`` they were given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from config.settings import Settings
+from streams.domain.aggregate import MetricPolicy
+from streams.domain.alerts import AlertPolicy
+from streams.domain.customer import CustomerPolicy
+from streams.domain.identifiers import IdentifierHashing
+from streams.domain.identity import IdentityPolicy
+from streams.domain.windows import parse_window
+
+
+@dataclass(frozen=True, slots=True)
+class Policies:
+    """Every policy of the domain, read from one ``Settings``."""
+
+    identity: IdentityPolicy
+    customer: CustomerPolicy
+    alerts: AlertPolicy
+    metrics: MetricPolicy
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Policies:
+        """The policies the settings ask for."""
+        alerts = AlertPolicy(
+            negative_moments_threshold=settings.negative_moments_alert, issue_target_s=settings.issue_target_s
+        )
+        return cls(
+            identity=IdentityPolicy(
+                hashing=identifier_hashing(settings),
+                limits=dict(settings.identifier_limits),
+                blocked=tuple(settings.blocked_identifiers),
+                default_region=settings.default_phone_region,
+            ),
+            customer=CustomerPolicy(
+                timeline_limit=settings.timeline_limit,
+                repeat_window_s=settings.repeat_contact_window_s,
+                issue_memory_s=settings.issue_memory_s,
+                grace_s=settings.window_grace_s,
+                alert_span_s=alerts.longest_window_s,
+            ),
+            alerts=alerts,
+            metrics=MetricPolicy(
+                windows=tuple(parse_window(name) for name in settings.metric_windows),
+                customer_windows=tuple(parse_window(name) for name in settings.customer_metric_windows),
+                grace_s=settings.window_grace_s,
+            ),
+        )
+
+
+def identifier_hashing(settings: Settings) -> IdentifierHashing | None:
+    """How PII identifiers are hashed (by the adapters, the collector and the worker alike); None when
+    ``CXSTREAM_HASH_IDENTIFIERS`` is off."""
+    if not settings.hash_identifiers:
+        return None
+    return IdentifierHashing(settings.identifier_salt, settings.default_phone_region)
