@@ -170,9 +170,6 @@ class BatchWrite:
     removed_customers: list[str] = field(default_factory=list)
     customers: list[CustomerRow] = field(default_factory=list)
     identities: list[IdentityRow] = field(default_factory=list)
-    #: The ``identities`` rows of the keys the batch touched as they are once it commits (what a cache may keep);
-    #: None for a key a merge re-pointed without reading its row.
-    known_identities: dict[str, StoredIdentity | None] = field(default_factory=dict)
     touchpoints: list[TouchpointRow] = field(default_factory=list)
     #: The batch's metric cells by key (a cell finalised by the sweep replaces the batch's own row of it).
     cells: dict[CellKey, CellRow] = field(default_factory=dict)

@@ -115,7 +115,7 @@ class BulkStatement:
 
 
 #: The row type each bulk statement binds.
-_ROW_TYPES: dict[str, type[tuple[Any, ...]]] = {
+_ROW_TYPES: dict[str, Any] = {
     "customers": CustomerRow,
     "identities": IdentityRow,
     "touchpoints": TouchpointRow,

@@ -158,7 +158,7 @@ class BatchProcessor:
             try:
                 with self.sink.transaction() as tx:
                     clock = self._lock(tx, read.offsets)  # 2. lock
-                    result, write, view = self._apply(tx, report, read, backlog, clock)  # 3. to 7.
+                    result, write, view, stored = self._apply(tx, report, read, backlog, clock)  # 3. to 7.
             except _AppliedElsewhere:
                 log.info("another worker applied records of this batch's partitions: reading its offsets")
                 self.reload()
@@ -166,7 +166,7 @@ class BatchProcessor:
             except BaseException:
                 self.cache.clear()  # cached states may hold changes that did not commit
                 raise
-            self._committed(clock, write, view, result.removed)  # 8. remember
+            self._committed(clock, write, view, result.removed, stored)  # 8. remember
             report.committed_at = datetime.now(UTC)
             self.applied.update(read.offsets)
             return report
@@ -180,7 +180,8 @@ class BatchProcessor:
             with self.sink.transaction() as tx:
                 clock = self._lock(tx, {})
                 write = BatchWrite(group_id=self.group_id, offsets={}, worker_id=self.settings.worker_id)
-                self._follow(tx, write, report, {}, backlog, clock, StateView())
+                records = ResultRecords(self.topics, report.outputs)
+                self._follow(tx, write, report, records, {}, backlog, clock, StateView())
                 if not (write.partitions or write.watermark or write.swept_to):
                     return report
                 write.outbox = report.outbox = report.outputs.encode() if report.outputs.records else None
@@ -188,7 +189,7 @@ class BatchProcessor:
         except BaseException:
             self.cache.clear()
             raise
-        self._committed(clock, write, StateView(), ())
+        self._committed(clock, write, StateView(), (), {})
         report.committed_at = datetime.now(UTC)
         return report
 
@@ -208,7 +209,7 @@ class BatchProcessor:
                     dead_letter(rec.topic.removeprefix(prefix), reason, detail, rec.value or b"", rec)
                 )
         if offsets:
-            self._publish_dead_letters(report)
+            self._publish_dead_letters(report, ResultRecords(self.topics, report.outputs))
             report.outbox = report.outputs.encode()
             write = BatchWrite(
                 group_id=self.group_id,
@@ -295,11 +296,26 @@ class BatchProcessor:
         self.cache.check(clock.sequence)
         return clock
 
-    def _committed(self, clock: Clock, write: BatchWrite, view: StateView, removed: Iterable[str]) -> None:
-        """Remember what the transaction committed: the cache, the clock."""
+    def _committed(
+        self,
+        clock: Clock,
+        write: BatchWrite,
+        view: StateView,
+        removed: Iterable[str],
+        stored: dict[str, StoredIdentity],
+    ) -> None:
+        """Remember what the transaction committed: the cache, the clock.
+
+        ``stored``: the identity rows of the batch's keys as the table now holds them. A key a merge re-pointed
+        without the batch reading its row (the merge's UPDATE moved it) is not among them: the cache forgets it.
+        """
+        identities = (
+            (key, None if (row := stored.get(key)) is None else row._replace(customer_id=customer_id))
+            for key, customer_id in view.identities.items()
+        )
         self.cache.committed(
             clock.sequence + int(write.state_changed),
-            write.known_identities.items(),
+            identities,
             view.customers,
             removed,
             ((cell, row.counters) for cell, row in write.cells.items()),
@@ -312,8 +328,9 @@ class BatchProcessor:
 
     def _apply(
         self, tx: Any, report: BatchReport, read: _Read, backlog: Iterable[TopicPartition], clock: Clock
-    ) -> tuple[BatchResult, BatchWrite, StateView]:
-        """Steps 3 to 7 of ``process``: load what the batch touches, apply it, write everything back."""
+    ) -> tuple[BatchResult, BatchWrite, StateView, dict[str, StoredIdentity]]:
+        """Steps 3 to 7 of ``process``: load what the batch touches, apply it, write everything back; return what
+        the cache may keep, with the identity rows of the batch's keys as the table now holds them."""
         events = report.events
         # 3. load
         keys = self.stitcher.keys_of(events)
@@ -354,13 +371,13 @@ class BatchProcessor:
         self._stitching(result, view, report, write, keys, records, stored)
         self._metrics(tx, result, write, records, before)
         # 6. event time
-        self._follow(tx, write, report, read.latest, backlog, clock, view)
+        self._follow(tx, write, report, records, read.latest, backlog, clock, view)
         # 7. write
         self._refused(result, before, report)
-        self._publish_dead_letters(report)
+        self._publish_dead_letters(report, records)
         write.outbox = report.outbox = report.outputs.encode() if report.outputs.records else None
         report.outbox_id = self.sink.write(tx, write)
-        return result, write, view
+        return result, write, view, stored
 
     def _restore(self, tx: Any, view: StateView, needs: dict[str, float]) -> int:
         """Read back from the touchpoints table the history ``needs`` asks for; return how many customers."""
@@ -395,9 +412,8 @@ class BatchProcessor:
                 dead_letter(event.channel.value, "event_id_conflict", detail, event.model_dump_json().encode())
             )
 
-    def _publish_dead_letters(self, report: BatchReport) -> None:
+    def _publish_dead_letters(self, report: BatchReport, records: ResultRecords) -> None:
         """Queue the batch's dead letters, with their original bytes or what CXSTREAM_DEAD_LETTER_ORIGINALS keeps."""
-        records = ResultRecords(self.topics, report.outputs)
         policy, salt = self.settings.dead_letter_originals, self.settings.identifier_salt
         for dead in report.dead_letters:
             records.dead_letter(dead, dead.kept(policy, salt).model_dump_json().encode())
@@ -429,14 +445,6 @@ class BatchProcessor:
         write.identities = identity_rows(report.events, keys, result, view.identities, stored)
         for row in write.identities:
             stored[row.identifier] = StoredIdentity(row.customer_id, row.first_seen, row.last_seen)
-        # Keys a merge re-pointed that the batch did not read (the merge's UPDATE moved their rows) are not known
-        # here: None, so that a cache forgets what it held of them.
-        write.known_identities = {
-            key: None
-            if (old := stored.get(key)) is None
-            else StoredIdentity(customer_id, old.first_seen, old.last_seen)
-            for key, customer_id in view.identities.items()
-        }
         now = report.committed_at or datetime.now(UTC)
         for entry in result.entries:
             write.touchpoints.append(touchpoint_row(entry, now))
@@ -518,6 +526,7 @@ class BatchProcessor:
         tx: Any,
         write: BatchWrite,
         report: BatchReport,
+        records: ResultRecords,
         latest: dict[TopicPartition, float],
         backlog: Iterable[TopicPartition],
         clock: Clock,
@@ -539,9 +548,9 @@ class BatchProcessor:
         if moved is not None and moved != previous:
             write.watermark = _utc(moved)
         report.watermark = write.watermark or clock.watermark
-        self._sweep(tx, view, write, report)
+        self._sweep(tx, view, write, report, records)
 
-    def _sweep(self, tx: Any, view: StateView, write: BatchWrite, report: BatchReport) -> None:
+    def _sweep(self, tx: Any, view: StateView, write: BatchWrite, report: BatchReport, records: ResultRecords) -> None:
         """Follow event time: finalise windows that closed, alert on issues that became overdue.
 
         Both are decided from the watermark alone (windows: end + grace; issues: first contact + target), on
@@ -550,7 +559,6 @@ class BatchProcessor:
         watermark = write.watermark
         if watermark is None or watermark == self.swept_to:
             return
-        records = ResultRecords(self.topics, report.outputs)
         aggregator = MetricAggregator(self.policies.metrics)
         closable = self.sink.closable_cells(tx, watermark - self.grace)
         if closable:

@@ -26,6 +26,7 @@ from streams.domain.identity import customer_id_for, key_strength
 from streams.domain.oracle import final_entries, replay
 from streams.domain.stitching import NO_CUSTOMER, BatchResult, StateView, Stitcher
 from streams.policies import Policies
+from streams.result_rows import touchpoint_row
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 DAY = 86400.0
@@ -119,25 +120,12 @@ def deliveries(events: list, rng: random.Random, shuffle: bool = True) -> list:
 
 
 def stored_of(entry: TimelineEntry) -> StoredEntry:
-    """What the touchpoints table holds of an entry (as ``pipeline.touchpoint_row`` writes it)."""
-    survey = entry.survey
-    return StoredEntry(
-        occurred_at=entry.occurred_at,
-        event_id=entry.event_id,
-        channel=entry.channel.value,
-        type=entry.type.value,
-        received_at=entry.received_at,
-        amount=None if entry.amount is None else entry.amount.quantize(Decimal("0.0001")),
-        currency=entry.currency,
-        issue_key=entry.issue_key,
-        resolved=entry.resolved,
-        transfers=entry.transfers,
-        nps=survey.nps if survey else None,
-        csat=survey.csat if survey else None,
-        ces=survey.ces if survey else None,
-        source_id=entry.source_id,
-        moments=",".join(m.value for m in entry.moments),
-    )
+    """What the touchpoints table holds of an entry: the worker's row of it, its amount as the NUMERIC(18, 4)
+    column gives it back."""
+    row = touchpoint_row(entry, entry.received_at)._asdict()
+    amount = row["amount"]
+    row["amount"] = None if amount is None else amount.quantize(Decimal("0.0001"))
+    return StoredEntry(**{name: row[name] for name in StoredEntry._fields})
 
 
 def run_like_worker(stitcher: Stitcher, arrived: list, rng: random.Random) -> tuple[dict, dict, list[BatchResult]]:
