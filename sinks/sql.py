@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     Connection,
     DateTime,
     Engine,
@@ -97,6 +98,8 @@ class BulkStatement:
             sqltype = compiled.binds[name].type
             if dialect.name == "sqlite" and isinstance(sqltype, DateTime):
                 self._processors.append((i, _sqlite_datetime))
+            elif dialect.name == "sqlite" and isinstance(sqltype, Boolean):
+                continue  # sqlite3 binds a bool as the integer SQLAlchemy's processor would make of it
             elif (processor := sqltype._cached_bind_processor(dialect)) is not None:
                 self._processors.append((i, processor))
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import zlib
+
 import pytest
+import zstandard
 
 from streams.downstream import OutboxPayload, Outputs, Partitioner
 from streams.kafka import partition_for
@@ -19,6 +22,15 @@ def test_an_outbox_payload_reads_back_record_for_record() -> None:
 
     assert again == outputs.records
     assert again[1][3] == b"customer|c-1", "the route is kept for the partition"
+
+
+def test_a_payload_of_the_previous_version_still_reads() -> None:
+    # Rows the previous version committed (zlib) are published by the upgraded worker at its start.
+    outputs = Outputs()
+    outputs.add("cx.timeline", "c-1", b'{"event_id":"e1"}')
+    framed = zstandard.ZstdDecompressor().decompress(outputs.encode()[4:])
+
+    assert list(OutboxPayload(b"CXO2" + zlib.compress(framed, 1)).records()) == outputs.records
 
 
 def test_an_empty_or_foreign_payload() -> None:
