@@ -21,7 +21,7 @@ from typing import Any
 from config.settings import Settings
 from config.topics import Topics
 from schemas.deadletter import DeadLetter
-from schemas.outputs import NEGATIVE_MOMENTS, Alert, MetricScope, TimelineEntry
+from schemas.outputs import NEGATIVE_MOMENTS, Alert, MetricScope
 from schemas.touchpoint import TouchpointEvent
 from sinks.contract import BatchWrite, Clock, ResultSink, StoredIdentity
 from streams.decoding import InRecord, dead_letter, decode_record, record_fingerprint
@@ -29,6 +29,7 @@ from streams.domain import event_time
 from streams.domain.aggregate import MetricAggregator
 from streams.domain.alerts import READ_TYPES, OpenIssueInfo, evaluate, overdue
 from streams.domain.customer import MOMENTS, SURVEY, TYPE, CustomerState, T, is_kept, row_of, timeline_entry
+from streams.domain.entry import Entry
 from streams.domain.event_time import TopicPartition
 from streams.domain.identity import EventKeys
 from streams.domain.stitching import NO_CUSTOMER, BatchResult, StateView, Stitcher
@@ -485,7 +486,7 @@ class BatchProcessor:
         self, result: BatchResult, view: StateView, write: BatchWrite, report: BatchReport, records: ResultRecords
     ) -> None:
         """Evaluate the alert rules on the batch's contacts, surveys and negative moments."""
-        evaluated: dict[str, list[TimelineEntry]] = {}
+        evaluated: dict[str, list[Entry]] = {}
         for entry in result.entries:
             if entry.customer_id is None:
                 continue  # unattributed: on nobody's timeline
@@ -500,7 +501,7 @@ class BatchProcessor:
                     fired.setdefault(alert.alert_id, alert)
         self._alert_rows(fired.values(), write, report, records)
 
-    def _recent(self, state: CustomerState, since: float) -> list[TimelineEntry]:
+    def _recent(self, state: CustomerState, since: float) -> list[Entry]:
         """The customer's entries from ``since`` on that an alert rule can read (not every entry: building them
         would cost more than the rules)."""
         policy = self.stitcher.policy

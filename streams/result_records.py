@@ -8,16 +8,34 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from decimal import Decimal
+from typing import Any
 
 import orjson
+from pydantic import BaseModel
 
 from config.topics import Topics
 from schemas.deadletter import DeadLetter
-from schemas.outputs import Alert, CustomerProfile, IdentityChange, MetricScope, TimelineEntry
+from schemas.outputs import Alert, CustomerProfile, IdentityChange, MetricScope
 from streams.domain.aggregate import MetricRow
+from streams.domain.entry import Entry
 from streams.downstream import Outputs
 
 _SCOPE_NAMES = {scope: scope.value for scope in MetricScope}
+
+
+def _json_default(value: Any) -> Any:
+    # What orjson leaves to us in an entry: amounts (pydantic writes a Decimal as its string) and survey answers.
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    raise TypeError(f"{type(value).__name__} is not part of a timeline record")
+
+
+def timeline_json(entry: Entry) -> bytes:
+    """The ``TimelineEntry`` record of an entry, as pydantic would serialise it (UTC times with ``Z``)."""
+    return orjson.dumps(entry, default=_json_default, option=orjson.OPT_UTC_Z)
 
 
 class ResultRecords:
@@ -27,9 +45,10 @@ class ResultRecords:
         self.topics = topics
         self.outputs = outputs
 
-    def timeline(self, entry: TimelineEntry) -> None:
-        """A timeline entry, keyed by its customer (an unattributed one by its event id)."""
-        self.outputs.add(self.topics.timeline, entry.customer_id or entry.event_id, entry.model_dump_json().encode())
+    def timeline(self, entry: Entry) -> None:
+        """A timeline entry (a ``TimelineEntry`` record), keyed by its customer (an unattributed one by its event
+        id)."""
+        self.outputs.add(self.topics.timeline, entry.customer_id or entry.event_id, timeline_json(entry))
 
     def profile(self, profile: CustomerProfile) -> None:
         """A customer's profile, keyed by the customer."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
-from schemas.outputs import Alert, CustomerProfile, IdentityChange, TimelineEntry
+from schemas.outputs import Alert, CustomerProfile, IdentityChange
 from schemas.touchpoint import TouchpointEvent
 from sinks.contract import (
     AlertRow,
@@ -23,6 +23,7 @@ from sinks.contract import (
 )
 from sinks.sql import as_utc
 from streams.domain.customer import REASON_PREFIX, CustomerPolicy, CustomerState
+from streams.domain.entry import Entry
 from streams.domain.identity import EventKeys
 from streams.domain.stitching import BatchResult
 
@@ -103,7 +104,7 @@ def identity_rows(
     return rows
 
 
-def touchpoint_row(entry: TimelineEntry, now: datetime) -> TouchpointRow:
+def touchpoint_row(entry: Entry, now: datetime) -> TouchpointRow:
     """The ``touchpoints`` row of a timeline entry committed at ``now``."""
     survey = entry.survey
     key = entry.issue_key

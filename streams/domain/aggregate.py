@@ -25,8 +25,9 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Literal, NamedTuple
 
-from schemas.outputs import MetricScope, MetricUpdate, TimelineEntry
+from schemas.outputs import MetricScope, MetricUpdate
 from schemas.touchpoint import EventType
+from streams.domain.entry import Entry
 from streams.domain.metrics import (
     METRICS_BY_SCOPE,
     RETRACTED,
@@ -100,7 +101,7 @@ def _starts(ts: int, seconds: Iterable[int | None]) -> tuple[int, ...]:
     return tuple(_ALL_TIME_START_S if s is None else ts - ts % s for s in seconds)
 
 
-def cells_for(entry: TimelineEntry, windows: Sequence[Window], customer_windows: Sequence[Window]) -> list[CellKey]:
+def cells_for(entry: Entry, windows: Sequence[Window], customer_windows: Sequence[Window]) -> list[CellKey]:
     """The cells an entry falls in: its customer's (``customer_windows``), its channel's and overall (``windows``)."""
     ts = int(entry.occurred_at.timestamp())
     cells = []
@@ -208,15 +209,15 @@ class MetricAggregator:
         self._groups: dict[tuple[MetricScope, str, tuple[int, ...]], Counters] = {}
         self._deltas: dict[CellKey, Counters] = {}
 
-    def add(self, entry: TimelineEntry) -> None:
+    def add(self, entry: Entry) -> None:
         """Add one timeline entry (a new event, or the new version of a re-emitted one) to the batch."""
         self._apply(entry, contributions(entry), 1)
 
-    def retract(self, entry: TimelineEntry) -> None:
+    def retract(self, entry: Entry) -> None:
         """Withdraw the version a re-emitted entry replaces (the stitcher's ``replaced``); then add the new one."""
         self._apply(entry, retraction(contributions(entry)), -1)
 
-    def _apply(self, entry: TimelineEntry, contrib: Counters, sign: int) -> None:
+    def _apply(self, entry: Entry, contrib: Counters, sign: int) -> None:
         # Entries are summed per (scope, key, window starts) group, one dict merge per scope instead of one per
         # window; groups are spread over their window cells once per batch, in _spread().
         items = contrib.items()

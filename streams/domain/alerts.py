@@ -16,8 +16,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from schemas.outputs import NEGATIVE_MOMENTS, Alert, Moment, Severity, TimelineEntry
+from schemas.outputs import NEGATIVE_MOMENTS, Alert, Moment, Severity
 from schemas.touchpoint import EventType
+from streams.domain.entry import Entry
 
 DETRACTOR_AFTER_REPEAT_CONTACT = "detractor_after_repeat_contact"
 ISSUE_OVERDUE = "issue_overdue"
@@ -78,7 +79,7 @@ def alert_id(rule: str, customer_id: str, cause: Iterable[str]) -> str:
     return f"{rule}-{digest[:24]}"
 
 
-def _order(entry: TimelineEntry) -> tuple[datetime, str]:
+def _order(entry: Entry) -> tuple[datetime, str]:
     # event_id breaks ties between entries of the same instant, so "before" is a total order.
     return entry.occurred_at, entry.event_id
 
@@ -98,7 +99,7 @@ def _alert(
     )
 
 
-def _low_score(entry: TimelineEntry, policy: AlertPolicy) -> str | None:
+def _low_score(entry: Entry, policy: AlertPolicy) -> str | None:
     survey = entry.survey
     if survey is None:
         return None
@@ -109,39 +110,37 @@ def _low_score(entry: TimelineEntry, policy: AlertPolicy) -> str | None:
     return None
 
 
-def _is_repeat_contact(entry: TimelineEntry) -> bool:
+def _is_repeat_contact(entry: Entry) -> bool:
     return entry.is_contact and entry.repeat_contact
 
 
-def _is_late_delivery(entry: TimelineEntry) -> bool:
+def _is_late_delivery(entry: Entry) -> bool:
     return entry.type is _LATE_DELIVERY_TYPE or _LATE_DELIVERY_MOMENT in entry.moments
 
 
-def _negative_weight(entry: TimelineEntry) -> int:
+def _negative_weight(entry: Entry) -> int:
     return sum(1 for moment in entry.moments if moment in NEGATIVE_MOMENTS)
 
 
-def _ordered(entries: Iterable[TimelineEntry]) -> list[TimelineEntry]:
+def _ordered(entries: Iterable[Entry]) -> list[Entry]:
     # Each rule sorts only the few entries it looks at, rather than trusting or re-sorting the whole timeline.
     return sorted(entries, key=_order)
 
 
-def _within(earlier: TimelineEntry, later: TimelineEntry, seconds: float) -> bool:
+def _within(earlier: Entry, later: Entry, seconds: float) -> bool:
     """``earlier`` is at or before ``later`` (in timeline order) and at most ``seconds`` before it."""
     return _order(earlier) <= _order(later) and (later.occurred_at - earlier.occurred_at).total_seconds() <= seconds
 
 
-def _detractor_after_repeat_contact(
-    entry: TimelineEntry, timeline: Sequence[TimelineEntry], policy: AlertPolicy
-) -> list[Alert]:
+def _detractor_after_repeat_contact(entry: Entry, timeline: Sequence[Entry], policy: AlertPolicy) -> list[Alert]:
     """(a) A low NPS (<= 6) or CSAT (<= 2) answer with a repeat contact in the 7 days up to it; cause: the survey."""
     lookback = policy.repeat_contact_lookback_s
     repeats = _ordered(c for c in timeline if _is_repeat_contact(c))
 
-    def repeats_before(survey: TimelineEntry) -> list[TimelineEntry]:
+    def repeats_before(survey: Entry) -> list[Entry]:
         return [c for c in repeats if _within(c, survey, lookback)]
 
-    def alert(survey: TimelineEntry, contact: TimelineEntry, score: str) -> Alert:
+    def alert(survey: Entry, contact: Entry, score: str) -> Alert:
         return _alert(
             DETRACTOR_AFTER_REPEAT_CONTACT,
             survey.customer_id,
@@ -170,7 +169,7 @@ def _detractor_after_repeat_contact(
     return out
 
 
-def _negative_moments(entry: TimelineEntry, timeline: Sequence[TimelineEntry], policy: AlertPolicy) -> list[Alert]:
+def _negative_moments(entry: Entry, timeline: Sequence[Entry], policy: AlertPolicy) -> list[Alert]:
     """(c) The count of negative moments in the 7 days up to an entry reaches the threshold at that entry.
 
     Cause: the negative entries of that window; the id comes from the earliest of them, so two crossings of
@@ -201,15 +200,15 @@ def _negative_moments(entry: TimelineEntry, timeline: Sequence[TimelineEntry], p
     return out
 
 
-def _late_delivery_contact(entry: TimelineEntry, timeline: Sequence[TimelineEntry], policy: AlertPolicy) -> list[Alert]:
+def _late_delivery_contact(entry: Entry, timeline: Sequence[Entry], policy: AlertPolicy) -> list[Alert]:
     """(d) A late delivery followed by a service contact within 14 days; cause: the late delivery."""
     span = policy.late_delivery_contact_s
     contacts = _ordered(c for c in timeline if c.is_contact)
 
-    def contacts_after(late: TimelineEntry) -> list[TimelineEntry]:
+    def contacts_after(late: Entry) -> list[Entry]:
         return [c for c in contacts if c is not late and _within(late, c, span)]
 
-    def alert(late: TimelineEntry, contact: TimelineEntry) -> Alert:
+    def alert(late: Entry, contact: Entry) -> Alert:
         hours = (contact.occurred_at - late.occurred_at).total_seconds() / 3600
         return _alert(
             LATE_DELIVERY_CONTACT,
@@ -236,7 +235,7 @@ def _late_delivery_contact(entry: TimelineEntry, timeline: Sequence[TimelineEntr
     return out
 
 
-def evaluate(entry: TimelineEntry, recent: Sequence[TimelineEntry], policy: AlertPolicy) -> list[Alert]:
+def evaluate(entry: Entry, recent: Sequence[Entry], policy: AlertPolicy) -> list[Alert]:
     """Alerts whose cause includes ``entry``, given the customer's event-time-ordered recent timeline."""
     if entry.customer_id is None:
         return []  # an unattributed touchpoint belongs to nobody's timeline

@@ -43,8 +43,9 @@ from decimal import Decimal, InvalidOperation
 from operator import itemgetter
 from typing import Any, NamedTuple
 
-from schemas.outputs import CustomerProfile, Moment, Stage, TimelineEntry
+from schemas.outputs import CustomerProfile, Moment, Stage
 from schemas.touchpoint import Channel, EventType, IdentifierType, SurveyAnswers, TouchpointEvent
+from streams.domain.entry import Entry
 from streams.domain.identity import ANONYMOUS_TYPE, type_rank
 from streams.domain.moments import event_moments, with_first_purchase
 from streams.domain.stages import customer_stage, is_journey_event, stage_of
@@ -256,24 +257,27 @@ class OpenIssue:
     last_channel: str
 
 
-def timeline_entry(customer_id: str | None, row: Row, derived: Derived) -> TimelineEntry:
-    """Build the published TimelineEntry of a stored row with its derived fields (no customer: unattributed)."""
+def timeline_entry(customer_id: str | None, row: Row, derived: Derived) -> Entry:
+    """The timeline entry of a stored row with its derived fields (no customer: unattributed)."""
     stored = row[MOMENTS]
     moments = tuple(_MOMENTS[m] for m in stored) if stored else ()
     if derived.first_purchase:
         moments = with_first_purchase(moments)
     context = derived.contact
     survey = row[SURVEY]
-    return TimelineEntry(
+    amount = row[AMOUNT]
+    if amount is not None and not isinstance(amount, Decimal):
+        amount = Decimal(amount)  # a row read back from the stored state JSON holds its amount as a string
+    return Entry(
         customer_id=customer_id,
         event_id=row[EVENT_ID],
-        channel=row[CHANNEL],
-        type=row[TYPE],
+        channel=_CHANNELS[row[CHANNEL]],
+        type=_TYPES[row[TYPE]],
         occurred_at=datetime.fromtimestamp(row[T], UTC),
         received_at=datetime.fromtimestamp(row[RECEIVED], UTC),
         stage=derived.stage,
         moments=moments,
-        amount=row[AMOUNT],
+        amount=amount,
         currency=row[CURRENCY],
         issue_key=row[ISSUE],
         is_contact=row[TYPE] == EventType.SUPPORT_CONTACT,

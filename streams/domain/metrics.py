@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from schemas.outputs import MetricScope, Stage, TimelineEntry
+from schemas.outputs import MetricScope, Stage
 from schemas.touchpoint import Channel, EventType
+from streams.domain.entry import Entry
 
 #: Additive counters of one window cell: counter name -> integer-valued count or sum.
 Counters = dict[str, float]
@@ -309,7 +310,7 @@ def _put(counters: Counters, name: str, amount: int) -> None:
         counters[name] = amount
 
 
-def contributions(entry: TimelineEntry) -> Counters:
+def contributions(entry: Entry) -> Counters:
     """The window-independent counters one timeline entry adds to every cell it falls in (zeros left out)."""
     out: Counters = {"touchpoints": 1, channel_counter(entry.channel): 1}
     survey = entry.survey
@@ -372,7 +373,7 @@ def _epoch_us(ts: datetime) -> int:
     return (ts - _EPOCH) // _MICROSECOND
 
 
-def first_purchase_in_window(entry: TimelineEntry, window_start_us: int) -> bool:
+def first_purchase_in_window(entry: Entry, window_start_us: int) -> bool:
     """True when a purchase entry is the customer's first purchase in a window starting at ``window_start_us``.
 
     Decided from the entry alone: its previous purchase (``time_since_last_purchase_s`` back) lies before the

@@ -10,11 +10,12 @@ SQL contents with it.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from schemas.outputs import CustomerProfile, Stage, TimelineEntry
+from schemas.outputs import CustomerProfile, Stage
 from schemas.touchpoint import TouchpointEvent
 from streams.domain.customer import CustomerState
+from streams.domain.entry import Entry
 from streams.domain.stitching import BatchResult, StateView, Stitcher, StitchPolicies
 
 
@@ -33,7 +34,7 @@ class OracleResult:
     #: Customer id -> profile.
     profiles: dict[str, CustomerProfile]
     #: Event id -> final timeline entry.
-    entries: dict[str, TimelineEntry]
+    entries: dict[str, Entry]
     #: The replay's own batch result (counts of duplicates, blocked, refused, unattributed).
     result: BatchResult
 
@@ -61,13 +62,13 @@ def replay(events: Iterable[TouchpointEvent], policies: StitchPolicies) -> Oracl
     )
 
 
-def final_entries(results: Iterable[BatchResult]) -> dict[str, TimelineEntry]:
+def final_entries(results: Iterable[BatchResult]) -> dict[str, Entry]:
     """The latest version of every entry over successive batch results, re-pointed through their merges.
 
     This is what a sink that upserts entries by event id and applies merges ends up holding.
     """
     alias: dict[str, str] = {}
-    latest: dict[str, TimelineEntry] = {}
+    latest: dict[str, Entry] = {}
     for result in results:
         for change in result.merges:
             alias[change.merged_id] = change.survivor_id
@@ -78,7 +79,5 @@ def final_entries(results: Iterable[BatchResult]) -> dict[str, TimelineEntry]:
         customer_id = entry.customer_id
         while customer_id is not None and customer_id in alias:
             customer_id = alias[customer_id]
-        final[event_id] = (
-            entry if customer_id == entry.customer_id else entry.model_copy(update={"customer_id": customer_id})
-        )
+        final[event_id] = entry if customer_id == entry.customer_id else replace(entry, customer_id=customer_id)
     return final

@@ -20,7 +20,7 @@ Per event, in arrival order:
 5. its keys are linked (merging customers, renaming one whose strongest key changed, or refusing links
    over a type limit) and it is added to the customer, in event-time order, whatever its age.
 
-Revisions. Every accepted event is emitted as a TimelineEntry once per batch with its derived fields
+Revisions. Every accepted event is emitted as a timeline Entry once per batch with its derived fields
 as of the end of the batch. An entry emitted before is emitted again when a later-processed event
 changes its derived fields: a late contact renumbers the same issue's later contacts, a late earlier
 purchase moves the first-purchase moment and the next purchase's time since the last one, and a merge
@@ -34,7 +34,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from schemas.outputs import CustomerProfile, IdentityChange, TimelineEntry
+from schemas.outputs import CustomerProfile, IdentityChange
 from schemas.touchpoint import EventType, IdentifierType, TouchpointEvent
 from streams.domain.customer import (
     EVENT_ID,
@@ -47,6 +47,7 @@ from streams.domain.customer import (
     standalone,
     timeline_entry,
 )
+from streams.domain.entry import Entry
 from streams.domain.identity import (
     ANONYMOUS_TYPE,
     EventKeys,
@@ -83,9 +84,9 @@ class BatchResult:
     """Everything a batch changed, for the worker to write back in one transaction."""
 
     #: Timeline entries to publish/upsert by event_id, in processing order, one per event id.
-    entries: list[TimelineEntry] = field(default_factory=list)
+    entries: list[Entry] = field(default_factory=list)
     #: For entries re-emitted from an earlier batch: the version they replace (customer id re-pointed).
-    replaced: dict[str, TimelineEntry] = field(default_factory=dict)
+    replaced: dict[str, Entry] = field(default_factory=dict)
     #: Ids of the customers whose state changed (write ``view.customers[id].to_dict()``), sorted.
     changed: list[str] = field(default_factory=list)
     #: Ids of stored customers merged away in this batch (delete their state rows), with where each went.
