@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 from bench import report
 from bench import workload as wl
 from bench.baselines import run_baseline
-from bench.procs import Children, PostgresServer, RssSampler, clean_env, cpu_seconds, free_port
+from bench.procs import Children, PostgresServer, RssSampler, clean_env, cpu_seconds, free_port, throwaway_postgres
 from bench.runs import (
     BenchContext,
     PipelineConfig,
@@ -38,7 +38,6 @@ from config.topics import Topics
 from streams.sandbox.embedded_broker import start_broker
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -79,8 +78,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument(
         "--postgres-url",
-        default=os.environ.get("CXSTREAM_BENCH_POSTGRES_URL", DEFAULT_POSTGRES),
-        help="PostgreSQL admin URL (CXSTREAM_BENCH_POSTGRES_URL; default %(default)s)",
+        default=os.environ.get("CXSTREAM_BENCH_POSTGRES_URL"),
+        help="PostgreSQL admin URL (CXSTREAM_BENCH_POSTGRES_URL); without one, a throwaway server from pgserver, "
+        "on this machine, as the tests start",
     )
     p.add_argument(
         "--worker-env",
@@ -238,12 +238,17 @@ def _run(
 
     postgres: PostgresServer | None = None
     postgres_error: str | None = None
+    throwaway: Any = None
     if any(c.database == "postgres" for c in pipelines):
+        url = args.postgres_url
         try:
-            postgres = PostgresServer(args.postgres_url)
+            if url is None:
+                throwaway, url = throwaway_postgres()
+                print(f"[bench] PostgreSQL from pgserver: {url}", flush=True)
+            postgres = PostgresServer(url)
             results["postgres_version"] = postgres.version()
         except Exception as exc:
-            postgres, postgres_error = None, f"cannot reach {args.postgres_url}: {exc.__class__.__name__}: {exc}"
+            postgres, postgres_error = None, f"cannot reach {url}: {exc.__class__.__name__}: {exc}"
             print(f"[bench] {postgres_error}", flush=True)
 
     port = free_port()
@@ -278,6 +283,8 @@ def _run(
     finally:
         if postgres is not None:
             postgres.dispose()
+        if throwaway is not None:
+            throwaway.cleanup()
 
 
 def _publish(

@@ -12,12 +12,14 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psutil
 from sqlalchemy import create_engine, make_url, text
@@ -288,3 +290,17 @@ def log_tail(path: Path, chars: int = 3000) -> str:
     except OSError:
         return "(no log)"
     return data[-chars:].decode(errors="replace")
+
+
+def throwaway_postgres() -> tuple[Any, str]:
+    """A PostgreSQL server of its own from the ``pgserver`` wheel (as the tests start one), and its admin URL.
+
+    The data directory is removed by ``cleanup()`` of the returned server. pgserver runs the server as its own
+    user when we are root.
+    """
+    import pgserver
+
+    data_dir = tempfile.mkdtemp(prefix="cxbench-pg-")
+    os.chmod(data_dir, 0o755)
+    server = pgserver.get_server(data_dir, cleanup_mode="delete")
+    return server, "postgresql+psycopg://" + server.get_uri().split("://", 1)[1]
