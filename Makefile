@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-fast soak lint format bench schemas clean
+.PHONY: install run test test-fast apache-kafka soak lint format bench schemas clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,8 +17,12 @@ install: $(STAMP) ## create .venv and install cxstream with its dev extra
 run: $(STAMP) ## embedded broker + worker + simulated traffic on SQLite; Ctrl-C stops all
 	$(BIN)/cxstream demo
 
-test: $(STAMP) ## the whole suite: unit, property, integration (real broker, SQLite, PostgreSQL, Prometheus)
+test: $(STAMP) apache-kafka ## the whole suite: unit, property, integration (embedded broker and Apache Kafka, SQLite, PostgreSQL, Prometheus)
 	$(BIN)/python -m pytest -q
+
+apache-kafka: $(STAMP) ## fetch Apache Kafka with Maven for the tests that run on it (kept in var/apache-kafka)
+	@command -v java >/dev/null && command -v mvn >/dev/null || { apt-get update -qq && apt-get install -y -qq default-jdk-headless maven; }
+	$(BIN)/python -m tests.support.apache_kafka fetch
 
 test-fast: $(STAMP) ## unit and property tests only
 	$(BIN)/python -m pytest -q tests/unit tests/property

@@ -1,4 +1,4 @@
-"""Shared fixtures: the real embedded broker, real SQLite and PostgreSQL, and worker processes."""
+"""Shared fixtures: the real embedded broker, Apache Kafka, real SQLite and PostgreSQL, and worker processes."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
+from tests.support.apache_kafka import ApacheKafkaCluster
 from tests.support.processes import free_port
 from tests.support.workers import WorkerFactory
 
@@ -30,8 +31,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+#: The brokers a test marked ``conformance`` runs on: the embedded default and Apache Kafka.
+BROKERS = ("tansu", pytest.param("apache-kafka", marks=pytest.mark.apache_kafka))
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run each ``conformance`` test once per broker: one set of tests, not copies."""
+    if metafunc.definition.get_closest_marker("conformance") and "kafka_url" in metafunc.fixturenames:
+        metafunc.parametrize("kafka_url", BROKERS, indirect=True, scope="session")
+
+
 @pytest.fixture(scope="session")
-def kafka_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def kafka_url(request: pytest.FixtureRequest) -> str:
+    """The URL of the broker a test runs on: the embedded one unless the test is parametrised with another."""
+    broker = getattr(request, "param", "tansu")
+    if broker == "apache-kafka":
+        return str(request.getfixturevalue("apache_kafka").url)
+    return str(request.getfixturevalue("tansu_url"))
+
+
+@pytest.fixture(scope="session")
+def tansu_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Kafka URL: CXSTREAM_TEST_KAFKA_URL, or the embedded Tansu broker started on a free port."""
     if os.environ.get("CXSTREAM_TEST_KAFKA_URL"):
         yield os.environ["CXSTREAM_TEST_KAFKA_URL"]
@@ -44,6 +64,29 @@ def kafka_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"kafka://127.0.0.1:{port}"
     finally:
         stop_process(proc)
+
+
+@pytest.fixture(scope="session")
+def apache_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApacheKafkaCluster]:
+    """One Apache Kafka node (KRaft) for the conformance tests, shared by the session (topics differ per test).
+
+    Never skips: without Java, or when Maven cannot fetch the broker, the tests that need it fail.
+    """
+    cluster = ApacheKafkaCluster(tmp_path_factory.mktemp("apache-kafka"), size=1)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def apache_kafka_cluster(tmp_path: Path) -> Iterator[ApacheKafkaCluster]:
+    """Three Apache Kafka nodes (replication factor 3, min.insync.replicas=2) for one fault test."""
+    cluster = ApacheKafkaCluster(tmp_path / "apache-kafka", size=3)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="session")

@@ -102,6 +102,7 @@ def collector(kafka_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         factory.stop_all()
 
 
+@pytest.mark.conformance
 def test_track_with_a_write_key_is_published_as_a_touchpoint(collector: Collector) -> None:
     message_id = f"ajs-{uuid.uuid4().hex}"
     message = track(message_id)
@@ -146,6 +147,7 @@ def test_requests_without_a_valid_write_key_are_refused(
     assert collector.offsets() == before, "nothing is published for an unauthorised request, not even a dead letter"
 
 
+@pytest.mark.conformance
 @pytest.mark.parametrize(
     ("path", "make_body", "reason"),
     [
@@ -204,6 +206,7 @@ def test_an_invalid_message_is_answered_400_and_dead_lettered(
     assert after == before, "no touchpoint is published for a rejected message"
 
 
+@pytest.mark.conformance
 def test_a_batch_publishes_every_message(collector: Collector) -> None:
     run = uuid.uuid4().hex
     ids = [f"ajs-{run}-{i}" for i in range(40)]

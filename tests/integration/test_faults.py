@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import orjson
+import pytest
 from sqlalchemy import Engine, func, select
 
 from config.settings import load_settings
@@ -55,6 +56,7 @@ def run_to_completion(workers, env: dict[str, str], kafka_url: str, prefix: str,
     return engine
 
 
+@pytest.mark.conformance
 def test_kill_9_mid_run_ends_exactly_like_an_uninterrupted_run(kafka_url, topic_prefix, tmp_path, workers) -> None:
     base = dict(batch_max_events="50", batch_max_wait="0.05")
     env_a = workers.env(f"sqlite:///{tmp_path / 'a.db'}", topic_prefix, app_id=f"{topic_prefix}a", **base)

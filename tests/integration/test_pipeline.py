@@ -1,9 +1,10 @@
-"""The whole job with real parts: adapters → embedded broker → worker → SQLite and PostgreSQL."""
+"""The whole job with real parts: adapters → a broker (embedded and Apache Kafka) → worker → SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 
 from config.settings import load_settings
@@ -18,6 +19,7 @@ from tests.support.results import caught_up, consumed_events, end_offsets, run_c
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
 
 
+@pytest.mark.conformance
 def test_sample_files_flow_from_kafka_into_sql(kafka_url: str, topic_prefix: str, database_url: str, workers) -> None:
     """The wiring: a Faust agent of the project's app consumes the broker and writes rows on both databases."""
     # The sample files are published one after another, so their events arrive far out of event-time order.

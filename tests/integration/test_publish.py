@@ -48,6 +48,7 @@ def test_every_sample_file_reads_back_as_valid_touchpoints(kafka_url: str, topic
     assert all(key for key, _ in records), "every event is keyed by an identifier"
 
 
+@pytest.mark.conformance
 def test_a_thousand_good_and_ten_bad_lines(kafka_url: str, topic_prefix: str, tmp_path: Path) -> None:
     good = [
         orjson.dumps(

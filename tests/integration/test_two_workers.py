@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import select
 
 from config.settings import load_settings
@@ -14,6 +15,7 @@ from tests.support.processes import wait_until
 from tests.support.results import caught_up, consumed_events, end_offsets, overall_counters, run_cli
 
 
+@pytest.mark.conformance
 def test_two_workers_on_postgresql_give_the_results_of_one(kafka_url, topic_prefix, postgres_url, workers) -> None:
     env = workers.env(postgres_url, topic_prefix, batch_max_events="200")
     run_cli(env, "simulate", "--customers", "600", "--days", "7", "--seed", "31")
