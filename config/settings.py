@@ -57,8 +57,16 @@ class Settings(BaseSettings):
         description="An HTTP client has this long to send a request's headers (from connecting or from its previous answer; an idle connection is closed then) and as long again for its body (else 408), seconds.",
     )
     data_dir: Path = Field(Path("var"), description="Directory for the worker's local data (one per worker).")
-    worker_id: str = Field("worker-1", description="Name of this worker in logs and in Prometheus labels.")
+    worker_id: str = Field(
+        "worker-1",
+        description="Name of this worker in logs and in Prometheus labels; unique per running worker of a group (its outputs' transactional id).",
+    )
     app_id: str = Field("cxstream", description="Faust application id: the consumer group of the workers.")
+
+    output_transactions: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Publish each committed batch's downstream records in one Kafka transaction, so a read_committed consumer sees each exactly once even across worker crashes: on, off (at least once), or auto (on when the broker grants a transactional producer, as Apache Kafka does; off on the embedded broker).",
+    )
 
     # --- consumer-group timings (see README: the embedded broker joins after ~half the session) ----
     broker_session_timeout: float = Field(6.0, gt=0, description="Consumer session timeout, seconds.")

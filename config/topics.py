@@ -53,6 +53,13 @@ class Topics:
         return f"{self.prefix}alerts"
 
     @property
+    def outbox_commits(self) -> str:
+        """Internal: per worker, the last outbox row published in a committed Kafka transaction (compacted, one
+        partition). Written in the same transaction as the row's records, read at start to skip what is already
+        published (``streams.downstream``)."""
+        return f"{self.prefix}outbox-commits"
+
+    @property
     def outputs(self) -> list[str]:
         """Every downstream topic."""
         return [self.timeline, self.profiles, self.identity, self.metrics, self.alerts]
@@ -60,4 +67,4 @@ class Topics:
     @property
     def compacted(self) -> set[str]:
         """Topics whose consumers only need the latest value per key."""
-        return {self.profiles, self.metrics}
+        return {self.profiles, self.metrics, self.outbox_commits}

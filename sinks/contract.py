@@ -141,6 +141,14 @@ def cell_key(scope: str, key: str, window: str, window_start: datetime) -> CellK
     return CellKey(MetricScope(scope), key, window, int(window_start.timestamp()))
 
 
+class OutboxRow(NamedTuple):
+    """A committed batch's downstream records waiting to be published, and the worker that committed them."""
+
+    id: int
+    worker_id: str
+    payload: bytes
+
+
 class Clock(NamedTuple):
     """A consumer group's event-time clock and commit sequence (one ``stream_clock`` row)."""
 
@@ -235,7 +243,10 @@ class ResultSink(Protocol):
     def write(self, tx: Any, batch: BatchWrite) -> int | None:
         """Write one batch inside the transaction; return the outbox row id, if any."""
 
-    def pending_outbox(self, group_id: str, worker_id: str, orphaned_before: datetime) -> list[tuple[int, bytes]]:
+    def database_id(self) -> str:
+        """The id this database was given when its schema was created (named by the outbox commit markers)."""
+
+    def pending_outbox(self, group_id: str, worker_id: str, orphaned_before: datetime) -> list[OutboxRow]:
         """Outbox rows a worker must publish at start: its own, and those another worker left behind."""
 
     def delete_outbox(self, ids: Sequence[int]) -> None:

@@ -40,6 +40,7 @@ from sinks.contract import (
     CustomerRow,
     IdentityRow,
     MergeRow,
+    OutboxRow,
     StoredIdentity,
     TouchpointRow,
     cell_key,
@@ -505,7 +506,12 @@ class SqlSink:
 
     # --- outbox ---------------------------------------------------------------------------------
 
-    def pending_outbox(self, group_id: str, worker_id: str, orphaned_before: datetime) -> list[tuple[int, bytes]]:
+    def database_id(self) -> str:
+        """The id this database was given when its schema was created (named by the outbox commit markers)."""
+        with self.engine.connect() as conn:
+            return str(conn.execute(select(t.database_identity.c.id)).scalar_one())
+
+    def pending_outbox(self, group_id: str, worker_id: str, orphaned_before: datetime) -> list[OutboxRow]:
         """Outbox rows a worker must publish at start: its own that a crash left unacknowledged, and rows of
         another worker older than ``orphaned_before`` (that worker is gone: a live one publishes within seconds).
 
@@ -516,9 +522,9 @@ class SqlSink:
         mine_or_orphaned = or_(c.worker_id == worker_id, c.created_at < orphaned_before)
         with self.engine.connect() as conn:
             return [
-                (row_id, bytes(payload))
-                for row_id, payload in conn.execute(
-                    select(c.id, c.payload).where(c.group_id == group_id, mine_or_orphaned).order_by(c.id)
+                OutboxRow(row_id, owner, bytes(payload))
+                for row_id, owner, payload in conn.execute(
+                    select(c.id, c.worker_id, c.payload).where(c.group_id == group_id, mine_or_orphaned).order_by(c.id)
                 )
             ]
 

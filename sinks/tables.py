@@ -206,6 +206,15 @@ outbox = Table(
     Column("created_at", TS, nullable=False),
     # The downstream records of one batch, published after commit and deleted once acknowledged.
     Column("payload", LargeBinary, nullable=False),
+    # Ids are never reused (the commit markers of transactional outputs count on it: streams.downstream).
+    sqlite_autoincrement=True,
+)
+
+database_identity = Table(
+    "database_identity",
+    metadata,
+    # One row: which database the outbox ids belong to (the commit markers name it).
+    Column("id", String(36), primary_key=True, comment="random, made when the schema was created"),
 )
 
 #: The tables and views whose rows are the results a user reads, by name.

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from config.settings import Settings
+from sinks.contract import OutboxRow
 from sinks.database import make_engine
 from sinks.sql import SqlSink
 from streams.domain.event_time import TopicPartition
@@ -246,9 +247,9 @@ def reload(processor: BatchProcessor) -> dict[tuple[str, int], int]:
     return dict(processor.applied)
 
 
-def pending_outbox(processor: BatchProcessor, worker_id: str, orphaned_before: datetime) -> list[tuple[int, bytes]]:
-    """Outbox rows to publish at start (see SqlSink.pending_outbox)."""
-    return processor.sink.pending_outbox(processor.group_id, worker_id, orphaned_before)
+def pending_outbox(processor: BatchProcessor, worker_id: str, orphaned_before: datetime) -> tuple[str, list[OutboxRow]]:
+    """The database's id and the outbox rows to publish at start (see SqlSink.pending_outbox)."""
+    return processor.sink.database_id(), processor.sink.pending_outbox(processor.group_id, worker_id, orphaned_before)
 
 
 def delete_outbox(processor: BatchProcessor, ids: Sequence[int]) -> None:

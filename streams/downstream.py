@@ -2,7 +2,15 @@
 
 Every committed batch leaves the records it publishes (timeline, profiles, identity, metrics, alerts, dead
 letters) in one outbox row written in its own transaction; the worker publishes them afterwards and deletes
-the row once the broker acknowledged them (at least once, see the README's guarantees).
+the row once the broker acknowledged them.
+
+On a broker with transactions (Apache Kafka) each row is published in one Kafka transaction, fenced per worker
+(transactional id ``<app>-<worker>-outbox``), together with a marker on ``<prefix>outbox-commits``: "rows of
+worker W of group G in database D up to id N are published". A crash between the Kafka commit and the row's deletion leaves a row the
+marker already covers: at start the worker reads the markers and deletes such rows instead of publishing them
+again, so a ``read_committed`` consumer sees every record exactly once. A crash inside the transaction leaves
+it open until the restarted worker's producer, with the same transactional id, aborts it; the row is then
+published again. On a broker without transactions (the embedded one) rows are published at least once.
 
 Why not one ``producer.send`` per record: aiokafka's ``send`` costs tens of microseconds of Python per
 record, and a batch publishes about four downstream records per input event, which made publishing a
@@ -14,6 +22,7 @@ default partitioner (murmur2), memoised because keys repeat.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import struct
 import time
@@ -21,12 +30,15 @@ import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import orjson
 import zstandard
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError, ProducerFenced
 from mode import Service
 
+from sinks.contract import OutboxRow
 from streams.kafka import partition_for
 
 #: Outbox payload layout: magic, then compressed: length of the JSON list of topic names, that list, then per
@@ -45,6 +57,9 @@ log = logging.getLogger(__name__)
 
 #: Largest record batch sent in one request to one partition (the broker's default message.max.bytes is 1 MiB).
 MAX_BATCH_BYTES = 512 * 1024
+
+#: How long the broker keeps a transaction of a vanished worker open before aborting it.
+TRANSACTION_TIMEOUT_MS = 60_000
 
 
 @dataclass(slots=True)
@@ -130,10 +145,33 @@ class Partitioner:
         return found
 
 
-class DownstreamProducer:
-    """An aiokafka producer that sends a batch's outputs as one record batch per partition."""
+class OutboxRef(NamedTuple):
+    """Which outbox row a publication is: the database, the worker that committed the row, the row's id."""
 
-    def __init__(self, bootstrap_servers: list[str], client_id: str, request_timeout_s: float = 30.0) -> None:
+    database_id: str
+    worker_id: str
+    row_id: int
+
+
+class DownstreamProducer:
+    """An aiokafka producer that sends a batch's outputs as one record batch per partition.
+
+    ``transactions``: ``on`` publishes each outbox row in a Kafka transaction with its commit marker on
+    ``commits_topic``; ``off`` publishes at least once; ``auto`` uses transactions when the broker grants a
+    transactional producer and says so in the log when it does not.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: list[str],
+        client_id: str,
+        request_timeout_s: float = 30.0,
+        *,
+        transactional_id: str | None = None,
+        transactions: str = "off",
+        commits_topic: str | None = None,
+        group_id: str = "",
+    ) -> None:
         self._config = {
             "bootstrap_servers": bootstrap_servers,
             "client_id": client_id,
@@ -144,12 +182,49 @@ class DownstreamProducer:
             "max_request_size": 2 * MAX_BATCH_BYTES,
             "request_timeout_ms": int(request_timeout_s * 1000),
         }
+        if transactions != "off" and (transactional_id is None or commits_topic is None):
+            raise ValueError("transactions need a transactional id and a commits topic")
+        self._transactional_id = transactional_id
+        self._transactions = transactions
+        self._commits_topic = commits_topic
+        # Markers are keyed by group and worker: groups sharing a topic prefix may reuse worker names.
+        self._group_id = group_id
+        #: True once started with a transactional producer.
+        self.transactional = False
         self._producer: AIOKafkaProducer | None = None
         self._partitions: dict[str, int] = {}
         self._partition_of = Partitioner()
 
     async def start(self) -> None:
-        """Connect to the cluster (aiokafka binds a producer to the running loop, so it is made here)."""
+        """Connect to the cluster (aiokafka binds a producer to the running loop, so it is made here).
+
+        A transactional producer's start fences an earlier run of the same worker and aborts the transaction it
+        left open.
+        """
+        if self._transactions != "off":
+            producer = AIOKafkaProducer(
+                **{**self._config, "enable_idempotence": True},
+                transactional_id=self._transactional_id,
+                # Shorter than the age at which another worker takes over this one's rows (worker.ORPHANED_OUTBOX_S):
+                # by then the broker has aborted whatever transaction this worker left open.
+                transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
+            )
+            try:
+                await producer.start()
+            except KafkaError as exc:
+                await producer.stop()
+                if self._transactions == "on" or exc.retriable:
+                    raise
+                log.warning(
+                    "the broker grants no transactional producer (%s: %s): downstream records are published at "
+                    "least once (CXSTREAM_OUTPUT_TRANSACTIONS=auto)",
+                    exc.__class__.__name__,
+                    exc,
+                )
+            else:
+                self._producer, self.transactional = producer, True
+                log.info("downstream records are published in Kafka transactions (%s)", self._transactional_id)
+                return
         self._producer = AIOKafkaProducer(**self._config)
         await self._producer.start()
 
@@ -164,6 +239,42 @@ class DownstreamProducer:
         if self._producer is None:
             raise RuntimeError("the downstream producer is not started")
         return self._producer
+
+    async def published_rows(self, database_id: str) -> dict[str, int]:
+        """Per worker id of this group, the last outbox row of database ``database_id`` whose transaction
+        committed (empty without transactions).
+
+        Read with ``read_committed`` up to the last stable offset: a transaction still open is not counted, and
+        the broker aborts it (its worker's restart, or its timeout) before any other worker takes its rows.
+        """
+        if not self.transactional:
+            return {}
+        assert self._commits_topic is not None
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._config["bootstrap_servers"],
+            client_id=f"{self._config['client_id']}-commits",
+            group_id=None,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+        )
+        await consumer.start()
+        try:
+            partitions = await self.producer.partitions_for(self._commits_topic)
+            parts = [TopicPartition(self._commits_topic, p) for p in sorted(partitions)]
+            consumer.assign(parts)
+            await consumer.seek_to_beginning(*parts)
+            ends = await consumer.end_offsets(parts)
+            published: dict[str, int] = {}
+            while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
+                for messages in (await consumer.getmany(*parts, timeout_ms=500)).values():
+                    for message in messages:
+                        group, _, owner = (message.key or b"").decode().rpartition("/")
+                        database, _, row = (message.value or b"").decode().rpartition(":")
+                        if group == self._group_id and database == database_id:
+                            published[owner] = max(int(row), published.get(owner, -1))
+            return published
+        finally:
+            await consumer.stop()
 
     async def _partition_count(self, topic: str) -> int:
         count = self._partitions.get(topic)
@@ -199,6 +310,31 @@ class DownstreamProducer:
         await asyncio.gather(*futures)
         return sent
 
+    async def publish(self, row: OutboxRef, records: Iterable[tuple[str, bytes, bytes, bytes]]) -> Counter[str]:
+        """Send the records of outbox row ``row``: when transactional, in one transaction with the marker saying
+        the row is published."""
+        if not self.transactional:
+            return await self.send(records)
+        assert self._commits_topic is not None
+        producer = self.producer
+        await producer.begin_transaction()
+        try:
+            sent = await self.send(records)
+            await producer.send_and_wait(
+                self._commits_topic,
+                key=f"{self._group_id}/{row.worker_id}".encode(),
+                value=f"{row.database_id}:{row.row_id}".encode(),
+                partition=0,
+            )
+            await producer.commit_transaction()
+        except ProducerFenced:
+            raise
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await producer.abort_transaction()
+            raise
+        return sent
+
 
 class OutboxPublisher(Service):
     """Publishes committed outbox rows in commit order, then has them deleted once acknowledged.
@@ -210,12 +346,16 @@ class OutboxPublisher(Service):
     forever: the rows stay in the outbox meanwhile, so nothing is lost if the worker stops. An attempt that gets
     no answer within ``attempt_timeout_s`` counts as failed, and every failure is logged with the row and how long
     it has waited: a stuck outbox is never silent. ``on_waiting`` learns how many rows wait to be published.
+
+    With transactions, rows whose transaction committed before a crash are deleted at start, not published
+    again; a fenced producer (another process runs with this worker's id) stops the worker.
     """
 
     def __init__(
         self,
         producer: DownstreamProducer,
-        pending: Callable[[], Awaitable[list[tuple[int, bytes]]]],
+        worker_id: str,
+        pending: Callable[[], Awaitable[tuple[str, list[OutboxRow]]]],
         delete: Callable[[Sequence[int]], Awaitable[None]],
         on_sent: Callable[[Counter[str]], None],
         max_queued: int = 2,
@@ -225,6 +365,7 @@ class OutboxPublisher(Service):
     ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.producer = producer
+        self.worker_id = worker_id
         self._pending = pending
         self._delete = delete
         self._on_sent = on_sent
@@ -232,16 +373,29 @@ class OutboxPublisher(Service):
         self._on_waiting = on_waiting
         #: 1 while a row is being sent.
         self._sending = 0
-        self._queue: asyncio.Queue[tuple[int, OutboxPayload]] = asyncio.Queue(maxsize=max_queued)
-        self._backlog: list[tuple[int, OutboxPayload]] = []
+        self._queue: asyncio.Queue[_Queued] = asyncio.Queue(maxsize=max_queued)
+        self._backlog: list[_Queued] = []
         self._acknowledged: list[int] = []
         self._deleting: asyncio.Future[None] | None = None
         self.ready = asyncio.Event()
+        #: The results database's id, read at start with the pending rows.
+        self.database_id = ""
 
     async def on_start(self) -> None:
-        """Connect, then queue what a previous run left unpublished."""
+        """Connect, then queue what a previous run left unpublished (and forget what it published already)."""
         await self.producer.start()
-        self._backlog = [(row_id, OutboxPayload(payload)) for row_id, payload in await self._pending()]
+        self.database_id, rows = await self._pending()
+        published = await self.producer.published_rows(self.database_id)
+        for row in rows:
+            if row.id <= published.get(row.worker_id, -1):
+                self._acknowledged.append(row.id)
+            else:
+                self._backlog.append(
+                    _Queued(OutboxRef(self.database_id, row.worker_id, row.id), OutboxPayload(row.payload))
+                )
+        if self._acknowledged:
+            log.info("%d outbox rows were published before a restart: deleting them", len(self._acknowledged))
+            self._deleting = asyncio.ensure_future(self._delete_acknowledged())
         self.ready.set()
 
     async def on_stop(self) -> None:
@@ -249,8 +403,8 @@ class OutboxPublisher(Service):
         await self.producer.stop()
 
     async def put(self, row_id: int, outputs: OutboxPayload) -> None:
-        """Queue a committed batch's outputs; waits while ``max_queued`` batches are unpublished."""
-        await self._queue.put((row_id, outputs))
+        """Queue this worker's committed batch's outputs; waits while ``max_queued`` batches are unpublished."""
+        await self._queue.put(_Queued(OutboxRef(self.database_id, self.worker_id, row_id), outputs))
         self._on_waiting(self.waiting)
 
     @property
@@ -263,28 +417,37 @@ class OutboxPublisher(Service):
         await self.ready.wait()
         self._on_waiting(self.waiting)
         while not self.should_stop:
-            row_id, outputs = self._backlog.pop(0) if self._backlog else await self._queue.get()
+            row = self._backlog.pop(0) if self._backlog else await self._queue.get()
             self._sending = 1
-            sent = await self._send_until_acknowledged(row_id, outputs)
+            sent = await self._send_until_acknowledged(row)
             self._sending = 0
             self._on_waiting(self.waiting)
             self._on_sent(sent)
-            self._acknowledged.append(row_id)
+            self._acknowledged.append(row.ref.row_id)
             if self._deleting is None or self._deleting.done():
                 self._deleting = asyncio.ensure_future(self._delete_acknowledged())
 
-    async def _send_until_acknowledged(self, row_id: int, outputs: OutboxPayload) -> Counter[str]:
+    async def _send_until_acknowledged(self, row: _Queued) -> Counter[str]:
         """Send one row's records until the broker acknowledges all of them, logging every failed attempt."""
         started, delay, attempt = time.monotonic(), 0.2, 0
         while True:
             attempt += 1
             try:
-                return await asyncio.wait_for(self.producer.send(outputs.records()), self._attempt_timeout_s)
+                return await asyncio.wait_for(
+                    self.producer.publish(row.ref, row.outputs.records()), self._attempt_timeout_s
+                )
+            except ProducerFenced:
+                log.critical(
+                    "another process publishes as worker %s (its transactional producer fenced this one): stopping; "
+                    "give every worker its own CXSTREAM_WORKER_ID",
+                    self.worker_id,
+                )
+                raise
             except Exception as exc:  # the broker is away, refused, or did not answer: keep the row, try again
                 what = "no answer" if isinstance(exc, TimeoutError) else f"{exc.__class__.__name__}: {exc}"
                 log.warning(
                     "outbox row %d not published after %.0fs (attempt %d: %s); retrying in %.1fs",
-                    row_id,
+                    row.ref.row_id,
                     time.monotonic() - started,
                     attempt,
                     what,
@@ -302,3 +465,10 @@ class OutboxPublisher(Service):
                 await self._delete(done)
             except Exception:
                 log.exception("cannot delete published outbox rows; they will be published again after a restart")
+
+
+class _Queued(NamedTuple):
+    """An outbox row waiting to be published, and its records."""
+
+    ref: OutboxRef
+    outputs: OutboxPayload

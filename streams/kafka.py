@@ -61,14 +61,14 @@ def admin_client(settings: Settings) -> KafkaAdminClient:
 def ensure_topics(settings: Settings, topics: list[str] | None = None) -> None:
     """Create cxstream's topics (channel, dead-letter and downstream) when they do not exist yet."""
     names = Topics(settings.topic_prefix)
-    wanted = topics or [*names.channels, names.deadletter, *names.outputs]
+    wanted = topics or [*names.channels, names.deadletter, *names.outputs, names.outbox_commits]
     admin = admin_client(settings)
     try:
         existing = set(admin.list_topics())
         new = [
             NewTopic(
                 name,
-                settings.partitions,
+                1 if name == names.outbox_commits else settings.partitions,
                 settings.replication_factor,
                 topic_configs={"cleanup.policy": "compact"} if name in names.compacted else {},
             )

@@ -32,6 +32,7 @@ from sqlalchemy.exc import OperationalError
 from config.settings import Settings, SettingsError, exposure_problems
 from config.topics import Topics
 from schemas.deadletter import label_values
+from sinks.contract import OutboxRow
 from sinks.database import make_engine, upgrade
 from sinks.sql import SqlSink, customers_count
 from streams import apply_process
@@ -53,7 +54,9 @@ Done = TypeVar("Done")
 Applied = tuple[BatchSummary, float]
 
 #: Age after which another worker's unpublished outbox row counts as orphaned (its worker is gone) and is
-#: published by a worker starting up. A live worker publishes a row within seconds of committing it.
+#: published by a worker starting up. A live worker publishes a row within seconds of committing it. Longer than the
+#: broker keeps a vanished worker's transaction open (downstream.TRANSACTION_TIMEOUT_MS): rows are taken over
+#: only once their worker's unfinished transaction is aborted.
 ORPHANED_OUTBOX_S = 120.0
 
 #: Seconds between ticks of the wall clock (see ``follow_the_clock``): idle partitions, sweeps, and the check
@@ -78,7 +81,15 @@ class Worker:
         #: Each input partition's highest applied offset, as the apply process last reported it (for the lag gauge).
         self.applied: dict[tuple[str, int], int] = {}
         self.publisher = OutboxPublisher(
-            DownstreamProducer(settings.bootstrap_servers, f"{settings.app_id}-{settings.worker_id}-downstream"),
+            DownstreamProducer(
+                settings.bootstrap_servers,
+                f"{settings.app_id}-{settings.worker_id}-downstream",
+                transactional_id=f"{settings.app_id}-{settings.worker_id}-outbox",
+                transactions=settings.output_transactions,
+                commits_topic=self.topics.outbox_commits,
+                group_id=settings.app_id,
+            ),
+            settings.worker_id,
             pending=self._pending_outbox,
             delete=functools.partial(self._with_database, apply_process.delete_outbox),
             on_sent=self._count_published,
@@ -327,7 +338,7 @@ class Worker:
                 raise RuntimeError(f"outbox row {summary.outbox_id} came back without its payload")
             await self.publisher.put(summary.outbox_id, OutboxPayload(summary.outbox))
 
-    async def _pending_outbox(self) -> list[tuple[int, bytes]]:
+    async def _pending_outbox(self) -> tuple[str, list[OutboxRow]]:
         orphaned_before = datetime.now(UTC) - timedelta(seconds=ORPHANED_OUTBOX_S)
         return await self._with_database(apply_process.pending_outbox, self.settings.worker_id, orphaned_before)
 

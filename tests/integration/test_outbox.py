@@ -30,4 +30,26 @@ def test_a_starting_worker_leaves_a_live_workers_recent_rows_alone(database_url:
 
     pending = SqlSink(engine).pending_outbox("g", "worker-1", now - timedelta(minutes=2))
 
-    assert [payload for _, payload in pending] == [b"mine, recent", b"orphaned", b"mine, old"], "in commit order"
+    assert [(row.worker_id, row.payload) for row in pending] == [
+        ("worker-1", b"mine, recent"),
+        ("worker-2", b"orphaned"),
+        ("worker-1", b"mine, old"),
+    ], "in commit order, each with the worker that committed it"
+
+
+def test_outbox_ids_are_never_reused_once_the_table_is_empty(database_url: str) -> None:
+    """The commit markers of transactional outputs say "published up to id N": a later row must get an id above N.
+
+    SQLite gives the largest rowid + 1, so an emptied table would start again at 1, unless it is AUTOINCREMENT.
+    """
+    engine = make_engine(database_url)
+    upgrade(engine)
+    sink = SqlSink(engine)
+    row = {"group_id": "g", "worker_id": "worker-1", "created_at": datetime.now(UTC), "payload": b"x"}
+    ids = []
+    for _ in range(3):
+        with engine.begin() as conn:
+            ids.append(conn.execute(insert(t.outbox).values(row).returning(t.outbox.c.id)).scalar_one())
+        sink.delete_outbox([ids[-1]])
+    assert ids == sorted(set(ids)), f"ids reused: {ids}"
+    assert len(sink.database_id()) == 36

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
+
+from config.topics import Topics
 
 #: Seconds without a new record after which a topic counts as drained.
 QUIET_S = 1.5
@@ -104,3 +107,37 @@ def read_messages(
         return records
     finally:
         consumer.close()
+
+
+def read_committed(kafka_url: str, topics: list[str]) -> Counter[tuple[str, bytes | None, bytes | None]]:
+    """Every (topic, key, value) of ``topics`` a ``read_committed`` consumer reads from the start, with how often.
+
+    Read up to the last stable offset: a transaction still open holds what follows it back.
+    """
+    servers = [part.split("://", 1)[-1] for part in kafka_url.split(",")]
+    consumer = KafkaConsumer(
+        bootstrap_servers=servers, group_id=None, enable_auto_commit=False, isolation_level="read_committed"
+    )
+    try:
+        tps = [TopicPartition(topic, p) for topic in topics for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
+        seen: Counter[tuple[str, bytes | None, bytes | None]] = Counter()
+        while any(consumer.position(tp) < ends[tp] for tp in tps):
+            for tp, messages in consumer.poll(timeout_ms=500).items():
+                seen.update((tp.topic, m.key, m.value) for m in messages)
+        return seen
+    finally:
+        consumer.close()
+
+
+def published_outbox_rows(kafka_url: str, prefix: str, group_id: str) -> Counter[tuple[str, int]]:
+    """(worker, outbox row id) of every committed transaction of a group's workers, with how often it committed."""
+    markers = read_committed(kafka_url, [Topics(prefix).outbox_commits])
+    rows: Counter[tuple[str, int]] = Counter()
+    for (_, key, value), count in markers.items():
+        group, _, worker = (key or b"").decode().rpartition("/")
+        if group == group_id and value is not None:
+            rows[(worker, int(value.decode().rpartition(":")[2]))] += count
+    return rows
