@@ -345,7 +345,8 @@ class OutboxPublisher(Service):
     ``max_queued`` batches are unpublished). A broker that does not acknowledge is retried with backoff,
     forever: the rows stay in the outbox meanwhile, so nothing is lost if the worker stops. An attempt that gets
     no answer within ``attempt_timeout_s`` counts as failed, and every failure is logged with the row and how long
-    it has waited: a stuck outbox is never silent. ``on_waiting`` learns how many rows wait to be published.
+    it has waited: a stuck outbox is never silent. ``on_waiting`` learns how many rows wait to be published,
+    ``on_transactional`` whether the producer started with transactions.
 
     With transactions, rows whose transaction committed before a crash are deleted at start, not published
     again; a fenced producer (another process runs with this worker's id) stops the worker.
@@ -361,6 +362,7 @@ class OutboxPublisher(Service):
         max_queued: int = 2,
         attempt_timeout_s: float = 60.0,
         on_waiting: Callable[[int], None] = lambda _rows: None,
+        on_transactional: Callable[[bool], None] = lambda _on: None,
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
@@ -371,6 +373,7 @@ class OutboxPublisher(Service):
         self._on_sent = on_sent
         self._attempt_timeout_s = attempt_timeout_s
         self._on_waiting = on_waiting
+        self._on_transactional = on_transactional
         #: 1 while a row is being sent.
         self._sending = 0
         self._queue: asyncio.Queue[_Queued] = asyncio.Queue(maxsize=max_queued)
@@ -384,6 +387,7 @@ class OutboxPublisher(Service):
     async def on_start(self) -> None:
         """Connect, then queue what a previous run left unpublished (and forget what it published already)."""
         await self.producer.start()
+        self._on_transactional(self.producer.transactional)
         self.database_id, rows = await self._pending()
         published = await self.producer.published_rows(self.database_id)
         for row in rows:

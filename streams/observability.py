@@ -49,6 +49,13 @@ class Instruments:
             ["worker"],
             registry=r,
         )
+        self.outputs_transactional = Gauge(
+            "cxstream_outputs_transactional",
+            "1 when this worker publishes downstream records in Kafka transactions (exactly once for read_committed "
+            "consumers), 0 when at least once (CXSTREAM_OUTPUT_TRANSACTIONS).",
+            ["worker"],
+            registry=r,
+        )
         self.database_up = Gauge(
             "cxstream_database_up",
             "1 while the worker's last database call succeeded, 0 while it waits for the database to answer.",

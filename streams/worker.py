@@ -94,6 +94,7 @@ class Worker:
             delete=functools.partial(self._with_database, apply_process.delete_outbox),
             on_sent=self._count_published,
             on_waiting=self.instruments.outbox_unpublished.labels(settings.worker_id).set,
+            on_transactional=self.instruments.outputs_transactional.labels(settings.worker_id).set,
         )
         self.batches = BatchFeeder(self._apply_batch, self._finish_batch, settings.batch_max_events, self._fail)
         self.app = self._build_app()

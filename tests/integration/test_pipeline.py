@@ -14,13 +14,15 @@ from sinks.database import make_engine
 from streams.domain.oracle import replay
 from streams.policies import Policies
 from tests.support.processes import wait_until
-from tests.support.results import caught_up, consumed_events, end_offsets, run_cli
+from tests.support.results import caught_up, consumed_events, end_offsets, prometheus_value, run_cli
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
 
 
 @pytest.mark.conformance
-def test_sample_files_flow_from_kafka_into_sql(kafka_url: str, topic_prefix: str, database_url: str, workers) -> None:
+def test_sample_files_flow_from_kafka_into_sql(
+    kafka_url: str, topic_prefix: str, database_url: str, workers, request: pytest.FixtureRequest
+) -> None:
     """The wiring: a Faust agent of the project's app consumes the broker and writes rows on both databases."""
     # The sample files are published one after another, so their events arrive far out of event-time order.
     env = workers.env(database_url, topic_prefix)
@@ -44,3 +46,6 @@ def test_sample_files_flow_from_kafka_into_sql(kafka_url: str, topic_prefix: str
     assert identities == oracle.identities
     assert metrics and metrics > 0
     assert "cxstream_events_in_total" in worker.metrics_text()
+    # Output transactions by default exactly where the broker grants them.
+    transactional = prometheus_value(worker.metrics_text(), "cxstream_outputs_transactional")
+    assert transactional == (1 if "apache-kafka" in request.node.name else 0)
