@@ -147,7 +147,6 @@ def test_requests_without_a_valid_write_key_are_refused(
     assert collector.offsets() == before, "nothing is published for an unauthorised request, not even a dead letter"
 
 
-@pytest.mark.conformance
 @pytest.mark.parametrize(
     ("path", "make_body", "reason"),
     [

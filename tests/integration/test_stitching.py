@@ -6,7 +6,6 @@ from datetime import datetime
 from pathlib import Path
 
 import orjson
-import pytest
 from sqlalchemy import func, select
 
 from config.topics import Topics
@@ -28,7 +27,6 @@ from tests.support.results import consumed_events, prometheus_value, run_cli, wa
 CUSTOMERS, DAYS, SEED = 400, 7, 59
 
 
-@pytest.mark.conformance
 def test_simulated_population_has_one_customer_per_person(kafka_url, topic_prefix, sqlite_url, workers) -> None:
     env = workers.env(sqlite_url, topic_prefix)
     run_cli(env, "simulate", "--customers", str(CUSTOMERS), "--days", str(DAYS), "--seed", str(SEED))
