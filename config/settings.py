@@ -160,8 +160,14 @@ class Settings(BaseSettings):
     )
     default_phone_region: str = Field("GB", description="Region for phone numbers written without a country code.")
     identifier_limits: dict[IdentifierType, int] = Field(
-        default_factory=lambda: {IdentifierType.CRM_ID: 1, IdentifierType.WEB_ANONYMOUS_ID: 50},
-        description='Most identifiers of a type one customer may hold, JSON: {"crm_id": 1, "web_anonymous_id": 50}.',
+        # One web user id per customer: a browser shared by two people who log in (one anonymous id, two user ids)
+        # must not merge them; the anonymous id stays with the first.
+        default_factory=lambda: {
+            IdentifierType.CRM_ID: 1,
+            IdentifierType.WEB_USER_ID: 1,
+            IdentifierType.WEB_ANONYMOUS_ID: 50,
+        },
+        description='Most identifiers of a type one customer may hold, JSON: {"crm_id": 1, "web_user_id": 1, "web_anonymous_id": 50}.',
     )
     blocked_identifiers: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["email:test@example.com", "email:noreply@example.com", "phone:+10000000000"],
@@ -172,6 +178,10 @@ class Settings(BaseSettings):
     write_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: [DEV_WRITE_KEY],
         description="Write keys accepted by the HTTP collector (HTTP Basic user name, as Segment), comma-separated.",
+    )
+    collector_allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Web origins (scheme://host[:port]) whose pages may call the collector from a browser (CORS), comma-separated; * for any origin (then without credentials). Empty: browsers are refused, server-side clients are not concerned.",
     )
     collector_max_body_bytes: int = Field(
         512 * 1024, ge=1024, description="Largest collector request body, bytes, as sent and once decompressed (413)."
@@ -192,7 +202,14 @@ class Settings(BaseSettings):
         description="Most seconds a collector request waits for the broker to acknowledge its records before it is answered 503 with Retry-After.",
     )
 
-    @field_validator("metric_windows", "customer_metric_windows", "blocked_identifiers", "write_keys", mode="before")
+    @field_validator(
+        "metric_windows",
+        "customer_metric_windows",
+        "blocked_identifiers",
+        "write_keys",
+        "collector_allowed_origins",
+        mode="before",
+    )
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
@@ -259,6 +276,16 @@ class Settings(BaseSettings):
         if value.upper() not in phonenumbers.SUPPORTED_REGIONS:
             raise ValueError("expected a region code such as GB, US or DE")
         return value.upper()
+
+    @field_validator("collector_allowed_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            url = urlsplit(origin)
+            exact = url.scheme in ("http", "https") and url.hostname and not url.path and not url.query
+            if origin != "*" and (not exact or origin.endswith("/")):
+                raise ValueError(f"expected origins as scheme://host[:port] or *, got {origin!r}")
+        return value
 
     @field_validator("kafka_url")
     @classmethod

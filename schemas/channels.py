@@ -209,12 +209,15 @@ class PhoneRecord(BaseModel):
 
 
 class SegmentType(StrEnum):
-    """Segment call types accepted; ``screen`` is the mobile page view. ``group`` and ``alias`` are not."""
+    """Segment call types; ``screen`` is the mobile page view, ``alias`` links a previous id to the user id, ``group``
+    names the account (company, household) a user belongs to."""
 
     PAGE = "page"
     SCREEN = "screen"
     TRACK = "track"
     IDENTIFY = "identify"
+    GROUP = "group"
+    ALIAS = "alias"
 
 
 _EVENT_NAME_SEPARATORS = re.compile(r"[\s_\-]+")
@@ -281,6 +284,8 @@ class WebRecord(BaseModel):
     original_timestamp: Timestamp | None = Field(default=None, alias="originalTimestamp")
     event: Label | None = Field(default=None, description="Event name of a track call.")
     name: Label | None = Field(default=None, description="Page or screen name.")
+    previous_id: Id | None = Field(default=None, alias="previousId", description="The id an alias call links from.")
+    group_id: Id | None = Field(default=None, alias="groupId", description="The account a group call names.")
     properties: WebProperties = Field(default_factory=WebProperties)
     traits: WebTraits | None = None
     context: WebContext | None = None
@@ -291,6 +296,10 @@ class WebRecord(BaseModel):
             raise ValueError("either anonymousId or userId is required")
         if self.timestamp is None and self.original_timestamp is None:
             raise ValueError("timestamp (or originalTimestamp) is required")
+        if self.type is SegmentType.ALIAS and (self.previous_id is None or self.user_id is None):
+            raise ValueError("an alias call needs previousId and userId")
+        if self.type is SegmentType.GROUP and self.group_id is None:
+            raise ValueError("a group call needs a groupId")
         if self.type is SegmentType.TRACK:
             if self.event is None:
                 raise ValueError("a track call needs an event name")
@@ -306,8 +315,11 @@ class WebRecord(BaseModel):
         return occurred
 
     def email_trait(self) -> tuple[str, str] | None:
-        """The e-mail trait with the path it came from: identify ``traits`` first, then ``context.traits``."""
-        if self.traits is not None and self.traits.email is not None:
+        """The person's e-mail trait with the path it came from: ``traits`` first, then ``context.traits``.
+
+        A group call's ``traits`` describe the account, not the person: its e-mail is not the user's.
+        """
+        if self.type is not SegmentType.GROUP and self.traits is not None and self.traits.email is not None:
             return "traits.email", self.traits.email
         if self.context is not None and self.context.traits is not None and self.context.traits.email is not None:
             return "context.traits.email", self.context.traits.email

@@ -1,4 +1,5 @@
-"""The HTTP collector: Segment-compatible ``POST /v1/track|page|identify|batch`` and marketplace webhooks.
+"""The HTTP collector: Segment's HTTP Tracking API (``POST /v1/track|page|screen|identify|group|alias|batch`` and
+the short forms analytics.js uses) and marketplace webhooks.
 
 Served by the worker's web server (``streams.http`` authenticates, reads and decompresses the request first).
 A request is answered 2xx only after the broker acknowledged every event it carried; invalid messages are
@@ -51,7 +52,17 @@ log = logging.getLogger(__name__)
 #: after the other and only their acknowledgements are awaited together.
 EnqueueFn = Callable[[str, bytes | None, bytes, int | None], Awaitable[Awaitable[Any]]]
 
-SEGMENT_KINDS = ("track", "page", "identify")
+#: Segment calls a single-call path stands for (the body's ``type`` defaults to it).
+SEGMENT_KINDS = ("track", "page", "screen", "identify", "group", "alias")
+
+#: Segment's HTTP Tracking API paths under /v1/, as its libraries call them, and what each is: the long forms
+#: (server libraries, analytics-node) and the short ones analytics.js posts to (/v1/t, /v1/p, ... /v1/b).
+SEGMENT_PATHS: dict[str, str] = {
+    **{kind: kind for kind in (*SEGMENT_KINDS, "batch")},
+    **{kind[0]: kind for kind in SEGMENT_KINDS},
+    "b": "batch",
+    "import": "batch",
+}
 
 #: Bytes of a whole request body a dead letter keeps: bodies up to this travel whole (base64 keeps a dead letter
 #: of 512 KiB under Kafka's default 1 MB record limit); a larger body (a raised CXSTREAM_COLLECTOR_MAX_BODY_BYTES)
@@ -102,6 +113,15 @@ class Collector:
         except (binascii.Error, UnicodeDecodeError):
             return False
         return user in self.write_keys
+
+    def authorised_body(self, body: bytes) -> bool:
+        """True when a JSON body names a known write key as ``writeKey`` (what analytics.js sends from a browser)."""
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return False
+        key = payload.get("writeKey") if isinstance(payload, dict) else None
+        return isinstance(key, str) and key in self.write_keys
 
     async def handle(self, path_kind: str, body: bytes, marketplace: str | None = None) -> CollectorReply:
         """Answer one authenticated request: ``path_kind`` is track, page, identify, batch or ecommerce.

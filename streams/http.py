@@ -3,7 +3,11 @@
 What a client can make the worker do before it has shown a write key is answered at once and costs nothing:
 the write key is checked from the headers, before a byte of the body is read or inflated (measured before: an
 unauthenticated client made the worker inflate gzip up to the body limit, and got 413 before 401). Bodies are read
-by the collector itself, compressed as sent (aiohttp's own decompression is off), and inflated with a bound.
+by the collector itself, compressed as sent (aiohttp's own decompression is off), and inflated with a bound. A
+browser (analytics.js, ``sendBeacon``) cannot send the key in a header: a request without ``Authorization`` is read
+and inflated within the same bounds, and refused 401 unless its body names a write key (``writeKey``), before
+anything is published. A request from a browser origin not in ``CXSTREAM_COLLECTOR_ALLOWED_ORIGINS`` is refused
+403 at once (CORS: ``Cors``).
 
 Time: a client has ``CXSTREAM_WEB_READ_TIMEOUT_S`` to send its request's headers, from connecting or from its
 previous answer (aiohttp's keep-alive timer, which from aiohttp 3.14.4 also runs on a connection that has not
@@ -129,21 +133,81 @@ def decode_body(raw: bytes, encoding: str, limit: int) -> bytes:
         raise CorruptBody(f"not valid {encoding} data: {exc}") from None
 
 
+#: Request headers a browser may send to the collector (a preflight asking for others is answered without them).
+CORS_REQUEST_HEADERS = ("Content-Type", "Authorization", "Content-Encoding")
+
+#: How long a browser may reuse a preflight's answer, seconds (Chromium caps it at 7,200).
+CORS_MAX_AGE_S = 7200
+
+
+class Cors:
+    """Which browser origins may call the collector (``CXSTREAM_COLLECTOR_ALLOWED_ORIGINS``), and the headers that
+    say so. A request without an ``Origin`` header is not a browser's cross-origin call and is not concerned."""
+
+    def __init__(self, allowed: list[str]) -> None:
+        self.any = "*" in allowed
+        self.allowed = frozenset(origin for origin in allowed if origin != "*")
+
+    def headers(self, origin: str | None) -> dict[str, str] | None:
+        """The CORS headers of an answer to ``origin`` (empty without an Origin); None when it is refused."""
+        if origin is None:
+            return {}
+        if origin in self.allowed:
+            # Credentials (cookies, HTTP Basic) only with an origin named in full, never with a wildcard.
+            return {"Access-Control-Allow-Origin": origin, "Access-Control-Allow-Credentials": "true", "Vary": "Origin"}
+        if self.any:
+            return {"Access-Control-Allow-Origin": "*"}
+        return None
+
+    def preflight(self, origin: str | None) -> CollectorReply:
+        """The answer to ``OPTIONS``: 204 with what a browser may send, or 403 for an origin not allowed."""
+        headers = self.headers(origin)
+        if not headers:
+            return CollectorReply(403, {"error": f"origin {origin!r} may not call the collector"})
+        headers |= {
+            "Access-Control-Allow-Methods": "POST, OPTIONS",
+            "Access-Control-Allow-Headers": ", ".join(CORS_REQUEST_HEADERS),
+            "Access-Control-Max-Age": str(CORS_MAX_AGE_S),
+        }
+        return CollectorReply(204, headers=headers)
+
+
 class CollectorHttp:
-    """The collector's HTTP answers: write key first, then the body, read and inflated within bounds and in time."""
+    """The collector's HTTP answers: origin and write key first, then the body, read and inflated within bounds
+    and in time."""
 
     def __init__(self, settings: Settings, collector: Collector) -> None:
         self.settings = settings
         self.collector = collector
+        self.cors = Cors(settings.collector_allowed_origins)
         limit = settings.collector_max_body_bytes
         self.too_large = CollectorReply(413, {"error": f"body larger than {limit} bytes"})
+        self.unauthorised = CollectorReply(
+            401, {"error": "invalid or missing write key"}, {"WWW-Authenticate": 'Basic realm="cxstream"'}
+        )
+
+    def preflight(self, request: web.Request) -> CollectorReply:
+        """Answer a browser's CORS preflight (``OPTIONS``)."""
+        return self.cors.preflight(request.headers.get("Origin"))
 
     async def respond(self, request: web.Request, kind: str, marketplace: str | None = None) -> CollectorReply:
-        """Answer a collector request (``kind``: track, page, identify, batch or ecommerce)."""
-        if not self.collector.authorised(request.headers.get("Authorization")):
+        """Answer a collector request (``kind``: a Segment call, batch or ecommerce), with its CORS headers."""
+        cors = self.cors.headers(request.headers.get("Origin"))
+        if cors is None:
             return CollectorReply(
-                401, {"error": "invalid or missing write key"}, {"WWW-Authenticate": 'Basic realm="cxstream"'}
+                403, {"error": f"origin {request.headers.get('Origin')!r} may not call the collector"}
             )
+        reply = await self._respond(request, kind, marketplace)
+        reply.headers.update(cors)
+        return reply
+
+    async def _respond(self, request: web.Request, kind: str, marketplace: str | None) -> CollectorReply:
+        authorization = request.headers.get("Authorization")
+        # The write key comes as HTTP Basic user name (Segment's server libraries), or, from a browser, in the body
+        # (analytics.js: its requests are "simple", text/plain, with no header to carry it; sendBeacon the same).
+        in_body = authorization is None and kind != "ecommerce"
+        if not in_body and not self.collector.authorised(authorization):
+            return CollectorReply(401, dict(self.unauthorised.body), dict(self.unauthorised.headers))
         limit = self.settings.collector_max_body_bytes
         timeout = self.settings.web_read_timeout_s
         try:
@@ -168,4 +232,7 @@ class CollectorHttp:
             return await self.collector.reject_body(
                 channel, f"collector:/v1/{kind}", raw, "invalid_content_encoding", str(exc)
             )
+        if in_body and not self.collector.authorised_body(body):
+            # Nothing was inflated beyond the limit, and nothing is published or dead-lettered for an unknown key.
+            return CollectorReply(401, dict(self.unauthorised.body), dict(self.unauthorised.headers))
         return await self.collector.handle(kind, body, marketplace)

@@ -37,7 +37,7 @@ from sinks.database import make_engine, upgrade
 from sinks.sql import SqlSink, customers_count
 from streams import apply_process
 from streams.apply_process import ApplyProcess, BatchSummary, is_transient, tune_collector
-from streams.collector import SEGMENT_KINDS, Collector
+from streams.collector import SEGMENT_PATHS, Collector, CollectorReply
 from streams.downstream import DownstreamProducer, OutboxPayload, OutboxPublisher
 from streams.faust_app import App
 from streams.http import CollectorHttp, application_options, enqueue_with
@@ -199,19 +199,28 @@ class Worker:
         # The collector: write key first, then the body (bounded in size and time); see streams.http.
         collector = CollectorHttp(s, Collector(s, enqueue_with(app), self.instruments))
 
-        @app.page("/v1/{kind}")
+        def answer(view: View, reply: CollectorReply) -> Response:
+            if reply.status == 204:
+                return view.bytes(b"", status=204, headers=reply.headers)
+            return view.json(reply.body, status=reply.status, headers=reply.headers)
+
+        @app.page("/v1/{path}")
         class SegmentEndpoint(View):
-            async def post(self, request: Request, kind: str) -> Response:
-                if kind not in (*SEGMENT_KINDS, "batch"):
-                    return self.json({"error": f"unknown endpoint /v1/{kind}"}, status=404)
-                reply = await collector.respond(request, kind)  # type: ignore[arg-type]  # aiohttp's request
-                return self.json(reply.body, status=reply.status, headers=reply.headers)
+            async def post(self, request: Request, path: str) -> Response:
+                kind = SEGMENT_PATHS.get(path)
+                if kind is None:
+                    return self.json({"error": f"unknown endpoint /v1/{path}"}, status=404)
+                return answer(self, await collector.respond(request, kind))  # type: ignore[arg-type]  # aiohttp's
+
+            async def options(self, request: Request, path: str) -> Response:
+                if path not in SEGMENT_PATHS:
+                    return self.json({"error": f"unknown endpoint /v1/{path}"}, status=404)
+                return answer(self, collector.preflight(request))  # type: ignore[arg-type]
 
         @app.page("/v1/ecommerce/{marketplace}")
         class MarketplaceEndpoint(View):
             async def post(self, request: Request, marketplace: str) -> Response:
-                reply = await collector.respond(request, "ecommerce", marketplace)  # type: ignore[arg-type]
-                return self.json(reply.body, status=reply.status, headers=reply.headers)
+                return answer(self, await collector.respond(request, "ecommerce", marketplace))  # type: ignore[arg-type]
 
         return app
 

@@ -52,7 +52,7 @@ def track_event_type(name: str) -> EventType:
 
 
 def _event_type(record: WebRecord) -> EventType:
-    if record.type is SegmentType.IDENTIFY:
+    if record.type in (SegmentType.IDENTIFY, SegmentType.ALIAS, SegmentType.GROUP):
         return EventType.IDENTIFY
     if record.type is SegmentType.TRACK:
         assert record.event is not None  # guaranteed by the model validator
@@ -61,13 +61,15 @@ def _event_type(record: WebRecord) -> EventType:
 
 
 def to_touchpoint(record: WebRecord, conversion: Conversion) -> TouchpointEvent:
-    """Convert a Segment message: page/screen → PAGE_VIEW, identify → IDENTIFY, track by spec event name."""
+    """Convert a Segment message: page/screen → PAGE_VIEW, identify/alias/group → IDENTIFY, track by spec event name."""
     email_field, email = record.email_trait() or ("traits.email", None)
     identifiers = conversion.identifiers(
         [
             (IdentifierType.WEB_ANONYMOUS_ID, "anonymousId", record.anonymous_id),
             (IdentifierType.WEB_USER_ID, "userId", record.user_id),
             (IdentifierType.EMAIL, email_field, email),
+            # analytics.js aliases from the anonymous id when no user was identified yet: the link an alias makes.
+            (IdentifierType.WEB_ANONYMOUS_ID, "previousId", record.previous_id),
         ]
     )
     kind = _event_type(record)
@@ -80,6 +82,10 @@ def to_touchpoint(record: WebRecord, conversion: Conversion) -> TouchpointEvent:
         attributes["event"] = record.event
     if record.name is not None:
         attributes["name"] = record.name
+    if record.group_id is not None:
+        # An account, not a person: kept on the touchpoint, never a stitching identifier (a company's users
+        # would all become one customer).
+        attributes["group_id"] = record.group_id
     properties = props.model_dump(mode="json", exclude_none=True)
     if properties:
         attributes["properties"] = properties

@@ -28,6 +28,7 @@ from tests.support.workers import WorkerFactory, WorkerProcess
 WRITE_KEY = "collector-test-key"
 OTHER_WRITE_KEY = "second-key"
 MAX_BODY_BYTES = 16 * 1024
+SHOP = "https://shop.example.com"
 
 Records = list[tuple[bytes | None, bytes]]
 
@@ -95,6 +96,7 @@ def collector(kafka_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         prefix,
         write_keys=f"{WRITE_KEY},{OTHER_WRITE_KEY}",
         collector_max_body_bytes=str(MAX_BODY_BYTES),
+        collector_allowed_origins=SHOP,
     )
     try:
         yield Collector(factory.start(env), kafka_url, Topics(prefix))
@@ -302,9 +304,96 @@ def test_a_marketplace_webhook_is_published_as_an_ecommerce_touchpoint(collector
 
 
 def test_unknown_endpoints_are_404(collector: Collector) -> None:
-    reply = collector.post("/v1/alias", orjson.dumps({"previousId": "a", "userId": "b"}))
+    reply = collector.post("/v1/merge", orjson.dumps({"previousId": "a", "userId": "b"}))
     assert reply.status_code == 404
     assert "error" in reply.json()
+
+
+def browser_post(collector: Collector, path: str, message: dict[str, Any], origin: str = SHOP) -> requests.Response:
+    """What analytics.js sends from a page: text/plain, the write key in the body, no Authorization, an Origin."""
+    headers = {"Content-Type": "text/plain", "Origin": origin}
+    return requests.post(collector.url(path), data=orjson.dumps(message), headers=headers, timeout=30)
+
+
+BROWSER_CALLS = [
+    ("/v1/t", {}, EventType.PRODUCT_VIEW),
+    ("/v1/p", {"type": "page", "name": "Home"}, EventType.PAGE_VIEW),
+    ("/v1/s", {"type": "screen", "name": "Basket"}, EventType.PAGE_VIEW),
+    ("/v1/i", {"type": "identify", "userId": "u-{run}", "traits": {"email": "{run}@example.org"}}, EventType.IDENTIFY),
+    (
+        "/v1/g",
+        {"type": "group", "groupId": "acct-{run}", "traits": {"email": "billing@acme.example"}},
+        EventType.IDENTIFY,
+    ),
+    ("/v1/a", {"type": "alias", "previousId": "anon-{run}", "userId": "u-{run}"}, EventType.IDENTIFY),
+    ("/v1/screen", {"type": "screen", "name": "Basket"}, EventType.PAGE_VIEW),
+    ("/v1/alias", {"type": "alias", "previousId": "anon-{run}", "userId": "u-{run}"}, EventType.IDENTIFY),
+    ("/v1/group", {"type": "group", "groupId": "acct-{run}"}, EventType.IDENTIFY),
+]
+
+
+@pytest.mark.parametrize(("path", "changes", "kind"), BROWSER_CALLS, ids=[call[0] for call in BROWSER_CALLS])
+def test_analytics_js_calls_from_an_allowed_origin_are_published(
+    collector: Collector, path: str, changes: dict[str, Any], kind: EventType
+) -> None:
+    run = uuid.uuid4().hex
+    filled = orjson.loads(orjson.dumps(changes).replace(b"{run}", run.encode()))
+    message = {**track(f"ajs-{run}", anonymousId=f"anon-{run}"), **filled, "writeKey": WRITE_KEY}
+    if message["type"] != "track":
+        message.pop("event")
+
+    reply = browser_post(collector, path, message)
+
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["Access-Control-Allow-Origin"] == SHOP
+    assert reply.headers["Access-Control-Allow-Credentials"] == "true"
+    (event,) = collector.events(collector.web, lambda e: e.source.id == f"ajs-{run}", 1)
+    assert event.type is kind
+    assert event.identifiers["web_anonymous_id"] == f"anon-{run}"
+    if "userId" in message:
+        assert event.identifiers["web_user_id"] == f"u-{run}", "an alias links its previous id to the user id"
+    if message["type"] == "group":
+        assert event.attributes["group_id"] == f"acct-{run}"
+        assert "email" not in event.identifiers, "a group's traits describe the account, not the person"
+    if message["type"] == "identify":
+        assert event.identifiers["email"] == f"{run}@example.org"
+
+
+def test_a_wrong_write_key_in_the_body_is_401_and_publishes_nothing(collector: Collector) -> None:
+    before = collector.offsets()
+    for key in ("not-a-key", None, ["collector-test-key"]):
+        message = {**track(f"ajs-{uuid.uuid4().hex}"), "writeKey": key}
+        reply = browser_post(collector, "/v1/t", message)
+        assert reply.status_code == 401, (key, reply.text)
+        assert reply.headers["Access-Control-Allow-Origin"] == SHOP, "the page can read why"
+    assert collector.offsets() == before, "nothing published, nothing dead-lettered"
+
+
+def test_cors_preflight_and_origins_not_allowed(collector: Collector) -> None:
+    preflight = requests.options(
+        collector.url("/v1/p"),
+        headers={
+            "Origin": SHOP,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
+        timeout=30,
+    )
+    assert preflight.status_code == 204
+    assert preflight.headers["Access-Control-Allow-Origin"] == SHOP
+    assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+    assert "Content-Type" in preflight.headers["Access-Control-Allow-Headers"]
+    assert preflight.headers["Vary"] == "Origin"
+
+    other = "https://evil.example.net"
+    refused = requests.options(
+        collector.url("/v1/p"), headers={"Origin": other, "Access-Control-Request-Method": "POST"}, timeout=30
+    )
+    assert refused.status_code == 403 and "Access-Control-Allow-Origin" not in refused.headers
+    before = collector.offsets()
+    posted = browser_post(collector, "/v1/t", {**track(f"ajs-{uuid.uuid4().hex}"), "writeKey": WRITE_KEY}, other)
+    assert posted.status_code == 403 and "Access-Control-Allow-Origin" not in posted.headers
+    assert collector.offsets() == before, "nothing published from an origin not allowed"
 
 
 def test_a_limit_above_the_web_servers_default_is_honoured(workers: WorkerFactory) -> None:

@@ -328,6 +328,24 @@ def test_web_identify_takes_email_from_traits() -> None:
     assert key == partition_key(accept(Channel.WEB, {**identify, "messageId": "other"})), "same person, same key"
 
 
+def test_web_alias_links_its_previous_id_to_the_user_id() -> None:
+    alias = {**TRACK, "type": "alias", "event": None, "anonymousId": None, "previousId": "anon-7", "userId": "u-7"}
+    event = accept(Channel.WEB, {k: v for k, v in alias.items() if v is not None})
+    assert event.type is EventType.IDENTIFY
+    assert event.identifiers == {IdentifierType.WEB_ANONYMOUS_ID: "anon-7", IdentifierType.WEB_USER_ID: "u-7"}
+    assert event.attributes["segment_type"] == "alias"
+
+
+def test_web_group_keeps_the_account_on_the_touchpoint_not_as_an_identifier() -> None:
+    group = {**TRACK, "type": "group", "event": None, "groupId": "acct-1", "traits": {"email": "billing@acme.example"}}
+    event = accept(Channel.WEB, group)
+    assert event.type is EventType.IDENTIFY
+    assert event.attributes["group_id"] == "acct-1"
+    assert event.identifiers == {IdentifierType.WEB_ANONYMOUS_ID: "anon-1"}, "the account's e-mail is not the user's"
+    person = {**group, "context": {"traits": {"email": "ann@example.org"}}}
+    assert accept(Channel.WEB, person).identifiers[IdentifierType.EMAIL] == "ann@example.org"
+
+
 def test_web_track_takes_email_from_context_traits() -> None:
     event = accept(Channel.WEB, {**TRACK, "context": {"traits": {"email": "b@example.org"}, "ip": "203.0.113.1"}})
     assert event.identifiers[IdentifierType.EMAIL] == "b@example.org"
@@ -390,7 +408,9 @@ def test_web_original_timestamp_is_the_fallback() -> None:
         ({"anonymousId": None}, "record: Value error, either anonymousId or userId is required"),
         ({"timestamp": None}, "record: Value error, timestamp (or originalTimestamp) is required"),
         ({"event": None}, "record: Value error, a track call needs an event name"),
-        ({"type": "group"}, "type: Input should be 'page', 'screen', 'track' or 'identify'"),
+        ({"type": "group"}, "record: Value error, a group call needs a groupId"),
+        ({"type": "alias"}, "record: Value error, an alias call needs previousId and userId"),
+        ({"type": "merge"}, "type: Input should be 'page', 'screen', 'track', 'identify', 'group' or 'alias'"),
         ({"messageId": None}, "messageId: Field required"),
         ({"event": "Survey Answered"}, "a Survey Answered event needs properties.nps, .csat or .ces"),
         ({"event": "Survey Answered", "properties": {"nps": 11}}, "properties.nps: Input should be less than or equal"),

@@ -242,6 +242,29 @@ def test_anonymous_web_ids_are_bounded_per_customer() -> None:
     assert view.customers[ANN].events == 3
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["one-batch", "batch-per-event"])
+def test_two_users_logging_in_on_one_shared_browser_stay_apart_by_default(split: bool) -> None:
+    """One anonymous id, two user ids (a family laptop): with the default limits the anonymous id stays with the
+    first user, and the second user is a customer of their own, in any batching."""
+    stitcher = new_stitcher()
+    user = IdentifierType.WEB_USER_ID
+    events = [
+        ev(identifiers={ANON: "laptop"}),
+        ev(EventType.IDENTIFY, hours=1, identifiers={ANON: "laptop", user: "ann"}),
+        ev(hours=2, identifiers={ANON: "laptop", user: "ann"}),
+        ev(EventType.IDENTIFY, hours=3, identifiers={ANON: "laptop", user: "bob"}),
+        ev(hours=4, identifiers={ANON: "laptop", user: "bob"}),
+    ]
+    view = StateView()
+    for batch in [[e] for e in events] if split else [events]:
+        run(stitcher, batch, view)
+    owners = {tuple(state.identifiers.get("web_user_id", [])): state for state in view.customers.values()}
+    assert set(owners) == {("ann",), ("bob",)}, "two customers, never merged"
+    assert owners[("ann",)].identifiers["web_anonymous_id"] == ["laptop"]
+    assert "web_anonymous_id" not in owners[("bob",)].identifiers, "the anonymous id stays with the first user"
+    assert owners[("ann",)].events == 3 and owners[("bob",)].events == 2
+
+
 def test_limits_also_refuse_merging_two_customers_that_together_exceed_them() -> None:
     stitcher = new_stitcher(identifier_limits={ANON: 2})
     view = StateView()
