@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-fast apache-kafka soak lint format bench schemas clean
+.PHONY: install run test test-fast apache-kafka web-clients soak lint format bench schemas clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,8 +17,12 @@ install: $(STAMP) ## create .venv and install cxstream with its dev extra
 run: $(STAMP) ## embedded broker + worker + simulated traffic on SQLite; Ctrl-C stops all
 	$(BIN)/cxstream demo
 
-test: $(STAMP) apache-kafka ## the whole suite: unit, property, integration (embedded broker and Apache Kafka, SQLite, PostgreSQL, Prometheus)
+test: $(STAMP) apache-kafka web-clients ## the whole suite: unit, property, integration (embedded broker and Apache Kafka, SQLite, PostgreSQL, Prometheus, Chromium)
 	$(BIN)/python -m pytest -q
+
+web-clients: ## Segment's libraries (npm, tests/web) and Debian's Chromium for the browser and Node client tests
+	@command -v chromium >/dev/null && command -v npm >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium nodejs npm; }
+	test -d tests/web/node_modules/@segment/analytics-next || (cd tests/web && npm ci --no-audit --no-fund)
 
 apache-kafka: $(STAMP) ## fetch Apache Kafka with Maven for the tests that run on it (kept in var/apache-kafka)
 	@command -v java >/dev/null && command -v mvn >/dev/null || { apt-get update -qq && apt-get install -y -qq default-jdk-headless maven; }

@@ -79,10 +79,11 @@ def apache_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApacheKaf
         cluster.stop()
 
 
-@pytest.fixture
-def apache_kafka_cluster(tmp_path: Path) -> Iterator[ApacheKafkaCluster]:
-    """Three Apache Kafka nodes (replication factor 3, min.insync.replicas=2) for one fault test."""
-    cluster = ApacheKafkaCluster(tmp_path / "apache-kafka", size=3)
+@pytest.fixture(scope="module")
+def apache_kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApacheKafkaCluster]:
+    """Three Apache Kafka nodes (replication factor 3, min.insync.replicas=2) for a module of fault tests: each test
+    uses topics of its own and leaves every node running again (``restart`` waits until it serves)."""
+    cluster = ApacheKafkaCluster(tmp_path_factory.mktemp("apache-kafka-3"), size=3)
     try:
         yield cluster.start()
     finally:
