@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -94,6 +94,14 @@ class CustomerProfile(BaseModel):
     returns: int = 0
     open_issues: int = 0
     channels: dict[Channel, int] = Field(default_factory=dict)
+    traits: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Traits from the customer's identify calls (Segment traits), each the value given latest by event "
+        "time; with identifier hashing on, e-mails and phone numbers in them are hashed.",
+    )
+    groups: list[str] = Field(
+        default_factory=list, description="Accounts (company, household) the customer's group calls named: groupId."
+    )
     merged_into: str | None = Field(
         default=None, description="Set (tombstone-like) when this customer was merged away."
     )

@@ -50,6 +50,8 @@ class CustomerRow(NamedTuple):
     #: When the earliest open issue passes its target time (None without open issues).
     overdue_at: datetime | None
     state: dict[str, Any]
+    #: The profile's traits (latest identify value per trait).
+    traits: dict[str, Any]
 
 
 class IdentityRow(NamedTuple):

@@ -53,6 +53,7 @@ customers = Table(
     Column("overdue_at", TS, index=True, comment="when the earliest open issue passes its target time"),
     # The stitcher's per-customer state: one record per customer, written with the results.
     Column("state", JSON, nullable=False),
+    Column("traits", JSON, comment="identify traits, the latest value of each by event time (null: none written yet)"),
 )
 
 identities = Table(

@@ -51,6 +51,7 @@ def customer_row(profile: CustomerProfile, state: CustomerState, overdue: dateti
         open_issues=profile.open_issues,
         overdue_at=overdue,
         state=state.to_dict(),
+        traits=profile.traits,
     )
 
 

@@ -75,13 +75,18 @@ def to_touchpoint(record: WebRecord, conversion: Conversion) -> TouchpointEvent:
     kind = _event_type(record)
     props = record.properties
     # Copied: the event and page names and the properties, kept whole because trackers put anything there (an
-    # "email" property, a phone number in a form field). Not copied: traits and context (context.traits holds the
-    # e-mail), sentAt, integrations. With hashing on, every string copied is passed through hashing.text.
+    # "email" property, a phone number in a form field), and an identify call's traits. Not copied: context
+    # (context.traits holds the e-mail), sentAt, integrations. With hashing on, every string copied is passed through hashing.text.
     attributes: dict[str, object] = {"segment_type": str(record.type)}
     if record.event is not None:
         attributes["event"] = record.event
     if record.name is not None:
         attributes["name"] = record.name
+    if record.type is SegmentType.IDENTIFY and record.traits is not None:
+        # Kept on the customer's profile, latest by event time per trait (a group call's traits are the account's).
+        traits = record.traits.model_dump(mode="json", exclude_none=True)
+        if traits:
+            attributes["traits"] = traits
     if record.group_id is not None:
         # An account, not a person: kept on the touchpoint, never a stitching identifier (a company's users
         # would all become one customer).

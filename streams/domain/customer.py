@@ -306,6 +306,7 @@ class CustomerState:
         "facts_from",
         "first_purchase",
         "first_seen",
+        "groups",
         "history",
         "history_from",
         "identifiers",
@@ -316,6 +317,7 @@ class CustomerState:
         "purchases",
         "returns",
         "revenue",
+        "traits",
     )
 
     def __init__(self, customer_id: str) -> None:
@@ -343,6 +345,11 @@ class CustomerState:
         self.contacts = 0
         self.returns = 0
         self.channels: dict[str, int] = {}
+        #: Traits the customer's identify calls gave, by name: ``[value, t, event_id]`` of the latest by event time
+        #: (ties by event id), so that any arrival order gives the same traits.
+        self.traits: dict[str, list[Any]] = {}
+        #: Accounts (Segment group ids) the customer's group calls named, sorted.
+        self.groups: list[str] = []
         self.first_seen = 0.0
         self.last_seen = 0.0
         #: Set (in memory only) on a state absorbed by another during a batch.
@@ -438,6 +445,13 @@ class CustomerState:
             insort(self.issues.setdefault(row[ISSUE], []), [t, event_id, row[CHANNEL], row[RESOLVED]], key=_PAIR)
         elif kind == EventType.RETURN:
             self.returns += 1
+        elif kind == EventType.IDENTIFY:
+            given = event.attributes.get("traits")
+            if isinstance(given, dict):
+                self.take_traits({name: [value, t, event_id] for name, value in given.items()})
+            group = event.attributes.get("group_id")
+            if isinstance(group, str) and group not in self.groups:
+                insort(self.groups, group)
         journey, stage = _ANCHOR_OF[kind]
         anchor = (journey, t, event_id, stage)
         if self.anchor is None or anchor > self.anchor:
@@ -503,8 +517,18 @@ class CustomerState:
                     found.extend((side, r) for r in side._others_between(first, side.first_purchase))
         return [(side, r) for side, r in found if r is not None]
 
+    def take_traits(self, traits: dict[str, list[Any]]) -> None:
+        """Keep, per trait, the value given latest by event time (``[value, t, event_id]``)."""
+        mine = self.traits
+        for name, given in traits.items():
+            held = mine.get(name)
+            if held is None or (held[1], held[2]) < (given[1], given[2]):
+                mine[name] = given
+
     def absorb(self, other: CustomerState) -> None:
-        """Take over everything ``other`` holds: identifiers, facts, history, counters."""
+        """Take over everything ``other`` holds: identifiers, facts, history, counters, traits."""
+        self.take_traits(other.traits)
+        self.groups = sorted(set(self.groups).union(other.groups))
         for kind, values in other.identifiers.items():
             mine = self.identifiers.get(kind)
             self.identifiers[kind] = sorted(set(values).union(mine)) if mine else list(values)
@@ -648,6 +672,8 @@ class CustomerState:
             returns=self.returns,
             open_issues=open_issues,
             channels={_CHANNELS[channel]: n for channel, n in self.channels.items()},
+            traits={name: given[0] for name, given in sorted(self.traits.items())},
+            groups=list(self.groups),
         )
 
     # --- storage -------------------------------------------------------------------------------
@@ -676,6 +702,8 @@ class CustomerState:
                 "returns": self.returns,
             },
             "channels": self.channels,
+            "traits": self.traits,
+            "groups": self.groups,
             "first_seen": self.first_seen,
             "last_seen": self.last_seen,
         }
@@ -704,6 +732,9 @@ class CustomerState:
         state.contacts = counts["contacts"]
         state.returns = counts["returns"]
         state.channels = data["channels"]
+        # Rows written before traits and groups were kept have none.
+        state.traits = data.get("traits", {})
+        state.groups = data.get("groups", [])
         state.first_seen = data["first_seen"]
         state.last_seen = data["last_seen"]
         if version == 1:

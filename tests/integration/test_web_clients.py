@@ -142,6 +142,9 @@ def test_analytics_js_in_chromium_lands_every_call_under_one_customer(collector:
     assert sorted(touchpoints_of(engine, customer)) == sorted(
         ["page_view", "product_view", "identify", "identify", "identify", "purchase"]
     ), "page, track, alias, identify, group and the order"
+    with engine.connect() as conn:
+        traits = conn.execute(select(t.customers.c.traits).where(t.customers.c.customer_id == customer)).scalar_one()
+    assert traits == {"email": f"{run}@example.org", "plan": "gold"}, "identify traits on the profile, not the group's"
 
 
 def test_a_page_from_an_origin_not_allowed_sends_nothing(collector: WorkerProcess, shop: int) -> None:

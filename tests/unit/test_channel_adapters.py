@@ -328,6 +328,19 @@ def test_web_identify_takes_email_from_traits() -> None:
     assert key == partition_key(accept(Channel.WEB, {**identify, "messageId": "other"})), "same person, same key"
 
 
+def test_web_identify_keeps_its_traits_and_a_group_does_not() -> None:
+    identify = {
+        **TRACK,
+        "type": "identify",
+        "event": None,
+        "userId": "u-1",
+        "traits": {"email": "a@b.org", "plan": "gold"},
+    }
+    assert accept(Channel.WEB, identify).attributes["traits"] == {"email": "a@b.org", "plan": "gold"}
+    group = {**identify, "type": "group", "groupId": "acct-1"}
+    assert "traits" not in accept(Channel.WEB, group).attributes, "an account's traits are not the person's"
+
+
 def test_web_alias_links_its_previous_id_to_the_user_id() -> None:
     alias = {**TRACK, "type": "alias", "event": None, "anonymousId": None, "previousId": "anon-7", "userId": "u-7"}
     event = accept(Channel.WEB, {k: v for k, v in alias.items() if v is not None})

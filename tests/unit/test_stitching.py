@@ -265,6 +265,47 @@ def test_two_users_logging_in_on_one_shared_browser_stay_apart_by_default(split:
     assert owners[("ann",)].events == 3 and owners[("bob",)].events == 2
 
 
+@pytest.mark.parametrize("order", ["event-time", "reversed", "one-by-one-reversed"])
+def test_identify_traits_keep_the_latest_value_by_event_time_in_any_order(order: str) -> None:
+    def identify(hours: float, **traits: object) -> TouchpointEvent:
+        return ev(EventType.IDENTIFY, hours, attributes={"segment_type": "identify", "traits": traits})
+
+    events = [identify(1, plan="silver", city="Leeds"), identify(3, plan="gold"), identify(2, plan="bronze", age=41)]
+    ordered = sorted(events, key=lambda e: e.occurred_at)
+    batches = {
+        "event-time": [ordered],
+        "reversed": [ordered[::-1]],
+        "one-by-one-reversed": [[e] for e in ordered[::-1]],
+    }[order]
+    stitcher, view = new_stitcher(), StateView()
+    result = None
+    for batch in batches:
+        result = run(stitcher, batch, view)
+    assert result is not None
+    (profile,) = result.profiles
+    assert profile.traits == {"age": 41, "city": "Leeds", "plan": "gold"}
+
+
+def test_a_merge_keeps_the_latest_trait_of_either_side_and_both_sides_groups() -> None:
+    stitcher, view = new_stitcher(), StateView()
+    traits = lambda **given: {"segment_type": "identify", "traits": given}  # noqa: E731
+    run(
+        stitcher,
+        [
+            ev(EventType.IDENTIFY, 1, identifiers={ANON: "a1"}, attributes=traits(plan="gold", city="York")),
+            ev(EventType.IDENTIFY, 2, identifiers={LOYALTY: "L-9"}, attributes=traits(plan="silver")),
+        ],
+        view,
+    )
+    assert len(view.customers) == 2
+    group = {"segment_type": "group", "group_id": "acct-2"}
+    run(stitcher, [ev(EventType.IDENTIFY, 2.5, identifiers={LOYALTY: "L-9"}, attributes=group)], view)
+    result = run(stitcher, [ev(hours=3, identifiers={ANON: "a1", LOYALTY: "L-9"})], view)
+    (profile,) = [p for p in result.profiles if p.merged_into is None]
+    assert profile.traits == {"city": "York", "plan": "silver"}
+    assert profile.groups == ["acct-2"], "the account a group call named stays on the merged profile"
+
+
 def test_limits_also_refuse_merging_two_customers_that_together_exceed_them() -> None:
     stitcher = new_stitcher(identifier_limits={ANON: 2})
     view = StateView()
