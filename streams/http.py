@@ -4,9 +4,9 @@ What a client can make the worker do before it has shown a write key is answered
 the write key is checked from the headers, before a byte of the body is read or inflated (measured before: an
 unauthenticated client made the worker inflate gzip up to the body limit, and got 413 before 401). Bodies are read
 by the collector itself, compressed as sent (aiohttp's own decompression is off), and inflated with a bound. A
-browser (analytics.js, ``sendBeacon``) cannot send the key in a header: a request without ``Authorization`` is read
-and inflated within the same bounds, and refused 401 unless its body names a write key (``writeKey``), before
-anything is published. A request from a browser origin not in ``CXSTREAM_COLLECTOR_ALLOWED_ORIGINS`` is refused
+browser (analytics.js, ``sendBeacon``) cannot send the key in a header: a ``text/plain``, uncompressed request without
+``Authorization`` is read within the same bounds, and refused 401 unless its body names a write key (``writeKey``),
+before anything is published; any other request without the header is refused at once. A request from a browser origin not in ``CXSTREAM_COLLECTOR_ALLOWED_ORIGINS`` is refused
 403 at once (CORS: ``Cors``).
 
 Time: a client has ``CXSTREAM_WEB_READ_TIMEOUT_S`` to send its request's headers, from connecting or from its
@@ -203,9 +203,16 @@ class CollectorHttp:
 
     async def _respond(self, request: web.Request, kind: str, marketplace: str | None) -> CollectorReply:
         authorization = request.headers.get("Authorization")
-        # The write key comes as HTTP Basic user name (Segment's server libraries), or, from a browser, in the body
-        # (analytics.js: its requests are "simple", text/plain, with no header to carry it; sendBeacon the same).
-        in_body = authorization is None and kind != "ecommerce"
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower() or "identity"
+        # The write key comes as HTTP Basic user name (Segment's server libraries), or, from a browser, in the body:
+        # analytics.js and sendBeacon send "simple" requests, text/plain and uncompressed, with no header to carry
+        # it. Any other request without the header is refused at once, its body neither read nor inflated.
+        in_body = (
+            authorization is None
+            and kind != "ecommerce"
+            and encoding == "identity"
+            and request.content_type == "text/plain"
+        )
         if not in_body and not self.collector.authorised(authorization):
             return CollectorReply(401, dict(self.unauthorised.body), dict(self.unauthorised.headers))
         limit = self.settings.collector_max_body_bytes
@@ -219,7 +226,6 @@ class CollectorHttp:
             return CollectorReply(
                 408, {"error": f"the request body was not received within {timeout:g} s"}, {"Connection": "close"}
             )
-        encoding = request.headers.get("Content-Encoding", "identity").strip().lower() or "identity"
         try:
             body = decode_body(raw, encoding, limit)
         except BodyTooLarge:

@@ -262,6 +262,9 @@ def test_the_write_key_is_checked_before_the_body_is_read_or_inflated(site: Site
     assert len(bomb) < DEFAULT_MAX_BODY
     reply = site.post("/v1/batch", bomb, auth=None, headers={"Content-Encoding": "gzip"})
     assert reply.status_code == 401, reply.text
+    # Not even as a browser would send it (text/plain, where a body write key is looked for): only uncompressed.
+    plain = {"Content-Encoding": "gzip", "Content-Type": "text/plain"}
+    assert site.post("/v1/batch", bomb, auth=None, headers=plain).status_code == 401
     reply = site.post("/v1/batch", b" " * (2 * DEFAULT_MAX_BODY), auth=("wrong-key", ""))
     assert reply.status_code == 401, reply.text
 

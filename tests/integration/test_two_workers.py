@@ -18,9 +18,13 @@ from tests.support.results import caught_up, consumed_events, end_offsets, overa
 @pytest.mark.conformance
 def test_two_workers_on_postgresql_give_the_results_of_one(kafka_url, topic_prefix, postgres_url, workers) -> None:
     env = workers.env(postgres_url, topic_prefix, batch_max_events="200")
-    run_cli(env, "simulate", "--customers", "600", "--days", "7", "--seed", "31")
     first = workers.start(env, name="worker-1")
     second = workers.start(env, name="worker-2")
+    # The second worker's join rebalances the group; both hold partitions before anything is published, or the
+    # first could apply everything before the second joins (Apache Kafka joins at once, the input takes seconds).
+    assigned = lambda: all("cxstream_consumer_lag_records{" in w.metrics_text() for w in (first, second))  # noqa: E731
+    wait_until(assigned, 60, "both workers to be assigned partitions")
+    run_cli(env, "simulate", "--customers", "600", "--days", "7", "--seed", "31")
     engine = make_engine(postgres_url)
     ends = end_offsets(kafka_url, Topics(topic_prefix).channels)
     wait_until(lambda: caught_up(engine, env["CXSTREAM_APP_ID"], ends), 180, "both workers to apply every record")
