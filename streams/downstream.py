@@ -58,8 +58,9 @@ log = logging.getLogger(__name__)
 #: Largest record batch sent in one request to one partition (the broker's default message.max.bytes is 1 MiB).
 MAX_BATCH_BYTES = 512 * 1024
 
-#: How long the broker keeps a transaction of a vanished worker open before aborting it.
-TRANSACTION_TIMEOUT_MS = 60_000
+#: How long the broker keeps a transaction of a vanished worker open before aborting it: longer than a publishing
+#: attempt may take (``OutboxPublisher``'s 60 s), shorter than ``worker.ORPHANED_OUTBOX_S``.
+TRANSACTION_TIMEOUT_MS = 90_000
 
 
 @dataclass(slots=True)
@@ -153,6 +154,12 @@ class OutboxRef(NamedTuple):
     row_id: int
 
 
+def transactional_id(group_id: str, worker_id: str) -> str:
+    """The transactional id a worker publishes its outbox rows under (another worker taking its rows over uses it
+    too, which fences it)."""
+    return f"{group_id}-{worker_id}-outbox"
+
+
 class DownstreamProducer:
     """An aiokafka producer that sends a batch's outputs as one record batch per partition.
 
@@ -167,10 +174,10 @@ class DownstreamProducer:
         client_id: str,
         request_timeout_s: float = 30.0,
         *,
-        transactional_id: str | None = None,
+        group_id: str = "",
+        worker_id: str = "",
         transactions: str = "off",
         commits_topic: str | None = None,
-        group_id: str = "",
     ) -> None:
         self._config = {
             "bootstrap_servers": bootstrap_servers,
@@ -182,37 +189,31 @@ class DownstreamProducer:
             "max_request_size": 2 * MAX_BATCH_BYTES,
             "request_timeout_ms": int(request_timeout_s * 1000),
         }
-        if transactions != "off" and (transactional_id is None or commits_topic is None):
-            raise ValueError("transactions need a transactional id and a commits topic")
-        self._transactional_id = transactional_id
+        if transactions != "off" and (not group_id or not worker_id or commits_topic is None):
+            raise ValueError("transactions need a group, a worker id and a commits topic")
         self._transactions = transactions
         self._commits_topic = commits_topic
         # Markers are keyed by group and worker: groups sharing a topic prefix may reuse worker names.
         self._group_id = group_id
+        self._worker_id = worker_id
         #: True once started with a transactional producer.
         self.transactional = False
         self._producer: AIOKafkaProducer | None = None
+        #: Transactional producers of other workers whose unpublished rows this one took over, by worker id.
+        self._taken_over: dict[str, AIOKafkaProducer] = {}
         self._partitions: dict[str, int] = {}
         self._partition_of = Partitioner()
 
     async def start(self) -> None:
         """Connect to the cluster (aiokafka binds a producer to the running loop, so it is made here).
 
-        A transactional producer's start fences an earlier run of the same worker and aborts the transaction it
-        left open.
+        A transactional producer's start fences an earlier run of the same worker and settles the transaction it
+        left open (the broker completes a commit already decided, else aborts it).
         """
         if self._transactions != "off":
-            producer = AIOKafkaProducer(
-                **{**self._config, "enable_idempotence": True},
-                transactional_id=self._transactional_id,
-                # Shorter than the age at which another worker takes over this one's rows (worker.ORPHANED_OUTBOX_S):
-                # by then the broker has aborted whatever transaction this worker left open.
-                transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
-            )
             try:
-                await producer.start()
+                self._producer = await self._started(self._worker_id)
             except KafkaError as exc:
-                await producer.stop()
                 if self._transactions == "on" or exc.retriable:
                     raise
                 log.warning(
@@ -222,16 +223,60 @@ class DownstreamProducer:
                     exc,
                 )
             else:
-                self._producer, self.transactional = producer, True
-                log.info("downstream records are published in Kafka transactions (%s)", self._transactional_id)
+                self.transactional = True
+                log.info("downstream records are published in Kafka transactions (%s)", self._tid(self._worker_id))
                 return
         self._producer = AIOKafkaProducer(**self._config)
         await self._producer.start()
 
+    def _tid(self, worker_id: str) -> str:
+        return transactional_id(self._group_id, worker_id)
+
+    async def _started(self, worker_id: str) -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(
+            **{**self._config, "enable_idempotence": True},
+            transactional_id=self._tid(worker_id),
+            # Longer than a publishing attempt may take (OutboxPublisher's attempt_timeout_s), so that a slow broker
+            # does not abort a live attempt's transaction; shorter than the age at which another worker takes the
+            # rows over (worker.ORPHANED_OUTBOX_S).
+            transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
+        )
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        return producer
+
+    async def take_over(self, worker_ids: Iterable[str]) -> None:
+        """Publish other workers' rows from now on under their own transactional ids: this fences them (a worker
+        thought gone but alive stops rather than publish the same rows) and settles their open transactions, so
+        that the markers read next are final."""
+        for worker_id in worker_ids:
+            if worker_id not in self._taken_over and worker_id != self._worker_id:
+                self._taken_over[worker_id] = await self._started(worker_id)
+                log.warning("publishing the outbox rows worker %s left unpublished (it is fenced now)", worker_id)
+
+    async def restart(self, worker_id: str) -> None:
+        """A new transactional producer for ``worker_id``'s rows in place of one a failed attempt may have left
+        unusable; its start settles that attempt's transaction."""
+        old = self._producer if worker_id == self._worker_id else self._taken_over.pop(worker_id, None)
+        if worker_id == self._worker_id:
+            self._producer = None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(old.stop(), 5)
+        producer = await self._started(worker_id)
+        if worker_id == self._worker_id:
+            self._producer = producer
+        else:
+            self._taken_over[worker_id] = producer
+
     async def stop(self) -> None:
         """Flush and disconnect."""
-        if self._producer is not None:
-            await self._producer.stop()
+        for producer in [*self._taken_over.values(), self._producer]:
+            if producer is not None:
+                await producer.stop()
 
     @property
     def producer(self) -> AIOKafkaProducer:
@@ -244,37 +289,49 @@ class DownstreamProducer:
         """Per worker id of this group, the last outbox row of database ``database_id`` whose transaction
         committed (empty without transactions).
 
-        Read with ``read_committed`` up to the last stable offset: a transaction still open is not counted, and
-        the broker aborts it (its worker's restart, or its timeout) before any other worker takes its rows.
+        Read with ``read_committed`` up to the end the log had when asked (not only to the last stable offset: the
+        markers of this worker may lie past another worker's open transaction), waiting for open transactions to
+        end, at most the transaction timeout: a commit decided but not yet completed is counted.
         """
         if not self.transactional:
             return {}
         assert self._commits_topic is not None
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._config["bootstrap_servers"],
-            client_id=f"{self._config['client_id']}-commits",
-            group_id=None,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-        )
-        await consumer.start()
+        partitions = await self.producer.partitions_for(self._commits_topic)
+        parts = [TopicPartition(self._commits_topic, p) for p in sorted(partitions)]
+        consumers = [
+            AIOKafkaConsumer(
+                bootstrap_servers=self._config["bootstrap_servers"],
+                client_id=f"{self._config['client_id']}-commits",
+                group_id=None,
+                enable_auto_commit=False,
+                isolation_level=level,
+            )
+            for level in ("read_uncommitted", "read_committed")
+        ]
+        for consumer in consumers:
+            await consumer.start()
         try:
-            partitions = await self.producer.partitions_for(self._commits_topic)
-            parts = [TopicPartition(self._commits_topic, p) for p in sorted(partitions)]
-            consumer.assign(parts)
-            await consumer.seek_to_beginning(*parts)
-            ends = await consumer.end_offsets(parts)
+            ends = await consumers[0].end_offsets(parts)
+            reader = consumers[1]
+            reader.assign(parts)
+            await reader.seek_to_beginning(*parts)
             published: dict[str, int] = {}
-            while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
-                for messages in (await consumer.getmany(*parts, timeout_ms=500)).values():
+            deadline = time.monotonic() + TRANSACTION_TIMEOUT_MS / 1000 + 30
+            while [tp for tp in parts if await reader.position(tp) < ends[tp]]:
+                if time.monotonic() > deadline:
+                    raise KafkaError(
+                        f"{self._commits_topic} stays behind an open transaction: cannot tell what was published"
+                    )
+                for messages in (await reader.getmany(*parts, timeout_ms=500)).values():
                     for message in messages:
-                        group, _, owner = (message.key or b"").decode().rpartition("/")
-                        database, _, row = (message.value or b"").decode().rpartition(":")
-                        if group == self._group_id and database == database_id:
-                            published[owner] = max(int(row), published.get(owner, -1))
+                        marker = _marker(message.key, message.value)
+                        if marker is not None and marker[0] == self._group_id and marker[2] == database_id:
+                            owner, row_id = marker[1], marker[3]
+                            published[owner] = max(row_id, published.get(owner, -1))
             return published
         finally:
-            await consumer.stop()
+            for consumer in consumers:
+                await consumer.stop()
 
     async def _partition_count(self, topic: str) -> int:
         count = self._partitions.get(topic)
@@ -283,10 +340,12 @@ class DownstreamProducer:
             count = self._partitions[topic] = len(partitions)
         return count
 
-    async def send(self, records: Iterable[tuple[str, bytes, bytes, bytes]]) -> Counter[str]:
-        """Send (topic, key, value, route) records and wait until the broker acknowledged all of them; return the
-        records per topic."""
-        producer, partition_of = self.producer, self._partition_of
+    async def send(
+        self, records: Iterable[tuple[str, bytes, bytes, bytes]], producer: AIOKafkaProducer | None = None
+    ) -> Counter[str]:
+        """Send (topic, key, value, route) records with ``producer`` (this one's by default) and wait until the broker
+        acknowledged all of them; return the records per topic."""
+        producer, partition_of = producer or self.producer, self._partition_of
         builders: dict[tuple[str, int], object] = {}
         futures: list[asyncio.Future[object]] = []
         sent: Counter[str] = Counter()
@@ -312,28 +371,34 @@ class DownstreamProducer:
 
     async def publish(self, row: OutboxRef, records: Iterable[tuple[str, bytes, bytes, bytes]]) -> Counter[str]:
         """Send the records of outbox row ``row``: when transactional, in one transaction with the marker saying
-        the row is published."""
+        the row is published, under the transactional id of the worker that committed the row.
+
+        A failure leaves the transaction as it is: the caller starts a new producer, which settles it.
+        """
         if not self.transactional:
             return await self.send(records)
         assert self._commits_topic is not None
-        producer = self.producer
+        producer = self.producer if row.worker_id == self._worker_id else self._taken_over[row.worker_id]
         await producer.begin_transaction()
-        try:
-            sent = await self.send(records)
-            await producer.send_and_wait(
-                self._commits_topic,
-                key=f"{self._group_id}/{row.worker_id}".encode(),
-                value=f"{row.database_id}:{row.row_id}".encode(),
-                partition=0,
-            )
-            await producer.commit_transaction()
-        except ProducerFenced:
-            raise
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await producer.abort_transaction()
-            raise
+        sent = await self.send(records, producer)
+        key = orjson.dumps([self._group_id, row.worker_id])
+        await producer.send_and_wait(
+            self._commits_topic, key=key, value=orjson.dumps([row.database_id, row.row_id]), partition=0
+        )
+        await producer.commit_transaction()
         return sent
+
+
+def _marker(key: bytes | None, value: bytes | None) -> tuple[str, str, str, int] | None:
+    """(group, worker, database id, row id) of a commit marker; None for anything else."""
+    try:
+        group, worker = orjson.loads(key or b"")
+        database_id, row_id = orjson.loads(value or b"")
+    except (orjson.JSONDecodeError, TypeError, ValueError):
+        return None
+    if isinstance(group, str) and isinstance(worker, str) and isinstance(database_id, str) and isinstance(row_id, int):
+        return group, worker, database_id, row_id
+    return None
 
 
 class OutboxPublisher(Service):
@@ -389,6 +454,8 @@ class OutboxPublisher(Service):
         await self.producer.start()
         self._on_transactional(self.producer.transactional)
         self.database_id, rows = await self._pending()
+        if self.producer.transactional:
+            await self.producer.take_over({row.worker_id for row in rows})
         published = await self.producer.published_rows(self.database_id)
         for row in rows:
             if row.id <= published.get(row.worker_id, -1):
@@ -442,9 +509,9 @@ class OutboxPublisher(Service):
                 )
             except ProducerFenced:
                 log.critical(
-                    "another process publishes as worker %s (its transactional producer fenced this one): stopping; "
-                    "give every worker its own CXSTREAM_WORKER_ID",
-                    self.worker_id,
+                    "fenced: another worker took over the outbox rows of worker %s (thinking it gone), or another "
+                    "process runs with this CXSTREAM_WORKER_ID; stopping (a restarted worker publishes the rest)",
+                    row.ref.worker_id,
                 )
                 raise
             except Exception as exc:  # the broker is away, refused, or did not answer: keep the row, try again
@@ -459,6 +526,32 @@ class OutboxPublisher(Service):
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+                if self.producer.transactional and await self._published_meanwhile(row):
+                    return Counter()
+
+    async def _published_meanwhile(self, row: _Queued) -> bool:
+        """After a failed transactional attempt: whether its transaction committed after all.
+
+        An attempt that timed out, or lost its connection, while committing may still have committed at the broker;
+        sending the row again would publish it twice. A new producer with the same transactional id settles the
+        previous transaction (the broker completes or aborts it before granting the new one), after which the
+        markers say whether the row is published. Failing that (the broker still away), the row is tried again
+        on the next round.
+        """
+        try:
+            await asyncio.wait_for(self.producer.restart(row.ref.worker_id), self._attempt_timeout_s)
+            published = await asyncio.wait_for(
+                self.producer.published_rows(row.ref.database_id), self._attempt_timeout_s
+            )
+        except ProducerFenced:
+            raise
+        except Exception as exc:
+            log.warning("cannot settle outbox row %d's transaction yet (%s)", row.ref.row_id, exc)
+            return False
+        if row.ref.row_id <= published.get(row.ref.worker_id, -1):
+            log.info("outbox row %d was committed by the attempt that seemed to fail", row.ref.row_id)
+            return True
+        return False
 
     async def _delete_acknowledged(self) -> None:
         # Off the publishing path (the delete waits for the apply process, busy with the next batch), and

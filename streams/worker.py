@@ -84,10 +84,10 @@ class Worker:
             DownstreamProducer(
                 settings.bootstrap_servers,
                 f"{settings.app_id}-{settings.worker_id}-downstream",
-                transactional_id=f"{settings.app_id}-{settings.worker_id}-outbox",
+                group_id=settings.app_id,
+                worker_id=settings.worker_id,
                 transactions=settings.output_transactions,
                 commits_topic=self.topics.outbox_commits,
-                group_id=settings.app_id,
             ),
             settings.worker_id,
             pending=self._pending_outbox,

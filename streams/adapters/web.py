@@ -63,13 +63,16 @@ def _event_type(record: WebRecord) -> EventType:
 def to_touchpoint(record: WebRecord, conversion: Conversion) -> TouchpointEvent:
     """Convert a Segment message: page/screen → PAGE_VIEW, identify/alias/group → IDENTIFY, track by spec event name."""
     email_field, email = record.email_trait() or ("traits.email", None)
+    # analytics.js aliases from the anonymous id when no user was identified yet (then previousId is the message's
+    # anonymousId): that is the link an alias makes. A previousId that is an earlier user id links nothing: one
+    # customer holds one web user id by default, and the alias is kept as an attribute.
+    aliased_anonymous = record.anonymous_id in (None, record.previous_id)
     identifiers = conversion.identifiers(
         [
             (IdentifierType.WEB_ANONYMOUS_ID, "anonymousId", record.anonymous_id),
             (IdentifierType.WEB_USER_ID, "userId", record.user_id),
             (IdentifierType.EMAIL, email_field, email),
-            # analytics.js aliases from the anonymous id when no user was identified yet: the link an alias makes.
-            (IdentifierType.WEB_ANONYMOUS_ID, "previousId", record.previous_id),
+            (IdentifierType.WEB_ANONYMOUS_ID, "previousId", record.previous_id if aliased_anonymous else None),
         ]
     )
     kind = _event_type(record)
@@ -87,6 +90,8 @@ def to_touchpoint(record: WebRecord, conversion: Conversion) -> TouchpointEvent:
         traits = record.traits.model_dump(mode="json", exclude_none=True)
         if traits:
             attributes["traits"] = traits
+    if record.previous_id is not None and not aliased_anonymous:
+        attributes["previous_id"] = record.previous_id
     if record.group_id is not None:
         # An account, not a person: kept on the touchpoint, never a stitching identifier (a company's users
         # would all become one customer).

@@ -10,7 +10,8 @@ them; without (the embedded broker's at-least-once path) it publishes them again
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from config.topics import Topics
 from sinks import tables as t
 from sinks.database import make_engine, upgrade
 from sinks.sql import SqlSink
-from streams.downstream import DownstreamProducer, OutboxPayload, OutboxPublisher, Outputs
+from streams.downstream import DownstreamProducer, OutboxPayload, OutboxPublisher, OutboxRef, Outputs
 from streams.kafka import ensure_topics
 from tests.support.kafka import published_outbox_rows, read_committed
 from tests.support.processes import wait_until
@@ -42,7 +43,27 @@ def outbox_rows(topics: Topics) -> list[bytes]:
     return payloads
 
 
-async def run_publisher(settings: Settings, sink: SqlSink, transactions: str, delete_fails: bool) -> bool:
+class AnswerLostAfterCommit(DownstreamProducer):
+    """The first row's transaction commits at the broker, but the answer is lost (a timeout, a dropped connection):
+    the publisher sees a failure. Sending the row again would publish it twice."""
+
+    lost = False
+
+    async def publish(self, row: OutboxRef, records: Iterable[tuple[str, bytes, bytes, bytes]]) -> Counter[str]:
+        sent = await super().publish(row, records)
+        if not self.lost:
+            self.lost = True
+            raise TimeoutError("the broker's answer to the commit was lost")
+        return sent
+
+
+async def run_publisher(
+    settings: Settings,
+    sink: SqlSink,
+    transactions: str,
+    delete_fails: bool,
+    producer_class: type[DownstreamProducer] = DownstreamProducer,
+) -> bool:
     """Start a worker's outbox publisher on what the database holds, let it publish, stop it; return whether its
     producer was transactional."""
 
@@ -52,13 +73,13 @@ async def run_publisher(settings: Settings, sink: SqlSink, transactions: str, de
         sink.delete_outbox(ids)
 
     topics = Topics(settings.topic_prefix)
-    producer = DownstreamProducer(
+    producer = producer_class(
         settings.bootstrap_servers,
         "test-downstream",
-        transactional_id=f"{settings.app_id}-worker-1-outbox",
+        group_id=settings.app_id,
+        worker_id="worker-1",
         transactions=transactions,
         commits_topic=topics.outbox_commits,
-        group_id=settings.app_id,
     )
     orphaned_before = datetime.now(UTC) - timedelta(minutes=2)
     publisher = OutboxPublisher(
@@ -152,3 +173,29 @@ def test_a_fresh_database_on_the_same_topics_publishes_its_rows(
         assert asyncio.run(run_publisher(settings, SqlSink(engine), "on", delete_fails=False))
     seen = read_committed(kafka_url, topics.outputs)
     assert len(seen) == ROWS * RECORDS_PER_ROW and set(seen.values()) == {2}, "both databases' rows, each once"
+
+
+@pytest.mark.apache_kafka
+@pytest.mark.parametrize("kafka_url", ["apache-kafka"], indirect=True)
+def test_a_commit_whose_answer_was_lost_is_not_published_again(
+    kafka_url: str, topic_prefix: str, sqlite_url: str
+) -> None:
+    """The retry after a failed attempt first settles the attempt's transaction and reads the markers."""
+    settings = Settings(kafka_url=kafka_url, database_url=sqlite_url, topic_prefix=topic_prefix, app_id="g")
+    topics = Topics(topic_prefix)
+    ensure_topics(settings)
+    engine = make_engine(sqlite_url)
+    upgrade(engine)
+    payloads = outbox_rows(topics)
+    with engine.begin() as conn:
+        conn.execute(
+            insert(t.outbox),
+            [
+                {"group_id": "g", "worker_id": "worker-1", "created_at": datetime.now(UTC), "payload": p}
+                for p in payloads
+            ],
+        )
+    assert asyncio.run(run_publisher(settings, SqlSink(engine), "on", False, AnswerLostAfterCommit))
+    seen = read_committed(kafka_url, topics.outputs)
+    assert len(seen) == ROWS * RECORDS_PER_ROW and set(seen.values()) == {1}, "each record once"
+    assert published_outbox_rows(kafka_url, topic_prefix, "g") == {("worker-1", n): 1 for n in range(1, ROWS + 1)}

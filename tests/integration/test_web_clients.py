@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -96,15 +97,28 @@ def collector(shop: int, kafka_url: str, tmp_path_factory: pytest.TempPathFactor
         factory.stop_all()
 
 
-def open_shop(url: str) -> str:
-    """Open the shop page in headless Chromium; the anonymous id analytics.js used, once its calls were sent."""
+@dataclass
+class Visit:
+    """What the shop page did: analytics.js's anonymous id, and its calls to the collector as the browser saw them."""
+
+    anonymous_id: str
+    answered: list[int] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+def open_shop(url: str) -> Visit:
+    """Open the shop page in headless Chromium and wait until analytics.js has sent its calls."""
     assert Path(CHROMIUM).exists(), f"the browser test needs Debian's Chromium at {CHROMIUM} (apt-get install chromium)"
+    answered: list[int] = []
+    failed: list[str] = []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
+            page.on("response", lambda r: answered.append(r.status) if "/v1/" in r.url else None)
+            page.on("requestfailed", lambda r: failed.append(r.url) if "/v1/" in r.url else None)
             page.goto(url)
-            return str(page.evaluate("window.sent"))
+            return Visit(str(page.evaluate("window.sent")), answered, failed)
         finally:
             browser.close()
 
@@ -130,7 +144,9 @@ def owner(engine: Engine, identifier: str) -> str | None:
 def test_analytics_js_in_chromium_lands_every_call_under_one_customer(collector: WorkerProcess, shop: int) -> None:
     run = uuid.uuid4().hex[:10]
     api = f"127.0.0.1:{collector.web_port}"
-    anonymous_id = open_shop(f"http://127.0.0.1:{shop}/?key={WRITE_KEY}&api={api}&run={run}")
+    visit = open_shop(f"http://127.0.0.1:{shop}/?key={WRITE_KEY}&api={api}&run={run}")
+    assert visit.answered == [200] * 6 and not visit.failed, visit
+    anonymous_id = visit.anonymous_id
 
     engine = database(collector)
     wait_until(lambda: len(touchpoints_of(engine, owner(engine, f"web_user_id:user-{run}") or "")) == 6, 60, "6 calls")
@@ -151,8 +167,9 @@ def test_a_page_from_an_origin_not_allowed_sends_nothing(collector: WorkerProces
     run = uuid.uuid4().hex[:10]
     api = f"127.0.0.1:{collector.web_port}"
     # The same page from http://localhost:<port>: another origin than http://127.0.0.1:<port>.
-    open_shop(f"http://localhost:{shop}/?key={WRITE_KEY}&api={api}&run={run}")
-    time.sleep(3)  # what was sent had time to land
+    visit = open_shop(f"http://localhost:{shop}/?key={WRITE_KEY}&api={api}&run={run}")
+    assert visit.failed and not visit.answered, f"the browser's calls were refused (CORS), not answered: {visit}"
+    time.sleep(2)  # anything sent had time to land
     engine = database(collector)
     assert owner(engine, f"web_user_id:user-{run}") is None
     with engine.connect() as conn:

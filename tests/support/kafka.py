@@ -6,6 +6,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+import orjson
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
@@ -137,7 +138,7 @@ def published_outbox_rows(kafka_url: str, prefix: str, group_id: str) -> Counter
     markers = read_committed(kafka_url, [Topics(prefix).outbox_commits])
     rows: Counter[tuple[str, int]] = Counter()
     for (_, key, value), count in markers.items():
-        group, _, worker = (key or b"").decode().rpartition("/")
+        group, worker = orjson.loads(key or b"[]")
         if group == group_id and value is not None:
-            rows[(worker, int(value.decode().rpartition(":")[2]))] += count
+            rows[(worker, orjson.loads(value)[1])] += count
     return rows

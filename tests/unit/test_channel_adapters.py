@@ -347,6 +347,10 @@ def test_web_alias_links_its_previous_id_to_the_user_id() -> None:
     assert event.type is EventType.IDENTIFY
     assert event.identifiers == {IdentifierType.WEB_ANONYMOUS_ID: "anon-7", IdentifierType.WEB_USER_ID: "u-7"}
     assert event.attributes["segment_type"] == "alias"
+    # From an earlier user id (previousId is not the anonymous id): no link, the alias kept as an attribute.
+    renamed = accept(Channel.WEB, {**alias, "anonymousId": "anon-7", "previousId": "u-6"})
+    assert renamed.identifiers == {IdentifierType.WEB_ANONYMOUS_ID: "anon-7", IdentifierType.WEB_USER_ID: "u-7"}
+    assert renamed.attributes["previous_id"] == "u-6"
 
 
 def test_web_group_keeps_the_account_on_the_touchpoint_not_as_an_identifier() -> None:
