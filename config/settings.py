@@ -280,12 +280,13 @@ class Settings(BaseSettings):
     @field_validator("collector_allowed_origins")
     @classmethod
     def _origins(cls, value: list[str]) -> list[str]:
+        allowed = []
         for origin in value:
-            url = urlsplit(origin)
-            exact = url.scheme in ("http", "https") and url.hostname and not url.path and not url.query
-            if origin != "*" and (not exact or origin.endswith("/")):
+            normal = "*" if origin == "*" else normalise_origin(origin)
+            if normal is None:
                 raise ValueError(f"expected origins as scheme://host[:port] or *, got {origin!r}")
-        return value
+            allowed.append(normal)
+        return allowed
 
     @field_validator("kafka_url")
     @classmethod
@@ -354,6 +355,24 @@ def load_settings(**overrides: object) -> Settings:
             message = err["msg"].removeprefix("Value error, ")
             problems.append(f"{ENV_PREFIX}{field.upper()}: {message} (got {err.get('input')!r})")
         raise SettingsError("invalid configuration:\n  " + "\n  ".join(problems)) from None
+
+
+def normalise_origin(origin: str) -> str | None:
+    """A web origin as browsers compare them (lower-case scheme and host, no default port), or None if it is not
+    ``scheme://host[:port]`` over http or https."""
+    try:
+        url = urlsplit(origin)
+        port = url.port
+    except ValueError:
+        return None
+    if url.scheme.lower() not in ("http", "https") or not url.hostname or url.username or url.password:
+        return None
+    if url.path or url.query or url.fragment or origin.endswith("/"):
+        return None
+    scheme = url.scheme.lower()
+    default = {"http": 80, "https": 443}[scheme]
+    host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
+    return f"{scheme}://{host}" + ("" if port in (None, default) else f":{port}")
 
 
 def exposure_problems(settings: Settings) -> tuple[list[str], list[str]]:

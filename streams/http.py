@@ -29,7 +29,7 @@ from aiohttp import web
 from faust.types import AppT
 from faust.web.drivers import aiohttp as faust_aiohttp
 
-from config.settings import Settings
+from config.settings import Settings, normalise_origin
 from schemas.touchpoint import Channel
 from streams.collector import Collector, CollectorReply
 
@@ -146,13 +146,14 @@ class Cors:
 
     def __init__(self, allowed: list[str]) -> None:
         self.any = "*" in allowed
-        self.allowed = frozenset(origin for origin in allowed if origin != "*")
+        self.allowed = frozenset(origin for origin in allowed if origin != "*")  # normalised by the settings
 
     def headers(self, origin: str | None) -> dict[str, str] | None:
         """The CORS headers of an answer to ``origin`` (empty without an Origin); None when it is refused."""
         if origin is None:
             return {}
-        if origin in self.allowed:
+        if normalise_origin(origin) in self.allowed:
+            # The browser's own spelling is echoed: it compares the header with the Origin it sent.
             # Credentials (cookies, HTTP Basic) only with an origin named in full, never with a wildcard.
             return {"Access-Control-Allow-Origin": origin, "Access-Control-Allow-Credentials": "true", "Vary": "Origin"}
         if self.any:

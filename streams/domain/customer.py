@@ -61,6 +61,9 @@ REASON_PREFIX = "reason:"
 #: with their completeness boundaries).
 STATE_VERSION = 2
 
+#: Most identify traits a customer keeps (and groups: accounts it belongs to); names beyond are not kept.
+MAX_TRAITS = 100
+
 #: Event types whose entries later events can change (contacts, purchases, ``other``; see ``derive``).
 REVISABLE_TYPES: frozenset[str] = frozenset(
     {EventType.SUPPORT_CONTACT.value, EventType.PURCHASE.value, EventType.OTHER.value}
@@ -450,7 +453,7 @@ class CustomerState:
             if isinstance(given, dict):
                 self.take_traits({name: [value, t, event_id] for name, value in given.items()})
             group = event.attributes.get("group_id")
-            if isinstance(group, str) and group not in self.groups:
+            if isinstance(group, str) and group not in self.groups and len(self.groups) < MAX_TRAITS:
                 insort(self.groups, group)
         journey, stage = _ANCHOR_OF[kind]
         anchor = (journey, t, event_id, stage)
@@ -518,17 +521,21 @@ class CustomerState:
         return [(side, r) for side, r in found if r is not None]
 
     def take_traits(self, traits: dict[str, list[Any]]) -> None:
-        """Keep, per trait, the value given latest by event time (``[value, t, event_id]``)."""
+        """Keep, per trait, the value given latest by event time (``[value, t, event_id]``); at most
+        :data:`MAX_TRAITS` names (the state is rewritten with every event: a client must not grow it at will)."""
         mine = self.traits
         for name, given in traits.items():
             held = mine.get(name)
-            if held is None or (held[1], held[2]) < (given[1], given[2]):
+            if held is None:
+                if len(mine) < MAX_TRAITS:
+                    mine[name] = given
+            elif (held[1], held[2]) < (given[1], given[2]):
                 mine[name] = given
 
     def absorb(self, other: CustomerState) -> None:
         """Take over everything ``other`` holds: identifiers, facts, history, counters, traits."""
         self.take_traits(other.traits)
-        self.groups = sorted(set(self.groups).union(other.groups))
+        self.groups = sorted(set(self.groups).union(other.groups))[:MAX_TRAITS]
         for kind, values in other.identifiers.items():
             mine = self.identifiers.get(kind)
             self.identifiers[kind] = sorted(set(values).union(mine)) if mine else list(values)

@@ -20,9 +20,6 @@ from tests.support.kafka import read_topic
 from tests.support.processes import wait_until
 from tests.support.results import consumed_events, prometheus_value, run_cli, wait_applied
 
-# The simulation is published in arrival order but read from 16 partitions: a generous lateness keeps
-# too-late decisions out of a test about who is who.
-
 # 400 persons over a week; this seed has repeat till receipts with placeholder e-mails (checked below).
 CUSTOMERS, DAYS, SEED = 400, 7, 59
 

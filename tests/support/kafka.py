@@ -125,7 +125,9 @@ def read_committed(kafka_url: str, topics: list[str]) -> Counter[tuple[str, byte
         consumer.seek_to_beginning(*tps)
         ends = consumer.end_offsets(tps)
         seen: Counter[tuple[str, bytes | None, bytes | None]] = Counter()
+        deadline = time.monotonic() + 60
         while any(consumer.position(tp) < ends[tp] for tp in tps):
+            assert time.monotonic() < deadline, f"{topics} not read to their ends within 60 s (an open transaction?)"
             for tp, messages in consumer.poll(timeout_ms=500).items():
                 seen.update((tp.topic, m.key, m.value) for m in messages)
         return seen

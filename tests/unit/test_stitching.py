@@ -20,7 +20,7 @@ from schemas.touchpoint import (
     TouchpointEvent,
     derive_event_id,
 )
-from streams.domain.customer import EVENT_ID, CustomerState, StoredEntry, issue_key, make_row, row_of
+from streams.domain.customer import EVENT_ID, MAX_TRAITS, CustomerState, StoredEntry, issue_key, make_row, row_of
 from streams.domain.identifiers import hash_identifier
 from streams.domain.identity import customer_id_for
 from streams.domain.moments import event_moments, is_complaint, nps_moment
@@ -284,6 +284,16 @@ def test_identify_traits_keep_the_latest_value_by_event_time_in_any_order(order:
     assert result is not None
     (profile,) = result.profiles
     assert profile.traits == {"age": 41, "city": "Leeds", "plan": "gold"}
+
+
+def test_traits_are_bounded_per_customer() -> None:
+    stitcher, view = new_stitcher(), StateView()
+    many = {f"t{n:03d}": n for n in range(MAX_TRAITS + 20)}
+    run(stitcher, [ev(EventType.IDENTIFY, 1, attributes={"segment_type": "identify", "traits": many})], view)
+    result = run(stitcher, [ev(EventType.IDENTIFY, 2, attributes={"traits": {"t000": "new", "extra": 1}})], view)
+    (profile,) = result.profiles
+    assert len(profile.traits) == MAX_TRAITS and profile.traits["t000"] == "new", "kept names still update"
+    assert "extra" not in profile.traits
 
 
 def test_a_merge_keeps_the_latest_trait_of_either_side_and_both_sides_groups() -> None:
