@@ -179,6 +179,10 @@ class Settings(BaseSettings):
         default_factory=lambda: [DEV_WRITE_KEY],
         description="Write keys accepted by the HTTP collector (HTTP Basic user name, as Segment), comma-separated.",
     )
+    read_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Keys accepted by the read API (`cxstream api`) as HTTP Basic user name, comma-separated; separate from the write keys. Empty: the API does not start.",
+    )
     collector_allowed_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Web origins (scheme://host[:port]) whose pages may call the collector from a browser (CORS), comma-separated; * for any origin (then without credentials). Empty: browsers are refused, server-side clients are not concerned.",
@@ -207,6 +211,7 @@ class Settings(BaseSettings):
         "customer_metric_windows",
         "blocked_identifiers",
         "write_keys",
+        "read_keys",
         "collector_allowed_origins",
         mode="before",
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, or_, select
+from sqlalchemy import Engine, and_, or_, select, tuple_
 
 from sinks import tables as t
 from sinks.sql import as_utc
@@ -44,3 +44,99 @@ def customer_timeline(engine: Engine, customer_id: str) -> dict[str, Any]:
         identifiers = list(idents)
     summary = {k: v for k, v in _plain(profile).items() if k != "state"} if profile else None
     return {"customer_id": customer_id, "profile": summary, "identifiers": identifiers, "touchpoints": touchpoints}
+
+
+# --- the read API (streams.api) ------------------------------------------------------------------------------------
+
+#: Columns of a touchpoint as the read API shows it (the row minus bookkeeping).
+TIMELINE_COLUMNS = (
+    "event_id",
+    "occurred_at",
+    "channel",
+    "type",
+    "stage",
+    "moments",
+    "amount",
+    "currency",
+    "issue_id",
+    "issue_key",
+    "resolved",
+    "repeat_contact",
+    "nps",
+    "csat",
+    "ces",
+)
+
+
+def customer_exists(engine: Engine, customer_id: str) -> bool:
+    """True when ``customer_id`` has a row in ``customers``."""
+    with engine.connect() as conn:
+        return (
+            conn.scalar(select(t.customers.c.customer_id).where(t.customers.c.customer_id == customer_id)) is not None
+        )
+
+
+def customer_of_key(engine: Engine, key: str) -> str | None:
+    """The customer an identifier key (``type:value``, as stored) belongs to."""
+    with engine.connect() as conn:
+        found = conn.scalar(select(t.identities.c.customer_id).where(t.identities.c.identifier == key))
+        return None if found is None else str(found)
+
+
+def customer_profile(engine: Engine, customer_id: str) -> dict[str, Any] | None:
+    """A customer's ``customers`` row (without the stitching state) and its identifier keys; None if unknown."""
+    c = t.customers.c
+    with engine.connect() as conn:
+        columns = [col for col in t.customers.columns if col.name != "state"]
+        row = conn.execute(select(*columns).where(c.customer_id == customer_id)).mappings().first()
+        if row is None:
+            return None
+        keys = conn.execute(
+            select(t.identities.c.identifier)
+            .where(t.identities.c.customer_id == customer_id)
+            .order_by(t.identities.c.identifier)
+        ).scalars()
+        profile = _plain(row)
+        profile["identifiers"] = list(keys)
+        return profile
+
+
+def timeline_page(
+    engine: Engine, customer_id: str, after: tuple[datetime, str] | None, limit: int
+) -> list[dict[str, Any]]:
+    """Up to ``limit`` of a customer's touchpoints in event-time order (ties by event id), after ``after``."""
+    c = t.touchpoints.c
+    query = select(*(c[name] for name in TIMELINE_COLUMNS)).where(c.customer_id == customer_id)
+    if after is not None:
+        at, event_id = after
+        query = query.where(or_(c.occurred_at > at, and_(c.occurred_at == at, c.event_id > event_id)))
+    query = query.order_by(c.occurred_at, c.event_id).limit(limit)
+    with engine.connect() as conn:
+        return [_plain(row) for row in conn.execute(query).mappings()]
+
+
+#: The filters ``metric_page`` takes: a column of the ``metrics`` view each.
+METRIC_FILTERS = ("scope", "key", "metric", "window")
+
+
+def metric_page(
+    engine: Engine,
+    filters: dict[str, str],
+    since: datetime | None,
+    until: datetime | None,
+    after: tuple[datetime, str, str, str, str] | None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """Figures of the ``metrics`` view matching ``filters`` (equality on ``METRIC_FILTERS``) whose window starts in
+    ``[since, until)``, ordered by window start, scope, key, metric, window; up to ``limit`` after ``after``."""
+    m = t.metrics.c
+    order = (m.window_start, m.scope, m.key, m.metric, m["window"])
+    query = select(t.metrics).where(*(m[name] == value for name, value in filters.items()))
+    if since is not None:
+        query = query.where(m.window_start >= since)
+    if until is not None:
+        query = query.where(m.window_start < until)
+    if after is not None:
+        query = query.where(tuple_(*order) > tuple_(*after))
+    with engine.connect() as conn:
+        return [_plain(row) for row in conn.execute(query.order_by(*order).limit(limit)).mappings()]

@@ -251,6 +251,21 @@ def demo(ctx: click.Context, customers: int, days: int, rate: float, seed: int) 
 
 
 @main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=6070, show_default=True, help="Port to listen on.")
+@click.pass_context
+def api(ctx: click.Context, host: str, port: int) -> None:
+    """Serve the read API (profiles, timelines, metric figures; /openapi.json) from the results database."""
+    from streams.api import run_api
+
+    settings = _settings(ctx)
+    if not settings.read_keys:
+        raise click.ClickException("set CXSTREAM_READ_KEYS (keys of the read API, HTTP Basic user names)")
+    click.echo(f"read API on http://{host}:{port}/ (OpenAPI at /openapi.json); Ctrl-C stops it", err=True)
+    run_api(settings, host, port)
+
+
+@main.command()
 @click.argument("customer")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context

@@ -1,0 +1,193 @@
+"""The read API (`cxstream api`) over a real results database, SQLite and PostgreSQL, with and without hashing.
+
+The database is filled by the batch processor from a simulated population, as a worker fills it; the API runs as
+the real command in a process of its own and is called over HTTP.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from sqlalchemy import func, select
+
+from config.settings import load_settings
+from schemas.touchpoint import Channel, IdentifierType, TouchpointEvent
+from sinks import tables as t
+from sinks.database import make_engine, upgrade
+from sinks.sql import SqlSink
+from streams.adapters.reader import convert_one
+from streams.pipeline import BatchProcessor, InRecord
+from streams.policies import identifier_hashing
+from streams.sandbox.journeys import simulate
+from tests.support.processes import free_port, wait_until
+
+READ_KEY = "api-read-key"
+SALT = "api-test-salt"
+
+
+def raw_events() -> list[TouchpointEvent]:
+    """A simulated population's events as the adapters convert them without hashing (raw identifiers)."""
+    records = simulate(customers=60, days=5, seed=41)
+    events = []
+    for n, rec in enumerate(records, 1):
+        event = getattr(convert_one(Channel(rec.channel), rec.raw, source_file="simulate", line=n), "event", None)
+        if event is not None:
+            events.append(event)
+    return events
+
+
+def fill(database_url: str, hashing: bool) -> None:
+    """Apply the population as a worker does (identifiers hashed at conversion when ``hashing``)."""
+    settings = load_settings(
+        database_url=database_url, hash_identifiers=hashing, identifier_salt=SALT if hashing else ""
+    )
+    engine = make_engine(database_url, writer=True)
+    upgrade(engine)
+    converter = identifier_hashing(settings)
+    records = []
+    for n, rec in enumerate(simulate(customers=60, days=5, seed=41), 1):
+        item = convert_one(Channel(rec.channel), rec.raw, source_file="simulate", line=n, hashing=converter)
+        event = getattr(item, "event", None)
+        if event is not None:
+            records.append(InRecord("cx.touchpoints.all", 0, len(records), event.model_dump_json().encode()))
+    processor = BatchProcessor(settings, SqlSink(engine))
+    for start in range(0, len(records), 500):
+        processor.process(records[start : start + 500])
+    engine.dispose()
+
+
+@pytest.fixture(params=[False, True], ids=["plain", "hashed"])
+def api(request: pytest.FixtureRequest, database_url: str, tmp_path: Path) -> Iterator[tuple[str, str, bool]]:
+    """The read API on a filled database: (base URL, database URL, hashing)."""
+    hashing = bool(request.param)
+    fill(database_url, hashing)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CXSTREAM_")}
+    env.update(CXSTREAM_DATABASE_URL=database_url, CXSTREAM_READ_KEYS=f"other-key,{READ_KEY}")
+    if hashing:
+        env.update(CXSTREAM_HASH_IDENTIFIERS="true", CXSTREAM_IDENTIFIER_SALT=SALT)
+    log = tmp_path / "api.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "api", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert proc.poll() is None, log.read_text()
+        try:
+            return requests.get(f"{base}/openapi.json", timeout=2).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    try:
+        wait_until(up, 30, "the read API to answer")
+        yield base, database_url, hashing
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def get(base: str, path: str, **params: Any) -> requests.Response:
+    return requests.get(f"{base}{path}", params=params, auth=(READ_KEY, ""), timeout=10)
+
+
+def test_a_customer_is_found_by_its_id_and_by_each_of_its_identifiers(api: tuple[str, str, bool]) -> None:
+    base, database_url, hashing = api
+    engine = make_engine(database_url)
+    with engine.connect() as conn:
+        owner = dict(conn.execute(select(t.touchpoints.c.event_id, t.touchpoints.c.customer_id)).all())
+    looked_up = set()
+    for event in raw_events():
+        for kind, value in event.identifiers.items():
+            if kind in looked_up or owner.get(event.event_id) is None:
+                continue
+            # As a person types it: an e-mail in capitals finds the same customer.
+            typed = value.upper() if kind is IdentifierType.EMAIL else value
+            reply = get(base, f"/v1/customers/{kind.value}:{typed}")
+            assert reply.status_code == 200, (kind, reply.text)
+            profile = reply.json()
+            assert profile["customer_id"] == owner[event.event_id], kind
+            looked_up.add(kind)
+    assert {IdentifierType.EMAIL, IdentifierType.PHONE, IdentifierType.WEB_ANONYMOUS_ID} <= looked_up
+    by_id = get(base, f"/v1/customers/{profile['customer_id']}").json()
+    assert by_id == profile
+    assert profile["events"] >= 1 and profile["identifiers"]
+    raw_emails = [key for key in profile["identifiers"] if key.startswith("email:") and "@" in key]
+    assert not raw_emails if hashing else True, "hashing on: no raw e-mail is served"
+    assert get(base, "/v1/customers/email:nobody@example.org").status_code == 404
+
+
+def test_read_keys_are_required_and_separate_from_write_keys(api: tuple[str, str, bool]) -> None:
+    base = api[0]
+    for auth in (None, ("dev-write-key", ""), ("wrong", "")):
+        reply = requests.get(f"{base}/v1/metrics", auth=auth, timeout=10)
+        assert reply.status_code == 401 and reply.headers["WWW-Authenticate"].startswith("Basic")
+    document = requests.get(f"{base}/openapi.json", timeout=10).json()
+    assert document["openapi"].startswith("3.1") and "/v1/customers/{ref}/timeline" in document["paths"]
+    assert "ApiProfile" in document["components"]["schemas"]
+
+
+def test_timelines_and_figures_are_paged_without_gaps_or_repeats(api: tuple[str, str, bool]) -> None:
+    base, database_url, _ = api
+    engine = make_engine(database_url)
+    with engine.connect() as conn:
+        # The customer with the most touchpoints: several pages of two.
+        customer_id = conn.execute(
+            select(t.touchpoints.c.customer_id)
+            .where(t.touchpoints.c.customer_id.is_not(None))
+            .group_by(t.touchpoints.c.customer_id)
+            .order_by(func.count().desc(), t.touchpoints.c.customer_id)
+        ).scalar()
+        events = (
+            conn.execute(
+                select(t.touchpoints.c.event_id)
+                .where(t.touchpoints.c.customer_id == customer_id)
+                .order_by(t.touchpoints.c.occurred_at, t.touchpoints.c.event_id)
+            )
+            .scalars()
+            .all()
+        )
+    seen, cursor = [], None
+    while True:
+        page = get(base, f"/v1/customers/{customer_id}/timeline", limit=2, **({"after": cursor} if cursor else {}))
+        assert page.status_code == 200, page.text
+        body = page.json()
+        seen += [entry["event_id"] for entry in body["touchpoints"]]
+        cursor = body["next"]
+        if cursor is None:
+            break
+    assert len(events) > 4 and seen == list(events), "every touchpoint once, in event-time order"
+
+    figures, cursor = [], None
+    while True:
+        page = get(base, "/v1/metrics", scope="overall", limit=7, **({"after": cursor} if cursor else {})).json()
+        figures += page["figures"]
+        cursor = page["next"]
+        if cursor is None:
+            break
+    with engine.connect() as conn:
+        stored = conn.execute(select(t.metrics).where(t.metrics.c.scope == "overall")).all()
+    assert len(figures) == len(stored) > 7
+    assert len({(f["metric"], f["window"], f["window_start"]) for f in figures}) == len(figures)
+    metric, window = figures[-1]["metric"], figures[-1]["window"]
+    picked = get(base, "/v1/metrics", metric=metric, window=window, scope="overall", limit=1000).json()["figures"]
+    assert picked and {(f["metric"], f["window"]) for f in picked} == {(metric, window)}
+    assert {f["status"] for f in picked} <= {"provisional", "final"}
+    start = picked[-1]["window_start"]
+    assert get(base, "/v1/metrics", metric=metric, window=window, scope="overall", **{"from": start}).json()[
+        "figures"
+    ] == [picked[-1]], "from: window start at or after"
+    assert get(base, "/v1/metrics", limit=0).status_code == 400
+    assert get(base, "/v1/metrics", after="not-a-cursor").status_code == 400
+    assert get(base, "/v1/metrics", **{"from": "2024-05-01T00:00:00"}).status_code == 400, "a time zone is required"
