@@ -96,3 +96,92 @@ class ApiError(BaseModel):
     model_config = _OUT
 
     error: str
+
+
+class ApiAlert(BaseModel):
+    """An alert raised for a customer."""
+
+    model_config = _OUT
+
+    alert_id: str
+    customer_id: str
+    rule: str
+    severity: str
+    occurred_at: datetime
+    evidence: list[str] = Field(description="The event ids the alert is about.")
+    message: str
+
+
+class ApiAlerts(BaseModel):
+    """A page of alerts."""
+
+    model_config = _OUT
+
+    alerts: list[ApiAlert]
+    next: str | None = Field(description="Cursor of the next page (`?after=`); null on the last page.")
+
+
+class ApiMerge(BaseModel):
+    """A customer merged into another, with the event and identifiers that linked them."""
+
+    model_config = _OUT
+
+    merged_id: str
+    survivor_id: str
+    event_id: str
+    identifiers: dict[str, str]
+    occurred_at: datetime
+
+
+class ApiMerges(BaseModel):
+    """The merges that ended in a customer."""
+
+    model_config = _OUT
+
+    merges: list[ApiMerge]
+
+
+# --- Segment's Profile API shapes (so an existing client only changes its base URL) ---------------------------------
+
+
+class SegmentCursor(BaseModel):
+    """Segment's paging object."""
+
+    url: str
+    has_more: bool
+    next: str
+
+
+class SegmentTraits(BaseModel):
+    """``GET .../profiles/{type}:{value}/traits``."""
+
+    traits: dict[str, Any]
+    cursor: SegmentCursor
+
+
+class SegmentExternalId(BaseModel):
+    """One identifier of a profile, as Segment lists them."""
+
+    id: str
+    type: str
+    collection: str = "users"
+    source_id: str = "cxstream"
+    encoding: str = Field(description="none, or hashed when the value is the salted hash cxstream stores.")
+    created_at: datetime
+
+
+class SegmentEvent(BaseModel):
+    """One event of a profile, as Segment lists them."""
+
+    type: str
+    event: str
+    message_id: str
+    timestamp: datetime
+    properties: dict[str, Any]
+
+
+class SegmentList(BaseModel):
+    """``GET .../external_ids`` and ``.../events``."""
+
+    data: list[SegmentExternalId] | list[SegmentEvent]
+    cursor: SegmentCursor

@@ -140,3 +140,46 @@ def metric_page(
         query = query.where(tuple_(*order) > tuple_(*after))
     with engine.connect() as conn:
         return [_plain(row) for row in conn.execute(query.order_by(*order).limit(limit)).mappings()]
+
+
+def customer_identities(engine: Engine, customer_id: str) -> list[dict[str, Any]]:
+    """A customer's identity rows (type, value as stored, first and last seen), by key."""
+    c = t.identities.c
+    query = select(c.identifier, c.id_type, c.id_value, c.first_seen, c.last_seen).where(c.customer_id == customer_id)
+    with engine.connect() as conn:
+        return [_plain(row) for row in conn.execute(query.order_by(c.identifier)).mappings()]
+
+
+def customer_merges(engine: Engine, customer_id: str) -> list[dict[str, Any]]:
+    """The merges that ended in a customer (the customers merged into it, with their evidence), by event time."""
+    m = t.identity_merges.c
+    query = select(t.identity_merges).where(m.survivor_id == customer_id).order_by(m.occurred_at, m.merged_id)
+    with engine.connect() as conn:
+        return [_plain(row) for row in conn.execute(query).mappings()]
+
+
+#: The filters ``alert_page`` takes: a column of ``alerts`` each.
+ALERT_FILTERS = ("customer_id", "rule", "severity")
+
+
+def alert_page(
+    engine: Engine,
+    filters: dict[str, str],
+    since: datetime | None,
+    until: datetime | None,
+    after: tuple[datetime, str] | None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """Alerts matching ``filters`` (equality on ``ALERT_FILTERS``) that occurred in ``[since, until)``, by time then
+    id; up to ``limit`` after ``after``."""
+    a = t.alerts.c
+    query = select(t.alerts).where(*(a[name] == value for name, value in filters.items()))
+    if since is not None:
+        query = query.where(a.occurred_at >= since)
+    if until is not None:
+        query = query.where(a.occurred_at < until)
+    if after is not None:
+        query = query.where(tuple_(a.occurred_at, a.alert_id) > tuple_(*after))
+    with engine.connect() as conn:
+        rows = conn.execute(query.order_by(a.occurred_at, a.alert_id).limit(limit)).mappings()
+        return [_plain(row) for row in rows]

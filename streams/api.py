@@ -23,21 +23,47 @@ from pydantic.json_schema import models_json_schema
 from sqlalchemy import Engine
 
 from config.settings import Settings
-from schemas.api import ApiError, ApiFigure, ApiFigures, ApiProfile, ApiTimeline, ApiTouchpoint
+from schemas.api import (
+    ApiAlert,
+    ApiAlerts,
+    ApiError,
+    ApiFigure,
+    ApiFigures,
+    ApiMerge,
+    ApiMerges,
+    ApiProfile,
+    ApiTimeline,
+    ApiTouchpoint,
+    SegmentCursor,
+    SegmentEvent,
+    SegmentExternalId,
+    SegmentList,
+    SegmentTraits,
+)
 from schemas.touchpoint import IdentifierType
 from sinks.queries import (
+    ALERT_FILTERS,
     METRIC_FILTERS,
+    alert_page,
     customer_exists,
+    customer_identities,
+    customer_merges,
     customer_of_key,
     customer_profile,
     metric_page,
     timeline_page,
 )
-from streams.domain.identifiers import InvalidIdentifier, identifier_key, normalise_identifier
+from streams.domain.identifiers import PII_TYPES, InvalidIdentifier, identifier_key, normalise_identifier
 from streams.policies import identifier_hashing
 
 #: Items of a page unless ``?limit=`` says otherwise, and the most it may say.
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
+
+#: Segment's names of the web identifiers, as its Profile API takes them in ``{type}:{value}``.
+SEGMENT_ID_TYPES = {"user_id": IdentifierType.WEB_USER_ID, "anonymous_id": IdentifierType.WEB_ANONYMOUS_ID}
+
+#: Where Segment's Profile API serves a profile; the space id is accepted and ignored (one space here).
+SEGMENT_PROFILE = "/v1/spaces/{space}/collections/users/profiles/{ref}"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -61,7 +87,13 @@ class ReadApi:
         app.router.add_get("/openapi.json", self.openapi)
         app.router.add_get("/v1/customers/{ref}", self.customer)
         app.router.add_get("/v1/customers/{ref}/timeline", self.timeline)
+        app.router.add_get("/v1/customers/{ref}/alerts", self.customer_alerts)
+        app.router.add_get("/v1/customers/{ref}/merges", self.merges)
         app.router.add_get("/v1/metrics", self.metrics)
+        app.router.add_get("/v1/alerts", self.alerts)
+        app.router.add_get(f"{SEGMENT_PROFILE}/traits", self.segment_traits)
+        app.router.add_get(f"{SEGMENT_PROFILE}/external_ids", self.segment_external_ids)
+        app.router.add_get(f"{SEGMENT_PROFILE}/events", self.segment_events)
         return app
 
     # --- middleware -----------------------------------------------------------------------------------------------
@@ -134,6 +166,92 @@ class ReadApi:
         )
         return _json(ApiFigures(figures=figures, next=cursor))
 
+    async def customer_alerts(self, request: web.Request) -> web.Response:
+        """``GET /v1/customers/{ref}/alerts?limit=&after=``: a customer's alerts by time."""
+        customer_id = await self._resolve(request.match_info["ref"])
+        if customer_id is None:
+            return _json(ApiError(error=f"no customer {request.match_info['ref']!r}"), 404)
+        return await self._alerts(request, {"customer_id": customer_id})
+
+    async def alerts(self, request: web.Request) -> web.Response:
+        """``GET /v1/alerts?customer_id=&rule=&severity=&from=&to=&limit=&after=``: alerts by time."""
+        return await self._alerts(
+            request, {name: request.query[name] for name in ALERT_FILTERS if request.query.get(name)}
+        )
+
+    async def _alerts(self, request: web.Request, filters: dict[str, str]) -> web.Response:
+        since, until, limit = _time(request, "from"), _time(request, "to"), _limit(request)
+        after = _cursor(request, 2)
+        position = None if after is None else (datetime.fromisoformat(after[0]), str(after[1]))
+        rows = await asyncio.to_thread(alert_page, self.engine, filters, since, until, position, limit + 1)
+        more, rows = len(rows) > limit, rows[:limit]
+        alerts = [ApiAlert.model_validate(row) for row in rows]
+        last = alerts[-1] if alerts else None
+        cursor = _encode([last.occurred_at.isoformat(), last.alert_id]) if more and last else None
+        return _json(ApiAlerts(alerts=alerts, next=cursor))
+
+    async def merges(self, request: web.Request) -> web.Response:
+        """``GET /v1/customers/{ref}/merges``: the customers merged into this one, with their evidence."""
+        customer_id = await self._resolve(request.match_info["ref"])
+        if customer_id is None:
+            return _json(ApiError(error=f"no customer {request.match_info['ref']!r}"), 404)
+        rows = await asyncio.to_thread(customer_merges, self.engine, customer_id)
+        return _json(ApiMerges(merges=[ApiMerge.model_validate(row) for row in rows]))
+
+    # --- Segment's Profile API --------------------------------------------------------------------------------------
+
+    async def segment_traits(self, request: web.Request) -> web.Response:
+        """Segment's ``.../profiles/{type}:{value}/traits``."""
+        customer_id = await self._resolve(request.match_info["ref"])
+        found = None if customer_id is None else await asyncio.to_thread(customer_profile, self.engine, customer_id)
+        if found is None:
+            return _json(ApiError(error="Resource not found"), 404)
+        return _json(SegmentTraits(traits=found.get("traits") or {}, cursor=_last_page(request)))
+
+    async def segment_external_ids(self, request: web.Request) -> web.Response:
+        """Segment's ``.../profiles/{type}:{value}/external_ids``."""
+        customer_id = await self._resolve(request.match_info["ref"])
+        if customer_id is None:
+            return _json(ApiError(error="Resource not found"), 404)
+        rows = await asyncio.to_thread(customer_identities, self.engine, customer_id)
+        hashed = {str(kind) for kind in PII_TYPES} if self.hashing is not None else set()
+        data = [
+            SegmentExternalId(
+                id=row["id_value"],
+                type=row["id_type"],
+                encoding="hashed" if row["id_type"] in hashed else "none",
+                created_at=row["first_seen"],
+            )
+            for row in rows
+        ]
+        return _json(SegmentList(data=data, cursor=_last_page(request)))
+
+    async def segment_events(self, request: web.Request) -> web.Response:
+        """Segment's ``.../profiles/{type}:{value}/events?limit=&next=``: touchpoints as events, in time order."""
+        customer_id = await self._resolve(request.match_info["ref"])
+        if customer_id is None:
+            return _json(ApiError(error="Resource not found"), 404)
+        limit = _limit(request)
+        after = _cursor(request, 2, "next")
+        position = None if after is None else (datetime.fromisoformat(after[0]), str(after[1]))
+        rows = await asyncio.to_thread(timeline_page, self.engine, customer_id, position, limit + 1)
+        more, rows = len(rows) > limit, rows[:limit]
+        data = [
+            SegmentEvent(
+                type="track",
+                event=row["type"],
+                message_id=row["event_id"],
+                timestamp=row["occurred_at"],
+                properties={
+                    k: v for k, v in row.items() if k not in ("event_id", "occurred_at", "type") and v not in (None, "")
+                },
+            )
+            for row in rows
+        ]
+        following = _encode([rows[-1]["occurred_at"].isoformat(), rows[-1]["event_id"]]) if more and rows else ""
+        cursor = SegmentCursor(url=request.path, has_more=bool(following), next=following)
+        return _json(SegmentList(data=data, cursor=cursor))
+
     async def openapi(self, _request: web.Request) -> web.Response:
         """``GET /openapi.json``: this API's OpenAPI 3.1 document."""
         return web.Response(body=orjson.dumps(openapi_document()), content_type="application/json")
@@ -150,7 +268,7 @@ class ReadApi:
             return ref
         kind_name, separator, value = ref.partition(":")
         try:
-            kind = IdentifierType(kind_name)
+            kind = SEGMENT_ID_TYPES.get(kind_name) or IdentifierType(kind_name)
             normal = normalise_identifier(kind, value, self.settings.default_phone_region)
         except (ValueError, InvalidIdentifier):
             return None
@@ -190,8 +308,12 @@ def _encode(position: list[str]) -> str:
     return base64.urlsafe_b64encode(orjson.dumps(position)).decode().rstrip("=")
 
 
-def _cursor(request: web.Request, size: int) -> list[Any] | None:
-    text = request.query.get("after")
+def _last_page(request: web.Request) -> SegmentCursor:
+    return SegmentCursor(url=request.path, has_more=False, next="")
+
+
+def _cursor(request: web.Request, size: int, name: str = "after") -> list[Any] | None:
+    text = request.query.get(name)
     if not text:
         return None
     try:
@@ -201,12 +323,12 @@ def _cursor(request: web.Request, size: int) -> list[Any] | None:
             return position
     except (ValueError, binascii.Error, orjson.JSONDecodeError):
         pass
-    raise BadRequest("after must be a cursor this API returned as next")
+    raise BadRequest(f"{name} must be a cursor this API returned as next")
 
 
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI 3.1 document of the read API, its schemas generated from the response models."""
-    models = [ApiProfile, ApiTimeline, ApiFigures, ApiError]
+    models = [ApiProfile, ApiTimeline, ApiFigures, ApiAlerts, ApiMerges, ApiError, SegmentTraits, SegmentList]
     _, schemas = models_json_schema([(m, "serialization") for m in models], ref_template="#/components/schemas/{model}")
 
     def answer(model: type[BaseModel], what: str) -> dict[str, Any]:
@@ -245,6 +367,8 @@ def openapi_document() -> dict[str, Any]:
         }
         for name, op in (("from", ">="), ("to", "<"))
     ]
+    times = [{**param, "description": param["description"].replace("Window start", "Time")} for param in window]
+    alert_filters = [{"name": name, "in": "query", "schema": {"type": "string"}} for name in ALERT_FILTERS]
     return {
         "openapi": "3.1.0",
         "info": {"title": "cxstream read API", "version": "1"},
@@ -277,6 +401,52 @@ def openapi_document() -> dict[str, Any]:
                         **refused,
                     },
                 }
+            },
+            "/v1/customers/{ref}/alerts": {
+                "get": {
+                    "summary": "A customer's alerts by time",
+                    "parameters": [ref, *page],
+                    "responses": {
+                        "200": answer(ApiAlerts, "a page"),
+                        "404": answer(ApiError, "no such customer"),
+                        **refused,
+                    },
+                }
+            },
+            "/v1/customers/{ref}/merges": {
+                "get": {
+                    "summary": "The customers merged into this one, with their evidence",
+                    "parameters": [ref],
+                    "responses": {
+                        "200": answer(ApiMerges, "the merges"),
+                        "404": answer(ApiError, "no such customer"),
+                        **refused,
+                    },
+                }
+            },
+            "/v1/alerts": {
+                "get": {
+                    "summary": "Alerts by time",
+                    "parameters": [*alert_filters, *times, *page],
+                    "responses": {"200": answer(ApiAlerts, "a page"), **refused},
+                }
+            },
+            **{
+                f"/v1/spaces/{{space}}/collections/users/profiles/{{ref}}/{what}": {
+                    "get": {
+                        "summary": f"Segment Profile API: a profile's {what}",
+                        "parameters": [
+                            {"name": "space", "in": "path", "required": True, "schema": {"type": "string"}},
+                            ref,
+                        ],
+                        "responses": {
+                            "200": answer(model, what),
+                            "404": answer(ApiError, "no such profile"),
+                            **refused,
+                        },
+                    }
+                }
+                for what, model in (("traits", SegmentTraits), ("external_ids", SegmentList), ("events", SegmentList))
             },
             "/v1/metrics": {
                 "get": {

@@ -30,11 +30,13 @@ from tests.support.processes import free_port, wait_until
 
 READ_KEY = "api-read-key"
 SALT = "api-test-salt"
+#: Large enough to hold merges and alerts (about 1,100 touchpoints).
+CUSTOMERS, DAYS, SEED = 150, 14, 41
 
 
 def raw_events() -> list[TouchpointEvent]:
     """A simulated population's events as the adapters convert them without hashing (raw identifiers)."""
-    records = simulate(customers=60, days=5, seed=41)
+    records = simulate(customers=CUSTOMERS, days=DAYS, seed=SEED)
     events = []
     for n, rec in enumerate(records, 1):
         event = getattr(convert_one(Channel(rec.channel), rec.raw, source_file="simulate", line=n), "event", None)
@@ -52,7 +54,7 @@ def fill(database_url: str, hashing: bool) -> None:
     upgrade(engine)
     converter = identifier_hashing(settings)
     records = []
-    for n, rec in enumerate(simulate(customers=60, days=5, seed=41), 1):
+    for n, rec in enumerate(simulate(customers=CUSTOMERS, days=DAYS, seed=SEED), 1):
         item = convert_one(Channel(rec.channel), rec.raw, source_file="simulate", line=n, hashing=converter)
         event = getattr(item, "event", None)
         if event is not None:
@@ -191,3 +193,51 @@ def test_timelines_and_figures_are_paged_without_gaps_or_repeats(api: tuple[str,
     assert get(base, "/v1/metrics", limit=0).status_code == 400
     assert get(base, "/v1/metrics", after="not-a-cursor").status_code == 400
     assert get(base, "/v1/metrics", **{"from": "2024-05-01T00:00:00"}).status_code == 400, "a time zone is required"
+
+
+def test_alerts_merges_and_segment_profile_api_shapes(api: tuple[str, str, bool]) -> None:
+    base, database_url, hashing = api
+    engine = make_engine(database_url)
+    with engine.connect() as conn:
+        stored_alerts = conn.execute(select(t.alerts.c.alert_id)).scalars().all()
+        survivor, merged = conn.execute(
+            select(t.identity_merges.c.survivor_id, func.count())
+            .group_by(t.identity_merges.c.survivor_id)
+            .order_by(func.count().desc(), t.identity_merges.c.survivor_id)
+        ).first() or (None, 0)
+        with_traits = conn.execute(select(t.customers.c.customer_id, t.customers.c.traits)).all()
+    assert stored_alerts and survivor, "the population raises alerts and merges customers"
+
+    alerts, cursor = [], None
+    while True:
+        page = get(base, "/v1/alerts", limit=3, **({"after": cursor} if cursor else {})).json()
+        alerts += [alert["alert_id"] for alert in page["alerts"]]
+        if (cursor := page["next"]) is None:
+            break
+    assert sorted(alerts) == sorted(stored_alerts) and len(set(alerts)) == len(alerts)
+    one = get(base, "/v1/alerts", limit=1).json()["alerts"][0]
+    mine = get(base, f"/v1/customers/{one['customer_id']}/alerts").json()["alerts"]
+    assert one in mine and {alert["customer_id"] for alert in mine} == {one["customer_id"]}
+    merges = get(base, f"/v1/customers/{survivor}/merges").json()["merges"]
+    assert len(merges) == merged and {m["survivor_id"] for m in merges} == {survivor}
+
+    # Segment's Profile API, by Segment's own id names, for a customer with traits.
+    customer_id, traits = next((cid, tr) for cid, tr in with_traits if tr)
+    profile = get(base, f"/v1/customers/{customer_id}").json()
+    key = next(k for k in profile["identifiers"] if k.startswith(("web_user_id:", "web_anonymous_id:")))
+    kind, value = key.split(":", 1)
+    segment_ref = {"web_user_id": "user_id", "web_anonymous_id": "anonymous_id"}[kind] + ":" + value
+    profile_path = f"/v1/spaces/spa_1/collections/users/profiles/{segment_ref}"
+    answer = get(base, f"{profile_path}/traits").json()
+    assert answer["traits"] == traits and answer["cursor"]["has_more"] is False
+    ids = get(base, f"{profile_path}/external_ids").json()["data"]
+    assert sorted(f"{i['type']}:{i['id']}" for i in ids) == profile["identifiers"]
+    assert {i["encoding"] for i in ids if i["type"] == "email"} <= ({"hashed"} if hashing else {"none"})
+    events, following = [], ""
+    while True:
+        page = get(base, f"{profile_path}/events", limit=2, **({"next": following} if following else {})).json()
+        events += [event["message_id"] for event in page["data"]]
+        if not page["cursor"]["has_more"]:
+            break
+        following = page["cursor"]["next"]
+    assert len(events) == profile["events"] and len(set(events)) == len(events)
