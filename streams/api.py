@@ -53,6 +53,7 @@ from sinks.queries import (
     metric_page,
     timeline_page,
 )
+from streams.auth import basic_user
 from streams.domain.identifiers import PII_TYPES, InvalidIdentifier, identifier_key, normalise_identifier
 from streams.policies import identifier_hashing
 
@@ -114,13 +115,7 @@ class ReadApi:
             return _json(ApiError(error=str(exc)), 400)
 
     def _authorised(self, authorization: str | None) -> bool:
-        if not authorization or not authorization.startswith("Basic "):
-            return False
-        try:
-            user = base64.b64decode(authorization[6:], validate=True).decode().split(":", 1)[0]
-        except (binascii.Error, UnicodeDecodeError):
-            return False
-        return user in self.read_keys
+        return basic_user(authorization) in self.read_keys
 
     # --- routes ---------------------------------------------------------------------------------------------------
 

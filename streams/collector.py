@@ -21,8 +21,6 @@ Dead letters keep what the client sent, as the file adapters do: a batch item's 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import json
 import logging
 import math
@@ -41,6 +39,7 @@ from schemas.deadletter import DeadLetter
 from schemas.touchpoint import Channel, TouchpointEvent
 from streams.adapters import partition_key
 from streams.adapters.reader import MAX_DETAIL_CHARS, TOO_LONG_KEPT_BYTES, Accepted, Rejected, convert_one
+from streams.auth import basic_user
 from streams.kafka import partition_for
 from streams.observability import Instruments
 from streams.policies import identifier_hashing
@@ -106,13 +105,7 @@ class Collector:
 
     def authorised(self, authorization: str | None) -> bool:
         """True when the Authorization header carries a known write key as HTTP Basic user name."""
-        if not authorization or not authorization.startswith("Basic "):
-            return False
-        try:
-            user = base64.b64decode(authorization[6:], validate=True).decode().split(":", 1)[0]
-        except (binascii.Error, UnicodeDecodeError):
-            return False
-        return user in self.write_keys
+        return basic_user(authorization) in self.write_keys
 
     def authorised_body(self, body: bytes) -> bool:
         """True when a JSON body names a known write key as ``writeKey`` (what analytics.js sends from a browser)."""

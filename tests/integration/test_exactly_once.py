@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import Engine, insert, select
 
 from config.settings import Settings
 from config.topics import Topics
@@ -55,6 +55,13 @@ class AnswerLostAfterCommit(DownstreamProducer):
             self.lost = True
             raise TimeoutError("the broker's answer to the commit was lost")
         return sent
+
+
+def committed(engine: Engine, payloads: list[bytes]) -> None:
+    """Outbox rows of worker-1 of group g, as committed batches leave them."""
+    rows = [{"group_id": "g", "worker_id": "worker-1", "created_at": datetime.now(UTC), "payload": p} for p in payloads]
+    with engine.begin() as conn:
+        conn.execute(insert(t.outbox), rows)
 
 
 async def run_publisher(
@@ -121,14 +128,7 @@ def test_rows_published_before_a_crash_are_not_published_again(
     upgrade(engine)
     sink = SqlSink(engine)
     payloads = outbox_rows(topics)
-    with engine.begin() as conn:
-        conn.execute(
-            insert(t.outbox),
-            [
-                {"group_id": "g", "worker_id": "worker-1", "created_at": datetime.now(UTC), "payload": p}
-                for p in payloads
-            ],
-        )
+    committed(engine, payloads)
 
     first = asyncio.run(run_publisher(settings, sink, transactions, delete_fails=True))
     with engine.connect() as conn:
@@ -162,14 +162,7 @@ def test_a_fresh_database_on_the_same_topics_publishes_its_rows(
         ensure_topics(settings)
         engine = make_engine(url)
         upgrade(engine)
-        with engine.begin() as conn:
-            conn.execute(
-                insert(t.outbox),
-                [
-                    {"group_id": "g", "worker_id": "worker-1", "created_at": datetime.now(UTC), "payload": p}
-                    for p in payloads
-                ],
-            )
+        committed(engine, payloads)
         assert asyncio.run(run_publisher(settings, SqlSink(engine), "on", delete_fails=False))
     seen = read_committed(kafka_url, topics.outputs)
     assert len(seen) == ROWS * RECORDS_PER_ROW and set(seen.values()) == {2}, "both databases' rows, each once"
@@ -187,14 +180,7 @@ def test_a_commit_whose_answer_was_lost_is_not_published_again(
     engine = make_engine(sqlite_url)
     upgrade(engine)
     payloads = outbox_rows(topics)
-    with engine.begin() as conn:
-        conn.execute(
-            insert(t.outbox),
-            [
-                {"group_id": "g", "worker_id": "worker-1", "created_at": datetime.now(UTC), "payload": p}
-                for p in payloads
-            ],
-        )
+    committed(engine, payloads)
     assert asyncio.run(run_publisher(settings, SqlSink(engine), "on", False, AnswerLostAfterCommit))
     seen = read_committed(kafka_url, topics.outputs)
     assert len(seen) == ROWS * RECORDS_PER_ROW and set(seen.values()) == {1}, "each record once"
