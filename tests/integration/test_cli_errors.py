@@ -38,3 +38,10 @@ def test_a_worker_exposed_with_the_public_write_key_refuses_to_start(tmp_path: P
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert "CXSTREAM_WRITE_KEYS" in proc.stderr and "dev-write-key" in proc.stderr
+
+
+def test_version_and_an_api_without_read_keys(tmp_path: Path) -> None:
+    proc = cli(tmp_path, "--version")
+    assert proc.returncode == 0 and proc.stdout.startswith("cxstream ")
+    proc = cli(tmp_path, "api")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "CXSTREAM_READ_KEYS" in proc.stderr
