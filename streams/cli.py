@@ -18,7 +18,7 @@ def _settings(ctx: click.Context) -> Settings:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="cxstream", message="%(prog)s %(version)s")
+@click.version_option(package_name="cxstream", message="cxstream %(version)s")
 @click.pass_context
 def main(ctx: click.Context) -> None:
     """cxstream: one experience timeline per customer across store, phone, web and marketplaces.
