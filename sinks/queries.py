@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, and_, or_, select, tuple_
+from sqlalchemy import Engine, Select, or_, select, tuple_
 
 from sinks import tables as t
 from sinks.sql import as_utc
@@ -101,18 +102,32 @@ def customer_profile(engine: Engine, customer_id: str) -> dict[str, Any] | None:
         return profile
 
 
+def _page(
+    engine: Engine, query: Select[Any], order: Sequence[Any], after: Sequence[Any] | None, limit: int
+) -> list[dict[str, Any]]:
+    """Rows of ``query`` in ``order`` (a unique key), up to ``limit`` of them after the position ``after``."""
+    if after is not None:
+        query = query.where(tuple_(*order) > tuple_(*after))
+    with engine.connect() as conn:
+        return [_plain(row) for row in conn.execute(query.order_by(*order).limit(limit)).mappings()]
+
+
+def _between(query: Select[Any], column: Any, since: datetime | None, until: datetime | None) -> Select[Any]:
+    """``query`` kept to rows whose ``column`` is in ``[since, until)`` (either bound optional)."""
+    if since is not None:
+        query = query.where(column >= since)
+    if until is not None:
+        query = query.where(column < until)
+    return query
+
+
 def timeline_page(
     engine: Engine, customer_id: str, after: tuple[datetime, str] | None, limit: int
 ) -> list[dict[str, Any]]:
     """Up to ``limit`` of a customer's touchpoints in event-time order (ties by event id), after ``after``."""
     c = t.touchpoints.c
     query = select(*(c[name] for name in TIMELINE_COLUMNS)).where(c.customer_id == customer_id)
-    if after is not None:
-        at, event_id = after
-        query = query.where(or_(c.occurred_at > at, and_(c.occurred_at == at, c.event_id > event_id)))
-    query = query.order_by(c.occurred_at, c.event_id).limit(limit)
-    with engine.connect() as conn:
-        return [_plain(row) for row in conn.execute(query).mappings()]
+    return _page(engine, query, (c.occurred_at, c.event_id), after, limit)
 
 
 #: The filters ``metric_page`` takes: a column of the ``metrics`` view each.
@@ -130,16 +145,9 @@ def metric_page(
     """Figures of the ``metrics`` view matching ``filters`` (equality on ``METRIC_FILTERS``) whose window starts in
     ``[since, until)``, ordered by window start, scope, key, metric, window; up to ``limit`` after ``after``."""
     m = t.metrics.c
-    order = (m.window_start, m.scope, m.key, m.metric, m["window"])
     query = select(t.metrics).where(*(m[name] == value for name, value in filters.items()))
-    if since is not None:
-        query = query.where(m.window_start >= since)
-    if until is not None:
-        query = query.where(m.window_start < until)
-    if after is not None:
-        query = query.where(tuple_(*order) > tuple_(*after))
-    with engine.connect() as conn:
-        return [_plain(row) for row in conn.execute(query.order_by(*order).limit(limit)).mappings()]
+    order = (m.window_start, m.scope, m.key, m.metric, m["window"])
+    return _page(engine, _between(query, m.window_start, since, until), order, after, limit)
 
 
 def customer_identities(engine: Engine, customer_id: str) -> list[dict[str, Any]]:
@@ -174,12 +182,4 @@ def alert_page(
     id; up to ``limit`` after ``after``."""
     a = t.alerts.c
     query = select(t.alerts).where(*(a[name] == value for name, value in filters.items()))
-    if since is not None:
-        query = query.where(a.occurred_at >= since)
-    if until is not None:
-        query = query.where(a.occurred_at < until)
-    if after is not None:
-        query = query.where(tuple_(a.occurred_at, a.alert_id) > tuple_(*after))
-    with engine.connect() as conn:
-        rows = conn.execute(query.order_by(a.occurred_at, a.alert_id).limit(limit)).mappings()
-        return [_plain(row) for row in rows]
+    return _page(engine, _between(query, a.occurred_at, since, until), (a.occurred_at, a.alert_id), after, limit)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -133,33 +134,17 @@ class ReadApi:
         customer_id = await self._resolve(request.match_info["ref"])
         if customer_id is None:
             return _json(ApiError(error=f"no customer {request.match_info['ref']!r}"), 404)
-        limit = _limit(request)
-        after = _cursor(request, 2)
-        position = None if after is None else (datetime.fromisoformat(after[0]), str(after[1]))
-        rows = await asyncio.to_thread(timeline_page, self.engine, customer_id, position, limit + 1)
-        more, rows = len(rows) > limit, rows[:limit]
+        fetch = functools.partial(timeline_page, self.engine, customer_id)
+        rows, cursor = await _paged(request, fetch, ("occurred_at", "event_id"))
         touchpoints = [ApiTouchpoint.model_validate(row) for row in rows]
-        last = touchpoints[-1] if touchpoints else None
-        cursor = _encode([last.occurred_at.isoformat(), last.event_id]) if more and last else None
         return _json(ApiTimeline(customer_id=customer_id, touchpoints=touchpoints, next=cursor))
 
     async def metrics(self, request: web.Request) -> web.Response:
         """``GET /v1/metrics?scope=&key=&metric=&window=&from=&to=&limit=&after=``: figures by window start."""
         filters = {name: request.query[name] for name in METRIC_FILTERS if request.query.get(name)}
-        since, until = _time(request, "from"), _time(request, "to")
-        limit = _limit(request)
-        after = _cursor(request, 5)
-        position = None if after is None else (datetime.fromisoformat(after[0]), *map(str, after[1:]))
-        rows = await asyncio.to_thread(metric_page, self.engine, filters, since, until, position, limit + 1)  # type: ignore[arg-type]
-        more, rows = len(rows) > limit, rows[:limit]
-        figures = [ApiFigure.model_validate(row) for row in rows]
-        last = figures[-1] if figures else None
-        cursor = (
-            _encode([last.window_start.isoformat(), last.scope, last.key, last.metric, last.window])
-            if more and last
-            else None
-        )
-        return _json(ApiFigures(figures=figures, next=cursor))
+        fetch = functools.partial(metric_page, self.engine, filters, _time(request, "from"), _time(request, "to"))
+        rows, cursor = await _paged(request, fetch, ("window_start", "scope", "key", "metric", "window"))
+        return _json(ApiFigures(figures=[ApiFigure.model_validate(row) for row in rows], next=cursor))
 
     async def customer_alerts(self, request: web.Request) -> web.Response:
         """``GET /v1/customers/{ref}/alerts?limit=&after=``: a customer's alerts by time."""
@@ -175,15 +160,9 @@ class ReadApi:
         )
 
     async def _alerts(self, request: web.Request, filters: dict[str, str]) -> web.Response:
-        since, until, limit = _time(request, "from"), _time(request, "to"), _limit(request)
-        after = _cursor(request, 2)
-        position = None if after is None else (datetime.fromisoformat(after[0]), str(after[1]))
-        rows = await asyncio.to_thread(alert_page, self.engine, filters, since, until, position, limit + 1)
-        more, rows = len(rows) > limit, rows[:limit]
-        alerts = [ApiAlert.model_validate(row) for row in rows]
-        last = alerts[-1] if alerts else None
-        cursor = _encode([last.occurred_at.isoformat(), last.alert_id]) if more and last else None
-        return _json(ApiAlerts(alerts=alerts, next=cursor))
+        fetch = functools.partial(alert_page, self.engine, filters, _time(request, "from"), _time(request, "to"))
+        rows, cursor = await _paged(request, fetch, ("occurred_at", "alert_id"))
+        return _json(ApiAlerts(alerts=[ApiAlert.model_validate(row) for row in rows], next=cursor))
 
     async def merges(self, request: web.Request) -> web.Response:
         """``GET /v1/customers/{ref}/merges``: the customers merged into this one, with their evidence."""
@@ -226,11 +205,8 @@ class ReadApi:
         customer_id = await self._resolve(request.match_info["ref"])
         if customer_id is None:
             return _json(ApiError(error="Resource not found"), 404)
-        limit = _limit(request)
-        after = _cursor(request, 2, "next")
-        position = None if after is None else (datetime.fromisoformat(after[0]), str(after[1]))
-        rows = await asyncio.to_thread(timeline_page, self.engine, customer_id, position, limit + 1)
-        more, rows = len(rows) > limit, rows[:limit]
+        fetch = functools.partial(timeline_page, self.engine, customer_id)
+        rows, following = await _paged(request, fetch, ("occurred_at", "event_id"), "next")
         data = [
             SegmentEvent(
                 type="track",
@@ -243,8 +219,7 @@ class ReadApi:
             )
             for row in rows
         ]
-        following = _encode([rows[-1]["occurred_at"].isoformat(), rows[-1]["event_id"]]) if more and rows else ""
-        cursor = SegmentCursor(url=request.path, has_more=bool(following), next=following)
+        cursor = SegmentCursor(url=request.path, has_more=following is not None, next=following or "")
         return _json(SegmentList(data=data, cursor=cursor))
 
     async def openapi(self, _request: web.Request) -> web.Response:
@@ -297,6 +272,25 @@ def _time(request: web.Request, name: str) -> datetime | None:
     if at.tzinfo is None:
         raise BadRequest(f"{name} needs a time zone (Z or +hh:mm), got {text!r}")
     return at
+
+
+async def _paged(
+    request: web.Request,
+    fetch: Callable[[Any, int], list[dict[str, Any]]],
+    key: tuple[str, ...],
+    cursor_name: str = "after",
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of rows: ``fetch(position, n)`` reads up to n rows after a position (the ``key`` columns' values,
+    the first a time) in a thread; returns the page and the cursor of the next one (None on the last page)."""
+    limit = _limit(request)
+    after = _cursor(request, len(key), cursor_name)
+    position = None if after is None else (datetime.fromisoformat(after[0]), *map(str, after[1:]))
+    rows = await asyncio.to_thread(fetch, position, limit + 1)
+    if len(rows) <= limit:
+        return rows, None
+    rows = rows[:limit]
+    last = rows[-1]
+    return rows, _encode([last[key[0]].isoformat(), *(str(last[name]) for name in key[1:])])
 
 
 def _encode(position: list[str]) -> str:
