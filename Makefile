@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-fast apache-kafka web-clients soak lint format bench schemas clean
+.PHONY: install run test test-fast apache-kafka web-clients soak lint format bench bench-apply schemas clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,9 @@ format: $(STAMP)
 
 bench: $(STAMP) ## throughput/latency benchmark; writes docs/benchmarks.{md,json,png}
 	$(BIN)/python -m bench
+
+bench-apply: $(STAMP) ## the apply path alone, in-process: CPU per event (python -m bench.apply --help)
+	$(BIN)/python -m bench.apply
 
 schemas: $(STAMP) ## regenerate the published JSON Schemas of every topic record
 	$(BIN)/cxstream schemas --out schemas/json

@@ -16,16 +16,17 @@ from pydantic import BaseModel
 
 from config.topics import Topics
 from schemas.deadletter import DeadLetter
-from schemas.outputs import Alert, CustomerProfile, IdentityChange, MetricScope
+from schemas.outputs import Alert, IdentityChange, MetricScope
 from streams.domain.aggregate import MetricRow
 from streams.domain.entry import Entry
+from streams.domain.profile import Profile
 from streams.downstream import Outputs
 
 _SCOPE_NAMES = {scope: scope.value for scope in MetricScope}
 
 
 def _json_default(value: Any) -> Any:
-    # What orjson leaves to us in an entry: amounts (pydantic writes a Decimal as its string) and survey answers.
+    # What orjson leaves to us in an entry or a profile: amounts (pydantic writes a Decimal as its string) and survey answers.
     if isinstance(value, Decimal):
         return str(value)
     if isinstance(value, BaseModel):
@@ -36,6 +37,11 @@ def _json_default(value: Any) -> Any:
 def timeline_json(entry: Entry) -> bytes:
     """The ``TimelineEntry`` record of an entry, as pydantic would serialise it (UTC times with ``Z``)."""
     return orjson.dumps(entry, default=_json_default, option=orjson.OPT_UTC_Z)
+
+
+def profile_json(profile: Profile) -> bytes:
+    """The ``CustomerProfile`` record of a profile, as pydantic would serialise it."""
+    return orjson.dumps(profile, default=_json_default, option=orjson.OPT_UTC_Z)
 
 
 class ResultRecords:
@@ -50,9 +56,9 @@ class ResultRecords:
         id)."""
         self.outputs.add(self.topics.timeline, entry.customer_id or entry.event_id, timeline_json(entry))
 
-    def profile(self, profile: CustomerProfile) -> None:
-        """A customer's profile, keyed by the customer."""
-        self.outputs.add(self.topics.profiles, profile.customer_id, profile.model_dump_json().encode())
+    def profile(self, profile: Profile) -> None:
+        """A customer's profile (a ``CustomerProfile`` record), keyed by the customer."""
+        self.outputs.add(self.topics.profiles, profile.customer_id, profile_json(profile))
 
     def merge(self, merge: IdentityChange) -> None:
         """An identity change, keyed by the merged customer."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
-from schemas.outputs import Alert, CustomerProfile, IdentityChange
+from schemas.outputs import Alert, IdentityChange
 from schemas.touchpoint import TouchpointEvent
 from sinks.contract import (
     AlertRow,
@@ -25,6 +25,7 @@ from sinks.sql import as_utc
 from streams.domain.customer import REASON_PREFIX, CustomerPolicy, CustomerState
 from streams.domain.entry import Entry
 from streams.domain.identity import EventKeys
+from streams.domain.profile import Profile
 from streams.domain.stitching import BatchResult
 
 
@@ -36,7 +37,7 @@ def overdue_at(state: CustomerState, policy: CustomerPolicy, issue_target_s: flo
     return datetime.fromtimestamp(min(firsts) + issue_target_s, UTC)
 
 
-def customer_row(profile: CustomerProfile, state: CustomerState, overdue: datetime | None) -> CustomerRow:
+def customer_row(profile: Profile, state: CustomerState, overdue: datetime | None) -> CustomerRow:
     """The ``customers`` row of a customer's profile and state."""
     return CustomerRow(
         customer_id=profile.customer_id,

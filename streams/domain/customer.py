@@ -43,11 +43,12 @@ from decimal import Decimal, InvalidOperation
 from operator import itemgetter
 from typing import Any, NamedTuple
 
-from schemas.outputs import CustomerProfile, Moment, Stage
-from schemas.touchpoint import Channel, EventType, IdentifierType, SurveyAnswers, TouchpointEvent
+from schemas.outputs import Moment, Stage
+from schemas.touchpoint import Channel, EventType, SurveyAnswers, TouchpointEvent
 from streams.domain.entry import Entry
 from streams.domain.identity import ANONYMOUS_TYPE, type_rank
 from streams.domain.moments import event_moments, with_first_purchase
+from streams.domain.profile import Profile
 from streams.domain.stages import customer_stage, is_journey_event, stage_of
 
 #: A timeline entry as stored: a list, so a state row is compact JSON and loads without conversion.
@@ -80,7 +81,6 @@ _STAGES: dict[str, Stage] = {s.value: s for s in Stage}
 #: Per event type: (is a journey event, its stage as stored in the anchor).
 _ANCHOR_OF: dict[str, tuple[bool, str]] = {t.value: (is_journey_event(t), stage_of(t).value) for t in EventType}
 _CHANNELS: dict[str, Channel] = {c.value: c for c in Channel}
-_IDENTIFIER_TYPES: dict[str, IdentifierType] = {t.value: t for t in IdentifierType}
 _PURCHASE = EventType.PURCHASE.value
 _CONTACT = EventType.SUPPORT_CONTACT.value
 _FIRST_PURCHASE = Moment.FIRST_PURCHASE.value
@@ -659,26 +659,22 @@ class CustomerState:
         """Event time of the latest purchase (retention always keeps it)."""
         return self.purchase_times[-1][0] if self.purchase_times else None
 
-    def profile(self, policy: CustomerPolicy) -> CustomerProfile:
+    def profile(self, policy: CustomerPolicy) -> Profile:
         """The customer's published profile."""
         open_issues = len(self.open_issues(policy))
-        return CustomerProfile(
+        return Profile(
             customer_id=self.customer_id,
             first_seen=datetime.fromtimestamp(self.first_seen, UTC),
             last_seen=datetime.fromtimestamp(self.last_seen, UTC),
             stage=self._stage(open_issues > 0),
-            identifiers={
-                _IDENTIFIER_TYPES[kind]: list(values)
-                for kind, values in self.identifiers.items()
-                if kind != ANONYMOUS_TYPE
-            },
+            identifiers={kind: list(values) for kind, values in self.identifiers.items() if kind != ANONYMOUS_TYPE},
             events=self.events,
             purchases=self.purchases,
             revenue=self.revenue,
             contacts=self.contacts,
             returns=self.returns,
             open_issues=open_issues,
-            channels={_CHANNELS[channel]: n for channel, n in self.channels.items()},
+            channels=dict(self.channels),
             traits={name: given[0] for name, given in sorted(self.traits.items())},
             groups=list(self.groups),
         )

@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from schemas.outputs import CustomerProfile, Stage
+from schemas.outputs import Stage
 from schemas.touchpoint import TouchpointEvent
 from streams.domain.customer import CustomerState
 from streams.domain.entry import Entry
+from streams.domain.profile import Profile
 from streams.domain.stitching import BatchResult, StateView, Stitcher, StitchPolicies
 
 
@@ -32,7 +33,7 @@ class OracleResult:
     #: Customer id -> current stage.
     stages: dict[str, Stage]
     #: Customer id -> profile.
-    profiles: dict[str, CustomerProfile]
+    profiles: dict[str, Profile]
     #: Event id -> final timeline entry.
     entries: dict[str, Entry]
     #: The replay's own batch result (counts of duplicates, blocked, refused, unattributed).

@@ -31,10 +31,10 @@ can subtract it from its metrics. The end result is the same whatever the arriva
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from schemas.outputs import CustomerProfile, IdentityChange
+from schemas.outputs import IdentityChange
 from schemas.touchpoint import EventType, IdentifierType, TouchpointEvent
 from streams.domain.customer import (
     EVENT_ID,
@@ -57,6 +57,7 @@ from streams.domain.identity import (
     key_strength,
     plan_link,
 )
+from streams.domain.profile import Profile
 
 #: Event types that are a moment of truth by themselves, or may be (see ``moments``): their entries are kept.
 _MAYBE_MOMENTS = frozenset({EventType.SUPPORT_CONTACT, EventType.RETURN, EventType.LATE_DELIVERY, EventType.REVIEW})
@@ -98,7 +99,7 @@ class BatchResult:
     #: Merges in the order they happened (``UPDATE ... SET customer_id=survivor WHERE customer_id=merged``).
     merges: list[IdentityChange] = field(default_factory=list)
     #: Profile of each changed customer, then a ``merged_into`` tombstone for each removed one (``close``).
-    profiles: list[CustomerProfile] = field(default_factory=list)
+    profiles: list[Profile] = field(default_factory=list)
     #: Events older than the age bound, when one is set: dead-letter them as ``too_late``.
     too_late: list[TouchpointEvent] = field(default_factory=list)
     #: Events whose id was already applied to another customer, with that customer's id: dead-letter them.
@@ -246,9 +247,7 @@ class Stitcher:
         profiles = {customer_id: view.customers[customer_id].profile(policy) for customer_id in result.changed}
         result.profiles = list(profiles.values())
         for old_id, survivor_id in result.removed.items():
-            result.profiles.append(
-                profiles[survivor_id].model_copy(update={"customer_id": old_id, "merged_into": survivor_id})
-            )
+            result.profiles.append(replace(profiles[survivor_id], customer_id=old_id, merged_into=survivor_id))
 
 
 def _may_be_kept(event: TouchpointEvent) -> bool:
