@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Select, or_, select, tuple_
+from sqlalchemy import Engine, Select, func, or_, select, tuple_
 
 from sinks import tables as t
 from sinks.sql import as_utc
@@ -183,3 +183,78 @@ def alert_page(
     a = t.alerts.c
     query = select(t.alerts).where(*(a[name] == value for name, value in filters.items()))
     return _page(engine, _between(query, a.occurred_at, since, until), (a.occurred_at, a.alert_id), after, limit)
+
+
+# --- the pages (streams.pages) -------------------------------------------------------------------------------------
+
+
+def latest_touchpoints(engine: Engine, customer_id: str, limit: int) -> tuple[list[dict[str, Any]], int]:
+    """A customer's latest ``limit`` touchpoints in event-time order, and how many the customer has in all."""
+    c = t.touchpoints.c
+    columns = (*(c[name] for name in TIMELINE_COLUMNS), c.transfers)
+    query = select(*columns).where(c.customer_id == customer_id).order_by(c.occurred_at.desc(), c.event_id.desc())
+    with engine.connect() as conn:
+        rows = [_plain(row) for row in conn.execute(query.limit(limit)).mappings()]
+        total = conn.scalar(select(func.count()).select_from(t.touchpoints).where(c.customer_id == customer_id))
+    return rows[::-1], int(total or 0)
+
+
+def latest_alerts(engine: Engine, limit: int, customer_id: str | None = None) -> list[dict[str, Any]]:
+    """The latest ``limit`` alerts (of one customer, when given), newest first."""
+    a = t.alerts.c
+    query = select(t.alerts)
+    if customer_id is not None:
+        query = query.where(a.customer_id == customer_id)
+    with engine.connect() as conn:
+        rows = conn.execute(query.order_by(a.occurred_at.desc(), a.alert_id.desc()).limit(limit)).mappings()
+        return [_plain(row) for row in rows]
+
+
+def worst_served(engine: Engine, limit: int) -> list[dict[str, Any]]:
+    """The customers with the most alerts (ties: more open issues, then more contacts), with their counters.
+
+    Alerts are what the rules judged a bad experience (repeat contacts, low scores, overdue issues), so their count
+    is the measure of who was served worst; the customer's open issues and contacts say what is still pending.
+    """
+    a, c = t.alerts.c, t.customers.c
+    counted = (
+        select(a.customer_id, func.count().label("alerts"), func.max(a.occurred_at).label("latest_alert"))
+        .group_by(a.customer_id)
+        .subquery()
+    )
+    query = (
+        select(
+            counted.c.customer_id,
+            counted.c.alerts,
+            counted.c.latest_alert,
+            c.stage,
+            c.open_issues,
+            c.contacts,
+            c.events,
+            c.last_seen,
+        )
+        .join(t.customers, c.customer_id == counted.c.customer_id)
+        .order_by(counted.c.alerts.desc(), c.open_issues.desc(), c.contacts.desc(), counted.c.customer_id)
+        .limit(limit)
+    )
+    with engine.connect() as conn:
+        return [_plain(row) for row in conn.execute(query).mappings()]
+
+
+def metric_series(
+    engine: Engine, scopes: Sequence[str], window: str, metrics: Sequence[str], days: float
+) -> list[dict[str, Any]]:
+    """Figures of ``metrics`` in ``scopes`` and one window length from the ``metrics`` view, over the ``days``
+    before the latest window start of those scopes, ordered by metric, scope, key and window start (a series per
+    metric and key)."""
+    m = t.metrics.c
+    chosen = (m.scope.in_(list(scopes)), m["window"] == window, m.metric.in_(list(metrics)))
+    with engine.connect() as conn:
+        latest = conn.scalar(select(func.max(m.window_start)).where(*chosen))
+        if latest is None:
+            return []
+        query = select(m.scope, m.key, m.metric, m.window_start, m.window_end, m.value, m.denominator, m.status).where(
+            *chosen, m.window_start >= as_utc(latest) - timedelta(days=days)
+        )
+        rows = conn.execute(query.order_by(m.metric, m.scope, m.key, m.window_start)).mappings()
+        return [_plain(row) for row in rows]

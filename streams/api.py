@@ -16,6 +16,7 @@ import functools
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from aiohttp import web
@@ -51,9 +52,14 @@ from sinks.queries import (
     customer_merges,
     customer_of_key,
     customer_profile,
+    latest_alerts,
+    latest_touchpoints,
     metric_page,
+    metric_series,
     timeline_page,
+    worst_served,
 )
+from streams import pages
 from streams.auth import basic_user
 from streams.domain.identifiers import PII_TYPES, InvalidIdentifier, identifier_key, normalise_identifier
 from streams.policies import identifier_hashing
@@ -68,6 +74,9 @@ SEGMENT_ID_TYPES = {"user_id": IdentifierType.WEB_USER_ID, "anonymous_id": Ident
 SEGMENT_PROFILE = "/v1/spaces/{space}/collections/users/profiles/{ref}"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: Paths behind the read keys: the JSON routes and the pages (a browser asks for the key as the user name).
+_PROTECTED = ("/v1/", "/ui")
 
 
 class BadRequest(Exception):
@@ -96,13 +105,17 @@ class ReadApi:
         app.router.add_get(f"{SEGMENT_PROFILE}/traits", self.segment_traits)
         app.router.add_get(f"{SEGMENT_PROFILE}/external_ids", self.segment_external_ids)
         app.router.add_get(f"{SEGMENT_PROFILE}/events", self.segment_events)
+        app.router.add_get("/ui/", self.overview_page)
+        app.router.add_get("/ui", self.overview_page)
+        app.router.add_get("/ui/customers", self.search_page)
+        app.router.add_get("/ui/customers/{ref}", self.journey_page)
         return app
 
     # --- middleware -----------------------------------------------------------------------------------------------
 
     @web.middleware
     async def _authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith("/v1/") and not self._authorised(request.headers.get("Authorization")):
+        if request.path.startswith(_PROTECTED) and not self._authorised(request.headers.get("Authorization")):
             return _json(
                 ApiError(error="invalid or missing read key"), 401, {"WWW-Authenticate": 'Basic realm="cxstream"'}
             )
@@ -171,6 +184,57 @@ class ReadApi:
             return _json(ApiError(error=f"no customer {request.match_info['ref']!r}"), 404)
         rows = await asyncio.to_thread(customer_merges, self.engine, customer_id)
         return _json(ApiMerges(merges=[ApiMerge.model_validate(row) for row in rows]))
+
+    # --- pages -----------------------------------------------------------------------------------------------------
+
+    async def journey_page(self, request: web.Request) -> web.Response:
+        """``GET /ui/customers/{ref}``: one customer's journey across channels (HTML)."""
+        ref = request.match_info["ref"]
+        customer_id = await self._resolve(ref)
+        journey = None if customer_id is None else await asyncio.to_thread(self._journey, customer_id)
+        if journey is None:
+            return _html(pages.not_found_page(ref), 404)
+        return _html(pages.journey_page(journey))
+
+    def _journey(self, customer_id: str) -> pages.Journey | None:
+        profile = customer_profile(self.engine, customer_id)
+        if profile is None:
+            return None
+        touchpoints, total = latest_touchpoints(self.engine, customer_id, pages.JOURNEY_TOUCHPOINTS)
+        return pages.Journey(
+            profile=profile,
+            touchpoints=touchpoints,
+            total_touchpoints=total,
+            alerts=latest_alerts(self.engine, pages.JOURNEY_ALERTS, customer_id),
+            merges=customer_merges(self.engine, customer_id),
+        )
+
+    async def search_page(self, request: web.Request) -> web.Response:
+        """``GET /ui/customers?ref=``: the search form's target; redirects to the customer's journey page."""
+        ref = request.query.get("ref", "").strip()
+        if not ref:
+            raise web.HTTPFound("/ui/")
+        raise web.HTTPFound(f"/ui/customers/{quote(ref, safe='')}")
+
+    async def overview_page(self, _request: web.Request) -> web.Response:
+        """``GET /ui/``: the experience figures over time per channel, the latest alerts, the worst-served."""
+        return _html(pages.overview_page(await asyncio.to_thread(self._overview)))
+
+    def _overview(self) -> pages.Overview:
+        windows = [w for w in self.settings.metric_windows if w != "all"]
+        window = "1d" if "1d" in windows else (windows[0] if windows else "all")
+        figures = metric_series(
+            self.engine, ("channel", "overall"), window, list(pages.OVERVIEW_METRICS), pages.OVERVIEW_DAYS
+        )
+        for row in figures:
+            if row["scope"] == "overall":
+                row["key"] = "overall"
+        return pages.Overview(
+            figures=figures,
+            window=window,
+            alerts=latest_alerts(self.engine, pages.OVERVIEW_ALERTS),
+            worst_served=worst_served(self.engine, pages.WORST_SERVED),
+        )
 
     # --- Segment's Profile API --------------------------------------------------------------------------------------
 
@@ -246,6 +310,10 @@ class ReadApi:
             return None
         stored = normal if self.hashing is None else self.hashing.value(kind, normal)
         return customer_of_key(self.engine, identifier_key(kind, stored))
+
+
+def _html(text: str, status: int = 200) -> web.Response:
+    return web.Response(text=text, status=status, content_type="text/html", charset="utf-8")
 
 
 def _json(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

@@ -6,9 +6,6 @@ the real command in a process of its own and is called over HTTP.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,10 +17,8 @@ from sqlalchemy import func, select
 from schemas.touchpoint import IdentifierType
 from sinks import tables as t
 from sinks.database import make_engine
-from tests.support.population import SALT, fill, raw_events
-from tests.support.processes import free_port, wait_until
-
-READ_KEY = "api-read-key"
+from tests.support.population import fill, raw_events
+from tests.support.read_api import READ_KEY, read_api
 
 
 @pytest.fixture(params=[False, True], ids=["plain", "hashed"])
@@ -31,34 +26,8 @@ def api(request: pytest.FixtureRequest, database_url: str, tmp_path: Path) -> It
     """The read API on a filled database: (base URL, database URL, hashing)."""
     hashing = bool(request.param)
     fill(database_url, hashing)
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CXSTREAM_")}
-    env.update(CXSTREAM_DATABASE_URL=database_url, CXSTREAM_READ_KEYS=f"other-key,{READ_KEY}")
-    if hashing:
-        env.update(CXSTREAM_HASH_IDENTIFIERS="true", CXSTREAM_IDENTIFIER_SALT=SALT)
-    log = tmp_path / "api.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "api", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        assert proc.poll() is None, log.read_text()
-        try:
-            return requests.get(f"{base}/openapi.json", timeout=2).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    try:
-        wait_until(up, 30, "the read API to answer")
+    with read_api(database_url, tmp_path / "api.log", hashing) as base:
         yield base, database_url, hashing
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def get(base: str, path: str, **params: Any) -> requests.Response:

@@ -26,23 +26,13 @@ from sqlalchemy import Engine, select
 
 from sinks import tables as t
 from sinks.database import make_engine
+from tests.support.browser import launch_chromium
 from tests.support.processes import free_port, wait_until
 from tests.support.workers import WorkerFactory, WorkerProcess
 
 WEB = Path(__file__).resolve().parents[1] / "web"
 ANALYTICS_JS = WEB / "node_modules" / "@segment" / "analytics-next" / "dist" / "umd"
 WRITE_KEY = "web-clients-key"
-CHROMIUM = "/usr/bin/chromium"
-#: Flags that keep Chromium from reaching out to Google's services from this closed network at every start.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def node_modules() -> None:
@@ -108,11 +98,10 @@ class Visit:
 
 def open_shop(url: str) -> Visit:
     """Open the shop page in headless Chromium and wait until analytics.js has sent its calls."""
-    assert Path(CHROMIUM).exists(), f"the browser test needs Debian's Chromium at {CHROMIUM} (apt-get install chromium)"
     answered: list[int] = []
     failed: list[str] = []
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = launch_chromium(playwright)
         try:
             page = browser.new_page()
             page.on("response", lambda r: answered.append(r.status) if "/v1/" in r.url else None)
