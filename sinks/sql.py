@@ -19,6 +19,9 @@ from sqlalchemy import (
     Connection,
     DateTime,
     Engine,
+    Float,
+    Numeric,
+    String,
     and_,
     bindparam,
     case,
@@ -80,6 +83,17 @@ def _sqlite_datetime(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat(" ", "microseconds")[:26]
 
 
+def _array_element(sqltype: Any, dialect: Any) -> str:
+    """The PostgreSQL element type of a column's array in ``BulkStatement.unnest_sql``: strings as ``TEXT`` and
+    numbers as plain ``NUMERIC``, so that a value too long or too precise for the column fails (or rounds) on
+    the insert as it does row by row, rather than being cut to size by the cast."""
+    if isinstance(sqltype, String):
+        return "TEXT"
+    if isinstance(sqltype, Numeric) and not isinstance(sqltype, Float):
+        return "NUMERIC"
+    return str(sqltype.compile(dialect))
+
+
 class BulkStatement:
     """A statement compiled once for a dialect, with the bind processors of its parameters in order."""
 
@@ -103,6 +117,30 @@ class BulkStatement:
                 continue  # sqlite3 binds a bool as the integer SQLAlchemy's processor would make of it
             elif (processor := sqltype._cached_bind_processor(dialect)) is not None:
                 self._processors.append((i, processor))
+        self.unnest_sql: str | None = None
+        if dialect.name == "postgresql":
+            # One statement per batch over column arrays instead of one execution per row: the server parses,
+            # plans and runs it once (python -m bench.apply --database postgres: see _executemany).
+            # %b: psycopg's binary format for the arrays; its text format quotes and escapes every element (the
+            # customers' state JSON most of all) in Python, at several times the cost.
+            arrays = ", ".join(f"%b::{_array_element(compiled.binds[name].type, dialect)}[]" for name in names)
+            start = self.sql.index("VALUES (")
+            end, depth = start + len("VALUES ("), 1
+            while depth:  # the VALUES list's closing parenthesis (casts such as NUMERIC(18, 4) nest)
+                depth += {"(": 1, ")": -1}.get(self.sql[end], 0)
+                end += 1
+            self.unnest_sql = f"{self.sql[:start]}SELECT * FROM unnest({arrays}){self.sql[end:]}"
+        table = stmt.table
+        # Rows of one statement must not repeat a conflict key ("cannot affect row a second time"): checked per
+        # batch on the primary key, which is every bulk statement's conflict target.
+        self._key = operator.itemgetter(*(position[col.name] for col in table.primary_key.columns))
+
+    def columns(self, rows: Sequence[tuple[Any, ...]]) -> tuple[list[Any], ...] | None:
+        """The rows bound as one array per placeholder (``unnest_sql``), or None when that form cannot take them
+        (no such form for the dialect, or a conflict key repeated among the rows)."""
+        if self.unnest_sql is None or len({self._key(row) for row in rows}) < len(rows):
+            return None
+        return tuple(map(list, zip(*self.params(rows), strict=True)))
 
     def params(self, rows: Sequence[tuple[Any, ...]]) -> list[Any]:
         """The rows as the driver takes them: sequences in placeholder order, values bound by type."""
@@ -184,7 +222,11 @@ class SqlSink:
                 self.engine.dialect,
                 _ROW_TYPES[name]._fields,  # type: ignore[attr-defined]
             )
-        conn.exec_driver_sql(bulk.sql, bulk.params(rows))
+        columns = bulk.columns(rows) if len(rows) > 1 else None
+        if columns is not None:
+            conn.exec_driver_sql(bulk.unnest_sql, columns)  # type: ignore[arg-type]
+        else:
+            conn.exec_driver_sql(bulk.sql, bulk.params(rows))
 
     def lock_group(self, conn: Connection, group_id: str) -> None:
         """Serialise batches of one consumer group across workers (PostgreSQL; SQLite uses BEGIN IMMEDIATE).
