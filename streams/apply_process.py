@@ -80,6 +80,8 @@ class BatchSummary:
     rejected: dict[str, int] = field(default_factory=dict)
     #: The group's event-time watermark after the batch.
     watermark: datetime | None = None
+    #: Input partitions the batch read new records of (0: nothing new, every record was a redelivery).
+    partitions: int = 0
     #: Seconds from each new entry's ``received_at`` to the batch's apply and commit.
     processing_s: list[float] = field(default_factory=list)
     end_to_end_s: list[float] = field(default_factory=list)
@@ -96,6 +98,7 @@ class BatchSummary:
             outbox=report.outbox,
             rejected=dict(report.rejected),
             watermark=report.watermark,
+            partitions=report.partitions,
             alerts=report.alerts,
         )
         result, committed = report.result, report.committed_at

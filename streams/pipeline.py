@@ -65,6 +65,8 @@ class BatchReport:
     restored: int = 0
     #: Partitions whose records arrived past a gap: the worker seeks each back to the offset it expects.
     gaps: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: Input partitions the batch read new records of (counted once per partition, not per record).
+    partitions: int = 0
     alerts: int = 0
     #: The group's watermark after the batch.
     watermark: datetime | None = None
@@ -154,6 +156,7 @@ class BatchProcessor:
         while True:
             report = BatchReport()
             read = self.decode(records, report)  # 1. decode
+            report.partitions = len(read.offsets)
             if not read.offsets:
                 return report
             try:
@@ -209,6 +212,7 @@ class BatchProcessor:
                 report.dead_letters.append(
                     dead_letter(rec.topic.removeprefix(prefix), reason, detail, rec.value or b"", rec)
                 )
+        report.partitions = len(offsets)
         if offsets:
             self._publish_dead_letters(report, ResultRecords(self.topics, report.outputs))
             report.outbox = report.outputs.encode()

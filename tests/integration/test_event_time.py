@@ -6,6 +6,7 @@ send, and a setting raised to let it through would hide exactly the defect these
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,12 @@ from tests.support.workers import WorkerFactory
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
 #: Valid events in the sample files (the rest of their lines are a CSV header each).
 SAMPLE_EVENTS = 73
+
+#: The worker's info line for a batch (``streams.worker.describe_batch``).
+BATCH_LINE = re.compile(
+    r"applied (?P<applied>[\d,]+) events? \((?P<dead>[\d,]+) dead letters?[^)]*\) from [\d,]+ partitions? "
+    r"in \d+\.\d\d s; watermark (?:\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ|none yet); lag [\d,]+ records?\b"
+)
 
 
 def order_free(engine) -> dict:
@@ -75,7 +82,15 @@ def test_sample_files_published_one_channel_after_another_all_land(
         assert conn.scalar(select(func.count()).select_from(t.touchpoints)) == SAMPLE_EVENTS
     metrics = worker.metrics_text()
     assert prometheus_value(metrics, "cxstream_late_events_total", outcome="too_late") == 0
-    assert "batch: " in worker.log() and " events applied (" in worker.log()  # one info line per batch
+    # One info line per batch, idle ticks none: between them, the lines account for every event applied.
+    lines: list[re.Match[str]] = []
+
+    def logged() -> int:
+        lines[:] = BATCH_LINE.finditer(worker.log())
+        return sum(int(line["applied"].replace(",", "")) for line in lines)
+
+    wait_until(lambda: logged() == SAMPLE_EVENTS, 20, f"batch lines accounting for {SAMPLE_EVENTS} events")
+    assert all(line["applied"] != "0" and line["dead"] == "0" for line in lines), [line[0] for line in lines]
 
 
 def test_unattributed_events_are_kept_and_counted(

@@ -14,13 +14,13 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from streams.observability import Instruments
 from tests.integration.prometheus_tools import promtool  # noqa: F401  (pytest fixture)
+from tests.support.grafana import check_dashboard_model, dashboard_panels
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
@@ -69,13 +69,6 @@ def rule_expressions(text: str) -> list[str]:
         else:
             exprs.append(value.strip("'\"") if value[:1] in "'\"" and value[-1:] == value[:1] else value)
     return exprs
-
-
-def dashboard_panels(dashboard: dict) -> Iterator[dict]:
-    """Every panel, including those inside collapsed rows."""
-    for panel in dashboard["panels"]:
-        yield panel
-        yield from panel.get("panels", [])
 
 
 def dashboard_expressions(dashboard: dict) -> list[tuple[str, str]]:
@@ -236,22 +229,5 @@ def test_dashboard_shows_every_metric() -> None:
 
 
 def test_dashboard_model() -> None:
-    dashboard = json.loads(DASHBOARD.read_text())
-    assert dashboard["schemaVersion"] >= 36
-    assert dashboard["uid"] and dashboard["title"]
-    panels = list(dashboard_panels(dashboard))
-    ids = [panel["id"] for panel in panels]
-    assert len(ids) == len(set(ids)), "panel ids must be unique"
     (datasource_uid,) = re.findall(r"^\s*uid:\s*(\S+)", DATASOURCE.read_text(), re.M)
-    occupied: set[tuple[int, int]] = set()
-    for panel in panels:
-        grid = panel["gridPos"]
-        assert grid["x"] + grid["w"] <= 24, f"panel {panel['id']} is wider than the dashboard"
-        cells = {(grid["x"] + dx, grid["y"] + dy) for dx in range(grid["w"]) for dy in range(grid["h"])}
-        assert not cells & occupied, f"panel {panel['id']} {panel['title']!r} overlaps another"
-        occupied |= cells
-        if panel["type"] == "row":
-            continue
-        assert panel["targets"], f"panel {panel['id']} {panel['title']!r} has no query"
-        for ref in [panel["datasource"], *(t["datasource"] for t in panel["targets"])]:
-            assert ref == {"type": "prometheus", "uid": datasource_uid}, f"panel {panel['id']}: datasource {ref}"
+    check_dashboard_model(json.loads(DASHBOARD.read_text()), {"type": "prometheus", "uid": datasource_uid})
