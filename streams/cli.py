@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, time
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import click
 
 from config.settings import Settings, SettingsError, load_settings
+from schemas.deadletter import STAGES
+from schemas.outputs import MetricScope
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from streams.deadletters import Letter
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -266,19 +276,14 @@ def api(ctx: click.Context, host: str, port: int) -> None:
     run_api(settings, host, port)
 
 
-@main.command()
-@click.argument("customer")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.pass_context
-def timeline(ctx: click.Context, customer: str, as_json: bool) -> None:
-    """Print the timeline of CUSTOMER (a customer id, or an identifier such as an e-mail or email:a@b.c)."""
-    import orjson
+@contextmanager
+def _results_database(settings: Settings) -> Iterator[Engine]:
+    """The results database to read, or one clear line when there is none at a SQLite path or it cannot be read."""
     from sqlalchemy.exc import DBAPIError
 
     from sinks.database import make_engine, missing_sqlite_file
-    from sinks.queries import customer_timeline, resolve_customer
 
-    url = _settings(ctx).database_url
+    url = settings.database_url
     if missing := missing_sqlite_file(url):
         raise click.ClickException(
             f"no results database at {missing} (CXSTREAM_DATABASE_URL={url}): start a worker to create it, "
@@ -286,28 +291,223 @@ def timeline(ctx: click.Context, customer: str, as_json: bool) -> None:
         )
     engine = make_engine(url)
     try:
-        customer_id = resolve_customer(engine, customer)
-        if customer_id is None:
-            raise click.ClickException(f"no customer known by {customer!r}")
-        data = customer_timeline(engine, customer_id)
+        yield engine
     except DBAPIError as exc:
         first = str(exc.orig or exc).splitlines()[0]
         raise click.ClickException(f"cannot read the results database {url}: {first}") from None
+    finally:
+        engine.dispose()
+
+
+@main.command()
+@click.argument("customer")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def timeline(ctx: click.Context, customer: str, as_json: bool) -> None:
+    """Print the timeline of CUSTOMER (a customer id, or an identifier such as an e-mail or email:a@b.c).
+
+    Touchpoints by journey stage with their amounts, survey scores (NPS, CSAT, CES), issues (contact number,
+    repeat, resolved) and moments of truth; then the customer's alerts and the customers merged into it.
+    """
+    from sinks.queries import resolve_customer
+    from streams.inspection import customer_story, dumps, story_lines
+    from streams.policies import Policies
+
+    settings = _settings(ctx)
+    with _results_database(settings) as engine:
+        customer_id = resolve_customer(engine, customer)
+        if customer_id is None:
+            raise click.ClickException(f"no customer known by {customer!r}")
+        data = customer_story(engine, customer_id, Policies.from_settings(settings).customer)
+    click.echo(dumps(data) if as_json else "\n".join(story_lines(data)))
+
+
+def _utc_time(text: str | None, name: str) -> datetime | None:
+    """An ISO 8601 time with a zone, or a date (midnight UTC); a usage error naming the option otherwise."""
+    if text is None:
+        return None
+    try:
+        return datetime.combine(date.fromisoformat(text), time(), UTC)
+    except ValueError:
+        pass  # not a bare date
+    try:
+        at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(
+            f"expected an ISO 8601 time such as 2024-05-01T00:00:00Z, got {text!r}", param_hint=name
+        ) from None
+    if at.tzinfo is None:  # a local time would mean whatever this machine's zone is
+        raise click.BadParameter(f"needs a time zone (Z or +hh:mm), got {text!r}", param_hint=name)
+    return at
+
+
+@main.command()
+@click.option("--scope", type=click.Choice([scope.value for scope in MetricScope]), help="Only figures of this scope.")
+@click.option("--key", help="Only figures of this key: a channel, a customer id, or 'all' for overall.")
+@click.option("--metric", help="Only this metric (nps, csat, ces, fcr, repeat_contact_rate, ...).")
+@click.option("--window", help="Only this window (1h, 1d, 7d, 30d, all).")
+@click.option("--from", "since", metavar="TIME", help="Windows starting at or after TIME (ISO 8601, or a UTC date).")
+@click.option("--to", "until", metavar="TIME", help="Windows starting before TIME.")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True, help="Most figures shown.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def metrics(
+    ctx: click.Context,
+    scope: str | None,
+    key: str | None,
+    metric: str | None,
+    window: str | None,
+    since: str | None,
+    until: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Print metric figures from the results database, by window start: value, basis, status and revision."""
+    from sinks.queries import metric_page
+    from streams.inspection import METRIC_NAMES, dumps, metric_lines
+
+    if metric is not None and metric not in METRIC_NAMES:
+        raise click.BadParameter(
+            f"unknown metric {metric!r}; one of {', '.join(sorted(METRIC_NAMES))}", ctx, param_hint="--metric"
+        )
+    start, end = _utc_time(since, "--from"), _utc_time(until, "--to")
+    given = {"scope": scope, "key": key, "metric": metric, "window": window}
+    wanted = {name: value for name, value in given.items() if value is not None}
+    with _results_database(_settings(ctx)) as engine:
+        rows = metric_page(engine, wanted, start, end, None, limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
     if as_json:
-        click.echo(orjson.dumps(data, default=str, option=orjson.OPT_INDENT_2).decode())
+        click.echo(dumps(rows))
+    elif rows:
+        click.echo("\n".join(metric_lines(rows)))
+    else:
+        click.echo("no figures match")
+    if more:
+        click.echo(f"more figures match than --limit {limit}: raise it, or narrow with --from/--to", err=True)
+
+
+@main.command()
+@click.option("--reason", help="Only dead letters with this reason (invalid_json, too_late, ...).")
+@click.option("--channel", help="Only dead letters of this channel (store, phone, web, ecommerce).")
+@click.option("--stage", type=click.Choice(sorted(STAGES)), help="Only dead letters rejected there.")
+@click.option("--list", "as_list", is_flag=True, help="List the dead letters, one per line.")
+@click.option("--show", "position", metavar="PARTITION:OFFSET", help="Print one dead letter in full, its original too.")
+@click.option("--replay", is_flag=True, help="Publish the selected dead letters' originals again.")
+@click.option("--dry-run", is_flag=True, help="With --replay: say what would be published, publish nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (counts, --list, --show).")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=10_000,
+    show_default=True,
+    help="Stop after this many matching dead letters.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    help="Stop reading after this many seconds.",
+)
+@click.pass_context
+def deadletters(
+    ctx: click.Context,
+    reason: str | None,
+    channel: str | None,
+    stage: str | None,
+    as_list: bool,
+    position: str | None,
+    replay: bool,
+    dry_run: bool,
+    as_json: bool,
+    limit: int,
+    timeout: float,
+) -> None:
+    """Read the dead-letter topic to its current end: counts by reason, channel and stage (the default), a list,
+    one dead letter in full, or a replay.
+
+    --replay sends the selected dead letters' original bytes again, for records refused for a reason since put
+    right (a setting, a bug): a worker's to the channel topic it read them from, an adapter's source line through
+    the channel's adapter again with today's settings. It refuses, publishing nothing, when a selected dead letter
+    cannot be replayed from what it holds (original not kept or cut, a CSV row, a collector request).
+    """
+    from config.topics import Topics
+    from streams import deadletters as dl
+    from streams.inspection import dumps
+    from streams.kafka import BrokerUnreachable
+
+    if as_list + bool(position) + replay > 1:
+        raise click.UsageError("--list, --show and --replay go one at a time", ctx)
+    if dry_run and not replay:
+        raise click.UsageError("--dry-run goes with --replay", ctx)
+    if as_json and replay:
+        raise click.UsageError("--json goes with the counts, --list or --show, not --replay", ctx)
+    selection = dl.Selection(reason=reason, channel=channel, stage=stage)
+    if position and selection != dl.Selection():
+        raise click.UsageError("--show takes no --reason, --channel or --stage", ctx)
+    settings = _settings(ctx)
+    topic = Topics(settings.topic_prefix).deadletter
+    if position:
+        try:
+            partition, offset = dl.parse_position(position)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), ctx, param_hint="--show") from None
+        try:
+            letter = dl.find(settings, partition, offset, timeout_s=timeout)
+        except (BrokerUnreachable, dl.NothingToRead) as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(dumps(dl.letter_json(letter, original=True)) if as_json else "\n".join(dl.show_lines(letter, topic)))
         return
-    profile = data["profile"] or {}
-    click.echo(f"customer {customer_id}  stage={profile.get('stage')}  events={profile.get('events')}")
-    click.echo("identifiers: " + ", ".join(data["identifiers"]))
-    stage = None
-    for row in data["touchpoints"]:
-        if row["stage"] != stage:
-            stage = row["stage"]
-            click.echo(f"── {stage.replace('_', '-')} " + "─" * 40)
-        moments = f"  ★ {row['moments']}" if row["moments"] else ""
-        amount = f"  {row['amount']} {row['currency']}" if row["amount"] is not None else ""
-        when = row["occurred_at"].strftime("%Y-%m-%d %H:%M")
-        click.echo(f"  {when}  {row['channel']:<9} {row['type']:<16}{amount}{moments}")
+    letters: list[dl.Letter] = []
+    tally = dl.Tally()
+    try:
+        # The counts need no dead letter kept, so any number of them can be counted in bounded memory.
+        keep = letters.append if as_list or replay else tally.add
+        scan = dl.scan(settings, selection, keep, limit=limit, timeout_s=timeout)
+    except BrokerUnreachable as exc:
+        raise click.ClickException(str(exc)) from None
+    except dl.NothingToRead as exc:  # no topic: said in one line, and still valid JSON for a script
+        click.echo(str(exc), err=as_json)
+        if as_json:
+            click.echo("[]")
+        return
+    for note in scan.notes():
+        click.echo(note, err=True)
+    letters.sort(key=lambda one: (one.dead.rejected_at, one.partition, one.offset))
+    if as_json:
+        click.echo(dumps([dl.letter_json(letter) for letter in letters] if as_list else tally.rows()))
+    elif not scan.matched:
+        what = "dead letters" if selection == dl.Selection() else "dead letters match"
+        click.echo(f"no {what} on {topic} ({scan.read} records read)" + (": nothing to replay" if replay else ""))
+    elif replay:
+        if scan.timed_out:  # a replay of part of a selection could not be told from a whole one afterwards
+            raise click.ClickException(f"{topic} was not read to its end within --timeout: nothing was republished")
+        _replay(settings, letters, dry_run)
+    elif as_list:
+        click.echo("\n".join(dl.list_line(letter) for letter in letters))
+    else:
+        click.echo("\n".join(tally.lines()))
+
+
+def _replay(settings: Settings, letters: list[Letter], dry_run: bool) -> None:
+    """Replay (or with ``dry_run`` describe) dead letters; exit 1 on a refusal, 2 when the broker lost some."""
+    from streams import deadletters as dl
+    from streams.kafka import BrokerUnreachable
+
+    plan = dl.plan_replay(letters, settings)
+    if refusal := plan.refusal(len(letters)):
+        raise click.ClickException(refusal)
+    if dry_run:
+        click.echo("\n".join([*plan.preview(), *plan.lines(sent=None)]))
+        return
+    try:
+        sent = dl.replay(plan, settings)
+    except BrokerUnreachable as exc:
+        raise click.ClickException(f"{exc}\nnothing was republished") from None
+    click.echo("\n".join(plan.lines(sent=sent)))
+    if sent.not_sent:
+        sys.exit(2)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import quote
 
 from schemas.touchpoint import Channel
+from streams.inspection import survey_scores
 
 #: Touchpoints a journey page draws at most (the customer's latest); the JSON timeline pages through all of them.
 JOURNEY_TOUCHPOINTS = 500
@@ -209,7 +210,7 @@ def journey_page(journey: Journey) -> str:
                     escape(row["moments"] or ""),
                     "" if row["amount"] is None else escape(f"{row['amount']} {row['currency'] or ''}"),
                     escape(_issue_text(row)),
-                    escape(_scores(row)),
+                    escape(survey_scores(row)),
                 )
                 for row in reversed(journey.touchpoints)
             ),
@@ -224,10 +225,6 @@ def _issue_text(row: dict[str, Any]) -> str:
         return ""
     flags = [word for word, on in (("repeat", row.get("repeat_contact")), ("resolved", row.get("resolved"))) if on]
     return str(row["issue_key"]) + (f" ({', '.join(flags)})" if flags else "")
-
-
-def _scores(row: dict[str, Any]) -> str:
-    return " ".join(f"{name.upper()} {row[name]}" for name in ("nps", "csat", "ces") if row.get(name) is not None)
 
 
 def _journey_svg(journey: Journey) -> str:
@@ -293,7 +290,7 @@ def _touchpoint_svg(row: dict[str, Any], x: float, y: float) -> str:
             f'<circle class="touchpoint" {attributes} cx="{x}" cy="{y}" r="5" fill="{colour}">'
             f"<title>{title}</title></circle>"
         )
-    scores = _scores(row)
+    scores = survey_scores(row)
     if scores:
         shape += f'<text class="score" x="{x + 9}" y="{y - 9}">{escape(scores)}</text>'
     return shape

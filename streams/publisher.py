@@ -219,6 +219,12 @@ class Publisher:
         if len(buffer) >= self.envelope_size:
             self._send_envelope(topic, part)
 
+    def record(self, topic: str, value: bytes, *, key: bytes | None = None, partition: int | None = None) -> None:
+        """Publish bytes as they are (a replayed dead letter's original), acknowledged and re-sent like an event."""
+        if self._failed:
+            self._resend_failed()
+        self._send(Outgoing(topic, value, key=key, partition=partition))
+
     def dead_letter(self, dead: DeadLetter) -> None:
         """Publish a rejected record with its reason and original bytes (or what CXSTREAM_DEAD_LETTER_ORIGINALS keeps)."""
         dead = dead.kept(self._originals, self._salt)
