@@ -127,7 +127,10 @@ class ApiMerge(BaseModel):
     model_config = _OUT
 
     merged_id: str
-    survivor_id: str
+    survivor_id: str = Field(description="The customer the merged one lives on as now (follows later merges).")
+    merged_into: str | None = Field(
+        default=None, description="The customer this merge joined it to (null for merges stored before 0009)."
+    )
     event_id: str
     identifiers: dict[str, str]
     occurred_at: datetime

@@ -136,6 +136,8 @@ class MergeRow(NamedTuple):
     event_id: str
     identifiers: dict[str, str]
     occurred_at: datetime
+    #: The customer this merge joined it to; ``survivor_id`` is re-pointed by later merges, this never is.
+    merged_into: str
 
 
 def cell_key(scope: str, key: str, window: str, window_start: datetime) -> CellKey:

@@ -203,7 +203,8 @@ class SqlSink:
             "touchpoints": self._replace(t.touchpoints, ["event_id"], keep=("committed_at",)),
             "metric_cells": self._replace(t.metric_cells, ["scope", "key", "window", "window_start"]),
             "alerts": self._upsert[t.alerts].on_conflict_do_nothing(),
-            "identity_merges": self._replace(t.identity_merges, ["merged_id"]),
+            # merged_into is the merge's own survivor: a replay of the merge leaves it as the first write set it.
+            "identity_merges": self._replace(t.identity_merges, ["merged_id"], keep=("merged_into",)),
         }
         self._greatest, self._least = greatest, least
 

@@ -153,6 +153,11 @@ identity_merges = Table(
     Column("event_id", String(64), nullable=False),
     Column("identifiers", JSON, nullable=False),
     Column("occurred_at", TS, nullable=False),
+    Column(
+        "merged_into",
+        String(64),
+        comment="the customer the merge joined this one to (survivor_id follows later merges; this does not)",
+    ),
 )
 
 # --- stream bookkeeping: written in the same transaction as the results ---------------------------

@@ -160,4 +160,5 @@ def merge_row(merge: IdentityChange) -> MergeRow:
         event_id=merge.event_id,
         identifiers={str(k): v for k, v in merge.identifiers.items()},
         occurred_at=as_utc(merge.occurred_at),
+        merged_into=merge.survivor_id,
     )
