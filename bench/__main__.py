@@ -1,9 +1,11 @@
 """``python -m bench`` (``make bench``): run the benchmark and write docs/benchmarks.{md,json,png}.
 
 Order of a full run: build the workload, start the broker, publish both shapes, the two baselines, the
-pipeline configurations (SQLite and PostgreSQL, single and envelopes), two workers, then the latency run
-(its rate is half of a sustained rate measured earlier in the same run). A configuration that fails is
-reported and the rest go on; every child process is stopped in a ``finally`` block, also on Ctrl-C.
+pipeline configurations (SQLite and PostgreSQL, single and envelopes), two workers, the latency run (its
+rate is half of a sustained rate measured earlier in the same run), then the profile reads (the read API on
+a database of a million touchpoints, built without the broker: a run of them alone starts none). A
+configuration that fails is reported and the rest go on; every child process is stopped in a ``finally``
+block, also on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
-from bench import report
+from bench import reads, report
 from bench import workload as wl
+from bench.apply import records_of
 from bench.baselines import run_baseline
 from bench.procs import Children, PostgresServer, RssSampler, clean_env, cpu_seconds, free_port, throwaway_postgres
+from bench.reads import MIN_TOUCHPOINTS, PROFILE_READS, TARGET_P99_S, profile_p99, run_profile_reads
 from bench.runs import (
     BenchContext,
     PipelineConfig,
@@ -45,13 +49,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--customers", type=int, default=50_000, help="simulated customers (default 50000)")
     p.add_argument("--days", type=int, default=30, help="simulated days (default 30)")
-    p.add_argument("--quick", action="store_true", help="preset: --customers 5000 --days 10 --latency-seconds 15")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="preset: --customers 5000 --days 10 --latency-seconds 15 --profile-customers 10000",
+    )
     p.add_argument(
         "--only",
         default="",
         help="comma-separated configurations or globs to run, e.g. 'faust-pass,sqlite-*' "
         "(configurations: aiokafka, faust-pass, sqlite-single, sqlite-envelopes, postgres-single, "
-        "postgres-envelopes, postgres-<scaling-shape>-2w, latency)",
+        "postgres-envelopes, postgres-<scaling-shape>-2w, latency, profile-reads)",
     )
     p.add_argument("--partitions", type=int, default=4, help="partitions per channel topic (default 4)")
     p.add_argument(
@@ -77,6 +85,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--scaling-shape", choices=("single", "envelopes"), default="envelopes", help="input shape of the 2-worker run"
     )
     p.add_argument(
+        "--profile-customers",
+        type=int,
+        default=100_000,
+        help="simulated customers of the profile-reads database (default 100000: over 1M touchpoints in 30 days)",
+    )
+    p.add_argument("--profile-days", type=int, default=30, help="simulated days of the profile-reads database (30)")
+    p.add_argument(
+        "--profile-requests", type=int, default=2000, help="measured profile-reads requests of each kind (2000)"
+    )
+    p.add_argument(
         "--postgres-url",
         default=os.environ.get("CXSTREAM_BENCH_POSTGRES_URL"),
         help="PostgreSQL admin URL (CXSTREAM_BENCH_POSTGRES_URL); without one, a throwaway server from pgserver, "
@@ -95,7 +113,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, SQLite files) afterwards")
     args = p.parse_args(argv)
     if args.quick:
-        args.customers, args.days, args.latency_seconds = 5000, 10, 15.0
+        args.customers, args.days, args.latency_seconds, args.profile_customers = 5000, 10, 15.0, 10_000
     return args
 
 
@@ -108,7 +126,7 @@ def configurations(args: argparse.Namespace) -> tuple[list[str], list[PipelineCo
         PipelineConfig("postgres-envelopes", "postgres", "envelopes"),
         PipelineConfig(f"postgres-{args.scaling_shape}-2w", "postgres", args.scaling_shape, workers=2),
     ]
-    names = ["aiokafka", "faust-pass", *(c.name for c in pipelines), "latency"]
+    names = ["aiokafka", "faust-pass", *(c.name for c in pipelines), "latency", PROFILE_READS]
     if args.only:
         patterns = [x.strip() for x in args.only.split(",") if x.strip()]
         unknown = [pat for pat in patterns if not fnmatch.filter(names, pat)]
@@ -210,7 +228,57 @@ def _run(
     sampler: RssSampler,
     results: dict[str, Any],
 ) -> None:
-    """Everything that needs the broker; the caller stops the children whatever happens here."""
+    """Every configuration selected; the caller stops the children whatever happens here."""
+    postgres: PostgresServer | None = None
+    postgres_error: str | None = None
+    throwaway: Any = None
+    if any(c.database == "postgres" for c in pipelines) or PROFILE_READS in names:
+        url = args.postgres_url
+        try:
+            if url is None:
+                throwaway, url = throwaway_postgres()
+                print(f"[bench] PostgreSQL from pgserver: {url}", flush=True)
+            postgres = PostgresServer(url)
+            results["postgres_version"] = postgres.version()
+        except Exception as exc:
+            postgres, postgres_error = None, f"cannot reach {url}: {exc.__class__.__name__}: {exc}"
+            print(f"[bench] {postgres_error}", flush=True)
+
+    sampler.start()
+    ctx = BenchContext(
+        kafka_url="",
+        run_id=run_id,
+        workdir=workdir,
+        children=children,
+        sampler=sampler,
+        partitions=args.partitions,
+        postgres=postgres,
+        postgres_error=postgres_error,
+        timeout_s=args.timeout,
+        stall_s=args.stall_timeout,
+        worker_env=worker_env,
+    )
+    try:
+        if any(name != PROFILE_READS for name in names):
+            _streaming(ctx, args, names, pipelines, worker_env, results)
+        if PROFILE_READS in names:
+            _profile_reads(ctx, args, results)
+    finally:
+        if postgres is not None:
+            postgres.dispose()
+        if throwaway is not None:
+            throwaway.cleanup()
+
+
+def _streaming(
+    ctx: BenchContext,
+    args: argparse.Namespace,
+    names: list[str],
+    pipelines: list[PipelineConfig],
+    worker_env: dict[str, str],
+    results: dict[str, Any],
+) -> None:
+    """The configurations that read topics: the workload, the broker, publishing, baselines, pipelines, latency."""
     print(f"[bench] simulating {args.customers:,} customers over {args.days} days and converting", flush=True)
     work = wl.build_workload(args.customers, args.days)
     results["workload"] = {
@@ -235,56 +303,23 @@ def _run(
         "worker_env": worker_env,
         "worker_defaults": worker_defaults(),
     }
-
-    postgres: PostgresServer | None = None
-    postgres_error: str | None = None
-    throwaway: Any = None
-    if any(c.database == "postgres" for c in pipelines):
-        url = args.postgres_url
-        try:
-            if url is None:
-                throwaway, url = throwaway_postgres()
-                print(f"[bench] PostgreSQL from pgserver: {url}", flush=True)
-            postgres = PostgresServer(url)
-            results["postgres_version"] = postgres.version()
-        except Exception as exc:
-            postgres, postgres_error = None, f"cannot reach {url}: {exc.__class__.__name__}: {exc}"
-            print(f"[bench] {postgres_error}", flush=True)
-
     port = free_port()
-    kafka_url = f"kafka://127.0.0.1:{port}"
-    broker = start_broker(port, "memory://tansu/", log_path=workdir / "broker.log")
-    children.adopt("broker", broker)
-    sampler.watch("broker", broker.pid)
-    sampler.start()
+    ctx.kafka_url = f"kafka://127.0.0.1:{port}"
+    broker = start_broker(port, "memory://tansu/", log_path=ctx.workdir / "broker.log")
+    ctx.children.adopt("broker", broker)
+    ctx.sampler.watch("broker", broker.pid)
+    ctx.broker_pid = broker.pid
     print(f"[bench] embedded broker on 127.0.0.1:{port} (pid {broker.pid})", flush=True)
-    ctx = BenchContext(
-        kafka_url=kafka_url,
-        run_id=run_id,
-        workdir=workdir,
-        children=children,
-        sampler=sampler,
-        partitions=args.partitions,
-        postgres=postgres,
-        postgres_error=postgres_error,
-        timeout_s=args.timeout,
-        stall_s=args.stall_timeout,
-        worker_env=worker_env,
-        broker_pid=broker.pid,
-    )
-    try:
-        published = _publish(ctx, work, names, pipelines, results)
-        _baselines(ctx, names, published.get("single"), len(work.events), results)
-        for config in pipelines:
-            pub = published.get(config.shape)
-            _guard(results, config.name, lambda c=config, p=pub: _pipeline(ctx, c, p, len(work.events), results))
-        if "latency" in names:
-            _guard(results, "latency", lambda: _latency(ctx, args, len(work.events), results), latency=True)
-    finally:
-        if postgres is not None:
-            postgres.dispose()
-        if throwaway is not None:
-            throwaway.cleanup()
+    published = _publish(ctx, work, names, pipelines, results)
+    _baselines(ctx, names, published.get("single"), len(work.events), results)
+    for config in pipelines:
+        pub = published.get(config.shape)
+        _guard(results, config.name, lambda c=config, p=pub: _pipeline(ctx, c, p, len(work.events), results))
+    if "latency" in names:
+        _guard(results, "latency", lambda: _latency(ctx, args, len(work.events), results), latency=True)
+    # Nothing after this reads a topic: the broker's memory (every topic, in memory) goes back to the machine.
+    ctx.sampler.unwatch("broker")
+    ctx.children.stop(broker)
 
 
 def _publish(
@@ -316,8 +351,10 @@ def _publish(
     return published
 
 
-def _guard(results: dict[str, Any], name: str, work: Any, latency: bool = False) -> None:
-    """Run one configuration; record a failure with its message and carry on with the next one."""
+def _guard(
+    results: dict[str, Any], name: str, work: Any, latency: bool = False, entry: dict[str, Any] | None = None
+) -> None:
+    """Run one configuration; record a failure with its message (in ``entry`` when given) and carry on."""
     print(f"[bench] {name}", flush=True)
     try:
         work()
@@ -330,7 +367,9 @@ def _guard(results: dict[str, Any], name: str, work: Any, latency: bool = False)
         print(f"[bench] {name} FAILED: {message[:2000]}", flush=True)
         results["failures"].append({"config": name, "error": message})
         failed = {"status": "failed", "error": message}
-        if latency:
+        if entry is not None:
+            entry.update(failed)
+        elif latency:
             results["latency"] = failed
         elif name in ("aiokafka", "faust-pass"):
             results["baselines"][name] = failed
@@ -435,6 +474,45 @@ def _latency(ctx: BenchContext, args: argparse.Namespace, available: int, result
     )
 
 
+def _profile_reads(ctx: BenchContext, args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """The read API's latency on a database of ``--profile-customers``, built once per database kind."""
+    section: dict[str, Any] = {
+        "customers": args.profile_customers,
+        "days": args.profile_days,
+        "requests_per_kind": args.profile_requests,
+        "warmup_per_kind": reads.WARMUP_PER_KIND,
+        "seed": reads.SEED,
+        "batch_events": int(worker_defaults().get("CXSTREAM_BATCH_MAX_EVENTS", 5000)),
+        "databases": {kind: {"status": "not run"} for kind in ("sqlite", "postgres")},
+    }
+    results["profile_reads"] = section
+    print(
+        f"[bench] {PROFILE_READS}: simulating {args.profile_customers:,} customers over {args.profile_days} days "
+        "and converting",
+        flush=True,
+    )
+    started = time.perf_counter()
+    records = records_of(args.profile_customers, args.profile_days)
+    section.update(events=len(records), convert_s=time.perf_counter() - started)
+    print(f"[bench] {PROFILE_READS}: {len(records):,} events in {section['convert_s']:.0f}s", flush=True)
+    for kind, entry in section["databases"].items():
+        _guard(
+            results,
+            f"{PROFILE_READS} {kind}",
+            lambda k=kind, e=entry: run_profile_reads(
+                ctx,
+                k,
+                records,
+                batch=section["batch_events"],
+                requests=args.profile_requests,
+                warmup=reads.WARMUP_PER_KIND,
+                seed=reads.SEED,
+                entry=e,
+            ),
+            entry=entry,
+        )
+
+
 def _num(value: float | None) -> str:
     return "—" if value is None else f"{value:,.0f}"
 
@@ -521,6 +599,19 @@ def summarise(results: dict[str, Any]) -> None:
         shown = f"{scaling['ratio']:.2f}x one worker" if scaling["ratio"] else "—"
         verdict("two workers ≥ 1.7x one", name, scaling["ratio"], 1.7, None, shown)
     results["scaling"] = scaling
+    if PROFILE_READS in results["configurations"]:
+        databases = results.get("profile_reads", {}).get("databases", {})
+        for kind in ("sqlite", "postgres"):
+            entry = databases.get(kind, {})
+            p99 = profile_p99(entry) if entry.get("status") == "ok" else None
+            touchpoints = entry.get("touchpoints") or 0
+            if p99 is not None and touchpoints < MIN_TOUCHPOINTS:
+                # On a smaller database the figure says little about the target's: no verdict.
+                shown, p99 = f"p99 {1e3 * p99:.1f} ms on only {touchpoints:,} touchpoints", None
+            else:
+                shown = f"p99 {1e3 * p99:.1f} ms" if p99 is not None else "—"
+            target = f"profile read p99 < {1e3 * TARGET_P99_S:.0f} ms (≥ {MIN_TOUCHPOINTS:,} touchpoints)"
+            verdict(target, f"{PROFILE_READS} {kind}", p99, TARGET_P99_S, None, shown, lower=True)
     results["targets"] = targets
 
 

@@ -17,15 +17,18 @@ import argparse
 import cProfile
 import itertools
 import os
+import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import psutil
+from sqlalchemy import Engine
 
 from bench.procs import PostgresServer, throwaway_postgres
-from bench.workload import build_workload
+from bench.workload import prepare, simulate_records
 from config.settings import load_settings
 from sinks.database import make_engine, upgrade
 from sinks.sql import SqlSink
@@ -37,16 +40,43 @@ from streams.pipeline import BatchProcessor
 PARTITIONS = 4
 
 
-def records_of(customers: int, days: int) -> list[InRecord]:
-    """The workload as the worker receives it: one record per event, on its channel topic's partition."""
-    work = build_workload(customers, days)
+def stream_records(customers: int, days: int) -> Iterator[InRecord]:
+    """The workload as the worker receives it, converted as it is read: one record per event (rejected records
+    left out), on its channel topic's partition, with that partition's next offset."""
     offsets: dict[tuple[str, int], itertools.count[int]] = {}
-    records = []
-    for event in work.events:
-        tp = (f"cx.touchpoints.{event.channel}", partition_for(event.key, PARTITIONS))
+    for n, rec in enumerate(simulate_records(customers, days), 1):
+        event = prepare(rec, n)
+        if isinstance(event, str):
+            continue
+        # Interned: a million records held at once share one string per topic.
+        tp = (sys.intern(f"cx.touchpoints.{event.channel}"), partition_for(event.key, PARTITIONS))
         offset = next(offsets.setdefault(tp, itertools.count()))
-        records.append(InRecord(tp[0], tp[1], offset, event.value))
-    return records
+        yield InRecord(tp[0], tp[1], offset, event.value)
+
+
+def records_of(customers: int, days: int) -> list[InRecord]:
+    """The whole workload as the worker receives it (see stream_records)."""
+    return list(stream_records(customers, days))
+
+
+def batches_of(records: Iterable[InRecord], size: int) -> Iterator[list[InRecord]]:
+    """``records`` cut into the batches a worker hands its apply process, ``size`` events each (the last fewer)."""
+    it = iter(records)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+def new_processor(database_url: str) -> tuple[Engine, BatchProcessor]:
+    """The apply process's engine and batch processor on ``database_url``, schema upgraded, collector tuned as in
+    the apply process (this process's collector: see apply_process.tune_collector)."""
+    engine = make_engine(database_url, writer=True)
+    upgrade(engine)
+    settings = load_settings(database_url=database_url)
+    # A wall clock that stands still: no partition goes idle by it, so what a batch does depends on the records
+    # alone, not on how fast this machine applied the batches before it.
+    processor = BatchProcessor(settings, SqlSink(engine), clock=lambda: 0.0)
+    apply_process.tune_collector()
+    return engine, processor
 
 
 def _server_cpu(pid: int | None) -> float:
@@ -67,12 +97,8 @@ def run(
     database_url: str, records: list[InRecord], batch: int, skip: int, profile: Path | None, server: int | None
 ) -> None:
     """Apply ``records`` in batches of ``batch``; print the figures."""
-    engine = make_engine(database_url, writer=True)
-    upgrade(engine)
-    settings = load_settings(database_url=database_url)
-    processor = BatchProcessor(settings, SqlSink(engine), clock=lambda: 0.0)
-    apply_process.tune_collector()
-    batches = [records[i : i + batch] for i in range(0, len(records), batch)]
+    engine, processor = new_processor(database_url)
+    batches = list(batches_of(records, batch))
     profiler = cProfile.Profile() if profile else None
     measured = 0
     started = None

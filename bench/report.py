@@ -17,6 +17,8 @@ from typing import Any
 import orjson
 import psutil
 
+from bench.reads import REQUESTS
+
 #: Distributions whose versions decide the figures.
 PACKAGES = (
     "faust-streaming",
@@ -160,7 +162,8 @@ def render_table(table: list[list[str]], markdown: bool = False) -> str:
 
 def console_summary(results: dict[str, Any]) -> str:
     """What the benchmark prints at the end."""
-    parts = [render_table(rows(results))]
+    table = rows(results)
+    parts = [render_table(table)] if len(table) > 1 else []
     lat = results.get("latency")
     if lat and lat.get("status") == "ok":
         p = lat["percentiles"]
@@ -171,6 +174,16 @@ def console_summary(results: dict[str, Any]) -> str:
         )
     elif lat:
         parts.append(f"latency: {lat['status']}: {lat.get('error', '')[:300]}")
+    for kind, entry in results.get("profile_reads", {}).get("databases", {}).items():
+        if entry.get("status") != "ok":
+            parts.append(f"profile reads on {kind}: {entry['status']}")
+            continue
+        for name, fig in entry["requests"].items():
+            parts.append(
+                f"profile reads on {kind}, {name}: p50 {1e3 * fig['p50']:.1f} ms  p95 {1e3 * fig['p95']:.1f} ms  "
+                f"p99 {1e3 * fig['p99']:.1f} ms  max {1e3 * fig['max']:.1f} ms  ({fig['requests']:,} requests, "
+                f"{entry['touchpoints']:,} touchpoints)"
+            )
     for target in results["targets"]:
         parts.append(f"target {target['target']}: {target['config']} {target['shown']} → {target['verdict']}")
     for failure in results["failures"]:
@@ -188,7 +201,7 @@ def write_json(results: dict[str, Any], path: Path) -> None:
 
 def write_markdown(results: dict[str, Any], path: Path, png_name: str | None) -> None:
     """docs/benchmarks.md: how the figures were made, every figure, ratios and the targets' verdicts."""
-    m, w, s = results["machine"], results["workload"], results["settings"]
+    m = results["machine"]
     lines = [
         "# Benchmarks",
         "",
@@ -223,6 +236,33 @@ def write_markdown(results: dict[str, Any], path: Path, png_name: str | None) ->
         "Other processes on the machine share its cores; a load average well above zero at start means the",
         "figures are low. Ratios measured in the same run are steadier than absolute figures.",
         "",
+    ]
+    if "workload" in results:  # a run of profile reads alone has no workload, broker or worker
+        lines += _stream_sections(results, png_name)
+    reads = _profile_reads_section(results)
+    lines += reads[1:] if reads and lines[-1] == "" else reads  # one blank line between sections, not two
+    lines += ["", "## Targets", "", "| target | configuration | measured | verdict |", "|---|---|---:|---|"]
+    for target in results["targets"]:
+        lines.append(f"| {target['target']} | {target['config']} | {target['shown']} | {target['verdict']} |")
+    lines += [
+        "",
+        "*pass*: at or above the target; *below target*: under the target but at or above its floor; *fail*: under",
+        "the floor (or, without a floor, under the target); *n/a*: not measured in this run.",
+        "",
+    ]
+    if "settings" in results:
+        lines += _worker_settings(results["settings"])
+    if results["failures"]:
+        lines += ["", "## Failures", ""]
+        for failure in results["failures"]:
+            lines += [f"### {failure['config']}", "", "```", failure["error"][-3000:], "```", ""]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _stream_sections(results: dict[str, Any], png_name: str | None) -> list[str]:
+    """Workload, results, pipeline runs, CPU per event, latency and two workers: the runs that read topics."""
+    m, w, s = results["machine"], results["workload"], results["settings"]
+    lines = [
         "## Workload",
         "",
         f"`streams.sandbox.journeys.simulate(customers={w['customers']:,}, days={w['days']}, seed=1, "
@@ -348,14 +388,84 @@ def write_markdown(results: dict[str, Any], path: Path, png_name: str | None) ->
             ]
     else:
         lines.append("Not measured in this run" + (f": {sc['why']}" if sc and sc.get("why") else "."))
-    lines += ["", "## Targets", "", "| target | configuration | measured | verdict |", "|---|---|---:|---|"]
-    for target in results["targets"]:
-        lines.append(f"| {target['target']} | {target['config']} | {target['shown']} | {target['verdict']} |")
+    return lines
+
+
+def _profile_reads_section(results: dict[str, Any]) -> list[str]:
+    """The read API's latency on a database of a million touchpoints, and the plans of its statements."""
+    section = results.get("profile_reads")
+    if not section:
+        return []
+    databases = section["databases"]
+    lines = [
+        "",
+        "## Profile reads",
+        "",
+        f"The read API (`cxstream api`) on a results database of `simulate(customers={section['customers']:,}, "
+        f"days={section['days']}, seed=1, duplicate_rate=0.02, late_rate=0.02)`: {section['events']:,} events, "
+        f"converted in {section['convert_s']:.0f} s, then applied in batches of {section['batch_events']:,} through "
+        "the worker's apply path (`BatchProcessor` + `SqlSink`, in the benchmark's process), once per database kind, "
+        "the same events for both. *build s*: the applying alone. The API ran as a user runs it, with only "
+        "`CXSTREAM_DATABASE_URL` and `CXSTREAM_READ_KEYS` set; the benchmark called it on one keep-alive HTTP "
+        f"connection, one request at a time, {section['requests_per_kind']:,} requests of each kind for customers "
+        f"(and e-mail addresses) drawn at random (seed {section['seed']}), the kinds interleaved at random, after "
+        f"{section['warmup_per_kind']} unmeasured requests of each kind. A latency runs from sending the request to "
+        "having read the whole response. The database had just been written, so its pages were in the operating "
+        "system's cache, as a worker's database is while it runs; a cold cache reads from the disk. Client, API and "
+        "database server share the machine's cores (with whatever else runs on it): the figures are noisy, the tail "
+        "most of all.",
+        "",
+        "| database | touchpoints | customers | identities | size MB | build s | events/s applied "
+        "| most touchpoints of one customer |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    ok = {kind: entry for kind, entry in databases.items() if entry.get("status") == "ok"}
+    for kind, entry in ok.items():
+        r, b = entry["rows_by_table"], entry["build"]
+        lines.append(
+            f"| {kind} | {r['touchpoints']:,} | {r['customers']:,} | {r['identities']:,} | "
+            f"{entry['database_bytes'] / 1e6:,.0f} | {b['seconds']:,.0f} | {b['events_per_s']:,.0f} | "
+            f"{entry['most_touchpoints']:,} |"
+        )
     lines += [
         "",
-        "*pass*: at or above the target; *below target*: under the target but at or above its floor; *fail*: under",
-        "the floor (or, without a floor, under the target); *n/a*: not measured in this run.",
-        "",
+        "| database | request | requests | p50 ms | p95 ms | p99 ms | max ms | requests/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for kind, entry in ok.items():
+        for name, fig in entry["requests"].items():
+            cells = " | ".join(f"{1e3 * fig[q]:.1f}" for q in ("p50", "p95", "p99", "max"))
+            lines.append(
+                f"| {kind} | `{REQUESTS[name]}` | {fig['requests']:,} | {cells} | {fig['requests_per_s']:,.0f} |"
+            )
+    lines.append("")
+    for kind, entry in ok.items():
+        lines.append(
+            f"- **{kind}**: {entry['requests_per_s']:,.0f} requests/s of the three kinds together, one after the "
+            f"other; the API used {_fmt(entry['api_cpu_ms_per_request'], '.2f')} ms of CPU per request; its peak "
+            f"RSS {entry['api_peak_rss'] / MB:,.0f} MB."
+        )
+    for kind, entry in databases.items():
+        if kind not in ok:
+            error = entry.get("error", "")
+            lines.append(f"- **{kind}**: {entry['status']}" + (f": {error.splitlines()[0]}" if error else ""))
+    for kind, entry in ok.items():
+        lines += [
+            "",
+            f"Plans on {kind} of the statements a profile read by e-mail and a timeline's first page run, for the "
+            "customer with the most touchpoints ("
+            + ("EXPLAIN ANALYZE: they ran, with their times" if kind == "postgres" else "EXPLAIN QUERY PLAN")
+            + "):",
+            "",
+        ]
+        block = [line for plan in entry["plans"] for line in ("", f"-- {plan['call']}", plan["sql"], *plan["plan"])]
+        lines += ["```", *block[1:], "```"]
+    return lines
+
+
+def _worker_settings(s: dict[str, Any]) -> list[str]:
+    """How the workers were configured (and what the baselines are)."""
+    lines = [
         "## Settings of the worker runs",
         "",
         "Every worker ran as `python -m streams.cli worker --loglevel warning` with only these CXSTREAM_* variables "
@@ -373,11 +483,7 @@ def write_markdown(results: dict[str, Any], path: Path, png_name: str | None) ->
         "`orjson.loads` per record (session 6 s, heartbeat 2 s, memory store, web off). Both read the "
         "one-event-per-record topics.",
     ]
-    if results["failures"]:
-        lines += ["", "## Failures", ""]
-        for failure in results["failures"]:
-            lines += [f"### {failure['config']}", "", "```", failure["error"][-3000:], "```", ""]
-    path.write_text("\n".join(lines) + "\n")
+    return lines
 
 
 def cpu_per_event(run: dict[str, Any]) -> dict[str, float]:

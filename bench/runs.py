@@ -22,7 +22,7 @@ from subprocess import Popen
 from typing import Any
 
 import psutil
-from sqlalchemy import Engine, create_engine, func, select
+from sqlalchemy import Connection, Engine, create_engine, func, select
 from sqlalchemy.exc import DBAPIError
 
 from bench import workload as wl
@@ -161,6 +161,7 @@ class LatencyResult:
 class BenchContext:
     """What every run needs: the broker, the process registry, timeouts and where to put files."""
 
+    #: Empty until the broker is started (a run of profile reads alone starts none: they read no topic).
     kafka_url: str
     run_id: str
     workdir: Path
@@ -434,10 +435,13 @@ def sql_figures(engine: Engine) -> tuple[list[tuple[datetime, int]], dict[str, i
                 select(tp.committed_at, func.count()).group_by(tp.committed_at).order_by(tp.committed_at)
             )
         ]
-        rows = {
-            name: int(conn.scalar(select(func.count()).select_from(t.RESULTS[name])) or 0) for name in RESULT_TABLES
-        }
+        rows = result_rows(conn)
     return commits, rows
+
+
+def result_rows(conn: Connection) -> dict[str, int]:
+    """Rows of each result table (figures of the ``metrics`` view included), by name."""
+    return {name: int(conn.scalar(select(func.count()).select_from(t.RESULTS[name])) or 0) for name in RESULT_TABLES}
 
 
 def upgrade_schema(ctx: BenchContext, database_url: str, tag: str) -> None:

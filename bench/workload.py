@@ -68,6 +68,17 @@ def simulate_records(customers: int, days: int) -> Iterator[SimRecord]:
     return simulate(customers=customers, days=days, seed=SEED, duplicate_rate=DUPLICATE_RATE, late_rate=LATE_RATE)
 
 
+def prepare(rec: SimRecord, line: int) -> Prepared | str:
+    """One simulated record converted as ``cxstream simulate`` converts it: the event, or why it was rejected."""
+    item = convert_one(Channel(rec.channel), rec.raw, source_file="simulate", line=line)
+    dead = getattr(item, "dead_letter", None)
+    if dead is not None:
+        return str(dead.reason)
+    event = item.event  # type: ignore[union-attr]
+    # The same bytes as Publisher.event would send (model_dump_json), computed once for both shapes.
+    return Prepared(event.channel.value, partition_key(event), event.model_dump_json().encode(), event.event_id)
+
+
 def build_workload(customers: int, days: int) -> Workload:
     """Simulate and convert once; rejected records are counted (the simulator emits none by default)."""
     started = time.perf_counter()
@@ -77,16 +88,11 @@ def build_workload(customers: int, days: int) -> Workload:
     ids: set[str] = set()
     for n, rec in enumerate(records, 1):
         work.kinds[rec.kind] += 1
-        item = convert_one(Channel(rec.channel), rec.raw, source_file="simulate", line=n)
-        dead = getattr(item, "dead_letter", None)
-        if dead is not None:
-            work.rejected[dead.reason] += 1
+        event = prepare(rec, n)
+        if isinstance(event, str):
+            work.rejected[event] += 1
             continue
-        event = item.event  # type: ignore[union-attr]
-        # The same bytes as Publisher.event would send (model_dump_json), computed once for both shapes.
-        work.events.append(
-            Prepared(event.channel.value, partition_key(event), event.model_dump_json().encode(), event.event_id)
-        )
+        work.events.append(event)
         ids.add(event.event_id)
     work.distinct_events = len(ids)
     work.convert_s = time.perf_counter() - simulated
