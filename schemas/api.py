@@ -11,26 +11,6 @@ from pydantic import BaseModel, ConfigDict, Field
 _OUT = ConfigDict(frozen=True)
 
 
-class ApiProfile(BaseModel):
-    """One customer as the results database holds it."""
-
-    model_config = _OUT
-
-    customer_id: str
-    first_seen: datetime
-    last_seen: datetime
-    stage: str
-    events: int
-    purchases: int
-    revenue: Decimal
-    contacts: int
-    returns: int
-    open_issues: int
-    overdue_at: datetime | None = Field(description="When the earliest open issue passes its target time.")
-    traits: dict[str, Any] = Field(default_factory=dict, description="Identify traits, the latest value of each.")
-    identifiers: list[str] = Field(description="Identifier keys `type:value` (PII hashed when hashing is on).")
-
-
 class ApiTouchpoint(BaseModel):
     """One touchpoint on a customer's timeline."""
 
@@ -119,6 +99,34 @@ class ApiAlerts(BaseModel):
 
     alerts: list[ApiAlert]
     next: str | None = Field(description="Cursor of the next page (`?after=`); null on the last page.")
+
+
+class ApiProfile(BaseModel):
+    """One customer as the results database holds it."""
+
+    model_config = _OUT
+
+    customer_id: str
+    first_seen: datetime
+    last_seen: datetime
+    stage: str
+    events: int
+    purchases: int
+    revenue: Decimal
+    contacts: int
+    returns: int
+    open_issues: int
+    overdue_at: datetime | None = Field(description="When the earliest open issue passes its target time.")
+    traits: dict[str, Any] = Field(default_factory=dict, description="Identify traits, the latest value of each.")
+    identifiers: list[str] = Field(description="Identifier keys `type:value` (PII hashed when hashing is on).")
+    metrics: list[ApiFigure] = Field(
+        default_factory=list,
+        description="The customer's own figures (scope customer, every window kept per customer), by window start.",
+    )
+    latest_alerts: list[ApiAlert] = Field(
+        default_factory=list,
+        description="The customer's latest alerts, newest first (the /alerts route pages them all).",
+    )
 
 
 class ApiMerge(BaseModel):

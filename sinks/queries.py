@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, Select, func, or_, select, tuple_
 
+from schemas.outputs import MetricScope
 from sinks import tables as t
+from sinks.contract import cell_key
 from sinks.sql import as_utc
+from streams.domain.aggregate import figures
 
 
 def resolve_customer(engine: Engine, ref: str) -> str | None:
@@ -107,7 +110,7 @@ def _page(
 ) -> list[dict[str, Any]]:
     """Rows of ``query`` in ``order`` (a unique key), up to ``limit`` of them after the position ``after``."""
     if after is not None:
-        query = query.where(tuple_(*order) > tuple_(*after))
+        query = query.where(tuple_(*order) > tuple_(*(_utc(value) for value in after)))
     with engine.connect() as conn:
         return [_plain(row) for row in conn.execute(query.order_by(*order).limit(limit)).mappings()]
 
@@ -115,10 +118,22 @@ def _page(
 def _between(query: Select[Any], column: Any, since: datetime | None, until: datetime | None) -> Select[Any]:
     """``query`` kept to rows whose ``column`` is in ``[since, until)`` (either bound optional)."""
     if since is not None:
-        query = query.where(column >= since)
+        query = query.where(column >= _utc(since))
     if until is not None:
-        query = query.where(column < until)
+        query = query.where(column < _utc(until))
     return query
+
+
+def _utc(value: Any) -> Any:
+    """A time bound as compared with the stored times: in UTC. SQLite stores a time's wall-clock fields and drops
+    its offset, so a bound given in another zone (``10:00+02:00``) would be compared as if it were 10:00 UTC."""
+    if not isinstance(value, datetime):
+        return value
+    try:
+        return as_utc(value)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is before the first UTC time there is; 9999-12-31T23:00-05:00 after
+        ahead = (value.utcoffset() or timedelta()) > timedelta()
+        return datetime.min.replace(tzinfo=UTC) if ahead else datetime.max.replace(tzinfo=UTC)
 
 
 def timeline_page(
@@ -158,10 +173,13 @@ def customer_identities(engine: Engine, customer_id: str) -> list[dict[str, Any]
         return [_plain(row) for row in conn.execute(query.order_by(c.identifier)).mappings()]
 
 
-def customer_merges(engine: Engine, customer_id: str) -> list[dict[str, Any]]:
-    """The merges that ended in a customer (the customers merged into it, with their evidence), by event time."""
+def customer_merges(engine: Engine, customer_id: str, limit: int | None = None) -> list[dict[str, Any]]:
+    """The merges that ended in a customer (the customers merged into it, with their evidence), by event time;
+    the first ``limit`` of them when given."""
     m = t.identity_merges.c
     query = select(t.identity_merges).where(m.survivor_id == customer_id).order_by(m.occurred_at, m.merged_id)
+    if limit is not None:
+        query = query.limit(limit)
     with engine.connect() as conn:
         return [_plain(row) for row in conn.execute(query).mappings()]
 
@@ -183,6 +201,26 @@ def alert_page(
     a = t.alerts.c
     query = select(t.alerts).where(*(a[name] == value for name, value in filters.items()))
     return _page(engine, _between(query, a.occurred_at, since, until), (a.occurred_at, a.alert_id), after, limit)
+
+
+def customer_figures(engine: Engine, customer_id: str) -> list[dict[str, Any]]:
+    """A customer's own figures (scope ``customer``, every window) as the ``metrics`` view has them, by window start,
+    metric and window: computed here from the customer's cells with the domain's arithmetic (``figures``), which the
+    view reproduces in SQL, because planning the view's one branch per metric cost more than the whole read."""
+    c = t.metric_cells.c
+    query = select(c["window"], c.window_start, c.counters, c.final).where(
+        c.scope == MetricScope.CUSTOMER.value, c.key == customer_id
+    )
+    with engine.connect() as conn:
+        cells = conn.execute(query).all()
+    found = [
+        {**row._asdict(), "scope": row.scope.value}
+        for window, start, counters, final in cells
+        for row in figures(
+            cell_key(MetricScope.CUSTOMER.value, customer_id, window, as_utc(start)), counters, final=final
+        )
+    ]
+    return sorted(found, key=lambda row: (row["window_start"], row["metric"], row["window"]))
 
 
 # --- the pages (streams.pages) -------------------------------------------------------------------------------------
@@ -253,6 +291,11 @@ def metric_series(
         latest = conn.scalar(select(func.max(m.window_start)).where(*chosen))
         if latest is None:
             return []
+        # Not past the event-time watermark: one event from a source with a wrong clock (dated years ahead) would
+        # otherwise leave only itself in the chart's range.
+        watermark = conn.scalar(select(func.max(t.stream_clock.c.watermark)))
+        if watermark is not None:
+            latest = min(as_utc(latest), as_utc(watermark))
         query = select(m.scope, m.key, m.metric, m.window_start, m.window_end, m.value, m.denominator, m.status).where(
             *chosen, m.window_start >= as_utc(latest) - timedelta(days=days)
         )

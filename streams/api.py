@@ -16,7 +16,6 @@ import functools
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote
 
 import orjson
 from aiohttp import web
@@ -42,15 +41,13 @@ from schemas.api import (
     SegmentList,
     SegmentTraits,
 )
-from schemas.touchpoint import IdentifierType
 from sinks.queries import (
     ALERT_FILTERS,
     METRIC_FILTERS,
     alert_page,
-    customer_exists,
+    customer_figures,
     customer_identities,
     customer_merges,
-    customer_of_key,
     customer_profile,
     latest_alerts,
     latest_touchpoints,
@@ -61,14 +58,15 @@ from sinks.queries import (
 )
 from streams import pages
 from streams.auth import basic_user
-from streams.domain.identifiers import PII_TYPES, InvalidIdentifier, identifier_key, normalise_identifier
-from streams.policies import identifier_hashing
+from streams.domain.identifiers import PII_TYPES
+from streams.policies import Policies, identifier_hashing
+from streams.references import find_customer
 
 #: Items of a page unless ``?limit=`` says otherwise, and the most it may say.
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
+#: A profile's latest alerts, at most (its own figures are a few dozen per window kept per customer: all shown).
+PROFILE_ALERTS = 10
 
-#: Segment's names of the web identifiers, as its Profile API takes them in ``{type}:{value}``.
-SEGMENT_ID_TYPES = {"user_id": IdentifierType.WEB_USER_ID, "anonymous_id": IdentifierType.WEB_ANONYMOUS_ID}
 
 #: Where Segment's Profile API serves a profile; the space id is accepted and ignored (one space here).
 SEGMENT_PROFILE = "/v1/spaces/{space}/collections/users/profiles/{ref}"
@@ -91,6 +89,7 @@ class ReadApi:
         self.engine = engine
         self.read_keys = frozenset(settings.read_keys)
         self.hashing = identifier_hashing(settings)
+        self.customer_policy = Policies.from_settings(settings).customer
 
     def application(self) -> web.Application:
         """The aiohttp application: the JSON routes behind the read-key check, and the OpenAPI document."""
@@ -136,11 +135,18 @@ class ReadApi:
     async def customer(self, request: web.Request) -> web.Response:
         """``GET /v1/customers/{ref}``: the profile."""
         customer_id = await self._resolve(request.match_info["ref"])
-        found = None if customer_id is None else await asyncio.to_thread(customer_profile, self.engine, customer_id)
+        found = None if customer_id is None else await asyncio.to_thread(self._profile, customer_id)
         if found is None:
             return _json(ApiError(error=f"no customer {request.match_info['ref']!r}"), 404)
-        found["traits"] = found.get("traits") or {}
         return _json(ApiProfile.model_validate(found))
+
+    def _profile(self, customer_id: str) -> dict[str, Any] | None:
+        found = customer_profile(self.engine, customer_id)
+        if found is not None:
+            found["traits"] = found.get("traits") or {}
+            found["metrics"] = customer_figures(self.engine, customer_id)
+            found["latest_alerts"] = latest_alerts(self.engine, PROFILE_ALERTS, customer_id)
+        return found
 
     async def timeline(self, request: web.Request) -> web.Response:
         """``GET /v1/customers/{ref}/timeline?limit=&after=``: touchpoints in event-time order."""
@@ -154,7 +160,7 @@ class ReadApi:
 
     async def metrics(self, request: web.Request) -> web.Response:
         """``GET /v1/metrics?scope=&key=&metric=&window=&from=&to=&limit=&after=``: figures by window start."""
-        filters = {name: request.query[name] for name in METRIC_FILTERS if request.query.get(name)}
+        filters = _filters(request, METRIC_FILTERS)
         fetch = functools.partial(metric_page, self.engine, filters, _time(request, "from"), _time(request, "to"))
         rows, cursor = await _paged(request, fetch, ("window_start", "scope", "key", "metric", "window"))
         return _json(ApiFigures(figures=[ApiFigure.model_validate(row) for row in rows], next=cursor))
@@ -168,9 +174,7 @@ class ReadApi:
 
     async def alerts(self, request: web.Request) -> web.Response:
         """``GET /v1/alerts?customer_id=&rule=&severity=&from=&to=&limit=&after=``: alerts by time."""
-        return await self._alerts(
-            request, {name: request.query[name] for name in ALERT_FILTERS if request.query.get(name)}
-        )
+        return await self._alerts(request, _filters(request, ALERT_FILTERS))
 
     async def _alerts(self, request: web.Request, filters: dict[str, str]) -> web.Response:
         fetch = functools.partial(alert_page, self.engine, filters, _time(request, "from"), _time(request, "to"))
@@ -201,12 +205,18 @@ class ReadApi:
         if profile is None:
             return None
         touchpoints, total = latest_touchpoints(self.engine, customer_id, pages.JOURNEY_TOUCHPOINTS)
+        # One more than the page shows tells it there are more (a customer may have thousands of either).
+        alerts = latest_alerts(self.engine, pages.JOURNEY_ALERTS + 1, customer_id)
+        merges = customer_merges(self.engine, customer_id, pages.JOURNEY_MERGES + 1)
         return pages.Journey(
             profile=profile,
             touchpoints=touchpoints,
             total_touchpoints=total,
-            alerts=latest_alerts(self.engine, pages.JOURNEY_ALERTS, customer_id),
-            merges=customer_merges(self.engine, customer_id),
+            alerts=alerts[: pages.JOURNEY_ALERTS],
+            merges=merges[: pages.JOURNEY_MERGES],
+            more_alerts=len(alerts) > pages.JOURNEY_ALERTS,
+            more_merges=len(merges) > pages.JOURNEY_MERGES,
+            lookback=self.customer_policy.lookback,
         )
 
     async def search_page(self, request: web.Request) -> web.Response:
@@ -214,7 +224,9 @@ class ReadApi:
         ref = request.query.get("ref", "").strip()
         if not ref:
             raise web.HTTPFound("/ui/")
-        raise web.HTTPFound(f"/ui/customers/{quote(ref, safe='')}")
+        if not ref.strip("."):  # "..": a browser would resolve the redirect to /ui/customers/.. into /ui/
+            return _html(pages.not_found_page(ref), 404)
+        raise web.HTTPFound(pages.customer_path(ref))
 
     async def overview_page(self, _request: web.Request) -> web.Response:
         """``GET /ui/``: the experience figures over time per channel, the latest alerts, the worst-served."""
@@ -222,7 +234,8 @@ class ReadApi:
 
     def _overview(self) -> pages.Overview:
         windows = [w for w in self.settings.metric_windows if w != "all"]
-        window = "1d" if "1d" in windows else (windows[0] if windows else "all")
+        # Days read best over the overview's 60 days; an hourly window would be 1,440 points a line.
+        window = next((w for w in ("1d", "7d", "30d") if w in windows), windows[0] if windows else "all")
         figures = metric_series(
             self.engine, ("channel", "overall"), window, list(pages.OVERVIEW_METRICS), pages.OVERVIEW_DAYS
         )
@@ -296,20 +309,8 @@ class ReadApi:
         return await asyncio.to_thread(self.resolve, ref)
 
     def resolve(self, ref: str) -> str | None:
-        """The customer id ``ref`` names: a customer id, or an identifier ``type:value`` stored as the adapters
-        store it (normalised; hashed when it is PII and hashing is on)."""
-        if customer_exists(self.engine, ref):
-            return ref
-        kind_name, separator, value = ref.partition(":")
-        try:
-            kind = SEGMENT_ID_TYPES.get(kind_name) or IdentifierType(kind_name)
-            normal = normalise_identifier(kind, value, self.settings.default_phone_region)
-        except (ValueError, InvalidIdentifier):
-            return None
-        if not separator:
-            return None
-        stored = normal if self.hashing is None else self.hashing.value(kind, normal)
-        return customer_of_key(self.engine, identifier_key(kind, stored))
+        """The customer id ``ref`` names (``streams.references.find_customer``)."""
+        return find_customer(self.engine, ref, self.hashing, self.settings.default_phone_region)
 
 
 def _html(text: str, status: int = 200) -> web.Response:
@@ -324,7 +325,7 @@ def _json(model: BaseModel, status: int = 200, headers: dict[str, str] | None = 
 
 def _limit(request: web.Request) -> int:
     text = request.query.get("limit", str(DEFAULT_LIMIT))
-    if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_LIMIT:  # int("²") fails
         raise BadRequest(f"limit must be a whole number from 1 to {MAX_LIMIT}, got {text!r}")
     return int(text)
 
@@ -340,6 +341,15 @@ def _time(request: web.Request, name: str) -> datetime | None:
     if at.tzinfo is None:
         raise BadRequest(f"{name} needs a time zone (Z or +hh:mm), got {text!r}")
     return at
+
+
+def _filters(request: web.Request, names: tuple[str, ...]) -> dict[str, str]:
+    """The equality filters among ``names`` that the query gives (empty ones ignored)."""
+    filters = {name: request.query[name] for name in names if request.query.get(name)}
+    for name, value in filters.items():
+        if "\x00" in value:  # PostgreSQL refuses NUL in a parameter: a 400, not a 500
+            raise BadRequest(f"{name} must not hold a NUL character")
+    return filters
 
 
 async def _paged(
@@ -375,7 +385,11 @@ def _cursor(request: web.Request, size: int, name: str = "after") -> list[Any] |
         return None
     try:
         position = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-        if isinstance(position, list) and len(position) == size and all(isinstance(p, str) for p in position):
+        if (
+            isinstance(position, list)
+            and len(position) == size
+            and all(isinstance(p, str) and "\x00" not in p for p in position)
+        ):
             datetime.fromisoformat(position[0])
             return position
     except (ValueError, binascii.Error, orjson.JSONDecodeError):

@@ -311,11 +311,15 @@ def timeline(ctx: click.Context, customer: str, as_json: bool) -> None:
     """
     from sinks.queries import resolve_customer
     from streams.inspection import customer_story, dumps, story_lines
-    from streams.policies import Policies
+    from streams.policies import Policies, identifier_hashing
+    from streams.references import find_customer
 
     settings = _settings(ctx)
     with _results_database(settings) as engine:
-        customer_id = resolve_customer(engine, customer)
+        # As the read API finds it (normalised, hashed with hashing on); else a bare value of any type as stored.
+        customer_id = find_customer(
+            engine, customer, identifier_hashing(settings), settings.default_phone_region
+        ) or resolve_customer(engine, customer)
         if customer_id is None:
             raise click.ClickException(f"no customer known by {customer!r}")
         data = customer_story(engine, customer_id, Policies.from_settings(settings).customer)

@@ -13,6 +13,7 @@ not kept, or cut, a CSV row without its header, a collector request) stops the r
 
 from __future__ import annotations
 
+import binascii
 import re
 import time
 from collections import Counter
@@ -110,7 +111,9 @@ class Scan:
 def parse_position(text: str) -> tuple[int, int]:
     """``PARTITION:OFFSET`` as two numbers; ValueError with what is expected otherwise."""
     partition, sep, offset = text.partition(":")
-    if not sep or not partition.isdigit() or not offset.isdigit():
+    # ASCII digits only ("²".isdigit() holds, int("²") fails), and an offset Kafka can hold (an int64: a larger
+    # one fails deep in the consumer's fetch request instead of here).
+    if not sep or not all(part.isascii() and part.isdigit() for part in (partition, offset)) or int(offset) >= 2**63:
         raise ValueError(f"expected PARTITION:OFFSET (such as 0:12), got {text!r}")
     return int(partition), int(offset)
 
@@ -147,12 +150,16 @@ def _partitions(consumer: KafkaConsumer, topic: str) -> list[TopicPartition]:
 
 
 def _parse(value: bytes | None) -> DeadLetter | None:
+    """The dead letter a record holds, or None when it holds none (not one's JSON, or an original that is not
+    base64: another producer's record, which --show and --replay would otherwise fail on)."""
     if not value:
         return None
     try:
-        return DeadLetter.model_validate_json(value)
-    except ValidationError:
+        dead = DeadLetter.model_validate_json(value)
+        dead.original()
+    except (ValidationError, binascii.Error):
         return None
+    return dead
 
 
 def scan(

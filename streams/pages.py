@@ -13,7 +13,7 @@ figures of each channel over time (provisional windows hollow), the latest alert
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html import escape
@@ -39,6 +39,8 @@ OVERVIEW_METRICS = {
 OVERVIEW_DAYS = 60
 #: Alerts on the overview and on a journey page (the latest), and customers in the worst-served table.
 OVERVIEW_ALERTS, JOURNEY_ALERTS, WORST_SERVED = 20, 50, 10
+#: Merges a journey page lists at most (the first); the JSON merges route lists them all.
+JOURNEY_MERGES = 200
 
 _CHANNELS = [c.value for c in Channel]
 _COLOURS = {"store": "#1b9e77", "phone": "#d95f02", "web": "#7570b3", "ecommerce": "#e7298a", "overall": "#444"}
@@ -84,9 +86,17 @@ def _table(table_id: str, headers: Sequence[str], rows: Iterable[Sequence[str]],
     return f'<table id="{table_id}"><tr>{head}</tr>{body}</table>'
 
 
+def customer_path(ref: str) -> str:
+    """The path of the journey page of ``ref`` (a customer id or ``type:value``), ``/`` in it quoted.
+
+    A ref of dots alone has no such path: browsers resolve the segment ``..`` (and ``%2E%2E``) away.
+    """
+    return f"/ui/customers/{quote(ref, safe='')}"
+
+
 def customer_link(customer_id: str) -> str:
     """A link to a customer's journey page."""
-    return f'<a href="/ui/customers/{quote(customer_id, safe="")}">{escape(customer_id)}</a>'
+    return f'<a href="{escape(customer_path(customer_id))}">{escape(customer_id)}</a>'
 
 
 class _TimeScale:
@@ -125,6 +135,12 @@ class Journey:
     total_touchpoints: int
     alerts: list[dict[str, Any]] = field(default_factory=list)
     merges: list[dict[str, Any]] = field(default_factory=list)
+    #: The customer has more alerts, or merges, than ``alerts`` and ``merges`` hold.
+    more_alerts: bool = False
+    more_merges: bool = False
+    #: How far back a contact counts earlier contacts about the same issue key, seconds
+    #: (``CustomerPolicy.lookback``); a contact further from the previous one starts a new line.
+    lookback: Callable[[str], float] = lambda _key: float("inf")
 
 
 _LANE_H, _LEFT, _WIDTH, _TOP = 56, 110, 900, 40
@@ -173,6 +189,7 @@ def journey_page(journey: Journey) -> str:
         + "<span>● touchpoint</span><span>◆ moment of truth</span><span>— issue, ◯ repeat contact,"
         " ✓ resolved</span><span>▼ alert</span></p>"
         + "<h2>Alerts</h2>"
+        + _more(journey.more_alerts, f"The latest {len(journey.alerts)} alerts", "alerts")
         + _table(
             "alerts",
             ("time", "rule", "severity", "message"),
@@ -183,6 +200,7 @@ def journey_page(journey: Journey) -> str:
             "No alerts.",
         )
         + "<h2>Merges</h2>"
+        + _more(journey.more_merges, f"The first {len(journey.merges)} merges", "merges")
         + _table(
             "merges",
             ("time", "merged customer", "event", "identifiers that linked them"),
@@ -218,6 +236,13 @@ def journey_page(journey: Journey) -> str:
         )
     )
     return _page(f"Customer {customer_id}", body)
+
+
+def _more(more: bool, shown: str, route: str) -> str:
+    """The note that a list shows part of what the customer has, and where the rest is."""
+    if not more:
+        return ""
+    return f'<p class="muted">{escape(shown)} are shown; /v1/customers/…/{escape(route)} has them all.</p>'
 
 
 def _issue_text(row: dict[str, Any]) -> str:
@@ -258,7 +283,7 @@ def _journey_svg(journey: Journey) -> str:
             f'y2="{y}" stroke="#ccc"/><text x="8" y="{y + 4}">{escape(channel)}</text></g>'
         )
     parts += scale.ticks(lanes_bottom + 18)
-    parts += _issues_svg(touchpoints, scale, lanes)
+    parts += _issues_svg(touchpoints, scale, lanes, journey.lookback)
     for row in touchpoints:
         parts.append(_touchpoint_svg(row, scale.x(row["occurred_at"]), lanes[row["channel"]]))
     for alert in journey.alerts:
@@ -296,14 +321,28 @@ def _touchpoint_svg(row: dict[str, Any], x: float, y: float) -> str:
     return shape
 
 
-def _issues_svg(touchpoints: list[dict[str, Any]], scale: _TimeScale, lanes: dict[str, float]) -> list[str]:
-    """A line per issue through its contacts in time order; repeat contacts ringed, the resolving one ticked."""
-    issues: dict[str, list[dict[str, Any]]] = {}
+def _issues_svg(
+    touchpoints: list[dict[str, Any]], scale: _TimeScale, lanes: dict[str, float], lookback: Callable[[str], float]
+) -> list[str]:
+    """A line per issue through its contacts in time order; repeat contacts ringed, the resolving one ticked.
+
+    A key names one issue only within its lookback, as the domain counts contacts: a contact further from the
+    previous one about the same key (two delivery complaints months apart) starts a line of its own.
+    """
+    issues: list[tuple[str, list[dict[str, Any]]]] = []
+    latest: dict[str, list[dict[str, Any]]] = {}
     for row in touchpoints:
-        if row.get("issue_key"):
-            issues.setdefault(str(row["issue_key"]), []).append(row)
+        key = row.get("issue_key")
+        if not key:
+            continue
+        contacts = latest.get(key)
+        gap = None if contacts is None else (row["occurred_at"] - contacts[-1]["occurred_at"]).total_seconds()
+        if contacts is None or gap is None or gap > lookback(key):
+            contacts = latest[key] = []
+            issues.append((key, contacts))
+        contacts.append(row)
     parts = []
-    for key, contacts in issues.items():
+    for key, contacts in issues:
         points = " ".join(f"{scale.x(r['occurred_at'])},{lanes[r['channel']]}" for r in contacts)
         switches = sum(1 for a, b in pairwise(contacts) if a["channel"] != b["channel"])
         resolved = next((r for r in contacts if r.get("resolved")), None)

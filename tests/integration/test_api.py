@@ -7,6 +7,7 @@ the real command in a process of its own and is called over HTTP.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,19 @@ def test_timelines_and_figures_are_paged_without_gaps_or_repeats(api: tuple[str,
     assert get(base, "/v1/metrics", limit=0).status_code == 400
     assert get(base, "/v1/metrics", after="not-a-cursor").status_code == 400
     assert get(base, "/v1/metrics", **{"from": "2024-05-01T00:00:00"}).status_code == 400, "a time zone is required"
+    # The same instant in another zone selects the same figures (SQLite stores wall-clock UTC and drops offsets).
+    elsewhere = datetime.fromisoformat(start).astimezone(timezone(timedelta(hours=2))).isoformat()
+    assert get(base, "/v1/metrics", metric=metric, window=window, scope="overall", **{"from": elsewhere}).json()[
+        "figures"
+    ] == [picked[-1]], "from: +02:00 is compared in UTC"
+    # Hostile parameters are refused with a 4xx, not a server error (PostgreSQL refuses NUL in any text).
+    everything = get(base, "/v1/metrics", scope="overall", limit=1000, **{"from": "0001-01-01T00:00:00+01:00"})
+    assert everything.json()["figures"][:7] == figures[:7], "before the first UTC time: every figure"
+    assert get(base, "/v1/metrics", limit="²").status_code == 400, "a digit int() does not read"
+    assert get(base, "/v1/metrics", key="a\x00b").status_code == 400
+    assert get(base, "/v1/alerts", rule="a\x00b").status_code == 400
+    assert get(base, "/v1/customers/a%00b").status_code == 404
+    assert get(base, "/v1/customers/email:a%00b@example.org/timeline").status_code == 404
 
 
 def test_alerts_merges_and_segment_profile_api_shapes(api: tuple[str, str, bool]) -> None:
@@ -148,6 +162,12 @@ def test_alerts_merges_and_segment_profile_api_shapes(api: tuple[str, str, bool]
     one = get(base, "/v1/alerts", limit=1).json()["alerts"][0]
     mine = get(base, f"/v1/customers/{one['customer_id']}/alerts").json()["alerts"]
     assert one in mine and {alert["customer_id"] for alert in mine} == {one["customer_id"]}
+    # The profile carries the customer's latest alerts and its own figures.
+    with_alerts = get(base, f"/v1/customers/{one['customer_id']}").json()
+    newest_first = sorted(mine, key=lambda a: (a["occurred_at"], a["alert_id"]), reverse=True)
+    assert with_alerts["latest_alerts"] == newest_first[:10]
+    figures = get(base, "/v1/metrics", scope="customer", key=one["customer_id"], limit=1000).json()
+    assert with_alerts["metrics"] == figures["figures"] and figures["figures"], "per-customer figures on the profile"
     merges = get(base, f"/v1/customers/{survivor}/merges").json()["merges"]
     assert len(merges) == merged and {m["survivor_id"] for m in merges} == {survivor}
 

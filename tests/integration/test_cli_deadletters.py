@@ -24,6 +24,7 @@ from config.topics import Topics
 from schemas.touchpoint import Channel, derive_event_id
 from sinks import tables as t
 from sinks.database import make_engine
+from streams import deadletters as dl
 from streams.cli import main
 from streams.kafka import ensure_topics
 from tests.support.kafka import read_topic
@@ -210,3 +211,15 @@ def test_a_missing_or_empty_topic_is_one_line(kafka_url: str, topic_prefix: str)
     assert nothing.exit_code == 1 and "no dead letter at 0:0: past the end of partition 0" in nothing.stderr
     usage = run(env, "deadletters", "--dry-run")
     assert usage.exit_code == 2 and "--dry-run goes with --replay" in usage.stderr
+
+
+def test_a_bad_show_position_is_a_usage_error_and_foreign_records_are_no_dead_letters() -> None:
+    env = cli_env("kafka://127.0.0.1:1", "never.")  # refused before any broker is asked
+    for position in ("1", "a:1", "-1:2", "²:0", "0:9223372036854775808"):
+        refused = run(env, "deadletters", "--show", position)
+        assert refused.exit_code == 2 and "expected PARTITION:OFFSET" in refused.stderr, position
+    # A record shaped as a dead letter whose original is not base64 (another producer's) is counted as not one,
+    # rather than failing --show or --replay when they decode it.
+    shaped = {"channel": "phone", "reason": "invalid_json", "rejected_at": "2026-01-01T00:00:00Z"}
+    assert dl._parse(orjson.dumps(shaped | {"original_b64": "abc"})) is None
+    assert dl._parse(orjson.dumps(shaped | {"original_b64": base64.b64encode(b"{").decode()})) is not None

@@ -8,7 +8,7 @@ the timeline shows are checked against the oracle's, and both commands print the
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import orjson
@@ -17,12 +17,13 @@ from click.testing import CliRunner, Result
 from sqlalchemy import func, select
 
 from config.settings import load_settings
+from schemas.touchpoint import IdentifierType
 from sinks import tables as t
 from sinks.database import make_engine
 from streams.cli import main
 from streams.domain.oracle import replay
 from streams.policies import Policies
-from tests.support.population import fill, raw_events
+from tests.support.population import SALT, fill, raw_events
 from tests.support.processes import free_port
 
 
@@ -125,6 +126,12 @@ def test_metrics_prints_the_view_s_figures_filtered_and_limited(filled: str) -> 
     with make_engine(filled).connect() as conn:
         assert len(between) == conn.scalar(select(func.count()).select_from(t.metrics).where(m.window_start >= day))
     assert between and min(datetime.fromisoformat(f["window_start"]) for f in between) == day
+    # The same instant in another zone: compared in UTC (SQLite stores the UTC wall clock and drops offsets).
+    plus_two = day.astimezone(timezone(timedelta(hours=2))).isoformat()
+    elsewhere = run(
+        filled, "metrics", "--from", plus_two, "--to", "2099-01-01T02:00:00+02:00", "--json", "--limit", "100000"
+    )
+    assert orjson.loads(elsewhere.stdout) == between
 
     limited = run(filled, "metrics", "--limit", "2")
     assert len(limited.stdout.splitlines()) == 4 and "more figures match than --limit 2" in limited.stderr
@@ -207,3 +214,23 @@ def test_no_database_or_an_unreachable_one_is_one_line(tmp_path: Path) -> None:
         )
         assert result.stderr.count("\n") == 1
     assert not missing.exists()
+
+
+def test_the_timeline_finds_a_customer_by_e_mail_with_hashing_on(tmp_path: Path) -> None:
+    """Identifiers are stored hashed: the command hashes what is typed (bare or as type:value) as the adapters do."""
+    url = f"sqlite:///{tmp_path / 'hashed.db'}"
+    fill(url, hashing=True)
+    email = next(
+        str(e.identifiers[IdentifierType.EMAIL]) for e in raw_events() if IdentifierType.EMAIL in e.identifiers
+    )
+    env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("CXSTREAM_")}
+    env.update(CXSTREAM_DATABASE_URL=url, CXSTREAM_HASH_IDENTIFIERS="true", CXSTREAM_IDENTIFIER_SALT=SALT)
+    found = set()
+    for typed in (email.upper(), f"email:{email}"):
+        result = CliRunner().invoke(main, ["timeline", typed, "--json"], env=env, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        found.add(orjson.loads(result.output)["customer_id"])
+    assert len(found) == 1
+    unhashed = {k: v for k, v in env.items() if k != "CXSTREAM_HASH_IDENTIFIERS"}
+    refused = CliRunner().invoke(main, ["timeline", email], env=unhashed, catch_exceptions=False)
+    assert refused.exit_code == 1 and "no customer" in refused.output, "without the hashing the e-mail is not stored"

@@ -123,7 +123,7 @@ def test_a_journey_found_by_e_mail_draws_lanes_stages_moments_issues_alerts_and_
             )
         ).all()
     page.goto(f"{base}/ui/")
-    page.fill("#search input[name=ref]", f"email:{email.upper()}")  # normalised as the adapters store it
+    page.fill("#search input[name=ref]", email.upper())  # a bare e-mail, normalised as the adapters store it
     page.click("#search button")
     page.wait_for_url("**/ui/customers/*")
     page.screenshot(path=str(tmp_path / "journey.png"), full_page=True)
@@ -144,3 +144,22 @@ def test_a_journey_found_by_e_mail_draws_lanes_stages_moments_issues_alerts_and_
     merge_count = _count(engine, select(func.count()).where(merges.survivor_id == customer_id))
     assert merge_count > 0 and page.locator("#merges tr").count() == merge_count + 1
     assert page.locator("#touchpoints tr").count() == len(rows) + 1
+
+
+def test_odd_references_find_no_customer_and_are_shown_escaped(site: tuple[str, Engine]) -> None:
+    base, _ = site
+    auth = (READ_KEY, "")
+
+    def search(ref: str) -> requests.Response:
+        return requests.get(f"{base}/ui/customers", params={"ref": ref}, auth=auth, timeout=10)
+
+    # A slash stays in the reference (quoted %2F in the redirect), and the page escapes what it echoes.
+    slash = search("email:<b>a/b</b>@example.org")
+    assert slash.status_code == 404 and "a%2Fb" in slash.url, "one path segment: the slash quoted"
+    assert "No customer email:&lt;b&gt;a/b&lt;/b&gt;@example.org" in slash.text and "<b>a/b" not in slash.text
+    # ".." is not followed to the overview (a browser resolves the segment away).
+    dots = search("..")
+    assert dots.status_code == 404 and "No customer .." in dots.text
+    # NUL, which PostgreSQL refuses in any text, and a long unicode reference: not found, not a server error.
+    assert requests.get(f"{base}/ui/customers/a%00b", auth=auth, timeout=10).status_code == 404
+    assert search("email:" + "é" * 1000 + "@example.org").status_code == 404

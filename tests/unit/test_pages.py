@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from streams.pages import Journey, Overview, journey_page, overview_page
+from streams.pages import Journey, Overview, customer_link, journey_page, overview_page
 
 HOSTILE = '<script>alert("x")</script>'
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -65,3 +65,43 @@ def test_pages_without_data_still_render() -> None:
     assert 'id="journey"' in empty and "No touchpoints." in empty
     overview = overview_page(Overview(figures=[], window="1d", alerts=[], worst_served=[]))
     assert overview.count("no figures yet") == 6 and "No alerts yet." in overview
+
+
+def test_a_journey_says_when_it_shows_part_of_the_alerts_or_merges_and_links_quote_slashes() -> None:
+    profile = {"customer_id": "c-3", "identifiers": []}
+    alerts = [{"occurred_at": T0, "rule": "issue_overdue", "severity": "warning", "message": ""}]
+    merges = [{"occurred_at": T0, "merged_id": "c-4", "event_id": "e1", "identifiers": {}}]
+    part = journey_page(
+        Journey(
+            profile=profile,
+            touchpoints=[_touchpoint(1, "phone")],
+            total_touchpoints=1,
+            alerts=alerts,
+            merges=merges,
+            more_alerts=True,
+            more_merges=True,
+        )
+    )
+    assert "The latest 1 alerts are shown" in part and "The first 1 merges are shown" in part
+    whole = journey_page(
+        Journey(profile=profile, touchpoints=[_touchpoint(1, "phone")], total_touchpoints=1, alerts=alerts)
+    )
+    assert "are shown;" not in whole
+    assert customer_link('a/b"<') == '<a href="/ui/customers/a%2Fb%22%3C">a/b&quot;&lt;</a>'
+
+
+def test_contacts_about_one_key_beyond_its_lookback_are_separate_issues() -> None:
+    rows = [
+        _touchpoint(0, "phone", issue_key="reason:delivery"),
+        _touchpoint(2, "web", issue_key="reason:delivery", repeat_contact=True),
+        _touchpoint(24 * 90, "phone", issue_key="reason:delivery"),  # three months later: another delivery problem
+    ]
+    journey = Journey(
+        profile={"customer_id": "c-3", "identifiers": []},
+        touchpoints=rows,
+        total_touchpoints=3,
+        lookback=lambda _key: 7 * 86_400.0,
+    )
+    html = journey_page(journey)
+    assert html.count('class="issue"') == 2
+    assert 'data-switches="1"' in html and 'data-switches="0"' in html
