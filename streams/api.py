@@ -13,6 +13,7 @@ import asyncio
 import base64
 import binascii
 import functools
+import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -22,6 +23,7 @@ from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from config.settings import Settings
 from schemas.api import (
@@ -72,6 +74,8 @@ PROFILE_ALERTS = 10
 SEGMENT_PROFILE = "/v1/spaces/{space}/collections/users/profiles/{ref}"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+log = logging.getLogger(__name__)
 
 #: Paths behind the read keys: the JSON routes and the pages (a browser asks for the key as the user name).
 _PROTECTED = ("/v1/", "/ui")
@@ -126,6 +130,11 @@ class ReadApi:
             return await handler(request)
         except BadRequest as exc:
             return _json(ApiError(error=str(exc)), 400)
+        except SQLAlchemyError as exc:
+            # The results database is away or not set up: say so in the API's own shape, and that a retry may work.
+            first = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+            log.warning("read API: %s %s: database error: %s", request.method, request.path, first)
+            return _json(ApiError(error=f"the results database cannot answer: {first}"), 503, {"Retry-After": "5"})
 
     def _authorised(self, authorization: str | None) -> bool:
         return basic_user(authorization) in self.read_keys

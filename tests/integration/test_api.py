@@ -6,6 +6,7 @@ the real command in a process of its own and is called over HTTP.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -191,3 +192,15 @@ def test_alerts_merges_and_segment_profile_api_shapes(api: tuple[str, str, bool]
             break
         following = page["cursor"]["next"]
     assert len(events) == profile["events"] and len(set(events)) == len(events)
+
+
+def test_a_database_that_cannot_answer_is_a_503_in_the_apis_shape(tmp_path: Path) -> None:
+    """A results database without cxstream's tables (not migrated yet, or the wrong file) is not a crash or a bare
+    500: the API answers 503 with its JSON error and Retry-After, and keeps serving."""
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).close()
+    with read_api(f"sqlite:///{empty}", tmp_path / "api.log") as base:
+        for _ in range(2):
+            reply = get(base, "/v1/customers/email:ann@example.org")
+            assert reply.status_code == 503 and reply.headers["Retry-After"] == "5"
+            assert "results database cannot answer" in reply.json()["error"]
