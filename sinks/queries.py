@@ -248,18 +248,16 @@ def latest_alerts(engine: Engine, limit: int, customer_id: str | None = None) ->
         return [_plain(row) for row in rows]
 
 
-def worst_served(engine: Engine, limit: int) -> list[dict[str, Any]]:
-    """The customers with the most alerts (ties: more open issues, then more contacts), with their counters.
+def worst_served(engine: Engine, limit: int, since: datetime | None = None) -> list[dict[str, Any]]:
+    """The customers with the most alerts since ``since`` (ties: more open issues, then more contacts), with their
+    counters.
 
     Alerts are what the rules judged a bad experience (repeat contacts, low scores, overdue issues), so their count
     is the measure of who was served worst; the customer's open issues and contacts say what is still pending.
     """
     a, c = t.alerts.c, t.customers.c
-    counted = (
-        select(a.customer_id, func.count().label("alerts"), func.max(a.occurred_at).label("latest_alert"))
-        .group_by(a.customer_id)
-        .subquery()
-    )
+    alerts = select(a.customer_id, func.count().label("alerts"), func.max(a.occurred_at).label("latest_alert"))
+    counted = _between(alerts, a.occurred_at, since, None).group_by(a.customer_id).subquery()
     query = (
         select(
             counted.c.customer_id,

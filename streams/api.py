@@ -15,7 +15,7 @@ import binascii
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -251,11 +251,14 @@ class ReadApi:
         for row in figures:
             if row["scope"] == "overall":
                 row["key"] = "overall"
+        # Who was served worst over the days the charts show (not since the beginning: that only grows).
+        latest = max((row["window_start"] for row in figures), default=None)
+        since = None if latest is None else latest - timedelta(days=pages.OVERVIEW_DAYS)
         return pages.Overview(
             figures=figures,
             window=window,
             alerts=latest_alerts(self.engine, pages.OVERVIEW_ALERTS),
-            worst_served=worst_served(self.engine, pages.WORST_SERVED),
+            worst_served=worst_served(self.engine, pages.WORST_SERVED, since),
         )
 
     # --- Segment's Profile API --------------------------------------------------------------------------------------

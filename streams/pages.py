@@ -412,7 +412,7 @@ def overview_page(overview: Overview) -> str:
             "No alerts yet.",
         )
         + "<h2>Worst-served customers</h2>"
-        + '<p class="muted">Most alerts first; then open issues and contacts.</p>'
+        + f'<p class="muted">Most alerts over the last {OVERVIEW_DAYS} days charted first; then open issues and contacts.</p>'
         + _table(
             "worst-served",
             ("customer", "alerts", "latest alert", "open issues", "contacts", "stage", "last seen"),
