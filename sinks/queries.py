@@ -229,8 +229,11 @@ def customer_figures(engine: Engine, customer_id: str) -> list[dict[str, Any]]:
 def latest_touchpoints(engine: Engine, customer_id: str, limit: int) -> tuple[list[dict[str, Any]], int]:
     """A customer's latest ``limit`` touchpoints in event-time order, and how many the customer has in all."""
     c = t.touchpoints.c
-    columns = (*(c[name] for name in TIMELINE_COLUMNS), c.transfers)
-    query = select(*columns).where(c.customer_id == customer_id).order_by(c.occurred_at.desc(), c.event_id.desc())
+    query = (
+        select(*(c[name] for name in TIMELINE_COLUMNS))
+        .where(c.customer_id == customer_id)
+        .order_by(c.occurred_at.desc(), c.event_id.desc())
+    )
     with engine.connect() as conn:
         rows = [_plain(row) for row in conn.execute(query.limit(limit)).mappings()]
         total = conn.scalar(select(func.count()).select_from(t.touchpoints).where(c.customer_id == customer_id))

@@ -64,6 +64,9 @@ from streams.domain.identifiers import PII_TYPES
 from streams.policies import Policies, identifier_hashing
 from streams.references import find_customer
 
+#: Segment's Profile API's answer for a profile it does not know.
+SEGMENT_NOT_FOUND = "Resource not found"
+
 #: Items of a page unless ``?limit=`` says otherwise, and the most it may say.
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
 #: A profile's latest alerts, at most (its own figures are a few dozen per window kept per customer: all shown).
@@ -83,6 +86,10 @@ _PROTECTED = ("/v1/", "/ui")
 
 class BadRequest(Exception):
     """A parameter the API cannot use; the message says which and why."""
+
+
+class NoCustomer(Exception):
+    """The route's ``ref`` names no customer; the message is the 404's error text."""
 
 
 class ReadApi:
@@ -130,6 +137,8 @@ class ReadApi:
             return await handler(request)
         except BadRequest as exc:
             return _json(ApiError(error=str(exc)), 400)
+        except NoCustomer as exc:
+            return _json(ApiError(error=str(exc)), 404)
         except SQLAlchemyError as exc:
             # The results database is away or not set up: say so in the API's own shape, and that a retry may work.
             first = str(getattr(exc, "orig", None) or exc).splitlines()[0]
@@ -143,10 +152,10 @@ class ReadApi:
 
     async def customer(self, request: web.Request) -> web.Response:
         """``GET /v1/customers/{ref}``: the profile."""
-        customer_id = await self._resolve(request.match_info["ref"])
-        found = None if customer_id is None else await asyncio.to_thread(self._profile, customer_id)
-        if found is None:
-            return _json(ApiError(error=f"no customer {request.match_info['ref']!r}"), 404)
+        customer_id = await self._customer(request)
+        found = await asyncio.to_thread(self._profile, customer_id)
+        if found is None:  # merged away between the two reads
+            raise NoCustomer(_no_customer(request))
         return _json(ApiProfile.model_validate(found))
 
     def _profile(self, customer_id: str) -> dict[str, Any] | None:
@@ -159,9 +168,7 @@ class ReadApi:
 
     async def timeline(self, request: web.Request) -> web.Response:
         """``GET /v1/customers/{ref}/timeline?limit=&after=``: touchpoints in event-time order."""
-        customer_id = await self._resolve(request.match_info["ref"])
-        if customer_id is None:
-            return _json(ApiError(error=f"no customer {request.match_info['ref']!r}"), 404)
+        customer_id = await self._customer(request)
         fetch = functools.partial(timeline_page, self.engine, customer_id)
         rows, cursor = await _paged(request, fetch, ("occurred_at", "event_id"))
         touchpoints = [ApiTouchpoint.model_validate(row) for row in rows]
@@ -176,9 +183,7 @@ class ReadApi:
 
     async def customer_alerts(self, request: web.Request) -> web.Response:
         """``GET /v1/customers/{ref}/alerts?limit=&after=``: a customer's alerts by time."""
-        customer_id = await self._resolve(request.match_info["ref"])
-        if customer_id is None:
-            return _json(ApiError(error=f"no customer {request.match_info['ref']!r}"), 404)
+        customer_id = await self._customer(request)
         return await self._alerts(request, {"customer_id": customer_id})
 
     async def alerts(self, request: web.Request) -> web.Response:
@@ -192,9 +197,7 @@ class ReadApi:
 
     async def merges(self, request: web.Request) -> web.Response:
         """``GET /v1/customers/{ref}/merges``: the customers merged into this one, with their evidence."""
-        customer_id = await self._resolve(request.match_info["ref"])
-        if customer_id is None:
-            return _json(ApiError(error=f"no customer {request.match_info['ref']!r}"), 404)
+        customer_id = await self._customer(request)
         rows = await asyncio.to_thread(customer_merges, self.engine, customer_id)
         return _json(ApiMerges(merges=[ApiMerge.model_validate(row) for row in rows]))
 
@@ -265,17 +268,15 @@ class ReadApi:
 
     async def segment_traits(self, request: web.Request) -> web.Response:
         """Segment's ``.../profiles/{type}:{value}/traits``."""
-        customer_id = await self._resolve(request.match_info["ref"])
-        found = None if customer_id is None else await asyncio.to_thread(customer_profile, self.engine, customer_id)
+        customer_id = await self._customer(request, SEGMENT_NOT_FOUND)
+        found = await asyncio.to_thread(customer_profile, self.engine, customer_id)
         if found is None:
-            return _json(ApiError(error="Resource not found"), 404)
+            raise NoCustomer(SEGMENT_NOT_FOUND)
         return _json(SegmentTraits(traits=found.get("traits") or {}, cursor=_last_page(request)))
 
     async def segment_external_ids(self, request: web.Request) -> web.Response:
         """Segment's ``.../profiles/{type}:{value}/external_ids``."""
-        customer_id = await self._resolve(request.match_info["ref"])
-        if customer_id is None:
-            return _json(ApiError(error="Resource not found"), 404)
+        customer_id = await self._customer(request, SEGMENT_NOT_FOUND)
         rows = await asyncio.to_thread(customer_identities, self.engine, customer_id)
         hashed = {str(kind) for kind in PII_TYPES} if self.hashing is not None else set()
         data = [
@@ -291,9 +292,7 @@ class ReadApi:
 
     async def segment_events(self, request: web.Request) -> web.Response:
         """Segment's ``.../profiles/{type}:{value}/events?limit=&next=``: touchpoints as events, in time order."""
-        customer_id = await self._resolve(request.match_info["ref"])
-        if customer_id is None:
-            return _json(ApiError(error="Resource not found"), 404)
+        customer_id = await self._customer(request, SEGMENT_NOT_FOUND)
         fetch = functools.partial(timeline_page, self.engine, customer_id)
         rows, following = await _paged(request, fetch, ("occurred_at", "event_id"), "next")
         data = [
@@ -320,9 +319,21 @@ class ReadApi:
     async def _resolve(self, ref: str) -> str | None:
         return await asyncio.to_thread(self.resolve, ref)
 
+    async def _customer(self, request: web.Request, not_found: str | None = None) -> str:
+        """The customer id the route's ``ref`` names; ``NoCustomer`` (a 404 saying ``not_found``, by default which
+        reference was not found) when none."""
+        customer_id = await self._resolve(request.match_info["ref"])
+        if customer_id is None:
+            raise NoCustomer(not_found or _no_customer(request))
+        return customer_id
+
     def resolve(self, ref: str) -> str | None:
         """The customer id ``ref`` names (``streams.references.find_customer``)."""
         return find_customer(self.engine, ref, self.hashing, self.settings.default_phone_region)
+
+
+def _no_customer(request: web.Request) -> str:
+    return f"no customer {request.match_info['ref']!r}"
 
 
 def _html(text: str, status: int = 200) -> web.Response:
