@@ -385,7 +385,8 @@ def wait_applied(
 
 
 def scrape_counters(workers: list[WorkerProc]) -> dict[str, Any]:
-    """Sum a few of the workers' Prometheus figures: outputs per topic, batches, time in batch transactions.
+    """Sum a few of the workers' Prometheus figures: outputs per topic, batches, time in batch transactions and
+    in taking locks, batches applied again after contending.
 
     They explain a rate rather than measure it (how many downstream records each input event costs, how
     large the batches were, how much of the wall time the SQL batches took), so a worker that does not
@@ -413,6 +414,10 @@ def scrape_counters(workers: list[WorkerProc]) -> dict[str, Any]:
                     out["batch_events"] += value
                 elif name == "cxstream_sink_write_duration_seconds_sum":
                     out["batch_seconds"] += value
+                elif name == "cxstream_sink_lock_wait_seconds_total":
+                    out["lock_wait_seconds"] = out.get("lock_wait_seconds", 0.0) + value
+                elif name == "cxstream_sink_contended_total":
+                    out["contended"] = out.get("contended", 0) + int(value)
                 elif name == "cxstream_late_events_total" and labels.get("outcome") == "too_late":
                     out["too_late"] = out.get("too_late", 0) + int(value)
     return out

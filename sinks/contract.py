@@ -25,6 +25,7 @@ __all__ = [
     "CellKey",
     "CellRow",
     "Clock",
+    "Contended",
     "CustomerRow",
     "IdentityRow",
     "MergeRow",
@@ -52,6 +53,8 @@ class CustomerRow(NamedTuple):
     state: dict[str, Any]
     #: The profile's traits (latest identify value per trait).
     traits: dict[str, Any]
+    #: The row's version when inserted; an update counts the stored one up instead (``SqlSink``).
+    version: int = 1
 
 
 class IdentityRow(NamedTuple):
@@ -140,6 +143,12 @@ class MergeRow(NamedTuple):
     merged_into: str
 
 
+class Contended(Exception):
+    """A concurrent batch of another worker took first what this batch meant to take (a new identifier key, a new
+    event id), or the two waited for each other (a deadlock): the transaction is rolled back and the batch
+    applied again on what that worker committed."""
+
+
 def cell_key(scope: str, key: str, window: str, window_start: datetime) -> CellKey:
     """The domain's key of a cell stored as these column values."""
     return CellKey(MetricScope(scope), key, window, int(window_start.timestamp()))
@@ -178,6 +187,10 @@ class BatchWrite:
     swept_to: datetime | None = None
     #: Whether state others may have cached changed (the group's commit sequence then moves).
     state_changed: bool = False
+    #: Identifier keys and event ids the batch found absent and adds: another worker's batch may add them at the
+    #: same moment, so their rows are only inserted, and the batch is ``Contended`` if one was there meanwhile.
+    claimed_identities: set[str] = field(default_factory=set)
+    claimed_events: set[str] = field(default_factory=set)
     merges: list[MergeRow] = field(default_factory=list)
     removed_customers: list[str] = field(default_factory=list)
     customers: list[CustomerRow] = field(default_factory=list)
@@ -200,8 +213,20 @@ class ResultSink(Protocol):
     def transaction(self) -> AbstractContextManager[Any]:
         """Begin a transaction; it commits when the block ends and rolls back when it raises."""
 
-    def lock_group(self, tx: Any, group_id: str) -> None:
-        """Serialise the batches of one consumer group across workers until the transaction ends."""
+    #: Whether batches of several workers may commit at once (PostgreSQL), each locking only what it touches; else
+    #: (SQLite) a transaction holds the whole database and the lock methods only read.
+    concurrent: bool
+
+    def lock_partitions(self, tx: Any, group_id: str, partitions: Iterable[TopicPartition]) -> None:
+        """Keep other workers from applying the same input partitions until the transaction ends."""
+
+    def lock_customers(self, tx: Any, ids: Iterable[str]) -> dict[str, int]:
+        """Lock the rows of the given customers until the transaction ends (in a fixed order); return the version
+        of each that exists."""
+
+    def lock_clock(self, tx: Any, group_id: str) -> Clock:
+        """Lock the group's clock until the transaction ends, and read it: what batches share (the watermark, the
+        sweep, the channel and overall metric cells) is changed by one batch at a time."""
 
     def clock_in(self, tx: Any, group_id: str) -> Clock:
         """The group's clock as last committed."""
@@ -244,8 +269,13 @@ class ResultSink(Protocol):
     def partition_times(self, tx: Any, group_id: str) -> dict[TopicPartition, PartitionTime]:
         """Each input partition's event time and when it was last active."""
 
-    def write(self, tx: Any, batch: BatchWrite) -> int | None:
-        """Write one batch inside the transaction; return the outbox row id, if any."""
+    def write_state(self, tx: Any, batch: BatchWrite) -> None:
+        """Write what the batch's locked customers own: merges, customers, identities, touchpoints (``Contended``
+        when a claimed key or event id was taken meanwhile)."""
+
+    def write_shared(self, tx: Any, batch: BatchWrite) -> int | None:
+        """Write what batches share, under the clock's lock: alerts, metric cells, offsets, the clock, the outbox
+        row; return the outbox row id, if any."""
 
     def database_id(self) -> str:
         """The id this database was given when its schema was created (named by the outbox commit markers)."""

@@ -28,8 +28,9 @@ def make_engine(url: str, *, writer: bool = False) -> Engine:
     """Create an engine tuned for batched writes: WAL for SQLite, pre-ping for PostgreSQL.
 
     A ``writer`` engine (the worker's) starts every SQLite transaction with BEGIN IMMEDIATE: a batch reads
-    state and writes it back, and two workers must not both read before either writes (on PostgreSQL the
-    batch takes an advisory lock instead, see SqlSink.lock_group).
+    state and writes it back, and two workers must not both read before either writes: SQLite is the single-writer
+    embedded default. On PostgreSQL batches of several workers commit concurrently, each locking the rows it
+    touches (``SqlSink.lock_customers``, ``SqlSink.lock_clock``).
     """
     url = normalise_url(url)
     # orjson for the JSON columns (customer state, metric counters): several times faster than json.

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import operator
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,11 +27,13 @@ from sqlalchemy import (
     case,
     delete,
     func,
+    literal_column,
     or_,
     select,
     tuple_,
     update,
 )
+from sqlalchemy.exc import DBAPIError
 
 from sinks import tables as t
 from sinks.contract import (
@@ -40,6 +42,7 @@ from sinks.contract import (
     CellKey,
     CellRow,
     Clock,
+    Contended,
     CustomerRow,
     IdentityRow,
     MergeRow,
@@ -76,6 +79,15 @@ def _lookup(conn: Connection, key: Any, value: Any, keys: Iterable[str]) -> dict
     for chunk in _chunks(sorted(keys)):
         found.update(conn.execute(select(key, value).where(key.in_(chunk))).all())
     return found
+
+
+#: PostgreSQL's SQLSTATE for a transaction it failed to end a deadlock.
+_DEADLOCK = "40P01"
+
+
+def _lock_key(name: str) -> int:
+    """A PostgreSQL advisory lock key (a signed 64-bit integer) for a name."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
 def as_utc(ts: datetime) -> datetime:
@@ -172,6 +184,8 @@ _ROW_TYPES: dict[str, Any] = {
     "touchpoints": TouchpointRow,
     "metric_cells": CellRow,
     "alerts": AlertRow,
+    "identities_claimed": IdentityRow,
+    "touchpoints_claimed": TouchpointRow,
     "identity_merges": MergeRow,
 }
 
@@ -182,6 +196,7 @@ class SqlSink:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self.concurrent = engine.dialect.name == "postgresql"
         self._upsert = {table: upsert(engine, table) for table in t.metadata.tables.values()}
         self._bulk: dict[str, BulkStatement] = {}
         sqlite = engine.dialect.name == "sqlite"
@@ -189,7 +204,9 @@ class SqlSink:
         ins = self._upsert[t.identities]
         c = t.identities.c
         self._statements = {
-            "customers": self._replace(t.customers, ["customer_id"]),
+            # An update counts the stored version up: a worker's cached state is valid while the version is the
+            # one it wrote (``lock_customers``).
+            "customers": self._replace(t.customers, ["customer_id"], counted="version"),
             "identities": ins.on_conflict_do_update(
                 index_elements=["identifier"],
                 set_={
@@ -203,28 +220,45 @@ class SqlSink:
             "touchpoints": self._replace(t.touchpoints, ["event_id"], keep=("committed_at",)),
             "metric_cells": self._replace(t.metric_cells, ["scope", "key", "window", "window_start"]),
             "alerts": self._upsert[t.alerts].on_conflict_do_nothing(),
+            # Claimed keys and event ids: inserted only, never over a row another worker added meanwhile.
+            "identities_claimed": self._upsert[t.identities].on_conflict_do_nothing(),
+            "touchpoints_claimed": self._upsert[t.touchpoints].on_conflict_do_nothing(),
             # merged_into is the merge's own survivor: a replay of the merge leaves it as the first write set it.
             "identity_merges": self._replace(t.identity_merges, ["merged_id"], keep=("merged_into",)),
         }
         self._greatest, self._least = greatest, least
 
-    def _replace(self, table: t.Table, keys: list[str], keep: tuple[str, ...] = ()) -> Any:
+    def _replace(self, table: t.Table, keys: list[str], keep: tuple[str, ...] = (), counted: str | None = None) -> Any:
+        """An insert that replaces the row of the same ``keys``, but for the ``keep`` columns, and the ``counted``
+        column, which counts up."""
         stmt = self._upsert[table]
-        changing = {col.name: stmt.excluded[col.name] for col in table.columns if col.name not in (*keys, *keep)}
+        changing: dict[str, Any] = {
+            col.name: stmt.excluded[col.name] for col in table.columns if col.name not in (*keys, *keep)
+        }
+        if counted is not None:
+            changing[counted] = table.c[counted] + literal_column("1")  # a constant, not a bound parameter
         return stmt.on_conflict_do_update(index_elements=keys, set_=changing)
 
-    def transaction(self) -> AbstractContextManager[Connection]:
-        """Begin a transaction on the engine (committed when the block ends, rolled back when it raises)."""
-        return self.engine.begin()
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """Begin a transaction on the engine (committed when the block ends, rolled back when it raises); a
+        deadlock with another worker's transaction, which PostgreSQL ends by failing one of them, is ``Contended``."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) == _DEADLOCK:
+                raise Contended(f"deadlock with another worker's batch: {exc.orig}") from exc
+            raise
 
-    def _executemany(self, conn: Connection, name: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    def _executemany(self, conn: Connection, name: str, rows: Sequence[tuple[Any, ...]]) -> int:
         """Run a prepared bulk statement over many rows, binding them with the types' own processors.
 
         SQLAlchemy's generic executemany costs more per row than the database does (docs/architecture.md §9: the hot
         path is per event); compiling once and binding plain tuples keeps the same statement and types.
         """
         if not rows:
-            return
+            return 0
         bulk = self._bulk.get(name)
         if bulk is None:
             bulk = self._bulk[name] = BulkStatement(
@@ -234,19 +268,49 @@ class SqlSink:
             )
         columns = bulk.columns(rows) if len(rows) > 1 else None
         if columns is not None:
-            conn.exec_driver_sql(bulk.unnest_sql, columns)  # type: ignore[arg-type]
-        else:
-            conn.exec_driver_sql(bulk.sql, bulk.params(rows))
+            return conn.exec_driver_sql(bulk.unnest_sql, columns).rowcount  # type: ignore[arg-type]
+        return conn.exec_driver_sql(bulk.sql, bulk.params(rows)).rowcount
 
-    def lock_group(self, conn: Connection, group_id: str) -> None:
-        """Serialise batches of one consumer group across workers (PostgreSQL; SQLite uses BEGIN IMMEDIATE).
+    def lock_partitions(self, conn: Connection, group_id: str, partitions: Iterable[TopicPartition]) -> None:
+        """Keep other workers from applying the same input partitions until the transaction ends (PostgreSQL: one
+        advisory lock per partition, in order; SQLite: ``BEGIN IMMEDIATE`` holds the whole database).
 
-        Workers share the identity graph and customer states: two batches touching the same customer must
-        not both read it before either writes. The lock is held to the end of the transaction.
-        """
-        if conn.dialect.name == "postgresql":
-            key = int.from_bytes(hashlib.sha256(group_id.encode()).digest()[:8], "big", signed=True)
-            conn.execute(select(func.pg_advisory_xact_lock(key)))
+        A partition has one worker but around a rebalance, when two may hold records of it for a moment: the second
+        then finds the partition's applied offset moved (``BatchProcessor``) and decodes its records again."""
+        if self.concurrent:
+            keys = sorted(_lock_key(f"{group_id}\0{topic}\0{part}") for topic, part in partitions)
+            if keys:
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(k) FROM unnest(%b::bigint[]) AS k", (keys,))
+
+    def lock_customers(self, conn: Connection, ids: Iterable[str]) -> dict[str, int]:
+        """Lock the rows of the given customers until the transaction ends, and return the version of each that
+        exists (PostgreSQL; SQLite only reads the versions: its transaction holds the whole database).
+
+        Rows are locked in customer id order, so two batches locking overlapping sets in one call each never wait
+        for each other in a cycle. Whoever changes a customer's identities, state, touchpoints or cells holds its
+        row lock: a customer row therefore guards all of them (a merge locks both customers' rows)."""
+        ids = sorted(ids)
+        if not ids:
+            return {}
+        if not self.concurrent:
+            return _lookup(conn, t.customers.c.customer_id, t.customers.c.version, ids)
+        sql = (
+            "SELECT customer_id, version FROM customers WHERE customer_id = ANY(%b::text[]) "
+            "ORDER BY customer_id FOR UPDATE"
+        )
+        return dict(conn.exec_driver_sql(sql, (ids,)).all())  # type: ignore[arg-type]
+
+    def lock_clock(self, conn: Connection, group_id: str) -> Clock:
+        """Lock the group's clock row until the transaction ends and read it (PostgreSQL: the row is created on
+        first use; SQLite only reads)."""
+        if self.concurrent:
+            c = t.stream_clock.c
+            conn.execute(self._upsert[t.stream_clock].values(group_id=group_id, sequence=0).on_conflict_do_nothing())
+            row = conn.execute(
+                select(c.watermark, c.swept_to, c.sequence).where(c.group_id == group_id).with_for_update()
+            ).one()
+            return Clock(as_utc(row[0]) if row[0] else None, as_utc(row[1]) if row[1] else None, row[2])
+        return self.clock_in(conn, group_id)
 
     def clock_in(self, conn: Connection, group_id: str) -> Clock:
         """The group's clock as last committed (another worker may have moved it)."""
@@ -439,18 +503,54 @@ class SqlSink:
 
     # --- the batch transaction ------------------------------------------------------------------
 
-    def write(self, conn: Connection, batch: BatchWrite) -> int | None:
-        """Apply one batch inside the caller's transaction; return the outbox row id, if any."""
+    def write_state(self, conn: Connection, batch: BatchWrite) -> None:
+        """Write what the batch's locked customers own: merges, removed customers, customer states, identities and
+        touchpoints (claimed keys and event ids only inserted: ``Contended`` if one was there meanwhile)."""
         if batch.merges:
-            # Merges in order, each re-pointing the merged customer's rows; one executemany per table.
+            # Merges in order, each re-pointing the merged customer's rows; one executemany per table. Alerts are
+            # re-pointed under the clock's lock (``write_shared``), where other batches add them.
             pairs = [{"m": merge.merged_id, "s": merge.survivor_id} for merge in batch.merges]
-            for table in (t.identities, t.touchpoints, t.alerts, t.identity_merges):
+            for table in (t.identities, t.touchpoints, t.identity_merges):
                 column = table.c.survivor_id if table is t.identity_merges else table.c.customer_id
                 conn.execute(update(table).where(column == bindparam("m")).values({column.name: bindparam("s")}), pairs)
             self._executemany(conn, "identity_merges", batch.merges)
         if batch.removed_customers:
             for chunk in _chunks(batch.removed_customers):
                 conn.execute(delete(t.customers).where(t.customers.c.customer_id.in_(chunk)))
+        self._executemany(conn, "customers", batch.customers)
+        self._claim(conn, "identities", batch.identities, batch.claimed_identities, operator.itemgetter(0))
+        self._claim(conn, "touchpoints", batch.touchpoints, batch.claimed_events, operator.itemgetter(0))
+
+    def _claim(
+        self,
+        conn: Connection,
+        name: str,
+        rows: Sequence[tuple[Any, ...]],
+        claimed: set[str],
+        key: Callable[[tuple[Any, ...]], str],
+    ) -> None:
+        """Write ``rows``: those whose key is ``claimed`` inserted only, and all present (else ``Contended``), the
+        others replacing their stored versions."""
+        if not claimed:
+            self._executemany(conn, name, rows)
+            return
+        new = [row for row in rows if key(row) in claimed]
+        self._executemany(conn, name, [row for row in rows if key(row) not in claimed])
+        inserted = self._executemany(conn, f"{name}_claimed", new)
+        if inserted != len(new):
+            raise Contended(
+                f"{len(new) - inserted} {name} row(s) this batch adds were added by another batch meanwhile"
+            )
+
+    def write_shared(self, conn: Connection, batch: BatchWrite) -> int | None:
+        """Write what batches share, under the clock's lock (``lock_clock``): alerts, metric cells, applied offsets,
+        partition times, the clock and the outbox row; return the outbox row id, if any."""
+        if batch.merges:
+            pairs = [{"m": merge.merged_id, "s": merge.survivor_id} for merge in batch.merges]
+            c = t.alerts.c
+            conn.execute(
+                update(t.alerts).where(c.customer_id == bindparam("m")).values(customer_id=bindparam("s")), pairs
+            )
         if batch.removed_cells:
             cells = [
                 {"sc": cell.scope.value, "k": cell.key, "w": cell.window, "st": cell.window_start}
@@ -464,9 +564,6 @@ class SqlSink:
                 c.window_start == bindparam("st"),
             )
             conn.execute(delete(t.metric_cells).where(where), cells)
-        self._executemany(conn, "customers", batch.customers)
-        self._executemany(conn, "identities", batch.identities)
-        self._executemany(conn, "touchpoints", batch.touchpoints)
         self._executemany(conn, "metric_cells", list(batch.cells.values()))
         self._executemany(conn, "alerts", batch.alerts)
         self._write_offsets(conn, batch)
@@ -484,6 +581,11 @@ class SqlSink:
                 ).scalar_one()
             )
         return None
+
+    def write(self, conn: Connection, batch: BatchWrite) -> int | None:
+        """``write_state`` then ``write_shared``: a whole batch whose transaction holds what it shares already."""
+        self.write_state(conn, batch)
+        return self.write_shared(conn, batch)
 
     def _write_offsets(self, conn: Connection, batch: BatchWrite) -> None:
         if batch.offsets:

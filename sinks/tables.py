@@ -54,6 +54,13 @@ customers = Table(
     # The stitcher's per-customer state: one record per customer, written with the results.
     Column("state", JSON, nullable=False),
     Column("traits", JSON, comment="identify traits, the latest value of each by event time (null: none written yet)"),
+    Column(
+        "version",
+        BigInteger,
+        nullable=False,
+        server_default="0",
+        comment="writes of this row so far: a worker's cached state is valid while it is unchanged",
+    ),
 )
 
 identities = Table(

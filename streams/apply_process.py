@@ -82,6 +82,10 @@ class BatchSummary:
     watermark: datetime | None = None
     #: Input partitions the batch read new records of (0: nothing new, every record was a redelivery).
     partitions: int = 0
+    #: Seconds the batch spent taking locks (other workers' batches holding them, mostly), and times it was
+    #: applied again after contending with one.
+    lock_wait_s: float = 0.0
+    retries: int = 0
     #: Seconds from each new entry's ``received_at`` to the batch's apply and commit.
     processing_s: list[float] = field(default_factory=list)
     end_to_end_s: list[float] = field(default_factory=list)
@@ -100,6 +104,8 @@ class BatchSummary:
             watermark=report.watermark,
             partitions=report.partitions,
             alerts=report.alerts,
+            lock_wait_s=report.lock_wait_s,
+            retries=report.retries,
         )
         result, committed = report.result, report.committed_at
         if result is None or committed is None:

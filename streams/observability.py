@@ -107,6 +107,20 @@ class Instruments:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.lock_wait = Counter(
+            "cxstream_sink_lock_wait_seconds_total",
+            "Seconds batches spent taking locks other workers' batches may hold (their partitions, their customers' "
+            "rows, the group's clock): compare with cxstream_sink_write_duration_seconds_sum.",
+            ["worker"],
+            registry=r,
+        )
+        self.sink_contended = Counter(
+            "cxstream_sink_contended_total",
+            "Batches applied again because another worker's batch took a new identifier or event id first, or the "
+            "two deadlocked (PostgreSQL).",
+            ["worker"],
+            registry=r,
+        )
         self.sink_retries = Counter(
             "cxstream_sink_retries_total", "SQL batch writes retried after a transient failure.", ["worker"], registry=r
         )

@@ -23,7 +23,7 @@ from config.topics import Topics
 from schemas.deadletter import DeadLetter
 from schemas.outputs import NEGATIVE_MOMENTS, Alert, MetricScope
 from schemas.touchpoint import TouchpointEvent
-from sinks.contract import BatchWrite, Clock, ResultSink, StoredIdentity
+from sinks.contract import BatchWrite, Clock, Contended, ResultSink, StoredIdentity
 from streams.decoding import InRecord, dead_letter, decode_record, record_fingerprint
 from streams.domain import event_time
 from streams.domain.aggregate import MetricAggregator
@@ -76,6 +76,11 @@ class BatchReport:
     outbox: bytes | None = None
     applied_at: datetime | None = None
     committed_at: datetime | None = None
+    #: Seconds the batch spent taking locks (its partitions, its customers' rows, the group's clock): waiting for
+    #: other workers' batches, mostly.
+    lock_wait_s: float = 0.0
+    #: Times the batch was applied again after contending with another worker's (``sinks.contract.Contended``).
+    retries: int = 0
 
     @property
     def rejected(self) -> Counter[str]:
@@ -153,24 +158,30 @@ class BatchProcessor:
         The Faust process then publishes the outbox row and acknowledges the records (``streams.worker``).
         """
         self._load()
+        retries = 0
         while True:
-            report = BatchReport()
+            report = BatchReport(retries=retries)
             read = self.decode(records, report)  # 1. decode
             report.partitions = len(read.offsets)
             if not read.offsets:
                 return report
             try:
                 with self.sink.transaction() as tx:
-                    clock = self._lock(tx, read.offsets)  # 2. lock
-                    result, write, view, stored = self._apply(tx, report, read, backlog, clock)  # 3. to 7.
+                    hint = self._begin(tx, report, read.offsets)  # 2. lock the partitions
+                    applied = self._apply(tx, report, read, backlog, hint)  # 3. to 7.
             except _AppliedElsewhere:
                 log.info("another worker applied records of this batch's partitions: reading its offsets")
                 self.reload()
                 continue
+            except Contended as exc:
+                self.cache.clear()  # cached states hold this attempt's changes
+                retries += 1
+                log.info("batch contended with another worker's (%s): applying it again", exc)
+                continue
             except BaseException:
                 self.cache.clear()  # cached states may hold changes that did not commit
                 raise
-            self._committed(clock, write, view, result.removed, stored)  # 8. remember
+            self._committed(*applied)  # 8. remember
             report.committed_at = datetime.now(UTC)
             self.applied.update(read.offsets)
             return report
@@ -182,18 +193,19 @@ class BatchProcessor:
         report = BatchReport()
         try:
             with self.sink.transaction() as tx:
-                clock = self._lock(tx, {})
+                self._begin(tx, report, {})
+                clock = self._lock_clock(tx, report)
                 write = BatchWrite(group_id=self.group_id, offsets={}, worker_id=self.settings.worker_id)
                 records = ResultRecords(self.topics, report.outputs)
                 self._follow(tx, write, report, records, {}, backlog, clock, StateView())
                 if not (write.partitions or write.watermark or write.swept_to):
                     return report
                 write.outbox = report.outbox = report.outputs.encode() if report.outputs.records else None
-                report.outbox_id = self.sink.write(tx, write)
+                report.outbox_id = self.sink.write_shared(tx, write)
         except BaseException:
             self.cache.clear()
             raise
-        self._committed(clock, write, StateView(), (), {})
+        self._committed(clock, write, StateView(), (), {}, {})
         report.committed_at = datetime.now(UTC)
         return report
 
@@ -224,7 +236,7 @@ class BatchProcessor:
                 worker_id=self.settings.worker_id,
             )
             with self.sink.transaction() as tx:
-                report.outbox_id = self.sink.write(tx, write)
+                report.outbox_id = self.sink.write_shared(tx, write)
             self.applied.update(offsets)
         return report
 
@@ -285,20 +297,76 @@ class BatchProcessor:
 
     # --- 2. lock, 8. remember -------------------------------------------------------------------------
 
-    def _lock(self, tx: Any, offsets: dict[TopicPartition, int]) -> Clock:
-        """Take the group's lock and read its clock as committed; check the batch's partitions were not applied
-        meanwhile by another worker (``_AppliedElsewhere``), and the state cache against the commit sequence."""
-        self.sink.lock_group(tx, self.group_id)
-        # Under the lock, the group's clock and offsets as committed: with several workers, each moves them. A
-        # partition another worker applied since this batch was decoded (around a rebalance) is decoded again
+    def _begin(self, tx: Any, report: BatchReport, offsets: dict[TopicPartition, int]) -> Clock:
+        """Lock the batch's partitions; check no other worker applied them meanwhile (``_AppliedElsewhere``); read
+        the group's clock as committed (on SQLite, whose transaction holds the database, also checking the state
+        cache against its commit sequence; on PostgreSQL only a hint until ``_lock_clock``)."""
+        start = time.perf_counter()
+        self.sink.lock_partitions(tx, self.group_id, offsets)
+        report.lock_wait_s += time.perf_counter() - start
+        # A partition another worker applied since this batch was decoded (around a rebalance) is decoded again
         # from what it committed, so no record is applied twice.
         if offsets:
             stored = self.sink.applied_offsets_in(tx, self.group_id)
             if any(stored.get(tp) != self.applied.get(tp) for tp in offsets):
                 raise _AppliedElsewhere
         clock = self.sink.clock_in(tx, self.group_id)
+        if not self.sink.concurrent:
+            self.cache.check(clock.sequence)
+        return clock
+
+    def _lock_customers(
+        self, tx: Any, report: BatchReport, keys: set[str]
+    ) -> tuple[dict[str, StoredIdentity], dict[str, CustomerState], dict[str, int]]:
+        """The stored identity rows of ``keys`` and the states of their customers, those customers' rows locked
+        (PostgreSQL), with each locked customer's version; the cache first where it is still valid.
+
+        A key's customer changes only under that customer's lock, and only by a merge, which deletes the merged
+        customer's row: so once its customer is locked and still there, a key read before the lock is still right;
+        a key whose customer is gone is read again and its new customer locked. A cached state is used only if its
+        version is the stored one. Keys absent now but added by another batch meanwhile are caught when written
+        (``BatchWrite.claimed_identities``).
+        """
+        stored, missing = lookup(self.cache.identities, keys)
+        stored.update(self.sink.load_identities(tx, missing))
+        # On SQLite the transaction holds the database and the cache was checked whole (``_begin``).
+        concurrent = self.sink.concurrent
+        versions: dict[str, int] = {}
+        while concurrent and (ids := {row.customer_id for row in stored.values()} - versions.keys()):
+            start = time.perf_counter()
+            found = self.sink.lock_customers(tx, ids)
+            report.lock_wait_s += time.perf_counter() - start
+            versions.update(found)
+            if gone := ids - found.keys():
+                # Merged into another customer by another worker since these keys were read or cached.
+                again = [key for key, row in stored.items() if row.customer_id in gone]
+                for key in again:
+                    del stored[key]
+                    self.cache.identities.pop(key, None)
+                stored.update(self.sink.load_identities(tx, again))
+                versions.update(dict.fromkeys(gone, -1))  # locked (as absent): not asked again
+        customers: dict[str, CustomerState] = {}
+        unknown: list[str] = []
+        for customer_id in {row.customer_id for row in stored.values()}:
+            cached = self.cache.customers.get(customer_id)
+            if cached is not None and (not concurrent or self.cache.versions.get(customer_id) == versions[customer_id]):
+                customers[customer_id] = cached
+            else:
+                unknown.append(customer_id)
+        for customer_id, state in self.sink.load_customers(tx, unknown).items():
+            customers[customer_id] = CustomerState.from_dict(state)
+        return stored, customers, versions
+
+    def _lock_clock(self, tx: Any, report: BatchReport) -> Clock:
+        """Lock and read the group's clock: from here to the commit the batch changes what all batches share (the
+        watermark, the sweep, the channel and overall metric cells), one batch at a time. Cached metric cells are
+        kept only if no other batch committed since this worker's last."""
+        start = time.perf_counter()
+        clock = self.sink.lock_clock(tx, self.group_id)
+        report.lock_wait_s += time.perf_counter() - start
         self.watermark, self.swept_to = clock.watermark, clock.swept_to
-        self.cache.check(clock.sequence)
+        if clock.sequence != self.cache.sequence:
+            self.cache.cells.clear()
         return clock
 
     def _committed(
@@ -308,16 +376,19 @@ class BatchProcessor:
         view: StateView,
         removed: Iterable[str],
         stored: dict[str, StoredIdentity],
+        versions: dict[str, int],
     ) -> None:
         """Remember what the transaction committed: the cache, the clock.
 
         ``stored``: the identity rows of the batch's keys as the table now holds them. A key a merge re-pointed
         without the batch reading its row (the merge's UPDATE moved it) is not among them: the cache forgets it.
+        ``versions``: the customers' versions as locked (PostgreSQL); a written customer's is now one more.
         """
         identities = (
             (key, None if (row := stored.get(key)) is None else row._replace(customer_id=customer_id))
             for key, customer_id in view.identities.items()
         )
+        written = {row.customer_id for row in write.customers}
         self.cache.committed(
             clock.sequence + int(write.state_changed),
             identities,
@@ -325,6 +396,12 @@ class BatchProcessor:
             removed,
             ((cell, row.counters) for cell, row in write.cells.items()),
             write.removed_cells,
+            {
+                customer_id: max(versions.get(customer_id, 0), 0) + (customer_id in written)
+                for customer_id in view.customers
+            }
+            if self.sink.concurrent
+            else {},
         )
         self.watermark = write.watermark or self.watermark
         self.swept_to = write.swept_to or self.swept_to
@@ -332,19 +409,16 @@ class BatchProcessor:
     # --- 3. to 7. ---------------------------------------------------------------------------------------
 
     def _apply(
-        self, tx: Any, report: BatchReport, read: _Read, backlog: Iterable[TopicPartition], clock: Clock
-    ) -> tuple[BatchResult, BatchWrite, StateView, dict[str, StoredIdentity]]:
+        self, tx: Any, report: BatchReport, read: _Read, backlog: Iterable[TopicPartition], hint: Clock
+    ) -> tuple[Clock, BatchWrite, StateView, tuple[str, ...], dict[str, StoredIdentity], dict[str, int]]:
         """Steps 3 to 7 of ``process``: load what the batch touches, apply it, write everything back; return what
-        the cache may keep, with the identity rows of the batch's keys as the table now holds them."""
+        ``_committed`` remembers once the transaction commits. ``hint``: the group's clock as the batch began."""
         events = report.events
-        # 3. load
+        # 3. load (and lock)
         keys = self.stitcher.keys_of(events)
-        stored, missing = lookup(self.cache.identities, {key for event_keys in keys for key in event_keys.keys})
-        stored.update(self.sink.load_identities(tx, missing))
+        wanted = {key for event_keys in keys for key in event_keys.keys}
+        stored, customers, versions = self._lock_customers(tx, report, wanted)
         identities = {key: row.customer_id for key, row in stored.items()}
-        customers, missing = lookup(self.cache.customers, set(identities.values()))
-        for customer_id, state in self.sink.load_customers(tx, missing).items():
-            customers[customer_id] = CustomerState.from_dict(state)
         applied = {
             event_id: NO_CUSTOMER if customer_id is None else customer_id
             for event_id, customer_id in self.sink.load_applied(tx, {event.event_id for event in events}).items()
@@ -352,7 +426,7 @@ class BatchProcessor:
         view = StateView(identities=identities, customers=customers, applied=applied)
         report.restored = self._restore(tx, view, self.stitcher.history_needs(events, keys, view))
         # 4. apply
-        before = clock.watermark
+        before = hint.watermark
         max_age = self.settings.max_event_age_s
         reject_before = None if before is None or max_age is None else before.timestamp() - max_age
         result = self.stitcher.apply(events, view, keys, reject_before=reject_before)
@@ -368,21 +442,26 @@ class BatchProcessor:
             fingerprints=read.fingerprints,
             worker_id=self.settings.worker_id,
             state_changed=bool(events),
+            claimed_identities=wanted - stored.keys(),
+            claimed_events={event.event_id for event in events} - applied.keys(),
         )
         records = ResultRecords(self.topics, report.outputs)
         self._alerts(result, view, write, report, records)  # on the states as applied, with what was restored
         self.stitcher.close(view, result)
-        # 5. results
+        # 5. results: what the batch's customers own, written under their locks
         self._stitching(result, view, report, write, keys, records, stored)
-        self._metrics(tx, result, write, records, before)
+        self.sink.write_state(tx, write)
+        # ...and what batches share, under the clock's lock
+        clock = self._lock_clock(tx, report)
+        self._metrics(tx, result, write, records, clock.watermark)
         # 6. event time
         self._follow(tx, write, report, records, read.latest, backlog, clock, view)
         # 7. write
         self._refused(result, before, report)
         self._publish_dead_letters(report, records)
         write.outbox = report.outbox = report.outputs.encode() if report.outputs.records else None
-        report.outbox_id = self.sink.write(tx, write)
-        return result, write, view, stored
+        report.outbox_id = self.sink.write_shared(tx, write)
+        return clock, write, view, tuple(result.removed), stored, versions
 
     def _restore(self, tx: Any, view: StateView, needs: dict[str, float]) -> int:
         """Read back from the touchpoints table the history ``needs`` asks for; return how many customers."""

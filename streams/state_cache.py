@@ -1,11 +1,18 @@
 """The worker's copy of the state it last committed: identity rows, customer states and metric cells.
 
 The results database stays the source of truth; the cache saves reading back, and decoding, what this worker
-wrote itself, which was about a tenth of a batch's time. It is exact only while nobody else writes the state,
-so every batch checks it against the group's commit sequence, read under the batch lock
-(``ResultSink.clock_in``): when another worker, or this worker before a restart, committed since, the cache is
-dropped and filled again from SQL as batches need it. A batch that fails drops it too, because the stitching
-engine changes cached customer states in place before the transaction commits.
+wrote itself, which was about a tenth of a batch's time. It is exact only while nobody else writes what it holds:
+
+- on SQLite, whose transaction holds the whole database, every batch checks it against the group's commit
+  sequence (``ResultSink.clock_in``): when another writer, or this worker before a restart, committed since, the
+  cache is dropped and filled again from SQL as batches need it;
+- on PostgreSQL, where workers commit concurrently, a cached customer state is used only if its version is the
+  one the batch reads when it locks the customer's row, and an identity key only while its customer's row is
+  there (``BatchProcessor._lock_customers``); cached metric cells are dropped when another batch committed since
+  this worker's last (checked under the clock's lock).
+
+A batch that fails drops it all, because the stitching engine changes cached customer states in place before
+the transaction commits.
 """
 
 from __future__ import annotations
@@ -63,6 +70,8 @@ class StateCache:
         self.identities: _Bounded[str, StoredIdentity] = _Bounded(4 * max_customers)
         self.customers: _Bounded[str, CustomerState] = _Bounded(max_customers)
         self.cells: _Bounded[CellKey, dict[str, float]] = _Bounded(2 * max_customers)
+        #: The stored version of each cached customer state (PostgreSQL).
+        self.versions: _Bounded[str, int] = _Bounded(max_customers)
         self.sequence: int | None = None
 
     def clear(self) -> None:
@@ -70,6 +79,7 @@ class StateCache:
         self.identities.clear()
         self.customers.clear()
         self.cells.clear()
+        self.versions.clear()
         self.sequence = None
 
     def check(self, sequence: int) -> None:
@@ -85,10 +95,12 @@ class StateCache:
         removed_customers: Iterable[str],
         cells: Iterable[tuple[CellKey, dict[str, float]]],
         removed_cells: Iterable[CellKey],
+        versions: Mapping[str, int],
     ) -> None:
-        """Record what a batch committed under ``sequence``."""
+        """Record what a batch committed under ``sequence``, with the stored ``versions`` of its customers."""
         for customer_id in removed_customers:
             self.customers.pop(customer_id, None)
+            self.versions.pop(customer_id, None)
         for cell in removed_cells:
             self.cells.pop(cell, None)
         known = []
@@ -99,5 +111,6 @@ class StateCache:
                 known.append((key, row))
         self.identities.store(known)
         self.customers.store(customers.items())
+        self.versions.store(versions.items())
         self.cells.store(cells)
         self.sequence = sequence

@@ -346,6 +346,9 @@ class Worker:
             inst.events_in.labels(w, channel, self.topics.channel(channel)).inc(count)
         inst.sink_batch_size.labels(w).observe(summary.events)
         inst.sink_write_duration.labels(w).observe(duration)
+        inst.lock_wait.labels(w).inc(summary.lock_wait_s)
+        if summary.retries:
+            inst.sink_contended.labels(w).inc(summary.retries)
         inst.duplicates.labels(w).inc(summary.duplicates)
         inst.late_events.labels(w, "accepted").inc(summary.late_accepted)
         inst.late_events.labels(w, "too_late").inc(summary.too_late)
@@ -414,6 +417,7 @@ def describe_batch(summary: BatchSummary, seconds: float, lag: int) -> str:
         (summary.late_accepted, "late", "late"),
         (summary.unattributed, "unattributed", "unattributed"),
         (summary.restored, "history read back", "histories read back"),
+        (summary.retries, "retry after contention", "retries after contention"),
     ):
         if count:
             counts.append(_n(count, one, many))

@@ -8,8 +8,8 @@ that is what shows the comparison can catch a lost state write or a non-idempote
 
 On PostgreSQL it also runs two and three apply processes at once, each owning some of the partitions (as the
 workers of a consumer group do), committing concurrently on customers they share (a person's channels are
-different topics), crashing inside and between transactions; and once with the group's lock skipped, which it
-must catch.
+different topics), crashing inside and between transactions; and with the customers' row locks, or the clock's
+lock, skipped, which it must catch.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from config.settings import load_settings
 from schemas.touchpoint import Channel
@@ -75,9 +75,9 @@ class CrashingSink(SqlSink):
         super().__init__(engine)
         self.crash_after, self.writes = crash_after, writes
 
-    def write(self, tx: Any, batch: BatchWrite) -> int | None:
+    def write_shared(self, tx: Any, batch: BatchWrite) -> int | None:
         self.writes["write"] += 1
-        result = super().write(tx, batch)
+        result = super().write_shared(tx, batch)
         if self.writes["write"] in self.crash_after:
             raise Crash(f"killed in batch {self.writes['write']}")
         return result
@@ -158,10 +158,10 @@ def test_crashes_anywhere_leave_the_results_of_an_uninterrupted_run(uninterrupte
 class SkippingStateWrites(CrashingSink):
     """Broken: some batches lose their customer states; everything else commits."""
 
-    def write(self, tx: Any, batch: BatchWrite) -> int | None:
+    def write_state(self, tx: Any, batch: BatchWrite) -> None:
         if batch.customers and len(batch.touchpoints) % 5 == 0:
             batch.customers = []
-        return super().write(tx, batch)
+        super().write_state(tx, batch)
 
 
 class WithoutUpsert(CrashingSink):
@@ -186,22 +186,38 @@ def test_the_harness_catches_a_broken_sink(uninterrupted: dict, tmp_path: Path, 
 # --- concurrent apply processes (PostgreSQL) -------------------------------------------------------------------
 
 
-class WithoutGroupLock(CrashingSink):
-    """Broken: batches of different workers do not wait for each other.
+class WithoutCustomerLocks(CrashingSink):
+    """Broken: batches of different workers do not wait for each other on the customers they share (the rows are
+    read, not locked).
 
     Its writes take a little longer, as on a loaded database, so that two workers' transactions overlap between
     reading a shared customer and writing it back, every run.
     """
 
-    def lock_group(self, conn: Any, group_id: str) -> None:
-        return None
+    def lock_customers(self, conn: Any, ids: Any) -> dict[str, int]:
+        c = t.customers.c
+        return dict(conn.execute(select(c.customer_id, c.version).where(c.customer_id.in_(sorted(ids)))).all())
 
-    def write(self, tx: Any, batch: BatchWrite) -> int | None:
+    def write_state(self, tx: Any, batch: BatchWrite) -> None:
         time.sleep(0.02)
-        return super().write(tx, batch)
+        super().write_state(tx, batch)
 
 
-def apply_partitions(database_url: str, arrivals: list[InRecord], seed: int, crash_every: int, broken: bool) -> None:
+class WithoutClockLock(CrashingSink):
+    """Broken: batches of different workers change what they share (the channel and overall metric cells, the
+    clock) at the same time (the clock is read, not locked)."""
+
+    def lock_clock(self, conn: Any, group_id: str) -> Any:
+        return self.clock_in(conn, group_id)
+
+    def write_shared(self, tx: Any, batch: BatchWrite) -> int | None:
+        time.sleep(0.02)
+        return super().write_shared(tx, batch)
+
+
+def apply_partitions(
+    database_url: str, arrivals: list[InRecord], seed: int, crash_every: int, sink: type[CrashingSink]
+) -> None:
     """One worker of a group: the records of its partitions (``arrivals``, in the order it reads them) in random
     batches, crashing inside or between transactions now and then and redelivered from earlier each time (run in
     a process of its own; the records are passed, not simulated again, which would stamp other arrival times)."""
@@ -209,7 +225,6 @@ def apply_partitions(database_url: str, arrivals: list[InRecord], seed: int, cra
     engine = make_engine(database_url, writer=True)
     rng = random.Random(seed)
     writes = Counter[str]()
-    sink = WithoutGroupLock if broken else CrashingSink
     crash_after = {n for n in range(1, 10_000) if rng.random() < 1 / crash_every}
     processor = BatchProcessor(settings, sink(engine, crash_after, writes))
     mine = {(record.topic, record.partition) for record in arrivals}
@@ -237,7 +252,7 @@ def apply_partitions(database_url: str, arrivals: list[InRecord], seed: int, cra
     engine.dispose()
 
 
-def run_concurrently(database_url: str, workers: int, seed: int, broken: bool = False) -> dict:
+def run_concurrently(database_url: str, workers: int, seed: int, sink: type[CrashingSink] = CrashingSink) -> dict:
     """``workers`` apply processes sharing the partitions, at once; then the clock is followed to the end."""
     settings = load_settings(database_url=database_url)
     engine = make_engine(database_url, writer=True)
@@ -254,7 +269,7 @@ def run_concurrently(database_url: str, workers: int, seed: int, broken: bool = 
                 [record for record in arrivals if (record.topic, record.partition) in owned[n::workers]],
                 seed * 10 + n,
                 6,
-                broken,
+                sink,
             ),
         )
         for n in range(workers)
@@ -299,11 +314,14 @@ def test_apply_processes_committing_concurrently_leave_the_results_of_one(
 
 
 @pytest.mark.postgres
-def test_the_harness_catches_workers_that_skip_the_group_lock(uninterrupted: dict, postgres_url: str) -> None:
+@pytest.mark.parametrize("broken", [WithoutCustomerLocks, WithoutClockLock], ids=["customer-locks", "clock-lock"])
+def test_the_harness_catches_workers_that_skip_a_lock(
+    uninterrupted: dict, postgres_url: str, broken: type[CrashingSink]
+) -> None:
     try:
-        result = run_concurrently(postgres_url, 3, seed=7, broken=True)
+        result = run_concurrently(postgres_url, 3, seed=7, sink=broken)
     except AssertionError as exc:  # a process failed on what it read: caught too
         caught = str(exc)
     else:
         caught = differences(uninterrupted, result)
-    assert caught, "workers that skip the group's lock went unnoticed"
+    assert caught, f"{broken.__doc__} went unnoticed"

@@ -20,7 +20,7 @@ from streams.domain.oracle import replay
 from streams.domain.stitching import Stitcher
 from streams.policies import Policies
 from streams.result_rows import cell_row, customer_row, identity_rows, overdue_at, touchpoint_row
-from tests.support.results import WALL_CLOCK_COLUMNS, plain_row, without_versions
+from tests.support.results import BOOKKEEPING_COLUMNS, plain_row, without_versions
 
 #: The tables whose rows the oracle decides.
 ORDER_FREE_TABLES = ("customers", "identities", "touchpoints", "metrics", "metric_cells")
@@ -58,7 +58,7 @@ def expected_results(events: Iterable[TouchpointEvent], settings: Settings) -> d
         ]
     snapshot = {
         name: sorted(
-            (plain_row({k: v for k, v in row.items() if k not in WALL_CLOCK_COLUMNS}) for row in rows),
+            (plain_row({k: v for k, v in row.items() if k not in BOOKKEEPING_COLUMNS}) for row in rows),
             key=lambda r: repr(sorted(r.items())),
         )
         for name, rows in tables.items()

@@ -26,7 +26,7 @@ def test_lookup_splits_cached_from_missing() -> None:
 def test_the_cache_is_kept_only_for_the_sequence_it_was_stored_under() -> None:
     cache = StateCache(max_customers=10)
     ann = CustomerState("c-ann")
-    cache.committed(5, [("email:ann", ANN)], {"c-ann": ann}, [], [(cell("c-ann"), {"x": 1})], [])
+    cache.committed(5, [("email:ann", ANN)], {"c-ann": ann}, [], [(cell("c-ann"), {"x": 1})], [], {})
     cache.check(5)
     assert cache.identities == {"email:ann": ANN} and cache.customers["c-ann"] is ann
     cache.check(6)  # another worker committed in between
@@ -36,11 +36,11 @@ def test_the_cache_is_kept_only_for_the_sequence_it_was_stored_under() -> None:
 def test_removed_customers_and_cells_go_and_the_oldest_are_evicted() -> None:
     cache = StateCache(max_customers=2)
     states = {f"c-{i}": CustomerState(f"c-{i}") for i in range(4)}
-    cache.committed(1, [], {"c-0": states["c-0"], "c-1": states["c-1"]}, [], [(cell("c-0"), {})], [])
-    cache.committed(2, [], {"c-2": states["c-2"]}, ["c-1"], [], [cell("c-0")])
+    cache.committed(1, [], {"c-0": states["c-0"], "c-1": states["c-1"]}, [], [(cell("c-0"), {})], [], {})
+    cache.committed(2, [], {"c-2": states["c-2"]}, ["c-1"], [], [cell("c-0")], {})
     assert list(cache.customers) == ["c-0", "c-2"]
     assert not cache.cells
-    cache.committed(3, [], {"c-3": states["c-3"]}, [], [], [])
+    cache.committed(3, [], {"c-3": states["c-3"]}, [], [], [], {})
     assert list(cache.customers) == ["c-2", "c-3"], "the customer stored first is evicted"
 
 
@@ -48,6 +48,6 @@ def test_a_key_a_merge_re_pointed_without_reading_it_is_forgotten() -> None:
     # The batch knows the key's new customer but not its stored row: a cached row of the old customer would send
     # the next batch to a customer that no longer exists.
     cache = StateCache(max_customers=10)
-    cache.committed(1, [("email:ann", ANN)], {}, [], [], [])
-    cache.committed(1, [("email:ann", None), ("phone:1", StoredIdentity("c-bob", DAY, DAY))], {}, ["c-ann"], [], [])
+    cache.committed(1, [("email:ann", ANN)], {}, [], [], [], {})
+    cache.committed(1, [("email:ann", None), ("phone:1", StoredIdentity("c-bob", DAY, DAY))], {}, ["c-ann"], [], [], {})
     assert cache.identities == {"phone:1": StoredIdentity("c-bob", DAY, DAY)}
