@@ -613,6 +613,10 @@ def summarise(results: dict[str, Any]) -> None:
         counters = run.get("counters") or {}
         if counters.get("batch_seconds") and "lock_wait_seconds" in counters:
             scaling["lock_wait_share"] = counters["lock_wait_seconds"] / counters["batch_seconds"]
+            scaling["lock_wait_shares"] = {
+                lock: seconds / counters["batch_seconds"]
+                for lock, seconds in sorted(counters.get("lock_wait_by_lock", {}).items())
+            }
             scaling["contended"] = counters.get("contended", 0)
         share = scaling.get("lock_wait_share")
         verdict(

@@ -416,6 +416,8 @@ def scrape_counters(workers: list[WorkerProc]) -> dict[str, Any]:
                     out["batch_seconds"] += value
                 elif name == "cxstream_sink_lock_wait_seconds_total":
                     out["lock_wait_seconds"] = out.get("lock_wait_seconds", 0.0) + value
+                    by_lock = out.setdefault("lock_wait_by_lock", {})
+                    by_lock[labels["lock"]] = by_lock.get(labels["lock"], 0.0) + value
                 elif name == "cxstream_sink_contended_total":
                     out["contended"] = out.get("contended", 0) + int(value)
                 elif name == "cxstream_late_events_total" and labels.get("outcome") == "too_late":

@@ -183,6 +183,10 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Keys accepted by the read API (`cxstream api`) as HTTP Basic user name, comma-separated; separate from the write keys. Empty: the API does not start.",
     )
+    admin_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Keys allowed to erase people through the read API (`POST /v1/erasures`, HTTP Basic user name), comma-separated; separate from the read keys. Empty: the API erases nothing (`cxstream erase` still does).",
+    )
     collector_allowed_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Web origins (scheme://host[:port]) whose pages may call the collector from a browser (CORS), comma-separated; * for any origin (then without credentials). Empty: browsers are refused, server-side clients are not concerned.",
@@ -212,6 +216,7 @@ class Settings(BaseSettings):
         "blocked_identifiers",
         "write_keys",
         "read_keys",
+        "admin_keys",
         "collector_allowed_origins",
         mode="before",
     )

@@ -60,6 +60,12 @@ class Topics:
         return f"{self.prefix}outbox-commits"
 
     @property
+    def suppressions(self) -> str:
+        """Erased people's identifiers as salted hashes, keyed by the hash (compacted): read by workers at start so
+        that a database replaying the input topics drops their events too (``streams.erasure``)."""
+        return f"{self.prefix}suppressions"
+
+    @property
     def outputs(self) -> list[str]:
         """Every downstream topic."""
         return [self.timeline, self.profiles, self.identity, self.metrics, self.alerts]
@@ -67,4 +73,4 @@ class Topics:
     @property
     def compacted(self) -> set[str]:
         """Topics whose consumers only need the latest value per key."""
-        return {self.profiles, self.metrics, self.outbox_commits}
+        return {self.profiles, self.metrics, self.outbox_commits, self.suppressions}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -196,3 +196,38 @@ class SegmentList(BaseModel):
 
     data: list[SegmentExternalId] | list[SegmentEvent]
     cursor: SegmentCursor
+
+
+class ErasureRequest(BaseModel):
+    """``POST /v1/erasures``: erase one person (GDPR Art. 17)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ref: str = Field(min_length=1, max_length=1024, description="A customer id, or an identifier as type:value.")
+    mode: Literal["suppress_with_delete", "delete_only"] = Field(
+        "suppress_with_delete",
+        description="suppress_with_delete: the person's events are dropped from now on, replays included; "
+        "delete_only: rows removed only.",
+    )
+    reason: str = Field("", max_length=2000, description="Why (kept in the audit trail).")
+
+
+class ErasureResult(BaseModel):
+    """What an erasure did (no identifiers: the erased customer id is the only reference kept)."""
+
+    model_config = _OUT
+
+    erasure_id: str = Field(description="The erasure's id: the subject of its audit_log row.")
+    mode: str
+    customer_id: str
+    merged_ids: list[str] = Field(description="Customer ids merged into it earlier, tombstoned on cx.profiles too.")
+    identifiers: int
+    touchpoints: int
+    alerts: int
+    merges: int
+    metric_cells: int
+    suppressed_identifiers: int
+    tombstones: int = Field(description="Null records published on cx.profiles and cx.metrics.")
+    unpublished_before: int = Field(
+        description="Outbox rows committed before the erasure still unpublished when the tombstones went out (0: none)."
+    )

@@ -233,6 +233,29 @@ database_identity = Table(
     Column("id", String(36), primary_key=True, comment="random, made when the schema was created"),
 )
 
+suppressions = Table(
+    "suppressions",
+    metadata,
+    # Erased people's identifiers, as salted hashes only: events carrying one are dropped (streams.erasure).
+    Column("identifier_hash", String(64), primary_key=True, comment="HMAC-SHA256 of the identifier key (hex)"),
+    Column("erasure_id", String(36), nullable=False, comment="the erasure that added it (audit_log.subject)"),
+    Column("created_at", TS, nullable=False),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    # What was done to the identity graph by hand, by whom and why: rows are added, never changed.
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("at", TS, nullable=False),
+    Column("action", String(32), nullable=False, comment="erasure"),
+    Column("subject", String(128), nullable=False, comment="what it was done to (an erasure id: never a person's id)"),
+    Column("actor", String(128), nullable=False, comment="the command or API key (by fingerprint) that did it"),
+    Column("reason", Text, nullable=False, server_default=""),
+    Column("detail", JSON, nullable=False, comment="counts and options, never identifiers"),
+    sqlite_autoincrement=True,
+)
+
 #: The tables and views whose rows are the results a user reads, by name.
 RESULTS: dict[str, Table] = {
     name: table

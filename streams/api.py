@@ -13,6 +13,7 @@ import asyncio
 import base64
 import binascii
 import functools
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
@@ -20,7 +21,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -37,6 +38,8 @@ from schemas.api import (
     ApiProfile,
     ApiTimeline,
     ApiTouchpoint,
+    ErasureRequest,
+    ErasureResult,
     SegmentCursor,
     SegmentEvent,
     SegmentExternalId,
@@ -61,6 +64,8 @@ from sinks.queries import (
 from streams import pages
 from streams.auth import basic_user
 from streams.domain.identifiers import PII_TYPES
+from streams.erasure import Mode, NoSuchCustomer, erase
+from streams.kafka import BrokerUnreachable
 from streams.policies import Policies, identifier_hashing
 from streams.references import find_customer
 
@@ -82,6 +87,11 @@ log = logging.getLogger(__name__)
 
 #: Paths behind the read keys: the JSON routes and the pages (a browser asks for the key as the user name).
 _PROTECTED = ("/v1/", "/ui")
+#: The one route that changes anything, behind the admin keys.
+ERASURES = "/v1/erasures"
+#: Seconds an erasure request waits for the outbox rows committed before it (a running worker publishes them
+#: within seconds); the answer says how many were left (``unpublished_before``).
+API_OUTBOX_WAIT_S = 10.0
 
 
 class BadRequest(Exception):
@@ -99,6 +109,7 @@ class ReadApi:
         self.settings = settings
         self.engine = engine
         self.read_keys = frozenset(settings.read_keys)
+        self.admin_keys = frozenset(settings.admin_keys)
         self.hashing = identifier_hashing(settings)
         self.customer_policy = Policies.from_settings(settings).customer
 
@@ -112,6 +123,7 @@ class ReadApi:
         app.router.add_get("/v1/customers/{ref}/merges", self.merges)
         app.router.add_get("/v1/metrics", self.metrics)
         app.router.add_get("/v1/alerts", self.alerts)
+        app.router.add_post(ERASURES, self.erasure)
         app.router.add_get(f"{SEGMENT_PROFILE}/traits", self.segment_traits)
         app.router.add_get(f"{SEGMENT_PROFILE}/external_ids", self.segment_external_ids)
         app.router.add_get(f"{SEGMENT_PROFILE}/events", self.segment_events)
@@ -125,6 +137,14 @@ class ReadApi:
 
     @web.middleware
     async def _authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path == ERASURES:  # admin keys only: a read key does not erase
+            if basic_user(request.headers.get("Authorization")) not in self.admin_keys:
+                return _json(
+                    ApiError(error="invalid or missing admin key (CXSTREAM_ADMIN_KEYS)"),
+                    401,
+                    {"WWW-Authenticate": 'Basic realm="cxstream admin"'},
+                )
+            return await handler(request)
         if request.path.startswith(_PROTECTED) and not self._authorised(request.headers.get("Authorization")):
             return _json(
                 ApiError(error="invalid or missing read key"), 401, {"WWW-Authenticate": 'Basic realm="cxstream"'}
@@ -149,6 +169,32 @@ class ReadApi:
         return basic_user(authorization) in self.read_keys
 
     # --- routes ---------------------------------------------------------------------------------------------------
+
+    async def erasure(self, request: web.Request) -> web.Response:
+        """``POST /v1/erasures``: erase one person (``streams.erasure``), as ``cxstream erase`` does."""
+        try:
+            body = ErasureRequest.model_validate_json(await request.read())
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise BadRequest(f"{'.'.join(map(str, first['loc'])) or 'body'}: {first['msg']}") from None
+        key = basic_user(request.headers.get("Authorization")) or ""
+        actor = f"api:{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+        try:
+            report = await asyncio.to_thread(
+                erase,
+                self.settings,
+                body.ref,
+                mode=Mode(body.mode),
+                actor=actor,
+                reason=body.reason,
+                wait_s=API_OUTBOX_WAIT_S,
+            )
+        except NoSuchCustomer as exc:
+            raise NoCustomer(str(exc)) from None
+        except BrokerUnreachable as exc:
+            return _json(ApiError(error=str(exc)), 503, {"Retry-After": "5"})
+        log.info("read API: erasure %s by %s", report.erasure_id, actor)
+        return _json(ErasureResult.model_validate(report.as_json()))
 
     async def customer(self, request: web.Request) -> web.Response:
         """``GET /v1/customers/{ref}``: the profile."""
@@ -422,7 +468,18 @@ def _cursor(request: web.Request, size: int, name: str = "after") -> list[Any] |
 
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI 3.1 document of the read API, its schemas generated from the response models."""
-    models = [ApiProfile, ApiTimeline, ApiFigures, ApiAlerts, ApiMerges, ApiError, SegmentTraits, SegmentList]
+    models = [
+        ApiProfile,
+        ApiTimeline,
+        ApiFigures,
+        ApiAlerts,
+        ApiMerges,
+        ApiError,
+        SegmentTraits,
+        SegmentList,
+        ErasureRequest,
+        ErasureResult,
+    ]
     _, schemas = models_json_schema([(m, "serialization") for m in models], ref_template="#/components/schemas/{model}")
 
     def answer(model: type[BaseModel], what: str) -> dict[str, Any]:
@@ -469,7 +526,8 @@ def openapi_document() -> dict[str, Any]:
         "components": {
             "schemas": schemas["$defs"],
             "securitySchemes": {
-                "readKey": {"type": "http", "scheme": "basic", "description": "The read key as user name."}
+                "readKey": {"type": "http", "scheme": "basic", "description": "The read key as user name."},
+                "adminKey": {"type": "http", "scheme": "basic", "description": "An admin key as user name."},
             },
         },
         "security": [{"readKey": []}],
@@ -541,6 +599,23 @@ def openapi_document() -> dict[str, Any]:
                     }
                 }
                 for what, model in (("traits", SegmentTraits), ("external_ids", SegmentList), ("events", SegmentList))
+            },
+            ERASURES: {
+                "post": {
+                    "summary": "Erase one person (GDPR Art. 17): rows removed, their events suppressed, tombstones",
+                    "security": [{"adminKey": []}],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErasureRequest"}}},
+                    },
+                    "responses": {
+                        "200": answer(ErasureResult, "what was erased"),
+                        "400": answer(ApiError, "a field cannot be used"),
+                        "401": answer(ApiError, "no valid admin key"),
+                        "404": answer(ApiError, "no such customer"),
+                        "503": answer(ApiError, "the broker or the database cannot answer"),
+                    },
+                }
             },
             "/v1/metrics": {
                 "get": {

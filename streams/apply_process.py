@@ -84,8 +84,10 @@ class BatchSummary:
     partitions: int = 0
     #: Seconds the batch spent taking locks (other workers' batches holding them, mostly), and times it was
     #: applied again after contending with one.
-    lock_wait_s: float = 0.0
+    lock_wait_s: dict[str, float] = field(default_factory=dict)
     retries: int = 0
+    #: Events dropped because they carry an erased person's identifier.
+    suppressed: int = 0
     #: Seconds from each new entry's ``received_at`` to the batch's apply and commit.
     processing_s: list[float] = field(default_factory=list)
     end_to_end_s: list[float] = field(default_factory=list)
@@ -104,8 +106,9 @@ class BatchSummary:
             watermark=report.watermark,
             partitions=report.partitions,
             alerts=report.alerts,
-            lock_wait_s=report.lock_wait_s,
+            lock_wait_s=dict(report.lock_wait_s),
             retries=report.retries,
+            suppressed=report.suppressed,
         )
         result, committed = report.result, report.committed_at
         if result is None or committed is None:

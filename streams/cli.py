@@ -301,6 +301,65 @@ def _results_database(settings: Settings) -> Iterator[Engine]:
 
 @main.command()
 @click.argument("customer")
+@click.option(
+    "--mode",
+    type=click.Choice(["suppress_with_delete", "delete_only"]),
+    default="suppress_with_delete",
+    show_default=True,
+    help="suppress_with_delete: the person's events are dropped from now on, replays included; delete_only: rows "
+    "removed only (a replay or a new event brings the person back).",
+)
+@click.option("--reason", default="", help="Why (kept in the audit trail).")
+@click.option("--wait", "wait_s", type=float, default=60.0, show_default=True, help="Seconds to wait for the outbox.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def erase(ctx: click.Context, customer: str, mode: str, reason: str, wait_s: float, as_json: bool) -> None:
+    """Erase CUSTOMER (a customer id, or an identifier such as email:a@b.c): GDPR Art. 17.
+
+    Removes the customer's rows (customer, identities, touchpoints, alerts, merges, per-customer metric cells),
+    records a suppression entry per identifier (salted hashes only) so that workers drop the person's events from
+    now on, replays from offset 0 included, publishes tombstones for the person's keys on cx.profiles and
+    cx.metrics, and adds an audit row. The input topics' raw records are outside its reach (README).
+    """
+    from streams.erasure import Mode, NoSuchCustomer, cli_actor
+    from streams.erasure import erase as erase_customer
+    from streams.inspection import dumps
+    from streams.kafka import BrokerUnreachable
+
+    settings = _settings(ctx)
+    if not settings.identifier_salt:
+        click.echo(
+            "warning: CXSTREAM_IDENTIFIER_SALT is not set: the suppression entries are HMACs with a default key, "
+            "which anyone holding a list of identifiers can test them against",
+            err=True,
+        )
+    try:
+        report = erase_customer(settings, customer, mode=Mode(mode), actor=cli_actor(), reason=reason, wait_s=wait_s)
+    except NoSuchCustomer as exc:
+        raise click.ClickException(str(exc)) from None
+    except BrokerUnreachable as exc:
+        raise click.ClickException(f"{exc}; nothing was erased unless the line above says so") from None
+    if as_json:
+        click.echo(dumps(report.as_json()))
+    else:
+        data = report.as_json()
+        click.echo(
+            f"erased customer {data['customer_id']} (erasure {data['erasure_id']}, {data['mode']}): "
+            f"{data['touchpoints']} touchpoints, {data['identifiers']} identifiers, {data['alerts']} alerts, "
+            f"{data['merges']} merges, {data['metric_cells']} metric cells; {data['suppressed_identifiers']} "
+            f"identifiers suppressed; {data['tombstones']} tombstones published"
+        )
+    if report.unpublished_before:
+        click.echo(
+            f"warning: {report.unpublished_before} outbox rows committed before the erasure were still unpublished "
+            "(no worker running?): when a worker publishes them, the customer's last profile and figures are on "
+            "cx.profiles and cx.metrics again, after the tombstones. Erase with a worker running to avoid this",
+            err=True,
+        )
+
+
+@main.command()
+@click.argument("customer")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def timeline(ctx: click.Context, customer: str, as_json: bool) -> None:

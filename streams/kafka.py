@@ -61,7 +61,7 @@ def admin_client(settings: Settings) -> KafkaAdminClient:
 def ensure_topics(settings: Settings, topics: list[str] | None = None) -> None:
     """Create cxstream's topics (channel, dead-letter and downstream) when they do not exist yet."""
     names = Topics(settings.topic_prefix)
-    wanted = topics or [*names.channels, names.deadletter, *names.outputs, names.outbox_commits]
+    wanted = topics or [*names.channels, names.deadletter, *names.outputs, names.outbox_commits, names.suppressions]
     admin = admin_client(settings)
     try:
         existing = set(admin.list_topics())

@@ -109,8 +109,14 @@ class Instruments:
         )
         self.lock_wait = Counter(
             "cxstream_sink_lock_wait_seconds_total",
-            "Seconds batches spent taking locks other workers' batches may hold (their partitions, their customers' "
-            "rows, the group's clock): compare with cxstream_sink_write_duration_seconds_sum.",
+            "Seconds batches spent taking locks other workers' batches may hold, by lock (partitions, customers: their "
+            "rows, clock: the group's): compare with cxstream_sink_write_duration_seconds_sum.",
+            ["worker", "lock"],
+            registry=r,
+        )
+        self.suppressed = Counter(
+            "cxstream_suppressed_events_total",
+            "Events dropped because they carry an erased person's identifier (cxstream erase, suppress_with_delete).",
             ["worker"],
             registry=r,
         )

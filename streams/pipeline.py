@@ -33,8 +33,9 @@ from streams.domain.entry import Entry
 from streams.domain.event_time import TopicPartition
 from streams.domain.identity import EventKeys
 from streams.domain.stitching import NO_CUSTOMER, BatchResult, StateView, Stitcher
+from streams.domain.suppression import Suppressions
 from streams.downstream import Outputs
-from streams.policies import Policies
+from streams.policies import Policies, suppression_salt
 from streams.result_records import ResultRecords
 from streams.result_rows import alert_row, cell_row, customer_row, identity_rows, merge_row, overdue_at, touchpoint_row
 from streams.state_cache import StateCache, lookup
@@ -76,11 +77,17 @@ class BatchReport:
     outbox: bytes | None = None
     applied_at: datetime | None = None
     committed_at: datetime | None = None
-    #: Seconds the batch spent taking locks (its partitions, its customers' rows, the group's clock): waiting for
-    #: other workers' batches, mostly.
-    lock_wait_s: float = 0.0
+    #: Seconds the batch spent taking each lock (``partitions``, ``customers``: their rows, ``clock``: the group's):
+    #: waiting for other workers' batches, mostly.
+    lock_wait_s: dict[str, float] = field(default_factory=dict)
+
+    def waited(self, lock: str, since: float) -> None:
+        """Count the time from ``since`` (``time.perf_counter``) as spent taking ``lock``."""
+        self.lock_wait_s[lock] = self.lock_wait_s.get(lock, 0.0) + time.perf_counter() - since
     #: Times the batch was applied again after contending with another worker's (``sinks.contract.Contended``).
     retries: int = 0
+    #: Events dropped because they carry an erased person's identifier (``streams.erasure``).
+    suppressed: int = 0
 
     @property
     def rejected(self) -> Counter[str]:
@@ -119,6 +126,7 @@ class BatchProcessor:
         self.swept_to: datetime | None = None
         self._gaps_seen: dict[tuple[TopicPartition, int], float] = {}
         self.cache = StateCache(settings.state_cache_customers)
+        self.suppressions = Suppressions(suppression_salt(settings))
         # Read on first use, not here: the database may be unreachable when the apply process starts, and a call
         # that fails is retried by the worker, whereas a process that cannot start stops it.
         self._loaded = False
@@ -144,15 +152,18 @@ class BatchProcessor:
         The commit, step by step (each step is marked where it happens, here and in ``_apply``):
 
         1. decode: the records past each partition's applied offset become events or dead letters;
-        2. lock: take the group's lock; check that no other worker applied these partitions meanwhile (if one
-           did, go back to 1 from what it committed); read the group's clock; check the state cache against it;
-        3. load: the identities, customers and applied event ids the events touch (cache first), and the history
-           late events need;
+        2. lock the partitions: check that no other worker applied them meanwhile (if one did, go back to 1 from
+           what it committed); read the group's clock as a hint (on SQLite, check the state cache against it);
+           drop the events of erased people (``streams.erasure``);
+        3. load: the identities, customers and applied event ids the events touch (cache first, where still
+           valid), locking the customers' rows on PostgreSQL, and the history late events need;
         4. apply: stitch identities and timelines, evaluate alerts, close the timelines;
-        5. results: rows and downstream records of merges, profiles, touchpoints, metric cells and figures;
+        5. results: rows and downstream records of merges, profiles and touchpoints, written at once (what the
+           batch's customers own); then, under the group's clock lock, metric cells and figures;
         6. event time: move the partitions' clocks and the watermark; finalise closed windows; alert overdue
            issues;
-        7. write: state, rows, applied offsets, clock and the outbox row in the one transaction, which commits;
+        7. write: cells, alerts, applied offsets, clock and the outbox row; the transaction commits (a batch that
+           contended with another worker's is rolled back and applied again, ``Contended``);
         8. remember: the committed state in the cache, the applied offsets.
 
         The Faust process then publishes the outbox row and acknowledges the records (``streams.worker``).
@@ -303,7 +314,7 @@ class BatchProcessor:
         cache against its commit sequence; on PostgreSQL only a hint until ``_lock_clock``)."""
         start = time.perf_counter()
         self.sink.lock_partitions(tx, self.group_id, offsets)
-        report.lock_wait_s += time.perf_counter() - start
+        report.waited("partitions", start)
         # A partition another worker applied since this batch was decoded (around a rebalance) is decoded again
         # from what it committed, so no record is applied twice.
         if offsets:
@@ -335,7 +346,7 @@ class BatchProcessor:
         while concurrent and (ids := {row.customer_id for row in stored.values()} - versions.keys()):
             start = time.perf_counter()
             found = self.sink.lock_customers(tx, ids)
-            report.lock_wait_s += time.perf_counter() - start
+            report.waited("customers", start)
             versions.update(found)
             if gone := ids - found.keys():
                 # Merged into another customer by another worker since these keys were read or cached.
@@ -363,7 +374,7 @@ class BatchProcessor:
         kept only if no other batch committed since this worker's last."""
         start = time.perf_counter()
         clock = self.sink.lock_clock(tx, self.group_id)
-        report.lock_wait_s += time.perf_counter() - start
+        report.waited("clock", start)
         self.watermark, self.swept_to = clock.watermark, clock.swept_to
         if clock.sequence != self.cache.sequence:
             self.cache.cells.clear()
@@ -413,11 +424,16 @@ class BatchProcessor:
     ) -> tuple[Clock, BatchWrite, StateView, tuple[str, ...], dict[str, StoredIdentity], dict[str, int]]:
         """Steps 3 to 7 of ``process``: load what the batch touches, apply it, write everything back; return what
         ``_committed`` remembers once the transaction commits. ``hint``: the group's clock as the batch began."""
+        keys = self.stitcher.keys_of(report.events)
+        self._refresh_suppressions(tx)
+        if self.suppressions:
+            keys = self._suppress(report, keys)
         events = report.events
         # 3. load (and lock)
-        keys = self.stitcher.keys_of(events)
         wanted = {key for event_keys in keys for key in event_keys.keys}
         stored, customers, versions = self._lock_customers(tx, report, wanted)
+        if self.sink.concurrent and self._refresh_suppressions(tx) and any(self.suppressions.hit(k.keys) for k in keys):
+            raise Contended("a person was erased while the batch waited for its customers")
         identities = {key: row.customer_id for key, row in stored.items()}
         applied = {
             event_id: NO_CUSTOMER if customer_id is None else customer_id
@@ -462,6 +478,29 @@ class BatchProcessor:
         write.outbox = report.outbox = report.outputs.encode() if report.outputs.records else None
         report.outbox_id = self.sink.write_shared(tx, write)
         return clock, write, view, tuple(result.removed), stored, versions
+
+    def _refresh_suppressions(self, tx: Any) -> bool:
+        """Read the suppression entries again if their number changed; return whether it did."""
+        found = self.sink.load_suppressions(tx, len(self.suppressions))
+        if found is None:
+            return False
+        self.suppressions.replace(found)
+        return True
+
+    def _suppress(self, report: BatchReport, keys: list[EventKeys]) -> list[EventKeys]:
+        """Drop the events carrying an erased person's identifier from the batch; return the others' keys.
+
+        Their records count as applied (their offsets move on) and they are not dead-lettered: a dead letter
+        would keep the very identifiers the erasure removed."""
+        kept_events, kept_keys = [], []
+        for event, event_keys in zip(report.events, keys, strict=True):
+            if self.suppressions.hit(event_keys.keys):
+                report.suppressed += 1
+            else:
+                kept_events.append(event)
+                kept_keys.append(event_keys)
+        report.events = kept_events
+        return kept_keys
 
     def _restore(self, tx: Any, view: StateView, needs: dict[str, float]) -> int:
         """Read back from the touchpoints table the history ``needs`` asks for; return how many customers."""

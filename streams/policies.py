@@ -56,6 +56,16 @@ class Policies:
         )
 
 
+#: The HMAC key of suppression entries when CXSTREAM_IDENTIFIER_SALT is not set (README: set it, or anyone
+#: holding a list of e-mails can test them against the entries).
+DEFAULT_SUPPRESSION_SALT = "cxstream-suppression"
+
+
+def suppression_salt(settings: Settings) -> str:
+    """The HMAC key of erased people's suppression entries (``streams.erasure``): the identifier salt when set."""
+    return settings.identifier_salt or DEFAULT_SUPPRESSION_SALT
+
+
 def identifier_hashing(settings: Settings) -> IdentifierHashing | None:
     """How PII identifiers are hashed (by the adapters, the collector and the worker alike); None when
     ``CXSTREAM_HASH_IDENTIFIERS`` is off."""

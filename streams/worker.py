@@ -39,6 +39,7 @@ from streams import apply_process
 from streams.apply_process import ApplyProcess, BatchSummary, is_transient, tune_collector
 from streams.collector import SEGMENT_PATHS, Collector, CollectorReply
 from streams.downstream import DownstreamProducer, OutboxPayload, OutboxPublisher
+from streams.erasure import restore_suppressions
 from streams.faust_app import App
 from streams.http import CollectorHttp, application_options, enqueue_with
 from streams.kafka import LogMismatch, missing_applied_records
@@ -346,7 +347,10 @@ class Worker:
             inst.events_in.labels(w, channel, self.topics.channel(channel)).inc(count)
         inst.sink_batch_size.labels(w).observe(summary.events)
         inst.sink_write_duration.labels(w).observe(duration)
-        inst.lock_wait.labels(w).inc(summary.lock_wait_s)
+        for lock, seconds in summary.lock_wait_s.items():
+            inst.lock_wait.labels(w, lock).inc(seconds)
+        if summary.suppressed:
+            inst.suppressed.labels(w).inc(summary.suppressed)
         if summary.retries:
             inst.sink_contended.labels(w).inc(summary.retries)
         inst.duplicates.labels(w).inc(summary.duplicates)
@@ -418,6 +422,7 @@ def describe_batch(summary: BatchSummary, seconds: float, lag: int) -> str:
         (summary.unattributed, "unattributed", "unattributed"),
         (summary.restored, "history read back", "histories read back"),
         (summary.retries, "retry after contention", "retries after contention"),
+        (summary.suppressed, "suppressed (erased person)", "suppressed (erased people)"),
     ):
         if count:
             counts.append(_n(count, one, many))
@@ -592,6 +597,10 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     # The database may be down or locked at start: wait for it, as a running worker does, rather than exit.
     until_database_answers(settings, lambda: upgrade(worker.engine))
     until_database_answers(settings, lambda: check_log(settings, SqlSink(worker.engine)))
+    # Erasures made against another database of these topics (or after this one's backup) hold here too.
+    restored = until_database_answers(settings, lambda: restore_suppressions(settings, worker.engine))
+    if restored:
+        log.info("added %d suppression entries from %s", restored, Topics(settings.topic_prefix).suppressions)
     tune_collector()
     log.info(
         "cxstream worker %s: /metrics on http://%s:%d/metrics, database %s (started %s)",

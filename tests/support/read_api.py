@@ -19,14 +19,15 @@ READ_KEY = "api-read-key"
 
 
 @contextmanager
-def read_api(database_url: str, log: Path, hashing: bool = False) -> Iterator[str]:
-    """Run the read API on ``database_url`` (identifiers hashed with the population's salt when ``hashing``);
-    yield its base URL; stop it on exit."""
+def read_api(database_url: str, log: Path, hashing: bool = False, **settings: str) -> Iterator[str]:
+    """Run the read API on ``database_url`` (identifiers hashed with the population's salt when ``hashing``; other
+    ``settings`` by name, as ``kafka_url``); yield its base URL; stop it on exit."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CXSTREAM_")}
     env.update(CXSTREAM_DATABASE_URL=database_url, CXSTREAM_READ_KEYS=f"other-key,{READ_KEY}")
     if hashing:
         env.update(CXSTREAM_HASH_IDENTIFIERS="true", CXSTREAM_IDENTIFIER_SALT=SALT)
+    env.update({f"CXSTREAM_{name.upper()}": value for name, value in settings.items()})
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "streams.cli", "api", "--port", str(port)],

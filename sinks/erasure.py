@@ -1,0 +1,148 @@
+"""Erasure in SQL: one customer's rows removed, their identifiers kept only as salted hashes, and an audit row.
+
+The transaction locks the customer's row first (PostgreSQL; SQLite's writer transaction holds the database), as
+a worker's batch does, so no batch changes the customer while it is erased, and a batch that waited for it finds
+the customer gone and the suppression entries there (``streams.pipeline``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, delete, func, insert, or_, select
+
+from sinks import tables as t
+from sinks.contract import CellKey, cell_key
+from sinks.sql import as_utc
+
+
+@dataclass
+class ErasedRows:
+    """What an erasure removed (counts, and the keys downstream tombstones need: never the identifiers)."""
+
+    customer_id: str
+    #: Customers merged into it earlier (their profiles on ``cx.profiles`` are tombstoned too).
+    merged_ids: list[str] = field(default_factory=list)
+    identifiers: int = 0
+    touchpoints: int = 0
+    alerts: int = 0
+    merges: int = 0
+    cells: list[CellKey] = field(default_factory=list)
+    #: Suppression entries added (0 with ``DELETE_ONLY``), and their hashes.
+    suppressed: int = 0
+    hashes: list[str] = field(default_factory=list)
+    #: The highest outbox row id at the erasure: rows up to it may still publish the customer's records.
+    outbox_before: int | None = None
+
+
+def identifier_keys(engine: Engine, customer_id: str) -> list[str]:
+    """The identifier keys a customer holds now."""
+    c = t.identities.c
+    with engine.connect() as conn:
+        return sorted(conn.execute(select(c.identifier).where(c.customer_id == customer_id)).scalars())
+
+
+def erase_customer(
+    engine: Engine,
+    customer_id: str,
+    *,
+    suppress: Callable[[Iterable[str]], list[str]] | None,
+    erasure_id: str,
+    at: datetime,
+    actor: str,
+    reason: str,
+    options: dict[str, Any],
+) -> ErasedRows | None:
+    """Remove ``customer_id``'s rows in one transaction; None when there is no such customer.
+
+    ``suppress``: the salted hashes of identifier keys, stored as suppression entries (None: delete only).
+    """
+    with engine.begin() as conn:
+        found = conn.execute(
+            select(t.customers.c.customer_id).where(t.customers.c.customer_id == customer_id).with_for_update()
+        ).first()
+        if found is None:
+            return None
+        erased = ErasedRows(customer_id)
+        keys = sorted(
+            conn.execute(select(t.identities.c.identifier).where(t.identities.c.customer_id == customer_id)).scalars()
+        )
+        m = t.identity_merges.c
+        erased.merged_ids = sorted(conn.execute(select(m.merged_id).where(m.survivor_id == customer_id)).scalars())
+        cells = t.metric_cells.c
+        mine = (cells.scope == "customer") & (cells.key == customer_id)
+        erased.cells = [
+            cell_key(scope, key, window, as_utc(start))
+            for scope, key, window, start in conn.execute(
+                select(cells.scope, cells.key, cells.window, cells.window_start).where(mine)
+            )
+        ]
+        erased.identifiers = _delete(conn, t.identities, t.identities.c.customer_id == customer_id)
+        erased.touchpoints = _delete(conn, t.touchpoints, t.touchpoints.c.customer_id == customer_id)
+        erased.alerts = _delete(conn, t.alerts, t.alerts.c.customer_id == customer_id)
+        # A merge row holds the identifiers that linked two of the person's ids: evidence about them, removed too.
+        erased.merges = _delete(conn, t.identity_merges, or_(m.survivor_id == customer_id, m.merged_id == customer_id))
+        _delete(conn, t.metric_cells, mine)
+        _delete(conn, t.customers, t.customers.c.customer_id == customer_id)
+        if suppress is not None and keys:
+            hashes = sorted(set(suppress(keys)))
+            present = set(
+                conn.execute(
+                    select(t.suppressions.c.identifier_hash).where(t.suppressions.c.identifier_hash.in_(hashes))
+                ).scalars()
+            )
+            new = [h for h in hashes if h not in present]
+            if new:
+                conn.execute(
+                    insert(t.suppressions),
+                    [{"identifier_hash": h, "erasure_id": erasure_id, "created_at": at} for h in new],
+                )
+            erased.suppressed, erased.hashes = len(hashes), hashes
+        detail = {
+            **options,
+            "identifiers": erased.identifiers,
+            "touchpoints": erased.touchpoints,
+            "alerts": erased.alerts,
+            "merges": erased.merges,
+            "metric_cells": len(erased.cells),
+            "suppressed": erased.suppressed,
+        }
+        conn.execute(
+            insert(t.audit_log).values(
+                at=at, action="erasure", subject=erasure_id, actor=actor, reason=reason, detail=detail
+            )
+        )
+        erased.outbox_before = conn.scalar(select(func.max(t.outbox.c.id)))
+    return erased
+
+
+def _delete(conn: Connection, table: t.Table, where: Any) -> int:
+    return int(conn.execute(delete(table).where(where)).rowcount)
+
+
+def add_suppressions(engine: Engine, entries: Iterable[tuple[str, str, datetime]]) -> int:
+    """Store suppression entries (hash, erasure id, time) read from the suppressions topic; return how many
+    were new (a fresh database replaying the input topics learns of erasures made elsewhere this way)."""
+    rows = {h: (erasure_id, at) for h, erasure_id, at in entries}
+    if not rows:
+        return 0
+    c = t.suppressions.c
+    with engine.begin() as conn:
+        present = set(conn.execute(select(c.identifier_hash)).scalars())
+        new = [
+            {"identifier_hash": h, "erasure_id": erasure_id, "created_at": at}
+            for h, (erasure_id, at) in rows.items()
+            if h not in present
+        ]
+        if new:
+            conn.execute(insert(t.suppressions), new)
+    return len(new)
+
+
+def outbox_pending_upto(engine: Engine, row_id: int) -> int:
+    """Outbox rows at or below ``row_id`` not yet published."""
+    with engine.connect() as conn:
+        return int(conn.scalar(select(func.count()).where(t.outbox.c.id <= row_id)) or 0)
