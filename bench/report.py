@@ -394,12 +394,13 @@ def _stream_sections(results: dict[str, Any], png_name: str | None) -> list[str]
                 + (f"{sc['cpu_ratio']:.2f}x one worker's." if sc.get("cpu_ratio") is not None else "not measured."),
                 "",
                 "Batches of different workers commit concurrently and wait for each other only on the customers "
-                "they share (row locks, taken in order) and for the short step that changes what all batches "
-                "share (the channel and overall metric cells, the watermark and the sweep) under the group's "
-                "clock row. On 2 shared CPUs, the one-worker run already keeps the machine "
-                f"{one.get('machine_cpu_busy', 0):.0%} busy (broker, PostgreSQL and the worker's two processes): "
-                "what a second worker can add here is bounded by the idle CPU left, not by the locks; the "
-                "scaling a larger machine would show cannot be measured on this one.",
+                "they share (row locks, taken in order, held to the commit) and for the last step that changes what "
+                "all batches share (the channel and overall metric cells, the watermark and the sweep) under the "
+                "group's clock row. A person's events of different channels are on different topics, so they reach "
+                "both workers, and two batches of thousands of events each share customers: the customers' row "
+                "locks are where a second worker waits here. On 2 shared CPUs the one-worker run already keeps the "
+                f"machine {one.get('machine_cpu_busy', 0):.0%} busy (broker, PostgreSQL and the worker's two "
+                "processes), which also bounds what a second worker can add on this machine.",
             ]
     else:
         lines.append("Not measured in this run" + (f": {sc['why']}" if sc and sc.get("why") else "."))
