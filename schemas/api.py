@@ -231,3 +231,6 @@ class ErasureResult(BaseModel):
     unpublished_before: int = Field(
         description="Outbox rows committed before the erasure still unpublished when the tombstones went out (0: none)."
     )
+    problem: str | None = Field(
+        None, description="What failed after the rows were erased (publishing to the broker); null: nothing."
+    )

@@ -254,8 +254,9 @@ class ResultSink(Protocol):
     ) -> dict[str, tuple[list[StoredEntry], tuple[datetime, str] | None]]:
         """Per customer, the touchpoints a state keeps in ``[since, until)`` and the latest purchase before."""
 
-    def load_suppressions(self, tx: Any, known: int) -> set[str] | None:
-        """Every suppression entry's hash when there are not ``known`` of them, else None."""
+    def load_suppressions(self, tx: Any, known: int) -> tuple[int, set[str]] | None:
+        """When there are not ``known`` hand-made identity changes (erasures), their number and every suppression
+        entry's hash; else None."""
 
     def load_cells(self, tx: Any, keys: Iterable[CellKey]) -> dict[CellKey, dict[str, float]]:
         """Stored counters of the given metric cells."""

@@ -66,6 +66,9 @@ def erase_customer(
         ).first()
         if found is None:
             return None
+        # Then the groups' clocks, as a batch's last step takes them (customers first, then the clock: no cycle):
+        # a sweep running meanwhile (overdue alerts, final cells, read without the customer's lock) ends first.
+        conn.execute(select(t.stream_clock.c.group_id).order_by(t.stream_clock.c.group_id).with_for_update()).all()
         erased = ErasedRows(customer_id)
         keys = sorted(
             conn.execute(select(t.identities.c.identifier).where(t.identities.c.customer_id == customer_id)).scalars()
@@ -121,6 +124,13 @@ def erase_customer(
 
 def _delete(conn: Connection, table: t.Table, where: Any) -> int:
     return int(conn.execute(delete(table).where(where)).rowcount)
+
+
+def suppression_entries(engine: Engine) -> list[tuple[str, str, datetime]]:
+    """Every stored suppression entry: (hash, erasure id, time)."""
+    c = t.suppressions.c
+    with engine.connect() as conn:
+        return [(h, e, as_utc(at)) for h, e, at in conn.execute(select(c.identifier_hash, c.erasure_id, c.created_at))]
 
 
 def add_suppressions(engine: Engine, entries: Iterable[tuple[str, str, datetime]]) -> int:

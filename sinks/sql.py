@@ -416,13 +416,13 @@ class SqlSink:
                 found[customer_id] = (entries[customer_id], previous.get(customer_id))
         return found
 
-    def load_suppressions(self, conn: Connection, known: int) -> set[str] | None:
-        """Every suppression entry's hash, when there are not ``known`` of them (entries are only ever added);
-        else None."""
-        count = conn.scalar(select(func.count()).select_from(t.suppressions)) or 0
+    def load_suppressions(self, conn: Connection, known: int) -> tuple[int, set[str]] | None:
+        """When the identity graph was changed by hand (an erasure: ``audit_log`` rows are only ever added) since
+        ``known`` such changes, their number and every suppression entry's hash; else None."""
+        count = conn.scalar(select(func.count()).select_from(t.audit_log)) or 0
         if count == known:
             return None
-        return set(conn.execute(select(t.suppressions.c.identifier_hash)).scalars())
+        return count, set(conn.execute(select(t.suppressions.c.identifier_hash)).scalars())
 
     def partition_times(self, conn: Connection, group_id: str) -> dict[TopicPartition, PartitionTime]:
         """Each input partition's event time and when it was last active, as the group last committed them."""

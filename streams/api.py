@@ -14,6 +14,7 @@ import base64
 import binascii
 import functools
 import hashlib
+import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
@@ -66,7 +67,7 @@ from streams.auth import basic_user
 from streams.domain.identifiers import PII_TYPES
 from streams.erasure import Mode, NoSuchCustomer, erase
 from streams.kafka import BrokerUnreachable
-from streams.policies import Policies, identifier_hashing
+from streams.policies import Policies, identifier_hashing, suppression_salt
 from streams.references import find_customer
 
 #: Segment's Profile API's answer for a profile it does not know.
@@ -178,7 +179,10 @@ class ReadApi:
             first = exc.errors()[0]
             raise BadRequest(f"{'.'.join(map(str, first['loc'])) or 'body'}: {first['msg']}") from None
         key = basic_user(request.headers.get("Authorization")) or ""
-        actor = f"api:{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+        # Keyed like the suppression entries: an audit log that leaks does not let anyone test guesses of the key.
+        actor = (
+            f"api:{hmac.new(suppression_salt(self.settings).encode(), key.encode(), hashlib.sha256).hexdigest()[:12]}"
+        )
         try:
             report = await asyncio.to_thread(
                 erase,

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from config.settings import Settings
-from sinks.contract import OutboxRow
+from sinks.contract import Contended, OutboxRow
 from sinks.database import make_engine
 from sinks.sql import SqlSink
 from streams.domain.event_time import TopicPartition
@@ -47,8 +47,9 @@ class TransientDatabaseError(Exception):
 
 
 def is_transient(exc: BaseException) -> bool:
-    """True for database errors worth retrying (connection lost, server down, lock timeout)."""
-    if isinstance(exc, OperationalError | TransientDatabaseError):
+    """True for database errors worth retrying (connection lost, server down, lock timeout, a deadlock with
+    another worker's transaction outside a batch: ``Contended``)."""
+    if isinstance(exc, OperationalError | TransientDatabaseError | Contended):
         return True
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 

@@ -338,7 +338,7 @@ def erase(ctx: click.Context, customer: str, mode: str, reason: str, wait_s: flo
     except NoSuchCustomer as exc:
         raise click.ClickException(str(exc)) from None
     except BrokerUnreachable as exc:
-        raise click.ClickException(f"{exc}; nothing was erased unless the line above says so") from None
+        raise click.ClickException(f"{exc}; nothing was erased") from None
     if as_json:
         click.echo(dumps(report.as_json()))
     else:
@@ -356,6 +356,8 @@ def erase(ctx: click.Context, customer: str, mode: str, reason: str, wait_s: flo
             "cx.profiles and cx.metrics again, after the tombstones. Erase with a worker running to avoid this",
             err=True,
         )
+    if report.problem:
+        raise click.ClickException(report.problem)
 
 
 @main.command()

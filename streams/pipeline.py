@@ -11,6 +11,7 @@ between them, ticks of the wall clock) and publishes the outbox.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -84,6 +85,7 @@ class BatchReport:
     def waited(self, lock: str, since: float) -> None:
         """Count the time from ``since`` (``time.perf_counter``) as spent taking ``lock``."""
         self.lock_wait_s[lock] = self.lock_wait_s.get(lock, 0.0) + time.perf_counter() - since
+
     #: Times the batch was applied again after contending with another worker's (``sinks.contract.Contended``).
     retries: int = 0
     #: Events dropped because they carry an erased person's identifier (``streams.erasure``).
@@ -127,6 +129,8 @@ class BatchProcessor:
         self._gaps_seen: dict[tuple[TopicPartition, int], float] = {}
         self.cache = StateCache(settings.state_cache_customers)
         self.suppressions = Suppressions(suppression_salt(settings))
+        #: Hand-made identity changes (``audit_log`` rows) as of the suppressions last read; -1: not read yet.
+        self._hand_changes = -1
         # Read on first use, not here: the database may be unreachable when the apply process starts, and a call
         # that fails is retried by the worker, whereas a process that cannot start stops it.
         self._loaded = False
@@ -187,7 +191,14 @@ class BatchProcessor:
             except Contended as exc:
                 self.cache.clear()  # cached states hold this attempt's changes
                 retries += 1
-                log.info("batch contended with another worker's (%s): applying it again", exc)
+                log.log(
+                    logging.WARNING if retries % 10 == 0 else logging.INFO,
+                    "batch contended with another worker's (%s): applying it again (attempt %d)",
+                    exc,
+                    retries + 1,
+                )
+                # A little apart, growing: two batches that keep meeting do not retry in step.
+                time.sleep(min(1.0, 0.01 * retries) * random.random())
                 continue
             except BaseException:
                 self.cache.clear()  # cached states may hold changes that did not commit
@@ -432,7 +443,7 @@ class BatchProcessor:
         # 3. load (and lock)
         wanted = {key for event_keys in keys for key in event_keys.keys}
         stored, customers, versions = self._lock_customers(tx, report, wanted)
-        if self.sink.concurrent and self._refresh_suppressions(tx) and any(self.suppressions.hit(k.keys) for k in keys):
+        if self.sink.concurrent and self._refresh_suppressions(tx):
             raise Contended("a person was erased while the batch waited for its customers")
         identities = {key: row.customer_id for key, row in stored.items()}
         applied = {
@@ -480,11 +491,14 @@ class BatchProcessor:
         return clock, write, view, tuple(result.removed), stored, versions
 
     def _refresh_suppressions(self, tx: Any) -> bool:
-        """Read the suppression entries again if their number changed; return whether it did."""
-        found = self.sink.load_suppressions(tx, len(self.suppressions))
+        """Read the suppression entries again if the identity graph was changed by hand (an erasure) since the last
+        read; return whether it was. The state cache is dropped then: it may hold what the erasure removed."""
+        found = self.sink.load_suppressions(tx, self._hand_changes)
         if found is None:
             return False
-        self.suppressions.replace(found)
+        self._hand_changes, hashes = found
+        self.suppressions.replace(hashes)
+        self.cache.clear()
         return True
 
     def _suppress(self, report: BatchReport, keys: list[EventKeys]) -> list[EventKeys]:

@@ -597,7 +597,8 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     # The database may be down or locked at start: wait for it, as a running worker does, rather than exit.
     until_database_answers(settings, lambda: upgrade(worker.engine))
     until_database_answers(settings, lambda: check_log(settings, SqlSink(worker.engine)))
-    # Erasures made against another database of these topics (or after this one's backup) hold here too.
+    # Erasures made against another database of these topics hold here too (for new events: rows a restored backup
+    # holds stay until erased again), and entries an erasure failed to publish reach the topic.
     restored = until_database_answers(settings, lambda: restore_suppressions(settings, worker.engine))
     if restored:
         log.info("added %d suppression entries from %s", restored, Topics(settings.topic_prefix).suppressions)
