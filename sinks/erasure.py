@@ -38,13 +38,6 @@ class ErasedRows:
     outbox_before: int | None = None
 
 
-def identifier_keys(engine: Engine, customer_id: str) -> list[str]:
-    """The identifier keys a customer holds now."""
-    c = t.identities.c
-    with engine.connect() as conn:
-        return sorted(conn.execute(select(c.identifier).where(c.customer_id == customer_id)).scalars())
-
-
 def erase_customer(
     engine: Engine,
     customer_id: str,

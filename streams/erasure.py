@@ -137,7 +137,7 @@ def erase(
         try:
             producer = make_producer(settings, client_id="cxstream-erase")
             try:
-                _send_all(producer, _suppression_records(topics, rows.hashes, erasure_id, at))
+                _send_all(producer, _suppression_records(topics, [(h, erasure_id, at) for h in rows.hashes]))
                 report.unpublished_before = _wait_outbox(engine, rows.outbox_before, wait_s)
                 tombstones = _tombstones(producer, topics, rows)
                 _send_all(producer, tombstones)
@@ -156,10 +156,13 @@ def erase(
 
 
 def _suppression_records(
-    topics: Topics, hashes: list[str], erasure_id: str, at: datetime
+    topics: Topics, entries: list[tuple[str, str, datetime]]
 ) -> list[tuple[str, bytes, bytes | None, int | None]]:
-    value = orjson.dumps({"erasure_id": erasure_id, "created_at": at.isoformat()})
-    return [(topics.suppressions, digest.encode(), value, None) for digest in hashes]
+    """The ``cx.suppressions`` records of (hash, erasure id, time) entries, keyed by the hash."""
+    return [
+        (topics.suppressions, digest.encode(), orjson.dumps({"erasure_id": eid, "created_at": at.isoformat()}), None)
+        for digest, eid, at in entries
+    ]
 
 
 def _send_all(producer: Any, records: list[tuple[str, bytes, bytes | None, int | None]]) -> None:
@@ -241,13 +244,7 @@ def restore_suppressions(settings: Settings, engine: Any, timeout_s: float = 30.
     if missing:
         producer = make_producer(settings, client_id="cxstream-suppressions")
         try:
-            _send_all(
-                producer,
-                [
-                    (topic, digest.encode(), orjson.dumps({"erasure_id": eid, "created_at": at.isoformat()}), None)
-                    for digest, eid, at in missing
-                ],
-            )
+            _send_all(producer, _suppression_records(Topics(settings.topic_prefix), missing))
         finally:
             producer.close(10)
     return added
