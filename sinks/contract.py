@@ -203,6 +203,16 @@ class BatchWrite:
     outbox: bytes | None = None
 
 
+class HandRules(NamedTuple):
+    """What hand-made identity changes leave in force, as of ``changes`` of them (``audit_log`` rows)."""
+
+    changes: int
+    #: Suppression entries: salted hashes of erased people's identifier keys.
+    suppressed: set[str]
+    #: Never-link rules: pairs of identifier keys no customer may hold both of.
+    never_link: list[tuple[str, str]]
+
+
 class ResultSink(Protocol):
     """The results store the batch processor reads state from and commits batches to.
 
@@ -254,9 +264,9 @@ class ResultSink(Protocol):
     ) -> dict[str, tuple[list[StoredEntry], tuple[datetime, str] | None]]:
         """Per customer, the touchpoints a state keeps in ``[since, until)`` and the latest purchase before."""
 
-    def load_suppressions(self, tx: Any, known: int) -> tuple[int, set[str]] | None:
-        """When there are not ``known`` hand-made identity changes (erasures), their number and every suppression
-        entry's hash; else None."""
+    def load_hand_rules(self, tx: Any, known: int) -> HandRules | None:
+        """When there are not ``known`` hand-made identity changes (erasures, never-link rules added or removed),
+        what they leave in force; else None."""
 
     def load_cells(self, tx: Any, keys: Iterable[CellKey]) -> dict[CellKey, dict[str, float]]:
         """Stored counters of the given metric cells."""

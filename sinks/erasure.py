@@ -30,6 +30,8 @@ class ErasedRows:
     touchpoints: int = 0
     alerts: int = 0
     merges: int = 0
+    #: Never-link rules naming one of the person's identifiers.
+    rules: int = 0
     cells: list[CellKey] = field(default_factory=list)
     #: Suppression entries added (0 with ``DELETE_ONLY``), and their hashes.
     suppressed: int = 0
@@ -82,6 +84,11 @@ def erase_customer(
         # A merge row holds the identifiers that linked two of the person's ids: evidence about them, removed too.
         erased.merges = _delete(conn, t.identity_merges, or_(m.survivor_id == customer_id, m.merged_id == customer_id))
         _delete(conn, t.metric_cells, mine)
+        if suppress is not None and keys:
+            # Never-link rules name the person's keys: gone with them, as the person never comes back. Deleting
+            # only keeps them: a replay into this database rebuilds the person under the same rules.
+            rules = t.never_link.c
+            erased.rules = _delete(conn, t.never_link, or_(rules.key_a.in_(keys), rules.key_b.in_(keys)))
         _delete(conn, t.customers, t.customers.c.customer_id == customer_id)
         if suppress is not None and keys:
             hashes = sorted(set(suppress(keys)))
@@ -103,6 +110,7 @@ def erase_customer(
             "touchpoints": erased.touchpoints,
             "alerts": erased.alerts,
             "merges": erased.merges,
+            "never_link_rules": erased.rules,
             "metric_cells": len(erased.cells),
             "suppressed": erased.suppressed,
         }

@@ -44,6 +44,7 @@ from sinks.contract import (
     Clock,
     Contended,
     CustomerRow,
+    HandRules,
     IdentityRow,
     MergeRow,
     OutboxRow,
@@ -416,13 +417,18 @@ class SqlSink:
                 found[customer_id] = (entries[customer_id], previous.get(customer_id))
         return found
 
-    def load_suppressions(self, conn: Connection, known: int) -> tuple[int, set[str]] | None:
-        """When the identity graph was changed by hand (an erasure: ``audit_log`` rows are only ever added) since
-        ``known`` such changes, their number and every suppression entry's hash; else None."""
+    def load_hand_rules(self, conn: Connection, known: int) -> HandRules | None:
+        """When the identity graph was changed by hand (an erasure, a never-link rule: ``audit_log`` rows are only
+        ever added) since ``known`` such changes, what those changes leave in force; else None."""
         count = conn.scalar(select(func.count()).select_from(t.audit_log)) or 0
         if count == known:
             return None
-        return count, set(conn.execute(select(t.suppressions.c.identifier_hash)).scalars())
+        rules = t.never_link.c
+        return HandRules(
+            count,
+            set(conn.execute(select(t.suppressions.c.identifier_hash)).scalars()),
+            [(a, b) for a, b in conn.execute(select(rules.key_a, rules.key_b))],
+        )
 
     def partition_times(self, conn: Connection, group_id: str) -> dict[TopicPartition, PartitionTime]:
         """Each input partition's event time and when it was last active, as the group last committed them."""

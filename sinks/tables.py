@@ -242,12 +242,24 @@ suppressions = Table(
     Column("created_at", TS, nullable=False),
 )
 
+never_link = Table(
+    "never_link",
+    metadata,
+    # Never-link rules set by hand (``cxstream never-link``): no customer may hold both keys. Stored as the
+    # identities table stores keys (a PII value as its salted hash when hashing is on), the smaller key first.
+    Column("key_a", String(IDENTIFIER_KEY_MAX), primary_key=True),
+    Column("key_b", String(IDENTIFIER_KEY_MAX), primary_key=True),
+    Column("rule_id", String(36), nullable=False, comment="audit_log.subject of the row that added it"),
+    Column("created_at", TS, nullable=False),
+)
+
 audit_log = Table(
     "audit_log",
     metadata,
     # What was done to the identity graph by hand, by whom and why: rows are added, never changed.
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
     Column("at", TS, nullable=False),
+    # action: erasure, never_link, never_link_removed; subject: the erasure's or rule's id.
     Column("action", String(32), nullable=False, comment="erasure"),
     Column("subject", String(128), nullable=False, comment="what it was done to (an erasure id: never a person's id)"),
     Column("actor", String(128), nullable=False, comment="the command or API key (by fingerprint) that did it"),

@@ -75,6 +75,8 @@ class BatchSummary:
     alerts: int = 0
     blocked: int = 0
     over_limit: int = 0
+    #: Identifier links refused by a never-link rule.
+    kept_apart: int = 0
     #: Customers whose history was read back from SQL for late events.
     restored: int = 0
     #: Dead letters of the batch by reason.
@@ -126,6 +128,7 @@ class BatchSummary:
             merges=len(result.merges),
             blocked=result.blocked,
             over_limit=result.over_limit,
+            kept_apart=result.apart,
             processing_s=_seconds_since(fresh, applied_at),
             end_to_end_s=_seconds_since(fresh, committed),
         )

@@ -360,6 +360,66 @@ def erase(ctx: click.Context, customer: str, mode: str, reason: str, wait_s: flo
         raise click.ClickException(report.problem)
 
 
+@main.command("never-link")
+@click.argument("identifiers", nargs=-1)
+@click.option("--remove", is_flag=True, help="Remove the rule keeping the two identifiers apart.")
+@click.option("--list", "list_rules", is_flag=True, help="List the rules in force.")
+@click.option("--reason", default="", help="Why (kept in the audit trail).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def never_link(
+    ctx: click.Context, identifiers: tuple[str, ...], remove: bool, list_rules: bool, reason: str, as_json: bool
+) -> None:
+    """Keep two identifiers (e.g. email:ann@example.org email:bob@example.org) out of one customer.
+
+    From the next batch of every worker on, an event that would link them links neither's customer to the
+    other: the event goes to the customer of its strongest identifier, as when a per-type limit refuses a link
+    (cxstream_identifiers_rejected_total{reason="never_link"}). A customer already holding both stays merged: set
+    the rule on a fresh database and rebuild it from the input topics to undo the merge (README, Privacy and
+    identity control). Each change is an audit_log row.
+    """
+    from streams.erasure import cli_actor
+    from streams.identity_rules import BadIdentifier, allow_link, keep_apart, rules_in_force
+    from streams.inspection import dumps
+
+    settings = _settings(ctx)
+    if list_rules:
+        if identifiers or remove:
+            raise click.UsageError("--list takes no identifiers")
+        rules = rules_in_force(settings)
+        if as_json:
+            click.echo(
+                dumps(
+                    [
+                        {"rule_id": r.rule_id, "keys": [r.key_a, r.key_b], "created_at": r.created_at.isoformat()}
+                        for r in rules
+                    ]
+                )
+            )
+        for rule in [] if as_json else rules:
+            click.echo(f"{rule.rule_id}  {rule.key_a}  {rule.key_b}  since {rule.created_at.isoformat()}")
+        return
+    if len(identifiers) != 2:
+        raise click.UsageError("name two identifiers (or --list)")
+    change_rule = allow_link if remove else keep_apart
+    try:
+        change = change_rule(settings, identifiers[0], identifiers[1], actor=cli_actor(), reason=reason)
+    except BadIdentifier as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(dumps(change.as_json()))
+    elif remove:
+        click.echo(f"removed rule {change.rule.rule_id}" if change.rule else "no such rule: nothing changed")
+    elif change.rule is not None:
+        click.echo(f"{'added' if change.changed else 'already there:'} rule {change.rule.rule_id}")
+    if change.holder is not None:
+        click.echo(
+            f"warning: customer {change.holder} holds both already (merged before the rule): it stays merged; the "
+            "rule keeps them apart in a database rebuilt from the input topics, and for links made from now on",
+            err=True,
+        )
+
+
 @main.command()
 @click.argument("customer")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")

@@ -79,7 +79,7 @@ class Instruments:
         )
         self.blocked_identifiers = Counter(
             "cxstream_identifiers_rejected_total",
-            "Identifiers not used for stitching: blocked values or over a per-type limit.",
+            "Identifiers not used for stitching: blocked values, over a per-type limit, or kept apart by a never-link rule.",
             ["worker", "reason"],
             registry=r,
         )

@@ -32,7 +32,7 @@ from streams.domain.alerts import READ_TYPES, OpenIssueInfo, evaluate, overdue
 from streams.domain.customer import MOMENTS, SURVEY, TYPE, CustomerState, T, is_kept, row_of, timeline_entry
 from streams.domain.entry import Entry
 from streams.domain.event_time import TopicPartition
-from streams.domain.identity import EventKeys
+from streams.domain.identity import EventKeys, KeptApart
 from streams.domain.stitching import NO_CUSTOMER, BatchResult, StateView, Stitcher
 from streams.domain.suppression import Suppressions
 from streams.downstream import Outputs
@@ -129,7 +129,7 @@ class BatchProcessor:
         self._gaps_seen: dict[tuple[TopicPartition, int], float] = {}
         self.cache = StateCache(settings.state_cache_customers)
         self.suppressions = Suppressions(suppression_salt(settings))
-        #: Hand-made identity changes (``audit_log`` rows) as of the suppressions last read; -1: not read yet.
+        #: Hand-made identity changes (``audit_log`` rows) as of the rules last read; -1: not read yet.
         self._hand_changes = -1
         # Read on first use, not here: the database may be unreachable when the apply process starts, and a call
         # that fails is retried by the worker, whereas a process that cannot start stops it.
@@ -436,15 +436,15 @@ class BatchProcessor:
         """Steps 3 to 7 of ``process``: load what the batch touches, apply it, write everything back; return what
         ``_committed`` remembers once the transaction commits. ``hint``: the group's clock as the batch began."""
         keys = self.stitcher.keys_of(report.events)
-        self._refresh_suppressions(tx)
+        self._refresh_hand_rules(tx)
         if self.suppressions:
             keys = self._suppress(report, keys)
         events = report.events
         # 3. load (and lock)
         wanted = {key for event_keys in keys for key in event_keys.keys}
         stored, customers, versions = self._lock_customers(tx, report, wanted)
-        if self.sink.concurrent and self._refresh_suppressions(tx):
-            raise Contended("a person was erased while the batch waited for its customers")
+        if self.sink.concurrent and self._refresh_hand_rules(tx):
+            raise Contended("the identity graph was changed by hand while the batch waited for its customers")
         identities = {key: row.customer_id for key, row in stored.items()}
         applied = {
             event_id: NO_CUSTOMER if customer_id is None else customer_id
@@ -490,14 +490,16 @@ class BatchProcessor:
         report.outbox_id = self.sink.write_shared(tx, write)
         return clock, write, view, tuple(result.removed), stored, versions
 
-    def _refresh_suppressions(self, tx: Any) -> bool:
-        """Read the suppression entries again if the identity graph was changed by hand (an erasure) since the last
-        read; return whether it was. The state cache is dropped then: it may hold what the erasure removed."""
-        found = self.sink.load_suppressions(tx, self._hand_changes)
+    def _refresh_hand_rules(self, tx: Any) -> bool:
+        """Read the suppression entries and never-link rules again if the identity graph was changed by hand (an
+        erasure, a rule added or removed) since the last read; return whether it was. The state cache is dropped
+        then: it may hold what an erasure removed."""
+        found = self.sink.load_hand_rules(tx, self._hand_changes)
         if found is None:
             return False
-        self._hand_changes, hashes = found
-        self.suppressions.replace(hashes)
+        self._hand_changes = found.changes
+        self.suppressions.replace(found.suppressed)
+        self.stitcher.apart = KeptApart(found.never_link)
         self.cache.clear()
         return True
 

@@ -39,6 +39,13 @@ def find_customer(engine: Engine, ref: str, hashing: IdentifierHashing | None, d
         return None
     if customer_exists(engine, ref):
         return ref
+    key = stored_key(ref, hashing, default_region)
+    return None if key is None else customer_of_key(engine, key)
+
+
+def stored_key(ref: str, hashing: IdentifierHashing | None, default_region: str) -> str | None:
+    """The key under which the identifier ``ref`` names (``type:value`` or a bare e-mail or phone number) is
+    stored, normalised and hashed as the worker stores it; None when ``ref`` names no valid identifier."""
     typed = _typed(ref)
     if typed is None:
         return None
@@ -48,4 +55,4 @@ def find_customer(engine: Engine, ref: str, hashing: IdentifierHashing | None, d
     except (ValueError, InvalidIdentifier):
         return None
     stored = normal if hashing is None else hashing.value(kind, normal)
-    return customer_of_key(engine, identifier_key(kind, stored))
+    return identifier_key(kind, stored)

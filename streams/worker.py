@@ -363,6 +363,7 @@ class Worker:
         inst.identity_merges.labels(w).inc(summary.merges)
         inst.blocked_identifiers.labels(w, "blocked").inc(summary.blocked)
         inst.blocked_identifiers.labels(w, "over_limit").inc(summary.over_limit)
+        inst.blocked_identifiers.labels(w, "never_link").inc(summary.kept_apart)
         # Only entries new in this batch: one re-emitted because a later event changed it is not a new arrival.
         processing, end_to_end = inst.processing_latency.labels(w), inst.end_to_end_latency.labels(w)
         for seconds in summary.processing_s:

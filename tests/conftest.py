@@ -7,6 +7,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -117,16 +118,16 @@ def _psycopg_url(url: str) -> str:
     return "postgresql+psycopg://" + url.split("://", 1)[1]
 
 
-@pytest.fixture
-def postgres_url(postgres_server_url: str) -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+@contextmanager
+def _fresh_postgres_database(server_url: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database on ``server_url``, dropped afterwards."""
     name = f"cxs_{uuid.uuid4().hex[:12]}"
     # NullPool: a fresh admin connection each time, so a test that restarted or cut off the server cannot
     # leave a dead pooled connection behind for the clean-up.
-    admin = create_engine(_psycopg_url(postgres_server_url), isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    admin = create_engine(_psycopg_url(server_url), isolation_level="AUTOCOMMIT", poolclass=NullPool)
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
-    base, _, query = _psycopg_url(postgres_server_url).partition("?")
+    base, _, query = _psycopg_url(server_url).partition("?")
     url = base.rsplit("/", 1)[0] + f"/{name}" + (f"?{query}" if query else "")
     try:
         yield url
@@ -134,6 +135,23 @@ def postgres_url(postgres_server_url: str) -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture
+def postgres_url(postgres_server_url: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    with _fresh_postgres_database(postgres_server_url) as url:
+        yield url
+
+
+@pytest.fixture
+def second_database_url(database_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """Another fresh database of ``database_url``'s kind (a rebuild beside the original)."""
+    if database_url.startswith("sqlite"):
+        yield f"sqlite:///{tmp_path / 'second.db'}"
+        return
+    with _fresh_postgres_database(str(request.getfixturevalue("postgres_server_url"))) as url:
+        yield url
 
 
 @pytest.fixture

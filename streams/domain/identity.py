@@ -15,10 +15,12 @@ Its id is ``"c-" + sha256(key)[:20]`` of the component's strongest key (:func:`k
 type's IDENTIFIER_RANK, then the key), so ids do not depend on the order events arrive in.
 
 Per-type limits (``IdentityPolicy.limits``) refuse a link that would give a customer more keys of
-a type than allowed: the event goes to the customer of its strongest key and the refused keys stay
-where they were (:func:`plan_link`). Limits guard against wrong merges, but when they bite the result
-depends on arrival order (whichever link came first wins), as does which of two records claiming one
-event id is applied (see ``stitching``); nothing else here does.
+a type than allowed, and never-link rules (:class:`KeptApart`, set by hand: ``cxstream never-link``) refuse one
+that would put two keys a rule keeps apart in one customer: the event goes to the customer of its strongest key
+and the refused keys stay where they were (:func:`plan_link`). Both guard against wrong merges, but when they
+bite the result depends on arrival order (whichever link came first wins: a device two people share stays with
+the first of them seen on it), as does which of two records claiming one event id is applied (see
+``stitching``); nothing else here does.
 
 An event with no usable identifier may still carry an anonymous source identity: the attribute
 ``anonymous_id`` (a session or device id the source assigns without knowing the person). It becomes
@@ -29,7 +31,7 @@ never linked to others, because no event carries both it and a real identifier.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -164,12 +166,45 @@ class IdentityRules:
         return EventKeys(tuple(keys), blocked)
 
 
+class KeptApart:
+    """Never-link rules: pairs of identifier keys (as stored) that must never end up in one customer."""
+
+    def __init__(self, pairs: Iterable[tuple[str, str]] = ()) -> None:
+        partners: dict[str, set[str]] = {}
+        for a, b in pairs:
+            partners.setdefault(a, set()).add(b)
+            partners.setdefault(b, set()).add(a)
+        #: Key -> the keys a rule keeps apart from it.
+        self.partners: dict[str, frozenset[str]] = {key: frozenset(keys) for key, keys in partners.items()}
+
+    def __bool__(self) -> bool:
+        return bool(self.partners)
+
+    def __len__(self) -> int:
+        return sum(len(keys) for keys in self.partners.values()) // 2
+
+    def marked(self, keys: Iterable[str]) -> set[str]:
+        """Those of ``keys`` some rule names."""
+        partners = self.partners
+        return {key for key in keys if key in partners}
+
+    def clash(self, held: set[str], joining: Iterable[str]) -> bool:
+        """True when a key of ``joining`` is kept apart from one of ``held`` (both as :meth:`marked` returns)."""
+        return any(not self.partners[key].isdisjoint(held) for key in joining)
+
+
+#: No never-link rules.
+NO_RULES = KeptApart()
+
+
 class LinkPlan(NamedTuple):
-    """What an event links: existing customers to combine, keys new to the graph, keys refused."""
+    """What an event links: existing customers to combine, keys new to the graph, keys refused by a type limit
+    and keys a never-link rule keeps out."""
 
     group: list[str]
     new_keys: list[str]
     refused: list[str]
+    apart: list[str]
 
 
 def plan_link(
@@ -177,15 +212,19 @@ def plan_link(
     identities: Mapping[str, str],
     holdings: Callable[[str], Mapping[str, Sequence[str]]],
     limits: Mapping[str, int],
+    apart: KeptApart = NO_RULES,
 ) -> LinkPlan:
-    """Plan the links an event makes, strongest key first, refusing any that would break a type limit.
+    """Plan the links an event makes, strongest key first, refusing any that would break a type limit or a
+    never-link rule.
 
     ``keys`` are the event's keys strongest first, ``identities`` maps keys to customer ids and
-    ``holdings(customer_id)`` gives a customer's keys by type. The strongest key is always taken; each
-    further key joins (with its customer's keys) only if the combined customer stays within ``limits``.
+    ``holdings(customer_id)`` gives a customer's identifier values by type. The strongest key is always taken; each
+    further key joins (with its customer's keys) only if the combined customer stays within ``limits`` and holds
+    no two keys ``apart`` keeps apart.
     """
-    plan = LinkPlan([], [], [])
+    plan = LinkPlan([], [], [], [])
     counts: dict[str, int] | None = None  # keys by limited type linked so far; computed when first needed
+    marked: set[str] | None = None  # keys named by a never-link rule linked so far; computed when first needed
     for index, key in enumerate(keys):
         owner = identities.get(key)
         if owner is not None and owner in plan.group:
@@ -202,6 +241,14 @@ def plan_link(
             if any(counts[kind] + n > limits[kind] for kind, n in adds.items()):
                 plan.refused.append(key)
                 continue
+            if apart:
+                if marked is None:
+                    marked = apart.marked(_linked_keys(plan, holdings))
+                joining = apart.marked([key] if owner is None else _all_keys(holdings(owner)))
+                if apart.clash(marked, joining):
+                    plan.apart.append(key)
+                    continue
+                marked |= joining
             for kind, n in adds.items():
                 counts[kind] += n
         if owner is None:
@@ -209,6 +256,20 @@ def plan_link(
         else:
             plan.group.append(owner)
     return plan
+
+
+def _all_keys(held: Mapping[str, Sequence[str]]) -> Iterator[str]:
+    """The keys of a customer's identifiers by type (values without their type, as ``CustomerState`` holds them)."""
+    for kind, values in held.items():
+        for value in values:
+            yield f"{kind}:{value}"
+
+
+def _linked_keys(plan: LinkPlan, holdings: Callable[[str], Mapping[str, Sequence[str]]]) -> Iterator[str]:
+    """Every key the customers and new keys of ``plan`` hold together."""
+    for owner in plan.group:
+        yield from _all_keys(holdings(owner))
+    yield from plan.new_keys
 
 
 def _type_counts(

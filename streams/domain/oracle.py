@@ -16,6 +16,7 @@ from schemas.outputs import Stage
 from schemas.touchpoint import TouchpointEvent
 from streams.domain.customer import CustomerState
 from streams.domain.entry import Entry
+from streams.domain.identity import NO_RULES, KeptApart
 from streams.domain.profile import Profile
 from streams.domain.stitching import BatchResult, StateView, Stitcher, StitchPolicies
 
@@ -40,11 +41,13 @@ class OracleResult:
     result: BatchResult
 
 
-def replay(events: Iterable[TouchpointEvent], policies: StitchPolicies) -> OracleResult:
-    """Replay ``events`` sorted by (occurred_at, event_id) through one stitcher over a full view."""
+def replay(events: Iterable[TouchpointEvent], policies: StitchPolicies, apart: KeptApart = NO_RULES) -> OracleResult:
+    """Replay ``events`` sorted by (occurred_at, event_id) through one stitcher over a full view, with the
+    never-link rules ``apart``."""
     ordered = sorted(events, key=lambda event: (event.occurred_at, event.event_id))
     view = StateView()
     stitcher = Stitcher(policies)
+    stitcher.apart = apart
     result = stitcher.apply(ordered, view)
     stitcher.close(view, result)
     entries = final_entries([result])

@@ -50,9 +50,11 @@ from streams.domain.customer import (
 from streams.domain.entry import Entry
 from streams.domain.identity import (
     ANONYMOUS_TYPE,
+    NO_RULES,
     EventKeys,
     IdentityPolicy,
     IdentityRules,
+    KeptApart,
     customer_id_for,
     key_strength,
     plan_link,
@@ -108,6 +110,8 @@ class BatchResult:
     unattributed: list[TouchpointEvent] = field(default_factory=list)
     #: Event id -> keys it carried that were not linked because of a per-type limit.
     refused: dict[str, list[str]] = field(default_factory=dict)
+    #: Event id -> keys it carried that were not linked because a never-link rule keeps them apart.
+    kept_apart: dict[str, list[str]] = field(default_factory=dict)
     #: Events already applied (redeliveries), skipped.
     duplicates: int = 0
     #: Blocked identifier values seen (ignored for stitching).
@@ -117,6 +121,11 @@ class BatchResult:
     def over_limit(self) -> int:
         """How many identifier links were refused because of a per-type limit."""
         return sum(len(keys) for keys in self.refused.values())
+
+    @property
+    def apart(self) -> int:
+        """How many identifier links were refused because a never-link rule keeps the keys apart."""
+        return sum(len(keys) for keys in self.kept_apart.values())
 
 
 class StitchPolicies(Protocol):
@@ -135,6 +144,8 @@ class Stitcher:
     def __init__(self, policies: StitchPolicies) -> None:
         self.rules = IdentityRules(policies.identity)
         self.policy = policies.customer
+        #: The never-link rules in force (set by hand and stored; the worker replaces them when they change).
+        self.apart: KeptApart = NO_RULES
 
     def required_keys(self, events: Iterable[TouchpointEvent]) -> set[str]:
         """The identifier keys whose identity rows the worker must load before applying ``events``."""
@@ -266,6 +277,7 @@ class _Batch:
 
     def __init__(self, stitcher: Stitcher, view: StateView, reject_before: float | None) -> None:
         self.rules = stitcher.rules
+        self.apart = stitcher.apart
         self.policy = stitcher.policy
         self.view = view
         self.reject_before = reject_before
@@ -339,9 +351,11 @@ class _Batch:
     def _link(self, event: TouchpointEvent, keys: tuple[str, ...], t: float) -> CustomerState:
         """Link the event's keys and return the customer it belongs to."""
         view, result = self.view, self.result
-        plan = plan_link(keys, view.identities, lambda cid: self._state(cid).identifiers, self.rules.limits)
+        plan = plan_link(keys, view.identities, lambda cid: self._state(cid).identifiers, self.rules.limits, self.apart)
         if plan.refused:
             result.refused[event.event_id] = plan.refused
+        if plan.apart:
+            result.kept_apart[event.event_id] = plan.apart
         if not plan.new_keys and len(plan.group) == 1:
             return self._state(plan.group[0])  # the usual case: nothing new to link
         states = [self._state(cid) for cid in plan.group]
@@ -359,7 +373,7 @@ class _Batch:
                 self.result.created.add(final_id)
         absorbed = [state for state in states if state is not survivor]
         renamed = survivor.customer_id != final_id  # a stronger key joined: the old id merges into the new
-        linked = [key for key in keys if key not in plan.refused]
+        linked = [key for key in keys if key not in plan.refused and key not in plan.apart]
         repoint: list[str] = []
         for state in absorbed:
             for side, row in survivor.merge_affected(state, self.policy):

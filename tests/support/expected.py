@@ -16,6 +16,7 @@ from config.settings import Settings
 from schemas.touchpoint import TouchpointEvent
 from streams.domain.aggregate import MetricAggregator, figures
 from streams.domain.event_time import MAX_CLOCK_SKEW_S
+from streams.domain.identity import NO_RULES, KeptApart
 from streams.domain.oracle import replay
 from streams.domain.stitching import Stitcher
 from streams.policies import Policies
@@ -26,12 +27,15 @@ from tests.support.results import BOOKKEEPING_COLUMNS, plain_row, without_versio
 ORDER_FREE_TABLES = ("customers", "identities", "touchpoints", "metrics", "metric_cells")
 
 
-def expected_results(events: Iterable[TouchpointEvent], settings: Settings) -> dict[str, list[dict[str, Any]]]:
+def expected_results(
+    events: Iterable[TouchpointEvent], settings: Settings, apart: KeptApart = NO_RULES
+) -> dict[str, list[dict[str, Any]]]:
     """The order-free result tables a worker ends with once it applied ``events`` (as read from the channel
-    topics, duplicates and all) and every partition went idle, in ``results.without_versions`` form."""
+    topics, duplicates and all) and every partition went idle, in ``results.without_versions`` form; with the
+    never-link rules ``apart`` (in arrival order by event time: where they bite, arrival order decides)."""
     events = list(events)
     policies = Policies.from_settings(settings)
-    oracle = replay(events, policies)
+    oracle = replay(events, policies, apart)
     tables: dict[str, list[dict[str, Any]]] = {name: [] for name in ORDER_FREE_TABLES}
     for customer_id, profile in oracle.profiles.items():
         state = oracle.customers[customer_id]

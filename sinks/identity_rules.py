@@ -1,0 +1,94 @@
+"""Never-link rules in SQL: added and removed by hand, each change an ``audit_log`` row.
+
+A rule names two identifier keys as the identities table stores them; no customer may hold both (the stitcher
+refuses the link: ``streams.domain.identity.KeptApart``). Workers read the rules again whenever the number of
+``audit_log`` rows changes, so a rule takes effect from the next batch of every worker, replays included.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, Engine, delete, insert, select
+
+from sinks import tables as t
+from sinks.sql import as_utc
+
+
+@dataclass(frozen=True)
+class NeverLinkRule:
+    """One stored rule: its two keys (the smaller first), id and when it was set."""
+
+    key_a: str
+    key_b: str
+    rule_id: str
+    created_at: datetime
+
+
+def ordered(key_a: str, key_b: str) -> tuple[str, str]:
+    """A rule's keys as stored: the smaller first, so a rule has one row whichever way round it is named."""
+    return (key_a, key_b) if key_a <= key_b else (key_b, key_a)
+
+
+def _find(conn: Connection, key_a: str, key_b: str) -> NeverLinkRule | None:
+    c = t.never_link.c
+    row = conn.execute(select(t.never_link).where(c.key_a == key_a, c.key_b == key_b)).first()
+    return None if row is None else NeverLinkRule(row.key_a, row.key_b, row.rule_id, as_utc(row.created_at))
+
+
+def _audit(conn: Connection, *, at: datetime, action: str, rule_id: str, actor: str, reason: str) -> None:
+    # No keys in the audit row: they may be personal data, and the rule row (or its absence) holds them.
+    conn.execute(
+        insert(t.audit_log).values(at=at, action=action, subject=rule_id, actor=actor, reason=reason, detail={})
+    )
+
+
+def add_never_link(
+    engine: Engine, key_a: str, key_b: str, *, rule_id: str, at: datetime, actor: str, reason: str
+) -> tuple[NeverLinkRule, bool]:
+    """Store the rule keeping ``key_a`` and ``key_b`` apart; return it and whether it is new (an existing rule is
+    returned as it is, with no audit row)."""
+    key_a, key_b = ordered(key_a, key_b)
+    with engine.begin() as conn:
+        found = _find(conn, key_a, key_b)
+        if found is not None:
+            return found, False
+        conn.execute(insert(t.never_link).values(key_a=key_a, key_b=key_b, rule_id=rule_id, created_at=at))
+        _audit(conn, at=at, action="never_link", rule_id=rule_id, actor=actor, reason=reason)
+    return NeverLinkRule(key_a, key_b, rule_id, at), True
+
+
+def remove_never_link(
+    engine: Engine, key_a: str, key_b: str, *, at: datetime, actor: str, reason: str
+) -> NeverLinkRule | None:
+    """Remove the rule keeping ``key_a`` and ``key_b`` apart; return it, or None when there was none.
+
+    Customers kept apart stay apart: only later events may link them.
+    """
+    key_a, key_b = ordered(key_a, key_b)
+    with engine.begin() as conn:
+        found = _find(conn, key_a, key_b)
+        if found is None:
+            return None
+        c = t.never_link.c
+        conn.execute(delete(t.never_link).where(c.key_a == key_a, c.key_b == key_b))
+        _audit(conn, at=at, action="never_link_removed", rule_id=found.rule_id, actor=actor, reason=reason)
+    return found
+
+
+def never_link_rules(engine: Engine) -> list[NeverLinkRule]:
+    """Every rule in force, oldest first."""
+    c = t.never_link.c
+    with engine.connect() as conn:
+        rows = conn.execute(select(t.never_link).order_by(c.created_at, c.key_a, c.key_b))
+        return [NeverLinkRule(r.key_a, r.key_b, r.rule_id, as_utc(r.created_at)) for r in rows]
+
+
+def holder_of_both(engine: Engine, key_a: str, key_b: str) -> str | None:
+    """The customer holding both keys today (merged before the rule), if any: a rule does not split it."""
+    c = t.identities.c
+    with engine.connect() as conn:
+        owners = dict(conn.execute(select(c.identifier, c.customer_id).where(c.identifier.in_([key_a, key_b]))).all())
+    owner = owners.get(key_a)
+    return owner if owner is not None and owner == owners.get(key_b) else None

@@ -1,0 +1,97 @@
+"""Never-link rules set by hand: ``cxstream never-link A B`` keeps two identifiers out of one customer.
+
+The identifiers are named as people name them (``email:ann@example.org``, a bare e-mail or phone number) and
+stored as the worker stores keys (normalised, a PII value hashed when hashing is on), so a rule matches what the
+worker links. Every worker of the database reads the rules again at its next batch (``streams.pipeline``), and a
+replay of the input topics into a database holding the rule keeps the two apart from the first event on.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from config.settings import Settings
+from sinks.database import make_engine
+from sinks.identity_rules import (
+    NeverLinkRule,
+    add_never_link,
+    holder_of_both,
+    never_link_rules,
+    remove_never_link,
+)
+from streams.policies import identifier_hashing
+from streams.references import stored_key
+
+
+class BadIdentifier(ValueError):
+    """A name that is no valid identifier (the message says which)."""
+
+
+@dataclass
+class RuleChange:
+    """What ``keep_apart`` or ``allow_link`` did."""
+
+    rule: NeverLinkRule | None
+    #: False when the rule was already there (adding) or absent (removing): nothing changed.
+    changed: bool
+    #: The customer holding both identifiers today, merged before the rule (adding only).
+    holder: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The change as ``--json`` prints it."""
+        rule = self.rule
+        return {
+            "changed": self.changed,
+            "rule_id": None if rule is None else rule.rule_id,
+            "keys": None if rule is None else [rule.key_a, rule.key_b],
+            "created_at": None if rule is None else rule.created_at.isoformat(),
+            "holder": self.holder,
+        }
+
+
+def _keys(settings: Settings, first: str, second: str) -> tuple[str, str]:
+    hashing = identifier_hashing(settings)
+    keys = []
+    for ref in (first, second):
+        key = stored_key(ref, hashing, settings.default_phone_region)
+        if key is None:
+            raise BadIdentifier(f"{ref!r} is not an identifier (type:value, e.g. email:ann@example.org)")
+        keys.append(key)
+    if keys[0] == keys[1]:
+        raise BadIdentifier(f"{first!r} and {second!r} are the same identifier")
+    return keys[0], keys[1]
+
+
+def keep_apart(settings: Settings, first: str, second: str, *, actor: str, reason: str = "") -> RuleChange:
+    """Store the rule that no customer may hold both identifiers (an audit row when it is new)."""
+    key_a, key_b = _keys(settings, first, second)
+    engine = make_engine(settings.database_url, writer=True)
+    try:
+        at = datetime.now(UTC)
+        rule, new = add_never_link(engine, key_a, key_b, rule_id=str(uuid.uuid4()), at=at, actor=actor, reason=reason)
+        return RuleChange(rule, new, holder_of_both(engine, key_a, key_b))
+    finally:
+        engine.dispose()
+
+
+def allow_link(settings: Settings, first: str, second: str, *, actor: str, reason: str = "") -> RuleChange:
+    """Remove the rule keeping the identifiers apart (an audit row when there was one)."""
+    key_a, key_b = _keys(settings, first, second)
+    engine = make_engine(settings.database_url, writer=True)
+    try:
+        rule = remove_never_link(engine, key_a, key_b, at=datetime.now(UTC), actor=actor, reason=reason)
+        return RuleChange(rule, rule is not None)
+    finally:
+        engine.dispose()
+
+
+def rules_in_force(settings: Settings) -> list[NeverLinkRule]:
+    """Every never-link rule of the results database, oldest first."""
+    engine = make_engine(settings.database_url)
+    try:
+        return never_link_rules(engine)
+    finally:
+        engine.dispose()
