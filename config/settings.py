@@ -173,6 +173,10 @@ class Settings(BaseSettings):
         default_factory=lambda: ["email:test@example.com", "email:noreply@example.com", "phone:+10000000000"],
         description="Identifiers never used for stitching, as type:value, comma-separated.",
     )
+    blocked_identifier_patterns: dict[IdentifierType, str] = Field(
+        default_factory=dict,
+        description='Identifier values never used for stitching, by pattern: a regular expression per type, searched in the normalised value (e-mails lower-case, phones E.164) before any hashing, JSON: {"email": "^test[0-9]*@", "phone": "^\\+1555"} (none by default).',
+    )
 
     # --- collector -------------------------------------------------------------------------------
     write_keys: Annotated[list[str], NoDecode] = Field(
@@ -276,6 +280,16 @@ class Settings(BaseSettings):
         bad = [item for item in value if item.partition(":")[0] not in types or not item.partition(":")[2]]
         if bad:
             raise ValueError(f"expected type:value with a type among {sorted(types)}, got {bad}")
+        return value
+
+    @field_validator("blocked_identifier_patterns")
+    @classmethod
+    def _patterns(cls, value: dict[IdentifierType, str]) -> dict[IdentifierType, str]:
+        for kind, pattern in value.items():
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{kind}: not a regular expression ({exc})") from None
         return value
 
     @field_validator("default_phone_region")

@@ -13,7 +13,7 @@ from config.settings import Settings
 from streams.domain.aggregate import MetricPolicy
 from streams.domain.alerts import AlertPolicy
 from streams.domain.customer import CustomerPolicy
-from streams.domain.identifiers import IdentifierHashing
+from streams.domain.identifiers import BlockedPatterns, IdentifierHashing
 from streams.domain.identity import IdentityPolicy
 from streams.domain.windows import parse_window
 
@@ -38,6 +38,7 @@ class Policies:
                 hashing=identifier_hashing(settings),
                 limits=dict(settings.identifier_limits),
                 blocked=tuple(settings.blocked_identifiers),
+                blocked_patterns=BlockedPatterns(settings.blocked_identifier_patterns),
                 default_region=settings.default_phone_region,
             ),
             customer=CustomerPolicy(
@@ -71,4 +72,6 @@ def identifier_hashing(settings: Settings) -> IdentifierHashing | None:
     ``CXSTREAM_HASH_IDENTIFIERS`` is off."""
     if not settings.hash_identifiers:
         return None
-    return IdentifierHashing(settings.identifier_salt, settings.default_phone_region)
+    return IdentifierHashing(
+        settings.identifier_salt, settings.default_phone_region, BlockedPatterns(settings.blocked_identifier_patterns)
+    )

@@ -78,7 +78,10 @@ class Conversion:
                 normalised = _normalise(kind, value, self.default_region)
             except InvalidIdentifier as exc:
                 raise InvalidIdentifier(f"{field}: {exc}") from exc
-            found[kind] = normalised if self.hashing is None else self.hashing.value(kind, normalised)
+            if self.hashing is None:
+                found[kind] = normalised
+            elif not self.hashing.blocked.blocks(kind, normalised):  # hashed, a blocked value could not be told
+                found[kind] = self.hashing.value(kind, normalised)
         return found
 
     def text(self, text: str | None) -> str | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar, cast
 
@@ -87,6 +87,30 @@ _EMAIL_IN_TEXT = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\
 _PHONE_IN_TEXT = re.compile(r"(?<![\w+./-])(?:\+|\(?0)[\d ().-]{7,20}\d(?![\w.-]*\d)")
 
 
+class BlockedPatterns:
+    """Identifier values blocked by pattern: one regular expression per type, searched in the normalised value."""
+
+    def __init__(self, patterns: Mapping[IdentifierType, str]) -> None:
+        self._compiled = {str(kind): re.compile(pattern) for kind, pattern in patterns.items()}
+
+    def __bool__(self) -> bool:
+        return bool(self._compiled)
+
+    def _spelling(self) -> tuple[tuple[str, str], ...]:
+        return tuple(sorted((kind, compiled.pattern) for kind, compiled in self._compiled.items()))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BlockedPatterns) and self._spelling() == other._spelling()
+
+    def __hash__(self) -> int:
+        return hash(self._spelling())
+
+    def blocks(self, kind: str, value: str) -> bool:
+        """True when ``value`` (normalised, not hashed) of type ``kind`` matches its type's pattern."""
+        pattern = self._compiled.get(kind)
+        return pattern is not None and pattern.search(value) is not None
+
+
 @dataclass(frozen=True)
 class IdentifierHashing:
     """How the adapters hash personal data before it is published: the salt, its fingerprint, the default region.
@@ -96,6 +120,9 @@ class IdentifierHashing:
 
     salt: str
     default_region: str = "GB"
+    #: Values never used for stitching, by type (``CXSTREAM_BLOCKED_IDENTIFIER_PATTERNS``): the adapters leave
+    #: them out of the events they hash, as their hash could no longer be matched against the patterns.
+    blocked: BlockedPatterns = field(default_factory=lambda: BlockedPatterns({}))
     fingerprint: str = field(init=False)
 
     def __post_init__(self) -> None:

@@ -38,6 +38,7 @@ from typing import NamedTuple
 from schemas.touchpoint import IDENTIFIER_RANK, IdentifierType, TouchpointEvent, compose_id
 from streams.domain.identifiers import (
     PII_TYPES,
+    BlockedPatterns,
     IdentifierHashing,
     InvalidIdentifier,
     hash_identifier,
@@ -100,6 +101,8 @@ class IdentityPolicy:
     limits: Mapping[IdentifierType, int]
     #: Identifiers never used for stitching, as ``type:value``.
     blocked: tuple[str, ...]
+    #: Identifier values never used for stitching, by pattern (searched before hashing).
+    blocked_patterns: BlockedPatterns
     #: Region of phone numbers written without a country code (blocked phone numbers are read with it).
     default_region: str
 
@@ -115,6 +118,7 @@ class IdentityRules:
         #: Most keys of a type one customer may hold, by key type.
         self.limits: dict[str, int] = {str(t): n for t, n in policy.limits.items()}
         self._blocked = frozenset(self._blocked_key(item, policy.default_region) for item in policy.blocked)
+        self._patterns = policy.blocked_patterns
 
     def _blocked_key(self, item: str, region: str) -> str:
         kind, _, value = item.partition(":")
@@ -145,7 +149,11 @@ class IdentityRules:
         keys: list[str] = []
         blocked = 0
         hashed = event.hashed_with
+        patterns = self._patterns
         for kind, value in event.identifiers.items():
+            if patterns and (hashed is None or kind not in PII_TYPES) and patterns.blocks(kind, value):
+                blocked += 1  # a hashed value cannot be matched: the adapter that hashed it left blocked ones out
+                continue
             if hashed is None or kind not in PII_TYPES:
                 key = self.stored_key(kind, value)
             elif hashed == self.fingerprint:

@@ -171,3 +171,41 @@ def test_free_text_the_adapters_copy_is_hashed_and_ids_are_left_alone() -> None:
 
     call = _hashed(Channel.PHONE, CALL | {"reason": "wrong number, caller gave 020 7946 0999"})
     assert call.reason == f"wrong number, caller gave {key(PHONE, '+442079460999')}"
+
+
+PATTERNS = {"email": "^(test|qa)[0-9]*@", "loyalty_id": "^L-TEST-"}
+
+
+@pytest.mark.parametrize("hashed", [False, True])
+def test_values_matching_a_blocked_pattern_are_not_stitched_whether_the_adapter_hashed_them_or_not(
+    hashed: bool,
+) -> None:
+    settings = Settings(hash_identifiers=True, identifier_salt=SALT, blocked_identifier_patterns=PATTERNS)
+    policies = Policies.from_settings(settings)
+    adapter = IdentifierHashing(SALT, blocked=policies.identity.blocked_patterns)
+    record = {"receipt_id": "R-1", "store_id": "S", "occurred_at": "2024-05-01T09:00:00Z", "kind": "sale",
+              "total": "1", "currency": "GBP", "loyalty_id": "L-TEST-9"}  # fmt: skip
+    rules = IdentityRules(policies.identity)
+    for email, kept in (("QA7@shop.example", False), ("ann@example.org", True)):
+        result = convert_one(
+            Channel.STORE, record | {"email": email}, received_at=RECEIVED, hashing=adapter if hashed else None
+        )
+        assert isinstance(result, Accepted)
+        keys = rules.keys_of(result.event)
+        # The loyalty id (never hashed) is blocked by the worker either way; a blocked e-mail by the adapter that
+        # hashes (it is not on the event at all) or by the worker (raw).
+        assert not any(key.startswith("loyalty_id:") for key in keys.keys)
+        assert any(key.startswith("email:") for key in keys.keys) is kept
+        if hashed and not kept:
+            assert EMAIL not in result.event.identifiers, "the adapter left the blocked e-mail out"
+
+
+def test_a_blocked_pattern_that_is_no_regular_expression_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from config.settings import SettingsError, load_settings
+
+    monkeypatch.setenv("CXSTREAM_BLOCKED_IDENTIFIER_PATTERNS", '{"email": "^(test@"}')
+    with pytest.raises(SettingsError, match=r"CXSTREAM_BLOCKED_IDENTIFIER_PATTERNS.*email: not a regular expression"):
+        load_settings()
+    monkeypatch.setenv("CXSTREAM_BLOCKED_IDENTIFIER_PATTERNS", '{"shoe_size": "^4"}')
+    with pytest.raises(SettingsError, match="CXSTREAM_BLOCKED_IDENTIFIER_PATTERNS"):
+        load_settings()
