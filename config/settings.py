@@ -173,6 +173,10 @@ class Settings(BaseSettings):
         default_factory=lambda: ["email:test@example.com", "email:noreply@example.com", "phone:+10000000000"],
         description="Identifiers never used for stitching, as type:value, comma-separated.",
     )
+    identifier_priority: Annotated[list[IdentifierType], NoDecode] = Field(
+        default_factory=lambda: list(IdentifierType),
+        description="Identifier types, strongest first, comma-separated: a customer's id derives from its strongest identifier, and an event's strongest identifier is always linked (the others within the limits and rules). Types left out follow in the default order. Set it before the first event: after a change a customer is renamed only when a later event links something new to it.",
+    )
     blocked_identifier_patterns: dict[IdentifierType, str] = Field(
         default_factory=dict,
         description='Identifier values never used for stitching, by pattern: a regular expression per type, searched in the normalised value (e-mails lower-case, phones E.164) before any hashing, JSON: {"email": "^test[0-9]*@", "phone": "^\\+1555"} (none by default).',
@@ -218,6 +222,7 @@ class Settings(BaseSettings):
         "metric_windows",
         "customer_metric_windows",
         "blocked_identifiers",
+        "identifier_priority",
         "write_keys",
         "read_keys",
         "admin_keys",
@@ -281,6 +286,14 @@ class Settings(BaseSettings):
         if bad:
             raise ValueError(f"expected type:value with a type among {sorted(types)}, got {bad}")
         return value
+
+    @field_validator("identifier_priority")
+    @classmethod
+    def _priority(cls, value: list[IdentifierType]) -> list[IdentifierType]:
+        twice = sorted({str(kind) for kind in value if value.count(kind) > 1})
+        if twice:
+            raise ValueError(f"each type at most once, got {twice} more than once")
+        return [*value, *(kind for kind in IdentifierType if kind not in value)]
 
     @field_validator("blocked_identifier_patterns")
     @classmethod

@@ -1,7 +1,8 @@
 """Never-link rules in SQL: added and removed by hand, each change an ``audit_log`` row.
 
 A rule names two identifier keys as the identities table stores them; no customer may hold both (the stitcher
-refuses the link: ``streams.domain.identity.KeptApart``). Workers read the rules again whenever the number of
+refuses the link: ``streams.domain.identity.KeptApart``). The rules set in settings (priority, limits, blocked
+values and patterns) are recorded too: a worker adds an ``identity_rules`` row when it starts with other ones. Workers read the rules again whenever the number of
 ``audit_log`` rows changes, so a rule takes effect from the next batch of every worker, replays included.
 """
 
@@ -9,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, insert, select
+from sqlalchemy import Connection, Engine, delete, insert, select, text
 
 from sinks import tables as t
 from sinks.sql import as_utc
@@ -92,3 +94,29 @@ def holder_of_both(engine: Engine, key_a: str, key_b: str) -> str | None:
         owners = dict(conn.execute(select(c.identifier, c.customer_id).where(c.identifier.in_([key_a, key_b]))).all())
     owner = owners.get(key_a)
     return owner if owner is not None and owner == owners.get(key_b) else None
+
+
+def record_rule_settings(engine: Engine, description: dict[str, Any], *, at: datetime, actor: str) -> bool:
+    """Add an ``identity_rules`` audit row when ``description`` (the identity rules a worker starts with) differs
+    from the last one recorded; return whether it did. Workers starting together add one row between them."""
+    c = t.audit_log.c
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Readers go on; a second starting worker waits here, then finds the first one's row.
+            conn.execute(text("LOCK TABLE audit_log IN SHARE ROW EXCLUSIVE MODE"))
+        last = conn.execute(
+            select(c.detail).where(c.action == "identity_rules").order_by(c.id.desc()).limit(1)
+        ).scalar_one_or_none()
+        if last == description:
+            return False
+        conn.execute(
+            insert(t.audit_log).values(
+                at=at,
+                action="identity_rules",
+                subject=description["digest"],
+                actor=actor,
+                reason="the identity rule settings a worker started with changed" if last else "first start",
+                detail=description,
+            )
+        )
+    return True

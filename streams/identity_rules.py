@@ -8,10 +8,15 @@ replay of the input topics into a database holding the rule keeps the two apart 
 
 from __future__ import annotations
 
+import hashlib
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+import orjson
+from sqlalchemy import Engine
 
 from config.settings import Settings
 from sinks.database import make_engine
@@ -20,6 +25,7 @@ from sinks.identity_rules import (
     add_never_link,
     holder_of_both,
     never_link_rules,
+    record_rule_settings,
     remove_never_link,
 )
 from streams.policies import identifier_hashing
@@ -86,6 +92,34 @@ def allow_link(settings: Settings, first: str, second: str, *, actor: str, reaso
         return RuleChange(rule, rule is not None)
     finally:
         engine.dispose()
+
+
+def rule_settings(settings: Settings) -> dict[str, Any]:
+    """The identity rules the settings set, as the audit trail records them: blocked values and patterns only as
+    a count and a digest (a value may be someone's e-mail), the rest as set."""
+
+    def digest(items: Iterable[str]) -> str:
+        return hashlib.sha256("\n".join(sorted(items)).encode()).hexdigest()[:16]
+
+    patterns = [f"{kind}={pattern}" for kind, pattern in settings.blocked_identifier_patterns.items()]
+    described: dict[str, Any] = {
+        "priority": [str(kind) for kind in settings.identifier_priority],
+        "limits": {str(kind): n for kind, n in sorted(settings.identifier_limits.items())},
+        "blocked_identifiers": {
+            "count": len(settings.blocked_identifiers),
+            "digest": digest(settings.blocked_identifiers),
+        },
+        "blocked_patterns": {"count": len(patterns), "digest": digest(patterns)},
+        "hash_identifiers": settings.hash_identifiers,
+    }
+    return {**described, "digest": digest([orjson.dumps(described, option=orjson.OPT_SORT_KEYS).decode()])}
+
+
+def record_rules_at_start(settings: Settings, engine: Engine) -> bool:
+    """Add an audit row when the worker starts with other identity rule settings than the last recorded."""
+    return record_rule_settings(
+        engine, rule_settings(settings), at=datetime.now(UTC), actor=f"worker:{settings.worker_id}"
+    )
 
 
 def rules_in_force(settings: Settings) -> list[NeverLinkRule]:

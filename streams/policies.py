@@ -40,6 +40,7 @@ class Policies:
                 blocked=tuple(settings.blocked_identifiers),
                 blocked_patterns=BlockedPatterns(settings.blocked_identifier_patterns),
                 default_region=settings.default_phone_region,
+                priority=tuple(settings.identifier_priority),
             ),
             customer=CustomerPolicy(
                 timeline_limit=settings.timeline_limit,

@@ -42,6 +42,7 @@ from streams.downstream import DownstreamProducer, OutboxPayload, OutboxPublishe
 from streams.erasure import restore_suppressions
 from streams.faust_app import App
 from streams.http import CollectorHttp, application_options, enqueue_with
+from streams.identity_rules import record_rules_at_start
 from streams.kafka import LogMismatch, missing_applied_records
 from streams.observability import Instruments
 from streams.pipeline import InRecord, record_fingerprint
@@ -603,6 +604,8 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     restored = until_database_answers(settings, lambda: restore_suppressions(settings, worker.engine))
     if restored:
         log.info("added %d suppression entries from %s", restored, Topics(settings.topic_prefix).suppressions)
+    if until_database_answers(settings, lambda: record_rules_at_start(settings, worker.engine)):
+        log.info("identity rule settings recorded in audit_log (first start, or changed since the last)")
     tune_collector()
     log.info(
         "cxstream worker %s: /metrics on http://%s:%d/metrics, database %s (started %s)",

@@ -46,7 +46,7 @@ from typing import Any, NamedTuple
 from schemas.outputs import Moment, Stage
 from schemas.touchpoint import Channel, EventType, SurveyAnswers, TouchpointEvent
 from streams.domain.entry import Entry
-from streams.domain.identity import ANONYMOUS_TYPE, type_rank
+from streams.domain.identity import ANONYMOUS_TYPE, DEFAULT_RANKS, Ranks
 from streams.domain.moments import event_moments, with_first_purchase
 from streams.domain.profile import Profile
 from streams.domain.stages import customer_stage, is_journey_event, stage_of
@@ -371,9 +371,9 @@ class CustomerState:
         if value not in values:
             insort(values, value)
 
-    def strongest_key(self) -> str:
+    def strongest_key(self, rank: Ranks = DEFAULT_RANKS) -> str:
         """The customer's strongest identifier key (its id is derived from it)."""
-        kind = min(self.identifiers, key=type_rank)
+        kind = min(self.identifiers, key=rank.__getitem__)
         return f"{kind}:{self.identifiers[kind][0]}"
 
     # --- events --------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ before stitching and counted.
 
 A customer is a connected component of the graph whose edges are "these keys appeared on one event".
 Its id is ``"c-" + sha256(key)[:20]`` of the component's strongest key (:func:`key_strength`: the
-type's IDENTIFIER_RANK, then the key), so ids do not depend on the order events arrive in.
+type's rank in ``IdentityPolicy.priority`` — ``CXSTREAM_IDENTIFIER_PRIORITY``, by default IDENTIFIER_RANK —, then
+the key), so ids do not depend on the order events arrive in.
 
 Per-type limits (``IdentityPolicy.limits``) refuse a link that would give a customer more keys of
 a type than allowed, and never-link rules (:class:`KeptApart`, set by hand: ``cxstream never-link``) refuse one
@@ -51,7 +52,18 @@ ANONYMOUS_TYPE = "anonymous"
 #: Event attribute holding an anonymous source identity.
 ANONYMOUS_ATTRIBUTE = "anonymous_id"
 
-_RANK: dict[str, int] = {str(t): r for t, r in IDENTIFIER_RANK.items()} | {ANONYMOUS_TYPE: len(IDENTIFIER_RANK)}
+#: Key type -> strength rank: lower is stronger.
+Ranks = Mapping[str, int]
+
+
+def ranks(priority: Iterable[IdentifierType]) -> dict[str, int]:
+    """Each key type's rank in ``priority`` (strongest first; ``CXSTREAM_IDENTIFIER_PRIORITY``), anonymous last."""
+    order = [str(kind) for kind in priority]
+    return {kind: rank for rank, kind in enumerate(order)} | {ANONYMOUS_TYPE: len(order)}
+
+
+#: The ranks in the default order (``IdentifierType``'s declaration order), anonymous identities last.
+DEFAULT_RANKS: dict[str, int] = ranks(sorted(IDENTIFIER_RANK, key=IDENTIFIER_RANK.__getitem__))
 #: Most hashed PII keys remembered, so a busy customer's e-mail is not re-hashed on every event.
 _HASH_CACHE_SIZE = 100_000
 
@@ -61,14 +73,9 @@ def key_type(key: str) -> str:
     return key.partition(":")[0]
 
 
-def type_rank(kind: str) -> int:
-    """Strength rank of a key type: lower is stronger; anonymous identities are weakest."""
-    return _RANK[kind]
-
-
-def key_strength(key: str) -> tuple[int, str]:
+def key_strength(key: str, rank: Ranks = DEFAULT_RANKS) -> tuple[int, str]:
     """Sort key of identifier keys, strongest first: the type's rank, then the key itself."""
-    return _RANK[key.partition(":")[0]], key
+    return rank[key.partition(":")[0]], key
 
 
 def customer_id_for(key: str) -> str:
@@ -105,6 +112,8 @@ class IdentityPolicy:
     blocked_patterns: BlockedPatterns
     #: Region of phone numbers written without a country code (blocked phone numbers are read with it).
     default_region: str
+    #: Identifier types, strongest first (every type).
+    priority: tuple[IdentifierType, ...] = tuple(IdentifierType)
 
 
 class IdentityRules:
@@ -119,6 +128,12 @@ class IdentityRules:
         self.limits: dict[str, int] = {str(t): n for t, n in policy.limits.items()}
         self._blocked = frozenset(self._blocked_key(item, policy.default_region) for item in policy.blocked)
         self._patterns = policy.blocked_patterns
+        #: Strength rank of each key type under the configured priority.
+        self.rank = ranks(policy.priority)
+
+    def strength(self, key: str) -> tuple[int, str]:
+        """Sort key of identifier keys under the configured priority, strongest first."""
+        return key_strength(key, self.rank)
 
     def _blocked_key(self, item: str, region: str) -> str:
         kind, _, value = item.partition(":")
@@ -170,7 +185,7 @@ class IdentityRules:
             if anonymous is not None and anonymous not in self._blocked:
                 keys.append(anonymous)
         elif len(keys) > 1:
-            keys.sort(key=key_strength)
+            keys.sort(key=self.strength)
         return EventKeys(tuple(keys), blocked)
 
 

@@ -56,7 +56,6 @@ from streams.domain.identity import (
     IdentityRules,
     KeptApart,
     customer_id_for,
-    key_strength,
     plan_link,
 )
 from streams.domain.profile import Profile
@@ -359,8 +358,9 @@ class _Batch:
         if not plan.new_keys and len(plan.group) == 1:
             return self._state(plan.group[0])  # the usual case: nothing new to link
         states = [self._state(cid) for cid in plan.group]
-        strongest = [state.strongest_key() for state in states]
-        final_key = min(strongest + plan.new_keys, key=key_strength)
+        rank = self.rules.rank
+        strongest = [state.strongest_key(rank) for state in states]
+        final_key = min(strongest + plan.new_keys, key=self.rules.strength)
         if final_key in strongest:
             survivor = states[strongest.index(final_key)]
             final_id = survivor.customer_id

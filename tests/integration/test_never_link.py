@@ -1,10 +1,12 @@
 """Never-link rules on SQLite and PostgreSQL, in-process against the real databases: two people sharing a tablet
 are merged without a rule, kept apart with one (also when it is set while the worker runs), and a database
-rebuilt from the input topics under the rule equals the oracle's with the same rule; every change is audited."""
+rebuilt from the input topics under the rule equals the oracle's with the same rule; every change is audited, and
+so are the identity rule settings workers start with."""
 
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 from click.testing import CliRunner, Result
@@ -17,7 +19,7 @@ from sinks.database import make_engine, upgrade
 from sinks.sql import SqlSink
 from streams.cli import main
 from streams.domain.identity import KeptApart
-from streams.identity_rules import allow_link, keep_apart, rules_in_force
+from streams.identity_rules import allow_link, keep_apart, record_rules_at_start, rules_in_force
 from streams.pipeline import BatchProcessor, InRecord
 from tests.integration.test_event_time import order_free
 from tests.support.expected import expected_results
@@ -191,3 +193,28 @@ def test_the_command_adds_lists_and_removes_a_rule_and_refuses_what_is_no_identi
     assert "removed rule" in cli(ANN, BOB, "--remove").output
     assert "no such rule" in cli(ANN, BOB, "--remove").output
     assert [action for action, _, _ in audit(engine)] == ["never_link", "never_link_removed"]
+
+
+def test_a_worker_records_the_identity_rule_settings_it_starts_with_once_per_change(database_url: str) -> None:
+    settings, engine, _ = worker(database_url)
+    secret = "email:someone.real@example.org"
+    with_block = load_settings(database_url=database_url, blocked_identifiers=[secret])
+    # Two workers starting together with the same settings add one row between them.
+    with ThreadPoolExecutor(2) as pool:
+        started = list(pool.map(lambda s: record_rules_at_start(s, engine), [settings, settings]))
+    assert sorted(started) == [False, True]
+    assert not record_rules_at_start(settings, engine), "the same settings again: no row"
+    assert record_rules_at_start(with_block, engine)
+    assert record_rules_at_start(settings, engine), "back to the first settings is a change too"
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(t.audit_log.c.action, t.audit_log.c.reason, t.audit_log.c.detail).order_by(t.audit_log.c.id)
+        ).all()
+    assert [(action, reason) for action, reason, _ in rows] == [
+        ("identity_rules", "first start"),
+        ("identity_rules", "the identity rule settings a worker started with changed"),
+        ("identity_rules", "the identity rule settings a worker started with changed"),
+    ]
+    assert rows[0].detail["limits"] == {"crm_id": 1, "web_anonymous_id": 50, "web_user_id": 1}
+    assert rows[1].detail["blocked_identifiers"]["count"] == 1
+    assert "someone.real" not in str(rows), "blocked values are recorded as a count and a digest"

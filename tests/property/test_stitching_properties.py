@@ -22,7 +22,7 @@ from schemas.touchpoint import (
     derive_event_id,
 )
 from streams.domain.customer import EVENT_ID, CustomerState, StoredEntry, is_kept, row_of
-from streams.domain.identity import customer_id_for, key_strength
+from streams.domain.identity import customer_id_for
 from streams.domain.oracle import final_entries, replay
 from streams.domain.stitching import NO_CUSTOMER, BatchResult, StateView, Stitcher
 from streams.policies import Policies
@@ -197,7 +197,7 @@ def components(events: list, stitcher: Stitcher) -> dict[str, list[str]]:
     members: dict[str, list[str]] = {}
     for key in list(parent):
         members.setdefault(find(key), []).append(key)
-    id_of = {root: customer_id_for(min(keys, key=key_strength)) for root, keys in members.items()}
+    id_of = {root: customer_id_for(min(keys, key=stitcher.rules.strength)) for root, keys in members.items()}
     timelines: dict[str, list] = {}
     for event in events:
         cid = id_of[find(stitcher.rules.keys_of(event).keys[0])]
@@ -210,6 +210,10 @@ DEFAULTS = Policies.from_settings(Settings())
 TIGHT = Policies.from_settings(
     Settings(window_grace_s=DAY, issue_memory_s=3 * DAY, repeat_contact_window_s=DAY, timeline_limit=4)
 )
+
+
+#: The identifier types in the reverse of the default order: the weakest by default is the strongest here.
+REVERSED = Policies.from_settings(Settings(identifier_priority=list(reversed(IdentifierType))))
 
 
 def impostors(events: list, rng: random.Random) -> list:
@@ -260,6 +264,13 @@ def test_any_arrival_order_lateness_and_batching_ends_where_the_oracle_does(
     copies = impostors(events, rng)
     arrived = deliveries(events, rng) + copies
     assert_like_the_oracle(events, arrived, copies, TIGHT if tight else DEFAULTS, rng)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(events=histories(max_events=40, span_days=60.0), seed=st.integers(0, 2**32))
+def test_with_another_identifier_priority_any_arrival_order_ends_where_the_oracle_does(events: list, seed: int) -> None:
+    rng = random.Random(seed)
+    assert_like_the_oracle(events, deliveries(events, rng), [], REVERSED, rng)
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])

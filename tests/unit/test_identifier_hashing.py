@@ -209,3 +209,18 @@ def test_a_blocked_pattern_that_is_no_regular_expression_names_the_setting(monke
     monkeypatch.setenv("CXSTREAM_BLOCKED_IDENTIFIER_PATTERNS", '{"shoe_size": "^4"}')
     with pytest.raises(SettingsError, match="CXSTREAM_BLOCKED_IDENTIFIER_PATTERNS"):
         load_settings()
+
+
+def test_an_identifier_priority_naming_a_type_twice_or_an_unknown_one_names_the_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from config.settings import SettingsError, load_settings
+
+    monkeypatch.setenv("CXSTREAM_IDENTIFIER_PRIORITY", "email,phone,email")
+    with pytest.raises(SettingsError, match=r"CXSTREAM_IDENTIFIER_PRIORITY.*\['email'\] more than once"):
+        load_settings()
+    monkeypatch.setenv("CXSTREAM_IDENTIFIER_PRIORITY", "email,shoe_size")
+    with pytest.raises(SettingsError, match="CXSTREAM_IDENTIFIER_PRIORITY"):
+        load_settings()
+    monkeypatch.setenv("CXSTREAM_IDENTIFIER_PRIORITY", "phone")
+    assert load_settings().identifier_priority[:2] == [PHONE, IdentifierType.CRM_ID]

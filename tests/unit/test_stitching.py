@@ -100,6 +100,19 @@ def test_customer_id_comes_from_the_strongest_key_whatever_the_order() -> None:
         assert set(view.identities.values()) == {customer_id_for("loyalty_id:L-7")}
 
 
+def test_the_identifier_priority_setting_decides_which_key_names_the_customer() -> None:
+    events = [
+        ev(identifiers={ANON: "a1", EMAIL: "ann@example.org"}),
+        ev(hours=2, identifiers={EMAIL: "ann@example.org", LOYALTY: "L-7"}),
+    ]
+    email_first = Policies.from_settings(Settings(identifier_priority=[IdentifierType.EMAIL]))
+    assert email_first.identity.priority[:3] == (IdentifierType.EMAIL, IdentifierType.CRM_ID, IdentifierType.LOYALTY_ID)
+    for order in (events, events[::-1]):
+        view = StateView()
+        run(Stitcher(email_first), order, view)
+        assert list(view.customers) == [customer_id_for("email:ann@example.org")]
+
+
 def test_linking_event_merges_two_customers_into_the_stronger_and_reports_it() -> None:
     view = StateView()
     stitcher = new_stitcher()
