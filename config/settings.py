@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
@@ -13,7 +14,7 @@ import pydantic_settings
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from schemas.touchpoint import IdentifierType
+from schemas.touchpoint import CUSTOM_TYPE_PATTERN, IdentifierName, IdentifierType
 from schemas.windows import window_seconds
 
 ENV_PREFIX = "CXSTREAM_"
@@ -159,25 +160,27 @@ class Settings(BaseSettings):
         "phones included), hash (a digest of them, salted with CXSTREAM_IDENTIFIER_SALT when set) or drop (nothing).",
     )
     default_phone_region: str = Field("GB", description="Region for phone numbers written without a country code.")
-    identifier_limits: dict[IdentifierType, int] = Field(
+    custom_identifier_types: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Identifier types of your own (a membership number, a CRM of another name), comma-separated: lower-case letters, digits and _, starting with a letter. Source records carry them in an identifiers object (Segment: context.externalIds); they are stitched like the built-in types, after them in strength unless CXSTREAM_IDENTIFIER_PRIORITY says otherwise.",
+    )
+    identifier_limits: dict[IdentifierName, int] = Field(
         # One web user id per customer: a browser shared by two people who log in (one anonymous id, two user ids)
         # must not merge them; the anonymous id stays with the first.
-        default_factory=lambda: {
-            IdentifierType.CRM_ID: 1,
-            IdentifierType.WEB_USER_ID: 1,
-            IdentifierType.WEB_ANONYMOUS_ID: 50,
-        },
+        default_factory=lambda: dict[IdentifierType | str, int](
+            {IdentifierType.CRM_ID: 1, IdentifierType.WEB_USER_ID: 1, IdentifierType.WEB_ANONYMOUS_ID: 50}
+        ),
         description='Most identifiers of a type one customer may hold, JSON: {"crm_id": 1, "web_user_id": 1, "web_anonymous_id": 50}.',
     )
     blocked_identifiers: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["email:test@example.com", "email:noreply@example.com", "phone:+10000000000"],
         description="Identifiers never used for stitching, as type:value, comma-separated.",
     )
-    identifier_priority: Annotated[list[IdentifierType], NoDecode] = Field(
-        default_factory=lambda: list(IdentifierType),
+    identifier_priority: Annotated[list[IdentifierName], NoDecode] = Field(
+        default_factory=lambda: list[IdentifierType | str](IdentifierType),
         description="Identifier types, strongest first, comma-separated: a customer's id derives from its strongest identifier, and an event's strongest identifier is always linked (the others within the limits and rules). Types left out follow in the default order. Set it before the first event: after a change a customer is renamed only when a later event links something new to it.",
     )
-    blocked_identifier_patterns: dict[IdentifierType, str] = Field(
+    blocked_identifier_patterns: dict[IdentifierName, str] = Field(
         default_factory=dict,
         description='Identifier values never used for stitching, by pattern: a regular expression per type, searched in the normalised value (e-mails lower-case, phones E.164) before any hashing, JSON: {"email": "^test[0-9]*@", "phone": "^\\+1555"} (none by default).',
     )
@@ -223,6 +226,7 @@ class Settings(BaseSettings):
         "customer_metric_windows",
         "blocked_identifiers",
         "identifier_priority",
+        "custom_identifier_types",
         "write_keys",
         "read_keys",
         "admin_keys",
@@ -270,9 +274,21 @@ class Settings(BaseSettings):
             raise ValueError("use at most 200 of the characters a-z A-Z 0-9 . _ - (Kafka topic names)")
         return value
 
+    @field_validator("custom_identifier_types")
+    @classmethod
+    def _custom_types(cls, value: list[str]) -> list[str]:
+        bad = [name for name in value if not re.fullmatch(CUSTOM_TYPE_PATTERN, name)]
+        if bad:
+            raise ValueError(f"names of lower-case letters, digits and _ (at most 32, a letter first), got {bad}")
+        taken = [name for name in value if name in {*IdentifierType, "anonymous"}]
+        if taken:
+            raise ValueError(f"{taken} are built-in type names")
+        return list(dict.fromkeys(value))
+
     @field_validator("identifier_limits")
     @classmethod
-    def _limits(cls, value: dict[IdentifierType, int]) -> dict[IdentifierType, int]:
+    def _limits(cls, value: dict[IdentifierName, int], info: ValidationInfo) -> dict[IdentifierName, int]:
+        _known_types(value, info)
         bad = {str(kind): n for kind, n in value.items() if n < 1}
         if bad:
             raise ValueError(f"limits must be at least 1: {bad}")
@@ -280,8 +296,8 @@ class Settings(BaseSettings):
 
     @field_validator("blocked_identifiers")
     @classmethod
-    def _blocked(cls, value: list[str]) -> list[str]:
-        types = {t.value for t in IdentifierType}
+    def _blocked(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        types = {t.value for t in IdentifierType} | set(info.data.get("custom_identifier_types", ()))
         bad = [item for item in value if item.partition(":")[0] not in types or not item.partition(":")[2]]
         if bad:
             raise ValueError(f"expected type:value with a type among {sorted(types)}, got {bad}")
@@ -289,15 +305,18 @@ class Settings(BaseSettings):
 
     @field_validator("identifier_priority")
     @classmethod
-    def _priority(cls, value: list[IdentifierType]) -> list[IdentifierType]:
+    def _priority(cls, value: list[IdentifierName], info: ValidationInfo) -> list[IdentifierName]:
+        _known_types(value, info)
         twice = sorted({str(kind) for kind in value if value.count(kind) > 1})
         if twice:
             raise ValueError(f"each type at most once, got {twice} more than once")
-        return [*value, *(kind for kind in IdentifierType if kind not in value)]
+        custom = info.data.get("custom_identifier_types", [])
+        return [*value, *(kind for kind in [*IdentifierType, *custom] if kind not in value)]
 
     @field_validator("blocked_identifier_patterns")
     @classmethod
-    def _patterns(cls, value: dict[IdentifierType, str]) -> dict[IdentifierType, str]:
+    def _patterns(cls, value: dict[IdentifierName, str], info: ValidationInfo) -> dict[IdentifierName, str]:
+        _known_types(value, info)
         for kind, pattern in value.items():
             try:
                 re.compile(pattern)
@@ -371,6 +390,14 @@ REMOVED: dict[str, str] = {
         "CXSTREAM_ISSUE_MEMORY_S is how long an issue id's contacts count as one issue"
     ),
 }
+
+
+def _known_types(names: Iterable[str], info: ValidationInfo) -> None:
+    """Refuse identifier type names that are neither built-in nor declared in CXSTREAM_CUSTOM_IDENTIFIER_TYPES."""
+    declared = set(info.data.get("custom_identifier_types", ()))
+    unknown = sorted({str(n) for n in names if not isinstance(n, IdentifierType) and n not in declared})
+    if unknown:
+        raise ValueError(f"unknown identifier types {unknown} (declare your own in CXSTREAM_CUSTOM_IDENTIFIER_TYPES)")
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from schemas.limits import ISSUE_ID_MAX
-from schemas.touchpoint import CES, CSAT, NPS, Channel, compose_id
+from schemas.touchpoint import CES, CSAT, NPS, Channel, CustomIdentifierType, compose_id
 
 
 def _iso_string_only(value: object) -> object:
@@ -88,6 +88,27 @@ Seconds = Annotated[float, Field(ge=0, le=7 * 86400, allow_inf_nan=False)]
 
 _IGNORE = ConfigDict(extra="ignore", frozen=True)
 
+#: Most custom identifiers one record may carry.
+MAX_CUSTOM_IDENTIFIERS = 20
+
+
+def custom_identifiers() -> dict[str, str]:
+    """No custom identifiers (the default of a record's ``identifiers``)."""
+    return {}
+
+
+#: A record's identifiers of types of the deployment's own, by type name (``CXSTREAM_CUSTOM_IDENTIFIER_TYPES``).
+CustomIdentifiers = Annotated[
+    dict[CustomIdentifierType, Label],
+    Field(
+        default_factory=custom_identifiers,
+        max_length=MAX_CUSTOM_IDENTIFIERS,
+        description="Identifiers of custom types, by type name (lower-case letters, digits and _): stitched by a "
+        "worker that declares the type in CXSTREAM_CUSTOM_IDENTIFIER_TYPES. A built-in type's name is read as that "
+        "type when the record's own field for it is empty.",
+    ),
+]
+
 
 class LineItem(BaseModel):
     """One line of a receipt or order."""
@@ -131,6 +152,7 @@ class StoreRecord(BaseModel):
     loyalty_id: Id | None = None
     email: Label | None = None
     phone: Label | None = None
+    identifiers: CustomIdentifiers
     total: Money | None = Field(default=None, description="Amount paid (sale) or refunded (return).")
     currency: Currency | None = None
     items: list[LineItem] = Field(default_factory=list)
@@ -189,6 +211,7 @@ class PhoneRecord(BaseModel):
     occurred_at: Timestamp
     phone: Label = Field(description="The customer's number: caller (inbound) or number dialled (outbound).")
     crm_id: Id | None = None
+    identifiers: CustomIdentifiers
     direction: CallDirection
     queue: Label | None = None
     wait_seconds: Seconds = 0.0
@@ -242,12 +265,28 @@ class WebTraits(BaseModel):
     email: Label | None = None
 
 
+class WebExternalId(BaseModel):
+    """One of Segment's ``context.externalIds``: an identifier of a type of the sender's own."""
+
+    model_config = _ALLOW
+
+    id: Id
+    type: Annotated[str, StringConstraints(strip_whitespace=True, to_lower=True, min_length=1, max_length=64)]
+
+
 class WebContext(BaseModel):
-    """Segment context; only ``traits`` is read, the rest is kept."""
+    """Segment context; ``traits`` and ``externalIds`` are read, the rest is kept."""
 
     model_config = _ALLOW
 
     traits: WebTraits | None = None
+    external_ids: list[WebExternalId] = Field(
+        default_factory=list,
+        alias="externalIds",
+        max_length=MAX_CUSTOM_IDENTIFIERS,
+        description="Identifiers of custom types: those whose type is a declared custom type (or a built-in type's "
+        "name) are stitched by, others ignored.",
+    )
 
 
 class WebProperties(BaseModel):
@@ -364,6 +403,7 @@ class EcommerceRecord(BaseModel):
     order_id: Id
     buyer_id: Id
     buyer_email: Label | None = None
+    identifiers: CustomIdentifiers
     occurred_at: Timestamp
     status: OrderStatus
     total: Money

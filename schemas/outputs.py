@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from schemas.touchpoint import Channel, EventType, IdentifierType, SurveyAnswers
+from schemas.touchpoint import IDENTIFIER_NAMES_SCHEMA, Channel, EventType, IdentifierName, SurveyAnswers
 
 
 class Stage(StrEnum):
@@ -86,7 +86,9 @@ class CustomerProfile(BaseModel):
     first_seen: AwareDatetime
     last_seen: AwareDatetime
     stage: Stage
-    identifiers: dict[IdentifierType, list[str]] = Field(default_factory=dict)
+    identifiers: dict[IdentifierName, list[str]] = Field(
+        default_factory=dict, json_schema_extra=IDENTIFIER_NAMES_SCHEMA
+    )
     events: int = 0
     purchases: int = 0
     revenue: Decimal = Decimal(0)
@@ -116,7 +118,7 @@ class IdentityChange(BaseModel):
     survivor_id: str
     merged_id: str
     event_id: str = Field(description="The event whose identifiers linked the two customers.")
-    identifiers: dict[IdentifierType, str] = Field(default_factory=dict)
+    identifiers: dict[IdentifierName, str] = Field(default_factory=dict, json_schema_extra=IDENTIFIER_NAMES_SCHEMA)
     occurred_at: AwareDatetime
 
 

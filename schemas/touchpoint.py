@@ -8,7 +8,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 #: A salted identifier hash: 64 lower-case hex digits (HMAC-SHA256).
 _HASHED = re.compile(r"[0-9a-f]{64}")
@@ -37,6 +37,23 @@ class IdentifierType(StrEnum):
 
 #: Strength rank of each identifier type: lower is stronger.
 IDENTIFIER_RANK: dict[IdentifierType, int] = {t: i for i, t in enumerate(IdentifierType)}
+
+#: The spelling of a custom identifier type's name (declared in ``CXSTREAM_CUSTOM_IDENTIFIER_TYPES``).
+CUSTOM_TYPE_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
+#: A custom identifier type: a name a deployment declares for an identifier of its own (a membership number).
+CustomIdentifierType = Annotated[str, StringConstraints(pattern=CUSTOM_TYPE_PATTERN)]
+#: An identifier type: one of :class:`IdentifierType`, or a custom one. Left to right, so a built-in name is always
+#: the enum member (code compares them with ``is``).
+IdentifierName = Annotated[IdentifierType | CustomIdentifierType, Field(union_mode="left_to_right")]
+#: The JSON Schema of a map keyed by identifier type (pydantic cannot state a union of keys itself).
+IDENTIFIER_NAMES_SCHEMA: dict[str, Any] = {
+    "propertyNames": {
+        "pattern": CUSTOM_TYPE_PATTERN,
+        "description": "An identifier type: "
+        + ", ".join(t.value for t in IdentifierType)
+        + ", or a custom type (CXSTREAM_CUSTOM_IDENTIFIER_TYPES).",
+    }
+}
 
 
 class EventType(StrEnum):
@@ -103,8 +120,11 @@ class TouchpointEvent(BaseModel):
     type: EventType
     occurred_at: AwareDatetime
     received_at: AwareDatetime
-    identifiers: dict[IdentifierType, str] = Field(
-        default_factory=dict, description="Normalised identifiers the channel knows the person by."
+    identifiers: dict[IdentifierName, str] = Field(
+        default_factory=dict,
+        description="Normalised identifiers the channel knows the person by: built-in types, or custom ones "
+        "(stitched by a worker that declares them in CXSTREAM_CUSTOM_IDENTIFIER_TYPES).",
+        json_schema_extra=IDENTIFIER_NAMES_SCHEMA,
     )
     amount: Decimal | None = Field(default=None, description="Money value of the touchpoint (order total).")
     currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] | None = None

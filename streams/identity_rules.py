@@ -103,6 +103,7 @@ def rule_settings(settings: Settings) -> dict[str, Any]:
 
     patterns = [f"{kind}={pattern}" for kind, pattern in settings.blocked_identifier_patterns.items()]
     described: dict[str, Any] = {
+        "custom_types": list(settings.custom_identifier_types),
         "priority": [str(kind) for kind in settings.identifier_priority],
         "limits": {str(kind): n for kind, n in sorted(settings.identifier_limits.items())},
         "blocked_identifiers": {

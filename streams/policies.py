@@ -41,6 +41,7 @@ class Policies:
                 blocked_patterns=BlockedPatterns(settings.blocked_identifier_patterns),
                 default_region=settings.default_phone_region,
                 priority=tuple(settings.identifier_priority),
+                custom_types=frozenset(settings.custom_identifier_types),
             ),
             customer=CustomerPolicy(
                 timeline_limit=settings.timeline_limit,

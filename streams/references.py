@@ -8,9 +8,11 @@ so an e-mail typed in capitals finds its customer with hashing on.
 
 from __future__ import annotations
 
+import re
+
 from sqlalchemy import Engine
 
-from schemas.touchpoint import IdentifierType
+from schemas.touchpoint import CUSTOM_TYPE_PATTERN, IdentifierType
 from sinks.queries import customer_exists, customer_of_key
 from streams.domain.identifiers import IdentifierHashing, InvalidIdentifier, identifier_key, normalise_identifier
 
@@ -18,14 +20,16 @@ from streams.domain.identifiers import IdentifierHashing, InvalidIdentifier, ide
 SEGMENT_ID_TYPES = {"user_id": IdentifierType.WEB_USER_ID, "anonymous_id": IdentifierType.WEB_ANONYMOUS_ID}
 
 
-def _typed(ref: str) -> tuple[IdentifierType, str] | None:
-    """The identifier type and value ``ref`` names: ``type:value``, or a bare e-mail or phone number."""
+def _typed(ref: str) -> tuple[str, str] | None:
+    """The identifier type and value ``ref`` names: ``type:value`` (a custom type too), or a bare e-mail or phone
+    number."""
     kind_name, separator, value = ref.partition(":")
     if separator:
         try:
             return SEGMENT_ID_TYPES.get(kind_name) or IdentifierType(kind_name), value
         except ValueError:
-            pass
+            if re.fullmatch(CUSTOM_TYPE_PATTERN, kind_name):
+                return kind_name, value
     if "@" in ref:
         return IdentifierType.EMAIL, ref
     if ref[:1] == "+" or ref[:1].isdigit():

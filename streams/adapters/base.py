@@ -3,7 +3,7 @@ survey answers, and the column checks of a converted event."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -65,13 +65,22 @@ class Conversion:
     default_region: str = "GB"
     hashing: IdentifierHashing | None = None
 
-    def identifiers(self, candidates: Iterable[tuple[IdentifierType, str, str | None]]) -> dict[IdentifierType, str]:
+    def identifiers(
+        self,
+        candidates: Iterable[tuple[IdentifierType, str, str | None]],
+        custom: Iterable[tuple[str, str, str]] = (),
+    ) -> dict[IdentifierType | str, str]:
         """Normalise ``(type, field path, value)`` candidates, skipping absent ones; with hashing, hash the PII.
 
+        ``custom``: the record's identifiers of custom types (its ``identifiers`` object, Segment's
+        ``context.externalIds``), as ``(type, field path, value)``; one of a built-in type is read as that type
+        when the record's own field for it is empty.
         Raises InvalidIdentifier whose message starts with the field path, so a dead letter says which field was bad.
         """
-        found: dict[IdentifierType, str] = {}
-        for kind, field, value in candidates:
+        found: dict[IdentifierType | str, str] = {}
+        for kind, field, value in [*candidates, *((_builtin(name), path, v) for name, path, v in custom)]:
+            if kind in found:
+                continue  # the record's own field for a built-in type comes first
             if value is None:
                 continue
             try:
@@ -93,7 +102,7 @@ class Conversion:
         channel: Channel,
         record: SourceRecord,
         type: EventType,
-        identifiers: dict[IdentifierType, str],
+        identifiers: dict[IdentifierType | str, str],
         *,
         system: str,
         attributes: dict[str, Any],
@@ -120,6 +129,19 @@ class Conversion:
 
 #: A channel's pure conversion of a validated source record into the canonical event (``to_touchpoint``).
 Converter = Callable[[Any, Conversion], TouchpointEvent]
+
+
+def custom_candidates(identifiers: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """A record's ``identifiers`` object as custom candidates for :meth:`Conversion.identifiers`."""
+    return [(name, f"identifiers.{name}", value) for name, value in identifiers.items()]
+
+
+def _builtin(name: str) -> IdentifierType | str:
+    """A custom identifier's type: the built-in type of that name, if there is one."""
+    try:
+        return IdentifierType(name)
+    except ValueError:
+        return name
 
 
 def survey_answers(*, nps: int | None = None, csat: int | None = None, ces: int | None = None) -> SurveyAnswers | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from schemas.channels import EcommerceRecord, OrderStatus
 from schemas.touchpoint import Channel, EventType, IdentifierType, TouchpointEvent
-from streams.adapters.base import Conversion, survey_answers
+from streams.adapters.base import Conversion, custom_candidates, survey_answers
 
 _TYPES = {
     OrderStatus.PLACED: EventType.PURCHASE,
@@ -27,7 +27,8 @@ def to_touchpoint(record: EcommerceRecord, conversion: Conversion) -> Touchpoint
         [
             (IdentifierType.MARKETPLACE_BUYER_ID, "buyer_id", record.buyer_key),
             (IdentifierType.EMAIL, "buyer_email", record.buyer_email),
-        ]
+        ],
+        custom_candidates(record.identifiers),
     )
     # buyer_email is an identifier only, never an attribute: with hashing on it leaves as a salted hash or not at all.
     attributes: dict[str, object] = {

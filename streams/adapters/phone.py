@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from schemas.channels import CallDirection, PhoneRecord
 from schemas.touchpoint import Channel, EventType, IdentifierType, TouchpointEvent
-from streams.adapters.base import Conversion, survey_answers
+from streams.adapters.base import Conversion, custom_candidates, survey_answers
 
 #: Call reasons that make an inbound call a pre-purchase enquiry rather than a service contact.
 ENQUIRY_REASONS: frozenset[str] = frozenset({"product_enquiry", "enquiry", "pre_sales"})
@@ -24,7 +24,8 @@ def to_touchpoint(record: PhoneRecord, conversion: Conversion) -> TouchpointEven
         [
             (IdentifierType.CRM_ID, "crm_id", record.crm_id),
             (IdentifierType.PHONE, "phone", record.phone),
-        ]
+        ],
+        custom_candidates(record.identifiers),
     )
     # The reason is free text, typed by an agent or a source system: the one place a caller's number may hide.
     reason = conversion.text(record.reason)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from schemas.channels import StoreKind, StoreRecord
 from schemas.touchpoint import Channel, EventType, IdentifierType, TouchpointEvent
-from streams.adapters.base import Conversion, survey_answers
+from streams.adapters.base import Conversion, custom_candidates, survey_answers
 
 _TYPES = {
     StoreKind.VISIT: EventType.STORE_VISIT,
@@ -20,7 +20,8 @@ def to_touchpoint(record: StoreRecord, conversion: Conversion) -> TouchpointEven
             (IdentifierType.LOYALTY_ID, "loyalty_id", record.loyalty_id),
             (IdentifierType.EMAIL, "email", record.email),
             (IdentifierType.PHONE, "phone", record.phone),
-        ]
+        ],
+        custom_candidates(record.identifiers),
     )
     # No free text: the attributes are the store's own ids and line items.
     attributes: dict[str, object] = {"store_id": record.store_id, "kind": str(record.kind)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from schemas.channels import SURVEY_ANSWERED, SegmentType, WebRecord, fold_event_name
-from schemas.touchpoint import Channel, EventType, IdentifierType, TouchpointEvent
+from schemas.touchpoint import CUSTOM_TYPE_PATTERN, Channel, EventType, IdentifierType, TouchpointEvent
 from streams.adapters.base import Conversion, survey_answers
 
 #: Segment e-commerce spec event names (and cxstream's own), keyed by their folded form (see ``fold_event_name``).
@@ -60,6 +60,18 @@ def _event_type(record: WebRecord) -> EventType:
     return EventType.PAGE_VIEW
 
 
+def _external_ids(record: WebRecord) -> list[tuple[str, str, str]]:
+    """Segment's ``context.externalIds`` as custom identifier candidates: those whose type may name one (others, such
+    as a destination's own spelling, are not identifiers cxstream could be told to stitch by)."""
+    if record.context is None:
+        return []
+    return [
+        (external.type, f"context.externalIds[{n}]", external.id)
+        for n, external in enumerate(record.context.external_ids)
+        if re.fullmatch(CUSTOM_TYPE_PATTERN, external.type)
+    ]
+
+
 def to_touchpoint(record: WebRecord, conversion: Conversion) -> TouchpointEvent:
     """Convert a Segment message: page/screen → PAGE_VIEW, identify/alias/group → IDENTIFY, track by spec event name."""
     email_field, email = record.email_trait() or ("traits.email", None)
@@ -73,7 +85,8 @@ def to_touchpoint(record: WebRecord, conversion: Conversion) -> TouchpointEvent:
             (IdentifierType.WEB_USER_ID, "userId", record.user_id),
             (IdentifierType.EMAIL, email_field, email),
             (IdentifierType.WEB_ANONYMOUS_ID, "previousId", record.previous_id if aliased_anonymous else None),
-        ]
+        ],
+        _external_ids(record),
     )
     kind = _event_type(record)
     props = record.properties

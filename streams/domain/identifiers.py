@@ -55,7 +55,7 @@ def normalise_phone(value: str, default_region: str = "GB") -> str:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
-def normalise_identifier(kind: IdentifierType, value: str, default_region: str = "GB") -> str:
+def normalise_identifier(kind: str, value: str, default_region: str = "GB") -> str:
     """Normalise one identifier of the given type; raise InvalidIdentifier when it is malformed."""
     if kind is IdentifierType.EMAIL:
         return normalise_email(value)
@@ -67,7 +67,7 @@ def normalise_identifier(kind: IdentifierType, value: str, default_region: str =
     return cleaned
 
 
-def hash_identifier(kind: IdentifierType, value: str, salt: str) -> str:
+def hash_identifier(kind: str, value: str, salt: str) -> str:
     """Return the salted hash under which a PII identifier is stored (HMAC-SHA256, hex)."""
     return hmac.new(salt.encode(), f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()
 
@@ -90,7 +90,7 @@ _PHONE_IN_TEXT = re.compile(r"(?<![\w+./-])(?:\+|\(?0)[\d ().-]{7,20}\d(?![\w.-]
 class BlockedPatterns:
     """Identifier values blocked by pattern: one regular expression per type, searched in the normalised value."""
 
-    def __init__(self, patterns: Mapping[IdentifierType, str]) -> None:
+    def __init__(self, patterns: Mapping[str, str]) -> None:
         self._compiled = {str(kind): re.compile(pattern) for kind, pattern in patterns.items()}
 
     def __bool__(self) -> bool:
@@ -128,7 +128,7 @@ class IdentifierHashing:
     def __post_init__(self) -> None:
         object.__setattr__(self, "fingerprint", salt_fingerprint(self.salt))
 
-    def value(self, kind: IdentifierType, value: str) -> str:
+    def value(self, kind: str, value: str) -> str:
         """The stored value of a normalised identifier: its salted hash when it is PII, else the value itself."""
         return hash_identifier(kind, value, self.salt) if kind in PII_TYPES else value
 
@@ -167,7 +167,7 @@ class IdentifierHashing:
         out.append(text[at:])
         return "".join(out)
 
-    def _key(self, kind: IdentifierType, value: str) -> str:
+    def _key(self, kind: str, value: str) -> str:
         return identifier_key(kind, self.value(kind, value))
 
     def walk(self, value: _T, keep: Callable[[str], bool] = lambda _path: False, path: str = "") -> _T:
@@ -185,14 +185,19 @@ class IdentifierHashing:
         return value
 
 
-def identifier_key(kind: IdentifierType, value: str) -> str:
+def identifier_key(kind: str, value: str) -> str:
     """The ``type:value`` key under which an identifier is stored and compared."""
     return f"{kind}:{value}"
 
 
-def strongest(identifiers: dict[IdentifierType, str]) -> tuple[IdentifierType, str] | None:
-    """Return the strongest (type, value) of an identifier map, or None when it is empty."""
+def strongest(identifiers: Mapping[str, str]) -> tuple[str, str] | None:
+    """Return the strongest (type, value) of an identifier map in the default order (custom types after the
+    built-in ones, by name), or None when it is empty."""
     if not identifiers:
         return None
-    kind = min(identifiers, key=IDENTIFIER_RANK.__getitem__)
+    kind = min(identifiers, key=_default_strength)
     return kind, identifiers[kind]
+
+
+def _default_strength(kind: str) -> tuple[int, str]:
+    return IDENTIFIER_RANK.get(kind, len(IDENTIFIER_RANK)), kind  # type: ignore[call-overload]

@@ -12,7 +12,7 @@ before stitching and counted.
 
 A customer is a connected component of the graph whose edges are "these keys appeared on one event".
 Its id is ``"c-" + sha256(key)[:20]`` of the component's strongest key (:func:`key_strength`: the
-type's rank in ``IdentityPolicy.priority`` — ``CXSTREAM_IDENTIFIER_PRIORITY``, by default IDENTIFIER_RANK —, then
+type's rank in ``IdentityPolicy.priority`` — ``CXSTREAM_IDENTIFIER_PRIORITY``, by default the declaration order of ``IdentifierType`` —, then
 the key), so ids do not depend on the order events arrive in.
 
 Per-type limits (``IdentityPolicy.limits``) refuse a link that would give a customer more keys of
@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from schemas.touchpoint import IDENTIFIER_RANK, IdentifierType, TouchpointEvent, compose_id
+from schemas.touchpoint import IdentifierType, TouchpointEvent, compose_id
 from streams.domain.identifiers import (
     PII_TYPES,
     BlockedPatterns,
@@ -56,14 +56,22 @@ ANONYMOUS_ATTRIBUTE = "anonymous_id"
 Ranks = Mapping[str, int]
 
 
-def ranks(priority: Iterable[IdentifierType]) -> dict[str, int]:
+class _Ranks(dict[str, int]):
+    """Ranks by key type; a type not ranked (a custom type no longer declared) ranks just above anonymous ids."""
+
+    def __missing__(self, kind: str) -> int:
+        return self[ANONYMOUS_TYPE] - 1 if kind != ANONYMOUS_TYPE else len(self)
+
+
+def ranks(priority: Iterable[str]) -> dict[str, int]:
     """Each key type's rank in ``priority`` (strongest first; ``CXSTREAM_IDENTIFIER_PRIORITY``), anonymous last."""
     order = [str(kind) for kind in priority]
-    return {kind: rank for rank, kind in enumerate(order)} | {ANONYMOUS_TYPE: len(order)}
+    # Steps of 2 leave room for types not ranked, between the last one ranked and anonymous ids.
+    return _Ranks({kind: 2 * rank for rank, kind in enumerate(order)} | {ANONYMOUS_TYPE: 2 * len(order) + 1})
 
 
 #: The ranks in the default order (``IdentifierType``'s declaration order), anonymous identities last.
-DEFAULT_RANKS: dict[str, int] = ranks(sorted(IDENTIFIER_RANK, key=IDENTIFIER_RANK.__getitem__))
+DEFAULT_RANKS: dict[str, int] = ranks(IdentifierType)
 #: Most hashed PII keys remembered, so a busy customer's e-mail is not re-hashed on every event.
 _HASH_CACHE_SIZE = 100_000
 
@@ -105,7 +113,7 @@ class IdentityPolicy:
     #: How PII identifiers are stored: their salted hash (None: as they are).
     hashing: IdentifierHashing | None
     #: Most identifiers of a type one customer may hold (types not listed: no limit).
-    limits: Mapping[IdentifierType, int]
+    limits: Mapping[str, int]
     #: Identifiers never used for stitching, as ``type:value``.
     blocked: tuple[str, ...]
     #: Identifier values never used for stitching, by pattern (searched before hashing).
@@ -113,7 +121,9 @@ class IdentityPolicy:
     #: Region of phone numbers written without a country code (blocked phone numbers are read with it).
     default_region: str
     #: Identifier types, strongest first (every type).
-    priority: tuple[IdentifierType, ...] = tuple(IdentifierType)
+    priority: tuple[str, ...] = tuple(IdentifierType)
+    #: Custom identifier types declared (``CXSTREAM_CUSTOM_IDENTIFIER_TYPES``): events' others are not stitched by.
+    custom_types: frozenset[str] = frozenset()
 
 
 class IdentityRules:
@@ -123,11 +133,12 @@ class IdentityRules:
         self._hashing = policy.hashing
         #: The fingerprint events hashed with this worker's salt carry (None: hashing is off here).
         self.fingerprint = None if policy.hashing is None else policy.hashing.fingerprint
-        self._hashed: dict[tuple[IdentifierType, str], str] = {}
+        self._hashed: dict[tuple[str, str], str] = {}
         #: Most keys of a type one customer may hold, by key type.
         self.limits: dict[str, int] = {str(t): n for t, n in policy.limits.items()}
         self._blocked = frozenset(self._blocked_key(item, policy.default_region) for item in policy.blocked)
         self._patterns = policy.blocked_patterns
+        self._custom = policy.custom_types
         #: Strength rank of each key type under the configured priority.
         self.rank = ranks(policy.priority)
 
@@ -140,14 +151,14 @@ class IdentityRules:
         try:
             identifier_type = IdentifierType(kind)
         except ValueError:
-            return item  # not a known type: it can only match itself
+            return f"{kind}:{value.strip()}"  # a custom type: stored as given, trimmed
         try:
             value = normalise_identifier(identifier_type, value, region)
         except InvalidIdentifier:
             value = value.strip()  # a placeholder need not be well-formed to be blocked
         return self.stored_key(identifier_type, value)
 
-    def stored_key(self, kind: IdentifierType, value: str) -> str:
+    def stored_key(self, kind: str, value: str) -> str:
         """The key under which an (already normalised) identifier is stored: hashed when it is PII."""
         if self._hashing is None or kind not in PII_TYPES:
             return identifier_key(kind, value)
@@ -164,8 +175,13 @@ class IdentityRules:
         keys: list[str] = []
         blocked = 0
         hashed = event.hashed_with
-        patterns = self._patterns
+        patterns, custom = self._patterns, self._custom
         for kind, value in event.identifiers.items():
+            if not isinstance(kind, IdentifierType):
+                value = value.strip()
+                if kind not in custom or not value:
+                    blocked += 1  # a custom type this worker does not declare (or an empty value): not stitched by
+                    continue
             if patterns and (hashed is None or kind not in PII_TYPES) and patterns.blocks(kind, value):
                 blocked += 1  # a hashed value cannot be matched: the adapter that hashed it left blocked ones out
                 continue

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from schemas.outputs import IdentityChange
-from schemas.touchpoint import EventType, IdentifierType, TouchpointEvent
+from schemas.touchpoint import EventType, TouchpointEvent
 from streams.domain.customer import (
     EVENT_ID,
     REVISABLE_TYPES,
@@ -431,11 +431,11 @@ class _Batch:
         return result
 
 
-def _evidence(keys: list[str]) -> dict[IdentifierType, str]:
+def _evidence(keys: list[str]) -> dict[str, str]:
     """The identifiers (as stored) that linked customers, for an IdentityChange."""
     evidence = {}
     for key in keys:
         kind, _, value = key.partition(":")
         if kind != ANONYMOUS_TYPE:
-            evidence[IdentifierType(kind)] = value
+            evidence[kind] = value
     return evidence

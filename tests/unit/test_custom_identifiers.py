@@ -1,0 +1,95 @@
+"""Custom identifier types: declared in settings, carried by source records (an ``identifiers`` object; Segment's
+``context.externalIds``), stitched like the built-in types by a worker that declares them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from config.settings import Settings, SettingsError, load_settings
+from schemas.touchpoint import Channel, IdentifierType, TouchpointEvent
+from streams.adapters import partition_key
+from streams.adapters.reader import Accepted, Rejected, convert_one
+from streams.domain.identity import customer_id_for
+from streams.domain.oracle import replay
+from streams.policies import Policies
+from streams.references import stored_key
+
+RECEIVED = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
+SALE = {"receipt_id": "R-1", "store_id": "LON-1", "occurred_at": "2024-05-01T10:00:00Z", "kind": "sale",
+        "total": "10", "currency": "GBP", "email": "ann@example.org", "identifiers": {"member_no": " M-1 "}}  # fmt: skip
+PAGE = {"type": "page", "messageId": "m-1", "userId": "u-9", "timestamp": "2024-05-02T10:00:00Z",
+        "context": {"externalIds": [{"id": "M-1", "type": "member_no", "collection": "users", "encoding": "none"},
+                                    {"id": "b-77", "type": "Braze ID", "collection": "users", "encoding": "none"}]}}  # fmt: skip
+DECLARED = Settings(custom_identifier_types=["member_no"])
+
+
+def accept(channel: Channel, record: dict[str, Any]) -> TouchpointEvent:
+    result = convert_one(channel, record, received_at=RECEIVED)
+    assert isinstance(result, Accepted), result
+    return result.event
+
+
+def test_records_carry_custom_identifiers_and_segment_external_ids() -> None:
+    sale = accept(Channel.STORE, SALE)
+    assert sale.identifiers == {IdentifierType.EMAIL: "ann@example.org", "member_no": "M-1"}
+    page = accept(Channel.WEB, PAGE)
+    # An external id whose type cannot name an identifier type (a destination's own spelling) is not one.
+    assert page.identifiers == {IdentifierType.WEB_USER_ID: "u-9", "member_no": "M-1"}
+    # The event goes through the topic and back as it was.
+    assert TouchpointEvent.model_validate_json(sale.model_dump_json()) == sale
+    assert partition_key(sale).startswith(b"email:"), "Kafka keys keep the default order: built-in types first"
+
+
+def test_a_built_in_name_in_identifiers_fills_the_records_empty_field_and_a_bad_name_is_dead_lettered() -> None:
+    call = {"call_id": "C-1", "occurred_at": "2024-05-01T10:00:00Z", "phone": "+447700900123",
+            "direction": "inbound", "duration_seconds": 30, "identifiers": {"crm_id": "CRM-4"}}  # fmt: skip
+    assert accept(Channel.PHONE, call).identifiers[IdentifierType.CRM_ID] == "CRM-4"
+    bad = convert_one(Channel.STORE, {**SALE, "identifiers": {"Member No": "M-1"}}, received_at=RECEIVED)
+    assert isinstance(bad, Rejected) and "identifiers" in bad.dead_letter.detail
+    wrong = convert_one(Channel.STORE, {**SALE, "email": None, "identifiers": {"email": "nope"}}, received_at=RECEIVED)
+    assert isinstance(wrong, Rejected) and wrong.dead_letter.detail.startswith("identifiers.email:")
+
+
+def test_a_declared_custom_type_links_channels_and_an_undeclared_one_is_not_stitched_by() -> None:
+    events = [accept(Channel.STORE, SALE), accept(Channel.WEB, PAGE)]
+    declared = replay(events, Policies.from_settings(DECLARED))
+    assert len(declared.customers) == 1
+    assert declared.identities["member_no:M-1"] == customer_id_for("email:ann@example.org")
+    undeclared = replay(events, Policies.from_settings(Settings()))
+    assert len(undeclared.customers) == 2 and "member_no:M-1" not in undeclared.identities
+    assert undeclared.result.blocked == 2, "each event's undeclared identifier is counted"
+
+
+def test_the_priority_may_put_a_custom_type_first_and_limits_and_blocked_values_may_name_it() -> None:
+    settings = Settings(
+        custom_identifier_types=["member_no"],
+        identifier_priority=["member_no"],
+        identifier_limits={"member_no": 1},
+        blocked_identifiers=["member_no:M-TEST"],
+    )
+    oracle = replay([accept(Channel.STORE, SALE)], Policies.from_settings(settings))
+    assert list(oracle.customers) == [customer_id_for("member_no:M-1")]
+    test_sale = accept(Channel.STORE, {**SALE, "receipt_id": "R-2", "identifiers": {"member_no": "M-TEST"}})
+    assert replay([test_sale], Policies.from_settings(settings)).result.blocked == 1
+    assert stored_key("member_no:M-1", None, "GB") == "member_no:M-1"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("CXSTREAM_CUSTOM_IDENTIFIER_TYPES", "member_no,Bad-Name", "names of lower-case letters"),
+        ("CXSTREAM_CUSTOM_IDENTIFIER_TYPES", "email", "built-in type names"),
+        ("CXSTREAM_IDENTIFIER_LIMITS", '{"member_no": 1}', "declare your own in CXSTREAM_CUSTOM_IDENTIFIER_TYPES"),
+        ("CXSTREAM_IDENTIFIER_PRIORITY", "member_no", "unknown identifier types"),
+        ("CXSTREAM_BLOCKED_IDENTIFIERS", "member_no:X", "expected type:value"),
+    ],
+)
+def test_custom_types_are_checked_at_start_with_errors_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError, match=f"{variable}: .*{message}"):
+        load_settings()
