@@ -136,6 +136,23 @@ class Settings(BaseSettings):
     repeat_contact_window_s: float = Field(
         7 * 86400.0, gt=0, description="A contact about an issue contacted within this window is a repeat contact."
     )
+    resolution_contradiction_window_s: float = Field(
+        7 * 86400.0,
+        ge=0,
+        description="A resolution the company recorded is contradicted when, within this many seconds after it, the customer contacts again about the same issue (any channel) or gives a low survey answer (experience_gap, confirmed_fcr); 0: never.",
+    )
+    low_nps_max: int = Field(
+        6, ge=0, le=10, description="An NPS answer at most this (a detractor) contradicts a recent resolution."
+    )
+    low_csat_max: int = Field(
+        2, ge=1, le=5, description="A CSAT answer (1-5) at most this contradicts a recent resolution."
+    )
+    low_ces_max: int = Field(
+        3,
+        ge=1,
+        le=7,
+        description="A CES answer (1-7, higher is easier) at most this contradicts a recent resolution.",
+    )
     issue_target_s: float = Field(48 * 3600.0, gt=0, description="An issue open longer than this raises an alert.")
     negative_moments_alert: int = Field(3, ge=1, description="Negative moments within 7 days that raise an alert.")
     metric_windows: Annotated[list[str], NoDecode] = Field(

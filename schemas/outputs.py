@@ -32,6 +32,9 @@ class Moment(StrEnum):
     PROMOTER = "promoter"
     PASSIVE = "passive"
     DETRACTOR = "detractor"
+    #: A resolution the company recorded that the customer contradicted: contacted again about the same issue, or
+    #: answered a survey badly, soon after (not negative by itself for alerting: what contradicted it already is).
+    RESOLUTION_CONTRADICTED = "resolution_contradicted"
 
 
 #: Moments that count as negative impressions (for alerting).
@@ -72,6 +75,13 @@ class TimelineEntry(BaseModel):
     channel_switch: bool = Field(default=False, description="This contact is on another channel than the issue's last.")
     transfers: int = 0
     time_to_resolution_s: float | None = None
+    resolution_contradicted: bool | None = Field(
+        default=None,
+        description="For a contact that resolved its issue: whether the customer contradicted the resolution, by "
+        "contacting again about the same issue or answering a survey badly within "
+        "CXSTREAM_RESOLUTION_CONTRADICTION_WINDOW_S after it (revised when such evidence arrives late). Null for "
+        "other entries.",
+    )
     time_since_last_purchase_s: float | None = None
     survey: SurveyAnswers | None = None
     source_id: str = ""

@@ -100,6 +100,7 @@ class TouchpointRow(NamedTuple):
     csat: int | None
     ces: int | None
     source_id: str
+    resolution_contradicted: bool | None
 
 
 class CellRow(NamedTuple):

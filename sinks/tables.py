@@ -103,6 +103,11 @@ touchpoints = Table(
     Column("csat", Integer),
     Column("ces", Integer),
     Column("source_id", String(SOURCE_ID_MAX), nullable=False),
+    Column(
+        "resolution_contradicted",
+        Boolean,
+        comment="a resolving contact the customer contradicted (null: not a resolving contact)",
+    ),
     Index("ix_touchpoints_customer_time", "customer_id", "occurred_at"),
 )
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from config.settings import Settings
 from streams.domain.aggregate import MetricPolicy
 from streams.domain.alerts import AlertPolicy
-from streams.domain.customer import CustomerPolicy
+from streams.domain.customer import CustomerPolicy, LowScores
 from streams.domain.identifiers import BlockedPatterns, IdentifierHashing
 from streams.domain.identity import IdentityPolicy
 from streams.domain.windows import parse_window
@@ -49,6 +49,8 @@ class Policies:
                 issue_memory_s=settings.issue_memory_s,
                 grace_s=settings.window_grace_s,
                 alert_span_s=alerts.longest_window_s,
+                contradiction_window_s=settings.resolution_contradiction_window_s,
+                low_scores=LowScores(settings.low_nps_max, settings.low_csat_max, settings.low_ces_max),
             ),
             alerts=alerts,
             metrics=MetricPolicy(

@@ -131,6 +131,7 @@ def touchpoint_row(entry: Entry, now: datetime) -> TouchpointRow:
         csat=survey.csat if survey else None,
         ces=survey.ces if survey else None,
         source_id=entry.source_id,
+        resolution_contradicted=entry.resolution_contradicted,
     )
 
 

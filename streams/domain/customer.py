@@ -37,7 +37,7 @@ import math
 import re
 from bisect import bisect_left, insort
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from operator import itemgetter
@@ -47,7 +47,7 @@ from schemas.outputs import Moment, Stage
 from schemas.touchpoint import Channel, EventType, SurveyAnswers, TouchpointEvent
 from streams.domain.entry import Entry
 from streams.domain.identity import ANONYMOUS_TYPE, DEFAULT_RANKS, Ranks
-from streams.domain.moments import event_moments, with_first_purchase
+from streams.domain.moments import event_moments, with_contradiction, with_first_purchase
 from streams.domain.profile import Profile
 from streams.domain.stages import customer_stage, is_journey_event, stage_of
 
@@ -84,6 +84,9 @@ _CHANNELS: dict[str, Channel] = {c.value: c for c in Channel}
 _PURCHASE = EventType.PURCHASE.value
 _CONTACT = EventType.SUPPORT_CONTACT.value
 _FIRST_PURCHASE = Moment.FIRST_PURCHASE.value
+_CONTRADICTED = Moment.RESOLUTION_CONTRADICTED.value
+#: Moments derived from other events: not stored in a row (``row_of`` drops them from the published ones).
+_DERIVED_MOMENTS = frozenset({_FIRST_PURCHASE, _CONTRADICTED})
 _NEVER = -math.inf
 
 
@@ -170,7 +173,7 @@ def row_of(stored: StoredEntry) -> Row:
         stored.transfers,
         survey,
         stored.source_id,
-        [m for m in stored.moments.split(",") if m and m != _FIRST_PURCHASE],
+        [m for m in stored.moments.split(",") if m and m not in _DERIVED_MOMENTS],
     ]
 
 
@@ -193,6 +196,11 @@ class CustomerPolicy:
     grace_s: float
     #: How far around an entry alert rules look (``alerts.AlertPolicy.longest_window_s``).
     alert_span_s: float
+    #: A recorded resolution is contradicted by a contact about the same issue, or a low survey score, within
+    #: this many seconds after it (0: never).
+    contradiction_window_s: float = 0.0
+    #: Survey answers that contradict a resolution: NPS at most, CSAT at most, CES at most (1-7, higher is easier).
+    low_scores: LowScores = field(default_factory=lambda: LowScores(6, 2, 3))
 
     def __post_init__(self) -> None:
         # An issue id is remembered at least as long as a repeat contact is.
@@ -205,7 +213,7 @@ class CustomerPolicy:
     @property
     def span_s(self) -> float:
         """How far from an entry anything derived from it, or read with it, reaches (any lookback, any alert rule)."""
-        return max(self.issue_memory_s, self.repeat_window_s, self.alert_span_s)
+        return max(self.issue_memory_s, self.repeat_window_s, self.alert_span_s, self.contradiction_window_s)
 
     @property
     def keep_s(self) -> float:
@@ -220,6 +228,25 @@ class CustomerPolicy:
         return row[T] - self.span_s if is_kept(row) else None
 
 
+class LowScores(NamedTuple):
+    """Survey answers low enough to contradict a recorded resolution (each bound included)."""
+
+    nps_max: int
+    csat_max: int
+    ces_max: int
+
+    def contradict(self, survey: list[Any] | None) -> bool:
+        """True when a row's survey ``[nps, csat, ces]`` holds a low answer."""
+        if survey is None:
+            return False
+        nps, csat, ces = survey
+        return (
+            (nps is not None and nps <= self.nps_max)
+            or (csat is not None and csat <= self.csat_max)
+            or (ces is not None and ces <= self.ces_max)
+        )
+
+
 class ContactContext(NamedTuple):
     """A contact's place in its issue (see the module docstring)."""
 
@@ -228,6 +255,8 @@ class ContactContext(NamedTuple):
     channel_switch: bool
     resolved_at_first_contact: bool | None
     time_to_resolution_s: float | None
+    #: For a resolving contact: whether the customer contradicted it (None: not a resolving contact).
+    contradicted: bool | None = None
 
 
 class Derived(NamedTuple):
@@ -244,7 +273,9 @@ def standalone(row: Row) -> Derived:
     kind = row[TYPE]
     if kind == _CONTACT:
         resolved = row[RESOLVED] is True
-        context = ContactContext(1, False, False, True if resolved else None, 0.0 if resolved else None)
+        context = ContactContext(
+            1, False, False, True if resolved else None, 0.0 if resolved else None, False if resolved else None
+        )
         return Derived(Stage.POST_PURCHASE, False, None, context)
     return Derived(stage_of(_TYPES[kind]), False, None, None)
 
@@ -267,6 +298,8 @@ def timeline_entry(customer_id: str | None, row: Row, derived: Derived) -> Entry
     if derived.first_purchase:
         moments = with_first_purchase(moments)
     context = derived.contact
+    if context is not None and context.contradicted:
+        moments = with_contradiction(moments)
     survey = row[SURVEY]
     amount = row[AMOUNT]
     if amount is not None and not isinstance(amount, Decimal):
@@ -291,6 +324,7 @@ def timeline_entry(customer_id: str | None, row: Row, derived: Derived) -> Entry
         channel_switch=context.channel_switch if context else False,
         transfers=row[TRANSFERS],
         time_to_resolution_s=context.time_to_resolution_s if context else None,
+        resolution_contradicted=context.contradicted if context else None,
         time_since_last_purchase_s=derived.time_since_last_purchase_s,
         survey=None if survey is None else SurveyAnswers(nps=survey[0], csat=survey[1], ces=survey[2]),
         source_id=row[SOURCE],
@@ -396,6 +430,7 @@ class CustomerState:
         t, event_id, kind = row[T], row[EVENT_ID], row[TYPE]
         pair = (t, event_id)
         found: list[Row | None] = []
+        window = policy.contradiction_window_s
         if kind == _CONTACT:
             contacts = self.issues.get(row[ISSUE])
             if contacts and _PAIR(contacts[-1]) > pair:
@@ -404,7 +439,19 @@ class CustomerState:
                     if contact[0] > horizon:
                         break
                     found.append(self.find(contact[0], contact[1]))
-        elif kind == _PURCHASE:
+            if contacts and window > 0:
+                # Resolutions of the same issue just before it: this contact may contradict them.
+                i = bisect_left(contacts, pair, key=_PAIR)
+                for contact in reversed(contacts[bisect_left(contacts, (t - window,), 0, i, key=_PAIR) : i]):
+                    if contact[3] is True:
+                        found.append(self.find(contact[0], contact[1]))
+        if window > 0 and policy.low_scores.contradict(row[SURVEY]):
+            # Resolutions of any issue just before a low answer: it may contradict them.
+            history = self.history
+            start = bisect_left(history, (t - window,), key=_ROW_KEY)
+            stop = bisect_left(history, pair, key=_ROW_KEY)
+            found.extend(r for r in history[start:stop] if r[TYPE] == _CONTACT and r[RESOLVED] is True)
+        if kind == _PURCHASE:
             times = self.purchase_times
             i = bisect_left(times, pair, key=_PAIR)
             if i < len(times):
@@ -507,6 +554,16 @@ class CustomerState:
                 for contact in side.issues[key]:
                     if contact[0] >= derivable:
                         found.append((side, side.find(contact[0], contact[1])))
+        if policy.contradiction_window_s > 0:
+            # Either side's events may contradict the other's resolutions.
+            complete = max(self.complete_from, other.complete_from)
+            for side in sides:
+                history = side.history
+                found.extend(
+                    (side, r)
+                    for r in history[bisect_left(history, (complete,), key=_ROW_KEY) :]
+                    if r[TYPE] == _CONTACT and r[RESOLVED] is True
+                )
         if self.purchase_times and other.purchase_times:
             for side in sides:
                 for t, event_id in side.purchase_times:
@@ -632,7 +689,25 @@ class CustomerState:
             channel_switch=previous is not None and previous[2] != row[CHANNEL],
             resolved_at_first_contact=(number == 1) if resolved else None,
             time_to_resolution_s=t - contacts[j][0] if resolved else None,
+            contradicted=self._contradicted(row, contacts, i, policy) if resolved else None,
         )
+
+    def _contradicted(self, row: Row, contacts: list[list[Any]], i: int, policy: CustomerPolicy) -> bool:
+        """Whether the resolving contact ``row`` (``contacts[i]`` of its issue) was contradicted: a contact about the
+        same issue, or a low survey answer, within the contradiction window after it."""
+        window = policy.contradiction_window_s
+        if window <= 0:
+            return False
+        horizon = row[T] + window
+        if i + 1 < len(contacts) and contacts[i + 1][0] <= horizon:
+            return True
+        history, low = self.history, policy.low_scores
+        for later in history[bisect_left(history, (row[T], row[EVENT_ID]), key=_ROW_KEY) + 1 :]:
+            if later[T] > horizon:
+                break
+            if low.contradict(later[SURVEY]):
+                return True
+        return False
 
     def open_issues(self, policy: CustomerPolicy) -> list[OpenIssue]:
         """Issues whose latest contact did not resolve them, within their lookback of the latest event."""

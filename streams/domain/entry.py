@@ -40,6 +40,7 @@ class Entry:
     channel_switch: bool = False
     transfers: int = 0
     time_to_resolution_s: float | None = None
+    resolution_contradicted: bool | None = None
     time_since_last_purchase_s: float | None = None
     survey: SurveyAnswers | None = None
     source_id: str = ""

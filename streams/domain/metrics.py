@@ -56,11 +56,15 @@ COUNTERS: dict[str, str] = {
     "repeat_contacts": "1 per contact with `repeat_contact`",
     "issues": "1 per contact with `contact_number == 1` (an issue's first contact)",
     "issues_resolved_first_contact": "1 per issue's first contact with `resolved is True`",
+    "issues_confirmed_first_contact": (
+        "1 per issue's first contact with `resolved is True` and `resolution_contradicted` false"
+    ),
     "channel_switches": "1 per contact with `channel_switch`",
     "transfers": "`transfers` of each contact",
     "post_purchase_contacts": "1 per contact in stage `post_purchase`",
     "resolutions": "1 per entry with `time_to_resolution_s`",
     "resolution_ms": "`time_to_resolution_s` in milliseconds (rounded)",
+    "contradicted_resolutions": "1 per entry with `resolution_contradicted`",
     "visits": "1 per entry of type `store_visit` or `page_view`",
     "purchases": "1 per entry of type `purchase`",
     "priced_purchases": "1 per purchase with an `amount`",
@@ -157,6 +161,27 @@ _METRICS: tuple[Metric, ...] = (
         "issues",
         "First-contact resolution: issues whose first contact resolved them / issues with a first contact "
         "in the window, across all channels.",
+    ),
+    _rate(
+        "recorded_fcr",
+        "issues_resolved_first_contact",
+        "issues",
+        "First-contact resolution as the company recorded it (the same figure as `fcr`), beside `confirmed_fcr`.",
+    ),
+    _rate(
+        "confirmed_fcr",
+        "issues_confirmed_first_contact",
+        "issues",
+        "First-contact resolution the customer confirmed: issues whose first contact resolved them and was not "
+        "contradicted (no contact about the same issue, and no low survey answer, within the contradiction "
+        "window) / issues with a first contact in the window.",
+    ),
+    _rate(
+        "experience_gap",
+        "contradicted_resolutions",
+        "resolutions",
+        "Resolutions the company recorded that the customer contradicted / resolutions recorded: the gap between "
+        "what the company records and what the customer lives.",
     ),
     _rate(
         "repeat_contact_rate",
@@ -334,6 +359,8 @@ def contributions(entry: Entry) -> Counters:
             out["issues"] = 1
             if entry.resolved is True:
                 out["issues_resolved_first_contact"] = 1
+                if entry.resolution_contradicted is False:
+                    out["issues_confirmed_first_contact"] = 1
         if entry.channel_switch:
             out["channel_switches"] = 1
         if entry.transfers:
@@ -342,6 +369,8 @@ def contributions(entry: Entry) -> Counters:
             out["post_purchase_contacts"] = 1
     if entry.time_to_resolution_s is not None:
         out["resolutions"] = 1
+        if entry.resolution_contradicted:
+            out["contradicted_resolutions"] = 1
         _put(out, "resolution_ms", _ms(entry.time_to_resolution_s))
     etype = entry.type
     if etype is _PURCHASE:

@@ -116,6 +116,11 @@ def event_moments(event: TouchpointEvent) -> tuple[Moment, ...]:
     return tuple(found)
 
 
+def with_contradiction(moments: tuple[Moment, ...]) -> tuple[Moment, ...]:
+    """Add resolution_contradicted to a resolving contact's moments (it is the last moment in Moment order)."""
+    return (*moments, Moment.RESOLUTION_CONTRADICTED)
+
+
 def with_first_purchase(moments: tuple[Moment, ...]) -> tuple[Moment, ...]:
     """Add first_purchase to a touchpoint's moments, keeping Moment order (it is the first moment)."""
     return (Moment.FIRST_PURCHASE, *moments)

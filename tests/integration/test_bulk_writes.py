@@ -42,6 +42,7 @@ def _touchpoint(n: int, **changes: Any) -> TouchpointRow:
         csat=n % 5 + 1,
         ces=None,
         source_id=f"src-é-{n}",
+        resolution_contradicted=None if n % 3 != 1 else n % 2 == 0,
     )
     return row._replace(**changes)
 

@@ -208,7 +208,13 @@ def components(events: list, stitcher: Stitcher) -> dict[str, list[str]]:
 #: The defaults, and tight ones: short lookbacks, grace and history, so that retention and restoring happen often.
 DEFAULTS = Policies.from_settings(Settings())
 TIGHT = Policies.from_settings(
-    Settings(window_grace_s=DAY, issue_memory_s=3 * DAY, repeat_contact_window_s=DAY, timeline_limit=4)
+    Settings(
+        window_grace_s=DAY,
+        issue_memory_s=3 * DAY,
+        repeat_contact_window_s=DAY,
+        resolution_contradiction_window_s=2 * DAY,
+        timeline_limit=4,
+    )
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from itertools import count
@@ -21,8 +22,10 @@ from schemas.touchpoint import (
     derive_event_id,
 )
 from streams.domain.customer import EVENT_ID, MAX_TRAITS, CustomerState, StoredEntry, issue_key, make_row, row_of
+from streams.domain.entry import Entry
 from streams.domain.identifiers import hash_identifier
 from streams.domain.identity import customer_id_for
+from streams.domain.metrics import contributions, merge, value_of
 from streams.domain.moments import event_moments, is_complaint, nps_moment
 from streams.domain.oracle import replay
 from streams.domain.stages import customer_stage, stage_of
@@ -874,3 +877,70 @@ def test_oracle_replays_in_event_time_order() -> None:
     }
     assert oracle.entries[events[1].event_id].moments == (Moment.FIRST_PURCHASE,)
     assert oracle.profiles[ANN].purchases == 1
+
+
+# --- the experience gap ------------------------------------------------------------------------------
+
+
+def case_g2() -> list[TouchpointEvent]:
+    """A call marked resolved on CASE-G2, a web ticket on CASE-G2 26 hours later, then NPS 2 / CSAT 1."""
+    return [
+        contact(0, issue_id="CASE-G2", resolved=True),
+        contact(26, Channel.WEB, issue_id="CASE-G2"),
+        ev(EventType.SURVEY, 30, survey=SurveyAnswers(nps=2, csat=1)),
+    ]
+
+
+POLICIES = Policies.from_settings(Settings())
+
+
+def figure(metric: str, entries: Iterable[Entry]) -> float | None:
+    counters: dict[str, float] = {}
+    for entry in entries:
+        merge(counters, contributions(entry))
+    return value_of(metric, counters)[2]
+
+
+def test_case_g2_a_recorded_resolution_the_customer_contradicted_is_a_gap_in_any_arrival_order() -> None:
+    events = case_g2()
+    for order in (events, events[::-1], [events[2], events[0], events[1]]):
+        oracle = replay(order, POLICIES)
+        call = oracle.entries[events[0].event_id]
+        assert call.resolved is True and call.resolution_contradicted is True
+        assert call.moments[-1] is Moment.RESOLUTION_CONTRADICTED
+        entries = oracle.entries.values()
+        assert figure("recorded_fcr", entries) == figure("fcr", entries) == 100.0
+        assert figure("confirmed_fcr", entries) == 0.0
+        assert figure("experience_gap", entries) == 100.0
+
+
+@pytest.mark.parametrize(
+    ("later", "contradicted"),
+    [
+        (contact(26, Channel.WEB, issue_id="CASE-G2"), True),  # the same issue again, on any channel
+        (contact(26, Channel.WEB, issue_id="CASE-OTHER"), False),  # another issue
+        (contact(24 * 8, Channel.WEB, issue_id="CASE-G2"), False),  # after the window (7 days)
+        (ev(EventType.SURVEY, 5, survey=SurveyAnswers(csat=2)), True),
+        (ev(EventType.SURVEY, 5, survey=SurveyAnswers(csat=3, nps=7, ces=4)), False),
+        (ev(EventType.SURVEY, 5, survey=SurveyAnswers(ces=3)), True),  # CES: higher is easier
+        (ev(EventType.SURVEY, -5, survey=SurveyAnswers(nps=0)), False),  # before the resolution
+    ],
+)
+def test_what_contradicts_a_resolution(later: TouchpointEvent, contradicted: bool) -> None:
+    call = contact(0, issue_id="CASE-G2", resolved=True)
+    for order in ([call, later], [later, call]):
+        assert replay(order, POLICIES).entries[call.event_id].resolution_contradicted is contradicted
+
+
+def test_late_evidence_revises_the_resolution_entry_and_a_zero_window_turns_the_gap_off() -> None:
+    events = case_g2()
+    call, reopened, _ = events
+    stitcher, view = new_stitcher(), StateView()
+    first = entries_by_id(run(stitcher, [call], view))[call.event_id]
+    assert first.resolution_contradicted is False
+    result = run(stitcher, [reopened], view)
+    revised = entries_by_id(result)[call.event_id]
+    assert revised.resolution_contradicted is True and result.replaced[call.event_id] == first
+    off = replay(events, Policies.from_settings(Settings(resolution_contradiction_window_s=0)))
+    assert off.entries[call.event_id].resolution_contradicted is False
+    assert [e.resolution_contradicted for e in off.entries.values() if e.event_id != call.event_id] == [None, None]
