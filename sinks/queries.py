@@ -12,7 +12,7 @@ from schemas.outputs import MetricScope
 from sinks import tables as t
 from sinks.contract import cell_key
 from sinks.sql import as_utc
-from streams.domain.aggregate import figures
+from streams.domain.aggregate import figures, rolling_figures
 
 
 def resolve_customer(engine: Engine, ref: str) -> str | None:
@@ -213,13 +213,14 @@ def customer_figures(engine: Engine, customer_id: str) -> list[dict[str, Any]]:
     )
     with engine.connect() as conn:
         cells = conn.execute(query).all()
-    found = [
-        {**row._asdict(), "scope": row.scope.value}
+    keyed = [
+        (cell_key(MetricScope.CUSTOMER.value, customer_id, window, as_utc(start)), counters, final)
         for window, start, counters, final in cells
-        for row in figures(
-            cell_key(MetricScope.CUSTOMER.value, customer_id, window, as_utc(start)), counters, final=final
-        )
     ]
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    rows = [row for cell, counters, final in keyed for row in figures(cell, counters, final=final)]
+    rows += rolling_figures({cell: counters for cell, counters, _ in keyed}, today)
+    found = [{**row._asdict(), "scope": row.scope.value} for row in rows]
     return sorted(found, key=lambda row: (row["window_start"], row["metric"], row["window"]))
 
 

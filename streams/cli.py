@@ -470,7 +470,7 @@ def _utc_time(text: str | None, name: str) -> datetime | None:
 @click.option("--scope", type=click.Choice([scope.value for scope in MetricScope]), help="Only figures of this scope.")
 @click.option("--key", help="Only figures of this key: a channel, a customer id, or 'all' for overall.")
 @click.option("--metric", help="Only this metric (nps, csat, ces, fcr, repeat_contact_rate, ...).")
-@click.option("--window", help="Only this window (1h, 1d, 7d, 30d, all).")
+@click.option("--window", help="Only this window (1h, 1d, 7d, 30d, all; last_7d, last_30d: rolling, as of now).")
 @click.option("--from", "since", metavar="TIME", help="Windows starting at or after TIME (ISO 8601, or a UTC date).")
 @click.option("--to", "until", metavar="TIME", help="Windows starting before TIME.")
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True, help="Most figures shown.")

@@ -31,6 +31,9 @@ from streams.domain.entry import Entry
 from streams.domain.metrics import (
     METRICS_BY_SCOPE,
     RETRACTED,
+    ROLLING_METRICS,
+    ROLLING_SOURCE_WINDOW,
+    ROLLING_WINDOWS,
     Counters,
     Metric,
     contributions,
@@ -177,6 +180,38 @@ def figures(cell: CellKey, counters: Mapping[str, float], *, final: bool) -> lis
     """
     present = [m for m in METRICS_BY_SCOPE[cell.scope] if revision_of(m, counters)]
     return _record(cell, counters, present, "final" if final else "provisional", 1 if final else 0)
+
+
+def rolling_figures(daily: Mapping[CellKey, Mapping[str, float]], today: datetime) -> list[MetricRow]:
+    """The rolling figures as of ``today`` (a UTC midnight): per scope and key, each rolling window's daily cells
+    (the ``1d`` cells of the last N days, today's included) summed, each metric that adds up across days computed
+    over the sum. No extra state: the ``metrics`` view computes the same in SQL (``sinks.metrics_view``)."""
+    end = today + timedelta(days=1)
+    rows: list[MetricRow] = []
+    for name, days in ROLLING_WINDOWS.items():
+        start = today - timedelta(days=days - 1)
+        sums: dict[tuple[MetricScope, str], Counters] = {}
+        for cell, counters in daily.items():
+            if cell.window == ROLLING_SOURCE_WINDOW and start <= cell.window_start < end:
+                merge(sums.setdefault((cell.scope, cell.key), {}), counters)
+        for (scope, key), counters in sums.items():
+            for metric in METRICS_BY_SCOPE[scope]:
+                revision = revision_of(metric, counters)
+                if metric.name in ROLLING_METRICS and revision:
+                    rows.append(
+                        MetricRow(
+                            scope,
+                            key,
+                            metric.name,
+                            name,
+                            start,
+                            end,
+                            *value_of(metric, counters),
+                            "provisional",
+                            revision,
+                        )
+                    )
+    return rows
 
 
 @dataclass(frozen=True, slots=True)

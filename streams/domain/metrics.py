@@ -281,6 +281,14 @@ METRICS: dict[str, Metric] = {m.name: m for m in _METRICS}
 #: Basis counter -> the counter of entry versions withdrawn from it (see ``retraction``).
 RETRACTED: dict[str, str] = {basis: f"{basis}_retracted" for basis in dict.fromkeys(m.basis for m in _METRICS)}
 
+#: Rolling windows as of now, by name: how many daily cells (today's included) each sums.
+ROLLING_WINDOWS: dict[str, int] = {"last_7d": 7, "last_30d": 30}
+#: The window of the cells rolling figures are summed from.
+ROLLING_SOURCE_WINDOW = "1d"
+#: Metrics that have rolling figures: those whose counters add up across days (not purchase frequency, whose
+#: purchasers are counted per window).
+ROLLING_METRICS: frozenset[str] = frozenset(m.name for m in _METRICS if not set(m.counters) & WINDOW_DEPENDENT_COUNTERS)
+
 #: Metrics published for each scope, in registry order.
 METRICS_BY_SCOPE: dict[MetricScope, tuple[Metric, ...]] = {
     scope: tuple(m for m in _METRICS if scope in m.scopes) for scope in MetricScope

@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, insert, select
 
+from schemas.outputs import MetricScope
 from schemas.touchpoint import IdentifierType
 from sinks import tables as t
 from sinks.database import make_engine
+from streams.domain.aggregate import CellKey, rolling_figures
 from tests.support.population import fill, raw_events
 from tests.support.read_api import READ_KEY, read_api
 
@@ -204,3 +206,44 @@ def test_a_database_that_cannot_answer_is_a_503_in_the_apis_shape(tmp_path: Path
             reply = get(base, "/v1/customers/email:ann@example.org")
             assert reply.status_code == 503 and reply.headers["Retry-After"] == "5"
             assert "results database cannot answer" in reply.json()["error"]
+
+
+def test_rolling_figures_as_of_now_are_served_beside_the_tumbling_windows(api: tuple[str, str, bool]) -> None:
+    base, database_url, _ = api
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    cells = {
+        CellKey(MetricScope.CHANNEL, "kiosk", "1d", int((today - timedelta(days=ago)).timestamp())): {
+            "touchpoints": 10 + ago,
+            "csat_answers": 4,
+            "csat_satisfied": ago % 5,
+        }
+        for ago in (0, 2, 12)
+    }
+    engine = make_engine(database_url)
+    with engine.begin() as conn:
+        conn.execute(
+            insert(t.metric_cells),
+            [
+                {
+                    "scope": "channel",
+                    "key": "kiosk",
+                    "window": "1d",
+                    "window_start": c.window_start,
+                    "window_end": c.window_end,
+                    "counters": counters,
+                    "final": False,
+                }
+                for c, counters in cells.items()
+            ],
+        )
+    try:
+        for window, days in (("last_7d", (0, 2)), ("last_30d", (0, 2, 12))):
+            figures = get(base, "/v1/metrics", scope="channel", key="kiosk", window=window).json()["figures"]
+            expected = {r.metric: r.value for r in rolling_figures(cells, today) if r.window == window}
+            assert {f["metric"]: f["value"] for f in figures} == expected
+            assert expected["touchpoints"] == sum(10 + ago for ago in days)
+            start = datetime.fromisoformat(figures[0]["window_start"])
+            assert start == today - timedelta(days=int(window[5:-1]) - 1)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(delete(t.metric_cells).where(t.metric_cells.c.key == "kiosk"))

@@ -14,7 +14,7 @@ from typing import Any
 
 from config.settings import Settings
 from schemas.touchpoint import TouchpointEvent
-from streams.domain.aggregate import MetricAggregator, figures
+from streams.domain.aggregate import MetricAggregator, figures, rolling_figures
 from streams.domain.event_time import MAX_CLOCK_SKEW_S
 from streams.domain.identity import NO_RULES, KeptApart
 from streams.domain.oracle import replay
@@ -53,13 +53,16 @@ def expected_results(
     # Every partition idle: the watermark is the latest event time read (never further ahead of the wall clock
     # than the skew allowed).
     watermark = min(max(e.occurred_at.timestamp() for e in events), time.time() + MAX_CLOCK_SKEW_S)
-    for cell, counters in aggregator.updates({}).counters.items():
+    cells = aggregator.updates({}).counters
+    for cell, counters in cells.items():
         closes = aggregator.closes_at(cell)
         final = closes is not None and closes.timestamp() <= watermark
         tables["metric_cells"].append(cell_row(cell, counters, final=final)._asdict())
         tables["metrics"] += [
             {**row._asdict(), "scope": row.scope.value} for row in figures(cell, counters, final=final)
         ]
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    tables["metrics"] += [{**row._asdict(), "scope": row.scope.value} for row in rolling_figures(cells, today)]
     snapshot = {
         name: sorted(
             (plain_row({k: v for k, v in row.items() if k not in BOOKKEEPING_COLUMNS}) for row in rows),
