@@ -32,6 +32,8 @@ OVERVIEW_METRICS = {
     "csat": "CSAT %",
     "ces": "CES (1-7)",
     "fcr": "First-contact resolution %",
+    "confirmed_fcr": "Confirmed first-contact resolution %",
+    "experience_gap": "Experience gap %",
     "repeat_contact_rate": "Repeat contacts %",
     "purchases": "Purchases",
 }
