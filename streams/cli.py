@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 import click
 
@@ -364,11 +364,24 @@ def erase(ctx: click.Context, customer: str, mode: str, reason: str, wait_s: flo
 @click.argument("identifiers", nargs=-1)
 @click.option("--remove", is_flag=True, help="Remove the rule keeping the two identifiers apart.")
 @click.option("--list", "list_rules", is_flag=True, help="List the rules in force.")
+@click.option(
+    "--import",
+    "import_file",
+    type=click.File("rb"),
+    help="Add the rules another database's `--list --json` printed (- for stdin): for a database rebuilt from the "
+    "input topics.",
+)
 @click.option("--reason", default="", help="Why (kept in the audit trail).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def never_link(
-    ctx: click.Context, identifiers: tuple[str, ...], remove: bool, list_rules: bool, reason: str, as_json: bool
+    ctx: click.Context,
+    identifiers: tuple[str, ...],
+    remove: bool,
+    list_rules: bool,
+    import_file: BinaryIO | None,
+    reason: str,
+    as_json: bool,
 ) -> None:
     """Keep two identifiers (e.g. email:ann@example.org email:bob@example.org) out of one customer.
 
@@ -379,10 +392,24 @@ def never_link(
     identity control). Each change is an audit_log row.
     """
     from streams.erasure import cli_actor
-    from streams.identity_rules import BadIdentifier, allow_link, keep_apart, rules_in_force
+    from streams.identity_rules import BadIdentifier, allow_link, import_rules, keep_apart, rules_in_force
     from streams.inspection import dumps
 
     settings = _settings(ctx)
+    if import_file is not None:
+        if identifiers or remove or list_rules:
+            raise click.UsageError("--import takes no identifiers, --remove or --list")
+        try:
+            added, present = import_rules(settings, import_file.read(), actor=cli_actor(), reason=reason or "imported")
+        except BadIdentifier as exc:
+            source = getattr(import_file, "name", "-")
+            raise click.ClickException(f"{source}: {exc}; nothing was imported") from None
+        click.echo(
+            dumps({"added": added, "already_there": present})
+            if as_json
+            else f"{added} rules added, {present} already there"
+        )
+        return
     if list_rules:
         if identifiers or remove:
             raise click.UsageError("--list takes no identifiers")

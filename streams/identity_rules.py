@@ -9,6 +9,7 @@ replay of the input topics into a database holding the rule keeps the two apart 
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ import orjson
 from sqlalchemy import Engine
 
 from config.settings import Settings
+from schemas.limits import IDENTIFIER_KEY_MAX
+from schemas.touchpoint import CUSTOM_TYPE_PATTERN
 from sinks.database import make_engine
 from sinks.identity_rules import (
     NeverLinkRule,
@@ -92,6 +95,42 @@ def allow_link(settings: Settings, first: str, second: str, *, actor: str, reaso
         return RuleChange(rule, rule is not None)
     finally:
         engine.dispose()
+
+
+def import_rules(settings: Settings, exported: bytes, *, actor: str, reason: str = "") -> tuple[int, int]:
+    """Add the rules ``cxstream never-link --list --json`` printed (keys as stored: hashed values stay hashed, so
+    a database rebuilt from the input topics gets another's rules); return (added, already there).
+
+    Raises BadIdentifier naming the first entry that is not a rule (nothing is added then).
+    """
+    try:
+        entries = orjson.loads(exported)
+    except orjson.JSONDecodeError as exc:
+        raise BadIdentifier(f"not the JSON that --list --json prints ({exc})") from None
+    pairs: list[tuple[str, str]] = []
+    for n, entry in enumerate(entries if isinstance(entries, list) else [entries]):
+        keys = entry.get("keys") if isinstance(entry, dict) else None
+        if not (isinstance(keys, list) and len(keys) == 2 and all(_is_key(key) for key in keys) and keys[0] != keys[1]):
+            raise BadIdentifier(f'entry {n}: expected {{"keys": ["type:value", "type:value"]}}, got {entry!r:.200}')
+        pairs.append((keys[0], keys[1]))
+    engine = make_engine(settings.database_url, writer=True)
+    added = 0
+    try:
+        for key_a, key_b in pairs:
+            at = datetime.now(UTC)
+            _, new = add_never_link(engine, key_a, key_b, rule_id=str(uuid.uuid4()), at=at, actor=actor, reason=reason)
+            added += new
+    finally:
+        engine.dispose()
+    return added, len(pairs) - added
+
+
+def _is_key(key: object) -> bool:
+    """A stored identifier key: ``type:value`` with a type name and a value that fits the identities table."""
+    if not isinstance(key, str) or len(key) > IDENTIFIER_KEY_MAX or "\x00" in key:
+        return False
+    kind, separator, value = key.partition(":")
+    return bool(separator and value.strip() and re.fullmatch(CUSTOM_TYPE_PATTERN, kind))
 
 
 def rule_settings(settings: Settings) -> dict[str, Any]:

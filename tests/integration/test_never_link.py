@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from click.testing import CliRunner, Result
 from sqlalchemy import Engine, func, select
@@ -218,3 +219,25 @@ def test_a_worker_records_the_identity_rule_settings_it_starts_with_once_per_cha
     assert rows[0].detail["limits"] == {"crm_id": 1, "web_anonymous_id": 50, "web_user_id": 1}
     assert rows[1].detail["blocked_identifiers"]["count"] == 1
     assert "someone.real" not in str(rows), "blocked values are recorded as a count and a digest"
+
+
+def test_rules_move_to_a_rebuilt_database_as_stored_hashed_values_included(tmp_path: Path) -> None:
+    hashed = {"CXSTREAM_HASH_IDENTIFIERS": "1", "CXSTREAM_IDENTIFIER_SALT": "pepper"}
+    old, new = (f"sqlite:///{tmp_path / name}.db" for name in ("old", "new"))
+    for url in (old, new):
+        worker(url)
+
+    def cli(url: str, *args: str, stdin: bytes | None = None) -> Result:
+        env = {**hashed, "CXSTREAM_DATABASE_URL": url}
+        return CliRunner().invoke(main, ["never-link", *args], env=env, input=stdin, catch_exceptions=False)
+
+    assert cli(old, "ann@example.org", "bob@example.org").exit_code == 0
+    exported = cli(old, "--list", "--json").output
+    ((key_a, key_b),) = [rule["keys"] for rule in json.loads(exported)]
+    assert "example.org" not in exported and key_a.startswith("email:"), "keys as stored: hashed"
+    imported = cli(new, "--import", "-", "--json", stdin=exported.encode())
+    assert json.loads(imported.output) == {"added": 1, "already_there": 0}
+    assert json.loads(cli(new, "--import", "-", "--json", stdin=exported.encode()).output)["already_there"] == 1
+    assert [rule["keys"] for rule in json.loads(cli(new, "--list", "--json").output)] == [[key_a, key_b]]
+    bad = cli(new, "--import", "-", stdin=b'[{"keys": ["email:x"]}]')
+    assert bad.exit_code == 1 and "entry 0: expected" in bad.output and "nothing was imported" in bad.output
