@@ -164,6 +164,8 @@ def _touchpoint_line(row: dict[str, Any]) -> str:
             issue.append("repeat")
         if row["resolved"] is not None:
             issue.append("resolved" if row["resolved"] else "unresolved")
+        if row.get("resolution_contradicted"):
+            issue.append("contradicted by the customer")
         parts.append(", ".join(issue))
     if row["moments"]:
         parts.append(f"★ {row['moments']}")

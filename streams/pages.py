@@ -250,7 +250,15 @@ def _more(more: bool, shown: str, route: str) -> str:
 def _issue_text(row: dict[str, Any]) -> str:
     if not row.get("issue_key"):
         return ""
-    flags = [word for word, on in (("repeat", row.get("repeat_contact")), ("resolved", row.get("resolved"))) if on]
+    flags = [
+        word
+        for word, on in (
+            ("repeat", row.get("repeat_contact")),
+            ("resolved", row.get("resolved")),
+            ("contradicted", row.get("resolution_contradicted")),
+        )
+        if on
+    ]
     return str(row["issue_key"]) + (f" ({', '.join(flags)})" if flags else "")
 
 
