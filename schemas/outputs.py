@@ -124,10 +124,16 @@ class IdentityChange(BaseModel):
 
     model_config = _OUT
 
-    kind: Literal["merge"] = "merge"
+    kind: Literal["merge", "manual_merge"] = Field(
+        default="merge",
+        description="merge: identity stitching linked the two (an event carried identifiers of both); manual_merge: "
+        "a person merged them by hand (cxstream merge), event_id is then the merge's id.",
+    )
     survivor_id: str
     merged_id: str
-    event_id: str = Field(description="The event whose identifiers linked the two customers.")
+    event_id: str = Field(
+        description="The event whose identifiers linked the two customers (a manual merge: the merge's id)."
+    )
     identifiers: dict[IdentifierName, str] = Field(default_factory=dict, json_schema_extra=IDENTIFIER_NAMES_SCHEMA)
     occurred_at: AwareDatetime
 

@@ -192,6 +192,8 @@ class BatchWrite:
     #: same moment, so their rows are only inserted, and the batch is ``Contended`` if one was there meanwhile.
     claimed_identities: set[str] = field(default_factory=set)
     claimed_events: set[str] = field(default_factory=set)
+    #: Merges made by hand the batch applied (``manual_merges`` rows to mark applied).
+    manual_merges: list[str] = field(default_factory=list)
     merges: list[MergeRow] = field(default_factory=list)
     removed_customers: list[str] = field(default_factory=list)
     customers: list[CustomerRow] = field(default_factory=list)
@@ -212,6 +214,8 @@ class HandRules(NamedTuple):
     suppressed: set[str]
     #: Never-link rules: pairs of identifier keys no customer may hold both of.
     never_link: list[tuple[str, str]]
+    #: Merges made by hand not applied yet: (merge id, key, key, when asked).
+    merges: list[tuple[str, str, str, datetime]] = []
 
 
 class ResultSink(Protocol):

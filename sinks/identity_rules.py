@@ -79,6 +79,38 @@ def remove_never_link(
     return found
 
 
+def add_manual_merge(
+    engine: Engine, key_a: str, key_b: str, *, merge_id: str, at: datetime, actor: str, reason: str
+) -> None:
+    """Ask the workers to merge the customers holding ``key_a`` and ``key_b`` (their next batch applies it), with
+    an audit row."""
+    with engine.begin() as conn:
+        conn.execute(insert(t.manual_merges).values(merge_id=merge_id, key_a=key_a, key_b=key_b, created_at=at))
+        _audit(conn, at=at, action="manual_merge", rule_id=merge_id, actor=actor, reason=reason)
+
+
+def merge_applied_at(engine: Engine, merge_id: str) -> datetime | None:
+    """When a worker applied the merge made by hand ``merge_id`` (None: not yet)."""
+    c = t.manual_merges.c
+    with engine.connect() as conn:
+        at = conn.execute(select(c.applied_at).where(c.merge_id == merge_id)).scalar_one_or_none()
+    return None if at is None else as_utc(at)
+
+
+def keys_of_customer(engine: Engine, customer_id: str) -> list[str]:
+    """Every identifier key the customer holds."""
+    c = t.identities.c
+    with engine.connect() as conn:
+        return list(conn.execute(select(c.identifier).where(c.customer_id == customer_id)).scalars())
+
+
+def customer_of(engine: Engine, key: str) -> str | None:
+    """The customer holding ``key``, if any."""
+    c = t.identities.c
+    with engine.connect() as conn:
+        return conn.execute(select(c.customer_id).where(c.identifier == key)).scalar_one_or_none()
+
+
 def never_link_rules(engine: Engine) -> list[NeverLinkRule]:
     """Every rule in force, oldest first."""
     c = t.never_link.c

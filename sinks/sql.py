@@ -423,11 +423,13 @@ class SqlSink:
         count = conn.scalar(select(func.count()).select_from(t.audit_log)) or 0
         if count == known:
             return None
-        rules = t.never_link.c
+        rules, m = t.never_link.c, t.manual_merges.c
+        pending = select(m.merge_id, m.key_a, m.key_b, m.created_at).where(m.applied_at.is_(None))
         return HandRules(
             count,
             set(conn.execute(select(t.suppressions.c.identifier_hash)).scalars()),
             [(a, b) for a, b in conn.execute(select(rules.key_a, rules.key_b))],
+            [(merge_id, a, b, as_utc(at)) for merge_id, a, b, at in conn.execute(pending.order_by(m.created_at))],
         )
 
     def partition_times(self, conn: Connection, group_id: str) -> dict[TopicPartition, PartitionTime]:
@@ -534,6 +536,13 @@ class SqlSink:
         self._executemany(conn, "customers", batch.customers)
         self._claim(conn, "identities", batch.identities, batch.claimed_identities, operator.itemgetter(0))
         self._claim(conn, "touchpoints", batch.touchpoints, batch.claimed_events, operator.itemgetter(0))
+        if batch.manual_merges:
+            m = t.manual_merges.c
+            conn.execute(
+                update(t.manual_merges)
+                .where(m.merge_id.in_(batch.manual_merges), m.applied_at.is_(None))
+                .values(applied_at=datetime.now(UTC))
+            )
 
     def _claim(
         self,

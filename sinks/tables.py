@@ -258,6 +258,18 @@ never_link = Table(
     Column("created_at", TS, nullable=False),
 )
 
+manual_merges = Table(
+    "manual_merges",
+    metadata,
+    # Merges made by hand (``cxstream merge``): a worker applies each in its next batch, as an event carrying both
+    # keys would link them (but no touchpoint), and sets applied_at. Keys as the identities table stores them.
+    Column("merge_id", String(36), primary_key=True, comment="audit_log.subject of the row that asked for it"),
+    Column("key_a", String(IDENTIFIER_KEY_MAX), nullable=False),
+    Column("key_b", String(IDENTIFIER_KEY_MAX), nullable=False),
+    Column("created_at", TS, nullable=False),
+    Column("applied_at", TS, comment="when a worker's batch applied it (null: not yet)"),
+)
+
 audit_log = Table(
     "audit_log",
     metadata,

@@ -360,6 +360,41 @@ def erase(ctx: click.Context, customer: str, mode: str, reason: str, wait_s: flo
         raise click.ClickException(report.problem)
 
 
+@main.command("merge")
+@click.argument("first")
+@click.argument("second")
+@click.option("--reason", default="", help="Why (kept in the audit trail).")
+@click.option(
+    "--wait", "wait_s", type=float, default=30.0, show_default=True, help="Seconds to wait for a worker to apply it."
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def merge(ctx: click.Context, first: str, second: str, reason: str, wait_s: float, as_json: bool) -> None:
+    """Merge two customers (ids, or identifiers such as email:a@b.c) that stitching did not link.
+
+    A running worker applies it in its next batch (or within a second when idle), as an event carrying an
+    identifier of each would link them, but with no per-type limit: both timelines are derived again, the merged
+    customer's figures move into the survivor's, and cx.identity gets a manual_merge record. A never-link rule
+    between the two refuses it. An audit_log row records it.
+    """
+    from streams.erasure import cli_actor
+    from streams.identity_rules import BadIdentifier, merge_customers
+    from streams.inspection import dumps
+
+    try:
+        report = merge_customers(_settings(ctx), first, second, actor=cli_actor(), reason=reason, wait_s=wait_s)
+    except BadIdentifier as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(dumps(report.as_json()))
+    elif report.survivor is not None:
+        click.echo(f"merged {report.customers[0]} and {report.customers[1]} into {report.survivor} ({report.merge_id})")
+    else:
+        click.echo(
+            f"merge {report.merge_id} recorded; no worker applied it within {wait_s:g}s: the next one to run does"
+        )
+
+
 @main.command("never-link")
 @click.argument("identifiers", nargs=-1)
 @click.option("--remove", is_flag=True, help="Remove the rule keeping the two identifiers apart.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -25,14 +26,19 @@ from schemas.touchpoint import CUSTOM_TYPE_PATTERN
 from sinks.database import make_engine
 from sinks.identity_rules import (
     NeverLinkRule,
+    add_manual_merge,
     add_never_link,
+    customer_of,
     holder_of_both,
+    keys_of_customer,
+    merge_applied_at,
     never_link_rules,
     record_rule_settings,
     remove_never_link,
 )
+from streams.domain.identity import key_strength, ranks
 from streams.policies import identifier_hashing
-from streams.references import stored_key
+from streams.references import find_customer, stored_key
 
 
 class BadIdentifier(ValueError):
@@ -93,6 +99,62 @@ def allow_link(settings: Settings, first: str, second: str, *, actor: str, reaso
     try:
         rule = remove_never_link(engine, key_a, key_b, at=datetime.now(UTC), actor=actor, reason=reason)
         return RuleChange(rule, rule is not None)
+    finally:
+        engine.dispose()
+
+
+@dataclass
+class MergeReport:
+    """What ``merge_customers`` did: the merge's id, the two customers, and the survivor once a worker applied it."""
+
+    merge_id: str
+    customers: tuple[str, str]
+    #: The customer both are now, once applied (None: not applied within the wait).
+    survivor: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        """The report as ``--json`` prints it."""
+        return {"merge_id": self.merge_id, "customers": list(self.customers), "survivor": self.survivor}
+
+
+def merge_customers(
+    settings: Settings, first: str, second: str, *, actor: str, reason: str = "", wait_s: float = 30.0
+) -> MergeReport:
+    """Merge the customers two references name (customer ids or identifiers), as if an event had carried an
+    identifier of each: the workers' next batch (or tick) applies it, re-deriving both timelines and moving the
+    merged customer's figures, and publishes a ``manual_merge`` record on the identity topic. Waits up to
+    ``wait_s`` for a worker to apply it.
+
+    Raises BadIdentifier when a reference names no customer, both name one, or a never-link rule keeps them apart
+    (remove it first). Per-type limits do not apply: a merge made by hand is the person's decision.
+    """
+    hashing = identifier_hashing(settings)
+    engine = make_engine(settings.database_url, writer=True)
+    try:
+        customers = []
+        for ref in (first, second):
+            customer_id = find_customer(engine, ref, hashing, settings.default_phone_region)
+            if customer_id is None:
+                raise BadIdentifier(f"no customer {ref!r}")
+            customers.append(customer_id)
+        if customers[0] == customers[1]:
+            raise BadIdentifier(f"{first!r} and {second!r} are one customer already ({customers[0]})")
+        held = [set(keys_of_customer(engine, customer_id)) for customer_id in customers]
+        mine, theirs = held
+        for rule in never_link_rules(engine):
+            if (rule.key_a in mine and rule.key_b in theirs) or (rule.key_a in theirs and rule.key_b in mine):
+                raise BadIdentifier(
+                    f"never-link rule {rule.rule_id} keeps them apart: remove it first (cxstream never-link --remove)"
+                )
+        rank = ranks(settings.identifier_priority)
+        key_a, key_b = (min(keys, key=lambda key: key_strength(key, rank)) for keys in held)
+        merge_id = str(uuid.uuid4())
+        add_manual_merge(engine, key_a, key_b, merge_id=merge_id, at=datetime.now(UTC), actor=actor, reason=reason)
+        deadline = time.monotonic() + wait_s
+        while merge_applied_at(engine, merge_id) is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        survivor = customer_of(engine, key_a) if merge_applied_at(engine, merge_id) is not None else None
+        return MergeReport(merge_id, (customers[0], customers[1]), survivor)
     finally:
         engine.dispose()
 

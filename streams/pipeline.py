@@ -33,7 +33,7 @@ from streams.domain.customer import MOMENTS, SURVEY, TYPE, CustomerState, T, is_
 from streams.domain.entry import Entry
 from streams.domain.event_time import TopicPartition
 from streams.domain.identity import EventKeys, KeptApart
-from streams.domain.stitching import NO_CUSTOMER, BatchResult, StateView, Stitcher
+from streams.domain.stitching import NO_CUSTOMER, BatchResult, ManualLink, StateView, Stitcher
 from streams.domain.suppression import Suppressions
 from streams.downstream import Outputs
 from streams.policies import Policies, suppression_salt
@@ -129,6 +129,9 @@ class BatchProcessor:
         self._gaps_seen: dict[tuple[TopicPartition, int], float] = {}
         self.cache = StateCache(settings.state_cache_customers)
         self.suppressions = Suppressions(suppression_salt(settings))
+        #: Merges made by hand that this worker has not seen applied yet (read with the rules; applied by the next
+        #: batch, or by a tick with no batch: ``tick``).
+        self.manual_links: list[ManualLink] = []
         #: Hand-made identity changes (``audit_log`` rows) as of the rules last read; -1: not read yet.
         self._hand_changes = -1
         # Read on first use, not here: the database may be unreachable when the apply process starts, and a call
@@ -178,7 +181,7 @@ class BatchProcessor:
             report = BatchReport(retries=retries)
             read = self.decode(records, report)  # 1. decode
             report.partitions = len(read.offsets)
-            if not read.offsets:
+            if not read.offsets and not self.manual_links:
                 return report
             try:
                 with self.sink.transaction() as tx:
@@ -204,29 +207,36 @@ class BatchProcessor:
                 self.cache.clear()  # cached states may hold changes that did not commit
                 raise
             self._committed(*applied)  # 8. remember
+            done = set(applied[1].manual_merges)
+            self.manual_links = [link for link in self.manual_links if link.link_id not in done]
             report.committed_at = datetime.now(UTC)
             self.applied.update(read.offsets)
             return report
 
     def tick(self, backlog: Iterable[TopicPartition] = ()) -> BatchReport:
         """Follow the wall clock between batches: partitions gone idle stop holding the watermark back, and what
-        it passes is swept (windows finalised, issues overdue). Writes nothing when nothing moved."""
+        it passes is swept (windows finalised, issues overdue). Writes nothing when nothing moved. A merge made by
+        hand and not applied yet is applied then, by a batch of no records (``process``)."""
         self._load()
         report = BatchReport()
         try:
             with self.sink.transaction() as tx:
                 self._begin(tx, report, {})
-                clock = self._lock_clock(tx, report)
-                write = BatchWrite(group_id=self.group_id, offsets={}, worker_id=self.settings.worker_id)
-                records = ResultRecords(self.topics, report.outputs)
-                self._follow(tx, write, report, records, {}, backlog, clock, StateView())
-                if not (write.partitions or write.watermark or write.swept_to):
-                    return report
-                write.outbox = report.outbox = report.outputs.encode() if report.outputs.records else None
-                report.outbox_id = self.sink.write_shared(tx, write)
+                self._refresh_hand_rules(tx)
+                if not self.manual_links:
+                    clock = self._lock_clock(tx, report)
+                    write = BatchWrite(group_id=self.group_id, offsets={}, worker_id=self.settings.worker_id)
+                    records = ResultRecords(self.topics, report.outputs)
+                    self._follow(tx, write, report, records, {}, backlog, clock, StateView())
+                    if not (write.partitions or write.watermark or write.swept_to):
+                        return report
+                    write.outbox = report.outbox = report.outputs.encode() if report.outputs.records else None
+                    report.outbox_id = self.sink.write_shared(tx, write)
         except BaseException:
             self.cache.clear()
             raise
+        if self.manual_links:  # after the tick's transaction: the batch takes its own
+            return self.process([], backlog)
         self._committed(clock, write, StateView(), (), {}, {})
         report.committed_at = datetime.now(UTC)
         return report
@@ -441,7 +451,9 @@ class BatchProcessor:
             keys = self._suppress(report, keys)
         events = report.events
         # 3. load (and lock)
+        links = list(self.manual_links)
         wanted = {key for event_keys in keys for key in event_keys.keys}
+        wanted.update(key for link in links for key in link.keys)
         stored, customers, versions = self._lock_customers(tx, report, wanted)
         if self.sink.concurrent and self._refresh_hand_rules(tx):
             raise Contended("the identity graph was changed by hand while the batch waited for its customers")
@@ -451,12 +463,12 @@ class BatchProcessor:
             for event_id, customer_id in self.sink.load_applied(tx, {event.event_id for event in events}).items()
         }
         view = StateView(identities=identities, customers=customers, applied=applied)
-        report.restored = self._restore(tx, view, self.stitcher.history_needs(events, keys, view))
+        report.restored = self._restore(tx, view, self.stitcher.history_needs(events, keys, view, links))
         # 4. apply
         before = hint.watermark
         max_age = self.settings.max_event_age_s
         reject_before = None if before is None or max_age is None else before.timestamp() - max_age
-        result = self.stitcher.apply(events, view, keys, reject_before=reject_before)
+        result = self.stitcher.apply(events, view, keys, reject_before=reject_before, links=links)
         report.result = result
         report.applied_at = datetime.now(UTC)
         if before is not None:
@@ -468,7 +480,8 @@ class BatchProcessor:
             offsets=read.offsets,
             fingerprints=read.fingerprints,
             worker_id=self.settings.worker_id,
-            state_changed=bool(events),
+            state_changed=bool(events or links),
+            manual_merges=[link.link_id for link in links],
             claimed_identities=wanted - stored.keys(),
             claimed_events={event.event_id for event in events} - applied.keys(),
         )
@@ -500,6 +513,7 @@ class BatchProcessor:
         self._hand_changes = found.changes
         self.suppressions.replace(found.suppressed)
         self.stitcher.apart = KeptApart(found.never_link)
+        self.manual_links = [ManualLink(merge_id, (a, b), at) for merge_id, a, b, at in found.merges]
         self.cache.clear()
         return True
 

@@ -9,7 +9,7 @@ SQL contents with it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from schemas.outputs import Stage
@@ -18,7 +18,7 @@ from streams.domain.customer import CustomerState
 from streams.domain.entry import Entry
 from streams.domain.identity import NO_RULES, KeptApart
 from streams.domain.profile import Profile
-from streams.domain.stitching import BatchResult, StateView, Stitcher, StitchPolicies
+from streams.domain.stitching import BatchResult, ManualLink, StateView, Stitcher, StitchPolicies
 
 
 @dataclass
@@ -41,14 +41,19 @@ class OracleResult:
     result: BatchResult
 
 
-def replay(events: Iterable[TouchpointEvent], policies: StitchPolicies, apart: KeptApart = NO_RULES) -> OracleResult:
+def replay(
+    events: Iterable[TouchpointEvent],
+    policies: StitchPolicies,
+    apart: KeptApart = NO_RULES,
+    links: Sequence[ManualLink] = (),
+) -> OracleResult:
     """Replay ``events`` sorted by (occurred_at, event_id) through one stitcher over a full view, with the
-    never-link rules ``apart``."""
+    never-link rules ``apart``, then the merges made by hand ``links``."""
     ordered = sorted(events, key=lambda event: (event.occurred_at, event.event_id))
     view = StateView()
     stitcher = Stitcher(policies)
     stitcher.apart = apart
-    result = stitcher.apply(ordered, view)
+    result = stitcher.apply(ordered, view, links=links)
     stitcher.close(view, result)
     entries = final_entries([result])
     timelines: dict[str, list[str]] = {}

@@ -30,9 +30,10 @@ can subtract it from its metrics. The end result is the same whatever the arriva
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from datetime import datetime
+from typing import Literal, NamedTuple, Protocol
 
 from schemas.outputs import IdentityChange
 from schemas.touchpoint import EventType, TouchpointEvent
@@ -66,6 +67,18 @@ _REVISABLE = frozenset(EventType(t) for t in REVISABLE_TYPES)
 
 #: What ``StateView.applied`` holds for an event applied to no customer (unattributed).
 NO_CUSTOMER = ""
+
+
+class ManualLink(NamedTuple):
+    """A merge made by hand (``cxstream merge``): two identifier keys whose customers become one at ``at``.
+
+    Applied like an event that carries both keys but is no touchpoint, after the batch's events, with the
+    never-link rules in force and no per-type limit (the person merging knows what the limits guard against).
+    """
+
+    link_id: str
+    keys: tuple[str, str]
+    at: datetime
 
 
 @dataclass
@@ -156,7 +169,11 @@ class Stitcher:
         return [keys_of(event) for event in events]
 
     def history_needs(
-        self, events: Sequence[TouchpointEvent], keys: Sequence[EventKeys], view: StateView
+        self,
+        events: Sequence[TouchpointEvent],
+        keys: Sequence[EventKeys],
+        view: StateView,
+        links: Sequence[ManualLink] = (),
     ) -> dict[str, float]:
         """Customers of the view whose facts and history must be restored before ``apply``, and from when.
 
@@ -187,6 +204,12 @@ class Stitcher:
                 parent[rb] = ra
 
         needs: dict[str, float] = {}  # node -> earliest event time needed from
+        for link in links:
+            for key in link.keys:
+                union(link.keys[0], key)
+                owner = identities.get(key)
+                if owner is not None:
+                    union(key, "\0" + owner)
         for event, event_keys in zip(events, keys, strict=True):
             keys_ = event_keys.keys
             if not keys_:
@@ -235,8 +258,10 @@ class Stitcher:
         keys: Sequence[EventKeys] | None = None,
         *,
         reject_before: float | None = None,
+        links: Sequence[ManualLink] = (),
     ) -> BatchResult:
-        """Apply a batch of events in arrival order to ``view``; return what changed (then call ``close``).
+        """Apply a batch of events in arrival order to ``view``, then the merges made by hand ``links``; return
+        what changed (then call ``close``).
 
         ``keys`` are the events' keys from :meth:`keys_of`, when the caller has them already;
         ``reject_before`` (epoch seconds) is the opt-in age bound: older events are returned as ``too_late``.
@@ -244,6 +269,8 @@ class Stitcher:
         batch = _Batch(self, view, reject_before)
         for event, event_keys in zip(events, self.keys_of(events) if keys is None else keys, strict=True):
             batch.add(event, event_keys)
+        for link in links:
+            batch.link(link)
         return batch.finish()
 
     def close(self, view: StateView, result: BatchResult) -> None:
@@ -322,7 +349,7 @@ class _Batch:
             result.entries.append(timeline_entry(None, row, standalone(row)))
             self.unattributed.add(event.event_id)
             return
-        state = self._link(event, keys, t)
+        state = self._link(event.event_id, event.occurred_at, keys, self.rules.limits)
         for affected in state.affected_by(row, self.policy):
             self._candidate(state, affected)
         state.add(row, event)
@@ -347,14 +374,32 @@ class _Batch:
         if row[EVENT_ID] not in self.dirty:
             self.dirty[row[EVENT_ID]] = (row, state, state.derive(row, self.policy))
 
-    def _link(self, event: TouchpointEvent, keys: tuple[str, ...], t: float) -> CustomerState:
-        """Link the event's keys and return the customer it belongs to."""
+    def link(self, link: ManualLink) -> None:
+        """Apply a merge made by hand: link its keys as an event carrying both would, with no type limit.
+
+        A key no customer holds (erased meanwhile) links nothing; a link a never-link rule refuses is reported
+        (``kept_apart``) and changes nothing.
+        """
+        known = [key for key in link.keys if key in self.view.identities]
+        if len(known) == 2:
+            keys = tuple(sorted(known, key=self.rules.strength))
+            self.touched.add(self._link(link.link_id, link.at, keys, {}, kind="manual_merge"))
+
+    def _link(
+        self,
+        event_id: str,
+        occurred_at: datetime,
+        keys: tuple[str, ...],
+        limits: Mapping[str, int],
+        kind: Literal["merge", "manual_merge"] = "merge",
+    ) -> CustomerState:
+        """Link an event's keys (or a merge's made by hand: ``kind``) and return the customer they belong to."""
         view, result = self.view, self.result
-        plan = plan_link(keys, view.identities, lambda cid: self._state(cid).identifiers, self.rules.limits, self.apart)
+        plan = plan_link(keys, view.identities, lambda cid: self._state(cid).identifiers, limits, self.apart)
         if plan.refused:
-            result.refused[event.event_id] = plan.refused
+            result.refused[event_id] = plan.refused
         if plan.apart:
-            result.kept_apart[event.event_id] = plan.apart
+            result.kept_apart[event_id] = plan.apart
         if not plan.new_keys and len(plan.group) == 1:
             return self._state(plan.group[0])  # the usual case: nothing new to link
         states = [self._state(cid) for cid in plan.group]
@@ -385,11 +430,12 @@ class _Batch:
             self.removed[state.customer_id] = survivor
             result.merges.append(
                 IdentityChange(
+                    kind=kind,
                     survivor_id=final_id,
                     merged_id=state.customer_id,
-                    event_id=event.event_id,
+                    event_id=event_id,
                     identifiers=_evidence(linked),
-                    occurred_at=event.occurred_at,
+                    occurred_at=occurred_at,
                 )
             )
         if renamed:

@@ -8,7 +8,7 @@ on arrival order are here (see the README's guarantees): ``identity_merges`` and
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,7 +18,7 @@ from streams.domain.aggregate import MetricAggregator, figures, rolling_figures
 from streams.domain.event_time import MAX_CLOCK_SKEW_S
 from streams.domain.identity import NO_RULES, KeptApart
 from streams.domain.oracle import replay
-from streams.domain.stitching import Stitcher
+from streams.domain.stitching import ManualLink, Stitcher
 from streams.policies import Policies
 from streams.result_rows import cell_row, customer_row, identity_rows, overdue_at, touchpoint_row
 from tests.support.results import BOOKKEEPING_COLUMNS, plain_row, without_versions
@@ -28,14 +28,18 @@ ORDER_FREE_TABLES = ("customers", "identities", "touchpoints", "metrics", "metri
 
 
 def expected_results(
-    events: Iterable[TouchpointEvent], settings: Settings, apart: KeptApart = NO_RULES
+    events: Iterable[TouchpointEvent],
+    settings: Settings,
+    apart: KeptApart = NO_RULES,
+    links: Sequence[ManualLink] = (),
 ) -> dict[str, list[dict[str, Any]]]:
     """The order-free result tables a worker ends with once it applied ``events`` (as read from the channel
     topics, duplicates and all) and every partition went idle, in ``results.without_versions`` form; with the
-    never-link rules ``apart`` (in arrival order by event time: where they bite, arrival order decides)."""
+    never-link rules ``apart`` (in arrival order by event time: where they bite, arrival order decides) and the
+    merges made by hand ``links`` (after the events)."""
     events = list(events)
     policies = Policies.from_settings(settings)
-    oracle = replay(events, policies, apart)
+    oracle = replay(events, policies, apart, links)
     tables: dict[str, list[dict[str, Any]]] = {name: [] for name in ORDER_FREE_TABLES}
     for customer_id, profile in oracle.profiles.items():
         state = oracle.customers[customer_id]

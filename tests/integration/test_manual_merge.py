@@ -1,0 +1,114 @@
+"""Merges made by hand (``cxstream merge``) on SQLite and PostgreSQL, in-process against the real databases: a
+worker's tick applies one with no input, past a per-type limit, re-deriving both timelines (a contact becomes a
+repeat and contradicts the other side's resolution), and the tables equal the oracle's with the same merge; a
+never-link rule refuses it; every merge is audited and published as a ``manual_merge`` identity record."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import orjson
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import Engine, select
+
+from schemas.touchpoint import Channel, EventType, IdentifierType, TouchpointEvent
+from sinks import tables as t
+from sinks.sql import as_utc
+from streams.cli import main
+from streams.domain.stitching import ManualLink
+from streams.identity_rules import BadIdentifier, keep_apart, merge_customers
+from streams.pipeline import BatchProcessor
+from tests.integration.test_event_time import order_free
+from tests.integration.test_never_link import audit, comparable, customer_of, customers, event, feed, records, worker
+from tests.support.expected import expected_results
+
+EMAIL, PHONE, CRM = IdentifierType.EMAIL, IdentifierType.PHONE, IdentifierType.CRM_ID
+ANN, ANN_PHONE = "email:ann@example.org", "phone:+447700900123"
+
+
+def two_records_of_ann() -> list[TouchpointEvent]:
+    """Ann on the web (e-mail, CRM-1) and on the phone (her number, CRM-2): nothing links the two."""
+    web = {EMAIL: "ann@example.org", CRM: "CRM-1"}
+    phone = {PHONE: "+447700900123", CRM: "CRM-2"}
+    return [
+        event(1, Channel.WEB, EventType.PURCHASE, web, amount=Decimal(30), currency="GBP"),
+        event(2, Channel.PHONE, EventType.SUPPORT_CONTACT, phone, issue_id="CASE-7", resolved=True),
+        event(5, Channel.WEB, EventType.SUPPORT_CONTACT, web, issue_id="CASE-7"),
+    ]
+
+
+def identity_records(processor: BatchProcessor) -> list[dict]:
+    """The identity topic's records of the last tick's batch."""
+    report = processor.tick()
+    topic = processor.topics.identity
+    return [orjson.loads(record[2]) for record in report.outputs.records if record[0] == topic]
+
+
+def merge_row(engine: Engine) -> tuple[str, str | None]:
+    with engine.connect() as conn:
+        return conn.execute(select(t.manual_merges.c.merge_id, t.manual_merges.c.applied_at)).one()
+
+
+def test_a_merge_made_by_hand_is_applied_by_the_next_tick_and_equals_the_oracle(database_url: str) -> None:
+    events = two_records_of_ann()
+    settings, engine, processor = worker(database_url)
+    feed(processor, records(events))
+    assert customers(engine) == 2, "nothing links them, and CRM-1/CRM-2 would exceed the crm_id limit anyway"
+
+    report = merge_customers(settings, "ANN@example.org", "+44 7700 900123", actor="test", reason="TICKET-3", wait_s=0)
+    assert report.survivor is None, "no worker ran meanwhile"
+    merge_id, applied_at = merge_row(engine)
+    assert merge_id == report.merge_id and applied_at is None
+
+    published = identity_records(processor)  # an idle worker's tick applies it
+    assert customers(engine) == 1 and customer_of(engine, ANN) == customer_of(engine, ANN_PHONE)
+    assert [(r["kind"], r["event_id"]) for r in published] == [("manual_merge", merge_id)]
+    assert merge_row(engine)[1] is not None
+    assert not identity_records(processor), "applied once"
+    with engine.connect() as conn:
+        contacts = dict(
+            conn.execute(
+                select(t.touchpoints.c.event_id, t.touchpoints.c.resolution_contradicted).where(
+                    t.touchpoints.c.type == "support_contact"
+                )
+            ).all()
+        )
+        created_at = conn.execute(select(t.manual_merges.c.created_at)).scalar_one()
+    assert contacts == {events[1].event_id: True, events[2].event_id: None}, "the other side's contact contradicts"
+    assert [(action, reason) for action, _, reason in audit(engine)] == [("manual_merge", "TICKET-3")]
+
+    link = ManualLink(merge_id, merge_keys(engine), as_utc(created_at))
+    expected = expected_results(events, settings, links=[link])
+    assert comparable(order_free(engine)) == comparable(expected)
+
+
+def merge_keys(engine: Engine) -> tuple[str, str]:
+    with engine.connect() as conn:
+        row = conn.execute(select(t.manual_merges.c.key_a, t.manual_merges.c.key_b)).one()
+    return row[0], row[1]
+
+
+def test_a_never_link_rule_refuses_a_merge_and_references_must_name_two_customers(database_url: str) -> None:
+    settings, engine, processor = worker(database_url)
+    feed(processor, records(two_records_of_ann()))
+    keep_apart(settings, ANN, ANN_PHONE, actor="test")
+    with pytest.raises(BadIdentifier, match=r"never-link rule .* keeps them apart"):
+        merge_customers(settings, ANN, ANN_PHONE, actor="test", wait_s=0)
+    with pytest.raises(BadIdentifier, match="one customer already"):
+        merge_customers(settings, ANN, "crm_id:CRM-1", actor="test", wait_s=0)
+    with pytest.raises(BadIdentifier, match=r"no customer 'email:nobody@example\.org'"):
+        merge_customers(settings, ANN, "email:nobody@example.org", actor="test", wait_s=0)
+    with engine.connect() as conn:
+        assert conn.execute(select(t.manual_merges)).all() == []
+
+
+def test_the_command_records_a_merge_for_the_next_worker(sqlite_url: str) -> None:
+    *_, processor = worker(sqlite_url)
+    feed(processor, records(two_records_of_ann()))
+    env = {"CXSTREAM_DATABASE_URL": sqlite_url}
+    queued = CliRunner().invoke(main, ["merge", ANN, ANN_PHONE, "--wait", "0"], env=env, catch_exceptions=False)
+    assert queued.exit_code == 0 and "no worker applied it within 0s" in queued.output
+    processor.tick()
+    refused = CliRunner().invoke(main, ["merge", ANN, ANN_PHONE], env=env, catch_exceptions=False)
+    assert refused.exit_code == 1 and "one customer already" in refused.output
