@@ -212,6 +212,28 @@ class ErasureRequest(BaseModel):
     reason: str = Field("", max_length=2000, description="Why (kept in the audit trail).")
 
 
+class MergeRequest(BaseModel):
+    """``POST /v1/merges``: merge two customers stitching did not link (``cxstream merge``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    first: str = Field(min_length=1, max_length=1024, description="A customer id, or an identifier as type:value.")
+    second: str = Field(min_length=1, max_length=1024, description="Another customer id or identifier.")
+    reason: str = Field("", max_length=2000, description="Why (kept in the audit trail).")
+
+
+class MergeResult(BaseModel):
+    """A merge made by hand: its id, the two customers, and the survivor once a worker applied it."""
+
+    model_config = _OUT
+
+    merge_id: str = Field(description="The merge's id: the subject of its audit_log row, the event_id on cx.identity.")
+    customers: list[str]
+    survivor: str | None = Field(
+        description="The customer both now are; null when no worker applied it within the wait (the next one does)."
+    )
+
+
 class ErasureResult(BaseModel):
     """What an erasure did (no identifiers: the erased customer id is the only reference kept)."""
 

@@ -41,6 +41,8 @@ from schemas.api import (
     ApiTouchpoint,
     ErasureRequest,
     ErasureResult,
+    MergeRequest,
+    MergeResult,
     SegmentCursor,
     SegmentEvent,
     SegmentExternalId,
@@ -66,6 +68,7 @@ from streams import pages
 from streams.auth import basic_user
 from streams.domain.identifiers import PII_TYPES
 from streams.erasure import Mode, NoSuchCustomer, erase
+from streams.identity_rules import BadIdentifier, merge_customers
 from streams.kafka import BrokerUnreachable
 from streams.policies import Policies, identifier_hashing, suppression_salt
 from streams.references import find_customer
@@ -88,8 +91,10 @@ log = logging.getLogger(__name__)
 
 #: Paths behind the read keys: the JSON routes and the pages (a browser asks for the key as the user name).
 _PROTECTED = ("/v1/", "/ui")
-#: The one route that changes anything, behind the admin keys.
+#: The routes that change anything, behind the admin keys.
 ERASURES = "/v1/erasures"
+MERGES = "/v1/merges"
+ADMIN_ROUTES = frozenset({ERASURES, MERGES})
 #: Seconds an erasure request waits for the outbox rows committed before it (a running worker publishes them
 #: within seconds); the answer says how many were left (``unpublished_before``).
 API_OUTBOX_WAIT_S = 10.0
@@ -125,6 +130,7 @@ class ReadApi:
         app.router.add_get("/v1/metrics", self.metrics)
         app.router.add_get("/v1/alerts", self.alerts)
         app.router.add_post(ERASURES, self.erasure)
+        app.router.add_post(MERGES, self.merge)
         app.router.add_get(f"{SEGMENT_PROFILE}/traits", self.segment_traits)
         app.router.add_get(f"{SEGMENT_PROFILE}/external_ids", self.segment_external_ids)
         app.router.add_get(f"{SEGMENT_PROFILE}/events", self.segment_events)
@@ -138,7 +144,7 @@ class ReadApi:
 
     @web.middleware
     async def _authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path == ERASURES:  # admin keys only: a read key does not erase
+        if request.path in ADMIN_ROUTES:  # admin keys only: a read key does not erase or merge
             if basic_user(request.headers.get("Authorization")) not in self.admin_keys:
                 return _json(
                     ApiError(error="invalid or missing admin key (CXSTREAM_ADMIN_KEYS)"),
@@ -178,11 +184,7 @@ class ReadApi:
         except ValidationError as exc:
             first = exc.errors()[0]
             raise BadRequest(f"{'.'.join(map(str, first['loc'])) or 'body'}: {first['msg']}") from None
-        key = basic_user(request.headers.get("Authorization")) or ""
-        # Keyed like the suppression entries: an audit log that leaks does not let anyone test guesses of the key.
-        actor = (
-            f"api:{hmac.new(suppression_salt(self.settings).encode(), key.encode(), hashlib.sha256).hexdigest()[:12]}"
-        )
+        actor = self._actor(request)
         try:
             report = await asyncio.to_thread(
                 erase,
@@ -199,6 +201,38 @@ class ReadApi:
             return _json(ApiError(error=str(exc)), 503, {"Retry-After": "5"})
         log.info("read API: erasure %s by %s", report.erasure_id, actor)
         return _json(ErasureResult.model_validate(report.as_json()))
+
+    def _actor(self, request: web.Request) -> str:
+        """Who asked, as the audit trail records it: the admin key by a fingerprint keyed like the suppression
+        entries (an audit log that leaks does not let anyone test guesses of the key)."""
+        key = basic_user(request.headers.get("Authorization")) or ""
+        return (
+            f"api:{hmac.new(suppression_salt(self.settings).encode(), key.encode(), hashlib.sha256).hexdigest()[:12]}"
+        )
+
+    async def merge(self, request: web.Request) -> web.Response:
+        """``POST /v1/merges``: merge two customers by hand (``streams.identity_rules.merge_customers``), as
+        ``cxstream merge`` does; waits a few seconds for a worker to apply it."""
+        try:
+            body = MergeRequest.model_validate_json(await request.read())
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise BadRequest(f"{'.'.join(map(str, first['loc'])) or 'body'}: {first['msg']}") from None
+        actor = self._actor(request)
+        try:
+            report = await asyncio.to_thread(
+                merge_customers,
+                self.settings,
+                body.first,
+                body.second,
+                actor=actor,
+                reason=body.reason,
+                wait_s=API_OUTBOX_WAIT_S,
+            )
+        except BadIdentifier as exc:
+            return _json(ApiError(error=str(exc)), 409)
+        log.info("read API: merge %s by %s", report.merge_id, actor)
+        return _json(MergeResult.model_validate(report.as_json()))
 
     async def customer(self, request: web.Request) -> web.Response:
         """``GET /v1/customers/{ref}``: the profile."""
@@ -483,6 +517,8 @@ def openapi_document() -> dict[str, Any]:
         SegmentList,
         ErasureRequest,
         ErasureResult,
+        MergeRequest,
+        MergeResult,
     ]
     _, schemas = models_json_schema([(m, "serialization") for m in models], ref_template="#/components/schemas/{model}")
 
@@ -618,6 +654,23 @@ def openapi_document() -> dict[str, Any]:
                         "401": answer(ApiError, "no valid admin key"),
                         "404": answer(ApiError, "no such customer"),
                         "503": answer(ApiError, "the broker or the database cannot answer"),
+                    },
+                }
+            },
+            MERGES: {
+                "post": {
+                    "summary": "Merge two customers stitching did not link (applied by a worker's next batch)",
+                    "security": [{"adminKey": []}],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/MergeRequest"}}},
+                    },
+                    "responses": {
+                        "200": answer(MergeResult, "the merge, and the survivor once applied"),
+                        "400": answer(ApiError, "a field cannot be used"),
+                        "401": answer(ApiError, "no valid admin key"),
+                        "409": answer(ApiError, "no such customer, one customer twice, or a never-link rule"),
+                        "503": answer(ApiError, "the database cannot answer"),
                     },
                 }
             },

@@ -5,10 +5,13 @@ never-link rule refuses it; every merge is audited and published as a ``manual_m
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
+from pathlib import Path
 
 import orjson
 import pytest
+import requests
 from click.testing import CliRunner
 from sqlalchemy import Engine, select
 
@@ -22,6 +25,8 @@ from streams.pipeline import BatchProcessor
 from tests.integration.test_event_time import order_free
 from tests.integration.test_never_link import audit, comparable, customer_of, customers, event, feed, records, worker
 from tests.support.expected import expected_results
+from tests.support.processes import wait_until
+from tests.support.read_api import READ_KEY, read_api
 
 EMAIL, PHONE, CRM = IdentifierType.EMAIL, IdentifierType.PHONE, IdentifierType.CRM_ID
 ANN, ANN_PHONE = "email:ann@example.org", "phone:+447700900123"
@@ -112,3 +117,25 @@ def test_the_command_records_a_merge_for_the_next_worker(sqlite_url: str) -> Non
     processor.tick()
     refused = CliRunner().invoke(main, ["merge", ANN, ANN_PHONE], env=env, catch_exceptions=False)
     assert refused.exit_code == 1 and "one customer already" in refused.output
+
+
+def test_the_api_merges_behind_the_admin_keys_and_answers_with_the_survivor(sqlite_url: str, tmp_path: Path) -> None:
+    *_, processor = worker(sqlite_url)
+    feed(processor, records(two_records_of_ann()))
+    with read_api(sqlite_url, tmp_path / "api.log", admin_keys="admin-key") as base:
+        url, body = f"{base}/v1/merges", {"first": ANN, "second": ANN_PHONE, "reason": "ticket 9"}
+        assert requests.post(url, json=body, auth=(READ_KEY, ""), timeout=10).status_code == 401
+        assert requests.post(url, json={"first": ANN}, auth=("admin-key", ""), timeout=10).status_code == 400
+        nobody = requests.post(url, json={**body, "second": "c-nobody"}, auth=("admin-key", ""), timeout=10)
+        assert nobody.status_code == 409 and "no customer" in nobody.json()["error"]
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(requests.post, url, json=body, auth=("admin-key", ""), timeout=30)
+            wait_until(lambda: bool(processor.tick().outputs.records), 20, "a tick to apply the merge")
+            merged = answer.result()
+        assert merged.status_code == 200, merged.text
+        assert (
+            merged.json()["survivor"]
+            == customer_of(processor.sink.engine, ANN)
+            == customer_of(processor.sink.engine, ANN_PHONE)
+        )
+        assert "/v1/merges" in requests.get(f"{base}/openapi.json", timeout=10).json()["paths"]
