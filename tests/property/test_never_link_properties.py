@@ -13,8 +13,16 @@ from schemas.touchpoint import Channel, EventType, IdentifierType, SourceRef, To
 from streams.domain.identifiers import identifier_key
 from streams.domain.identity import KeptApart
 from streams.domain.oracle import final_entries, replay
-from streams.domain.stitching import StateView, Stitcher
-from tests.property.test_stitching_properties import DEFAULTS, T0, TIGHT, identifier_value, run_like_worker
+from streams.domain.stitching import ManualLink, StateView, Stitcher
+from tests.property.test_stitching_properties import (
+    DEFAULTS,
+    T0,
+    TIGHT,
+    deliveries,
+    histories,
+    identifier_value,
+    run_like_worker,
+)
 
 #: Each person's own identifiers; devices (anonymous ids) come from a small pool that people share.
 OWN_TYPES = [IdentifierType.EMAIL, IdentifierType.PHONE, IdentifierType.LOYALTY_ID, IdentifierType.CRM_ID]
@@ -122,3 +130,39 @@ def test_a_device_two_people_share_stays_with_the_first_seen_on_it_and_the_peopl
             assert view.identities["web_anonymous_id:family-tablet"] == view.identities[ann]
             assert result.kept_apart == {events[1].event_id: ["web_anonymous_id:family-tablet"]}
             assert result.apart == 1
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    events=histories(max_events=40, span_days=30.0),
+    tight=st.booleans(),
+    seed=st.integers(0, 2**32),
+    picks=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 10**6), st.integers(0, 10**6)), max_size=4),
+)
+def test_merges_made_by_hand_at_any_point_of_any_arrival_order_end_where_the_oracle_does(
+    events: list, tight: bool, seed: int, picks: list
+) -> None:
+    # Each person's identifiers are their own (no limit bites, no event links two people): merges by hand are
+    # what links them, wherever in the stream they are applied, and the end is the oracle's.
+    rng = random.Random(seed)
+    policies = TIGHT if tight else DEFAULTS
+    keys = sorted({key for event in events for key in Stitcher(policies).keys_of([event])[0].keys})
+    arrived = deliveries(events, rng)
+    # A merge names two existing customers (the command finds them first): it comes after both keys arrived.
+    first_seen: dict[str, int] = {}
+    for position, event in enumerate(arrived):
+        for key in Stitcher(policies).keys_of([event])[0].keys:
+            first_seen.setdefault(key, position)
+    links = []
+    for n, (a, b, at) in enumerate(picks):
+        pair = (keys[a % len(keys)], keys[b % len(keys)])
+        at = max(at % (len(arrived) + 1), *(first_seen[key] for key in pair))
+        links.append((at, ManualLink(f"m-{n}", pair, T0)))
+    links = [(at, link) for at, link in links if link.keys[0] != link.keys[1]]
+    stitcher = Stitcher(policies)
+    identities, states, results = run_like_worker(stitcher, arrived, rng, links)
+    # In the oracle, every merge comes after every event; a merge's time (T0) is before them all: equal either way.
+    oracle = replay(events, policies, links=[link for _, link in links])
+    assert identities == oracle.identities
+    assert states == {cid: state.to_dict() for cid, state in oracle.customers.items()}
+    assert final_entries(results) == oracle.entries

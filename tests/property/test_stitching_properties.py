@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -24,7 +25,7 @@ from schemas.touchpoint import (
 from streams.domain.customer import EVENT_ID, CustomerState, StoredEntry, is_kept, row_of
 from streams.domain.identity import customer_id_for
 from streams.domain.oracle import final_entries, replay
-from streams.domain.stitching import NO_CUSTOMER, BatchResult, StateView, Stitcher
+from streams.domain.stitching import NO_CUSTOMER, BatchResult, ManualLink, StateView, Stitcher
 from streams.policies import Policies
 from streams.result_rows import touchpoint_row
 
@@ -128,9 +129,12 @@ def stored_of(entry: TimelineEntry) -> StoredEntry:
     return StoredEntry(**{name: row[name] for name in StoredEntry._fields})
 
 
-def run_like_worker(stitcher: Stitcher, arrived: list, rng: random.Random) -> tuple[dict, dict, list[BatchResult]]:
+def run_like_worker(
+    stitcher: Stitcher, arrived: list, rng: random.Random, links: Sequence[tuple[int, ManualLink]] = ()
+) -> tuple[dict, dict, list[BatchResult]]:
     """Apply ``arrived`` in random batches the way the worker does: load a partial view, read back the history
-    its late events need from the touchpoints table, apply, close, write back."""
+    its late events need from the touchpoints table, apply, close, write back. ``links``: merges made by hand, each
+    applied by the batch that holds its position in ``arrived`` (after that batch's events)."""
     identities: dict[str, str] = {}
     states: dict[str, str] = {}
     table: dict[str, tuple[str | None, StoredEntry]] = {}  # the touchpoints table: event id -> (customer, row)
@@ -139,14 +143,16 @@ def run_like_worker(stitcher: Stitcher, arrived: list, rng: random.Random) -> tu
     while i < len(arrived):
         size = rng.randint(1, 12)
         batch = arrived[i : i + size]
+        linked = [link for at, link in links if i <= at < i + size or (at >= len(arrived) and i + size >= len(arrived))]
         i += size
         keys = stitcher.keys_of(batch)
-        view = StateView(identities={k: identities[k] for ek in keys for k in ek.keys if k in identities})
+        wanted = {k for ek in keys for k in ek.keys} | {k for link in linked for k in link.keys}
+        view = StateView(identities={k: identities[k] for k in wanted if k in identities})
         view.customers = {
             cid: CustomerState.from_dict(json.loads(states[cid])) for cid in set(view.identities.values())
         }
         view.applied = {e.event_id: table[e.event_id][0] or NO_CUSTOMER for e in batch if e.event_id in table}
-        for cid, since in stitcher.history_needs(batch, keys, view).items():
+        for cid, since in stitcher.history_needs(batch, keys, view, linked).items():
             until = view.customers[cid].complete_from
             mine = [stored for owner, stored in table.values() if owner == cid]
             rows = [row_of(s) for s in mine if since <= s.occurred_at.timestamp() < until]
@@ -156,7 +162,7 @@ def run_like_worker(stitcher: Stitcher, arrived: list, rng: random.Random) -> tu
                 if s.type == "purchase" and s.occurred_at.timestamp() < since
             ]
             view.customers[cid].restore([r for r in rows if is_kept(r)], max(earlier, default=None), since)
-        result = stitcher.apply(batch, view, keys)
+        result = stitcher.apply(batch, view, keys, links=linked)
         stitcher.close(view, result)
         identities.update(result.identities)
         for removed in result.removed:
