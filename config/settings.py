@@ -297,9 +297,10 @@ class Settings(BaseSettings):
         bad = [name for name in value if not re.fullmatch(CUSTOM_TYPE_PATTERN, name)]
         if bad:
             raise ValueError(f"names of lower-case letters, digits and _ (at most 32, a letter first), got {bad}")
-        taken = [name for name in value if name in {*IdentifierType, "anonymous"}]
+        # user_id and anonymous_id: how references spell the web types (Segment's names).
+        taken = [name for name in value if name in {*IdentifierType, "anonymous", "user_id", "anonymous_id"}]
         if taken:
-            raise ValueError(f"{taken} are built-in type names")
+            raise ValueError(f"{taken} are built-in type names (or Segment's names of them)")
         return list(dict.fromkeys(value))
 
     @field_validator("identifier_limits")

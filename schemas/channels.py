@@ -13,7 +13,7 @@ import re
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
@@ -99,7 +99,7 @@ def custom_identifiers() -> dict[str, str]:
 
 #: A record's identifiers of types of the deployment's own, by type name (``CXSTREAM_CUSTOM_IDENTIFIER_TYPES``).
 CustomIdentifiers = Annotated[
-    dict[CustomIdentifierType, Label],
+    dict[CustomIdentifierType, Id],
     Field(
         default_factory=custom_identifiers,
         max_length=MAX_CUSTOM_IDENTIFIERS,
@@ -265,27 +265,18 @@ class WebTraits(BaseModel):
     email: Label | None = None
 
 
-class WebExternalId(BaseModel):
-    """One of Segment's ``context.externalIds``: an identifier of a type of the sender's own."""
-
-    model_config = _ALLOW
-
-    id: Id
-    type: Annotated[str, StringConstraints(strip_whitespace=True, to_lower=True, min_length=1, max_length=64)]
-
-
 class WebContext(BaseModel):
     """Segment context; ``traits`` and ``externalIds`` are read, the rest is kept."""
 
     model_config = _ALLOW
 
     traits: WebTraits | None = None
-    external_ids: list[WebExternalId] = Field(
-        default_factory=list,
+    external_ids: Any = Field(
+        default=None,
         alias="externalIds",
-        max_length=MAX_CUSTOM_IDENTIFIERS,
-        description="Identifiers of custom types: those whose type is a declared custom type (or a built-in type's "
-        "name) are stitched by, others ignored.",
+        description="Identifiers of custom types (``[{id, type, collection, encoding}]``): entries whose type can "
+        "name an identifier type and whose id is a string or a whole number are read (the first 20), others "
+        "ignored, never the message rejected for them: Segment libraries send types of their destinations too.",
     )
 
 

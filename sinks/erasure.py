@@ -84,6 +84,10 @@ def erase_customer(
         # A merge row holds the identifiers that linked two of the person's ids: evidence about them, removed too.
         erased.merges = _delete(conn, t.identity_merges, or_(m.survivor_id == customer_id, m.merged_id == customer_id))
         _delete(conn, t.metric_cells, mine)
+        if keys:
+            # Merges made by hand name the person's keys (done ones are history, pending ones moot): gone with them.
+            merges = t.manual_merges.c
+            _delete(conn, t.manual_merges, or_(merges.key_a.in_(keys), merges.key_b.in_(keys)))
         if suppress is not None and keys:
             # Never-link rules name the person's keys: gone with them, as the person never comes back. Deleting
             # only keeps them: a replay into this database rebuilds the person under the same rules.

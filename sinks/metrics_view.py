@@ -18,6 +18,7 @@ from streams.domain.metrics import (
     METRICS_BY_SCOPE,
     RETRACTED,
     ROLLING_METRICS,
+    ROLLING_SCOPES,
     ROLLING_SOURCE_WINDOW,
     ROLLING_WINDOWS,
     Metric,
@@ -92,7 +93,7 @@ def view_sql(dialect: str) -> str:
     branches += [
         _rolling(dialect, scope, metric, window, days)
         for window, days in ROLLING_WINDOWS.items()
-        for scope in MetricScope
+        for scope in sorted(ROLLING_SCOPES)
         for metric in METRICS_BY_SCOPE[scope]
         if metric.name in ROLLING_METRICS
     ]

@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 
 from config.settings import Settings
 from schemas.limits import IDENTIFIER_KEY_MAX
-from schemas.touchpoint import CUSTOM_TYPE_PATTERN
+from schemas.touchpoint import CUSTOM_TYPE_PATTERN, IdentifierType
 from sinks.database import make_engine
 from sinks.identity_rules import (
     NeverLinkRule,
@@ -69,11 +69,14 @@ class RuleChange:
 
 def _keys(settings: Settings, first: str, second: str) -> tuple[str, str]:
     hashing = identifier_hashing(settings)
+    known = {*IdentifierType, *settings.custom_identifier_types}
     keys = []
     for ref in (first, second):
         key = stored_key(ref, hashing, settings.default_phone_region)
-        if key is None:
+        if key is None or not _is_key(key):
             raise BadIdentifier(f"{ref!r} is not an identifier (type:value, e.g. email:ann@example.org)")
+        if key.partition(":")[0] not in known:
+            raise BadIdentifier(f"{ref!r}: not a built-in identifier type, nor one in CXSTREAM_CUSTOM_IDENTIFIER_TYPES")
         keys.append(key)
     if keys[0] == keys[1]:
         raise BadIdentifier(f"{first!r} and {second!r} are the same identifier")
@@ -220,7 +223,7 @@ def rule_settings(settings: Settings) -> dict[str, Any]:
 def record_rules_at_start(settings: Settings, engine: Engine) -> bool:
     """Add an audit row when the worker starts with other identity rule settings than the last recorded."""
     return record_rule_settings(
-        engine, rule_settings(settings), at=datetime.now(UTC), actor=f"worker:{settings.worker_id}"
+        engine, rule_settings(settings), at=datetime.now(UTC), actor=f"worker:{settings.worker_id}"[:128]
     )
 
 

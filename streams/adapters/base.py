@@ -78,11 +78,11 @@ class Conversion:
         Raises InvalidIdentifier whose message starts with the field path, so a dead letter says which field was bad.
         """
         found: dict[IdentifierType | str, str] = {}
+        seen: set[str] = set()  # types given a value (found, or left out as blocked)
         for kind, field, value in [*candidates, *((_builtin(name), path, v) for name, path, v in custom)]:
-            if kind in found:
+            if kind in seen or value is None:
                 continue  # the record's own field for a built-in type comes first
-            if value is None:
-                continue
+            seen.add(kind)
             try:
                 normalised = _normalise(kind, value, self.default_region)
             except InvalidIdentifier as exc:

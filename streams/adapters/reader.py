@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 CSV_CHANNELS: frozenset[Channel] = frozenset({Channel.STORE, Channel.PHONE})
 
 #: CSV columns that hold a JSON value (a list or an object) in their cell.
-CSV_JSON_COLUMNS: frozenset[str] = frozenset({"items", "feedback", "survey"})
+CSV_JSON_COLUMNS: frozenset[str] = frozenset({"items", "feedback", "survey", "identifiers"})
 
 #: Deepest nesting of objects and arrays accepted in a record; deeper ones cannot be re-serialised downstream.
 MAX_DEPTH = 64

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-from schemas.channels import SURVEY_ANSWERED, SegmentType, WebRecord, fold_event_name
+from schemas.channels import MAX_CUSTOM_IDENTIFIERS, SURVEY_ANSWERED, SegmentType, WebRecord, fold_event_name
+from schemas.limits import IDENTIFIER_VALUE_MAX
 from schemas.touchpoint import CUSTOM_TYPE_PATTERN, Channel, EventType, IdentifierType, TouchpointEvent
 from streams.adapters.base import Conversion, survey_answers
 
@@ -63,13 +64,27 @@ def _event_type(record: WebRecord) -> EventType:
 def _external_ids(record: WebRecord) -> list[tuple[str, str, str]]:
     """Segment's ``context.externalIds`` as custom identifier candidates: those whose type may name one (others, such
     as a destination's own spelling, are not identifiers cxstream could be told to stitch by)."""
-    if record.context is None:
+    entries = None if record.context is None else record.context.external_ids
+    if not isinstance(entries, list):
         return []
-    return [
-        (external.type, f"context.externalIds[{n}]", external.id)
-        for n, external in enumerate(record.context.external_ids)
-        if re.fullmatch(CUSTOM_TYPE_PATTERN, external.type)
-    ]
+    found: list[tuple[str, str, str]] = []
+    for n, entry in enumerate(entries):
+        if len(found) == MAX_CUSTOM_IDENTIFIERS:
+            break
+        kind = entry.get("type") if isinstance(entry, dict) else None
+        value = entry.get("id") if isinstance(entry, dict) else None
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if (
+            not isinstance(kind, str)
+            or not isinstance(value, str)
+            or not 0 < len(value.strip()) <= IDENTIFIER_VALUE_MAX
+        ):
+            continue
+        kind = kind.strip().lower()
+        if re.fullmatch(CUSTOM_TYPE_PATTERN, kind):
+            found.append((kind, f"context.externalIds[{n}]", value.strip()))
+    return found
 
 
 def to_touchpoint(record: WebRecord, conversion: Conversion) -> TouchpointEvent:

@@ -32,6 +32,7 @@ from streams.domain.metrics import (
     METRICS_BY_SCOPE,
     RETRACTED,
     ROLLING_METRICS,
+    ROLLING_SCOPES,
     ROLLING_SOURCE_WINDOW,
     ROLLING_WINDOWS,
     Counters,
@@ -192,7 +193,11 @@ def rolling_figures(daily: Mapping[CellKey, Mapping[str, float]], today: datetim
         start = today - timedelta(days=days - 1)
         sums: dict[tuple[MetricScope, str], Counters] = {}
         for cell, counters in daily.items():
-            if cell.window == ROLLING_SOURCE_WINDOW and start <= cell.window_start < end:
+            if (
+                cell.window == ROLLING_SOURCE_WINDOW
+                and cell.scope in ROLLING_SCOPES
+                and start <= cell.window_start < end
+            ):
                 merge(sums.setdefault((cell.scope, cell.key), {}), counters)
         for (scope, key), counters in sums.items():
             for metric in METRICS_BY_SCOPE[scope]:

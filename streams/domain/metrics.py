@@ -283,6 +283,9 @@ RETRACTED: dict[str, str] = {basis: f"{basis}_retracted" for basis in dict.fromk
 
 #: Rolling windows as of now, by name: how many daily cells (today's included) each sums.
 ROLLING_WINDOWS: dict[str, int] = {"last_7d": 7, "last_30d": 30}
+#: Scopes with rolling figures: channel and overall (a customer's cells are most of the table, and customers keep
+#: no daily window by default; summing them on every read of the view would double its cost).
+ROLLING_SCOPES: frozenset[MetricScope] = frozenset({MetricScope.CHANNEL, MetricScope.OVERALL})
 #: The window of the cells rolling figures are summed from.
 ROLLING_SOURCE_WINDOW = "1d"
 #: Metrics that have rolling figures: those whose counters add up across days (not purchase frequency, whose

@@ -6,6 +6,7 @@ never-link rule refuses it; every merge is audited and published as a ``manual_m
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from sqlalchemy import Engine, select
 
 from schemas.touchpoint import Channel, EventType, IdentifierType, TouchpointEvent
 from sinks import tables as t
+from sinks.erasure import erase_customer
 from sinks.sql import as_utc
 from streams.cli import main
 from streams.domain.stitching import ManualLink
@@ -139,3 +141,17 @@ def test_the_api_merges_behind_the_admin_keys_and_answers_with_the_survivor(sqli
             == customer_of(processor.sink.engine, ANN_PHONE)
         )
         assert "/v1/merges" in requests.get(f"{base}/openapi.json", timeout=10).json()["paths"]
+
+
+def test_an_erasure_takes_the_persons_merges_made_by_hand_with_it(database_url: str) -> None:
+    settings, engine, processor = worker(database_url)
+    feed(processor, records(two_records_of_ann()))
+    merge_customers(settings, ANN, ANN_PHONE, actor="test", wait_s=0)
+    processor.tick()
+    erased = erase_customer(
+        engine, customer_of(engine, ANN) or "", suppress=lambda keys: list(keys), erasure_id="e-1",
+        at=datetime.now(UTC), actor="test", reason="", options={},
+    )  # fmt: skip
+    assert erased is not None
+    with engine.connect() as conn:
+        assert conn.execute(select(t.manual_merges)).all() == [], "its rows name the person's identifiers"

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import Engine, func, select
 
@@ -20,7 +21,7 @@ from sinks.database import make_engine, upgrade
 from sinks.sql import SqlSink
 from streams.cli import main
 from streams.domain.identity import KeptApart
-from streams.identity_rules import allow_link, keep_apart, record_rules_at_start, rules_in_force
+from streams.identity_rules import BadIdentifier, allow_link, keep_apart, record_rules_at_start, rules_in_force
 from streams.pipeline import BatchProcessor, InRecord
 from tests.integration.test_event_time import order_free
 from tests.support.expected import expected_results
@@ -241,3 +242,14 @@ def test_rules_move_to_a_rebuilt_database_as_stored_hashed_values_included(tmp_p
     assert [rule["keys"] for rule in json.loads(cli(new, "--list", "--json").output)] == [[key_a, key_b]]
     bad = cli(new, "--import", "-", stdin=b'[{"keys": ["email:x"]}]')
     assert bad.exit_code == 1 and "entry 0: expected" in bad.output and "nothing was imported" in bad.output
+
+
+def test_the_command_refuses_an_unknown_type_and_a_value_no_key_can_hold(database_url: str) -> None:
+    settings, engine, _ = worker(database_url)
+    with pytest.raises(BadIdentifier, match="not a built-in identifier type"):
+        keep_apart(settings, ANN, "membr_no:M-1", actor="test")
+    declared = load_settings(database_url=database_url, custom_identifier_types=["member_no"])
+    with pytest.raises(BadIdentifier, match="is not an identifier"):
+        keep_apart(declared, ANN, "member_no:" + "9" * 400, actor="test")
+    assert keep_apart(declared, ANN, "member_no:M-1", actor="test").changed
+    assert audit(engine) == [("never_link", "test", "")]

@@ -7,11 +7,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from config.settings import Settings, SettingsError, load_settings
 from schemas.touchpoint import Channel, IdentifierType, TouchpointEvent
 from streams.adapters import partition_key
-from streams.adapters.reader import Accepted, Rejected, convert_one
+from streams.adapters.reader import Accepted, Rejected, convert_one, read_records
+from streams.domain.identifiers import BlockedPatterns, IdentifierHashing
 from streams.domain.identity import customer_id_for
 from streams.domain.oracle import replay
 from streams.policies import Policies
@@ -93,3 +95,45 @@ def test_custom_types_are_checked_at_start_with_errors_naming_the_variable(
     monkeypatch.setenv(variable, value)
     with pytest.raises(SettingsError, match=f"{variable}: .*{message}"):
         load_settings()
+
+
+def test_segment_external_ids_never_reject_a_message_whatever_their_shape() -> None:
+    hostile: list[Any] = [
+        {"id": "x" * 5000, "type": "ios.push_token"},  # a destination's type, a long token
+        {"id": None, "type": "member_no"},
+        {"id": {"nested": 1}, "type": "member_no"},
+        {"id": True, "type": "member_no"},
+        {"type": "member_no"},
+        {"id": "no-type"},
+        "not an object",
+        {"id": 7, "type": " Member_No "},  # a whole number, the type trimmed and lower-cased: read
+        *({"id": f"B-{n}", "type": "braze_id"} for n in range(30)),  # past the 20th: left out
+    ]
+    for external_ids in (hostile, "not a list", {"id": "M-1"}, None):
+        page = accept(Channel.WEB, {**PAGE, "context": {"externalIds": external_ids}})
+        assert page.identifiers[IdentifierType.WEB_USER_ID] == "u-9"
+    read = accept(Channel.WEB, {**PAGE, "context": {"externalIds": hostile}}).identifiers
+    assert read["member_no"] == "7" and read["braze_id"] == "B-0"
+
+
+def test_csv_carries_custom_identifiers_as_json_and_numbers_are_ids() -> None:
+    rows = (
+        b"receipt_id,store_id,occurred_at,kind,total,currency,identifiers\n"
+        b'R-1,LON-1,2024-05-01T10:00:00Z,sale,10,GBP,"{""member_no"": 12}"\n'
+    )
+    (result,) = read_records(Channel.STORE, rows, source_file="s.csv", fmt="csv", received_at=RECEIVED)
+    assert isinstance(result, Accepted) and result.event.identifiers == {"member_no": "12"}
+
+
+def test_a_value_the_records_own_field_gave_is_never_replaced_by_its_identifiers_object() -> None:
+    patterns = {"email": "^test@"}
+    blocked = IdentifierHashing("salt", blocked=BlockedPatterns(patterns))
+    record = {**SALE, "email": "test@shop.example", "identifiers": {"email": "other.person@example.org"}}
+    hashed = convert_one(Channel.STORE, record, received_at=RECEIVED, hashing=blocked)
+    assert isinstance(hashed, Accepted) and IdentifierType.EMAIL not in hashed.event.identifiers
+    assert accept(Channel.STORE, record).identifiers[IdentifierType.EMAIL] == "test@shop.example"
+
+
+def test_segments_names_of_the_web_types_cannot_be_custom_types() -> None:
+    with pytest.raises(ValidationError, match="built-in type names"):
+        Settings(custom_identifier_types=["user_id"])
