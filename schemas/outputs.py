@@ -78,9 +78,9 @@ class TimelineEntry(BaseModel):
     resolution_contradicted: bool | None = Field(
         default=None,
         description="For a contact that resolved its issue: whether the customer contradicted the resolution, by "
-        "contacting again about the same issue or answering a survey badly within "
-        "CXSTREAM_RESOLUTION_CONTRADICTION_WINDOW_S after it (revised when such evidence arrives late). Null for "
-        "other entries.",
+        "a low answer in the contact's own survey, or by contacting again about the same issue or answering a "
+        "survey badly within CXSTREAM_RESOLUTION_CONTRADICTION_WINDOW_S after it (revised when such evidence "
+        "arrives late). Null for other entries.",
     )
     time_since_last_purchase_s: float | None = None
     survey: SurveyAnswers | None = None

@@ -435,14 +435,16 @@ def never_link(
         if identifiers or remove or list_rules:
             raise click.UsageError("--import takes no identifiers, --remove or --list")
         try:
-            added, present = import_rules(settings, import_file.read(), actor=cli_actor(), reason=reason or "imported")
+            added, present, erased = import_rules(
+                settings, import_file.read(), actor=cli_actor(), reason=reason or "imported"
+            )
         except BadIdentifier as exc:
             source = getattr(import_file, "name", "-")
             raise click.ClickException(f"{source}: {exc}; nothing was imported") from None
         click.echo(
-            dumps({"added": added, "already_there": present})
+            dumps({"added": added, "already_there": present, "erased": erased})
             if as_json
-            else f"{added} rules added, {present} already there"
+            else f"{added} rules added, {present} already there, {erased} left out (they name an erased person)"
         )
         return
     if list_rules:

@@ -24,6 +24,7 @@ from config.settings import Settings
 from schemas.limits import IDENTIFIER_KEY_MAX
 from schemas.touchpoint import CUSTOM_TYPE_PATTERN, IdentifierType
 from sinks.database import make_engine
+from sinks.erasure import suppression_entries
 from sinks.identity_rules import (
     NeverLinkRule,
     add_manual_merge,
@@ -37,7 +38,8 @@ from sinks.identity_rules import (
     remove_never_link,
 )
 from streams.domain.identity import key_strength, ranks
-from streams.policies import identifier_hashing
+from streams.domain.suppression import suppression_hash
+from streams.policies import identifier_hashing, suppression_salt
 from streams.references import find_customer, stored_key
 
 
@@ -162,9 +164,10 @@ def merge_customers(
         engine.dispose()
 
 
-def import_rules(settings: Settings, exported: bytes, *, actor: str, reason: str = "") -> tuple[int, int]:
+def import_rules(settings: Settings, exported: bytes, *, actor: str, reason: str = "") -> tuple[int, int, int]:
     """Add the rules ``cxstream never-link --list --json`` printed (keys as stored: hashed values stay hashed, so
-    a database rebuilt from the input topics gets another's rules); return (added, already there).
+    a database rebuilt from the input topics gets another's rules); return (added, already there, left out because
+    they name an erased person's identifier: an export taken before an erasure must not bring it back).
 
     Raises BadIdentifier naming the first entry that is not a rule (nothing is added then).
     """
@@ -179,15 +182,20 @@ def import_rules(settings: Settings, exported: bytes, *, actor: str, reason: str
             raise BadIdentifier(f'entry {n}: expected {{"keys": ["type:value", "type:value"]}}, got {entry!r:.200}')
         pairs.append((keys[0], keys[1]))
     engine = make_engine(settings.database_url, writer=True)
-    added = 0
+    added = erased = 0
     try:
+        salt = suppression_salt(settings)
+        suppressed = {digest for digest, _, _ in suppression_entries(engine)}
         for key_a, key_b in pairs:
+            if suppressed and {suppression_hash(salt, key_a), suppression_hash(salt, key_b)} & suppressed:
+                erased += 1
+                continue
             at = datetime.now(UTC)
             _, new = add_never_link(engine, key_a, key_b, rule_id=str(uuid.uuid4()), at=at, actor=actor, reason=reason)
             added += new
     finally:
         engine.dispose()
-    return added, len(pairs) - added
+    return added, len(pairs) - added - erased, erased
 
 
 def _is_key(key: object) -> bool:

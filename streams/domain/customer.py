@@ -693,15 +693,18 @@ class CustomerState:
         )
 
     def _contradicted(self, row: Row, contacts: list[list[Any]], i: int, policy: CustomerPolicy) -> bool:
-        """Whether the resolving contact ``row`` (``contacts[i]`` of its issue) was contradicted: a contact about the
-        same issue, or a low survey answer, within the contradiction window after it."""
+        """Whether the resolving contact ``row`` (``contacts[i]`` of its issue) was contradicted: a low answer in its
+        own survey (a call's post-call survey), or a contact about the same issue or a low survey answer within the
+        contradiction window after it."""
         window = policy.contradiction_window_s
         if window <= 0:
             return False
+        history, low = self.history, policy.low_scores
+        if low.contradict(row[SURVEY]):
+            return True
         horizon = row[T] + window
         if i + 1 < len(contacts) and contacts[i + 1][0] <= horizon:
             return True
-        history, low = self.history, policy.low_scores
         for later in history[bisect_left(history, (row[T], row[EVENT_ID]), key=_ROW_KEY) + 1 :]:
             if later[T] > horizon:
                 break

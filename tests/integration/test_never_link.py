@@ -18,11 +18,21 @@ from config.settings import Settings, load_settings
 from schemas.touchpoint import Channel, EventType, IdentifierType, SourceRef, SurveyAnswers, TouchpointEvent
 from sinks import tables as t
 from sinks.database import make_engine, upgrade
+from sinks.erasure import erase_customer
 from sinks.sql import SqlSink
 from streams.cli import main
 from streams.domain.identity import KeptApart
-from streams.identity_rules import BadIdentifier, allow_link, keep_apart, record_rules_at_start, rules_in_force
+from streams.domain.suppression import suppression_hash
+from streams.identity_rules import (
+    BadIdentifier,
+    allow_link,
+    import_rules,
+    keep_apart,
+    record_rules_at_start,
+    rules_in_force,
+)
 from streams.pipeline import BatchProcessor, InRecord
+from streams.policies import suppression_salt
 from tests.integration.test_event_time import order_free
 from tests.support.expected import expected_results
 
@@ -237,7 +247,7 @@ def test_rules_move_to_a_rebuilt_database_as_stored_hashed_values_included(tmp_p
     ((key_a, key_b),) = [rule["keys"] for rule in json.loads(exported)]
     assert "example.org" not in exported and key_a.startswith("email:"), "keys as stored: hashed"
     imported = cli(new, "--import", "-", "--json", stdin=exported.encode())
-    assert json.loads(imported.output) == {"added": 1, "already_there": 0}
+    assert json.loads(imported.output) == {"added": 1, "already_there": 0, "erased": 0}
     assert json.loads(cli(new, "--import", "-", "--json", stdin=exported.encode()).output)["already_there"] == 1
     assert [rule["keys"] for rule in json.loads(cli(new, "--list", "--json").output)] == [[key_a, key_b]]
     bad = cli(new, "--import", "-", stdin=b'[{"keys": ["email:x"]}]')
@@ -253,3 +263,21 @@ def test_the_command_refuses_an_unknown_type_and_a_value_no_key_can_hold(databas
         keep_apart(declared, ANN, "member_no:" + "9" * 400, actor="test")
     assert keep_apart(declared, ANN, "member_no:M-1", actor="test").changed
     assert audit(engine) == [("never_link", "test", "")]
+
+
+def test_an_import_leaves_out_the_rules_naming_an_erased_persons_identifier(sqlite_url: str) -> None:
+    settings, engine, processor = worker(sqlite_url)
+    feed(processor, records(household()))
+    # Ann and Bob share the tablet: one customer, erased whole.
+    exported = json.dumps(
+        [{"keys": [ANN, "email:carl@example.org"]}, {"keys": ["email:carl@example.org", "email:dee@example.org"]}]
+    ).encode()
+    salt = suppression_salt(settings)
+    erase_customer(
+        engine, customer_of(engine, ANN), suppress=lambda keys: [suppression_hash(salt, k) for k in keys],
+        erasure_id="e-1", at=datetime.now(UTC), actor="test", reason="", options={},
+    )  # fmt: skip
+    assert import_rules(settings, exported, actor="test") == (1, 0, 1)
+    assert [(r.key_a, r.key_b) for r in rules_in_force(settings)] == [
+        ("email:carl@example.org", "email:dee@example.org")
+    ]

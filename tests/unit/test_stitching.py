@@ -944,3 +944,9 @@ def test_late_evidence_revises_the_resolution_entry_and_a_zero_window_turns_the_
     off = replay(events, Policies.from_settings(Settings(resolution_contradiction_window_s=0)))
     assert off.entries[call.event_id].resolution_contradicted is False
     assert [e.resolution_contradicted for e in off.entries.values() if e.event_id != call.event_id] == [None, None]
+
+
+def test_a_resolving_calls_own_low_post_call_survey_contradicts_it() -> None:
+    for survey, contradicted in ((SurveyAnswers(csat=1), True), (SurveyAnswers(csat=5, nps=9), False)):
+        call = contact(0, issue_id="CASE-9", resolved=True, survey=survey)
+        assert replay([call], POLICIES).entries[call.event_id].resolution_contradicted is contradicted
