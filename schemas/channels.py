@@ -274,9 +274,10 @@ class WebContext(BaseModel):
     external_ids: Any = Field(
         default=None,
         alias="externalIds",
-        description="Identifiers of custom types (``[{id, type, collection, encoding}]``): entries whose type can "
-        "name an identifier type and whose id is a string or a whole number are read (the first 20), others "
-        "ignored, never the message rejected for them: Segment libraries send types of their destinations too.",
+        description="Identifiers of custom types (``[{id, type, collection, encoding}]``): entries of the users "
+        "collection whose type can name an identifier type and whose id is a string or a whole number are read "
+        "(the first 20), others ignored, never the message rejected for them: Segment libraries send types of "
+        "their destinations too.",
     )
 
 

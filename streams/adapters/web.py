@@ -71,8 +71,9 @@ def _external_ids(record: WebRecord) -> list[tuple[str, str, str]]:
     for n, entry in enumerate(entries):
         if len(found) == MAX_CUSTOM_IDENTIFIERS:
             break
-        kind = entry.get("type") if isinstance(entry, dict) else None
-        value = entry.get("id") if isinstance(entry, dict) else None
+        if not isinstance(entry, dict) or entry.get("collection", "users") != "users":
+            continue  # an account's id ("accounts", a group's) names every user of the account: never a person
+        kind, value = entry.get("type"), entry.get("id")
         if isinstance(value, int) and not isinstance(value, bool):
             value = str(value)
         if (

@@ -106,6 +106,7 @@ def test_segment_external_ids_never_reject_a_message_whatever_their_shape() -> N
         {"type": "member_no"},
         {"id": "no-type"},
         "not an object",
+        {"id": "ACME", "type": "account_no", "collection": "accounts"},  # an account: names no one person
         {"id": 7, "type": " Member_No "},  # a whole number, the type trimmed and lower-cased: read
         *({"id": f"B-{n}", "type": "braze_id"} for n in range(30)),  # past the 20th: left out
     ]
@@ -113,7 +114,7 @@ def test_segment_external_ids_never_reject_a_message_whatever_their_shape() -> N
         page = accept(Channel.WEB, {**PAGE, "context": {"externalIds": external_ids}})
         assert page.identifiers[IdentifierType.WEB_USER_ID] == "u-9"
     read = accept(Channel.WEB, {**PAGE, "context": {"externalIds": hostile}}).identifiers
-    assert read["member_no"] == "7" and read["braze_id"] == "B-0"
+    assert read["member_no"] == "7" and read["braze_id"] == "B-0" and "account_no" not in read
 
 
 def test_csv_carries_custom_identifiers_as_json_and_numbers_are_ids() -> None:
