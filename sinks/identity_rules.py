@@ -97,20 +97,6 @@ def merge_applied_at(engine: Engine, merge_id: str) -> datetime | None:
     return None if at is None else as_utc(at)
 
 
-def keys_of_customer(engine: Engine, customer_id: str) -> list[str]:
-    """Every identifier key the customer holds."""
-    c = t.identities.c
-    with engine.connect() as conn:
-        return list(conn.execute(select(c.identifier).where(c.customer_id == customer_id)).scalars())
-
-
-def customer_of(engine: Engine, key: str) -> str | None:
-    """The customer holding ``key``, if any."""
-    c = t.identities.c
-    with engine.connect() as conn:
-        return conn.execute(select(c.customer_id).where(c.identifier == key)).scalar_one_or_none()
-
-
 def never_link_rules(engine: Engine) -> list[NeverLinkRule]:
     """Every rule in force, oldest first."""
     c = t.never_link.c

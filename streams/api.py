@@ -18,7 +18,7 @@ import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
@@ -179,11 +179,7 @@ class ReadApi:
 
     async def erasure(self, request: web.Request) -> web.Response:
         """``POST /v1/erasures``: erase one person (``streams.erasure``), as ``cxstream erase`` does."""
-        try:
-            body = ErasureRequest.model_validate_json(await request.read())
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            raise BadRequest(f"{'.'.join(map(str, first['loc'])) or 'body'}: {first['msg']}") from None
+        body = await _body(request, ErasureRequest)
         actor = self._actor(request)
         try:
             report = await asyncio.to_thread(
@@ -213,11 +209,7 @@ class ReadApi:
     async def merge(self, request: web.Request) -> web.Response:
         """``POST /v1/merges``: merge two customers by hand (``streams.identity_rules.merge_customers``), as
         ``cxstream merge`` does; waits a few seconds for a worker to apply it."""
-        try:
-            body = MergeRequest.model_validate_json(await request.read())
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            raise BadRequest(f"{'.'.join(map(str, first['loc'])) or 'body'}: {first['msg']}") from None
+        body = await _body(request, MergeRequest)
         actor = self._actor(request)
         try:
             report = await asyncio.to_thread(
@@ -422,6 +414,18 @@ def _no_customer(request: web.Request) -> str:
 
 def _html(text: str, status: int = 200) -> web.Response:
     return web.Response(text=text, status=status, content_type="text/html", charset="utf-8")
+
+
+_Body = TypeVar("_Body", bound=BaseModel)
+
+
+async def _body(request: web.Request, model: type[_Body]) -> _Body:
+    """An admin route's JSON body as ``model``; 400 naming the first bad field."""
+    try:
+        return model.model_validate_json(await request.read())
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise BadRequest(f"{'.'.join(map(str, first['loc'])) or 'body'}: {first['msg']}") from None
 
 
 def _json(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

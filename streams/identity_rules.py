@@ -29,14 +29,13 @@ from sinks.identity_rules import (
     NeverLinkRule,
     add_manual_merge,
     add_never_link,
-    customer_of,
     holder_of_both,
-    keys_of_customer,
     merge_applied_at,
     never_link_rules,
     record_rule_settings,
     remove_never_link,
 )
+from sinks.queries import customer_identities, customer_of_key
 from streams.domain.identity import key_strength, ranks
 from streams.domain.suppression import suppression_hash
 from streams.policies import identifier_hashing, suppression_salt
@@ -144,7 +143,7 @@ def merge_customers(
             customers.append(customer_id)
         if customers[0] == customers[1]:
             raise BadIdentifier(f"{first!r} and {second!r} are one customer already ({customers[0]})")
-        held = [set(keys_of_customer(engine, customer_id)) for customer_id in customers]
+        held = [{row["identifier"] for row in customer_identities(engine, customer_id)} for customer_id in customers]
         mine, theirs = held
         for rule in never_link_rules(engine):
             if (rule.key_a in mine and rule.key_b in theirs) or (rule.key_a in theirs and rule.key_b in mine):
@@ -156,9 +155,11 @@ def merge_customers(
         merge_id = str(uuid.uuid4())
         add_manual_merge(engine, key_a, key_b, merge_id=merge_id, at=datetime.now(UTC), actor=actor, reason=reason)
         deadline = time.monotonic() + wait_s
-        while merge_applied_at(engine, merge_id) is None and time.monotonic() < deadline:
+        applied = merge_applied_at(engine, merge_id) is not None
+        while not applied and time.monotonic() < deadline:
             time.sleep(0.2)
-        survivor = customer_of(engine, key_a) if merge_applied_at(engine, merge_id) is not None else None
+            applied = merge_applied_at(engine, merge_id) is not None
+        survivor = customer_of_key(engine, key_a) if applied else None
         return MergeReport(merge_id, (customers[0], customers[1]), survivor)
     finally:
         engine.dispose()
