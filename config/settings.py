@@ -14,6 +14,7 @@ import pydantic_settings
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from schemas.outputs import WatchedMetric
 from schemas.touchpoint import CUSTOM_TYPE_PATTERN, IdentifierName, IdentifierType
 from schemas.windows import window_seconds
 
@@ -163,6 +164,29 @@ class Settings(BaseSettings):
         default_factory=lambda: ["all"],
         description="Metric windows kept per customer (comma-separated); each adds rows per event.",
     )
+    experience_drop_window: str = Field(
+        "1d",
+        description="Short window of experience-drop alerts (a channel's or the company's figure worse than its own baseline): one of CXSTREAM_METRIC_WINDOWS, not all.",
+    )
+    experience_drop_baseline_windows: int = Field(
+        7, ge=1, le=366, description="How many short windows before the current one make an experience-drop baseline."
+    )
+    experience_drop_margins: dict[WatchedMetric, float] = Field(
+        default_factory=lambda: dict[WatchedMetric, float](
+            {"nps": 20.0, "csat": 15.0, "fcr": 15.0, "experience_gap": 15.0, "repeat_contact_rate": 15.0}
+        ),
+        description='Metrics experience-drop alerts watch, and how much worse than the baseline fires, in the metric\'s unit (NPS points, percentage points, CES points), JSON: {"nps": 20, "csat": 15, "fcr": 15, "experience_gap": 15, "repeat_contact_rate": 15}; {} turns them off. Also ces and confirmed_fcr.',
+    )
+    experience_drop_min_answers: int = Field(
+        30,
+        ge=1,
+        description="Fewest answers (the figure's denominator: survey answers, issues, resolutions, contacts) over the short window and over the baseline for an experience-drop alert to fire: fewer are noise.",
+    )
+    experience_drop_min_z: float = Field(
+        3.0,
+        ge=0,
+        description="How many standard errors of the difference (a two-sample z score) an experience drop must also reach to fire: a margin alone is crossed by chance where windows hold a few dozen answers. 0 turns the test off.",
+    )
 
     # --- identity --------------------------------------------------------------------------------
     hash_identifiers: bool = Field(False, description="Store PII identifiers (email, phone) only as salted hashes.")
@@ -259,6 +283,24 @@ class Settings(BaseSettings):
     def _windows(cls, value: list[str]) -> list[str]:
         for name in value:
             window_seconds(name)
+        return value
+
+    @field_validator("experience_drop_window")
+    @classmethod
+    def _drop_window(cls, value: str, info: ValidationInfo) -> str:
+        windows = info.data.get("metric_windows")
+        if windows is not None and value not in windows:
+            raise ValueError(f"{value!r} is not one of CXSTREAM_METRIC_WINDOWS {windows}")
+        if window_seconds(value) is None:
+            raise ValueError("a tumbling window is needed (the all-time window has no windows before it)")
+        return value
+
+    @field_validator("experience_drop_margins")
+    @classmethod
+    def _margins(cls, value: dict[WatchedMetric, float]) -> dict[WatchedMetric, float]:
+        bad = {metric: margin for metric, margin in value.items() if not margin > 0}
+        if bad:
+            raise ValueError(f"margins must be above 0: {bad}")
         return value
 
     @field_validator("metric_windows", "write_keys")

@@ -53,6 +53,11 @@ class Topics:
         return f"{self.prefix}alerts"
 
     @property
+    def experience_alerts(self) -> str:
+        """ExperienceDropAlert records keyed by alert_id (compacted: the latest record of an alert is its status)."""
+        return f"{self.prefix}experience-alerts"
+
+    @property
     def outbox_commits(self) -> str:
         """Internal: per worker, the last outbox row published in a committed Kafka transaction (compacted, one
         partition). Written in the same transaction as the row's records, read at start to skip what is already
@@ -68,9 +73,9 @@ class Topics:
     @property
     def outputs(self) -> list[str]:
         """Every downstream topic."""
-        return [self.timeline, self.profiles, self.identity, self.metrics, self.alerts]
+        return [self.timeline, self.profiles, self.identity, self.metrics, self.alerts, self.experience_alerts]
 
     @property
     def compacted(self) -> set[str]:
         """Topics whose consumers only need the latest value per key."""
-        return {self.profiles, self.metrics, self.outbox_commits, self.suppressions}
+        return {self.profiles, self.metrics, self.experience_alerts, self.outbox_commits, self.suppressions}

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from schemas.channels import CHANNEL_MODELS
 from schemas.deadletter import DeadLetter
-from schemas.outputs import Alert, CustomerProfile, IdentityChange, MetricUpdate, TimelineEntry
+from schemas.outputs import Alert, CustomerProfile, ExperienceDropAlert, IdentityChange, MetricUpdate, TimelineEntry
 from schemas.touchpoint import TouchpointEvent
 
 JsonSchemaMode = Literal["validation", "serialization"]
@@ -26,6 +26,7 @@ PUBLISHED: tuple[type[BaseModel], ...] = (
     IdentityChange,
     MetricUpdate,
     Alert,
+    ExperienceDropAlert,
 )
 
 #: Records source systems send, described as what cxstream accepts (a number or a string for an amount).

@@ -184,3 +184,40 @@ class Alert(BaseModel):
     occurred_at: AwareDatetime
     evidence: tuple[str, ...] = Field(description="Event ids that caused the alert.")
     message: str = ""
+
+
+#: Metrics an experience-drop alert can watch (``CXSTREAM_EXPERIENCE_DROP_MARGINS``).
+WatchedMetric = Literal["nps", "csat", "ces", "fcr", "confirmed_fcr", "experience_gap", "repeat_contact_rate"]
+
+
+class ExperienceDropAlert(BaseModel):
+    """An alert on the whole: a channel's or the company's figure over a short window worse than its own baseline
+    (the windows before it) by at least a margin. Compacted topic keyed by alert_id, which is deterministic per
+    scope, key, metric and window: the latest record of an id is its status."""
+
+    model_config = _OUT
+
+    alert_id: str
+    rule: Literal["experience_drop"] = "experience_drop"
+    status: Literal["firing", "resolved"] = Field(
+        description="firing: the figure is worse than the baseline by the margin; resolved: later events took it "
+        "back within the margin (an alert that fired on provisional figures)."
+    )
+    severity: Severity = Severity.WARNING
+    scope: MetricScope = Field(description="channel or overall.")
+    key: str = Field(description="Channel name, or 'all'.")
+    metric: WatchedMetric
+    window: str = Field(description="The short window's name (a metric window, 1d by default).")
+    window_start: AwareDatetime
+    window_end: AwareDatetime
+    baseline_start: AwareDatetime = Field(description="Start of the baseline: the windows before window_start.")
+    value: float | None = Field(description="The metric over the short window, in its own unit (as MetricUpdate).")
+    baseline: float | None = Field(description="The metric over the baseline's summed counters.")
+    answers: int = Field(description="The figure's denominator over the short window (answers, issues, contacts).")
+    baseline_answers: int = Field(description="The figure's denominator over the baseline.")
+    margin: float = Field(description="How much worse than the baseline fires, in the metric's unit.")
+    z: float = Field(
+        description="How many standard errors of the difference the figure is worse than the baseline (a two-sample "
+        "z score; CES with a conservative variance bound)."
+    )
+    message: str = ""

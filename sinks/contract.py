@@ -132,6 +132,28 @@ class AlertRow(NamedTuple):
     message: str
 
 
+class ExperienceAlertRow(NamedTuple):
+    """An ``experience_alerts`` row."""
+
+    alert_id: str
+    status: str
+    scope: str
+    key: str
+    metric: str
+    window: str
+    window_start: datetime
+    window_end: datetime
+    baseline_start: datetime
+    value: float | None
+    baseline: float | None
+    answers: int
+    baseline_answers: int
+    margin: float
+    z: float
+    decided_at: datetime
+    message: str
+
+
 class MergeRow(NamedTuple):
     """An ``identity_merges`` row: a customer merged into another, with the evidence."""
 
@@ -203,6 +225,8 @@ class BatchWrite:
     cells: dict[CellKey, CellRow] = field(default_factory=dict)
     removed_cells: list[CellKey] = field(default_factory=list)
     alerts: list[AlertRow] = field(default_factory=list)
+    #: Experience-drop alerts whose status or figures the batch changed (replacing the stored rows).
+    experience_alerts: list[ExperienceAlertRow] = field(default_factory=list)
     outbox: bytes | None = None
 
 
@@ -278,6 +302,9 @@ class ResultSink(Protocol):
 
     def load_customer_cells(self, tx: Any, customer_ids: Iterable[str]) -> dict[CellKey, dict[str, float]]:
         """Every metric cell of the given customers."""
+
+    def load_experience_alerts(self, tx: Any, alert_ids: Iterable[str]) -> dict[str, str]:
+        """The stored status of each of the given experience-drop alerts that has a row."""
 
     def closable_cells(self, tx: Any, ended_by: datetime) -> dict[CellKey, dict[str, float]]:
         """Counters of the cells not yet final whose window ended at or before ``ended_by``."""

@@ -44,6 +44,7 @@ from sinks.contract import (
     Clock,
     Contended,
     CustomerRow,
+    ExperienceAlertRow,
     HandRules,
     IdentityRow,
     MergeRow,
@@ -185,6 +186,7 @@ _ROW_TYPES: dict[str, Any] = {
     "touchpoints": TouchpointRow,
     "metric_cells": CellRow,
     "alerts": AlertRow,
+    "experience_alerts": ExperienceAlertRow,
     "identities_claimed": IdentityRow,
     "touchpoints_claimed": TouchpointRow,
     "identity_merges": MergeRow,
@@ -221,6 +223,7 @@ class SqlSink:
             "touchpoints": self._replace(t.touchpoints, ["event_id"], keep=("committed_at",)),
             "metric_cells": self._replace(t.metric_cells, ["scope", "key", "window", "window_start"]),
             "alerts": self._upsert[t.alerts].on_conflict_do_nothing(),
+            "experience_alerts": self._replace(t.experience_alerts, ["alert_id"]),
             # Claimed keys and event ids: inserted only, never over a row another worker added meanwhile.
             "identities_claimed": self._upsert[t.identities].on_conflict_do_nothing(),
             "touchpoints_claimed": self._upsert[t.touchpoints].on_conflict_do_nothing(),
@@ -499,6 +502,11 @@ class SqlSink:
                 found[cell_key("customer", key, window, as_utc(start))] = counters
         return found
 
+    def load_experience_alerts(self, conn: Connection, alert_ids: Iterable[str]) -> dict[str, str]:
+        """The stored status of each of the given experience-drop alerts that has a row."""
+        c = t.experience_alerts.c
+        return _lookup(conn, c.alert_id, c.status, alert_ids)
+
     def closable_cells(self, conn: Connection, ended_by: datetime) -> dict[CellKey, dict[str, float]]:
         """Counters of the cells not yet final whose window ended at or before ``ended_by``."""
         c = t.metric_cells.c
@@ -589,6 +597,7 @@ class SqlSink:
             conn.execute(delete(t.metric_cells).where(where), cells)
         self._executemany(conn, "metric_cells", list(batch.cells.values()))
         self._executemany(conn, "alerts", batch.alerts)
+        self._executemany(conn, "experience_alerts", batch.experience_alerts)
         self._write_offsets(conn, batch)
         if batch.outbox is not None:
             return int(

@@ -160,6 +160,30 @@ alerts = Table(
     Index("ix_alerts_customer_time", "customer_id", "occurred_at", "alert_id"),
 )
 
+experience_alerts = Table(
+    "experience_alerts",
+    metadata,
+    Column("alert_id", String(64), primary_key=True),
+    Column("status", String(16), nullable=False, comment="firing or resolved"),
+    Column("scope", String(16), nullable=False),
+    Column("key", String(64), nullable=False),
+    Column("metric", String(64), nullable=False),
+    Column("window", String(16), nullable=False),
+    Column("window_start", TS, nullable=False),
+    Column("window_end", TS, nullable=False),
+    Column("baseline_start", TS, nullable=False),
+    Column("value", Float),
+    Column("baseline", Float),
+    Column("answers", Integer, nullable=False),
+    Column("baseline_answers", Integer, nullable=False),
+    Column("margin", Float, nullable=False),
+    Column("z", Float, nullable=False, comment="standard errors worse than the baseline"),
+    Column("decided_at", TS, nullable=False, comment="when its figures were last decided (wall clock)"),
+    Column("message", Text, nullable=False, default=""),
+    # The read side's order (the latest first), and the gauges' question (what fires in the current windows).
+    Index("ix_experience_alerts_time", "window_start", "alert_id"),
+)
+
 identity_merges = Table(
     "identity_merges",
     metadata,

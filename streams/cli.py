@@ -240,6 +240,20 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
 @click.option(
     "--malformed", "malformed_rate", type=float, default=0.005, show_default=True, help="Share of malformed lines."
 )
+@click.option(
+    "--degrade",
+    type=click.Choice(["store", "phone", "web"]),
+    default=None,
+    help="Make this channel's experience worse from halfway through the days (lower answers, fewer resolutions).",
+)
+@click.option(
+    "--warmup-days",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Start the journeys this many days earlier and send only what occurs from the first day on (a business "
+    "already running when tracking begins).",
+)
 @click.pass_context
 def simulate(ctx: click.Context, **options: Any) -> None:
     """Generate realistic multi-channel journeys and publish them through the adapters (or write files)."""
@@ -253,12 +267,18 @@ def simulate(ctx: click.Context, **options: Any) -> None:
 @click.option("--days", type=int, default=30, show_default=True)
 @click.option("--rate", type=float, default=200.0, show_default=True, help="Simulated events per second.")
 @click.option("--seed", type=int, default=1, show_default=True)
+@click.option(
+    "--degrade",
+    type=click.Choice(["store", "phone", "web"]),
+    default=None,
+    help="Make this channel's experience worse from halfway through the days: experience-drop alerts fire.",
+)
 @click.pass_context
-def demo(ctx: click.Context, customers: int, days: int, rate: float, seed: int) -> None:
+def demo(ctx: click.Context, customers: int, days: int, rate: float, seed: int, degrade: str | None) -> None:
     """Embedded broker + worker + simulated traffic on SQLite, with /metrics; Ctrl-C stops everything."""
     from streams.sandbox.demo import run_demo
 
-    run_demo(_settings(ctx), customers, days, rate, seed)
+    run_demo(_settings(ctx), customers, days, rate, seed, degrade)
 
 
 @main.command()

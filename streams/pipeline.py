@@ -26,7 +26,7 @@ from schemas.outputs import NEGATIVE_MOMENTS, Alert, MetricScope
 from schemas.touchpoint import TouchpointEvent
 from sinks.contract import BatchWrite, Clock, Contended, ResultSink, StoredIdentity
 from streams.decoding import InRecord, dead_letter, decode_record, record_fingerprint
-from streams.domain import event_time
+from streams.domain import event_time, experience_drops
 from streams.domain.aggregate import MetricAggregator
 from streams.domain.alerts import READ_TYPES, OpenIssueInfo, evaluate, overdue
 from streams.domain.customer import MOMENTS, SURVEY, TYPE, CustomerState, T, is_kept, row_of, timeline_entry
@@ -38,7 +38,16 @@ from streams.domain.suppression import Suppressions
 from streams.downstream import Outputs
 from streams.policies import Policies, suppression_salt
 from streams.result_records import ResultRecords
-from streams.result_rows import alert_row, cell_row, customer_row, identity_rows, merge_row, overdue_at, touchpoint_row
+from streams.result_rows import (
+    alert_row,
+    cell_row,
+    customer_row,
+    experience_alert_row,
+    identity_rows,
+    merge_row,
+    overdue_at,
+    touchpoint_row,
+)
 from streams.state_cache import StateCache, lookup
 
 log = logging.getLogger(__name__)
@@ -70,6 +79,8 @@ class BatchReport:
     #: Input partitions the batch read new records of (counted once per partition, not per record).
     partitions: int = 0
     alerts: int = 0
+    #: Experience-drop alerts whose status the batch changed (fired, resolved, fired again).
+    experience_alerts: int = 0
     #: The group's watermark after the batch.
     watermark: datetime | None = None
     outbox_id: int | None = None
@@ -494,6 +505,7 @@ class BatchProcessor:
         # ...and what batches share, under the clock's lock
         clock = self._lock_clock(tx, report)
         self._metrics(tx, result, write, records, clock.watermark)
+        self._experience_drops(tx, write, report, records)
         # 6. event time
         self._follow(tx, write, report, records, read.latest, backlog, clock, view)
         # 7. write
@@ -633,6 +645,27 @@ class BatchProcessor:
         for cell, counters in merged.counters.items():
             write.cells[cell] = cell_row(cell, counters, final=cell in merged.final)
         records.metrics(merged.updates)
+
+    def _experience_drops(self, tx: Any, write: BatchWrite, report: BatchReport, records: ResultRecords) -> None:
+        """Decide again the experience-drop alerts whose short window or baseline the batch's cells changed; store
+        the firing ones' figures, and publish every change of status."""
+        policy = self.policies.drops
+        check = experience_drops.to_check(write.cells, policy) if policy is not None else set()
+        if policy is None or not check:
+            return
+        wanted = experience_drops.needed(check, policy)
+        counters = {cell: write.cells[cell].counters for cell in wanted if cell in write.cells}
+        cached, missing = lookup(self.cache.cells, [cell for cell in wanted if cell not in counters])
+        counters.update(cached)
+        counters.update(self.sink.load_cells(tx, missing))
+        stored = self.sink.load_experience_alerts(tx, experience_drops.alert_ids(check, policy))
+        now = report.committed_at or datetime.now(UTC)
+        for drop, changed in experience_drops.redecide(check, counters, stored, policy):
+            alert = experience_drops.to_alert(drop, policy)
+            write.experience_alerts.append(experience_alert_row(alert, now))
+            if changed:
+                records.experience_alert(alert)
+                report.experience_alerts += 1
 
     def _alerts(
         self, result: BatchResult, view: StateView, write: BatchWrite, report: BatchReport, records: ResultRecords

@@ -1,7 +1,7 @@
 """The domain's policies, built from the settings: the one place where ``Settings`` meets ``streams.domain``.
 
 The domain reads no settings. Each of its parts takes a small frozen policy of exactly what it reads
-(``IdentityPolicy``, ``CustomerPolicy``, ``AlertPolicy``, ``MetricPolicy``); the worker, the CLI, the tests and
+(``IdentityPolicy``, ``CustomerPolicy``, ``AlertPolicy``, ``MetricPolicy``, ``DropPolicy``); the worker, the CLI, the tests and
 the tools build them here, once, from the ``Settings`` they were given.
 """
 
@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from config.settings import Settings
+from schemas.windows import window_seconds
 from streams.domain.aggregate import MetricPolicy
 from streams.domain.alerts import AlertPolicy
 from streams.domain.customer import CustomerPolicy, LowScores
+from streams.domain.experience_drops import DropPolicy
 from streams.domain.identifiers import BlockedPatterns, IdentifierHashing
 from streams.domain.identity import IdentityPolicy
 from streams.domain.windows import parse_window
@@ -26,6 +28,8 @@ class Policies:
     customer: CustomerPolicy
     alerts: AlertPolicy
     metrics: MetricPolicy
+    #: Experience-drop alerts; None when no metric is watched.
+    drops: DropPolicy | None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policies:
@@ -58,7 +62,24 @@ class Policies:
                 customer_windows=tuple(parse_window(name) for name in settings.customer_metric_windows),
                 grace_s=settings.window_grace_s,
             ),
+            drops=drop_policy(settings),
         )
+
+
+def drop_policy(settings: Settings) -> DropPolicy | None:
+    """What experience-drop alerts compare; None when ``CXSTREAM_EXPERIENCE_DROP_MARGINS`` watches nothing."""
+    if not settings.experience_drop_margins:
+        return None
+    seconds = window_seconds(settings.experience_drop_window)
+    assert seconds is not None, "the settings refuse the all-time window"
+    return DropPolicy(
+        window=settings.experience_drop_window,
+        window_s=seconds,
+        baseline_windows=settings.experience_drop_baseline_windows,
+        margins={str(metric): margin for metric, margin in settings.experience_drop_margins.items()},
+        min_answers=settings.experience_drop_min_answers,
+        min_z=settings.experience_drop_min_z,
+    )
 
 
 #: The HMAC key of suppression entries when CXSTREAM_IDENTIFIER_SALT is not set (README: set it, or anyone

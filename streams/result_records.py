@@ -1,7 +1,7 @@
 """The downstream records of what a batch produced: one method per output topic, collected in ``Outputs``.
 
 Keys say what a record is about, so that a compacted topic keeps its latest version: the customer for timeline,
-profile and alert records, the merged customer for identity changes, the cell and metric for metric figures.
+profile and alert records, the alert for experience-drop alerts, the merged customer for identity changes, the cell and metric for metric figures.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from config.topics import Topics
 from schemas.deadletter import DeadLetter
-from schemas.outputs import Alert, IdentityChange, MetricScope
+from schemas.outputs import Alert, ExperienceDropAlert, IdentityChange, MetricScope
 from streams.domain.aggregate import MetricRow
 from streams.domain.entry import Entry
 from streams.domain.profile import Profile
@@ -67,6 +67,10 @@ class ResultRecords:
     def alert(self, alert: Alert) -> None:
         """An alert, keyed by its customer."""
         self.outputs.add(self.topics.alerts, alert.customer_id, alert.model_dump_json().encode())
+
+    def experience_alert(self, alert: ExperienceDropAlert) -> None:
+        """An experience-drop alert's new status, keyed by its id (the topic is compacted)."""
+        self.outputs.add(self.topics.experience_alerts, alert.alert_id, alert.model_dump_json().encode())
 
     def dead_letter(self, dead: DeadLetter, value: bytes) -> None:
         """A dead letter as published (``value``: with what the settings keep of its original bytes)."""

@@ -9,13 +9,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
-from schemas.outputs import Alert, IdentityChange
+from schemas.outputs import Alert, ExperienceDropAlert, IdentityChange
 from schemas.touchpoint import TouchpointEvent
 from sinks.contract import (
     AlertRow,
     CellKey,
     CellRow,
     CustomerRow,
+    ExperienceAlertRow,
     IdentityRow,
     MergeRow,
     StoredIdentity,
@@ -149,6 +150,29 @@ def alert_row(alert: Alert) -> AlertRow:
         severity=alert.severity.value,
         occurred_at=as_utc(alert.occurred_at),
         evidence=list(alert.evidence),
+        message=alert.message,
+    )
+
+
+def experience_alert_row(alert: ExperienceDropAlert, decided_at: datetime) -> ExperienceAlertRow:
+    """The ``experience_alerts`` row of an experience-drop alert decided at ``decided_at``."""
+    return ExperienceAlertRow(
+        alert_id=alert.alert_id,
+        status=alert.status,
+        scope=alert.scope.value,
+        key=alert.key,
+        metric=alert.metric,
+        window=alert.window,
+        window_start=alert.window_start,
+        window_end=alert.window_end,
+        baseline_start=alert.baseline_start,
+        value=alert.value,
+        baseline=alert.baseline,
+        answers=alert.answers,
+        baseline_answers=alert.baseline_answers,
+        margin=alert.margin,
+        z=alert.z,
+        decided_at=decided_at,
         message=alert.message,
     )
 

@@ -52,7 +52,7 @@ def _stop_requested(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def run_demo(settings: Settings, customers: int, days: int, rate: float, seed: int) -> None:
+def run_demo(settings: Settings, customers: int, days: int, rate: float, seed: int, degrade: str | None = None) -> None:
     """Start what is not running yet (broker), then a worker and the simulator; stop everything on Ctrl-C.
 
     Also on SIGTERM (``kill``), SIGHUP (the terminal closed) and when the process that started the demo dies
@@ -100,6 +100,11 @@ def run_demo(settings: Settings, customers: int, days: int, rate: float, seed: i
                 str(seed),
                 "--rate",
                 str(rate),
+                # A business already running: without it everyone's journey starts with the demo, and the
+                # shift from enquiries to issues over its first two weeks is a trend the baselines report.
+                "--warmup-days",
+                "14",
+                *(("--degrade", degrade) if degrade else ()),
             ],
             env=env,
             start_new_session=True,

@@ -44,6 +44,11 @@ DEFAULT_START = datetime(2024, 3, 4, tzinfo=UTC)
 #: Placeholder e-mails cashiers type when a customer declines to give one. They are in the default
 #: ``CXSTREAM_BLOCKED_IDENTIFIERS``, are shared by many persons and are never part of the ground truth.
 PLACEHOLDER_EMAILS: tuple[str, ...] = ("noreply@example.com", "test@example.com")
+#: Channels ``simulate(degrade=...)`` can make worse from halfway through the period: their survey answers lower,
+#: their issues resolved less often (the marketplace has neither).
+DEGRADABLE: tuple[str, ...] = ("store", "phone", "web")
+#: How far a degraded channel lowers the answers' mood (about one CSAT point per 1.0).
+DEGRADED_MOOD = 2.0
 
 RecordKind = Literal["ok", "duplicate", "late", "malformed"]
 
@@ -267,7 +272,16 @@ class _Person:
 class _World:
     """Generates the population's journeys day by day; knows nothing of arrival, duplicates or garbage."""
 
-    def __init__(self, customers: int, days: int, seed: int, start: datetime, placeholder_rate: float) -> None:
+    def __init__(
+        self,
+        customers: int,
+        days: int,
+        seed: int,
+        start: datetime,
+        placeholder_rate: float,
+        degrade: str | None = None,
+        degrade_from: float | None = None,
+    ) -> None:
         if not 1 <= customers <= _MAX_CUSTOMERS:
             raise ValueError(f"customers must be between 1 and {_MAX_CUSTOMERS}, got {customers}")
         if days < 1:
@@ -284,6 +298,10 @@ class _World:
         self.days = days
         self.end = self.t0 + days * _DAY
         self.placeholder_rate = placeholder_rate
+        if degrade is not None and degrade not in DEGRADABLE:
+            raise ValueError(f"degrade must be one of {', '.join(DEGRADABLE)}, got {degrade!r}")
+        self.degraded = degrade
+        self.degraded_from = self.t0 + days * _DAY / 2 if degrade_from is None else degrade_from
         # Where records go as they are made: the delivery layer serialises each at once, so payload dicts
         # never pile up (a day of them kept alive made the garbage collector a visible cost).
         self.sink: Callable[[float, str, dict[str, Any], _Person], None] = _discard
@@ -596,10 +614,15 @@ class _World:
             if survey_at < self.end:
                 self._web_survey(p, survey_at, mood=0.3, relationship=False)
 
+    def _worse(self, channel: str, ts: float) -> float:
+        """How much worse than usual the experience on ``channel`` is at ``ts``: ``DEGRADED_MOOD`` on the degraded
+        channel from halfway through the period on, else 0."""
+        return DEGRADED_MOOD if channel == self.degraded and ts >= self.degraded_from else 0.0
+
     def _web_survey(self, p: _Person, ts: float, mood: float, relationship: bool) -> None:
         """A survey answered on the web site (relationship NPS, or CSAT/CES after a purchase or a contact)."""
         rng = self.rng
-        nps, csat, ces = self._scores(p, mood)
+        nps, csat, ces = self._scores(p, mood - self._worse("web", ts))
         if relationship:
             props: dict[str, Any] = {"survey_id": "relationship-nps", "nps": nps}
         else:
@@ -664,7 +687,7 @@ class _World:
             rec["currency"] = p.currency
             rec["items"] = [{"sku": sku, "qty": qty, "unit_price": _money(cents)} for sku, _, cents, qty in basket]
         if kind == "sale" and rng.random() < 0.15:
-            rec["feedback"] = {"csat": self._scores(p, 0.3)[1]}
+            rec["feedback"] = {"csat": self._scores(p, 0.3 - self._worse("store", ts))[1]}
         p.store_bridged = True
         self._emit(p, ts, "store", rec, ids)
 
@@ -723,10 +746,10 @@ class _World:
         self._emit(p, ts, "phone", rec, ids)
         return ts + wait + duration
 
-    def _call_survey(self, p: _Person, mood: float) -> dict[str, int]:
+    def _call_survey(self, p: _Person, ts: float, mood: float) -> dict[str, int]:
         """The post-call IVR survey: CSAT always, CES and NPS often."""
         rng = self.rng
-        nps, csat, ces = self._scores(p, mood)
+        nps, csat, ces = self._scores(p, mood - self._worse("phone", ts))
         survey = {"csat": csat}
         if rng.random() < 0.7:
             survey["ces"] = ces
@@ -737,9 +760,11 @@ class _World:
     def _enquiry(self, p: _Person, ts: float) -> None:
         """A pre-purchase call: product, stock or opening hours questions, usually answered at once."""
         rng = self.rng
-        survey = self._call_survey(p, 0.3) if rng.random() < 0.1 else None
+        survey = self._call_survey(p, ts, 0.3) if rng.random() < 0.1 else None
         reason = self._pick(("product_enquiry", "stock_check", "opening_hours"))
-        self._call(p, ts, "sales", reason, None, rng.random() < 0.95, survey=survey)
+        self._call(
+            p, ts, "sales", reason, None, rng.random() < (0.5 if self._worse("phone", ts) else 0.95), survey=survey
+        )
 
     # --- support episodes ----------------------------------------------------------------------------
 
@@ -759,13 +784,15 @@ class _World:
         contacts = 0
         while True:
             contacts += 1
-            last = contacts == 3 or rng.random() < (0.65 if contacts == 1 else 0.6)
-            resolved = last and rng.random() < 0.9  # some issues stay open after the last contact
+            # A degraded channel resolves fewer issues, and fewer at the first contact.
+            worse = self._worse(channel, ts) > 0
+            last = contacts == 3 or rng.random() < (0.65 if contacts == 1 else 0.6) - (0.35 if worse else 0.0)
+            resolved = last and rng.random() < (0.5 if worse else 0.9)  # some issues stay open after the last contact
             outcome_mood = mood + (0.8 if resolved and contacts == 1 else -0.5 * contacts)
             if channel == "phone":
                 transfers = rng.choices((0, 1, 2), (75, 20, 5))[0]
                 outbound = contacts > 1 and rng.random() < 0.3  # the agent calls back
-                survey = self._call_survey(p, outcome_mood) if last and rng.random() < 0.45 else None
+                survey = self._call_survey(p, ts, outcome_mood) if last and rng.random() < 0.45 else None
                 end = self._call(p, ts, queue, reason, issue_id, resolved, outbound, transfers, survey)
             else:
                 dev = self._logged_in_device(p)
@@ -925,6 +952,8 @@ def simulate(
     malformed_rate: float = 0.0,
     max_late: timedelta = timedelta(hours=6),
     placeholder_rate: float = 0.005,
+    degrade: str | None = None,
+    warmup_days: int = 0,
 ) -> Iterator[SimRecord]:
     """Yield the simulated records of ``customers`` persons over ``days`` days, in arrival order.
 
@@ -937,7 +966,15 @@ def simulate(
     accompanied by a garbled copy (``person_id`` None). Duplicates and garbage are extra lines: the good
     records, and with them the ground truth, do not depend on the rates, and ``malformed_rate`` only adds
     lines to a run with the same other arguments. ``placeholder_rate`` of repeat till receipts carry a
-    placeholder e-mail (:data:`PLACEHOLDER_EMAILS`) that stitching must not use.
+    placeholder e-mail (:data:`PLACEHOLDER_EMAILS`) that stitching must not use. ``degrade`` names a channel
+    (:data:`DEGRADABLE`) whose experience gets worse from halfway through the period: lower survey answers, fewer
+    issues resolved (at the first contact especially), as a test of alerts on the whole.
+
+    ``warmup_days``: the journeys start that many days before ``start`` and only what occurs from ``start`` on
+    is sent, as a business already running when tracking begins. Without it everyone's journey begins with the
+    period: for about 12 days contacts shift from enquiries to issues after purchases (first-contact resolution
+    falls from ~100% to ~55%, repeat contacts rise from 0 to ~20%), a trend a baseline rightly reports. The
+    ``customers`` are then spread over ``warmup_days + days``.
 
     Arguments are checked at once (ValueError); records are generated lazily as the iterator is consumed.
     """
@@ -949,12 +986,34 @@ def simulate(
         _check_rate(name, value)
     if max_late <= timedelta(0):
         raise ValueError(f"max_late must be positive, got {max_late}")
-    world = _World(customers, days, seed, start or DEFAULT_START, placeholder_rate)
-    return _stream(world, seed, duplicate_rate, late_rate, malformed_rate, max_late.total_seconds())
+    if warmup_days < 0:
+        raise ValueError(f"warmup_days must be at least 0, got {warmup_days}")
+    if days < 1:
+        raise ValueError(f"days must be at least 1, got {days}")
+    start = start or DEFAULT_START
+    if start.tzinfo is None:
+        raise ValueError("start must be timezone-aware")
+    begin = start.timestamp()
+    world = _World(
+        customers,
+        days + warmup_days,
+        seed,
+        datetime.fromtimestamp(begin - warmup_days * _DAY, _UTC),
+        placeholder_rate,
+        degrade,
+        begin + days * _DAY / 2,
+    )
+    return _stream(world, seed, duplicate_rate, late_rate, malformed_rate, max_late.total_seconds(), begin)
 
 
 def _stream(
-    world: _World, seed: int, duplicate_rate: float, late_rate: float, malformed_rate: float, max_late: float
+    world: _World,
+    seed: int,
+    duplicate_rate: float,
+    late_rate: float,
+    malformed_rate: float,
+    max_late: float,
+    begin: float,
 ) -> Iterator[SimRecord]:
     # Streams of their own: rates never change the journeys, and garbage never changes the other deliveries.
     rng = random.Random(f"cxstream-delivery-{seed}")
@@ -970,6 +1029,8 @@ def _stream(
     add = pending.append
 
     def deliver(ts: float, channel: str, payload: dict[str, Any], person: _Person) -> None:
+        if ts < begin:
+            return  # the warm-up's: before tracking began
         # orjson's result keeps its 4 KiB working buffer; a right-sized copy makes a held record cost its length.
         raw = memoryview(dumps(payload, option=_WEB_OPTIONS if channel == "web" else 0)).tobytes()
         pid = person.person_id

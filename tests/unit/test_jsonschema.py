@@ -27,6 +27,7 @@ def test_every_topic_record_has_a_schema(tmp_path: Path) -> None:
         "identity_change.schema.json",
         "metric_update.schema.json",
         "alert.schema.json",
+        "experience_drop_alert.schema.json",
         "store_record.schema.json",
         "phone_record.schema.json",
         "web_record.schema.json",
