@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.outputs import ExperienceDropAlert
+
 _OUT = ConfigDict(frozen=True)
 
 
@@ -98,6 +100,21 @@ class ApiAlerts(BaseModel):
     model_config = _OUT
 
     alerts: list[ApiAlert]
+    next: str | None = Field(description="Cursor of the next page (`?after=`); null on the last page.")
+
+
+class ApiExperienceAlert(ExperienceDropAlert):
+    """An experience-drop alert as stored: the published record, and when its figures were last decided."""
+
+    decided_at: datetime = Field(description="When a worker last decided its figures (wall clock).")
+
+
+class ApiExperienceAlerts(BaseModel):
+    """A page of experience-drop alerts."""
+
+    model_config = _OUT
+
+    experience_alerts: list[ApiExperienceAlert]
     next: str | None = Field(description="Cursor of the next page (`?after=`); null on the last page.")
 
 

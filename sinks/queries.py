@@ -203,6 +203,25 @@ def alert_page(
     return _page(engine, _between(query, a.occurred_at, since, until), (a.occurred_at, a.alert_id), after, limit)
 
 
+#: The filters ``experience_alert_page`` takes: a column of ``experience_alerts`` each.
+EXPERIENCE_ALERT_FILTERS = ("scope", "key", "metric", "status")
+
+
+def experience_alert_page(
+    engine: Engine,
+    filters: dict[str, str],
+    since: datetime | None,
+    until: datetime | None,
+    after: tuple[datetime, str] | None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """Experience-drop alerts matching ``filters`` (equality on ``EXPERIENCE_ALERT_FILTERS``) whose window starts in
+    ``[since, until)``, by window start then id; up to ``limit`` after ``after``."""
+    e = t.experience_alerts.c
+    query = select(t.experience_alerts).where(*(e[name] == value for name, value in filters.items()))
+    return _page(engine, _between(query, e.window_start, since, until), (e.window_start, e.alert_id), after, limit)
+
+
 def customer_figures(engine: Engine, customer_id: str) -> list[dict[str, Any]]:
     """A customer's own figures (scope ``customer``, every window) as the ``metrics`` view has them, by window start,
     metric and window: computed here from the customer's cells with the domain's arithmetic (``figures``), which the

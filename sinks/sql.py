@@ -11,7 +11,7 @@ import hashlib
 import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -723,6 +723,27 @@ class SqlSink:
 
 def _utc(seconds: float | None) -> datetime | None:
     return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
+
+
+def current_experience_drops(engine: Engine, window: str, window_s: int) -> list[tuple[str, str, str]]:
+    """(scope, key, metric) of the experience-drop alerts firing in the current or the previous short window: the
+    latest ``window`` cell of the overall scope is current (event time, as far as the workers have got)."""
+    cells, alerts = t.metric_cells.c, t.experience_alerts.c
+    with engine.connect() as conn:
+        latest = conn.scalar(
+            select(func.max(cells.window_start)).where(
+                cells.scope == "overall", cells.key == "all", cells.window == window
+            )
+        )
+        if latest is None:
+            return []
+        since = as_utc(latest) - timedelta(seconds=window_s)
+        rows = conn.execute(
+            select(alerts.scope, alerts.key, alerts.metric)
+            .where(alerts.status == "firing", alerts.window == window, alerts.window_start >= since)
+            .distinct()
+        )
+        return [(scope, key, metric) for scope, key, metric in rows]
 
 
 def customers_count(engine: Engine) -> int:

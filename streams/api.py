@@ -32,6 +32,8 @@ from schemas.api import (
     ApiAlert,
     ApiAlerts,
     ApiError,
+    ApiExperienceAlert,
+    ApiExperienceAlerts,
     ApiFigure,
     ApiFigures,
     ApiMerge,
@@ -51,12 +53,14 @@ from schemas.api import (
 )
 from sinks.queries import (
     ALERT_FILTERS,
+    EXPERIENCE_ALERT_FILTERS,
     METRIC_FILTERS,
     alert_page,
     customer_figures,
     customer_identities,
     customer_merges,
     customer_profile,
+    experience_alert_page,
     latest_alerts,
     latest_touchpoints,
     metric_page,
@@ -129,6 +133,7 @@ class ReadApi:
         app.router.add_get("/v1/customers/{ref}/merges", self.merges)
         app.router.add_get("/v1/metrics", self.metrics)
         app.router.add_get("/v1/alerts", self.alerts)
+        app.router.add_get("/v1/experience-alerts", self.experience_alerts)
         app.router.add_post(ERASURES, self.erasure)
         app.router.add_post(MERGES, self.merge)
         app.router.add_get(f"{SEGMENT_PROFILE}/traits", self.segment_traits)
@@ -270,6 +275,17 @@ class ReadApi:
         fetch = functools.partial(alert_page, self.engine, filters, _time(request, "from"), _time(request, "to"))
         rows, cursor = await _paged(request, fetch, ("occurred_at", "alert_id"))
         return _json(ApiAlerts(alerts=[ApiAlert.model_validate(row) for row in rows], next=cursor))
+
+    async def experience_alerts(self, request: web.Request) -> web.Response:
+        """``GET /v1/experience-alerts?scope=&key=&metric=&status=&from=&to=&limit=&after=``: experience-drop alerts by
+        window start (``from``/``to`` bound it)."""
+        filters = _filters(request, EXPERIENCE_ALERT_FILTERS)
+        fetch = functools.partial(
+            experience_alert_page, self.engine, filters, _time(request, "from"), _time(request, "to")
+        )
+        rows, cursor = await _paged(request, fetch, ("window_start", "alert_id"))
+        alerts = [ApiExperienceAlert.model_validate(row) for row in rows]
+        return _json(ApiExperienceAlerts(experience_alerts=alerts, next=cursor))
 
     async def merges(self, request: web.Request) -> web.Response:
         """``GET /v1/customers/{ref}/merges``: the customers merged into this one, with their evidence."""
@@ -515,6 +531,7 @@ def openapi_document() -> dict[str, Any]:
         ApiTimeline,
         ApiFigures,
         ApiAlerts,
+        ApiExperienceAlerts,
         ApiMerges,
         ApiError,
         SegmentTraits,
@@ -564,6 +581,9 @@ def openapi_document() -> dict[str, Any]:
     ]
     times = [{**param, "description": param["description"].replace("Window start", "Time")} for param in window]
     alert_filters = [{"name": name, "in": "query", "schema": {"type": "string"}} for name in ALERT_FILTERS]
+    experience_filters = [
+        {"name": name, "in": "query", "schema": {"type": "string"}} for name in EXPERIENCE_ALERT_FILTERS
+    ]
     return {
         "openapi": "3.1.0",
         "info": {"title": "cxstream read API", "version": "1"},
@@ -625,6 +645,14 @@ def openapi_document() -> dict[str, Any]:
                     "summary": "Alerts by time",
                     "parameters": [*alert_filters, *times, *page],
                     "responses": {"200": answer(ApiAlerts, "a page"), **refused},
+                }
+            },
+            "/v1/experience-alerts": {
+                "get": {
+                    "summary": "Experience-drop alerts (a channel's or the company's figure below its own baseline) by "
+                    "window start",
+                    "parameters": [*experience_filters, *window, *page],
+                    "responses": {"200": answer(ApiExperienceAlerts, "a page"), **refused},
                 }
             },
             **{

@@ -143,6 +143,14 @@ class Instruments:
             registry=r,
         )
         self.customers = Gauge("cxstream_customers", "Customers known to the results database.", ["worker"], registry=r)
+        self.experience_drops = Gauge(
+            "cxstream_experience_drop_firing",
+            "1 for each channel's (or the overall) metric whose experience-drop alert fires in the current or the "
+            "previous short window (event time); absent otherwise. Read from the results database: every worker "
+            "exports the same.",
+            ["worker", "scope", "key", "metric"],
+            registry=r,
+        )
         self.outputs_published = Counter(
             "cxstream_outputs_published_total",
             "Records published on downstream topics.",

@@ -34,7 +34,7 @@ from config.topics import Topics
 from schemas.deadletter import label_values
 from sinks.contract import OutboxRow
 from sinks.database import make_engine, upgrade
-from sinks.sql import SqlSink, customers_count
+from sinks.sql import SqlSink, current_experience_drops, customers_count
 from streams import apply_process
 from streams.apply_process import ApplyProcess, BatchSummary, is_transient, tune_collector
 from streams.collector import SEGMENT_PATHS, Collector, CollectorReply
@@ -46,6 +46,7 @@ from streams.identity_rules import record_rules_at_start
 from streams.kafka import LogMismatch, missing_applied_records
 from streams.observability import Instruments
 from streams.pipeline import InRecord, record_fingerprint
+from streams.policies import drop_policy
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ class Worker:
         self.topics = Topics(settings.topic_prefix)
         self.instruments = Instruments(settings.worker_id)
         self.engine = make_engine(settings.database_url)  # this process only reads (gauges)
+        self.drops = drop_policy(settings)
         # Every write goes through the apply process, in submission order: a batch, then the deletion of outbox
         # rows published meanwhile; this process keeps fetching and publishing while it runs.
         self.apply_process = ApplyProcess(settings, loglevel)
@@ -377,8 +379,20 @@ class Worker:
         w = self.settings.worker_id
         with contextlib.suppress(OperationalError):  # the database is down: the sink's failure counters say so
             self.instruments.customers.labels(w).set(await asyncio.to_thread(customers_count, self.engine))
+            await self._experience_drop_gauges()
         for (topic, partition), lag in self._lag().items():
             self.instruments.consumer_lag.labels(w, topic, str(partition)).set(lag)
+
+    async def _experience_drop_gauges(self) -> None:
+        """Set the firing experience-drop alerts of the current windows; a series that stopped firing goes away."""
+        policy = self.drops
+        if policy is None:
+            return
+        firing = await asyncio.to_thread(current_experience_drops, self.engine, policy.window, policy.window_s)
+        gauge, w = self.instruments.experience_drops, self.settings.worker_id
+        gauge.clear()
+        for scope, key, metric in firing:
+            gauge.labels(w, scope, key, metric).set(1)
 
     def _lag(self) -> dict[tuple[str, int], int]:
         """Records not yet applied on each input partition assigned to this worker (as far as fetches told)."""

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import requests
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
@@ -17,12 +19,13 @@ from schemas.touchpoint import Channel, EventType, IdentifierType, SourceRef, Su
 from sinks import tables as t
 from sinks.contract import cell_key
 from sinks.database import make_engine, upgrade
-from sinks.sql import SqlSink, as_utc
+from sinks.sql import SqlSink, as_utc, current_experience_drops
 from streams.adapters.reader import convert_one
 from streams.domain import experience_drops
 from streams.pipeline import BatchProcessor, InRecord
 from streams.policies import Policies
 from streams.sandbox.journeys import simulate
+from tests.support.read_api import READ_KEY, read_api
 
 #: A business already running when tracking begins (``warmup_days``: no cold start of everyone's journey, which
 #: is a trend in its own right), about 2,000 events a day over 16 days. Defaults for every alert setting.
@@ -121,7 +124,7 @@ def answer(n: int, day: int, csat: int) -> TouchpointEvent:
     )
 
 
-def test_an_alert_fires_on_a_bad_day_and_late_good_answers_resolve_it(database_url: str) -> None:
+def test_an_alert_fires_on_a_bad_day_and_late_good_answers_resolve_it(database_url: str, tmp_path: Path) -> None:
     settings = load_settings(
         database_url=database_url,
         experience_drop_baseline_windows=1,
@@ -136,7 +139,15 @@ def test_an_alert_fires_on_a_bad_day_and_late_good_answers_resolve_it(database_u
     later = [
         InRecord("cx.touchpoints.web", 0, len(items) + n, e.model_dump_json().encode()) for n, e in enumerate(late_good)
     ]
-    engine, published = run(settings, [*in_batches(items, 4), later])
+    engine, published = run(settings, in_batches(items, 4))
+    # What the Prometheus gauge exports while it fires (the bad day is the latest: current).
+    assert sorted(current_experience_drops(engine, "1d", 86400)) == [
+        ("channel", "web", "csat"),
+        ("overall", "all", "csat"),
+    ]
+    engine, published_later = run(settings, [later])  # a worker started again: the late answers
+    published += published_later
+    assert current_experience_drops(engine, "1d", 86400) == []
     rows = stored(engine)
     # The web channel's cell, and the overall one (all the answers are on the web).
     assert {(row["scope"], row["key"]) for row in rows.values()} == {("channel", "web"), ("overall", "all")}
@@ -153,3 +164,22 @@ def test_an_alert_fires_on_a_bad_day_and_late_good_answers_resolve_it(database_u
             ("resolved", 60, 90.0),
         ]
     assert decided_from_cells(settings, engine) == set()
+
+    # The read API pages them by window start, filtered by any of scope, key, metric and status.
+    with read_api(database_url, tmp_path / "api.log") as base:
+        pages, cursor = [], None
+        while True:
+            page = get(base, "/v1/experience-alerts", limit=1, **({"after": cursor} if cursor else {}))
+            pages.append([alert["alert_id"] for alert in page["experience_alerts"]])
+            if (cursor := page["next"]) is None:
+                break
+        assert sorted(alert_id for page_ids in pages for alert_id in page_ids) == sorted(rows) and len(pages) >= 2
+        (web,) = get(base, "/v1/experience-alerts", scope="channel", status="resolved")["experience_alerts"]
+        assert web["key"] == "web" and web["value"] == 90.0 and web["decided_at"]
+        assert get(base, "/v1/experience-alerts", status="firing")["experience_alerts"] == []
+
+
+def get(base: str, path: str, **params: Any) -> dict[str, Any]:
+    reply = requests.get(f"{base}{path}", params=params, auth=(READ_KEY, ""), timeout=10)
+    assert reply.status_code == 200, reply.text
+    return dict(reply.json())

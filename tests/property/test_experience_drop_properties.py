@@ -3,9 +3,8 @@ does, whatever the arrival order and batch cuts; and what a consumer of the comp
 
 from __future__ import annotations
 
-from typing import Any
-
 from datetime import timedelta
+from typing import Any
 
 from hypothesis import event, given
 from hypothesis import strategies as st
