@@ -13,6 +13,7 @@ from config.settings import Settings
 from streams.domain.aggregate import MetricPolicy
 from streams.domain.alerts import AlertPolicy
 from streams.domain.customer import CustomerPolicy, LowScores
+from streams.domain.engagement import WEIGHT_NAMES, EngagementPolicy
 from streams.domain.identifiers import BlockedPatterns, IdentifierHashing
 from streams.domain.identity import IdentityPolicy
 from streams.domain.windows import parse_window
@@ -51,6 +52,7 @@ class Policies:
                 alert_span_s=alerts.longest_window_s,
                 contradiction_window_s=settings.resolution_contradiction_window_s,
                 low_scores=LowScores(settings.low_nps_max, settings.low_csat_max, settings.low_ces_max),
+                engagement=engagement_policy(settings),
             ),
             alerts=alerts,
             metrics=MetricPolicy(
@@ -59,6 +61,16 @@ class Policies:
                 grace_s=settings.window_grace_s,
             ),
         )
+
+
+def engagement_policy(settings: Settings) -> EngagementPolicy:
+    """The engagement score's parameters the settings give."""
+    return EngagementPolicy(
+        half_life_days=settings.engagement_half_life_days,
+        scale=settings.engagement_scale,
+        horizon_weeks=settings.engagement_horizon_weeks,
+        weights=tuple(settings.engagement_weights[name] for name in WEIGHT_NAMES),
+    )
 
 
 #: The HMAC key of suppression entries when CXSTREAM_IDENTIFIER_SALT is not set (README: set it, or anyone
