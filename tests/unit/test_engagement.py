@@ -102,7 +102,9 @@ _KINDS = [EventType.PAGE_VIEW, EventType.PURCHASE, EventType.SURVEY, EventType.R
     half_life=st.floats(1, 200),
     horizon=st.integers(1, 60),
 )
-def test_the_score_is_the_readmes_formula(items: list[tuple[int, EventType, int]], half_life: float, horizon: int) -> None:
+def test_the_score_is_the_readmes_formula(
+    items: list[tuple[int, EventType, int]], half_life: float, horizon: int
+) -> None:
     policy = EngagementPolicy(half_life_days=half_life, horizon_weeks=horizon)
     events = [
         event(n, kind, T0 + timedelta(seconds=s), survey=SurveyAnswers(nps=nps) if kind is EventType.SURVEY else None)
