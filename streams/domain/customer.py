@@ -21,7 +21,10 @@ order, so the same events in any order and any batch split give equal states (``
   everything;
 - *history*: the entries later events can change (contacts, purchases, ``other``) or alert rules read (surveys,
   moments of truth), from ``history_from`` on; other entries (page views, visits...) never change after they
-  are made and are not kept.
+  are made and are not kept;
+- *engagement* week counts (``engagement``): every event's tally in the weeks within
+  ``EngagementPolicy.horizon_weeks`` of the latest event's week; integers, so their sums do not depend on the order
+  they are added in, and no event is ever read back for them.
 
 After each batch (:meth:`prune`) both boundaries are the customer's latest event time minus ``CustomerPolicy.keep_s``
 (the longest lookback of any derivation or alert rule, plus ``grace_s``), and ``history_from`` rises further
