@@ -22,6 +22,14 @@ ENV_PREFIX = "CXSTREAM_"
 #: The collector's default write key: public (it is in this README), for the embedded default on loopback only.
 DEV_WRITE_KEY = "dev-write-key"
 _TOPIC_CHARS = re.compile(r"[a-zA-Z0-9._-]*")
+#: The engagement score's weights by default (the names and order of ``streams.domain.engagement.WEIGHT_NAMES``).
+ENGAGEMENT_WEIGHTS: dict[str, float] = {
+    "touch": 1.0,
+    "purchase": 5.0,
+    "positive_survey": 3.0,
+    "negative_survey": 3.0,
+    "negative_moment": 2.0,
+}
 
 
 class SettingsError(ValueError):
@@ -156,6 +164,26 @@ class Settings(BaseSettings):
     )
     issue_target_s: float = Field(48 * 3600.0, gt=0, description="An issue open longer than this raises an alert.")
     negative_moments_alert: int = Field(3, ge=1, description="Negative moments within 7 days that raise an alert.")
+    engagement_half_life_days: float = Field(
+        28.0,
+        gt=0,
+        description="Engagement score: a week's touchpoints count half as much this many days before the customer's latest event (README: Engagement score).",
+    )
+    engagement_scale: float = Field(
+        20.0,
+        gt=0,
+        description="Engagement score: the decayed weighted count E that scores 63 (100 * (1 - exp(-E / scale))).",
+    )
+    engagement_horizon_weeks: int = Field(
+        52,
+        ge=1,
+        le=520,
+        description="Engagement score: weeks counted, up to the week of the customer's latest event; each customer's state keeps one small row per week with events.",
+    )
+    engagement_weights: dict[str, float] = Field(
+        default_factory=lambda: dict(ENGAGEMENT_WEIGHTS),
+        description='Engagement score weights, JSON (names left out keep their default): {"touch": 1, "purchase": 5, "positive_survey": 3, "negative_survey": 3, "negative_moment": 2}; the negative kinds are subtracted.',
+    )
     metric_windows: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["1h", "1d", "7d", "30d", "all"],
         description="Metric windows for channel and overall scopes (comma-separated: 1h,1d,7d,30d,all).",
@@ -344,6 +372,17 @@ class Settings(BaseSettings):
         if taken:
             raise ValueError(f"{taken} are built-in type names (or Segment's names of them)")
         return list(dict.fromkeys(value))
+
+    @field_validator("engagement_weights")
+    @classmethod
+    def _weights(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(ENGAGEMENT_WEIGHTS))
+        if unknown:
+            raise ValueError(f"unknown weights {unknown}: expected some of {list(ENGAGEMENT_WEIGHTS)}")
+        bad = {name: w for name, w in value.items() if not 0 <= w < float("inf")}
+        if bad:
+            raise ValueError(f"weights must be finite and at least 0: {bad}")
+        return {**ENGAGEMENT_WEIGHTS, **value}
 
     @field_validator("identifier_limits")
     @classmethod

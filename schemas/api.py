@@ -134,6 +134,11 @@ class ApiProfile(BaseModel):
     returns: int
     open_issues: int
     overdue_at: datetime | None = Field(description="When the earliest open issue passes its target time.")
+    engagement: float | None = Field(
+        description="Engagement score 0-100 (README: Engagement score); null for a customer not written since the "
+        "score exists."
+    )
+    channels: list[str] = Field(description="The channels of the customer's touchpoints (empty: not written since).")
     traits: dict[str, Any] = Field(default_factory=dict, description="Identify traits, the latest value of each.")
     identifiers: list[str] = Field(description="Identifier keys `type:value` (PII hashed when hashing is on).")
     metrics: list[ApiFigure] = Field(
@@ -144,6 +149,27 @@ class ApiProfile(BaseModel):
         default_factory=list,
         description="The customer's latest alerts, newest first (the /alerts route pages them all).",
     )
+
+
+class ApiEngagementChannel(BaseModel):
+    """The engagement scores of the customers met in one channel (``all``: every customer)."""
+
+    model_config = _OUT
+
+    channel: str
+    customers: int = Field(description="Customers with a score met in the channel.")
+    p25: float | None = Field(description="25th percentile of their scores (nearest rank); null without customers.")
+    p50: float | None = Field(description="Median score.")
+    p75: float | None = Field(description="75th percentile.")
+    p90: float | None = Field(description="90th percentile.")
+
+
+class ApiEngagement(BaseModel):
+    """The distribution of the engagement score per channel: a customer counts in every channel it was met in."""
+
+    model_config = _OUT
+
+    channels: list[ApiEngagementChannel]
 
 
 class ApiMerge(BaseModel):

@@ -105,6 +105,13 @@ class CustomerProfile(BaseModel):
     contacts: int = 0
     returns: int = 0
     open_issues: int = 0
+    engagement: float = Field(
+        default=0.0,
+        ge=0,
+        le=100,
+        description="Engagement score, 0-100 (one decimal): recency, frequency and sentiment of the customer's "
+        "touchpoints across channels, exponentially decayed by week (README: Engagement score).",
+    )
     channels: dict[Channel, int] = Field(default_factory=dict)
     traits: dict[str, Any] = Field(
         default_factory=dict,

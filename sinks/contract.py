@@ -53,6 +53,10 @@ class CustomerRow(NamedTuple):
     state: dict[str, Any]
     #: The profile's traits (latest identify value per trait).
     traits: dict[str, Any]
+    #: The profile's engagement score, 0-100.
+    engagement: float
+    #: The channels the customer was met in, sorted and comma-separated (the engagement distribution's channels).
+    channels: str
     #: The row's version when inserted; an update counts the stored one up instead (``SqlSink``).
     version: int = 1
 

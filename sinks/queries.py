@@ -13,6 +13,12 @@ from sinks import tables as t
 from sinks.contract import cell_key
 from sinks.sql import as_utc
 from streams.domain.aggregate import figures, rolling_figures
+from streams.domain.engagement import nearest_rank
+
+#: The quantiles of the engagement distribution that the read API and /metrics give.
+ENGAGEMENT_QUANTILES = (0.25, 0.5, 0.75, 0.9)
+#: The distribution's name for every customer, whatever its channels.
+ALL_CHANNELS = "all"
 
 
 def resolve_customer(engine: Engine, ref: str) -> str | None:
@@ -102,6 +108,7 @@ def customer_profile(engine: Engine, customer_id: str) -> dict[str, Any] | None:
         ).scalars()
         profile = _plain(row)
         profile["identifiers"] = list(keys)
+        profile["channels"] = [] if profile["channels"] is None else [c for c in profile["channels"].split(",") if c]
         return profile
 
 
@@ -241,6 +248,40 @@ def customer_figures(engine: Engine, customer_id: str) -> list[dict[str, Any]]:
     rows += rolling_figures({cell: counters for cell, counters, _ in keyed}, today)
     found = [{**row._asdict(), "scope": row.scope.value} for row in rows]
     return sorted(found, key=lambda row: (row["window_start"], row["metric"], row["window"]))
+
+
+def engagement_distribution(engine: Engine) -> dict[str, dict[float, int]]:
+    """How many customers hold each engagement score, per channel they were met in (a customer counts in every
+    channel of its touchpoints) and over all of them (:data:`ALL_CHANNELS`); customers written before migration
+    0017 have no score and are left out. One scan of ``customers`` grouped by (channels, score): scores have one
+    decimal, so at most 1,001 rows per combination of channels."""
+    c = t.customers.c
+    query = (
+        select(c.channels, c.engagement, func.count())
+        .where(c.engagement.is_not(None))
+        .group_by(c.channels, c.engagement)
+    )
+    found: dict[str, dict[float, int]] = {}
+    with engine.connect() as conn:
+        for channels, engagement, n in conn.execute(query):
+            for channel in (ALL_CHANNELS, *(name for name in (channels or "").split(",") if name)):
+                counts = found.setdefault(channel, {})
+                counts[engagement] = counts.get(engagement, 0) + n
+    return found
+
+
+def engagement_quantiles(engine: Engine) -> list[dict[str, Any]]:
+    """Per channel (:data:`ALL_CHANNELS` first, then by name): its customers with a score and the score's
+    :data:`ENGAGEMENT_QUANTILES` (nearest rank) as ``p25``, ``p50``, ``p75``, ``p90``."""
+    found = []
+    for channel, counts in sorted(
+        engagement_distribution(engine).items(), key=lambda kv: (kv[0] != ALL_CHANNELS, kv[0])
+    ):
+        row: dict[str, Any] = {"channel": channel, "customers": sum(counts.values())}
+        for q in ENGAGEMENT_QUANTILES:
+            row[f"p{round(q * 100)}"] = nearest_rank(counts, q)
+        found.append(row)
+    return found
 
 
 # --- the pages (streams.pages) -------------------------------------------------------------------------------------

@@ -54,6 +54,12 @@ customers = Table(
     # The stitcher's per-customer state: one record per customer, written with the results.
     Column("state", JSON, nullable=False),
     Column("traits", JSON, comment="identify traits, the latest value of each by event time (null: none written yet)"),
+    Column("engagement", Float, comment="engagement score 0-100 (null: not written since migration 0017)"),
+    Column(
+        "channels",
+        String(64),
+        comment="the channels of the customer's touchpoints, sorted, comma-separated (null: not written since 0017)",
+    ),
     Column(
         "version",
         BigInteger,

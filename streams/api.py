@@ -31,6 +31,8 @@ from config.settings import Settings
 from schemas.api import (
     ApiAlert,
     ApiAlerts,
+    ApiEngagement,
+    ApiEngagementChannel,
     ApiError,
     ApiExperienceAlert,
     ApiExperienceAlerts,
@@ -60,6 +62,7 @@ from sinks.queries import (
     customer_identities,
     customer_merges,
     customer_profile,
+    engagement_quantiles,
     experience_alert_page,
     latest_alerts,
     latest_touchpoints,
@@ -134,6 +137,7 @@ class ReadApi:
         app.router.add_get("/v1/metrics", self.metrics)
         app.router.add_get("/v1/alerts", self.alerts)
         app.router.add_get("/v1/experience-alerts", self.experience_alerts)
+        app.router.add_get("/v1/engagement", self.engagement)
         app.router.add_post(ERASURES, self.erasure)
         app.router.add_post(MERGES, self.merge)
         app.router.add_get(f"{SEGMENT_PROFILE}/traits", self.segment_traits)
@@ -261,6 +265,11 @@ class ReadApi:
         fetch = functools.partial(metric_page, self.engine, filters, _time(request, "from"), _time(request, "to"))
         rows, cursor = await _paged(request, fetch, ("window_start", "scope", "key", "metric", "window"))
         return _json(ApiFigures(figures=[ApiFigure.model_validate(row) for row in rows], next=cursor))
+
+    async def engagement(self, _request: web.Request) -> web.Response:
+        """``GET /v1/engagement``: the engagement score's quantiles per channel of touch, and over all customers."""
+        rows = await asyncio.to_thread(engagement_quantiles, self.engine)
+        return _json(ApiEngagement(channels=[ApiEngagementChannel.model_validate(row) for row in rows]))
 
     async def customer_alerts(self, request: web.Request) -> web.Response:
         """``GET /v1/customers/{ref}/alerts?limit=&after=``: a customer's alerts by time."""
@@ -533,6 +542,7 @@ def openapi_document() -> dict[str, Any]:
         ApiAlerts,
         ApiExperienceAlerts,
         ApiMerges,
+        ApiEngagement,
         ApiError,
         SegmentTraits,
         SegmentList,
@@ -704,6 +714,12 @@ def openapi_document() -> dict[str, Any]:
                         "409": answer(ApiError, "no such customer, one customer twice, or a never-link rule"),
                         "503": answer(ApiError, "the database cannot answer"),
                     },
+                }
+            },
+            "/v1/engagement": {
+                "get": {
+                    "summary": "The engagement score's quartiles and 90th percentile per channel of touch, and overall",
+                    "responses": {"200": answer(ApiEngagement, "the distribution"), **refused},
                 }
             },
             "/v1/metrics": {

@@ -4,7 +4,17 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
 
 #: Latency buckets in seconds, from a millisecond to a minute: an event's path spans both.
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -157,3 +167,69 @@ class Instruments:
             ["worker", "topic"],
             registry=r,
         )
+
+
+#: Seconds a read of the engagement distribution serves scrapes before it is read again.
+ENGAGEMENT_TTL_S = 60.0
+
+
+class EngagementCollector(Collector):
+    """The engagement score's distribution per channel as gauges, read from the results database at scrape time
+    (at most once per ``ttl_s``: one scan of the customers table, ``sinks.queries.engagement_quantiles``).
+
+    ``cxstream_engagement_score{channel, quantile}``: the score's quantiles among the customers met in the channel
+    (``all``: every customer); ``cxstream_engagement_customers{channel}``: how many they are. A read that fails
+    (the database is down) leaves the gauges out of that scrape.
+    """
+
+    def __init__(
+        self,
+        worker: str,
+        read: Callable[[], Sequence[dict[str, Any]]],
+        quantiles: Sequence[float],
+        ttl_s: float = ENGAGEMENT_TTL_S,
+    ) -> None:
+        self.worker = worker
+        self.read = read
+        self.quantiles = tuple(quantiles)
+        self.ttl_s = ttl_s
+        self._lock = threading.Lock()
+        self._rows: Sequence[dict[str, Any]] = ()
+        self._read_at = -float("inf")
+
+    def describe(self) -> list[Any]:
+        # Registering must not read the database: the families, without samples.
+        return list(self._families([]))
+
+    def collect(self) -> Iterator[Any]:
+        with self._lock:
+            if time.monotonic() - self._read_at >= self.ttl_s:
+                try:
+                    self._rows = self.read()
+                except Exception as exc:  # the database is down: this scrape goes without the gauges
+                    log.warning("engagement distribution not read: %s", exc)
+                    return iter(())
+                self._read_at = time.monotonic()
+            rows = self._rows
+        return self._families(rows)
+
+    def _families(self, rows: Sequence[dict[str, Any]]) -> Iterator[Any]:
+        scores = GaugeMetricFamily(
+            "cxstream_engagement_score",
+            "Engagement score quantiles (nearest rank, 0-100) among the customers met in a channel (all: every "
+            "customer), from the results database.",
+            labels=["worker", "channel", "quantile"],
+        )
+        customers = GaugeMetricFamily(
+            "cxstream_engagement_customers",
+            "Customers with an engagement score met in a channel (all: every customer).",
+            labels=["worker", "channel"],
+        )
+        for row in rows:
+            customers.add_metric([self.worker, row["channel"]], row["customers"])
+            for q in self.quantiles:
+                value = row[f"p{round(q * 100)}"]
+                if value is not None:
+                    scores.add_metric([self.worker, row["channel"], str(q)], value)
+        yield scores
+        yield customers

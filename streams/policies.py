@@ -14,6 +14,7 @@ from schemas.windows import window_seconds
 from streams.domain.aggregate import MetricPolicy
 from streams.domain.alerts import AlertPolicy
 from streams.domain.customer import CustomerPolicy, LowScores
+from streams.domain.engagement import WEIGHT_NAMES, EngagementPolicy
 from streams.domain.experience_drops import DropPolicy
 from streams.domain.identifiers import BlockedPatterns, IdentifierHashing
 from streams.domain.identity import IdentityPolicy
@@ -55,6 +56,7 @@ class Policies:
                 alert_span_s=alerts.longest_window_s,
                 contradiction_window_s=settings.resolution_contradiction_window_s,
                 low_scores=LowScores(settings.low_nps_max, settings.low_csat_max, settings.low_ces_max),
+                engagement=engagement_policy(settings),
             ),
             alerts=alerts,
             metrics=MetricPolicy(
@@ -79,6 +81,16 @@ def drop_policy(settings: Settings) -> DropPolicy | None:
         margins={str(metric): margin for metric, margin in settings.experience_drop_margins.items()},
         min_answers=settings.experience_drop_min_answers,
         min_z=settings.experience_drop_min_z,
+    )
+
+
+def engagement_policy(settings: Settings) -> EngagementPolicy:
+    """The engagement score's parameters the settings give."""
+    return EngagementPolicy(
+        half_life_days=settings.engagement_half_life_days,
+        scale=settings.engagement_scale,
+        horizon_weeks=settings.engagement_horizon_weeks,
+        weights=tuple(settings.engagement_weights[name] for name in WEIGHT_NAMES),
     )
 
 

@@ -54,6 +54,8 @@ def customer_row(profile: Profile, state: CustomerState, overdue: datetime | Non
         overdue_at=overdue,
         state=state.to_dict(),
         traits=profile.traits,
+        engagement=profile.engagement,
+        channels=",".join(sorted(profile.channels)),
     )
 
 

@@ -34,6 +34,7 @@ from config.topics import Topics
 from schemas.deadletter import label_values
 from sinks.contract import OutboxRow
 from sinks.database import make_engine, upgrade
+from sinks.queries import ENGAGEMENT_QUANTILES, engagement_quantiles
 from sinks.sql import SqlSink, current_experience_drops, customers_count
 from streams import apply_process
 from streams.apply_process import ApplyProcess, BatchSummary, is_transient, tune_collector
@@ -44,7 +45,7 @@ from streams.faust_app import App
 from streams.http import CollectorHttp, application_options, enqueue_with
 from streams.identity_rules import record_rules_at_start
 from streams.kafka import LogMismatch, missing_applied_records
-from streams.observability import Instruments
+from streams.observability import EngagementCollector, Instruments
 from streams.pipeline import InRecord, record_fingerprint
 from streams.policies import drop_policy
 
@@ -79,6 +80,11 @@ class Worker:
         self.instruments = Instruments(settings.worker_id)
         self.engine = make_engine(settings.database_url)  # this process only reads (gauges)
         self.drops = drop_policy(settings)
+        self.instruments.registry.register(
+            EngagementCollector(
+                settings.worker_id, functools.partial(engagement_quantiles, self.engine), ENGAGEMENT_QUANTILES
+            )
+        )
         # Every write goes through the apply process, in submission order: a batch, then the deletion of outbox
         # rows published meanwhile; this process keeps fetching and publishing while it runs.
         self.apply_process = ApplyProcess(settings, loglevel)
@@ -196,9 +202,9 @@ class Worker:
 
         @app.page("/metrics")
         async def metrics_page(_web: Any, _request: Any) -> web.Response:
-            return web.Response(
-                body=generate_latest(self.instruments.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-            )
+            # In a thread: the engagement gauges read the database at scrape time (``EngagementCollector``).
+            body = await asyncio.to_thread(generate_latest, self.instruments.registry)
+            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
         # The collector: write key first, then the body (bounded in size and time); see streams.http.
         collector = CollectorHttp(s, Collector(s, enqueue_with(app), self.instruments))

@@ -21,7 +21,10 @@ order, so the same events in any order and any batch split give equal states (``
   everything;
 - *history*: the entries later events can change (contacts, purchases, ``other``) or alert rules read (surveys,
   moments of truth), from ``history_from`` on; other entries (page views, visits...) never change after they
-  are made and are not kept.
+  are made and are not kept;
+- *engagement* week counts (``engagement``): every event's tally in the weeks within
+  ``EngagementPolicy.horizon_weeks`` of the latest event's week; integers, so their sums do not depend on the order
+  they are added in, and no event is ever read back for them.
 
 After each batch (:meth:`prune`) both boundaries are the customer's latest event time minus ``CustomerPolicy.keep_s``
 (the longest lookback of any derivation or alert rule, plus ``grace_s``), and ``history_from`` rises further
@@ -45,6 +48,7 @@ from typing import Any, NamedTuple
 
 from schemas.outputs import Moment, Stage
 from schemas.touchpoint import Channel, EventType, SurveyAnswers, TouchpointEvent
+from streams.domain.engagement import EngagementPolicy, add_tally, merge_buckets, prune_buckets, score, tally, week_of
 from streams.domain.entry import Entry
 from streams.domain.identity import ANONYMOUS_TYPE, DEFAULT_RANKS, Ranks
 from streams.domain.moments import event_moments, with_contradiction, with_first_purchase
@@ -201,6 +205,8 @@ class CustomerPolicy:
     contradiction_window_s: float = 0.0
     #: Survey answers that contradict a resolution: NPS at most, CSAT at most, CES at most (1-7, higher is easier).
     low_scores: LowScores = field(default_factory=lambda: LowScores(6, 2, 3))
+    #: The engagement score's parameters (``streams.domain.engagement``).
+    engagement: EngagementPolicy = field(default_factory=EngagementPolicy)
 
     def __post_init__(self) -> None:
         # An issue id is remembered at least as long as a repeat contact is.
@@ -339,6 +345,7 @@ class CustomerState:
         "channels",
         "contacts",
         "customer_id",
+        "engagement",
         "events",
         "facts_from",
         "first_purchase",
@@ -382,6 +389,10 @@ class CustomerState:
         self.contacts = 0
         self.returns = 0
         self.channels: dict[str, int] = {}
+        #: Engagement counts by week, ``[week, touches, purchases, positive surveys, negative surveys, negative
+        #: moments]`` sorted by week: every event's tally (``engagement.tally``) of the weeks within the horizon of
+        #: the latest event (older weeks are pruned, and their late events only counted until the batch ends).
+        self.engagement: list[list[int]] = []
         #: Traits the customer's identify calls gave, by name: ``[value, t, event_id]`` of the latest by event time
         #: (ties by event id), so that any arrival order gives the same traits.
         self.traits: dict[str, list[Any]] = {}
@@ -483,6 +494,9 @@ class CustomerState:
             self.last_seen = max(self.last_seen, t)
         self.events += 1
         self.channels[row[CHANNEL]] = self.channels.get(row[CHANNEL], 0) + 1
+        counts = tally(kind, row[SURVEY], row[MOMENTS])
+        if counts is not None:
+            add_tally(self.engagement, week_of(t), counts)
         if kind == _PURCHASE:
             self.purchases += 1
             if event.amount is not None:
@@ -620,6 +634,7 @@ class CustomerState:
         self.returns += other.returns
         for channel, n in other.channels.items():
             self.channels[channel] = self.channels.get(channel, 0) + n
+        self.engagement = merge_buckets(self.engagement, other.engagement)
         other.merged_into = self
 
     def prune(self, policy: CustomerPolicy) -> None:
@@ -653,6 +668,7 @@ class CustomerState:
         if i:
             del history[:i]
         self.history_from = history_from
+        prune_buckets(self.engagement, week_of(self.last_seen), policy.engagement)
 
     # --- derived -------------------------------------------------------------------------------
 
@@ -752,10 +768,15 @@ class CustomerState:
             contacts=self.contacts,
             returns=self.returns,
             open_issues=open_issues,
+            engagement=self.engagement_score(policy),
             channels=dict(self.channels),
             traits={name: given[0] for name, given in sorted(self.traits.items())},
             groups=list(self.groups),
         )
+
+    def engagement_score(self, policy: CustomerPolicy) -> float:
+        """The customer's engagement score, in [0, 100] (``streams.domain.engagement``)."""
+        return score(self.engagement, week_of(self.last_seen), policy.engagement)
 
     # --- storage -------------------------------------------------------------------------------
 
@@ -783,6 +804,7 @@ class CustomerState:
                 "returns": self.returns,
             },
             "channels": self.channels,
+            "engagement": self.engagement,
             "traits": self.traits,
             "groups": self.groups,
             "first_seen": self.first_seen,
@@ -816,6 +838,8 @@ class CustomerState:
         # Rows written before traits and groups were kept have none.
         state.traits = data.get("traits", {})
         state.groups = data.get("groups", [])
+        # Rows written before the engagement score have no week counts: their score counts later events only.
+        state.engagement = data.get("engagement", [])
         state.first_seen = data["first_seen"]
         state.last_seen = data["last_seen"]
         if version == 1:

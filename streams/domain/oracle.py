@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from schemas.outputs import Stage
 from schemas.touchpoint import TouchpointEvent
 from streams.domain.customer import CustomerState
+from streams.domain.engagement import EngagementPolicy, oldest_week, score, tally, week_of
 from streams.domain.entry import Entry
 from streams.domain.identity import NO_RULES, KeptApart
 from streams.domain.profile import Profile
@@ -60,15 +61,48 @@ def replay(
     for entry in sorted(entries.values(), key=lambda e: (e.occurred_at, e.event_id)):
         if entry.customer_id is not None:
             timelines.setdefault(entry.customer_id, []).append(entry.event_id)
+    # The engagement score from the final timelines in one pass, not from the states' week counts.
+    engagement = engagement_scores(entries.values(), policies.customer.engagement)
+    profiles = {
+        profile.customer_id: replace(profile, engagement=engagement.get(profile.customer_id, 0.0))
+        for profile in result.profiles
+        if profile.merged_into is None
+    }
     return OracleResult(
         customers=view.customers,
         identities=view.identities,
         timelines=timelines,
         stages={cid: state.stage(stitcher.policy) for cid, state in view.customers.items()},
-        profiles={profile.customer_id: profile for profile in result.profiles if profile.merged_into is None},
+        profiles=profiles,
         entries=entries,
         result=result,
     )
+
+
+def engagement_scores(entries: Iterable[Entry], policy: EngagementPolicy) -> dict[str, float]:
+    """Each customer's engagement score from all its timeline entries at once: every entry's tally summed per week
+    over the horizon of the customer's latest entry, then scored."""
+    weeks: dict[str, dict[int, list[int]]] = {}
+    latest: dict[str, int] = {}
+    for entry in entries:
+        customer_id = entry.customer_id
+        if customer_id is None:
+            continue
+        week = week_of(entry.occurred_at.timestamp())
+        latest[customer_id] = max(latest.get(customer_id, week), week)
+        survey = entry.survey
+        answers = None if survey is None else [survey.nps, survey.csat, survey.ces]
+        counts = tally(entry.type.value, answers, (m.value for m in entry.moments))
+        if counts is not None:
+            held = weeks.setdefault(customer_id, {}).setdefault(week, [0] * len(counts))
+            for i, n in enumerate(counts):
+                held[i] += n
+    scores = {}
+    for customer_id, last in latest.items():
+        kept = weeks.get(customer_id, {})
+        rows = [[week, *kept[week]] for week in sorted(kept) if week >= oldest_week(last, policy)]
+        scores[customer_id] = score(rows, last, policy)
+    return scores
 
 
 def final_entries(results: Iterable[BatchResult]) -> dict[str, Entry]:

@@ -33,6 +33,8 @@ class Profile:
     contacts: int = 0
     returns: int = 0
     open_issues: int = 0
+    #: Engagement score in [0, 100] (``streams.domain.engagement``).
+    engagement: float = 0.0
     #: Touchpoints by channel (``Channel`` values).
     channels: dict[str, int] = field(default_factory=dict)
     traits: dict[str, Any] = field(default_factory=dict)

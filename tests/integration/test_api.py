@@ -6,6 +6,7 @@ the real command in a process of its own and is called over HTTP.
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -17,7 +18,7 @@ import requests
 from sqlalchemy import delete, func, insert, select
 
 from schemas.outputs import MetricScope
-from schemas.touchpoint import IdentifierType
+from schemas.touchpoint import Channel, IdentifierType
 from sinks import tables as t
 from sinks.database import make_engine
 from streams.domain.aggregate import CellKey, rolling_figures
@@ -62,6 +63,18 @@ def test_a_customer_is_found_by_its_id_and_by_each_of_its_identifiers(api: tuple
     raw_emails = [key for key in profile["identifiers"] if key.startswith("email:") and "@" in key]
     assert not raw_emails if hashing else True, "hashing on: no raw e-mail is served"
     assert get(base, "/v1/customers/email:nobody@example.org").status_code == 404
+    with engine.connect() as conn:
+        scores = dict(conn.execute(select(t.customers.c.customer_id, t.customers.c.engagement)).all())
+    assert profile["engagement"] == scores[profile["customer_id"]] and set(profile["channels"]) <= set(Channel)
+    # The distribution over every customer: nearest-rank quantiles of the stored scores.
+    ordered = sorted(scores.values())
+    overall, *per_channel = get(base, "/v1/engagement").json()["channels"]
+    assert overall == {
+        "channel": "all",
+        "customers": len(ordered),
+        **{f"p{q}": ordered[math.ceil(q / 100 * len(ordered)) - 1] for q in (25, 50, 75, 90)},
+    }
+    assert 0 < overall["p50"] < 100 and {row["channel"] for row in per_channel} <= set(Channel)
 
 
 def test_read_keys_are_required_and_separate_from_write_keys(api: tuple[str, str, bool]) -> None:
@@ -71,7 +84,7 @@ def test_read_keys_are_required_and_separate_from_write_keys(api: tuple[str, str
         assert reply.status_code == 401 and reply.headers["WWW-Authenticate"].startswith("Basic")
     document = requests.get(f"{base}/openapi.json", timeout=10).json()
     assert document["openapi"].startswith("3.1") and "/v1/customers/{ref}/timeline" in document["paths"]
-    assert "ApiProfile" in document["components"]["schemas"]
+    assert "ApiProfile" in document["components"]["schemas"] and "/v1/engagement" in document["paths"]
 
 
 def test_timelines_and_figures_are_paged_without_gaps_or_repeats(api: tuple[str, str, bool]) -> None:

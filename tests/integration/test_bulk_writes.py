@@ -62,6 +62,8 @@ def _customer(n: int) -> CustomerRow:
         overdue_at=None,
         state={"v": 2, "id": f"c-{n}", "note": 'quotes " and \\ and ünïcode', "n": [1, 2.5, None]},
         traits=None if n % 2 else {"plan": "gold"},
+        engagement=n % 1000 / 10,
+        channels="phone,web" if n % 2 else "",
     )
 
 

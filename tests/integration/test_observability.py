@@ -233,6 +233,8 @@ def test_prometheus_scrapes_the_events_the_worker_applied(
 def test_promtool_accepts_the_metrics_page(observed: ObservedWorker, promtool: str) -> None:  # noqa: F811
     text = observed.worker.metrics_text()
     assert "cxstream_end_to_end_latency_seconds_bucket" in text
+    # Read from the database at scrape time (at most once a minute: its first scrape may precede any customer).
+    assert "# TYPE cxstream_engagement_score gauge" in text and "# TYPE cxstream_engagement_customers gauge" in text
     proc = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, f"promtool check metrics:\n{proc.stdout}\n{proc.stderr}"
 

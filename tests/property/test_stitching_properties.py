@@ -92,7 +92,11 @@ def histories(draw: st.DrawFn, max_people: int = 5, max_events: int = 40, span_d
             extra["resolved"] = draw(st.sampled_from([True, False, None]))
             extra["transfers"] = draw(st.integers(0, 2))
         elif kind is EventType.SURVEY:
-            extra["survey"] = SurveyAnswers(nps=draw(st.integers(0, 10)))
+            extra["survey"] = SurveyAnswers(
+                nps=draw(st.integers(0, 10)),
+                csat=draw(st.none() | st.integers(1, 5)),
+                ces=draw(st.none() | st.integers(1, 7)),
+            )
         elif kind is EventType.REVIEW:
             extra["attributes"] = {"rating": draw(st.integers(1, 5))}
         occurred = T0 + timedelta(milliseconds=draw(st.integers(0, int(span_days * DAY * 1000))))
@@ -211,7 +215,8 @@ def components(events: list, stitcher: Stitcher) -> dict[str, list[str]]:
     return {cid: [eid for _, eid in sorted(items)] for cid, items in timelines.items()}
 
 
-#: The defaults, and tight ones: short lookbacks, grace and history, so that retention and restoring happen often.
+#: The defaults, and tight ones: short lookbacks, grace and history, so that retention and restoring happen often
+#: (and an engagement horizon of three weeks, so that late events fall before it and week counts are pruned).
 DEFAULTS = Policies.from_settings(Settings())
 TIGHT = Policies.from_settings(
     Settings(
@@ -220,6 +225,9 @@ TIGHT = Policies.from_settings(
         repeat_contact_window_s=DAY,
         resolution_contradiction_window_s=2 * DAY,
         timeline_limit=4,
+        engagement_horizon_weeks=3,
+        engagement_half_life_days=5.0,
+        engagement_scale=4.0,
     )
 )
 
@@ -260,6 +268,11 @@ def assert_like_the_oracle(events: list, arrived: list, copies: list, policies: 
     assert final_entries(results) == oracle.entries
     profiles = {p.customer_id: p for r in results for p in r.profiles if p.merged_into is None}
     assert {cid: profiles[cid] for cid in states} == oracle.profiles
+    # The oracle's engagement scores come from the final timelines in one pass (``oracle.engagement_scores``), the
+    # stitcher's from the week counts each state kept over its batches.
+    assert {cid: profiles[cid].engagement for cid in states} == {
+        cid: p.engagement for cid, p in oracle.profiles.items()
+    }
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

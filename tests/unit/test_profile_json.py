@@ -37,6 +37,7 @@ _TRAITS = st.dictionaries(
         st.sampled_from([t.value for t in IdentifierType]), st.lists(st.text(max_size=20), max_size=3), max_size=4
     ),
     counts=st.tuples(*[st.integers(0, 10**6)] * 5),
+    engagement=st.integers(0, 1000).map(lambda n: round(n / 10, 1)),
     revenue=st.decimals(min_value=-(10**12), max_value=10**12, places=2, allow_nan=False),
     channels=st.dictionaries(st.sampled_from([c.value for c in Channel]), st.integers(0, 10**6)),
     traits=_TRAITS,
@@ -50,6 +51,7 @@ def test_a_profiles_record_is_the_pydantic_models_json(
     stage: Stage,
     identifiers: dict[str, list[str]],
     counts: tuple[int, int, int, int, int],
+    engagement: float,
     revenue: Decimal,
     channels: dict[str, int],
     traits: dict[str, Any],
@@ -69,6 +71,7 @@ def test_a_profiles_record_is_the_pydantic_models_json(
         contacts=contacts,
         returns=returns,
         open_issues=open_issues,
+        engagement=engagement,
         channels=channels,
         traits=traits,
         groups=groups,
