@@ -27,7 +27,7 @@ from schemas.touchpoint import TouchpointEvent
 from sinks.contract import BatchWrite, Clock, Contended, ResultSink, StoredIdentity
 from streams.decoding import InRecord, dead_letter, decode_record, record_fingerprint
 from streams.domain import event_time, experience_drops
-from streams.domain.aggregate import MetricAggregator
+from streams.domain.aggregate import CellKey, MetricAggregator
 from streams.domain.alerts import READ_TYPES, OpenIssueInfo, evaluate, overdue
 from streams.domain.customer import MOMENTS, SURVEY, TYPE, CustomerState, T, is_kept, row_of, timeline_entry
 from streams.domain.entry import Entry
@@ -653,11 +653,10 @@ class BatchProcessor:
         check = experience_drops.to_check(write.cells, policy) if policy is not None else set()
         if policy is None or not check:
             return
-        wanted = experience_drops.needed(check, policy)
-        counters = {cell: write.cells[cell].counters for cell in wanted if cell in write.cells}
-        cached, missing = lookup(self.cache.cells, [cell for cell in wanted if cell not in counters])
-        counters.update(cached)
-        counters.update(self.sink.load_cells(tx, missing))
+        counters = self._shared_cells(tx, write, check)
+        # A window without counters has no figures, and never had an alert: the windows after today, mostly.
+        check = {cell for cell, held in counters.items() if held}
+        counters.update(self._shared_cells(tx, write, experience_drops.needed(check, policy) - check))
         stored = self.sink.load_experience_alerts(tx, experience_drops.alert_ids(check, policy))
         now = report.committed_at or datetime.now(UTC)
         for drop, changed in experience_drops.redecide(check, counters, stored, policy):
@@ -666,6 +665,17 @@ class BatchProcessor:
             if changed:
                 records.experience_alert(alert)
                 report.experience_alerts += 1
+
+    def _shared_cells(self, tx: Any, write: BatchWrite, cells: Iterable[CellKey]) -> dict[CellKey, dict[str, float]]:
+        """The counters of channel or overall ``cells``: the batch's own, else cached, else stored; empty for a cell
+        that does not exist. Read under the clock's lock, the stored ones are cached, absent ones as empty (as good
+        as absent to every reader): valid until another batch commits (``_lock_clock``)."""
+        found = {cell: write.cells[cell].counters for cell in cells if cell in write.cells}
+        cached, missing = lookup(self.cache.cells, [cell for cell in cells if cell not in found])
+        loaded = self.sink.load_cells(tx, missing)
+        loaded.update((cell, {}) for cell in missing if cell not in loaded)
+        self.cache.cells.store(loaded.items())
+        return {**found, **cached, **loaded}
 
     def _alerts(
         self, result: BatchResult, view: StateView, write: BatchWrite, report: BatchReport, records: ResultRecords
