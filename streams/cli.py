@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     from streams.deadletters import Letter
 
 
+#: A share of records (the simulator's rates): at least 0, less than 1.
+_RATE = click.FloatRange(0.0, 1.0, max_open=True)
+
+
 def _settings(ctx: click.Context) -> Settings:
     settings: Settings = ctx.obj
     return settings
@@ -223,8 +227,8 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
 
 
 @main.command()
-@click.option("--customers", type=int, default=1000, show_default=True, help="Simulated people.")
-@click.option("--days", type=int, default=7, show_default=True, help="Days of journeys.")
+@click.option("--customers", type=click.IntRange(min=1), default=1000, show_default=True, help="Simulated people.")
+@click.option("--days", type=click.IntRange(min=1), default=7, show_default=True, help="Days of journeys.")
 @click.option("--seed", type=int, default=1, show_default=True, help="Random seed: same seed, same traffic.")
 @click.option(
     "--rate", type=float, default=None, help="Events per second to publish at (default: as fast as possible)."
@@ -232,13 +236,13 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write <channel>.jsonl files here instead.")
 @click.option("--envelope", type=int, default=0, show_default=True, help="Events per Kafka record (0: one per record).")
 @click.option(
-    "--duplicates", "duplicate_rate", type=float, default=0.02, show_default=True, help="Share of re-sent records."
+    "--duplicates", "duplicate_rate", type=_RATE, default=0.02, show_default=True, help="Share of re-sent records."
 )
 @click.option(
-    "--late", "late_rate", type=float, default=0.02, show_default=True, help="Share of late, out-of-order records."
+    "--late", "late_rate", type=_RATE, default=0.02, show_default=True, help="Share of late, out-of-order records."
 )
 @click.option(
-    "--malformed", "malformed_rate", type=float, default=0.005, show_default=True, help="Share of malformed lines."
+    "--malformed", "malformed_rate", type=_RATE, default=0.005, show_default=True, help="Share of malformed lines."
 )
 @click.option(
     "--degrade",
@@ -248,7 +252,7 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
 )
 @click.option(
     "--warmup-days",
-    type=int,
+    type=click.IntRange(min=0),
     default=0,
     show_default=True,
     help="Start the journeys this many days earlier and send only what occurs from the first day on (a business "

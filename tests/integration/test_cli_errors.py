@@ -45,3 +45,16 @@ def test_version_and_an_api_without_read_keys(tmp_path: Path) -> None:
     assert proc.returncode == 0 and proc.stdout.startswith("cxstream ")
     proc = cli(tmp_path, "api")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and "CXSTREAM_READ_KEYS" in proc.stderr
+
+
+def test_simulator_arguments_out_of_range_are_one_line_each(tmp_path: Path) -> None:
+    for args, named in (
+        (("--late", "1.5"), "'--late': 1.5 is not in the range"),
+        (("--duplicates", "-0.1"), "'--duplicates'"),
+        (("--customers", "0"), "'--customers'"),
+        (("--warmup-days", "-1"), "'--warmup-days'"),
+        (("--degrade", "marketplace"), "'--degrade'"),
+    ):
+        proc = cli(tmp_path, "simulate", "--out", str(tmp_path / "out"), *args)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr and named in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()
