@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterable
@@ -167,11 +168,13 @@ class Settings(BaseSettings):
     engagement_half_life_days: float = Field(
         28.0,
         gt=0,
+        allow_inf_nan=False,
         description="Engagement score: a week's touchpoints count half as much this many days before the customer's latest event (README: Engagement score).",
     )
     engagement_scale: float = Field(
         20.0,
         gt=0,
+        allow_inf_nan=False,
         description="Engagement score: the decayed weighted count E that scores 63 (100 * (1 - exp(-E / scale))).",
     )
     engagement_horizon_weeks: int = Field(
@@ -192,18 +195,18 @@ class Settings(BaseSettings):
         default_factory=lambda: ["all"],
         description="Metric windows kept per customer (comma-separated); each adds rows per event.",
     )
+    experience_drop_margins: dict[WatchedMetric, float] = Field(
+        default_factory=lambda: dict[WatchedMetric, float](
+            {"nps": 20.0, "csat": 15.0, "fcr": 15.0, "experience_gap": 15.0, "repeat_contact_rate": 15.0}
+        ),
+        description='Metrics experience-drop alerts watch, and how much worse than the baseline fires, in the metric\'s unit (NPS points, percentage points, CES points), JSON: {"nps": 20, "csat": 15, "fcr": 15, "experience_gap": 15, "repeat_contact_rate": 15}; {} turns them off. Also ces and confirmed_fcr.',
+    )
     experience_drop_window: str = Field(
         "1d",
         description="Short window of experience-drop alerts (a channel's or the company's figure worse than its own baseline): one of CXSTREAM_METRIC_WINDOWS, not all.",
     )
     experience_drop_baseline_windows: int = Field(
         7, ge=1, le=366, description="How many short windows before the current one make an experience-drop baseline."
-    )
-    experience_drop_margins: dict[WatchedMetric, float] = Field(
-        default_factory=lambda: dict[WatchedMetric, float](
-            {"nps": 20.0, "csat": 15.0, "fcr": 15.0, "experience_gap": 15.0, "repeat_contact_rate": 15.0}
-        ),
-        description='Metrics experience-drop alerts watch, and how much worse than the baseline fires, in the metric\'s unit (NPS points, percentage points, CES points), JSON: {"nps": 20, "csat": 15, "fcr": 15, "experience_gap": 15, "repeat_contact_rate": 15}; {} turns them off. Also ces and confirmed_fcr.',
     )
     experience_drop_min_answers: int = Field(
         30,
@@ -213,6 +216,7 @@ class Settings(BaseSettings):
     experience_drop_min_z: float = Field(
         3.0,
         ge=0,
+        allow_inf_nan=False,
         description="How many standard errors of the difference (a two-sample z score) an experience drop must also reach to fire: a margin alone is crossed by chance where windows hold a few dozen answers. 0 turns the test off.",
     )
 
@@ -316,6 +320,8 @@ class Settings(BaseSettings):
     @field_validator("experience_drop_window")
     @classmethod
     def _drop_window(cls, value: str, info: ValidationInfo) -> str:
+        if not info.data.get("experience_drop_margins", True):
+            return value  # no alert watches anything: the window need not exist
         windows = info.data.get("metric_windows")
         if windows is not None and value not in windows:
             raise ValueError(f"{value!r} is not one of CXSTREAM_METRIC_WINDOWS {windows}")
@@ -326,9 +332,9 @@ class Settings(BaseSettings):
     @field_validator("experience_drop_margins")
     @classmethod
     def _margins(cls, value: dict[WatchedMetric, float]) -> dict[WatchedMetric, float]:
-        bad = {metric: margin for metric, margin in value.items() if not margin > 0}
+        bad = {metric: margin for metric, margin in value.items() if not 0 < margin < math.inf}
         if bad:
-            raise ValueError(f"margins must be above 0: {bad}")
+            raise ValueError(f"margins must be above 0 and finite: {bad}")
         return value
 
     @field_validator("metric_windows", "write_keys")

@@ -200,7 +200,7 @@ WatchedMetric = Literal["nps", "csat", "ces", "fcr", "confirmed_fcr", "experienc
 class ExperienceDropAlert(BaseModel):
     """An alert on the whole: a channel's or the company's figure over a short window worse than its own baseline
     (the windows before it) by at least a margin. Compacted topic keyed by alert_id, which is deterministic per
-    scope, key, metric and window: the latest record of an id is its status."""
+    scope, key, metric and window: the record of an id with the highest revision is its status."""
 
     model_config = _OUT
 
@@ -223,6 +223,10 @@ class ExperienceDropAlert(BaseModel):
     answers: int = Field(description="The figure's denominator over the short window (answers, issues, contacts).")
     baseline_answers: int = Field(description="The figure's denominator over the baseline.")
     margin: float = Field(description="How much worse than the baseline fires, in the metric's unit.")
+    revision: int = Field(
+        description="Grows with every decision of the group's workers (the batch's commit sequence): a consumer keeps "
+        "the record of the highest revision per alert_id, whichever worker published it first."
+    )
     z: float = Field(
         description="How many standard errors of the difference the figure is worse than the baseline (a two-sample "
         "z score; CES with a conservative variance bound)."

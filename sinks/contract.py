@@ -154,6 +154,7 @@ class ExperienceAlertRow(NamedTuple):
     baseline_answers: int
     margin: float
     z: float
+    revision: int
     decided_at: datetime
     message: str
 

@@ -725,22 +725,27 @@ def _utc(seconds: float | None) -> datetime | None:
     return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
 
 
-def current_experience_drops(engine: Engine, window: str, window_s: int) -> list[tuple[str, str, str]]:
-    """(scope, key, metric) of the experience-drop alerts firing in the current or the previous short window: the
-    latest ``window`` cell of the overall scope is current (event time, as far as the workers have got)."""
-    cells, alerts = t.metric_cells.c, t.experience_alerts.c
+def current_experience_drops(
+    engine: Engine, group_id: str, window: str, window_s: int, span_s: int, recent_s: float = 3600.0
+) -> list[tuple[str, str, str]]:
+    """(scope, key, metric) of the experience-drop alerts that fire now: those of the current or the previous short
+    window by the group's event-time watermark, and those of an older window within ``span_s`` of it that a batch
+    decided in the last ``recent_s`` seconds (a day's experience gap or repeat contacts grow for days after it, as
+    their evidence arrives, and may fire late). Nothing before the group has a watermark."""
+    clock, alerts = t.stream_clock.c, t.experience_alerts.c
     with engine.connect() as conn:
-        latest = conn.scalar(
-            select(func.max(cells.window_start)).where(
-                cells.scope == "overall", cells.key == "all", cells.window == window
-            )
-        )
-        if latest is None:
+        watermark = conn.scalar(select(clock.watermark).where(clock.group_id == group_id))
+        if watermark is None:
             return []
-        since = as_utc(latest) - timedelta(seconds=window_s)
+        now = as_utc(watermark)
+        current = alerts.window_end > now - timedelta(seconds=window_s)
+        revised = and_(
+            alerts.window_end > now - timedelta(seconds=span_s),
+            alerts.decided_at >= datetime.now(UTC) - timedelta(seconds=recent_s),
+        )
         rows = conn.execute(
             select(alerts.scope, alerts.key, alerts.metric)
-            .where(alerts.status == "firing", alerts.window == window, alerts.window_start >= since)
+            .where(alerts.status == "firing", alerts.window == window, or_(current, revised))
             .distinct()
         )
         return [(scope, key, metric) for scope, key, metric in rows]

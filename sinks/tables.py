@@ -184,9 +184,10 @@ experience_alerts = Table(
     Column("baseline_answers", Integer, nullable=False),
     Column("margin", Float, nullable=False),
     Column("z", Float, nullable=False, comment="standard errors worse than the baseline"),
+    Column("revision", BigInteger, nullable=False, comment="the deciding batch's commit sequence"),
     Column("decided_at", TS, nullable=False, comment="when its figures were last decided (wall clock)"),
     Column("message", Text, nullable=False, default=""),
-    # The read side's order (the latest first), and the gauges' question (what fires in the current windows).
+    # The read side's order (by window start; from= skips to recent windows).
     Index("ix_experience_alerts_time", "window_start", "alert_id"),
 )
 

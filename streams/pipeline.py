@@ -505,7 +505,7 @@ class BatchProcessor:
         # ...and what batches share, under the clock's lock
         clock = self._lock_clock(tx, report)
         self._metrics(tx, result, write, records, clock.watermark)
-        self._experience_drops(tx, write, report, records)
+        self._experience_drops(tx, write, report, records, clock.sequence + 1)
         # 6. event time
         self._follow(tx, write, report, records, read.latest, backlog, clock, view)
         # 7. write
@@ -646,9 +646,12 @@ class BatchProcessor:
             write.cells[cell] = cell_row(cell, counters, final=cell in merged.final)
         records.metrics(merged.updates)
 
-    def _experience_drops(self, tx: Any, write: BatchWrite, report: BatchReport, records: ResultRecords) -> None:
+    def _experience_drops(
+        self, tx: Any, write: BatchWrite, report: BatchReport, records: ResultRecords, revision: int
+    ) -> None:
         """Decide again the experience-drop alerts whose short window or baseline the batch's cells changed; store
-        the firing ones' figures, and publish every change of status."""
+        the firing ones' figures, and publish every change of status. ``revision``: the batch's commit sequence
+        (batches deciding them take the clock's lock one at a time, so it grows with every decision)."""
         policy = self.policies.drops
         check = experience_drops.to_check(write.cells, policy) if policy is not None else set()
         if policy is None or not check:
@@ -660,7 +663,7 @@ class BatchProcessor:
         stored = self.sink.load_experience_alerts(tx, experience_drops.alert_ids(check, policy))
         now = report.committed_at or datetime.now(UTC)
         for drop, changed in experience_drops.redecide(check, counters, stored, policy):
-            alert = experience_drops.to_alert(drop, policy)
+            alert = experience_drops.to_alert(drop, policy, revision)
             write.experience_alerts.append(experience_alert_row(alert, now))
             if changed:
                 records.experience_alert(alert)

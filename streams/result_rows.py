@@ -174,6 +174,7 @@ def experience_alert_row(alert: ExperienceDropAlert, decided_at: datetime) -> Ex
         baseline_answers=alert.baseline_answers,
         margin=alert.margin,
         z=alert.z,
+        revision=alert.revision,
         decided_at=decided_at,
         message=alert.message,
     )

@@ -394,7 +394,14 @@ class Worker:
         policy = self.drops
         if policy is None:
             return
-        firing = await asyncio.to_thread(current_experience_drops, self.engine, policy.window, policy.window_s)
+        firing = await asyncio.to_thread(
+            current_experience_drops,
+            self.engine,
+            self.settings.app_id,
+            policy.window,
+            policy.window_s,
+            policy.window_s * policy.baseline_windows,
+        )
         gauge, w = self.instruments.experience_drops, self.settings.worker_id
         gauge.clear()
         for scope, key, metric in firing:

@@ -3,7 +3,7 @@
 Every event of a customer contributes a *tally* (:func:`tally`), counted in the week it occurred (weeks of
 :data:`WEEK_S` from the Unix epoch):
 
-- a journey touchpoint (``stages.is_journey_event``) other than a purchase: one *touch*;
+- a journey touchpoint (``stages.is_journey_event``) other than a purchase or an identify call: one *touch*;
 - a purchase: one *purchase*;
 - a survey answer (any event's ``[nps, csat, ces]``): *positive* when no answer is low and one is high, *negative*
   when one is low (:data:`HIGH` and :data:`LOW`, per answer: NPS 9-10 / 0-6, CSAT 4-5 / 1-2, CES 5-7 / 1-3);
@@ -56,7 +56,11 @@ DEFAULT_WEIGHTS: dict[str, float] = {
 }
 
 _PURCHASE = EventType.PURCHASE.value
-_JOURNEY: frozenset[str] = frozenset(t.value for t in EventType if is_journey_event(t) and t is not EventType.PURCHASE)
+# Identify calls are profile updates (a login, a CRM sync re-sending everyone's traits), not dealings: counted, they
+# would raise every synced customer's score and move their latest week.
+_JOURNEY: frozenset[str] = frozenset(
+    t.value for t in EventType if is_journey_event(t) and t not in (EventType.PURCHASE, EventType.IDENTIFY)
+)
 
 Tally = tuple[int, int, int, int, int]
 _WEEK = itemgetter(0)

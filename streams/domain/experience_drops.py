@@ -10,7 +10,8 @@ by at least its margin fires, provided that
   FCR, resolutions for the experience gap, contacts for the repeat-contact rate),
 - the difference is at least ``min_z`` standard errors (a two-sample z score, ``answer_variance``), so that the
   chance spread of a few dozen answers does not fire it,
-- and every window of the baseline holds data (a baseline that starts before the data does is no baseline).
+- and the baseline's first window and at least half of its windows hold data (a baseline that starts before the
+  data is none).
 
 Everything is decided from the cells' counters, which are the same whatever the arrival order and batch cuts;
 a decision is therefore a function of the cells, and the worker re-decides every cell whose short window or
@@ -155,13 +156,17 @@ def decide(cell: CellKey, counters: Mapping[CellKey, Mapping[str, float]], polic
     it and its baseline cells (a missing cell is empty: its figures are None and do not fire)."""
     short = counters.get(cell, {})
     baseline: Counters = {}
-    # A baseline must span all its windows: right after the data starts (a new deployment, a backfill's first
-    # days) a partial one describes a few hours of a different mix, and would fire on the normal.
-    complete = True
+    # A baseline must start with the data and hold data in at least half its windows: right after the data starts
+    # (a new deployment, a backfill's first days) a baseline of a few days describes another mix, and would fire
+    # on the normal; a shop closed on Sundays still has one (its Sundays have no decisions to make either).
+    held_windows = 0
     for before in baseline_cells(cell, policy):
         held = counters.get(before)
-        complete = complete and bool(held)
-        merge(baseline, held or {})
+        if held:
+            held_windows += 1
+            merge(baseline, held)
+    first = cell._replace(start=cell.start - policy.baseline_windows * policy.window_s)
+    complete = bool(counters.get(first)) and 2 * held_windows >= policy.baseline_windows
     pooled = merge(dict(short), baseline)
     present = {m.name for m in METRICS_BY_SCOPE[cell.scope]}
     out = []
@@ -248,8 +253,8 @@ def _figure(value: float | None) -> str:
     return "none" if value is None else f"{value:.1f}"
 
 
-def to_alert(drop: Drop, policy: DropPolicy) -> ExperienceDropAlert:
-    """The published record of a decision."""
+def to_alert(drop: Drop, policy: DropPolicy, revision: int) -> ExperienceDropAlert:
+    """The published record of a decision made by the group's batch ``revision`` (its commit sequence)."""
     margin = policy.margins[drop.metric]
     where = "overall" if drop.scope is MetricScope.OVERALL else f"on {drop.key}"
     message = (
@@ -274,5 +279,6 @@ def to_alert(drop: Drop, policy: DropPolicy) -> ExperienceDropAlert:
         baseline_answers=drop.baseline_answers,
         margin=margin,
         z=drop.z,
+        revision=revision,
         message=message,
     )

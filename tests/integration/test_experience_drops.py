@@ -31,6 +31,7 @@ from tests.support.read_api import READ_KEY, read_api
 #: is a trend in its own right), about 2,000 events a day over 16 days. Defaults for every alert setting.
 CUSTOMERS, DAYS, WARMUP, SEED = 4000, 16, 14, 3
 TOPIC = "cx.experience-alerts"
+DAY = 86400
 
 
 def simulated(degrade: str | None) -> list[InRecord]:
@@ -141,13 +142,13 @@ def test_an_alert_fires_on_a_bad_day_and_late_good_answers_resolve_it(database_u
     ]
     engine, published = run(settings, in_batches(items, 4))
     # What the Prometheus gauge exports while it fires (the bad day is the latest: current).
-    assert sorted(current_experience_drops(engine, "1d", 86400)) == [
+    assert sorted(current_experience_drops(engine, settings.app_id, "1d", DAY, DAY)) == [
         ("channel", "web", "csat"),
         ("overall", "all", "csat"),
     ]
     engine, published_later = run(settings, [later])  # a worker started again: the late answers
     published += published_later
-    assert current_experience_drops(engine, "1d", 86400) == []
+    assert current_experience_drops(engine, settings.app_id, "1d", DAY, DAY) == []
     rows = stored(engine)
     # The web channel's cell, and the overall one (all the answers are on the web).
     assert {(row["scope"], row["key"]) for row in rows.values()} == {("channel", "web"), ("overall", "all")}
@@ -158,11 +159,11 @@ def test_an_alert_fires_on_a_bad_day_and_late_good_answers_resolve_it(database_u
             "resolved",
         )
         assert row["answers"] == 60 and row["baseline"] == 80.0
-        # Fired once (on the sixth bad answer), resolved once: one record per change of status, same id.
-        assert [(a.status, a.answers, a.value) for a in published if a.alert_id == row["alert_id"]] == [
-            ("firing", 6, 0.0),
-            ("resolved", 60, 90.0),
-        ]
+        # Fired once (on the sixth bad answer), resolved once: one record per change of status, same id, the later
+        # of a higher revision.
+        records = [a for a in published if a.alert_id == row["alert_id"]]
+        assert [(a.status, a.answers, a.value) for a in records] == [("firing", 6, 0.0), ("resolved", 60, 90.0)]
+        assert records[0].revision < records[1].revision == row["revision"]
     assert decided_from_cells(settings, engine) == set()
 
     # The read API pages them by window start, filtered by any of scope, key, metric and status.
@@ -183,3 +184,45 @@ def get(base: str, path: str, **params: Any) -> dict[str, Any]:
     reply = requests.get(f"{base}{path}", params=params, auth=(READ_KEY, ""), timeout=10)
     assert reply.status_code == 200, reply.text
     return dict(reply.json())
+
+
+def test_the_gauge_exports_what_fires_now_by_the_groups_watermark(database_url: str) -> None:
+    """Current or previous window by the watermark (not by the newest cell, which one future-dated record would
+    move), and older windows within the span while batches still revise them (a late-maturing experience gap)."""
+    engine = make_engine(database_url, writer=True)
+    upgrade(engine)
+    watermark = T0 + timedelta(days=20, hours=6)
+    now = datetime.now(UTC)
+
+    def row(n: int, day: int, status: str, decided: datetime) -> dict[str, Any]:
+        start = T0 + timedelta(days=day)
+        return {
+            "alert_id": f"a{n}", "status": status, "scope": "channel", "key": f"k{n}", "metric": "csat",
+            "window": "1d", "window_start": start, "window_end": start + timedelta(days=1),
+            "baseline_start": start - timedelta(days=7), "value": 1.0, "baseline": 2.0, "answers": 40,
+            "baseline_answers": 300, "margin": 15.0, "z": 4.0, "revision": n, "decided_at": decided, "message": "",
+        }  # fmt: skip
+
+    with engine.begin() as conn:
+        conn.execute(
+            t.experience_alerts.insert(),
+            [
+                row(1, 20, "firing", now - timedelta(days=3)),  # the current window
+                row(2, 19, "firing", now - timedelta(days=3)),  # the previous one
+                row(3, 15, "firing", now - timedelta(minutes=5)),  # older, fired late: revised just now
+                row(4, 15, "firing", now - timedelta(days=2)),  # older, not revised lately
+                row(5, 20, "resolved", now),
+                row(6, 5, "firing", now),  # before the span
+                # A record dated far ahead made a cell there: no window of it fires, and nothing else moves.
+            ],
+        )
+        conn.execute(t.metric_cells.insert().values(scope="overall", key="all", window="1d", window_start=datetime(2099, 1, 1, tzinfo=UTC), window_end=datetime(2099, 1, 2, tzinfo=UTC), counters={"touchpoints": 1}, final=False))  # fmt: skip
+    assert current_experience_drops(engine, "g", "1d", DAY, 7 * DAY) == []  # the group has no watermark yet
+    with engine.begin() as conn:
+        conn.execute(t.stream_clock.insert().values(group_id="g", watermark=watermark, sequence=6))
+    assert sorted(current_experience_drops(engine, "g", "1d", DAY, 7 * DAY)) == [
+        ("channel", "k1", "csat"),
+        ("channel", "k2", "csat"),
+        ("channel", "k3", "csat"),
+    ]
+    engine.dispose()

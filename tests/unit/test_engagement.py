@@ -72,6 +72,7 @@ def test_what_each_event_counts() -> None:
     assert tally("page_view", None, []) == (1, 0, 0, 0, 0)
     assert tally("purchase", None, []) == (0, 1, 0, 0, 0)
     assert tally("other", None, []) is None, "not a journey touchpoint"
+    assert tally("identify", None, []) is None, "a profile update (a login, a CRM sync), not a dealing"
     assert tally("survey", [10, None, None], ["promoter"]) == (0, 0, 1, 0, 0)
     assert tally("survey", [8, 4, None], ["passive"]) == (0, 0, 1, 0, 0), "a high CSAT, nothing low"
     assert tally("survey", [9, 2, None], ["promoter"]) == (0, 0, 0, 1, 0), "a low answer makes it negative"

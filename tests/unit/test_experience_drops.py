@@ -68,10 +68,16 @@ def test_a_drop_past_the_margin_within_chance_does_not_fire() -> None:
     assert decision(week_then(csat(30, 18)), policy=replace(POLICY, min_z=2.0)).firing
 
 
-def test_a_baseline_that_starts_before_the_data_is_no_baseline() -> None:
+def test_a_baseline_mostly_before_the_data_is_no_baseline_but_a_closed_day_is_no_gap() -> None:
     cells = week_then(csat(60, 0))
-    del cells[day(0)]  # six days of data before day 7
+    del cells[day(0)]  # six days of data before day 7: the data started after the baseline did
     assert not decision(cells).firing
+    closed_on_sundays = week_then(csat(60, 0))
+    del closed_on_sundays[day(2)]
+    assert decision(closed_on_sundays).firing
+    for n in (1, 3, 4, 5):
+        del closed_on_sundays[day(n)]  # two days of seven: too few
+    assert not decision(closed_on_sundays).firing
 
 
 def test_higher_is_worse_for_the_experience_gap() -> None:
@@ -123,7 +129,8 @@ def test_answer_variance_of_each_kind() -> None:
 
 def test_every_watchable_metric_has_a_direction_and_the_record_reads_back() -> None:
     assert set(WORSE) == set(get_args(WatchedMetric))
-    record = to_alert(decision(week_then(csat(60, 24))), POLICY)
+    record = to_alert(decision(week_then(csat(60, 24))), POLICY, 7)
     assert ExperienceDropAlert.model_validate_json(record.model_dump_json()) == record
-    assert record.status == "firing" and record.window_end.timestamp() - record.window_start.timestamp() == DAY
+    assert record.status == "firing" and record.revision == 7
+    assert record.window_end.timestamp() - record.window_start.timestamp() == DAY
     assert record.baseline_start.timestamp() == T0 and "csat on phone" in record.message

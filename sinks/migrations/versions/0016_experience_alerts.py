@@ -36,6 +36,7 @@ def upgrade() -> None:
         sa.Column("baseline_answers", sa.Integer, nullable=False),
         sa.Column("margin", sa.Float, nullable=False),
         sa.Column("z", sa.Float, nullable=False, comment="standard errors worse than the baseline"),
+        sa.Column("revision", sa.BigInteger, nullable=False, comment="the deciding batch's commit sequence"),
         sa.Column("decided_at", TS, nullable=False, comment="when its figures were last decided (wall clock)"),
         sa.Column("message", sa.Text, nullable=False, server_default=""),
     )
