@@ -11,6 +11,8 @@ rule its topic needs:
 - ``metrics``: keep the record with the highest ``revision`` per key; ``status`` turns ``final`` when the
   window closes (a late event may still revise a final figure, with a higher revision).
 - ``alerts``: ``alert_id`` is deterministic per cause: a redelivered alert has the same id; act once per id.
+- ``experience-alerts``: a channel's or the company's figure below its own baseline; compacted, keyed by
+  ``alert_id``: the record of the highest ``revision`` per id is its status, ``firing`` or ``resolved``.
 - ``identity``: every merge with its evidence: map merged customer ids to their survivor (chains resolved).
 - ``deadletter``: rejected records with the reason and, as the settings keep them, the original bytes.
 
@@ -63,6 +65,17 @@ def fold_alerts(records: Iterable[Record]) -> dict[str, dict[str, Any]]:
     return alerts
 
 
+def fold_experience_alerts(records: Iterable[Record]) -> dict[str, dict[str, Any]]:
+    """Each experience-drop alert's current status: the highest revision per id (two workers' records may arrive
+    in either order)."""
+    alerts: dict[str, dict[str, Any]] = {}
+    for _, value in records:
+        held = alerts.get(value["alert_id"])
+        if held is None or value["revision"] > held["revision"]:
+            alerts[value["alert_id"]] = value
+    return alerts
+
+
 def fold_identity(records: Iterable[Record]) -> dict[str, str]:
     """Merged customer id -> the customer it lives on as now (a chain of merges followed to its end)."""
     survivor = {value["merged_id"]: value["survivor_id"] for _, value in records}
@@ -90,6 +103,7 @@ FOLDS: dict[str, Callable[[Iterable[Record]], Any]] = {
     "timeline": fold_timeline,
     "metrics": fold_metrics,
     "alerts": fold_alerts,
+    "experience-alerts": fold_experience_alerts,
     "identity": fold_identity,
     "deadletter": fold_deadletter,
 }

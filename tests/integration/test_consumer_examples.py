@@ -43,7 +43,14 @@ def _example() -> ModuleType:
 
 def test_each_topics_example_agrees_with_the_results_tables(kafka_url: str, topic_prefix: str, tmp_path: Path) -> None:
     database_url = f"sqlite:///{tmp_path}/results.db"
-    settings = load_settings(kafka_url=kafka_url, topic_prefix=topic_prefix, database_url=database_url)
+    # Experience drops on every few answers (the population is small): what is tested is the topic's rule.
+    settings = load_settings(
+        kafka_url=kafka_url,
+        topic_prefix=topic_prefix,
+        database_url=database_url,
+        experience_drop_min_answers=1,
+        experience_drop_min_z=0,
+    )
     ensure_topics(settings)
     engine = make_engine(database_url, writer=True)
     upgrade(engine)
@@ -74,6 +81,7 @@ def test_each_topics_example_agrees_with_the_results_tables(kafka_url: str, topi
         customers = {row.customer_id: row for row in conn.execute(select(t.customers))}
         touchpoints = set(conn.scalars(select(t.touchpoints.c.event_id)))
         alerts = set(conn.scalars(select(t.alerts.c.alert_id)))
+        drops = dict(conn.execute(select(t.experience_alerts.c.alert_id, t.experience_alerts.c.status)).all())
         merges = dict(conn.execute(select(t.identity_merges.c.merged_id, t.identity_merges.c.survivor_id)).all())
         figures = {
             (row.scope, row.key, row.metric, row.window, row.window_start.replace(tzinfo=None)): row.value
@@ -84,6 +92,7 @@ def test_each_topics_example_agrees_with_the_results_tables(kafka_url: str, topi
     assert all(profiles[c]["events"] == customers[c].events for c in customers)
     assert read["timeline"].keys() >= touchpoints
     assert read["alerts"].keys() == alerts
+    assert drops and {a: v["status"] for a, v in read["experience-alerts"].items()} == drops
     assert set(read["identity"].values()) <= customers.keys() and read["identity"].keys() == merges.keys()
     current = {
         (v["scope"], v["key"], v["metric"], v["window"], _naive(v["window_start"])): v["value"]
