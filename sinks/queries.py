@@ -167,9 +167,23 @@ def metric_page(
     """Figures of the ``metrics`` view matching ``filters`` (equality on ``METRIC_FILTERS``) whose window starts in
     ``[since, until)``, ordered by window start, scope, key, metric, window; up to ``limit`` after ``after``."""
     m = t.metrics.c
-    query = select(t.metrics).where(*(m[name] == value for name, value in filters.items()))
     order = (m.window_start, m.scope, m.key, m.metric, m["window"])
-    return _page(engine, _between(query, m.window_start, since, until), order, after, limit)
+    return _filtered_page(engine, t.metrics, filters, (since, until), order, after, limit)
+
+
+def _filtered_page(
+    engine: Engine,
+    table: Any,
+    filters: dict[str, str],
+    between: tuple[datetime | None, datetime | None],
+    order: tuple[Any, ...],
+    after: tuple[Any, ...] | None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """Rows of ``table`` whose columns equal ``filters`` and whose first ``order`` column is in ``between``
+    (``[since, until)``), in ``order``; up to ``limit`` after ``after``."""
+    query = select(table).where(*(table.c[name] == value for name, value in filters.items()))
+    return _page(engine, _between(query, order[0], *between), order, after, limit)
 
 
 def customer_identities(engine: Engine, customer_id: str) -> list[dict[str, Any]]:
@@ -206,8 +220,7 @@ def alert_page(
     """Alerts matching ``filters`` (equality on ``ALERT_FILTERS``) that occurred in ``[since, until)``, by time then
     id; up to ``limit`` after ``after``."""
     a = t.alerts.c
-    query = select(t.alerts).where(*(a[name] == value for name, value in filters.items()))
-    return _page(engine, _between(query, a.occurred_at, since, until), (a.occurred_at, a.alert_id), after, limit)
+    return _filtered_page(engine, t.alerts, filters, (since, until), (a.occurred_at, a.alert_id), after, limit)
 
 
 #: The filters ``experience_alert_page`` takes: a column of ``experience_alerts`` each.
@@ -225,8 +238,8 @@ def experience_alert_page(
     """Experience-drop alerts matching ``filters`` (equality on ``EXPERIENCE_ALERT_FILTERS``) whose window starts in
     ``[since, until)``, by window start then id; up to ``limit`` after ``after``."""
     e = t.experience_alerts.c
-    query = select(t.experience_alerts).where(*(e[name] == value for name, value in filters.items()))
-    return _page(engine, _between(query, e.window_start, since, until), (e.window_start, e.alert_id), after, limit)
+    order = (e.window_start, e.alert_id)
+    return _filtered_page(engine, t.experience_alerts, filters, (since, until), order, after, limit)
 
 
 def customer_figures(engine: Engine, customer_id: str) -> list[dict[str, Any]]:

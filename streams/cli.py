@@ -24,6 +24,15 @@ if TYPE_CHECKING:
 
 #: A share of records (the simulator's rates): at least 0, less than 1.
 _RATE = click.FloatRange(0.0, 1.0, max_open=True)
+#: ``simulate`` and ``demo``: a channel to degrade. The choices are ``streams.sandbox.journeys.DEGRADABLE``, spelt
+#: out because the simulator is imported only when a command runs.
+_DEGRADE = click.option(
+    "--degrade",
+    type=click.Choice(["store", "phone", "web"]),
+    default=None,
+    help="Make this channel's experience worse from halfway through the days (lower answers, fewer resolutions): "
+    "experience-drop alerts fire.",
+)
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -244,12 +253,7 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
 @click.option(
     "--malformed", "malformed_rate", type=_RATE, default=0.005, show_default=True, help="Share of malformed lines."
 )
-@click.option(
-    "--degrade",
-    type=click.Choice(["store", "phone", "web"]),
-    default=None,
-    help="Make this channel's experience worse from halfway through the days (lower answers, fewer resolutions).",
-)
+@_DEGRADE
 @click.option(
     "--warmup-days",
     type=click.IntRange(min=0),
@@ -271,12 +275,7 @@ def simulate(ctx: click.Context, **options: Any) -> None:
 @click.option("--days", type=int, default=30, show_default=True)
 @click.option("--rate", type=float, default=200.0, show_default=True, help="Simulated events per second.")
 @click.option("--seed", type=int, default=1, show_default=True)
-@click.option(
-    "--degrade",
-    type=click.Choice(["store", "phone", "web"]),
-    default=None,
-    help="Make this channel's experience worse from halfway through the days: experience-drop alerts fire.",
-)
+@_DEGRADE
 @click.pass_context
 def demo(ctx: click.Context, customers: int, days: int, rate: float, seed: int, degrade: str | None) -> None:
     """Embedded broker + worker + simulated traffic on SQLite, with /metrics; Ctrl-C stops everything."""

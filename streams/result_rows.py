@@ -157,27 +157,10 @@ def alert_row(alert: Alert) -> AlertRow:
 
 
 def experience_alert_row(alert: ExperienceDropAlert, decided_at: datetime) -> ExperienceAlertRow:
-    """The ``experience_alerts`` row of an experience-drop alert decided at ``decided_at``."""
-    return ExperienceAlertRow(
-        alert_id=alert.alert_id,
-        status=alert.status,
-        scope=alert.scope.value,
-        key=alert.key,
-        metric=alert.metric,
-        window=alert.window,
-        window_start=alert.window_start,
-        window_end=alert.window_end,
-        baseline_start=alert.baseline_start,
-        value=alert.value,
-        baseline=alert.baseline,
-        answers=alert.answers,
-        baseline_answers=alert.baseline_answers,
-        margin=alert.margin,
-        z=alert.z,
-        revision=alert.revision,
-        decided_at=decided_at,
-        message=alert.message,
-    )
+    """The ``experience_alerts`` row of an experience-drop alert decided at ``decided_at``: the record's fields but
+    the rule and severity (one rule, one severity), and the scope as its value."""
+    values = alert.model_dump(exclude={"rule", "severity"})
+    return ExperienceAlertRow(**{**values, "scope": alert.scope.value}, decided_at=decided_at)
 
 
 def merge_row(merge: IdentityChange) -> MergeRow:
