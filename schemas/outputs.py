@@ -127,19 +127,22 @@ class CustomerProfile(BaseModel):
 
 
 class IdentityChange(BaseModel):
-    """An identity-graph change: a merge of two customers, with its evidence."""
+    """An identity-graph change: a merge of two customers, or a split of one, with its evidence."""
 
     model_config = _OUT
 
-    kind: Literal["merge", "manual_merge"] = Field(
+    kind: Literal["merge", "manual_merge", "split"] = Field(
         default="merge",
         description="merge: identity stitching linked the two (an event carried identifiers of both); manual_merge: "
-        "a person merged them by hand (cxstream merge), event_id is then the merge's id.",
+        "a person merged them by hand (cxstream merge), event_id is then the merge's id; split: a person split "
+        "merged_id off survivor_id by hand (cxstream split), with the identifiers it took and the events that "
+        "reached the customer only through them; event_id is then the split's id. A split is no merge: a consumer "
+        "that aliases merged ids to survivors must skip it.",
     )
-    survivor_id: str
-    merged_id: str
+    survivor_id: str = Field(description="The customer that remains (a split: the customer split).")
+    merged_id: str = Field(description="The customer merged into survivor_id (a split: the one split off it).")
     event_id: str = Field(
-        description="The event whose identifiers linked the two customers (a manual merge: the merge's id)."
+        description="The event whose identifiers linked the two customers (a manual merge or a split: its id)."
     )
     identifiers: dict[IdentifierName, str] = Field(default_factory=dict, json_schema_extra=IDENTIFIER_NAMES_SCHEMA)
     occurred_at: AwareDatetime

@@ -39,7 +39,7 @@ import heapq
 import math
 import re
 from bisect import bisect_left, insort
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -155,6 +155,16 @@ class StoredEntry(NamedTuple):
     source_id: str
     #: The entry's moments as published, comma-separated (``first_purchase`` is derived and dropped here).
     moments: str
+
+
+def identify_details(event: TouchpointEvent) -> dict[str, Any] | None:
+    """What a customer state keeps of an identify call beyond its row: its traits and group id (None: not an
+    identify call, or one with neither). Stored with its touchpoint, so a state can be rebuilt from the table."""
+    if event.type is not EventType.IDENTIFY:
+        return None
+    attributes = event.attributes
+    details = {name: attributes[name] for name in ("traits", "group_id") if name in attributes}
+    return details or None
 
 
 def row_of(stored: StoredEntry) -> Row:
@@ -478,8 +488,9 @@ class CustomerState:
         stop = len(history) if high is None else bisect_left(history, high, key=_ROW_KEY)
         return [r for r in history[start:stop] if r[TYPE] == EventType.OTHER]
 
-    def add(self, row: Row, event: TouchpointEvent) -> None:
-        """Add an accepted event (not applied before) with its row."""
+    def add(self, row: Row, amount: Decimal | None, identify: Mapping[str, Any] | None) -> None:
+        """Add an accepted event (not applied before): its row, its amount, and for an identify call what
+        :func:`identify_details` keeps of it."""
         t, event_id, kind = row[T], row[EVENT_ID], row[TYPE]
         if is_kept(row):
             history = self.history
@@ -499,8 +510,8 @@ class CustomerState:
             add_tally(self.engagement, week_of(t), counts)
         if kind == _PURCHASE:
             self.purchases += 1
-            if event.amount is not None:
-                self.revenue += event.amount
+            if amount is not None:
+                self.revenue += amount
             insort(self.purchase_times, [t, event_id], key=_PAIR)
             if self.first_purchase is None or (t, event_id) < self.first_purchase:
                 self.first_purchase = (t, event_id)
@@ -509,11 +520,11 @@ class CustomerState:
             insort(self.issues.setdefault(row[ISSUE], []), [t, event_id, row[CHANNEL], row[RESOLVED]], key=_PAIR)
         elif kind == EventType.RETURN:
             self.returns += 1
-        elif kind == EventType.IDENTIFY:
-            given = event.attributes.get("traits")
+        elif kind == EventType.IDENTIFY and identify:
+            given = identify.get("traits")
             if isinstance(given, dict):
                 self.take_traits({name: [value, t, event_id] for name, value in given.items()})
-            group = event.attributes.get("group_id")
+            group = identify.get("group_id")
             if isinstance(group, str) and group not in self.groups and len(self.groups) < MAX_TRAITS:
                 insort(self.groups, group)
         journey, stage = _ANCHOR_OF[kind]

@@ -33,17 +33,20 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Literal, NamedTuple, Protocol
+from decimal import Decimal
+from typing import Any, Literal, NamedTuple, Protocol
 
 from schemas.outputs import IdentityChange
 from schemas.touchpoint import EventType, TouchpointEvent
 from streams.domain.customer import (
     EVENT_ID,
     REVISABLE_TYPES,
+    T,
     CustomerPolicy,
     CustomerState,
     Derived,
     Row,
+    identify_details,
     make_row,
     standalone,
     timeline_entry,
@@ -81,6 +84,38 @@ class ManualLink(NamedTuple):
     at: datetime
 
 
+class StoredEvent(NamedTuple):
+    """An applied event as the touchpoints table holds it: enough to apply it again (``Split``)."""
+
+    row: Row
+    #: The keys it was stitched by (``EventKeys.keys``), strongest first.
+    keys: tuple[str, ...]
+    #: Its amount as stored.
+    amount: Decimal | None
+    #: What the state keeps of an identify call (``customer.identify_details``).
+    identify: Mapping[str, Any] | None
+    #: Its timeline entry as last emitted: a consumer subtracts it when the split re-emits the entry.
+    entry: Entry
+
+
+class Split(NamedTuple):
+    """A customer split by hand (``cxstream split``): its events stitched again from nothing, in event-time order,
+    under the never-link rules in force (which keep the identifiers moved apart from the ones left), then the
+    merges made by hand that linked its identifiers.
+
+    Applied before the batch's events. Every event of the customer must be in ``events`` and every manual merge
+    among its keys in ``links``: a split is the customer's part of the oracle's replay under the same rules.
+    """
+
+    split_id: str
+    customer_id: str
+    #: The identifier keys asked to move (the evidence published with the split).
+    moved: tuple[str, ...]
+    at: datetime
+    events: Sequence[StoredEvent]
+    links: Sequence[ManualLink] = ()
+
+
 @dataclass
 class StateView:
     """The part of the identity graph and customer states a batch needs; mutated in place by apply()."""
@@ -112,6 +147,8 @@ class BatchResult:
     identities: dict[str, str] = field(default_factory=dict)
     #: Merges in the order they happened (``UPDATE ... SET customer_id=survivor WHERE customer_id=merged``).
     merges: list[IdentityChange] = field(default_factory=list)
+    #: Splits made by hand, one record per customer a split customer's events now belong to (but its own).
+    splits: list[IdentityChange] = field(default_factory=list)
     #: Profile of each changed customer, then a ``merged_into`` tombstone for each removed one (``close``).
     profiles: list[Profile] = field(default_factory=list)
     #: Events older than the age bound, when one is set: dead-letter them as ``too_late``.
@@ -259,14 +296,17 @@ class Stitcher:
         *,
         reject_before: float | None = None,
         links: Sequence[ManualLink] = (),
+        splits: Sequence[Split] = (),
     ) -> BatchResult:
-        """Apply a batch of events in arrival order to ``view``, then the merges made by hand ``links``; return
-        what changed (then call ``close``).
+        """Apply the splits made by hand ``splits``, then a batch of events in arrival order to ``view``, then the
+        merges made by hand ``links``; return what changed (then call ``close``).
 
         ``keys`` are the events' keys from :meth:`keys_of`, when the caller has them already;
         ``reject_before`` (epoch seconds) is the opt-in age bound: older events are returned as ``too_late``.
         """
         batch = _Batch(self, view, reject_before)
+        for split in splits:
+            batch.split(split)
         for event, event_keys in zip(events, self.keys_of(events) if keys is None else keys, strict=True):
             batch.add(event, event_keys)
         for link in links:
@@ -315,6 +355,8 @@ class _Batch:
         self.touched: set[CustomerState] = set()
         #: Removed customer id -> the state that took it over.
         self.removed: dict[str, CustomerState] = {}
+        #: Event id -> its entry as emitted before a split re-applied it (re-emitted only if it changed).
+        self.previous: dict[str, Entry] = {}
 
     def _state(self, customer_id: str) -> CustomerState:
         try:
@@ -352,9 +394,60 @@ class _Batch:
         state = self._link(event.event_id, event.occurred_at, keys, self.rules.limits)
         for affected in state.affected_by(row, self.policy):
             self._candidate(state, affected)
-        state.add(row, event)
+        state.add(row, event.amount, identify_details(event))
         self.dirty[event.event_id] = (row, state, None)
         self.touched.add(state)
+
+    def split(self, split: Split) -> None:
+        """Apply a split made by hand: take the customer out of the view and apply its events again, from nothing
+        and in event-time order, under the rules in force, then its merges made by hand (see ``Split``).
+
+        The links this forms again are no news: only customers that did not exist before the split are reported
+        (a ``split`` record each), not the merges, refusals and creations of its re-stitching. A customer gone
+        meanwhile (erased, merged by an earlier batch) is left alone.
+        """
+        view, result = self.view, self.result
+        old = view.customers.pop(split.customer_id, None)
+        if old is None:
+            return
+        fallback = (old.strongest_key(self.rules.rank),)
+        for key in old.identifier_keys():
+            if view.identities.get(key) == split.customer_id:
+                del view.identities[key]
+        merges, refused, apart, created = len(result.merges), dict(result.refused), dict(result.kept_apart), set()
+        created.update(result.created)
+        formed: set[CustomerState] = set()
+        limits = self.rules.limits
+        for stored in sorted(split.events, key=lambda stored: (stored.row[T], stored.row[EVENT_ID])):
+            row = stored.row
+            event_id = row[EVENT_ID]
+            view.applied.pop(event_id, None)
+            # Events stored before their keys were (migration 0018) stay with the customer's strongest key.
+            state = self._link(event_id, stored.entry.occurred_at, stored.keys or fallback, limits)
+            state.add(row, stored.amount, stored.identify)
+            self.dirty[event_id] = (row, state, None)
+            self.previous[event_id] = stored.entry
+            formed.add(state)
+        for link in split.links:
+            self.link(link)
+        new = result.created - created - {split.customer_id}
+        result.created = created | new
+        result.merges[merges:] = [m for m in result.merges[merges:] if m.merged_id not in new | {split.customer_id}]
+        result.refused, result.kept_apart = refused, apart
+        moved = set(split.moved)
+        for state in sorted({_final(state) for state in formed}, key=lambda state: state.customer_id):
+            self.touched.add(state)
+            if state.customer_id != split.customer_id:
+                result.splits.append(
+                    IdentityChange(
+                        kind="split",
+                        survivor_id=split.customer_id,
+                        merged_id=state.customer_id,
+                        event_id=split.split_id,
+                        identifiers=_evidence([key for key in state.identifier_keys() if key in moved]),
+                        occurred_at=split.at,
+                    )
+                )
 
     def _holder(self, event_id: str) -> str | None:
         """The id of the customer the event id was applied to, in this batch or before (None if it was not)."""
@@ -453,10 +546,17 @@ class _Batch:
     def finish(self) -> BatchResult:
         """Emit the entries whose derived fields are new or changed, and list the changed and removed customers."""
         result, policy = self.result, self.policy
+        previous = self.previous
         for event_id, (row, holder, before) in self.dirty.items():
             state = _final(holder)
             after = state.derive(row, policy)
-            if before is None:
+            prior = previous.get(event_id) if previous else None
+            if prior is not None:
+                entry = timeline_entry(state.customer_id, row, after)
+                if entry != prior:
+                    result.entries.append(entry)
+                    result.replaced[event_id] = prior
+            elif before is None:
                 result.entries.append(timeline_entry(state.customer_id, row, after))
             elif after != before:
                 result.entries.append(timeline_entry(state.customer_id, row, after))

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from config.settings import SettingsError, load_settings
 from schemas.touchpoint import Channel, EventType, IdentifierType, SourceRef, SurveyAnswers, TouchpointEvent
-from streams.domain.customer import CustomerState, make_row
+from streams.domain.customer import CustomerState, identify_details, make_row
 from streams.domain.engagement import WEEK_S, EngagementPolicy, nearest_rank, score, tally, week_of
 from streams.policies import Policies, engagement_policy
 
@@ -35,7 +35,7 @@ def event(n: int, kind: EventType, at: datetime, **extra: object) -> TouchpointE
 def state_of(events: list[TouchpointEvent]) -> CustomerState:
     state = CustomerState("c")
     for e in events:
-        state.add(make_row(e, e.occurred_at.timestamp()), e)
+        state.add(make_row(e, e.occurred_at.timestamp()), e.amount, identify_details(e))
     state.prune(POLICY)
     return state
 
