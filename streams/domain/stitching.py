@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal, NamedTuple, Protocol
 
@@ -41,11 +41,11 @@ from schemas.touchpoint import EventType, TouchpointEvent
 from streams.domain.customer import (
     EVENT_ID,
     REVISABLE_TYPES,
-    T,
     CustomerPolicy,
     CustomerState,
     Derived,
     Row,
+    T,
     identify_details,
     make_row,
     standalone,
@@ -94,8 +94,6 @@ class StoredEvent(NamedTuple):
     amount: Decimal | None
     #: What the state keeps of an identify call (``customer.identify_details``).
     identify: Mapping[str, Any] | None
-    #: Its timeline entry as last emitted: a consumer subtracts it when the split re-emits the entry.
-    entry: Entry
 
 
 class Split(NamedTuple):
@@ -414,19 +412,29 @@ class _Batch:
         for key in old.identifier_keys():
             if view.identities.get(key) == split.customer_id:
                 del view.identities[key]
+        ordered = sorted(split.events, key=lambda stored: (stored.row[T], stored.row[EVENT_ID]))
+        # The entries as emitted before: derived from the customer as it was, rebuilt whole (derived fields are a
+        # function of a customer's events, whatever order and batches they came in).
+        whole = CustomerState(split.customer_id)
+        for stored in ordered:
+            whole.add(stored.row, stored.amount, stored.identify)
+        previous, policy = self.previous, self.policy
+        for stored in ordered:
+            previous[stored.row[EVENT_ID]] = timeline_entry(
+                split.customer_id, stored.row, whole.derive(stored.row, policy)
+            )
         merges, refused, apart, created = len(result.merges), dict(result.refused), dict(result.kept_apart), set()
         created.update(result.created)
         formed: set[CustomerState] = set()
         limits = self.rules.limits
-        for stored in sorted(split.events, key=lambda stored: (stored.row[T], stored.row[EVENT_ID])):
+        for stored in ordered:
             row = stored.row
             event_id = row[EVENT_ID]
             view.applied.pop(event_id, None)
             # Events stored before their keys were (migration 0018) stay with the customer's strongest key.
-            state = self._link(event_id, stored.entry.occurred_at, stored.keys or fallback, limits)
+            state = self._link(event_id, _utc(row[T]), stored.keys or fallback, limits)
             state.add(row, stored.amount, stored.identify)
             self.dirty[event_id] = (row, state, None)
-            self.previous[event_id] = stored.entry
             formed.add(state)
         for link in split.links:
             self.link(link)
@@ -585,3 +593,7 @@ def _evidence(keys: list[str]) -> dict[str, str]:
         if kind != ANONYMOUS_TYPE:
             evidence[kind] = value
     return evidence
+
+
+def _utc(t: float) -> datetime:
+    return datetime.fromtimestamp(t, UTC)
