@@ -7,7 +7,7 @@ named by the domain's ``CellKey`` everywhere; only the SQL implementation turns 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,6 +18,7 @@ from schemas.outputs import MetricScope
 from streams.domain.aggregate import CellKey
 from streams.domain.customer import StoredEntry
 from streams.domain.event_time import PartitionTime, TopicPartition
+from streams.domain.stitching import StoredEvent
 
 __all__ = [
     "AlertRow",
@@ -105,6 +106,10 @@ class TouchpointRow(NamedTuple):
     ces: int | None
     source_id: str
     resolution_contradicted: bool | None
+    #: JSON list of the keys the event was stitched by; kept from the first version (a revision passes None).
+    identifier_keys: str | None = None
+    #: JSON of what the state keeps of an identify call (``customer.identify_details``); kept like the keys.
+    identify: str | None = None
 
 
 class CellRow(NamedTuple):
@@ -221,6 +226,10 @@ class BatchWrite:
     claimed_events: set[str] = field(default_factory=set)
     #: Merges made by hand the batch applied (``manual_merges`` rows to mark applied).
     manual_merges: list[str] = field(default_factory=list)
+    #: Splits made by hand the batch applied (``manual_splits`` rows to mark applied).
+    manual_splits: list[str] = field(default_factory=list)
+    #: Customers a split formed again: their old ``identity_merges`` rows (merged into the customer split) go.
+    split_off: list[str] = field(default_factory=list)
     merges: list[MergeRow] = field(default_factory=list)
     removed_customers: list[str] = field(default_factory=list)
     customers: list[CustomerRow] = field(default_factory=list)
@@ -245,6 +254,8 @@ class HandRules(NamedTuple):
     never_link: list[tuple[str, str]]
     #: Merges made by hand not applied yet: (merge id, key, key, when asked).
     merges: list[tuple[str, str, str, datetime]] = []
+    #: Splits made by hand not applied yet: (split id, customer id, keys to move, when asked).
+    splits: list[tuple[str, str, tuple[str, ...], datetime]] = []
 
 
 class ResultSink(Protocol):
@@ -301,6 +312,15 @@ class ResultSink(Protocol):
     def load_hand_rules(self, tx: Any, known: int) -> HandRules | None:
         """When there are not ``known`` hand-made identity changes (erasures, never-link rules added or removed),
         what they leave in force; else None."""
+
+    def customer_keys(self, tx: Any, customer_id: str) -> list[str]:
+        """Every identifier key the customer holds."""
+
+    def load_customer_events(self, tx: Any, customer_id: str) -> list[StoredEvent]:
+        """Every touchpoint of the customer, as a split applies it again."""
+
+    def applied_links(self, tx: Any, keys: Collection[str]) -> list[tuple[str, str, str, datetime]]:
+        """The merges made by hand, applied, that named one of ``keys``: (merge id, key, key, when asked)."""
 
     def load_cells(self, tx: Any, keys: Iterable[CellKey]) -> dict[CellKey, dict[str, float]]:
         """Stored counters of the given metric cells."""

@@ -89,6 +89,48 @@ def add_manual_merge(
         _audit(conn, at=at, action="manual_merge", rule_id=merge_id, actor=actor, reason=reason)
 
 
+def add_manual_split(
+    engine: Engine,
+    customer_id: str,
+    moved: list[str],
+    kept: list[str],
+    *,
+    split_id: str,
+    at: datetime,
+    actor: str,
+    reason: str,
+) -> int:
+    """Ask the workers to split ``moved`` off the customer: in one transaction, the never-link rules keeping each
+    moved key apart from each ``kept`` one (their rule id is the split's), the ``manual_splits`` row the next batch
+    applies, and one audit row (counts only); return how many rules were new."""
+    pairs = sorted({ordered(a, b) for a in moved for b in kept})
+    with engine.begin() as conn:
+        new = [pair for pair in pairs if _find(conn, *pair) is None]
+        if new:
+            conn.execute(
+                insert(t.never_link),
+                [{"key_a": a, "key_b": b, "rule_id": split_id, "created_at": at} for a, b in new],
+            )
+        conn.execute(
+            insert(t.manual_splits).values(split_id=split_id, customer_id=customer_id, moved=moved, created_at=at)
+        )
+        detail = {"moved": len(moved), "kept": len(kept), "never_link_rules": len(new)}
+        conn.execute(
+            insert(t.audit_log).values(
+                at=at, action="split", subject=split_id, actor=actor, reason=reason, detail=detail
+            )
+        )
+    return len(new)
+
+
+def split_applied_at(engine: Engine, split_id: str) -> datetime | None:
+    """When a worker applied the split made by hand ``split_id`` (None: not yet)."""
+    c = t.manual_splits.c
+    with engine.connect() as conn:
+        at = conn.execute(select(c.applied_at).where(c.split_id == split_id)).scalar_one_or_none()
+    return None if at is None else as_utc(at)
+
+
 def merge_applied_at(engine: Engine, merge_id: str) -> datetime | None:
     """When a worker applied the merge made by hand ``merge_id`` (None: not yet)."""
     c = t.manual_merges.c

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import operator
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     Boolean,
     Connection,
@@ -54,8 +55,9 @@ from sinks.contract import (
     cell_key,
 )
 from sinks.database import upsert
-from streams.domain.customer import REVISABLE_TYPES, StoredEntry
+from streams.domain.customer import REVISABLE_TYPES, StoredEntry, row_of
 from streams.domain.event_time import PartitionTime, TopicPartition
+from streams.domain.stitching import StoredEvent
 
 #: Rows per IN (...) list: well under SQLite's bound variables limit.
 CHUNK = 500
@@ -220,7 +222,9 @@ class SqlSink:
             ),
             # Entries are re-emitted when a later event changes them (a late contact, a merge): the last version
             # wins, but committed_at keeps the first commit, which end-to-end latency is measured against.
-            "touchpoints": self._replace(t.touchpoints, ["event_id"], keep=("committed_at",)),
+            "touchpoints": self._replace(
+                t.touchpoints, ["event_id"], keep=("committed_at", "identifier_keys", "identify")
+            ),
             "metric_cells": self._replace(t.metric_cells, ["scope", "key", "window", "window_start"]),
             "alerts": self._upsert[t.alerts].on_conflict_do_nothing(),
             "experience_alerts": self._replace(t.experience_alerts, ["alert_id"]),
@@ -426,14 +430,56 @@ class SqlSink:
         count = conn.scalar(select(func.count()).select_from(t.audit_log)) or 0
         if count == known:
             return None
-        rules, m = t.never_link.c, t.manual_merges.c
+        rules, m, s = t.never_link.c, t.manual_merges.c, t.manual_splits.c
         pending = select(m.merge_id, m.key_a, m.key_b, m.created_at).where(m.applied_at.is_(None))
+        splits = select(s.split_id, s.customer_id, s.moved, s.created_at).where(s.applied_at.is_(None))
         return HandRules(
             count,
             set(conn.execute(select(t.suppressions.c.identifier_hash)).scalars()),
             [(a, b) for a, b in conn.execute(select(rules.key_a, rules.key_b))],
             [(merge_id, a, b, as_utc(at)) for merge_id, a, b, at in conn.execute(pending.order_by(m.created_at))],
+            [
+                (split_id, customer_id, tuple(moved), as_utc(at))
+                for split_id, customer_id, moved, at in conn.execute(splits.order_by(s.created_at, s.split_id))
+            ],
         )
+
+    def customer_keys(self, conn: Connection, customer_id: str) -> list[str]:
+        """Every identifier key the customer holds."""
+        c = t.identities.c
+        return list(conn.execute(select(c.identifier).where(c.customer_id == customer_id)).scalars())
+
+    def load_customer_events(self, conn: Connection, customer_id: str) -> list[StoredEvent]:
+        """Every touchpoint of the customer, as a split applies it again (``stitching.StoredEvent``)."""
+        c = t.touchpoints.c
+        columns = [c[name] for name in StoredEntry._fields]
+        rows = conn.execute(select(*columns, c.identifier_keys, c.identify).where(c.customer_id == customer_id))
+        events = []
+        for row in rows:
+            stored = StoredEntry(*row[: len(columns)])
+            stored = stored._replace(occurred_at=as_utc(stored.occurred_at), received_at=as_utc(stored.received_at))
+            keys, identify = row[len(columns)], row[len(columns) + 1]
+            events.append(
+                StoredEvent(
+                    row_of(stored),
+                    () if keys is None else tuple(orjson.loads(keys)),
+                    stored.amount,
+                    None if identify is None else orjson.loads(identify),
+                )
+            )
+        return events
+
+    def applied_links(self, conn: Connection, keys: Collection[str]) -> list[tuple[str, str, str, datetime]]:
+        """The merges made by hand, applied, that named one of ``keys``: (merge id, key, key, when asked)."""
+        m = t.manual_merges.c
+        found: dict[str, tuple[str, str, str, datetime]] = {}
+        for chunk in _chunks(sorted(keys)):
+            query = select(m.merge_id, m.key_a, m.key_b, m.created_at).where(
+                m.applied_at.is_not(None), or_(m.key_a.in_(chunk), m.key_b.in_(chunk))
+            )
+            for merge_id, a, b, at in conn.execute(query):
+                found[merge_id] = (merge_id, a, b, as_utc(at))
+        return sorted(found.values(), key=lambda link: (link[3], link[0]))
 
     def partition_times(self, conn: Connection, group_id: str) -> dict[TopicPartition, PartitionTime]:
         """Each input partition's event time and when it was last active, as the group last committed them."""
@@ -551,6 +597,15 @@ class SqlSink:
                 .where(m.merge_id.in_(batch.manual_merges), m.applied_at.is_(None))
                 .values(applied_at=datetime.now(UTC))
             )
+        if batch.manual_splits:
+            s = t.manual_splits.c
+            conn.execute(
+                update(t.manual_splits)
+                .where(s.split_id.in_(batch.manual_splits), s.applied_at.is_(None))
+                .values(applied_at=datetime.now(UTC))
+            )
+        if batch.split_off:
+            conn.execute(delete(t.identity_merges).where(t.identity_merges.c.merged_id.in_(batch.split_off)))
 
     def _claim(
         self,

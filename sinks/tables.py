@@ -114,6 +114,13 @@ touchpoints = Table(
         Boolean,
         comment="a resolving contact the customer contradicted (null: not a resolving contact)",
     ),
+    # What a split by hand needs to apply the event again (written once, with the event's first version).
+    Column(
+        "identifier_keys",
+        Text,
+        comment="JSON list of the identifier keys the event was stitched by (null: stored before 0018)",
+    ),
+    Column("identify", Text, comment="JSON: an identify call's traits and group_id (null: none)"),
     Index("ix_touchpoints_customer_time", "customer_id", "occurred_at"),
 )
 
@@ -301,13 +308,25 @@ manual_merges = Table(
     Column("applied_at", TS, comment="when a worker's batch applied it (null: not yet)"),
 )
 
+manual_splits = Table(
+    "manual_splits",
+    metadata,
+    # Splits made by hand (``cxstream split``): the never-link rules keeping the moved identifiers apart are added
+    # with the row; a worker's next batch applies the customer's events again under them, and sets applied_at.
+    Column("split_id", String(36), primary_key=True, comment="audit_log.subject of the row that asked for it"),
+    Column("customer_id", String(64), nullable=False),
+    Column("moved", JSON, nullable=False, comment="the identifier keys to move, as stored"),
+    Column("created_at", TS, nullable=False),
+    Column("applied_at", TS, comment="when a worker's batch applied it (null: not yet)"),
+)
+
 audit_log = Table(
     "audit_log",
     metadata,
     # What was done to the identity graph by hand, by whom and why: rows are added, never changed.
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
     Column("at", TS, nullable=False),
-    # action: erasure, never_link, never_link_removed; subject: the erasure's or rule's id.
+    # action: erasure, never_link, never_link_removed, manual_merge, split, identity_rules; subject: its id.
     Column("action", String(32), nullable=False, comment="erasure"),
     Column("subject", String(128), nullable=False, comment="what it was done to (an erasure id: never a person's id)"),
     Column("actor", String(128), nullable=False, comment="the command or API key (by fingerprint) that did it"),

@@ -28,12 +28,14 @@ from sinks.erasure import suppression_entries
 from sinks.identity_rules import (
     NeverLinkRule,
     add_manual_merge,
+    add_manual_split,
     add_never_link,
     holder_of_both,
     merge_applied_at,
     never_link_rules,
     record_rule_settings,
     remove_never_link,
+    split_applied_at,
 )
 from sinks.queries import customer_identities, customer_of_key
 from streams.domain.identity import key_strength, ranks
@@ -161,6 +163,87 @@ def merge_customers(
             applied = merge_applied_at(engine, merge_id) is not None
         survivor = customer_of_key(engine, key_a) if applied else None
         return MergeReport(merge_id, (customers[0], customers[1]), survivor)
+    finally:
+        engine.dispose()
+
+
+@dataclass
+class SplitReport:
+    """What ``split_customer`` did: the split's id, the customer split, the keys moved, and where the two sides
+    are once a worker applied it."""
+
+    split_id: str
+    customer_id: str
+    moved: list[str]
+    #: How many never-link rules the split added (moved x kept pairs not already kept apart).
+    rules: int
+    #: The customer holding the first moved identifier, and the one holding the first kept (None: not applied
+    #: within the wait).
+    moved_to: str | None
+    kept_by: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        """The report as ``--json`` prints it."""
+        return {
+            "split_id": self.split_id,
+            "customer_id": self.customer_id,
+            "moved": self.moved,
+            "never_link_rules": self.rules,
+            "moved_to": self.moved_to,
+            "kept_by": self.kept_by,
+        }
+
+
+def split_customer(
+    settings: Settings, ref: str, identifiers: Iterable[str], *, actor: str, reason: str = "", wait_s: float = 30.0
+) -> SplitReport:
+    """Split identifiers off a customer (a customer id or an identifier names it): each moved identifier is kept
+    apart from each one the customer keeps by never-link rules, and the workers' next batch (or tick) applies the
+    customer's events again under them, from its touchpoints in event-time order, so that the events that reached
+    the customer only through the moved identifiers go with them; both sides' timelines and figures are derived
+    again and ``cx.identity`` gets a ``split`` record. Waits up to ``wait_s`` for a worker to apply it.
+
+    Raises BadIdentifier when ``ref`` names no customer, an identifier is not the customer's, or nothing would be
+    kept. The rules stay in force (replays, future events) until removed with ``cxstream never-link --remove``.
+    """
+    hashing = identifier_hashing(settings)
+    engine = make_engine(settings.database_url, writer=True)
+    try:
+        customer_id = find_customer(engine, ref, hashing, settings.default_phone_region)
+        if customer_id is None:
+            raise BadIdentifier(f"no customer {ref!r}")
+        held = {row["identifier"] for row in customer_identities(engine, customer_id)}
+        moved: list[str] = []
+        for name in identifiers:
+            key = stored_key(name, hashing, settings.default_phone_region)
+            if key is None or not _is_key(key):
+                raise BadIdentifier(f"{name!r} is not an identifier (type:value, e.g. email:ann@example.org)")
+            if key not in held:
+                raise BadIdentifier(f"{name!r} is not an identifier of customer {customer_id}")
+            if key not in moved:
+                moved.append(key)
+        kept = sorted(held - set(moved))
+        if not moved:
+            raise BadIdentifier("name at least one identifier to split off (--identifier TYPE:VALUE)")
+        if not kept:
+            raise BadIdentifier(f"customer {customer_id} holds no other identifier: nothing would be left to split")
+        split_id = str(uuid.uuid4())
+        rules = add_manual_split(
+            engine, customer_id, moved, kept, split_id=split_id, at=datetime.now(UTC), actor=actor, reason=reason
+        )
+        deadline = time.monotonic() + wait_s
+        applied = split_applied_at(engine, split_id) is not None
+        while not applied and time.monotonic() < deadline:
+            time.sleep(0.2)
+            applied = split_applied_at(engine, split_id) is not None
+        return SplitReport(
+            split_id,
+            customer_id,
+            moved,
+            rules,
+            customer_of_key(engine, moved[0]) if applied else None,
+            customer_of_key(engine, kept[0]) if applied else None,
+        )
     finally:
         engine.dispose()
 

@@ -33,7 +33,7 @@ from streams.domain.customer import MOMENTS, SURVEY, TYPE, CustomerState, T, is_
 from streams.domain.entry import Entry
 from streams.domain.event_time import TopicPartition
 from streams.domain.identity import EventKeys, KeptApart
-from streams.domain.stitching import NO_CUSTOMER, BatchResult, ManualLink, StateView, Stitcher
+from streams.domain.stitching import NO_CUSTOMER, BatchResult, ManualLink, Split, StateView, Stitcher
 from streams.domain.suppression import Suppressions
 from streams.downstream import Outputs
 from streams.policies import Policies, suppression_salt
@@ -46,6 +46,7 @@ from streams.result_rows import (
     identity_rows,
     merge_row,
     overdue_at,
+    stitched_by,
     touchpoint_row,
 )
 from streams.state_cache import StateCache, lookup
@@ -143,6 +144,8 @@ class BatchProcessor:
         #: Merges made by hand that this worker has not seen applied yet (read with the rules; applied by the next
         #: batch, or by a tick with no batch: ``tick``).
         self.manual_links: list[ManualLink] = []
+        #: Splits made by hand not applied yet, as read with the rules: (split id, customer id, keys, when asked).
+        self.manual_splits: list[tuple[str, str, tuple[str, ...], datetime]] = []
         #: Hand-made identity changes (``audit_log`` rows) as of the rules last read; -1: not read yet.
         self._hand_changes = -1
         # Read on first use, not here: the database may be unreachable when the apply process starts, and a call
@@ -192,7 +195,7 @@ class BatchProcessor:
             report = BatchReport(retries=retries)
             read = self.decode(records, report)  # 1. decode
             report.partitions = len(read.offsets)
-            if not read.offsets and not self.manual_links:
+            if not read.offsets and not self.manual_links and not self.manual_splits:
                 return report
             try:
                 with self.sink.transaction() as tx:
@@ -220,6 +223,8 @@ class BatchProcessor:
             self._committed(*applied)  # 8. remember
             done = set(applied[1].manual_merges)
             self.manual_links = [link for link in self.manual_links if link.link_id not in done]
+            done = set(applied[1].manual_splits)
+            self.manual_splits = [split for split in self.manual_splits if split[0] not in done]
             report.committed_at = datetime.now(UTC)
             self.applied.update(read.offsets)
             return report
@@ -234,7 +239,7 @@ class BatchProcessor:
             with self.sink.transaction() as tx:
                 self._begin(tx, report, {})
                 self._refresh_hand_rules(tx)
-                if not self.manual_links:
+                if not self.manual_links and not self.manual_splits:
                     clock = self._lock_clock(tx, report)
                     write = BatchWrite(group_id=self.group_id, offsets={}, worker_id=self.settings.worker_id)
                     records = ResultRecords(self.topics, report.outputs)
@@ -246,7 +251,7 @@ class BatchProcessor:
         except BaseException:
             self.cache.clear()
             raise
-        if self.manual_links:  # after the tick's transaction: the batch takes its own
+        if self.manual_links or self.manual_splits:  # after the tick's transaction: the batch takes its own
             return self.process([], backlog)
         self._committed(clock, write, StateView(), (), {}, {})
         report.committed_at = datetime.now(UTC)
@@ -465,9 +470,12 @@ class BatchProcessor:
         links = list(self.manual_links)
         wanted = {key for event_keys in keys for key in event_keys.keys}
         wanted.update(key for link in links for key in link.keys)
+        for split in self.manual_splits:
+            wanted.update(self.sink.customer_keys(tx, split[1]))
         stored, customers, versions = self._lock_customers(tx, report, wanted)
         if self.sink.concurrent and self._refresh_hand_rules(tx):
             raise Contended("the identity graph was changed by hand while the batch waited for its customers")
+        splits = self._splits(tx, report, wanted, stored, customers, versions)
         identities = {key: row.customer_id for key, row in stored.items()}
         applied = {
             event_id: NO_CUSTOMER if customer_id is None else customer_id
@@ -479,7 +487,7 @@ class BatchProcessor:
         before = hint.watermark
         max_age = self.settings.max_event_age_s
         reject_before = None if before is None or max_age is None else before.timestamp() - max_age
-        result = self.stitcher.apply(events, view, keys, reject_before=reject_before, links=links)
+        result = self.stitcher.apply(events, view, keys, reject_before=reject_before, links=links, splits=splits)
         report.result = result
         report.applied_at = datetime.now(UTC)
         if before is not None:
@@ -491,8 +499,9 @@ class BatchProcessor:
             offsets=read.offsets,
             fingerprints=read.fingerprints,
             worker_id=self.settings.worker_id,
-            state_changed=bool(events or links),
+            state_changed=bool(events or links or splits),
             manual_merges=[link.link_id for link in links],
+            manual_splits=[split[0] for split in self.manual_splits],
             claimed_identities=wanted - stored.keys(),
             claimed_events={event.event_id for event in events} - applied.keys(),
         )
@@ -515,6 +524,35 @@ class BatchProcessor:
         report.outbox_id = self.sink.write_shared(tx, write)
         return clock, write, view, tuple(result.removed), stored, versions
 
+    def _splits(
+        self,
+        tx: Any,
+        report: BatchReport,
+        wanted: set[str],
+        stored: dict[str, StoredIdentity],
+        customers: dict[str, CustomerState],
+        versions: dict[str, int],
+    ) -> list[Split]:
+        """The splits made by hand to apply, each with its customer's events and applied manual merges, read under
+        the customer's lock; the keys its events carry that belong to other customers are loaded (and locked) too.
+        A customer gone meanwhile (erased, merged) has nothing to split: its split is marked applied all the same."""
+        splits = []
+        for split_id, customer_id, moved, at in self.manual_splits:
+            if customer_id not in customers:
+                continue
+            held = [key for key, row in stored.items() if row.customer_id == customer_id]
+            events = self.sink.load_customer_events(tx, customer_id)
+            others = {key for event in events for key in event.keys} - wanted
+            if others:
+                wanted |= others
+                more = self._lock_customers(tx, report, others)
+                stored.update(more[0])
+                customers.update(more[1])
+                versions.update(more[2])
+            links = [ManualLink(merge_id, (a, b), when) for merge_id, a, b, when in self.sink.applied_links(tx, held)]
+            splits.append(Split(split_id, customer_id, moved, at, events, links))
+        return splits
+
     def _refresh_hand_rules(self, tx: Any) -> bool:
         """Read the suppression entries and never-link rules again if the identity graph was changed by hand (an
         erasure, a rule added or removed) since the last read; return whether it was. The state cache is dropped
@@ -526,6 +564,7 @@ class BatchProcessor:
         self.suppressions.replace(found.suppressed)
         self.stitcher.apart = KeptApart(found.never_link)
         self.manual_links = [ManualLink(merge_id, (a, b), at) for merge_id, a, b, at in found.merges]
+        self.manual_splits = list(found.splits)
         self.cache.clear()
         return True
 
@@ -600,6 +639,9 @@ class BatchProcessor:
         for merge in result.merges:
             write.merges.append(merge_row(merge))
             records.merge(merge)
+        for split in result.splits:
+            records.merge(split)
+        write.split_off = [split.merged_id for split in result.splits]
         write.removed_customers = list(result.removed)
         policy, target = self.stitcher.policy, self.settings.issue_target_s
         for profile in result.profiles:
@@ -611,8 +653,12 @@ class BatchProcessor:
         for row in write.identities:
             stored[row.identifier] = StoredIdentity(row.customer_id, row.first_seen, row.last_seen)
         now = report.committed_at or datetime.now(UTC)
+        # A new touchpoint records its event's keys and identify details (what a split applies again); a revised
+        # one keeps what its first version recorded.
+        firsts = {event.event_id: (event, event_keys) for event, event_keys in zip(report.events, keys, strict=True)}
         for entry in result.entries:
-            write.touchpoints.append(touchpoint_row(entry, now))
+            first = firsts.get(entry.event_id) if entry.event_id not in result.replaced else None
+            write.touchpoints.append(touchpoint_row(entry, now, *(() if first is None else stitched_by(*first))))
             records.timeline(entry)
 
     def _metrics(

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
+import orjson
+
 from schemas.outputs import Alert, ExperienceDropAlert, IdentityChange
 from schemas.touchpoint import TouchpointEvent
 from sinks.contract import (
@@ -23,7 +25,7 @@ from sinks.contract import (
     TouchpointRow,
 )
 from sinks.sql import as_utc
-from streams.domain.customer import REASON_PREFIX, CustomerPolicy, CustomerState
+from streams.domain.customer import REASON_PREFIX, CustomerPolicy, CustomerState, identify_details
 from streams.domain.entry import Entry
 from streams.domain.identity import EventKeys
 from streams.domain.profile import Profile
@@ -82,7 +84,7 @@ def identity_rows(
     and keys seen earlier than their ``first_seen`` or on a later day than their ``last_seen``.
 
     ``stored``: the table's rows of the keys (the keys missing from it are new). Keys of a merged customer that
-    no event carried are re-pointed by the merge itself.
+    no event carried are re-pointed by the merge itself; keys a split moved to another customer are re-pointed here.
     """
     accepted = {entry.event_id for entry in result.entries}
     # By object, not id: a conflicting record shares its id with an accepted event of another customer.
@@ -106,11 +108,30 @@ def identity_rows(
             first, day = min(first, old.first_seen), max(day, old.last_seen)
         id_type, _, id_value = key.partition(":")
         rows.append(IdentityRow(key, id_type, id_value, customer_id, first, day))
+    if result.splits:
+        for key, customer_id in result.identities.items():
+            old = stored.get(key)
+            if key not in seen and old is not None and old.customer_id != customer_id:
+                id_type, _, id_value = key.partition(":")
+                rows.append(IdentityRow(key, id_type, id_value, customer_id, old.first_seen, old.last_seen))
     return rows
 
 
-def touchpoint_row(entry: Entry, now: datetime) -> TouchpointRow:
-    """The ``touchpoints`` row of a timeline entry committed at ``now``."""
+def stitched_by(event: TouchpointEvent, keys: EventKeys) -> tuple[str | None, str | None]:
+    """What a touchpoint row records of its event for a split to apply it again: the keys it was stitched by and
+    what a customer state keeps of an identify call, as JSON (None: none)."""
+    details = identify_details(event)
+    return (
+        orjson.dumps(keys.keys).decode() if keys.keys else None,
+        None if details is None else orjson.dumps(details).decode(),
+    )
+
+
+def touchpoint_row(
+    entry: Entry, now: datetime, identifier_keys: str | None = None, identify: str | None = None
+) -> TouchpointRow:
+    """The ``touchpoints`` row of a timeline entry committed at ``now``, with what ``stitched_by`` records of its
+    event (a revision of an entry passes None: the first version's are kept)."""
     survey = entry.survey
     key = entry.issue_key
     return TouchpointRow(
@@ -135,6 +156,8 @@ def touchpoint_row(entry: Entry, now: datetime) -> TouchpointRow:
         ces=survey.ces if survey else None,
         source_id=entry.source_id,
         resolution_contradicted=entry.resolution_contradicted,
+        identifier_keys=identifier_keys,
+        identify=identify,
     )
 
 

@@ -163,7 +163,7 @@ def identify_details(event: TouchpointEvent) -> dict[str, Any] | None:
     if event.type is not EventType.IDENTIFY:
         return None
     attributes = event.attributes
-    details = {name: attributes[name] for name in ("traits", "group_id") if name in attributes}
+    details: dict[str, Any] = {name: attributes[name] for name in ("traits", "group_id") if name in attributes}
     return details or None
 
 

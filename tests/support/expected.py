@@ -20,7 +20,7 @@ from streams.domain.identity import NO_RULES, KeptApart
 from streams.domain.oracle import replay
 from streams.domain.stitching import ManualLink, Stitcher
 from streams.policies import Policies
-from streams.result_rows import cell_row, customer_row, identity_rows, overdue_at, touchpoint_row
+from streams.result_rows import cell_row, customer_row, identity_rows, overdue_at, stitched_by, touchpoint_row
 from tests.support.results import BOOKKEEPING_COLUMNS, plain_row, without_versions
 
 #: The tables whose rows the oracle decides.
@@ -50,7 +50,13 @@ def expected_results(
     keys = Stitcher(policies).keys_of(ordered)
     tables["identities"] = [row._asdict() for row in identity_rows(ordered, keys, oracle.result, oracle.identities, {})]
     now = datetime.now(UTC)
-    tables["touchpoints"] = [touchpoint_row(entry, now)._asdict() for entry in oracle.entries.values()]
+    # Each touchpoint records what its event was stitched by (the first record of an event id is the one applied).
+    firsts: dict[str, tuple[str | None, str | None]] = {}
+    for event, event_keys in zip(ordered, keys, strict=True):
+        firsts.setdefault(event.event_id, stitched_by(event, event_keys))
+    tables["touchpoints"] = [
+        touchpoint_row(entry, now, *firsts[entry.event_id])._asdict() for entry in oracle.entries.values()
+    ]
     aggregator = MetricAggregator(policies.metrics)
     for entry in oracle.entries.values():
         aggregator.add(entry)
