@@ -463,7 +463,6 @@ class SqlSink:
                 StoredEvent(
                     row_of(stored),
                     () if keys is None else tuple(orjson.loads(keys)),
-                    stored.amount,
                     None if identify is None else orjson.loads(identify),
                 )
             )

@@ -418,6 +418,53 @@ def merge(ctx: click.Context, first: str, second: str, reason: str, wait_s: floa
         )
 
 
+@main.command("split")
+@click.argument("ref")
+@click.option(
+    "--identifier",
+    "identifiers",
+    multiple=True,
+    required=True,
+    help="An identifier to move to the new customer (TYPE:VALUE, or a bare e-mail or phone number); repeatable.",
+)
+@click.option("--reason", default="", help="Why (kept in the audit trail).")
+@click.option(
+    "--wait", "wait_s", type=float, default=30.0, show_default=True, help="Seconds to wait for a worker to apply it."
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def split(
+    ctx: click.Context, ref: str, identifiers: tuple[str, ...], reason: str, wait_s: float, as_json: bool
+) -> None:
+    """Split identifiers off a customer (an id, or an identifier such as email:a@b.c) merged by mistake, with the
+    events that reached it only through them.
+
+    Never-link rules keep each moved identifier apart from each one the customer keeps (replays and future events
+    included, until removed with never-link --remove). A running worker then applies the customer's events again
+    under them, from its touchpoints in event-time order: both timelines and their figures are derived again, and
+    cx.identity gets a split record. An audit_log row records it.
+    """
+    from streams.erasure import cli_actor
+    from streams.identity_rules import BadIdentifier, split_customer
+    from streams.inspection import dumps
+
+    try:
+        report = split_customer(_settings(ctx), ref, identifiers, actor=cli_actor(), reason=reason, wait_s=wait_s)
+    except BadIdentifier as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(dumps(report.as_json()))
+    elif report.moved_to is not None:
+        click.echo(
+            f"split {report.customer_id}: {', '.join(report.moved)} now with {report.moved_to}, the rest with "
+            f"{report.kept_by} ({report.split_id})"
+        )
+    else:
+        click.echo(
+            f"split {report.split_id} recorded; no worker applied it within {wait_s:g}s: the next one to run does"
+        )
+
+
 @main.command("never-link")
 @click.argument("identifiers", nargs=-1)
 @click.option("--remove", is_flag=True, help="Remove the rule keeping the two identifiers apart.")

@@ -488,8 +488,8 @@ class CustomerState:
         stop = len(history) if high is None else bisect_left(history, high, key=_ROW_KEY)
         return [r for r in history[start:stop] if r[TYPE] == EventType.OTHER]
 
-    def add(self, row: Row, amount: Decimal | None, identify: Mapping[str, Any] | None) -> None:
-        """Add an accepted event (not applied before): its row, its amount, and for an identify call what
+    def add(self, row: Row, identify: Mapping[str, Any] | None) -> None:
+        """Add an accepted event (not applied before): its row, and for an identify call what
         :func:`identify_details` keeps of it."""
         t, event_id, kind = row[T], row[EVENT_ID], row[TYPE]
         if is_kept(row):
@@ -510,8 +510,9 @@ class CustomerState:
             add_tally(self.engagement, week_of(t), counts)
         if kind == _PURCHASE:
             self.purchases += 1
-            if amount is not None:
-                self.revenue += amount
+            if row[AMOUNT] is not None:
+                # As the row holds it (canonical_amount), so a state rebuilt from the table sums the same digits.
+                self.revenue += Decimal(row[AMOUNT])
             insort(self.purchase_times, [t, event_id], key=_PAIR)
             if self.first_purchase is None or (t, event_id) < self.first_purchase:
                 self.first_purchase = (t, event_id)

@@ -33,7 +33,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any, Literal, NamedTuple, Protocol
 
 from schemas.outputs import IdentityChange
@@ -90,8 +89,6 @@ class StoredEvent(NamedTuple):
     row: Row
     #: The keys it was stitched by (``EventKeys.keys``), strongest first.
     keys: tuple[str, ...]
-    #: Its amount as stored.
-    amount: Decimal | None
     #: What the state keeps of an identify call (``customer.identify_details``).
     identify: Mapping[str, Any] | None
 
@@ -392,7 +389,7 @@ class _Batch:
         state = self._link(event.event_id, event.occurred_at, keys, self.rules.limits)
         for affected in state.affected_by(row, self.policy):
             self._candidate(state, affected)
-        state.add(row, event.amount, identify_details(event))
+        state.add(row, identify_details(event))
         self.dirty[event.event_id] = (row, state, None)
         self.touched.add(state)
 
@@ -417,7 +414,7 @@ class _Batch:
         # function of a customer's events, whatever order and batches they came in).
         whole = CustomerState(split.customer_id)
         for stored in ordered:
-            whole.add(stored.row, stored.amount, stored.identify)
+            whole.add(stored.row, stored.identify)
         previous, policy = self.previous, self.policy
         for stored in ordered:
             previous[stored.row[EVENT_ID]] = timeline_entry(
@@ -433,7 +430,7 @@ class _Batch:
             view.applied.pop(event_id, None)
             # Events stored before their keys were (migration 0018) stay with the customer's strongest key.
             state = self._link(event_id, _utc(row[T]), stored.keys or fallback, limits)
-            state.add(row, stored.amount, stored.identify)
+            state.add(row, stored.identify)
             self.dirty[event_id] = (row, state, None)
             formed.add(state)
         for link in split.links:

@@ -35,7 +35,7 @@ def event(n: int, kind: EventType, at: datetime, **extra: object) -> TouchpointE
 def state_of(events: list[TouchpointEvent]) -> CustomerState:
     state = CustomerState("c")
     for e in events:
-        state.add(make_row(e, e.occurred_at.timestamp()), e.amount, identify_details(e))
+        state.add(make_row(e, e.occurred_at.timestamp()), identify_details(e))
     state.prune(POLICY)
     return state
 

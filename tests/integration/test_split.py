@@ -1,0 +1,167 @@
+"""Splits made by hand (``cxstream split``) on SQLite and PostgreSQL, in-process against the real databases: Ann
+and Bob share a family tablet and were merged into one customer; splitting Bob's e-mail off gives two customers
+whose tables (identities, touchpoints, states, metric cells) equal the oracle's under the same never-link rules;
+replays from offset 0, into the same database and into a fresh one holding the rules, keep them apart; later
+events carrying Bob's e-mail and the tablet stay with Bob; the split is audited and published on cx.identity."""
+
+from __future__ import annotations
+
+import json
+
+import orjson
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import Engine, select, update
+
+from config.settings import Settings, load_settings
+from schemas.touchpoint import Channel, EventType, IdentifierType
+from sinks import tables as t
+from streams.cli import main
+from streams.domain.identity import KeptApart
+from streams.identity_rules import BadIdentifier, import_rules, rules_in_force, split_customer
+from tests.integration.test_event_time import order_free
+from tests.integration.test_manual_merge import identity_records
+from tests.integration.test_never_link import (
+    ANN,
+    BOB,
+    audit,
+    comparable,
+    customer_of,
+    customers,
+    event,
+    feed,
+    household,
+    records,
+    worker,
+)
+from tests.support.expected import expected_results
+
+TABLET_KEY = "web_anonymous_id:family-tablet"
+
+
+def rules(settings: Settings) -> KeptApart:
+    return KeptApart([(rule.key_a, rule.key_b) for rule in rules_in_force(settings)])
+
+
+def merges_of(engine: Engine) -> list[tuple[str, str]]:
+    with engine.connect() as conn:
+        return sorted(conn.execute(select(t.identity_merges.c.merged_id, t.identity_merges.c.survivor_id)).all())
+
+
+def test_a_split_moves_bob_and_his_events_off_the_shared_customer_and_a_replay_keeps_them_apart(
+    database_url: str, second_database_url: str
+) -> None:
+    events = household()
+    settings, engine, processor = worker(database_url)
+    feed(processor, records(events))
+    assert customers(engine) == 1, "without a rule the tablet merges Ann and Bob"
+    both = customer_of(engine, ANN)
+
+    report = split_customer(settings, "ANN@example.org", ["bob@example.org"], actor="test", reason="T-5", wait_s=0)
+    assert (report.customer_id, report.moved, report.rules, report.moved_to) == (both, [BOB], 2, None)
+    assert {(r.key_a, r.key_b) for r in rules_in_force(settings)} == {(ANN, BOB), (BOB, TABLET_KEY)}
+
+    published = identity_records(processor)  # an idle worker's tick applies it
+    assert customers(engine) == 2
+    bob = customer_of(engine, BOB)
+    assert customer_of(engine, ANN) == customer_of(engine, TABLET_KEY) == both != bob
+    assert [(r["kind"], r["event_id"], r["survivor_id"], r["merged_id"], r["identifiers"]) for r in published] == [
+        ("split", report.split_id, both, bob, {"email": "bob@example.org"})
+    ]
+    assert not identity_records(processor), "applied once"
+    with engine.connect() as conn:
+        owners = dict(conn.execute(select(t.touchpoints.c.event_id, t.touchpoints.c.customer_id)).all())
+        applied_at = conn.execute(select(t.manual_splits.c.applied_at)).scalar_one()
+    assert applied_at is not None
+    # Bob's identify, purchase and call went with him; the tablet's own page views and Ann's events stayed.
+    assert {e.event_id for e in events if owners[e.event_id] == bob} == {"web-4", "web-5", "phone-6"}
+    assert [(action, reason) for action, _, reason in audit(engine)] == [("split", "T-5")]
+
+    apart = rules(settings)
+    expected = expected_results(events, settings, apart)
+    assert comparable(order_free(engine)) == comparable(expected), "the oracle's tables under the split's rules"
+    assert expected != expected_results(events, settings)
+
+    # A replay from offset 0 into the same database: every event is a duplicate, nothing moves back.
+    processor.sink.reset_offsets(settings.app_id)
+    processor.reload()
+    ends: dict[str, int] = {}
+    feed(processor, records(events, ends))
+    assert comparable(order_free(engine)) == comparable(expected)
+
+    # ...and into a fresh database holding the rules (exported and imported as keys are stored).
+    fresh = load_settings(database_url=second_database_url)
+    _, rebuilt_db, rebuild = worker(second_database_url)
+    exported = orjson.dumps([{"keys": [r.key_a, r.key_b]} for r in rules_in_force(settings)])
+    assert import_rules(fresh, exported, actor="test") == (2, 0, 0)
+    feed(rebuild, records(events))
+    assert comparable(order_free(rebuilt_db)) == comparable(expected)
+
+    # A later event carrying Bob's e-mail and the tablet stays with Bob: the tablet is kept apart.
+    later = event(
+        20, Channel.WEB, EventType.PAGE_VIEW, {IdentifierType.EMAIL: "bob@example.org"} | household()[0].identifiers
+    )
+    feed(processor, records([later], ends))
+    assert customer_of(engine, BOB) == bob and customer_of(engine, TABLET_KEY) == both
+    assert comparable(order_free(engine)) == comparable(expected_results([*events, later], settings, apart))
+
+
+def test_a_split_re_forms_a_merged_customer_and_keeps_merges_made_by_hand_among_the_kept_keys(
+    database_url: str,
+) -> None:
+    events = household()
+    settings, engine, processor = worker(database_url)
+    ends: dict[str, int] = {}
+    feed(processor, records(events[:4], ends))  # up to Bob's identify on the tablet: Bob's customer merged in
+    assert customers(engine) == 1
+    both = customer_of(engine, ANN)
+    assert merges_of(engine), "Bob's first customer was merged into Ann's"
+    split_customer(settings, both, [BOB], actor="test", wait_s=0)
+    processor.tick()
+    feed(processor, records(events[4:], ends))
+    bob = customer_of(engine, BOB)
+    assert bob != both and all(merged != bob for merged, _ in merges_of(engine)), "no merge row for a split-off"
+    assert comparable(order_free(engine)) == comparable(expected_results(events, settings, rules(settings)))
+
+
+def test_a_split_refuses_what_the_customer_does_not_hold_and_leaving_nothing(database_url: str) -> None:
+    settings, engine, processor = worker(database_url)
+    feed(processor, records(household()))
+    with pytest.raises(BadIdentifier, match="is not an identifier of customer"):
+        split_customer(settings, ANN, ["email:carl@example.org"], actor="test", wait_s=0)
+    with pytest.raises(BadIdentifier, match="no customer"):
+        split_customer(settings, "email:carl@example.org", [ANN], actor="test", wait_s=0)
+    with pytest.raises(BadIdentifier, match="nothing would be left"):
+        split_customer(settings, ANN, [ANN, BOB, TABLET_KEY], actor="test", wait_s=0)
+    with pytest.raises(BadIdentifier, match="at least one identifier"):
+        split_customer(settings, ANN, [], actor="test", wait_s=0)
+    with engine.connect() as conn:
+        assert conn.execute(select(t.manual_splits)).all() == [] and conn.execute(select(t.never_link)).all() == []
+
+
+def test_events_stored_before_their_keys_were_stay_with_the_strongest_identifier(sqlite_url: str) -> None:
+    events = household()
+    settings, engine, processor = worker(sqlite_url)
+    feed(processor, records(events))
+    with engine.begin() as conn:  # as a database upgraded from before migration 0018 holds them
+        conn.execute(update(t.touchpoints).where(t.touchpoints.c.event_id == "web-5").values(identifier_keys=None))
+    split_customer(settings, ANN, [BOB], actor="test", wait_s=0)
+    processor.tick()
+    with engine.connect() as conn:
+        owner = conn.execute(select(t.touchpoints.c.customer_id).where(t.touchpoints.c.event_id == "web-5")).scalar()
+    assert owner == customer_of(engine, ANN) != customer_of(engine, BOB)
+
+
+def test_the_command_splits_and_reports_both_sides(sqlite_url: str) -> None:
+    *_, processor = worker(sqlite_url)
+    feed(processor, records(household()))
+    env = {"CXSTREAM_DATABASE_URL": sqlite_url}
+    queued = CliRunner().invoke(
+        main, ["split", ANN, "--identifier", BOB, "--wait", "0", "--json"], env=env, catch_exceptions=False
+    )
+    assert queued.exit_code == 0, queued.output
+    answer = json.loads(queued.output)
+    assert answer["moved"] == [BOB] and answer["moved_to"] is None and answer["never_link_rules"] == 2
+    processor.tick()
+    refused = CliRunner().invoke(main, ["split", ANN, "--identifier", BOB], env=env, catch_exceptions=False)
+    assert refused.exit_code == 1 and "is not an identifier of customer" in refused.output
