@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -275,6 +275,31 @@ class MergeResult(BaseModel):
     survivor: str | None = Field(
         description="The customer both now are; null when no worker applied it within the wait (the next one does)."
     )
+
+
+class SplitRequest(BaseModel):
+    """``POST /v1/splits``: split identifiers off a customer merged by mistake (``cxstream split``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    customer: str = Field(min_length=1, max_length=1024, description="A customer id, or an identifier as type:value.")
+    identifiers: list[Annotated[str, Field(min_length=1, max_length=1024)]] = Field(
+        min_length=1, max_length=100, description="The identifiers to move to the new customer, as type:value."
+    )
+    reason: str = Field("", max_length=2000, description="Why (kept in the audit trail).")
+
+
+class SplitResult(BaseModel):
+    """A split made by hand: its id, the customer split, the keys moved, and where both sides are once applied."""
+
+    model_config = _OUT
+
+    split_id: str = Field(description="The split's id: the subject of its audit_log row, the event_id on cx.identity.")
+    customer_id: str = Field(description="The customer split.")
+    moved: list[str] = Field(description="The identifier keys moved, as stored (hashed when hashing is on).")
+    never_link_rules: int = Field(description="Never-link rules the split added (each moved key x each kept key).")
+    moved_to: str | None = Field(description="The customer holding the moved identifiers; null until applied.")
+    kept_by: str | None = Field(description="The customer holding the rest; null until applied.")
 
 
 class ErasureResult(BaseModel):

@@ -88,6 +88,18 @@ def erase_customer(
             # Merges made by hand name the person's keys (done ones are history, pending ones moot): gone with them.
             merges = t.manual_merges.c
             _delete(conn, t.manual_merges, or_(merges.key_a.in_(keys), merges.key_b.in_(keys)))
+        # So do splits made by hand: of this customer, or moving one of its keys (a split-off person's).
+        held = set(keys)
+        splits = t.manual_splits.c
+        named = [
+            split_id
+            for split_id, split_customer, moved in conn.execute(
+                select(splits.split_id, splits.customer_id, splits.moved)
+            )
+            if split_customer == customer_id or held.intersection(moved)
+        ]
+        if named:
+            _delete(conn, t.manual_splits, splits.split_id.in_(named))
         if suppress is not None and keys:
             # Never-link rules name the person's keys: gone with them, as the person never comes back. Deleting
             # only keeps them: a replay into this database rebuilds the person under the same rules.

@@ -52,6 +52,8 @@ from schemas.api import (
     SegmentExternalId,
     SegmentList,
     SegmentTraits,
+    SplitRequest,
+    SplitResult,
 )
 from sinks.queries import (
     ALERT_FILTERS,
@@ -75,7 +77,7 @@ from streams import pages
 from streams.auth import basic_user
 from streams.domain.identifiers import PII_TYPES
 from streams.erasure import Mode, NoSuchCustomer, erase
-from streams.identity_rules import BadIdentifier, merge_customers
+from streams.identity_rules import BadIdentifier, merge_customers, split_customer
 from streams.kafka import BrokerUnreachable
 from streams.policies import Policies, identifier_hashing, suppression_salt
 from streams.references import find_customer
@@ -101,7 +103,8 @@ _PROTECTED = ("/v1/", "/ui")
 #: The routes that change anything, behind the admin keys.
 ERASURES = "/v1/erasures"
 MERGES = "/v1/merges"
-ADMIN_ROUTES = frozenset({ERASURES, MERGES})
+SPLITS = "/v1/splits"
+ADMIN_ROUTES = frozenset({ERASURES, MERGES, SPLITS})
 #: Seconds an erasure request waits for the outbox rows committed before it (a running worker publishes them
 #: within seconds); the answer says how many were left (``unpublished_before``).
 API_OUTBOX_WAIT_S = 10.0
@@ -140,6 +143,7 @@ class ReadApi:
         app.router.add_get("/v1/engagement", self.engagement)
         app.router.add_post(ERASURES, self.erasure)
         app.router.add_post(MERGES, self.merge)
+        app.router.add_post(SPLITS, self.split)
         app.router.add_get(f"{SEGMENT_PROFILE}/traits", self.segment_traits)
         app.router.add_get(f"{SEGMENT_PROFILE}/external_ids", self.segment_external_ids)
         app.router.add_get(f"{SEGMENT_PROFILE}/events", self.segment_events)
@@ -234,6 +238,26 @@ class ReadApi:
             return _json(ApiError(error=str(exc)), 409)
         log.info("read API: merge %s by %s", report.merge_id, actor)
         return _json(MergeResult.model_validate(report.as_json()))
+
+    async def split(self, request: web.Request) -> web.Response:
+        """``POST /v1/splits``: split identifiers off a customer by hand (``streams.identity_rules.split_customer``),
+        as ``cxstream split`` does; waits a few seconds for a worker to apply it."""
+        body = await _body(request, SplitRequest)
+        actor = self._actor(request)
+        try:
+            report = await asyncio.to_thread(
+                split_customer,
+                self.settings,
+                body.customer,
+                body.identifiers,
+                actor=actor,
+                reason=body.reason,
+                wait_s=API_OUTBOX_WAIT_S,
+            )
+        except BadIdentifier as exc:
+            return _json(ApiError(error=str(exc)), 409)
+        log.info("read API: split %s by %s", report.split_id, actor)
+        return _json(SplitResult.model_validate(report.as_json()))
 
     async def customer(self, request: web.Request) -> web.Response:
         """``GET /v1/customers/{ref}``: the profile."""
@@ -550,6 +574,8 @@ def openapi_document() -> dict[str, Any]:
         ErasureResult,
         MergeRequest,
         MergeResult,
+        SplitRequest,
+        SplitResult,
     ]
     _, schemas = models_json_schema([(m, "serialization") for m in models], ref_template="#/components/schemas/{model}")
 
@@ -712,6 +738,23 @@ def openapi_document() -> dict[str, Any]:
                         "400": answer(ApiError, "a field cannot be used"),
                         "401": answer(ApiError, "no valid admin key"),
                         "409": answer(ApiError, "no such customer, one customer twice, or a never-link rule"),
+                        "503": answer(ApiError, "the database cannot answer"),
+                    },
+                }
+            },
+            SPLITS: {
+                "post": {
+                    "summary": "Split identifiers, and the events that came only through them, off a customer",
+                    "security": [{"adminKey": []}],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SplitRequest"}}},
+                    },
+                    "responses": {
+                        "200": answer(SplitResult, "the split, and both sides once applied"),
+                        "400": answer(ApiError, "a field cannot be used"),
+                        "401": answer(ApiError, "no valid admin key"),
+                        "409": answer(ApiError, "no such customer, an identifier it does not hold, or nothing left"),
                         "503": answer(ApiError, "the database cannot answer"),
                     },
                 }

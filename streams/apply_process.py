@@ -72,6 +72,8 @@ class BatchSummary:
     too_late: int = 0
     unattributed: int = 0
     merges: int = 0
+    #: Customers split off by splits made by hand.
+    splits: int = 0
     alerts: int = 0
     blocked: int = 0
     over_limit: int = 0
@@ -126,6 +128,7 @@ class BatchSummary:
             unattributed=len(result.unattributed),
             restored=report.restored,
             merges=len(result.merges),
+            splits=len(result.splits),
             blocked=result.blocked,
             over_limit=result.over_limit,
             kept_apart=result.apart,

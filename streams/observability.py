@@ -87,6 +87,12 @@ class Instruments:
         self.identity_merges = Counter(
             "cxstream_identity_merges_total", "Customers merged by identity stitching.", ["worker"], registry=r
         )
+        self.identity_splits = Counter(
+            "cxstream_identity_splits_total",
+            "Customers split off by splits made by hand (cxstream split).",
+            ["worker"],
+            registry=r,
+        )
         self.blocked_identifiers = Counter(
             "cxstream_identifiers_rejected_total",
             "Identifiers not used for stitching: blocked values, over a per-type limit, or kept apart by a never-link rule.",

@@ -370,6 +370,8 @@ class Worker:
         if summary.restored:
             inst.history_restored.labels(w).inc(summary.restored)
         inst.identity_merges.labels(w).inc(summary.merges)
+        if summary.splits:
+            inst.identity_splits.labels(w).inc(summary.splits)
         inst.blocked_identifiers.labels(w, "blocked").inc(summary.blocked)
         inst.blocked_identifiers.labels(w, "over_limit").inc(summary.over_limit)
         inst.blocked_identifiers.labels(w, "never_link").inc(summary.kept_apart)

@@ -7,15 +7,20 @@ events carrying Bob's e-mail and the tablet stay with Bob; the split is audited 
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
 
 import orjson
 import pytest
+import requests
 from click.testing import CliRunner
 from sqlalchemy import Engine, select, update
 
 from config.settings import Settings, load_settings
 from schemas.touchpoint import Channel, EventType, IdentifierType
 from sinks import tables as t
+from sinks.erasure import erase_customer
 from streams.cli import main
 from streams.domain.identity import KeptApart
 from streams.identity_rules import BadIdentifier, import_rules, rules_in_force, split_customer
@@ -35,6 +40,8 @@ from tests.integration.test_never_link import (
     worker,
 )
 from tests.support.expected import expected_results
+from tests.support.processes import wait_until
+from tests.support.read_api import READ_KEY, read_api
 
 TABLET_KEY = "web_anonymous_id:family-tablet"
 
@@ -165,3 +172,43 @@ def test_the_command_splits_and_reports_both_sides(sqlite_url: str) -> None:
     processor.tick()
     refused = CliRunner().invoke(main, ["split", ANN, "--identifier", BOB], env=env, catch_exceptions=False)
     assert refused.exit_code == 1 and "is not an identifier of customer" in refused.output
+
+
+def test_the_api_splits_behind_the_admin_keys_and_answers_with_both_sides(sqlite_url: str, tmp_path: Path) -> None:
+    *_, processor = worker(sqlite_url)
+    feed(processor, records(household()))
+    engine = processor.sink.engine
+    with read_api(sqlite_url, tmp_path / "api.log", admin_keys="admin-key") as base:
+        url, body = f"{base}/v1/splits", {"customer": ANN, "identifiers": [BOB], "reason": "ticket 9"}
+        assert requests.post(url, json=body, auth=(READ_KEY, ""), timeout=10).status_code == 401
+        empty = requests.post(url, json={**body, "identifiers": []}, auth=("admin-key", ""), timeout=10)
+        assert empty.status_code == 400
+        foreign = {**body, "identifiers": ["email:carl@example.org"]}
+        refused = requests.post(url, json=foreign, auth=("admin-key", ""), timeout=10)
+        assert refused.status_code == 409 and "is not an identifier of customer" in refused.json()["error"]
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(requests.post, url, json=body, auth=("admin-key", ""), timeout=30)
+            wait_until(lambda: bool(processor.tick().outputs.records), 20, "a tick to apply the split")
+            split = answer.result()
+        assert split.status_code == 200, split.text
+        assert (
+            split.json()["moved_to"] == customer_of(engine, BOB) != split.json()["kept_by"] == customer_of(engine, ANN)
+        )
+        assert "/v1/splits" in requests.get(f"{base}/openapi.json", timeout=10).json()["paths"]
+    with engine.connect() as conn:
+        actor = conn.execute(select(t.audit_log.c.actor).where(t.audit_log.c.action == "split")).scalar_one()
+    assert actor.startswith("api:") and "admin-key" not in actor
+
+
+def test_an_erasure_takes_the_splits_naming_the_person_with_it(database_url: str) -> None:
+    settings, engine, processor = worker(database_url)
+    feed(processor, records(household()))
+    split_customer(settings, ANN, [BOB], actor="test", wait_s=0)
+    processor.tick()
+    erased = erase_customer(
+        engine, customer_of(engine, BOB), suppress=lambda keys: list(keys), erasure_id="e-1",
+        at=datetime.now(UTC), actor="test", reason="", options={},
+    )  # fmt: skip
+    assert erased is not None
+    with engine.connect() as conn:
+        assert conn.execute(select(t.manual_splits)).all() == [], "its row names Bob's e-mail"
