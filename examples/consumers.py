@@ -77,8 +77,17 @@ def fold_experience_alerts(records: Iterable[Record]) -> dict[str, dict[str, Any
 
 
 def fold_identity(records: Iterable[Record]) -> dict[str, str]:
-    """Merged customer id -> the customer it lives on as now (a chain of merges followed to its end)."""
-    survivor = {value["merged_id"]: value["survivor_id"] for _, value in records}
+    """Merged customer id -> the customer it lives on as now (a chain of merges followed to its end).
+
+    A ``split`` record (``cxstream split``) is no merge: its ``merged_id`` was split off and is a customer of its own
+    again. The topic is keyed by ``merged_id``, so a customer's merges and splits arrive in order.
+    """
+    survivor: dict[str, str] = {}
+    for _, value in records:
+        if value.get("kind") == "split":
+            survivor.pop(value["merged_id"], None)
+        else:
+            survivor[value["merged_id"]] = value["survivor_id"]
 
     def final(customer_id: str) -> str:
         seen = set()
