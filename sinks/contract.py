@@ -230,6 +230,8 @@ class BatchWrite:
     manual_splits: list[str] = field(default_factory=list)
     #: Customers a split formed again: their old ``identity_merges`` rows (merged into the customer split) go.
     split_off: list[str] = field(default_factory=list)
+    #: Identifier keys a split left with no customer: their ``identities`` rows go.
+    forgotten: list[str] = field(default_factory=list)
     merges: list[MergeRow] = field(default_factory=list)
     removed_customers: list[str] = field(default_factory=list)
     customers: list[CustomerRow] = field(default_factory=list)

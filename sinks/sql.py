@@ -605,6 +605,8 @@ class SqlSink:
             )
         if batch.split_off:
             conn.execute(delete(t.identity_merges).where(t.identity_merges.c.merged_id.in_(batch.split_off)))
+        for chunk in _chunks(batch.forgotten):
+            conn.execute(delete(t.identities).where(t.identities.c.identifier.in_(chunk)))
 
     def _claim(
         self,

@@ -436,6 +436,8 @@ class BatchProcessor:
             (key, None if (row := stored.get(key)) is None else row._replace(customer_id=customer_id))
             for key, customer_id in view.identities.items()
         )
+        for key in write.forgotten:  # a split left it with no customer: its row is gone
+            self.cache.identities.pop(key, None)
         written = {row.customer_id for row in write.customers}
         self.cache.committed(
             clock.sequence + int(write.state_changed),
@@ -470,12 +472,11 @@ class BatchProcessor:
         links = list(self.manual_links)
         wanted = {key for event_keys in keys for key in event_keys.keys}
         wanted.update(key for link in links for key in link.keys)
-        for split in self.manual_splits:
-            wanted.update(self.sink.customer_keys(tx, split[1]))
+        targets = self._split_targets(tx, wanted)
         stored, customers, versions = self._lock_customers(tx, report, wanted)
         if self.sink.concurrent and self._refresh_hand_rules(tx):
             raise Contended("the identity graph was changed by hand while the batch waited for its customers")
-        splits = self._splits(tx, report, wanted, stored, customers, versions)
+        splits = self._splits(tx, report, targets, wanted, stored, customers, versions)
         identities = {key: row.customer_id for key, row in stored.items()}
         applied = {
             event_id: NO_CUSTOMER if customer_id is None else customer_id
@@ -524,10 +525,26 @@ class BatchProcessor:
         report.outbox_id = self.sink.write_shared(tx, write)
         return clock, write, view, tuple(result.removed), stored, versions
 
+    def _split_targets(self, tx: Any, wanted: set[str]) -> list[tuple[str, str, tuple[str, ...], datetime]]:
+        """The pending splits with the customer each applies to, whose keys join ``wanted``: the customer named, or,
+        if another batch merged it away before the split was applied, the one now holding the moved keys."""
+        targets = []
+        for split_id, customer_id, moved, at in self.manual_splits:
+            keys = self.sink.customer_keys(tx, customer_id)
+            if not keys:
+                holder = self.sink.load_identities(tx, moved[:1]).get(moved[0]) if moved else None
+                if holder is not None:
+                    customer_id = holder.customer_id
+                    keys = self.sink.customer_keys(tx, customer_id)
+            wanted.update(keys)
+            targets.append((split_id, customer_id, moved, at))
+        return targets
+
     def _splits(
         self,
         tx: Any,
         report: BatchReport,
+        targets: list[tuple[str, str, tuple[str, ...], datetime]],
         wanted: set[str],
         stored: dict[str, StoredIdentity],
         customers: dict[str, CustomerState],
@@ -535,9 +552,9 @@ class BatchProcessor:
     ) -> list[Split]:
         """The splits made by hand to apply, each with its customer's events and applied manual merges, read under
         the customer's lock; the keys its events carry that belong to other customers are loaded (and locked) too.
-        A customer gone meanwhile (erased, merged) has nothing to split: its split is marked applied all the same."""
+        A customer gone meanwhile (erased) has nothing to split: its split is marked applied all the same."""
         splits = []
-        for split_id, customer_id, moved, at in self.manual_splits:
+        for split_id, customer_id, moved, at in targets:
             if customer_id not in customers:
                 continue
             held = [key for key, row in stored.items() if row.customer_id == customer_id]
@@ -642,6 +659,7 @@ class BatchProcessor:
         for split in result.splits:
             records.merge(split)
         write.split_off = [split.merged_id for split in result.splits]
+        write.forgotten = result.forgotten
         write.removed_customers = list(result.removed)
         policy, target = self.stitcher.policy, self.settings.issue_target_s
         for profile in result.profiles:

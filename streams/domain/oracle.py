@@ -108,19 +108,19 @@ def engagement_scores(entries: Iterable[Entry], policy: EngagementPolicy) -> dic
 def final_entries(results: Iterable[BatchResult]) -> dict[str, Entry]:
     """The latest version of every entry over successive batch results, re-pointed through their merges.
 
-    This is what a sink that upserts entries by event id and applies merges ends up holding.
+    This is what a sink that applies each batch's merges, then upserts its entries by event id, ends up holding: a
+    merge re-points the entries stored before it, not those of a customer id a later split forms again.
     """
-    alias: dict[str, str] = {}
     latest: dict[str, Entry] = {}
     for result in results:
-        for change in result.merges:
-            alias[change.merged_id] = change.survivor_id
+        if result.merges:
+            alias = {change.merged_id: change.survivor_id for change in result.merges}
+            for event_id, entry in latest.items():
+                customer_id = entry.customer_id
+                if customer_id in alias:
+                    while customer_id in alias:
+                        customer_id = alias[customer_id]
+                    latest[event_id] = replace(entry, customer_id=customer_id)
         for entry in result.entries:
             latest[entry.event_id] = entry
-    final = {}
-    for event_id, entry in latest.items():
-        customer_id = entry.customer_id
-        while customer_id is not None and customer_id in alias:
-            customer_id = alias[customer_id]
-        final[event_id] = entry if customer_id == entry.customer_id else replace(entry, customer_id=customer_id)
-    return final
+    return latest

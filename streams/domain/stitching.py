@@ -140,6 +140,9 @@ class BatchResult:
     created: set[str] = field(default_factory=set)
     #: Identity rows to upsert: key -> customer id, including every key of a merged customer.
     identities: dict[str, str] = field(default_factory=dict)
+    #: Identity rows to delete: keys of a split customer that no customer holds after it (a key only ever seen
+    #: beside a key now kept apart from it, on events that go to that key's customer), sorted.
+    forgotten: list[str] = field(default_factory=list)
     #: Merges in the order they happened (``UPDATE ... SET customer_id=survivor WHERE customer_id=merged``).
     merges: list[IdentityChange] = field(default_factory=list)
     #: Splits made by hand, one record per customer a split customer's events now belong to (but its own).
@@ -352,6 +355,8 @@ class _Batch:
         self.removed: dict[str, CustomerState] = {}
         #: Event id -> its entry as emitted before a split re-applied it (re-emitted only if it changed).
         self.previous: dict[str, Entry] = {}
+        #: Keys split customers held (those no customer holds at the end are ``forgotten``).
+        self.unlinked: set[str] = set()
 
     def _state(self, customer_id: str) -> CustomerState:
         try:
@@ -409,6 +414,7 @@ class _Batch:
         for key in old.identifier_keys():
             if view.identities.get(key) == split.customer_id:
                 del view.identities[key]
+                self.unlinked.add(key)
         ordered = sorted(split.events, key=lambda stored: (stored.row[T], stored.row[EVENT_ID]))
         # The entries as emitted before: derived from the customer as it was, rebuilt whole (derived fields are a
         # function of a customer's events, whatever order and batches they came in).
@@ -567,6 +573,7 @@ class _Batch:
                 result.entries.append(timeline_entry(state.customer_id, row, after))
                 result.replaced[event_id] = timeline_entry(state.customer_id, row, before)
         result.changed = sorted({_final(state).customer_id for state in self.touched})
+        result.forgotten = sorted(key for key in self.unlinked if key not in self.view.identities)
         for old_id, holder in self.removed.items():
             if old_id not in result.created:  # one created in this batch was never stored: nothing to remove
                 result.removed[old_id] = _final(holder).customer_id

@@ -212,3 +212,26 @@ def test_an_erasure_takes_the_splits_naming_the_person_with_it(database_url: str
     assert erased is not None
     with engine.connect() as conn:
         assert conn.execute(select(t.manual_splits)).all() == [], "its row names Bob's e-mail"
+
+
+def test_an_identifier_only_ever_seen_beside_a_moved_one_is_left_with_no_customer(database_url: str) -> None:
+    # The tablet was only used with Bob's e-mail: once kept apart from it, no event links it to anyone (each goes
+    # with Bob's e-mail, its strongest identifier), as in the oracle's replay: its identity row goes.
+    bob = {IdentifierType.EMAIL: "bob@example.org"}
+    events = [
+        event(1, Channel.WEB, EventType.PAGE_VIEW, bob | household()[0].identifiers),
+        event(2, Channel.PHONE, EventType.SUPPORT_CONTACT, bob, issue_id="CASE-2", resolved=True),
+    ]
+    settings, engine, processor = worker(database_url)
+    feed(processor, records(events))
+    report = split_customer(settings, BOB, [BOB], actor="test", wait_s=0)
+    processor.tick()
+    with engine.connect() as conn:
+        keys = set(conn.execute(select(t.identities.c.identifier)).scalars())
+    assert keys == {BOB} and report.customer_id == customer_of(engine, BOB)
+    assert comparable(order_free(engine)) == comparable(expected_results(events, settings, rules(settings)))
+    feed(
+        processor,
+        records([event(3, Channel.WEB, EventType.PAGE_VIEW, household()[0].identifiers)], {"cx.touchpoints.web": 0}),
+    )
+    assert customer_of(engine, TABLET_KEY) != customer_of(engine, BOB), "a tablet-only event starts a customer"
