@@ -139,7 +139,9 @@ class IdentityChange(BaseModel):
         "reached the customer only through them; event_id is then the split's id. A split is no merge: a consumer "
         "that aliases merged ids to survivors must skip it.",
     )
-    survivor_id: str = Field(description="The customer that remains (a split: the customer split).")
+    survivor_id: str = Field(
+        description="The customer that remains (a split: the one holding the identifiers the split kept)."
+    )
     merged_id: str = Field(description="The customer merged into survivor_id (a split: the one split off it).")
     event_id: str = Field(
         description="The event whose identifiers linked the two customers (a manual merge or a split: its id)."

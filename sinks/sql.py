@@ -28,6 +28,7 @@ from sqlalchemy import (
     case,
     delete,
     func,
+    insert,
     literal_column,
     or_,
     select,
@@ -597,11 +598,28 @@ class SqlSink:
                 .values(applied_at=datetime.now(UTC))
             )
         if batch.manual_splits:
-            s = t.manual_splits.c
+            s, now = t.manual_splits.c, datetime.now(UTC)
             conn.execute(
                 update(t.manual_splits)
                 .where(s.split_id.in_(batch.manual_splits), s.applied_at.is_(None))
-                .values(applied_at=datetime.now(UTC))
+                .values(applied_at=now)
+            )
+            # A split moves keys between customers that both live on, which a batch that read the keys before this
+            # commit cannot tell from the customers' rows (a merge deletes one): the audit row is what every other
+            # worker's batch checks once it holds its customers' locks, and then applies itself again.
+            conn.execute(
+                insert(t.audit_log),
+                [
+                    {
+                        "at": now,
+                        "action": "split_applied",
+                        "subject": split_id,
+                        "actor": f"worker:{batch.worker_id}"[:128],
+                        "reason": "",
+                        "detail": {},
+                    }
+                    for split_id in batch.manual_splits
+                ],
             )
         if batch.split_off:
             conn.execute(delete(t.identity_merges).where(t.identity_merges.c.merged_id.in_(batch.split_off)))

@@ -213,11 +213,16 @@ def split_customer(
         if customer_id is None:
             raise BadIdentifier(f"no customer {ref!r}")
         held = {row["identifier"] for row in customer_identities(engine, customer_id)}
+        known = {*IdentifierType, *settings.custom_identifier_types}
         moved: list[str] = []
         for name in identifiers:
             key = stored_key(name, hashing, settings.default_phone_region)
             if key is None or not _is_key(key):
                 raise BadIdentifier(f"{name!r} is not an identifier (type:value, e.g. email:ann@example.org)")
+            if key.partition(":")[0] not in known:
+                raise BadIdentifier(
+                    f"{name!r}: not a built-in identifier type, nor one in CXSTREAM_CUSTOM_IDENTIFIER_TYPES"
+                )
             if key not in held:
                 raise BadIdentifier(f"{name!r} is not an identifier of customer {customer_id}")
             if key not in moved:

@@ -369,9 +369,10 @@ class BatchProcessor:
         """The stored identity rows of ``keys`` and the states of their customers, those customers' rows locked
         (PostgreSQL), with each locked customer's version; the cache first where it is still valid.
 
-        A key's customer changes only under that customer's lock, and only by a merge, which deletes the merged
-        customer's row: so once its customer is locked and still there, a key read before the lock is still right;
-        a key whose customer is gone is read again and its new customer locked. A cached state is used only if its
+        A key's customer changes only under that customer's lock: by a merge, which deletes the merged customer's
+        row, or by a split made by hand, which adds an ``audit_log`` row (checked once the locks are held: the
+        batch is then applied again). So once its customer is locked and still there, a key read before the lock
+        is still right; a key whose customer is gone is read again and its new customer locked. A cached state is used only if its
         version is the stored one. Keys absent now but added by another batch meanwhile are caught when written
         (``BatchWrite.claimed_identities``).
         """
@@ -476,7 +477,7 @@ class BatchProcessor:
         stored, customers, versions = self._lock_customers(tx, report, wanted)
         if self.sink.concurrent and self._refresh_hand_rules(tx):
             raise Contended("the identity graph was changed by hand while the batch waited for its customers")
-        splits = self._splits(tx, report, targets, wanted, stored, customers, versions)
+        splits = self._splits(tx, targets, customers)
         identities = {key: row.customer_id for key, row in stored.items()}
         applied = {
             event_id: NO_CUSTOMER if customer_id is None else customer_id
@@ -526,9 +527,10 @@ class BatchProcessor:
         return clock, write, view, tuple(result.removed), stored, versions
 
     def _split_targets(self, tx: Any, wanted: set[str]) -> list[tuple[str, str, tuple[str, ...], datetime]]:
-        """The pending splits with the customer each applies to, whose keys join ``wanted``: the customer named, or,
-        if another batch merged it away before the split was applied, the one now holding the moved keys."""
-        targets = []
+        """The pending splits, one per customer they apply to (those of one customer together: a re-stitch under
+        all their rules applies them all), whose keys join ``wanted``: the customer named, or, if another batch
+        merged it away before the split was applied, the one now holding the moved keys."""
+        targets: dict[str, tuple[str, str, tuple[str, ...], datetime]] = {}
         for split_id, customer_id, moved, at in self.manual_splits:
             keys = self.sink.customer_keys(tx, customer_id)
             if not keys:
@@ -537,35 +539,26 @@ class BatchProcessor:
                     customer_id = holder.customer_id
                     keys = self.sink.customer_keys(tx, customer_id)
             wanted.update(keys)
-            targets.append((split_id, customer_id, moved, at))
-        return targets
+            first = targets.get(customer_id)
+            if first is None:
+                targets[customer_id] = (split_id, customer_id, moved, at)
+            else:
+                targets[customer_id] = (first[0], customer_id, (*first[2], *moved), first[3])
+        return list(targets.values())
 
     def _splits(
-        self,
-        tx: Any,
-        report: BatchReport,
-        targets: list[tuple[str, str, tuple[str, ...], datetime]],
-        wanted: set[str],
-        stored: dict[str, StoredIdentity],
-        customers: dict[str, CustomerState],
-        versions: dict[str, int],
+        self, tx: Any, targets: list[tuple[str, str, tuple[str, ...], datetime]], customers: dict[str, CustomerState]
     ) -> list[Split]:
         """The splits made by hand to apply, each with its customer's events and applied manual merges, read under
-        the customer's lock; the keys its events carry that belong to other customers are loaded (and locked) too.
-        A customer gone meanwhile (erased) has nothing to split: its split is marked applied all the same."""
+        the customer's lock. A customer gone meanwhile (erased) has nothing to split: its split is marked applied
+        all the same."""
         splits = []
         for split_id, customer_id, moved, at in targets:
-            if customer_id not in customers:
+            state = customers.get(customer_id)
+            if state is None:
                 continue
-            held = [key for key, row in stored.items() if row.customer_id == customer_id]
             events = self.sink.load_customer_events(tx, customer_id)
-            others = {key for event in events for key in event.keys} - wanted
-            if others:
-                wanted |= others
-                more = self._lock_customers(tx, report, others)
-                stored.update(more[0])
-                customers.update(more[1])
-                versions.update(more[2])
+            held = state.identifier_keys()
             links = [ManualLink(merge_id, (a, b), when) for merge_id, a, b, when in self.sink.applied_links(tx, held)]
             splits.append(Split(split_id, customer_id, moved, at, events, links))
         return splits
@@ -673,10 +666,20 @@ class BatchProcessor:
         now = report.committed_at or datetime.now(UTC)
         # A new touchpoint records its event's keys and identify details (what a split applies again); a revised
         # one keeps what its first version recorded.
-        firsts = {event.event_id: (event, event_keys) for event, event_keys in zip(report.events, keys, strict=True)}
+        firsts: dict[str, tuple[TouchpointEvent, EventKeys]] = {}
+        for event, event_keys in zip(report.events, keys, strict=True):
+            firsts.setdefault(event.event_id, (event, event_keys))  # the first record of an id is the one applied
+        identities = view.identities
         for entry in result.entries:
             first = firsts.get(entry.event_id) if entry.event_id not in result.replaced else None
-            write.touchpoints.append(touchpoint_row(entry, now, *(() if first is None else stitched_by(*first))))
+            if first is None:
+                write.touchpoints.append(touchpoint_row(entry, now))
+            else:
+                # Only the keys its customer holds: one refused by a limit or a never-link rule is another person's
+                # (an erasure of that person must not leave it here).
+                event, event_keys = first
+                held = tuple(key for key in event_keys.keys if identities.get(key) == entry.customer_id)
+                write.touchpoints.append(touchpoint_row(entry, now, *stitched_by(event, held)))
             records.timeline(entry)
 
     def _metrics(

@@ -117,12 +117,12 @@ def identity_rows(
     return rows
 
 
-def stitched_by(event: TouchpointEvent, keys: EventKeys) -> tuple[str | None, str | None]:
-    """What a touchpoint row records of its event for a split to apply it again: the keys it was stitched by and
-    what a customer state keeps of an identify call, as JSON (None: none)."""
+def stitched_by(event: TouchpointEvent, keys: Sequence[str]) -> tuple[str | None, str | None]:
+    """What a touchpoint row records of its event for a split to apply it again: the keys it linked (those its
+    customer holds) and what a customer state keeps of an identify call, as JSON (None: none)."""
     details = identify_details(event)
     return (
-        orjson.dumps(keys.keys).decode() if keys.keys else None,
+        orjson.dumps(keys).decode() if keys else None,
         None if details is None else orjson.dumps(details).decode(),
     )
 

@@ -402,16 +402,21 @@ class _Batch:
         """Apply a split made by hand: take the customer out of the view and apply its events again, from nothing
         and in event-time order, under the rules in force, then its merges made by hand (see ``Split``).
 
-        The links this forms again are no news: only customers that did not exist before the split are reported
-        (a ``split`` record each), not the merges, refusals and creations of its re-stitching. A customer gone
-        meanwhile (erased, merged by an earlier batch) is left alone.
+        Only the customer's own keys are linked again: a key an event carried that another customer holds, or
+        nobody (a link refused when the event was applied), stays out, so a split changes no other customer. The
+        links this forms again are no news: only customers that did not exist before the split are reported (a
+        ``split`` record each, naming the customer that holds the kept keys as the one split), not the merges,
+        refusals and creations of its re-stitching. If no customer keeps the old id (its key moved, or the
+        identifier priority changed since), the old id is removed as if merged into the kept side. A customer gone
+        meanwhile (erased) is left alone.
         """
         view, result = self.view, self.result
         old = view.customers.pop(split.customer_id, None)
         if old is None:
             return
+        own = set(old.identifier_keys())
         fallback = (old.strongest_key(self.rules.rank),)
-        for key in old.identifier_keys():
+        for key in own:
             if view.identities.get(key) == split.customer_id:
                 del view.identities[key]
                 self.unlinked.add(key)
@@ -435,7 +440,8 @@ class _Batch:
             event_id = row[EVENT_ID]
             view.applied.pop(event_id, None)
             # Events stored before their keys were (migration 0018) stay with the customer's strongest key.
-            state = self._link(event_id, _utc(row[T]), stored.keys or fallback, limits)
+            keys = tuple(key for key in stored.keys if key in own) or fallback
+            state = self._link(event_id, _utc(row[T]), keys, limits)
             state.add(row, stored.identify)
             self.dirty[event_id] = (row, state, None)
             formed.add(state)
@@ -445,14 +451,21 @@ class _Batch:
         result.created = created | new
         result.merges[merges:] = [m for m in result.merges[merges:] if m.merged_id not in new | {split.customer_id}]
         result.refused, result.kept_apart = refused, apart
+        customers = sorted({_final(state) for state in formed}, key=lambda state: state.customer_id)
+        if not customers:
+            return
         moved = set(split.moved)
-        for state in sorted({_final(state) for state in formed}, key=lambda state: state.customer_id):
+        kept = sorted((key for key in own - moved if key in view.identities), key=self.rules.strength)
+        survivor = view.customers[view.identities[kept[0]]] if kept else customers[0]
+        if split.customer_id not in view.customers and split.customer_id not in self.removed:
+            self.removed[split.customer_id] = survivor
+        for state in customers:
             self.touched.add(state)
-            if state.customer_id != split.customer_id:
+            if state is not survivor:
                 result.splits.append(
                     IdentityChange(
                         kind="split",
-                        survivor_id=split.customer_id,
+                        survivor_id=survivor.customer_id,
                         merged_id=state.customer_id,
                         event_id=split.split_id,
                         identifiers=_evidence([key for key in state.identifier_keys() if key in moved]),

@@ -82,7 +82,7 @@ def test_a_split_moves_bob_and_his_events_off_the_shared_customer_and_a_replay_k
     assert applied_at is not None
     # Bob's identify, purchase and call went with him; the tablet's own page views and Ann's events stayed.
     assert {e.event_id for e in events if owners[e.event_id] == bob} == {"web-4", "web-5", "phone-6"}
-    assert [(action, reason) for action, _, reason in audit(engine)] == [("split", "T-5")]
+    assert audit(engine) == [("split", "test", "T-5"), ("split_applied", f"worker:{settings.worker_id}", "")]
 
     apart = rules(settings)
     expected = expected_results(events, settings, apart)
@@ -235,3 +235,10 @@ def test_an_identifier_only_ever_seen_beside_a_moved_one_is_left_with_no_custome
         records([event(3, Channel.WEB, EventType.PAGE_VIEW, household()[0].identifiers)], {"cx.touchpoints.web": 0}),
     )
     assert customer_of(engine, TABLET_KEY) != customer_of(engine, BOB), "a tablet-only event starts a customer"
+
+
+def test_a_split_refuses_an_identifier_type_nobody_declared(sqlite_url: str) -> None:
+    settings, _, processor = worker(sqlite_url)
+    feed(processor, records(household()))
+    with pytest.raises(BadIdentifier, match="not a built-in identifier type"):
+        split_customer(settings, ANN, ["nope:1"], actor="test", wait_s=0)

@@ -50,10 +50,11 @@ def expected_results(
     keys = Stitcher(policies).keys_of(ordered)
     tables["identities"] = [row._asdict() for row in identity_rows(ordered, keys, oracle.result, oracle.identities, {})]
     now = datetime.now(UTC)
-    # Each touchpoint records what its event was stitched by (the first record of an event id is the one applied).
+    # Each touchpoint records an identify call's details (the first record of an event id is the one applied); the
+    # keys it linked depend on arrival order (results.BOOKKEEPING_COLUMNS).
     firsts: dict[str, tuple[str | None, str | None]] = {}
     for event, event_keys in zip(ordered, keys, strict=True):
-        firsts.setdefault(event.event_id, stitched_by(event, event_keys))
+        firsts.setdefault(event.event_id, stitched_by(event, event_keys.keys))
     tables["touchpoints"] = [
         touchpoint_row(entry, now, *firsts[entry.event_id])._asdict() for entry in oracle.entries.values()
     ]
