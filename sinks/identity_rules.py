@@ -79,14 +79,57 @@ def remove_never_link(
     return found
 
 
+@dataclass(frozen=True)
+class ManualMerge:
+    """One stored merge made by hand: its id, its two keys, when it was asked for and when a worker applied it."""
+
+    merge_id: str
+    key_a: str
+    key_b: str
+    created_at: datetime
+    applied_at: datetime | None
+
+
 def add_manual_merge(
-    engine: Engine, key_a: str, key_b: str, *, merge_id: str, at: datetime, actor: str, reason: str
-) -> None:
+    engine: Engine,
+    key_a: str,
+    key_b: str,
+    *,
+    merge_id: str,
+    at: datetime,
+    actor: str,
+    reason: str,
+    asked_at: datetime | None = None,
+) -> bool:
     """Ask the workers to merge the customers holding ``key_a`` and ``key_b`` (their next batch applies it), with
-    an audit row."""
+    an audit row at ``at``; ``asked_at``: when it was first asked for, if earlier (a merge imported from another
+    database keeps its time). Return False, adding nothing, when a merge of that id is there already."""
+    c = t.manual_merges.c
     with engine.begin() as conn:
-        conn.execute(insert(t.manual_merges).values(merge_id=merge_id, key_a=key_a, key_b=key_b, created_at=at))
+        if conn.execute(select(c.merge_id).where(c.merge_id == merge_id)).first() is not None:
+            return False
+        conn.execute(
+            insert(t.manual_merges).values(merge_id=merge_id, key_a=key_a, key_b=key_b, created_at=asked_at or at)
+        )
         _audit(conn, at=at, action="manual_merge", rule_id=merge_id, actor=actor, reason=reason)
+    return True
+
+
+def manual_merges(engine: Engine) -> list[ManualMerge]:
+    """Every merge made by hand, oldest first."""
+    c = t.manual_merges.c
+    with engine.connect() as conn:
+        rows = conn.execute(select(t.manual_merges).order_by(c.created_at, c.merge_id))
+        return [
+            ManualMerge(
+                r.merge_id,
+                r.key_a,
+                r.key_b,
+                as_utc(r.created_at),
+                None if r.applied_at is None else as_utc(r.applied_at),
+            )
+            for r in rows
+        ]
 
 
 def add_manual_split(

@@ -384,15 +384,30 @@ def erase(ctx: click.Context, customer: str, mode: str, reason: str, wait_s: flo
 
 
 @main.command("merge")
-@click.argument("first")
-@click.argument("second")
+@click.argument("refs", nargs=-1)
+@click.option("--list", "list_merges", is_flag=True, help="List the merges made by hand, applied or waiting.")
+@click.option(
+    "--import",
+    "import_file",
+    type=click.File("rb"),
+    help="Add the merges another database's `--list --json` printed (- for stdin): for a database rebuilt from the "
+    "input topics (each waits until both its identifiers arrive).",
+)
 @click.option("--reason", default="", help="Why (kept in the audit trail).")
 @click.option(
     "--wait", "wait_s", type=float, default=30.0, show_default=True, help="Seconds to wait for a worker to apply it."
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def merge(ctx: click.Context, first: str, second: str, reason: str, wait_s: float, as_json: bool) -> None:
+def merge(
+    ctx: click.Context,
+    refs: tuple[str, ...],
+    list_merges: bool,
+    import_file: BinaryIO | None,
+    reason: str,
+    wait_s: float,
+    as_json: bool,
+) -> None:
     """Merge two customers (ids, or identifiers such as email:a@b.c) that stitching did not link.
 
     A running worker applies it in its next batch (or within a second when idle), as an event carrying an
@@ -401,11 +416,50 @@ def merge(ctx: click.Context, first: str, second: str, reason: str, wait_s: floa
     between the two refuses it. An audit_log row records it.
     """
     from streams.erasure import cli_actor
-    from streams.identity_rules import BadIdentifier, merge_customers
+    from streams.identity_rules import BadIdentifier, import_merges, merge_customers, merges_made
     from streams.inspection import dumps
 
+    settings = _settings(ctx)
+    if (import_file is not None or list_merges) and (refs or (import_file is not None and list_merges)):
+        raise click.UsageError("--list and --import take no customers, and not each other")
+    if import_file is not None:
+        try:
+            added, present, erased = import_merges(
+                settings, import_file.read(), actor=cli_actor(), reason=reason or "imported"
+            )
+        except BadIdentifier as exc:
+            source = getattr(import_file, "name", "-")
+            raise click.ClickException(f"{source}: {exc}; nothing was imported") from None
+        click.echo(
+            dumps({"added": added, "already_there": present, "erased": erased})
+            if as_json
+            else f"{added} merges added, {present} already there, {erased} left out (they name an erased person)"
+        )
+        return
+    if list_merges:
+        merges = merges_made(settings)
+        if as_json:
+            click.echo(
+                dumps(
+                    [
+                        {
+                            "merge_id": m.merge_id,
+                            "keys": [m.key_a, m.key_b],
+                            "created_at": m.created_at.isoformat(),
+                            "applied_at": None if m.applied_at is None else m.applied_at.isoformat(),
+                        }
+                        for m in merges
+                    ]
+                )
+            )
+        for m in [] if as_json else merges:
+            state = "waiting" if m.applied_at is None else f"applied {m.applied_at.isoformat()}"
+            click.echo(f"{m.merge_id}  {m.key_a}  {m.key_b}  asked {m.created_at.isoformat()}, {state}")
+        return
+    if len(refs) != 2:
+        raise click.UsageError("name two customers (or --list, --import)")
     try:
-        report = merge_customers(_settings(ctx), first, second, actor=cli_actor(), reason=reason, wait_s=wait_s)
+        report = merge_customers(settings, refs[0], refs[1], actor=cli_actor(), reason=reason, wait_s=wait_s)
     except BadIdentifier as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
@@ -492,9 +546,8 @@ def never_link(
 
     From the next batch of every worker on, an event that would link them links neither's customer to the
     other: the event goes to the customer of its strongest identifier, as when a per-type limit refuses a link
-    (cxstream_identifiers_rejected_total{reason="never_link"}). A customer already holding both stays merged: set
-    the rule on a fresh database and rebuild it from the input topics to undo the merge (README, Privacy and
-    identity control). Each change is an audit_log row.
+    (cxstream_identifiers_rejected_total{reason="never_link"}). A customer already holding both stays merged:
+    cxstream split undoes the merge (README, Privacy and identity control). Each change is an audit_log row.
     """
     from streams.erasure import cli_actor
     from streams.identity_rules import BadIdentifier, allow_link, import_rules, keep_apart, rules_in_force

@@ -26,11 +26,13 @@ from schemas.touchpoint import CUSTOM_TYPE_PATTERN, IdentifierType
 from sinks.database import make_engine
 from sinks.erasure import suppression_entries
 from sinks.identity_rules import (
+    ManualMerge,
     NeverLinkRule,
     add_manual_merge,
     add_manual_split,
     add_never_link,
     holder_of_both,
+    manual_merges,
     merge_applied_at,
     never_link_rules,
     record_rule_settings,
@@ -285,6 +287,72 @@ def import_rules(settings: Settings, exported: bytes, *, actor: str, reason: str
     finally:
         engine.dispose()
     return added, len(pairs) - added - erased, erased
+
+
+def merges_made(settings: Settings) -> list[ManualMerge]:
+    """Every merge made by hand in the results database, oldest first."""
+    engine = make_engine(settings.database_url)
+    try:
+        return manual_merges(engine)
+    finally:
+        engine.dispose()
+
+
+def import_merges(settings: Settings, exported: bytes, *, actor: str, reason: str = "") -> tuple[int, int, int]:
+    """Add the merges made by hand that ``cxstream merge --list --json`` printed, for a database rebuilt from the
+    input topics; return (added, already there, left out because they name an erased person's identifier).
+
+    Each keeps its id and the time it was asked for, and waits until both its keys are held: the batch whose events
+    bring the second applies it, so the rebuilt database ends as the old one did. Raises BadIdentifier naming the
+    first entry that is not a merge (nothing is added then).
+    """
+    try:
+        entries = orjson.loads(exported)
+    except orjson.JSONDecodeError as exc:
+        raise BadIdentifier(f"not the JSON that --list --json prints ({exc})") from None
+    merges: list[tuple[str, str, str, datetime]] = []
+    for n, entry in enumerate(entries if isinstance(entries, list) else [entries]):
+        keys = entry.get("keys") if isinstance(entry, dict) else None
+        merge_id = entry.get("merge_id") if isinstance(entry, dict) else None
+        try:
+            asked = datetime.fromisoformat(entry["created_at"]).astimezone(UTC)  # type: ignore[index]
+        except (KeyError, TypeError, ValueError):
+            asked = None
+        if not (
+            isinstance(keys, list)
+            and len(keys) == 2
+            and all(_is_key(key) for key in keys)
+            and isinstance(merge_id, str)
+            and 0 < len(merge_id) <= 36
+            and asked is not None
+        ):
+            raise BadIdentifier(
+                f'entry {n}: expected {{"merge_id": …, "keys": ["type:value", "type:value"], "created_at": …}}, '
+                f"got {entry!r:.200}"
+            )
+        merges.append((merge_id, keys[0], keys[1], asked))
+    engine = make_engine(settings.database_url, writer=True)
+    added = erased = 0
+    try:
+        salt = suppression_salt(settings)
+        suppressed = {digest for digest, _, _ in suppression_entries(engine)}
+        for merge_id, key_a, key_b, asked in merges:
+            if suppressed and {suppression_hash(salt, key_a), suppression_hash(salt, key_b)} & suppressed:
+                erased += 1
+                continue
+            added += add_manual_merge(
+                engine,
+                key_a,
+                key_b,
+                merge_id=merge_id,
+                at=datetime.now(UTC),
+                actor=actor,
+                reason=reason,
+                asked_at=asked,
+            )
+    finally:
+        engine.dispose()
+    return added, len(merges) - added - erased, erased
 
 
 def _is_key(key: object) -> bool:

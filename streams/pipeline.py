@@ -144,6 +144,9 @@ class BatchProcessor:
         #: Merges made by hand that this worker has not seen applied yet (read with the rules; applied by the next
         #: batch, or by a tick with no batch: ``tick``).
         self.manual_links: list[ManualLink] = []
+        #: Ids of those a batch could not apply yet, a key no customer holds (imported into a database being rebuilt,
+        #: before the events carrying it): applied by the batch whose events bring it, not retried by every tick.
+        self._waiting_links: set[str] = set()
         #: Splits made by hand not applied yet, as read with the rules: (split id, customer id, keys, when asked).
         self.manual_splits: list[tuple[str, str, tuple[str, ...], datetime]] = []
         #: Hand-made identity changes (``audit_log`` rows) as of the rules last read; -1: not read yet.
@@ -151,6 +154,10 @@ class BatchProcessor:
         # Read on first use, not here: the database may be unreachable when the apply process starts, and a call
         # that fails is retried by the worker, whereas a process that cannot start stops it.
         self._loaded = False
+
+    def _due(self) -> bool:
+        """Whether a merge made by hand waits for a batch that may apply it (not only for its keys to arrive)."""
+        return any(link.link_id not in self._waiting_links for link in self.manual_links)
 
     def reload(self) -> None:
         """Re-read applied offsets and the event-time clock (at start, after a rebalance or a failed write)."""
@@ -195,7 +202,7 @@ class BatchProcessor:
             report = BatchReport(retries=retries)
             read = self.decode(records, report)  # 1. decode
             report.partitions = len(read.offsets)
-            if not read.offsets and not self.manual_links and not self.manual_splits:
+            if not read.offsets and not self._due() and not self.manual_splits:
                 return report
             try:
                 with self.sink.transaction() as tx:
@@ -223,6 +230,7 @@ class BatchProcessor:
             self._committed(*applied)  # 8. remember
             done = set(applied[1].manual_merges)
             self.manual_links = [link for link in self.manual_links if link.link_id not in done]
+            self._waiting_links = {link.link_id for link in self.manual_links}
             done = set(applied[1].manual_splits)
             self.manual_splits = [split for split in self.manual_splits if split[0] not in done]
             report.committed_at = datetime.now(UTC)
@@ -239,7 +247,7 @@ class BatchProcessor:
             with self.sink.transaction() as tx:
                 self._begin(tx, report, {})
                 self._refresh_hand_rules(tx)
-                if not self.manual_links and not self.manual_splits:
+                if not self._due() and not self.manual_splits:
                     clock = self._lock_clock(tx, report)
                     write = BatchWrite(group_id=self.group_id, offsets={}, worker_id=self.settings.worker_id)
                     records = ResultRecords(self.topics, report.outputs)
@@ -251,7 +259,7 @@ class BatchProcessor:
         except BaseException:
             self.cache.clear()
             raise
-        if self.manual_links or self.manual_splits:  # after the tick's transaction: the batch takes its own
+        if self._due() or self.manual_splits:  # after the tick's transaction: the batch takes its own
             return self.process([], backlog)
         self._committed(clock, write, StateView(), (), {}, {})
         report.committed_at = datetime.now(UTC)
@@ -502,7 +510,8 @@ class BatchProcessor:
             fingerprints=read.fingerprints,
             worker_id=self.settings.worker_id,
             state_changed=bool(events or links or splits),
-            manual_merges=[link.link_id for link in links],
+            # Applied once both keys are held (a never-link rule may still refuse it); else it waits for them.
+            manual_merges=[link.link_id for link in links if all(key in view.identities for key in link.keys)],
             manual_splits=[split[0] for split in self.manual_splits],
             claimed_identities=wanted - stored.keys(),
             claimed_events={event.event_id for event in events} - applied.keys(),
@@ -574,6 +583,7 @@ class BatchProcessor:
         self.suppressions.replace(found.suppressed)
         self.stitcher.apart = KeptApart(found.never_link)
         self.manual_links = [ManualLink(merge_id, (a, b), at) for merge_id, a, b, at in found.merges]
+        self._waiting_links = set()
         self.manual_splits = list(found.splits)
         self.cache.clear()
         return True

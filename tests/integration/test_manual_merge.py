@@ -155,3 +155,35 @@ def test_an_erasure_takes_the_persons_merges_made_by_hand_with_it(database_url: 
     assert erased is not None
     with engine.connect() as conn:
         assert conn.execute(select(t.manual_merges)).all() == [], "its rows name the person's identifiers"
+
+
+def test_merges_move_to_a_rebuilt_database_and_wait_there_for_their_identifiers(
+    database_url: str, second_database_url: str
+) -> None:
+    events = two_records_of_ann()
+    settings, old_db, old = worker(database_url)
+    feed(old, records(events))
+    merge_customers(settings, ANN, ANN_PHONE, actor="test", reason="TICKET-3", wait_s=0)
+    old.tick()
+    env = {"CXSTREAM_DATABASE_URL": database_url}
+    exported = CliRunner().invoke(main, ["merge", "--list", "--json"], env=env, catch_exceptions=False).output
+    (listed,) = orjson.loads(exported)
+    assert listed["applied_at"] is not None and sorted(listed["keys"]) == sorted(merge_keys(old_db))
+
+    # A fresh database gets the merge before it replays the topics: it waits, through ticks, for both identifiers.
+    _, new_db, rebuild = worker(second_database_url)
+    fresh_env = {"CXSTREAM_DATABASE_URL": second_database_url}
+    imported = CliRunner().invoke(
+        main, ["merge", "--import", "-", "--json"], env=fresh_env, input=exported, catch_exceptions=False
+    )
+    assert orjson.loads(imported.output) == {"added": 1, "already_there": 0, "erased": 0}
+    again = CliRunner().invoke(main, ["merge", "--import", "-"], env=fresh_env, input=exported, catch_exceptions=False)
+    assert "0 merges added, 1 already there" in again.output
+    ends: dict[str, int] = {}
+    feed(rebuild, records(events[:1], ends))
+    assert rebuild.tick().outputs.records == [] and merge_row(new_db)[1] is None, "Ann's phone has not arrived"
+    feed(rebuild, records(events[1:], ends))
+    assert merge_row(new_db)[1] is not None and customers(new_db) == 1
+    assert comparable(order_free(new_db)) == comparable(order_free(old_db))
+    bad = CliRunner().invoke(main, ["merge", "--import", "-"], env=fresh_env, input=b'[{"keys": ["email:x"]}]')
+    assert bad.exit_code == 1 and "entry 0: expected" in bad.output and "nothing was imported" in bad.output
