@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, time
 from pathlib import Path
@@ -383,6 +383,32 @@ def erase(ctx: click.Context, customer: str, mode: str, reason: str, wait_s: flo
         raise click.ClickException(report.problem)
 
 
+def _import_exported(
+    importer: Callable[..., tuple[int, int, int]],
+    settings: Settings,
+    import_file: BinaryIO,
+    what: str,
+    *,
+    reason: str,
+    as_json: bool,
+) -> None:
+    """Run an import of what another database's ``--list --json`` printed (never-link rules, merges by hand) and
+    say what it added, found there already, and left out because it names an erased person."""
+    from streams.erasure import cli_actor
+    from streams.identity_rules import BadIdentifier
+    from streams.inspection import dumps
+
+    try:
+        added, present, erased = importer(settings, import_file.read(), actor=cli_actor(), reason=reason or "imported")
+    except BadIdentifier as exc:
+        raise click.ClickException(f"{getattr(import_file, 'name', '-')}: {exc}; nothing was imported") from None
+    click.echo(
+        dumps({"added": added, "already_there": present, "erased": erased})
+        if as_json
+        else f"{added} {what} added, {present} already there, {erased} left out (they name an erased person)"
+    )
+
+
 @main.command("merge")
 @click.argument("refs", nargs=-1)
 @click.option("--list", "list_merges", is_flag=True, help="List the merges made by hand, applied or waiting.")
@@ -423,18 +449,7 @@ def merge(
     if (import_file is not None or list_merges) and (refs or (import_file is not None and list_merges)):
         raise click.UsageError("--list and --import take no customers, and not each other")
     if import_file is not None:
-        try:
-            added, present, erased = import_merges(
-                settings, import_file.read(), actor=cli_actor(), reason=reason or "imported"
-            )
-        except BadIdentifier as exc:
-            source = getattr(import_file, "name", "-")
-            raise click.ClickException(f"{source}: {exc}; nothing was imported") from None
-        click.echo(
-            dumps({"added": added, "already_there": present, "erased": erased})
-            if as_json
-            else f"{added} merges added, {present} already there, {erased} left out (they name an erased person)"
-        )
+        _import_exported(import_merges, settings, import_file, "merges", reason=reason, as_json=as_json)
         return
     if list_merges:
         merges = merges_made(settings)
@@ -557,18 +572,7 @@ def never_link(
     if import_file is not None:
         if identifiers or remove or list_rules:
             raise click.UsageError("--import takes no identifiers, --remove or --list")
-        try:
-            added, present, erased = import_rules(
-                settings, import_file.read(), actor=cli_actor(), reason=reason or "imported"
-            )
-        except BadIdentifier as exc:
-            source = getattr(import_file, "name", "-")
-            raise click.ClickException(f"{source}: {exc}; nothing was imported") from None
-        click.echo(
-            dumps({"added": added, "already_there": present, "erased": erased})
-            if as_json
-            else f"{added} rules added, {present} already there, {erased} left out (they name an erased person)"
-        )
+        _import_exported(import_rules, settings, import_file, "rules", reason=reason, as_json=as_json)
         return
     if list_rules:
         if identifiers or remove:
