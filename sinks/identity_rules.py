@@ -90,6 +90,22 @@ class ManualMerge:
     applied_at: datetime | None
 
 
+def remove_rules_of(engine: Engine, rule_id: str, *, at: datetime, actor: str, reason: str) -> int:
+    """Remove every rule of one id (a split adds several under its own id); return how many, with one audit row
+    ``never_link_removed`` for them (none when there were none). Customers kept apart stay apart."""
+    c = t.never_link.c
+    with engine.begin() as conn:
+        removed = conn.execute(delete(t.never_link).where(c.rule_id == rule_id)).rowcount
+        if removed:
+            conn.execute(
+                insert(t.audit_log).values(
+                    at=at, action="never_link_removed", subject=rule_id, actor=actor, reason=reason,
+                    detail={"rules": removed},
+                )
+            )  # fmt: skip
+    return int(removed)
+
+
 def add_manual_merge(
     engine: Engine,
     key_a: str,

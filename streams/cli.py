@@ -537,6 +537,11 @@ def split(
 @main.command("never-link")
 @click.argument("identifiers", nargs=-1)
 @click.option("--remove", is_flag=True, help="Remove the rule keeping the two identifiers apart.")
+@click.option(
+    "--rule",
+    "rule_id",
+    help="With --remove, instead of two identifiers: remove every rule of this id (a split's id: all its rules).",
+)
 @click.option("--list", "list_rules", is_flag=True, help="List the rules in force.")
 @click.option(
     "--import",
@@ -552,6 +557,7 @@ def never_link(
     ctx: click.Context,
     identifiers: tuple[str, ...],
     remove: bool,
+    rule_id: str | None,
     list_rules: bool,
     import_file: BinaryIO | None,
     reason: str,
@@ -565,10 +571,23 @@ def never_link(
     cxstream split undoes the merge (README, Privacy and identity control). Each change is an audit_log row.
     """
     from streams.erasure import cli_actor
-    from streams.identity_rules import BadIdentifier, allow_link, import_rules, keep_apart, rules_in_force
+    from streams.identity_rules import (
+        BadIdentifier,
+        allow_link,
+        allow_links_of,
+        import_rules,
+        keep_apart,
+        rules_in_force,
+    )
     from streams.inspection import dumps
 
     settings = _settings(ctx)
+    if rule_id is not None:
+        if not remove or identifiers or list_rules or import_file is not None:
+            raise click.UsageError("--rule goes with --remove alone")
+        removed = allow_links_of(settings, rule_id, actor=cli_actor(), reason=reason)
+        click.echo(dumps({"removed": removed}) if as_json else f"removed {removed} rules of {rule_id}")
+        return
     if import_file is not None:
         if identifiers or remove or list_rules:
             raise click.UsageError("--import takes no identifiers, --remove or --list")
@@ -605,8 +624,8 @@ def never_link(
         click.echo(f"{'added' if change.changed else 'already there:'} rule {change.rule.rule_id}")
     if change.holder is not None:
         click.echo(
-            f"warning: customer {change.holder} holds both already (merged before the rule): it stays merged; the "
-            "rule keeps them apart in a database rebuilt from the input topics, and for links made from now on",
+            f"warning: customer {change.holder} holds both already (merged before the rule): it stays merged until "
+            "split (cxstream split); the rule keeps them apart for links made from now on, and in a rebuild",
             err=True,
         )
 

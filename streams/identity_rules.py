@@ -37,6 +37,7 @@ from sinks.identity_rules import (
     never_link_rules,
     record_rule_settings,
     remove_never_link,
+    remove_rules_of,
     split_applied_at,
 )
 from sinks.queries import customer_identities, customer_of_key
@@ -107,6 +108,16 @@ def allow_link(settings: Settings, first: str, second: str, *, actor: str, reaso
     try:
         rule = remove_never_link(engine, key_a, key_b, at=datetime.now(UTC), actor=actor, reason=reason)
         return RuleChange(rule, rule is not None)
+    finally:
+        engine.dispose()
+
+
+def allow_links_of(settings: Settings, rule_id: str, *, actor: str, reason: str = "") -> int:
+    """Remove every never-link rule of one id (a split's, which keep each identifier it moved apart from each it
+    kept); return how many (an audit row when any)."""
+    engine = make_engine(settings.database_url, writer=True)
+    try:
+        return remove_rules_of(engine, rule_id, at=datetime.now(UTC), actor=actor, reason=reason)
     finally:
         engine.dispose()
 

@@ -242,3 +242,32 @@ def test_a_split_refuses_an_identifier_type_nobody_declared(sqlite_url: str) -> 
     feed(processor, records(household()))
     with pytest.raises(BadIdentifier, match="not a built-in identifier type"):
         split_customer(settings, ANN, ["nope:1"], actor="test", wait_s=0)
+
+
+def test_removing_a_splits_rules_by_its_id_lets_later_events_link_the_two_again(sqlite_url: str) -> None:
+    events = household()
+    settings, engine, processor = worker(sqlite_url)
+    ends: dict[str, int] = {}
+    feed(processor, records(events, ends))
+    report = split_customer(settings, ANN, [BOB], actor="test", wait_s=0)
+    processor.tick()
+    env = {"CXSTREAM_DATABASE_URL": sqlite_url}
+
+    def cli(*args: str) -> str:
+        result = CliRunner().invoke(main, ["never-link", *args], env=env, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    assert json.loads(cli("--remove", "--rule", report.split_id, "--json")) == {"removed": 2}
+    assert "removed 0 rules" in cli("--remove", "--rule", report.split_id)
+    assert rules_in_force(settings) == []
+    action, actor, _ = audit(engine)[-1]
+    assert action == "never_link_removed" and actor.startswith("cli:") and len(audit(engine)) == 3
+    assert customer_of(engine, BOB) != customer_of(engine, ANN), "customers kept apart stay apart"
+    both = event(
+        30, Channel.WEB, EventType.PAGE_VIEW, {IdentifierType.EMAIL: "bob@example.org"} | household()[0].identifiers
+    )
+    feed(processor, records([both], ends))
+    assert customer_of(engine, BOB) == customer_of(engine, ANN), "a later event links them again"
+    usage = CliRunner().invoke(main, ["never-link", "--rule", report.split_id], env=env)
+    assert usage.exit_code == 2 and "--rule goes with --remove alone" in usage.output
