@@ -228,7 +228,9 @@ class PostgresServer:
 
         Found as the parent of the backend serving the admin connection. A server on another host, or in a
         container (whose pids are another namespace's), has no process here: a local process is only taken
-        when it is a ``postgres`` started when the server says it started.
+        when it is a ``postgres`` running in the server's data directory, or (its directory unreadable) started
+        when the server says it started. The directory comes first: a virtual machine whose clock jumps (resumed
+        from a snapshot) puts a process's start time seconds away from the server's own.
         """
         url = make_url(self.admin_url)
         socket_dir = url.query.get("host")
@@ -236,11 +238,18 @@ class PostgresServer:
         if host and not host.startswith("/") and host not in ("localhost", "127.0.0.1", "::1"):
             return None
         with self._engine.connect() as conn:
-            backend, started = conn.execute(text("SELECT pg_backend_pid(), pg_postmaster_start_time()")).one()
+            backend, started, directory = conn.execute(
+                text("SELECT pg_backend_pid(), pg_postmaster_start_time(), current_setting('data_directory')")
+            ).one()
         try:
             parent = psutil.Process(int(backend)).parent()
             if parent is None or not parent.name().startswith("postgres"):
                 return None
+            try:
+                if parent.cwd() == directory:
+                    return parent.pid
+            except psutil.AccessDenied:
+                pass
             if abs(parent.create_time() - started.timestamp()) > 5:
                 return None
         except (psutil.NoSuchProcess, psutil.AccessDenied):
