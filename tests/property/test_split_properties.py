@@ -16,14 +16,22 @@ from hypothesis import strategies as st
 from schemas.outputs import MetricScope
 from schemas.touchpoint import Channel, EventType, IdentifierType, SourceRef, TouchpointEvent, derive_event_id
 from streams.domain.aggregate import CellKey, MetricAggregator, MetricPolicy
-from streams.domain.customer import EVENT_ID, CustomerState, identify_details, is_kept, make_row, row_of
+from streams.domain.customer import EVENT_ID, CustomerState, identify_details, make_row
 from streams.domain.entry import Entry
 from streams.domain.identity import KeptApart
 from streams.domain.metrics import Counters
 from streams.domain.oracle import replay
 from streams.domain.stitching import NO_CUSTOMER, BatchResult, ManualLink, Split, StateView, Stitcher, StoredEvent
 from streams.policies import Policies
-from tests.property.test_stitching_properties import DEFAULTS, T0, TIGHT, deliveries, identifier_value, stored_of
+from tests.property.test_stitching_properties import (
+    DEFAULTS,
+    T0,
+    TIGHT,
+    deliveries,
+    identifier_value,
+    restore_history,
+    stored_of,
+)
 
 #: Each person's own identifiers; devices (anonymous ids) come from a small pool that people share.
 OWN_TYPES = [IdentifierType.EMAIL, IdentifierType.PHONE, IdentifierType.LOYALTY_ID, IdentifierType.CRM_ID]
@@ -189,16 +197,7 @@ class SplitWorker:
         loaded = set(view.identities.values()) | {split.customer_id for split in splits}
         view.customers = {cid: CustomerState.from_dict(json.loads(self.states[cid])) for cid in loaded}
         view.applied = {e.event_id: table[e.event_id][0] or NO_CUSTOMER for e in batch if e.event_id in table}
-        for cid, since in stitcher.history_needs(batch, keys, view, links).items():
-            until = view.customers[cid].complete_from
-            mine = [stored for owner, stored in table.values() if owner == cid]
-            rows = [row_of(s) for s in mine if since <= s.occurred_at.timestamp() < until]
-            earlier = [
-                (s.occurred_at.timestamp(), s.event_id)
-                for s in mine
-                if s.type == "purchase" and s.occurred_at.timestamp() < since
-            ]
-            view.customers[cid].restore([r for r in rows if is_kept(r)], max(earlier, default=None), since)
+        restore_history(stitcher.history_needs(batch, keys, view, links), view, table)
         result = stitcher.apply(batch, view, keys, links=links, splits=splits)
         stitcher.close(view, result)
         identities.update(result.identities)

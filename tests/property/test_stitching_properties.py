@@ -7,6 +7,7 @@ import random
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -133,6 +134,21 @@ def stored_of(entry: TimelineEntry) -> StoredEntry:
     return StoredEntry(**{name: row[name] for name in StoredEntry._fields})
 
 
+def restore_history(needs: dict[str, float], view: StateView, table: dict[str, tuple[str | None, Any]]) -> None:
+    """Read back, as the worker does from its touchpoints table (event id -> (customer id, stored entry)), the
+    history ``Stitcher.history_needs`` asks for."""
+    for cid, since in needs.items():
+        until = view.customers[cid].complete_from
+        mine = [stored for owner, stored in table.values() if owner == cid]
+        rows = [row_of(s) for s in mine if since <= s.occurred_at.timestamp() < until]
+        earlier = [
+            (s.occurred_at.timestamp(), s.event_id)
+            for s in mine
+            if s.type == "purchase" and s.occurred_at.timestamp() < since
+        ]
+        view.customers[cid].restore([r for r in rows if is_kept(r)], max(earlier, default=None), since)
+
+
 def run_like_worker(
     stitcher: Stitcher, arrived: list, rng: random.Random, links: Sequence[tuple[int, ManualLink]] = ()
 ) -> tuple[dict, dict, list[BatchResult]]:
@@ -156,16 +172,7 @@ def run_like_worker(
             cid: CustomerState.from_dict(json.loads(states[cid])) for cid in set(view.identities.values())
         }
         view.applied = {e.event_id: table[e.event_id][0] or NO_CUSTOMER for e in batch if e.event_id in table}
-        for cid, since in stitcher.history_needs(batch, keys, view, linked).items():
-            until = view.customers[cid].complete_from
-            mine = [stored for owner, stored in table.values() if owner == cid]
-            rows = [row_of(s) for s in mine if since <= s.occurred_at.timestamp() < until]
-            earlier = [
-                (s.occurred_at.timestamp(), s.event_id)
-                for s in mine
-                if s.type == "purchase" and s.occurred_at.timestamp() < since
-            ]
-            view.customers[cid].restore([r for r in rows if is_kept(r)], max(earlier, default=None), since)
+        restore_history(stitcher.history_needs(batch, keys, view, linked), view, table)
         result = stitcher.apply(batch, view, keys, links=linked)
         stitcher.close(view, result)
         identities.update(result.identities)
