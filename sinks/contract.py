@@ -232,7 +232,11 @@ class BatchWrite:
     split_off: list[str] = field(default_factory=list)
     #: Identifier keys a split left with no customer: their ``identities`` rows go.
     forgotten: list[str] = field(default_factory=list)
+    #: The batch's merges in order, each with the survivor its merged customer lives on after the batch.
     merges: list[MergeRow] = field(default_factory=list)
+    #: Merged customer id -> the customer its stored rows (identities, touchpoints, alerts, merges it survived)
+    #: move to: the batch's merges applied in order, at once (``identity.repoint``).
+    repointed: dict[str, str] = field(default_factory=dict)
     removed_customers: list[str] = field(default_factory=list)
     customers: list[CustomerRow] = field(default_factory=list)
     identities: list[IdentityRow] = field(default_factory=list)

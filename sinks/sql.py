@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from sqlalchemy import (
     Boolean,
+    Column,
     Connection,
     DateTime,
     Engine,
@@ -58,6 +59,7 @@ from sinks.contract import (
 from sinks.database import upsert
 from streams.domain.customer import REVISABLE_TYPES, StoredEntry, row_of
 from streams.domain.event_time import PartitionTime, TopicPartition
+from streams.domain.identity import one_by_one
 from streams.domain.stitching import StoredEvent
 
 #: Rows per IN (...) list: well under SQLite's bound variables limit.
@@ -577,12 +579,12 @@ class SqlSink:
         """Write what the batch's locked customers own: merges, removed customers, customer states, identities and
         touchpoints (claimed keys and event ids only inserted: ``Contended`` if one was there meanwhile)."""
         if batch.merges:
-            # Merges in order, each re-pointing the merged customer's rows; one executemany per table. Alerts are
-            # re-pointed under the clock's lock (``write_shared``), where other batches add them.
-            pairs = [{"m": merge.merged_id, "s": merge.survivor_id} for merge in batch.merges]
-            for table in (t.identities, t.touchpoints, t.identity_merges):
-                column = table.c.survivor_id if table is t.identity_merges else table.c.customer_id
-                conn.execute(update(table).where(column == bindparam("m")).values({column.name: bindparam("s")}), pairs)
+            # The merged customers' rows move to where the batch's merges, in order, leave them (``repointed``), then
+            # the batch's merge rows are added with the survivor each lives on. Alerts are re-pointed under the
+            # clock's lock (``write_shared``), where other batches add them.
+            self._repoint(conn, t.identities.c.customer_id, batch.repointed)
+            self._repoint(conn, t.touchpoints.c.customer_id, batch.repointed)
+            self._repoint(conn, t.identity_merges.c.survivor_id, batch.repointed)
             self._executemany(conn, "identity_merges", batch.merges)
         if batch.removed_customers:
             for chunk in _chunks(batch.removed_customers):
@@ -626,6 +628,14 @@ class SqlSink:
         for chunk in _chunks(batch.forgotten):
             conn.execute(delete(t.identities).where(t.identities.c.identifier.in_(chunk)))
 
+    def _repoint(self, conn: Connection, column: Column[str], moved: Mapping[str, str]) -> None:
+        """Set ``column`` to ``moved[value]`` in the rows whose value ``moved`` names, each row moved once: an indexed
+        ``UPDATE`` per pair, in the order ``identity.one_by_one`` gives. (One statement joining the pairs let
+        PostgreSQL's planner scan the whole table while the column has no statistics yet.)"""
+        if moved:
+            stmt = update(column.table).where(column == bindparam("m")).values({column.name: bindparam("s")})
+            conn.execute(stmt, [{"m": source, "s": target} for source, target in one_by_one(moved)])
+
     def _claim(
         self,
         conn: Connection,
@@ -650,12 +660,7 @@ class SqlSink:
     def write_shared(self, conn: Connection, batch: BatchWrite) -> int | None:
         """Write what batches share, under the clock's lock (``lock_clock``): alerts, metric cells, applied offsets,
         partition times, the clock and the outbox row; return the outbox row id, if any."""
-        if batch.merges:
-            pairs = [{"m": merge.merged_id, "s": merge.survivor_id} for merge in batch.merges]
-            c = t.alerts.c
-            conn.execute(
-                update(t.alerts).where(c.customer_id == bindparam("m")).values(customer_id=bindparam("s")), pairs
-            )
+        self._repoint(conn, t.alerts.c.customer_id, batch.repointed)
         if batch.removed_cells:
             cells = [
                 {"sc": cell.scope.value, "k": cell.key, "w": cell.window, "st": cell.window_start}

@@ -32,7 +32,7 @@ from streams.domain.alerts import READ_TYPES, OpenIssueInfo, evaluate, overdue
 from streams.domain.customer import MOMENTS, SURVEY, TYPE, CustomerState, T, is_kept, row_of, timeline_entry
 from streams.domain.entry import Entry
 from streams.domain.event_time import TopicPartition
-from streams.domain.identity import EventKeys, KeptApart
+from streams.domain.identity import EventKeys, KeptApart, repoint
 from streams.domain.stitching import NO_CUSTOMER, BatchResult, ManualLink, Split, StateView, Stitcher
 from streams.domain.suppression import Suppressions
 from streams.downstream import Outputs
@@ -656,8 +656,10 @@ class BatchProcessor:
 
         ``stored``: the identity rows of the batch's keys as the table held them; updated to what it holds after.
         """
-        for merge in result.merges:
-            write.merges.append(merge_row(merge))
+        repointed = repoint([(merge.merged_id, merge.survivor_id) for merge in result.merges])
+        write.repointed = repointed.moved
+        for merge, survivor_id in zip(result.merges, repointed.survivors, strict=True):
+            write.merges.append(merge_row(merge, survivor_id))
             records.merge(merge)
         for split in result.splits:
             records.merge(split)
@@ -698,14 +700,10 @@ class BatchProcessor:
         """The metric cells the batch's entries change (merged customers' cells folded into the survivor's):
         their rows, and the figures that changed."""
         aggregator = MetricAggregator(self.policies.metrics)
-        survivors = {m.merged_id: m.survivor_id for m in result.merges}
-        if survivors:
+        if write.repointed:
             # Merged customers' metric cells move into the survivor's: history is combined, not lost.
-            for cell, counters in self.sink.load_customer_cells(tx, survivors).items():
-                survivor = survivors[cell.key]
-                while survivor in survivors:
-                    survivor = survivors[survivor]
-                aggregator.add_counters(cell._replace(key=survivor), counters)
+            for cell, counters in self.sink.load_customer_cells(tx, write.repointed).items():
+                aggregator.add_counters(cell._replace(key=write.repointed[cell.key]), counters)
                 write.removed_cells.append(cell)
         for entry in result.entries:
             old = result.replaced.get(entry.event_id)

@@ -186,11 +186,12 @@ def experience_alert_row(alert: ExperienceDropAlert, decided_at: datetime) -> Ex
     return ExperienceAlertRow(**{**values, "scope": alert.scope.value}, decided_at=decided_at)
 
 
-def merge_row(merge: IdentityChange) -> MergeRow:
-    """The ``identity_merges`` row of a merge."""
+def merge_row(merge: IdentityChange, survivor_id: str) -> MergeRow:
+    """The ``identity_merges`` row of a merge whose merged customer lives on ``survivor_id`` after the batch's later
+    merges (``identity.repoint``)."""
     return MergeRow(
         merged_id=merge.merged_id,
-        survivor_id=merge.survivor_id,
+        survivor_id=survivor_id,
         event_id=merge.event_id,
         identifiers={str(k): v for k, v in merge.identifiers.items()},
         occurred_at=as_utc(merge.occurred_at),

@@ -325,3 +325,68 @@ def _type_counts(
         if kind in counts:
             counts[kind] += 1
     return counts
+
+
+class Repointing(NamedTuple):
+    """Where a batch's merges, applied in order, leave things (:func:`repoint`)."""
+
+    #: Each merge's survivor once the batch's later merges are applied too: where its merged customer lives on.
+    survivors: list[str]
+    #: Merged customer id -> the customer that customer's earlier rows end on (ids that end where they were left
+    #: out).
+    moved: dict[str, str]
+
+
+def repoint(merges: Sequence[tuple[str, str]]) -> Repointing:
+    """What applying ``merges`` — (merged id, survivor id) pairs, in the order they happened — one after the other
+    leaves, computed at once: a batch may merge ``a`` into ``b`` and then ``b`` into ``c``, and ``a``'s rows and
+    merge record must then end on ``c``, as they would had each merge re-pointed the rows of those before it.
+
+    Exactly the sequential result whatever the pairs (an id merged twice, a cycle), in one backward pass: the
+    mapping of the merges after the i-th is known when the i-th is read.
+    """
+    later: dict[str, str] = {}
+    survivors: list[str] = []
+    for merged_id, survivor_id in reversed(merges):
+        final = later.get(survivor_id, survivor_id)
+        survivors.append(final)
+        later[merged_id] = final  # the i-th merge, then those after it: rows still on merged_id end on final
+    survivors.reverse()
+    return Repointing(survivors, {merged: final for merged, final in later.items() if merged != final})
+
+
+#: Prefix of the placeholder ids :func:`one_by_one` moves a cycle's rows through: customer ids begin with ``c-``.
+PLACEHOLDER = "~"
+
+
+def one_by_one(moved: Mapping[str, str]) -> list[tuple[str, str]]:
+    """``moved`` (``Repointing.moved``) as (from, to) pairs a sink can apply one after the other, each an indexed
+    ``UPDATE … WHERE customer_id = from``, ending as if every row had moved at once.
+
+    Rows are moved out of an id before rows are moved into it, else they would move twice; ids whose rows swap (a
+    cycle, which only customers formed again could give) go through a placeholder id first.
+    """
+    remaining = dict(moved)
+    waiting: dict[str, set[str]] = {}  # id -> the keys whose rows move into it, held until its own rows left
+    for key, target in remaining.items():
+        if target in remaining:
+            waiting.setdefault(target, set()).add(key)
+    ready = sorted(key for key, target in remaining.items() if target not in remaining)
+    pairs: list[tuple[str, str]] = []
+    while remaining:
+        if not ready:  # only cycles (and ids moving into them) are left: free an id of a cycle
+            seen, key = set(), next(iter(remaining))
+            while key not in seen:
+                seen.add(key)
+                key = remaining[key]
+            placeholder, target = PLACEHOLDER + key, remaining.pop(key)
+            pairs.append((key, placeholder))
+            waiting[target].discard(key)
+            waiting[target].add(placeholder)
+            remaining[placeholder] = target
+            ready.extend(sorted(waiting.pop(key, ())))
+            continue
+        key = ready.pop()
+        pairs.append((key, remaining.pop(key)))
+        ready.extend(sorted(waiting.pop(key, ())))
+    return pairs

@@ -17,7 +17,7 @@ from schemas.touchpoint import TouchpointEvent
 from streams.domain.customer import CustomerState
 from streams.domain.engagement import EngagementPolicy, oldest_week, score, tally, week_of
 from streams.domain.entry import Entry
-from streams.domain.identity import NO_RULES, KeptApart
+from streams.domain.identity import NO_RULES, KeptApart, repoint
 from streams.domain.profile import Profile
 from streams.domain.stitching import BatchResult, ManualLink, StateView, Stitcher, StitchPolicies
 
@@ -114,13 +114,10 @@ def final_entries(results: Iterable[BatchResult]) -> dict[str, Entry]:
     latest: dict[str, Entry] = {}
     for result in results:
         if result.merges:
-            alias = {change.merged_id: change.survivor_id for change in result.merges}
+            moved = repoint([(change.merged_id, change.survivor_id) for change in result.merges]).moved
             for event_id, entry in latest.items():
-                customer_id = entry.customer_id
-                if customer_id in alias:
-                    while customer_id in alias:
-                        customer_id = alias[customer_id]
-                    latest[event_id] = replace(entry, customer_id=customer_id)
+                if entry.customer_id in moved:
+                    latest[event_id] = replace(entry, customer_id=moved[entry.customer_id])
         for entry in result.entries:
             latest[entry.event_id] = entry
     return latest

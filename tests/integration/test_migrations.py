@@ -35,3 +35,44 @@ def test_0006_keeps_the_day_of_identities_last_seen_and_first_seen_exact(databas
     assert as_utc(stored_first) == first
     assert as_utc(stored_last) == datetime(2024, 5, 3, tzinfo=UTC)
     engine.dispose()
+
+
+def test_0019_follows_merges_chained_in_one_batch_to_the_customer_that_lives_on(database_url: str) -> None:
+    engine = make_engine(database_url)
+    run_migrations(engine, "0018")
+    at = datetime(2026, 5, 1, tzinfo=UTC)
+    # As a batch merging a into b, then b into c, then c into d wrote them before 0019; e's survivor d lives on,
+    # and x's survivor y is gone with no merge row (as an erasure leaves it): both stay.
+    stored = [("a", "b"), ("b", "c"), ("c", "d"), ("e", "d"), ("x", "y")]
+    with engine.begin() as conn:
+        conn.execute(
+            insert(t.customers),
+            [
+                {"customer_id": "d", "first_seen": at, "last_seen": at, "stage": "awareness", "state": {}},
+            ],
+        )
+        conn.execute(
+            insert(t.identity_merges),
+            [
+                {
+                    "merged_id": m,
+                    "survivor_id": s,
+                    "merged_into": s,
+                    "event_id": "e",
+                    "identifiers": {},
+                    "occurred_at": at,
+                }
+                for m, s in stored
+            ],
+        )
+
+    upgrade(engine)
+
+    m = t.identity_merges.c
+    with engine.connect() as conn:
+        rows = {
+            r.merged_id: (r.survivor_id, r.merged_into)
+            for r in conn.execute(select(m.merged_id, m.survivor_id, m.merged_into))
+        }
+    assert rows == {"a": ("d", "b"), "b": ("d", "c"), "c": ("d", "d"), "e": ("d", "d"), "x": ("y", "y")}
+    engine.dispose()

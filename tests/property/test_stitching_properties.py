@@ -24,7 +24,7 @@ from schemas.touchpoint import (
     derive_event_id,
 )
 from streams.domain.customer import EVENT_ID, CustomerState, StoredEntry, is_kept, row_of
-from streams.domain.identity import customer_id_for
+from streams.domain.identity import customer_id_for, one_by_one, repoint
 from streams.domain.oracle import final_entries, replay
 from streams.domain.stitching import NO_CUSTOMER, BatchResult, ManualLink, StateView, Stitcher
 from streams.policies import Policies
@@ -360,3 +360,32 @@ def test_a_merge_yields_one_timeline_with_both_histories_in_event_time_order(
     assert [(row[0], row[EVENT_ID]) for row in customer.history] == expected
     assert customer.events == len(events)
     assert {m.merged_id for m in result.merges} <= {customer_id_for("web_anonymous_id:anon-1")}
+
+
+def _repointed_one_by_one(merges: list[tuple[str, str]]) -> tuple[list[str], dict[str, str]]:
+    """What a sink that re-points every row at each merge, in order, holds after ``merges``: where each merge's
+    row says its merged customer lives, and where each id's rows stored before the batch ended."""
+    owner = {x: x for pair in merges for x in pair}  # the rows stored before: one per id, on that id
+    rows: list[list[str]] = []  # each merge's row: [survivor], re-pointed like the others
+    for merged, survivor in merges:
+        owner = {x: survivor if at == merged else at for x, at in owner.items()}
+        for row in rows:
+            if row[0] == merged:
+                row[0] = survivor
+        rows.append([survivor])
+    return [row[0] for row in rows], {x: at for x, at in owner.items() if at != x}
+
+
+@given(st.lists(st.tuples(st.sampled_from("abcdef"), st.sampled_from("abcdef")), max_size=12))
+def test_repoint_leaves_what_merges_applied_one_by_one_leave(merges: list[tuple[str, str]]) -> None:
+    survivors, moved = _repointed_one_by_one(merges)
+    assert repoint(merges) == (survivors, moved)
+
+
+@given(st.dictionaries(st.sampled_from("abcdefg"), st.sampled_from("abcdefg")))
+def test_one_by_one_moves_rows_as_all_at_once(moved: dict[str, str]) -> None:
+    moved = {key: target for key, target in moved.items() if key != target}
+    rows = {x: x for pair in moved.items() for x in pair}  # one stored row per id, on that id
+    for source, target in one_by_one(moved):  # each pair an UPDATE ... WHERE customer_id = source
+        rows = {row: target if at == source else at for row, at in rows.items()}
+    assert rows == {row: moved.get(row, row) for row in rows}

@@ -27,8 +27,9 @@ def raw_events() -> list[TouchpointEvent]:
     return events
 
 
-def fill(database_url: str, hashing: bool) -> None:
-    """Apply the population as a worker does (identifiers hashed at conversion when ``hashing``)."""
+def fill(database_url: str, hashing: bool, batch: int = 500) -> None:
+    """Apply the population as a worker does, ``batch`` events a batch (identifiers hashed at conversion when
+    ``hashing``)."""
     settings = load_settings(
         database_url=database_url, hash_identifiers=hashing, identifier_salt=SALT if hashing else ""
     )
@@ -42,6 +43,6 @@ def fill(database_url: str, hashing: bool) -> None:
         if event is not None:
             records.append(InRecord("cx.touchpoints.all", 0, len(records), event.model_dump_json().encode()))
     processor = BatchProcessor(settings, SqlSink(engine))
-    for start in range(0, len(records), 500):
-        processor.process(records[start : start + 500])
+    for start in range(0, len(records), batch):
+        processor.process(records[start : start + batch])
     engine.dispose()
