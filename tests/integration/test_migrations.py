@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, text
 
 from sinks import tables as t
 from sinks.database import make_engine, upgrade
@@ -76,3 +76,20 @@ def test_0019_follows_merges_chained_in_one_batch_to_the_customer_that_lives_on(
         }
     assert rows == {"a": ("d", "b"), "b": ("d", "c"), "c": ("d", "d"), "e": ("d", "d"), "x": ("y", "y")}
     engine.dispose()
+
+
+def test_0020_leaves_room_for_heap_only_updates_on_postgresql(postgres_url: str) -> None:
+    engine = make_engine(postgres_url)
+    upgrade(engine)
+    tables = ("customers", "metric_cells", "identities")
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT relname, reloptions FROM pg_class WHERE relname = ANY(:t)"), {"t": list(tables)}
+        )
+        options = dict(rows.all())
+    engine.dispose()
+    assert options == {
+        "customers": ["fillfactor=50"],
+        "metric_cells": ["fillfactor=50"],
+        "identities": ["fillfactor=70"],
+    }
