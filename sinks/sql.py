@@ -111,6 +111,20 @@ def _sqlite_datetime(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat(" ", "microseconds")[:26]
 
 
+class _SqliteDatetimes(dict[datetime, str]):
+    """``_sqlite_datetime`` remembering the UTC times it formatted, for the rows of one statement: a batch binds the
+    same times many times (its commit time on every touchpoint, days and window bounds), and formatting an aware
+    time costs about 1 µs, looking it up 30 ns. Only UTC times: equal times of other offsets format otherwise."""
+
+    def __call__(self, value: datetime | None) -> str | None:
+        if value is None or value.tzinfo is not UTC:
+            return _sqlite_datetime(value)
+        text = self.get(value)
+        if text is None:
+            text = self[value] = value.isoformat(" ", "microseconds")[:26]
+        return text
+
+
 def _array_element(sqltype: Any, dialect: Any) -> str:
     """The PostgreSQL element type of a column's array in ``BulkStatement.unnest_sql``: strings as ``TEXT`` and
     numbers as plain ``NUMERIC``, so that a value too long or too precise for the column fails (or rounds) on
@@ -145,6 +159,7 @@ class BulkStatement:
                 continue  # sqlite3 binds a bool as the integer SQLAlchemy's processor would make of it
             elif (processor := sqltype._cached_bind_processor(dialect)) is not None:
                 self._processors.append((i, processor))
+        self._datetimes = any(processor is _sqlite_datetime for _, processor in self._processors)
         self.unnest_sql: str | None = None
         if dialect.name == "postgresql":
             # One statement per batch over column arrays instead of one execution per row: the server parses,
@@ -175,6 +190,10 @@ class BulkStatement:
         values, processors = self._values, self._processors
         if not processors:
             return [values(row) for row in rows]
+        if self._datetimes:
+            # One memo per call: the times of one batch's rows repeat, and it goes with them.
+            memo = _SqliteDatetimes()
+            processors = [(i, memo if processor is _sqlite_datetime else processor) for i, processor in processors]
         out = []
         for row in rows:
             bound = list(values(row))
