@@ -386,8 +386,8 @@ def _stream_sections(results: dict[str, Any], png_name: str | None) -> list[str]
                 f"Locks: the batches of both workers spent {sc['lock_wait_share']:.1%} of their transaction time "
                 f"taking locks ("
                 + ", ".join(f"{lock} {share:.1%}" for lock, share in sc.get("lock_wait_shares", {}).items())
-                + "; partitions: their own, customers: their customers' rows, clock: the group's clock for the "
-                f"shared last step), and "
+                + "; partitions: their own, customers: their customers' rows, keys: identifier keys no row held yet, "
+                "clock: the group's clock for the shared last step), and "
                 f"{sc.get('contended', 0):,} batches were applied again after contending with the other worker's "
                 f"(a new identifier or event id taken first, or a deadlock). Events per CPU-second of the job "
                 f"(workers and PostgreSQL): "

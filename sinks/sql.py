@@ -330,6 +330,18 @@ class SqlSink:
         )
         return dict(conn.exec_driver_sql(sql, (ids,)).all())  # type: ignore[arg-type]
 
+    def lock_keys(self, conn: Connection, keys: Iterable[str]) -> None:
+        """Keep other batches from adding the given identifier keys until the transaction ends (PostgreSQL: one
+        advisory lock per key, in order; SQLite's transaction holds the whole database).
+
+        A batch takes them for the keys of its events that no row holds, then reads those rows again: another
+        worker's batch adding one of them meanwhile has committed by then, and this batch sees its row instead of
+        inserting it too, finding that out at the insert and applying the whole batch again."""
+        if self.concurrent:
+            ids = sorted({_lock_key(f"identifier\0{key}") for key in keys})
+            if ids:
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(k) FROM unnest(%b::bigint[]) AS k", (ids,))
+
     def lock_clock(self, conn: Connection, group_id: str) -> Clock:
         """Lock the group's clock row until the transaction ends and read it (PostgreSQL: the row is created on
         first use; SQLite only reads)."""

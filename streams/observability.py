@@ -126,7 +126,8 @@ class Instruments:
         self.lock_wait = Counter(
             "cxstream_sink_lock_wait_seconds_total",
             "Seconds batches spent taking locks other workers' batches may hold, by lock (partitions, customers: their "
-            "rows, clock: the group's): compare with cxstream_sink_write_duration_seconds_sum.",
+            "rows, keys: identifier keys no row holds yet, clock: the group's): compare with "
+            "cxstream_sink_write_duration_seconds_sum.",
             ["worker", "lock"],
             registry=r,
         )

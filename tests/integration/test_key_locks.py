@@ -1,0 +1,66 @@
+"""Two workers' batches adding the same new identifier key at once (PostgreSQL): the second waits for the first's
+commit and applies itself once on what it committed, rather than finding the key taken at its insert and applying
+the whole batch again."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, select
+
+from config.settings import load_settings
+from schemas.touchpoint import Channel, EventType, IdentifierType
+from sinks import tables as t
+from sinks.contract import BatchWrite
+from sinks.database import make_engine, upgrade
+from sinks.sql import SqlSink
+from streams.pipeline import BatchProcessor, BatchReport, InRecord
+from tests.integration.test_never_link import event
+
+pytestmark = pytest.mark.postgres
+
+ANN = {IdentifierType.EMAIL: "ann@example.org"}
+
+
+class HeldSink(SqlSink):
+    """A sink whose first batch stops before writing, until ``go`` is set (as a batch on a loaded database)."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        self.holding, self.go = threading.Event(), threading.Event()
+
+    def write_state(self, tx: Any, batch: BatchWrite) -> None:
+        if not self.go.is_set():
+            self.holding.set()
+            assert self.go.wait(30), "never let go"
+        super().write_state(tx, batch)
+
+
+def test_a_batch_waits_for_the_batch_adding_the_same_new_key_and_applies_once(postgres_url: str) -> None:
+    engine = make_engine(postgres_url, writer=True)
+    upgrade(engine)
+    settings = load_settings(database_url=postgres_url)
+    # Ann's first contact on the phone and first web visit, on two workers' partitions at the same moment.
+    phone = event(1, Channel.PHONE, EventType.SUPPORT_CONTACT, ANN, issue_id="CASE-1")
+    web = event(2, Channel.WEB, EventType.PAGE_VIEW, ANN)
+    first_sink = HeldSink(engine)
+    first, second = BatchProcessor(settings, first_sink), BatchProcessor(settings, SqlSink(engine))
+    with ThreadPoolExecutor(2) as pool:
+        held = pool.submit(first.process, [InRecord("cx.touchpoints.phone", 0, 0, phone.model_dump_json().encode())])
+        assert first_sink.holding.wait(30), "the first batch never reached its write"
+        waiting = pool.submit(second.process, [InRecord("cx.touchpoints.web", 0, 0, web.model_dump_json().encode())])
+        # The second batch holds different partitions, but Ann's e-mail is new to both: it waits for the first.
+        with pytest.raises(TimeoutError):
+            waiting.result(timeout=1.0)
+        first_sink.go.set()
+        reports: list[BatchReport] = [held.result(30), waiting.result(30)]
+    assert [report.retries for report in reports] == [0, 0], "a batch was applied again"
+    assert reports[1].lock_wait_s.get("keys", 0) >= 1.0
+    with engine.connect() as conn:
+        owners = conn.execute(select(t.touchpoints.c.customer_id).order_by(t.touchpoints.c.event_id)).scalars().all()
+        identities = conn.execute(select(t.identities.c.customer_id)).scalars().all()
+    engine.dispose()
+    assert len(owners) == 2 and len(set(owners)) == 1 and identities == [owners[0]], "Ann is one customer"
