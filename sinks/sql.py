@@ -97,6 +97,14 @@ def _lock_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
+def _advisory_locks(conn: Connection, names: Iterable[str]) -> None:
+    """Take a transaction-scoped advisory lock per name, in key order (two transactions taking overlapping sets
+    never wait for each other in a cycle)."""
+    keys = sorted({_lock_key(name) for name in names})
+    if keys:
+        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(k) FROM unnest(%b::bigint[]) AS k", (keys,))
+
+
 def as_utc(ts: datetime) -> datetime:
     """SQLite hands timestamps back naive; every timestamp in cxstream is UTC."""
     return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
@@ -108,7 +116,12 @@ def _sqlite_datetime(value: datetime | None) -> str | None:
     Equal to what ``DATETIME.bind_processor`` writes (``YYYY-MM-DD HH:MM:SS.ffffff``, any offset dropped), at a
     fraction of its cost: a batch binds several timestamps per event.
     """
-    return None if value is None else value.isoformat(" ", "microseconds")[:26]
+    return None if value is None else _wall_clock(value)
+
+
+def _wall_clock(value: datetime) -> str:
+    """``_sqlite_datetime`` of a time."""
+    return value.isoformat(" ", "microseconds")[:26]
 
 
 class _SqliteDatetimes(dict[datetime, str]):
@@ -121,7 +134,7 @@ class _SqliteDatetimes(dict[datetime, str]):
             return _sqlite_datetime(value)
         text = self.get(value)
         if text is None:
-            text = self[value] = value.isoformat(" ", "microseconds")[:26]
+            text = self[value] = _wall_clock(value)
         return text
 
 
@@ -308,9 +321,7 @@ class SqlSink:
         A partition has one worker but around a rebalance, when two may hold records of it for a moment: the second
         then finds the partition's applied offset moved (``BatchProcessor``) and decodes its records again."""
         if self.concurrent:
-            keys = sorted(_lock_key(f"{group_id}\0{topic}\0{part}") for topic, part in partitions)
-            if keys:
-                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(k) FROM unnest(%b::bigint[]) AS k", (keys,))
+            _advisory_locks(conn, (f"{group_id}\0{topic}\0{part}" for topic, part in partitions))
 
     def lock_customers(self, conn: Connection, ids: Iterable[str]) -> dict[str, int]:
         """Lock the rows of the given customers until the transaction ends, and return the version of each that
@@ -338,9 +349,7 @@ class SqlSink:
         worker's batch adding one of them meanwhile has committed by then, and this batch sees its row instead of
         inserting it too, finding that out at the insert and applying the whole batch again."""
         if self.concurrent:
-            ids = sorted({_lock_key(f"identifier\0{key}") for key in keys})
-            if ids:
-                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(k) FROM unnest(%b::bigint[]) AS k", (ids,))
+            _advisory_locks(conn, (f"identifier\0{key}" for key in keys))
 
     def lock_clock(self, conn: Connection, group_id: str) -> Clock:
         """Lock the group's clock row until the transaction ends and read it (PostgreSQL: the row is created on
