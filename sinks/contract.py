@@ -285,8 +285,9 @@ class ResultSink(Protocol):
         """Lock the rows of the given customers until the transaction ends (in a fixed order); return the version
         of each that exists."""
 
-    def lock_keys(self, tx: Any, keys: Iterable[str]) -> None:
-        """Keep other batches from adding the given identifier keys until the transaction ends (in a fixed order)."""
+    def lock_keys(self, tx: Any, keys: Collection[str]) -> None:
+        """Keep other batches from adding the given identifier keys until the transaction ends (in a fixed order;
+        a sink may take none for too many keys: their inserts are then checked, ``BatchWrite.claimed_identities``)."""
 
     def lock_clock(self, tx: Any, group_id: str) -> Clock:
         """Lock the group's clock until the transaction ends, and read it: what batches share (the watermark, the

@@ -97,6 +97,10 @@ def _lock_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
+#: Most advisory locks a batch takes on new identifier keys (``SqlSink.lock_keys``).
+MAX_KEY_LOCKS = 1000
+
+
 def _advisory_locks(conn: Connection, names: Iterable[str]) -> None:
     """Take a transaction-scoped advisory lock per name, in key order (two transactions taking overlapping sets
     never wait for each other in a cycle)."""
@@ -341,14 +345,17 @@ class SqlSink:
         )
         return dict(conn.exec_driver_sql(sql, (ids,)).all())  # type: ignore[arg-type]
 
-    def lock_keys(self, conn: Connection, keys: Iterable[str]) -> None:
+    def lock_keys(self, conn: Connection, keys: Collection[str]) -> None:
         """Keep other batches from adding the given identifier keys until the transaction ends (PostgreSQL: one
         advisory lock per key, in order; SQLite's transaction holds the whole database).
 
         A batch takes them for the keys of its events that no row holds, then reads those rows again: another
         worker's batch adding one of them meanwhile has committed by then, and this batch sees its row instead of
-        inserting it too, finding that out at the insert and applying the whole batch again."""
-        if self.concurrent:
+        inserting it too, finding that out at the insert and applying the whole batch again. More than
+        ``MAX_KEY_LOCKS`` keys take none: each advisory lock holds an entry of the server's shared lock table
+        until the commit (``max_locks_per_transaction`` x ``max_connections``: 6,400 by default), and a batch
+        full of new keys must not fill it; such a batch finds a key taken at its insert, as before."""
+        if self.concurrent and len(keys) <= MAX_KEY_LOCKS:
             _advisory_locks(conn, (f"identifier\0{key}" for key in keys))
 
     def lock_clock(self, conn: Connection, group_id: str) -> Clock:

@@ -16,7 +16,7 @@ from schemas.touchpoint import Channel, EventType, IdentifierType
 from sinks import tables as t
 from sinks.contract import BatchWrite
 from sinks.database import make_engine, upgrade
-from sinks.sql import SqlSink
+from sinks.sql import MAX_KEY_LOCKS, SqlSink
 from streams.pipeline import BatchProcessor, BatchReport, InRecord
 from tests.integration.test_never_link import event
 
@@ -64,3 +64,20 @@ def test_a_batch_waits_for_the_batch_adding_the_same_new_key_and_applies_once(po
         identities = conn.execute(select(t.identities.c.customer_id)).scalars().all()
     engine.dispose()
     assert len(owners) == 2 and len(set(owners)) == 1 and identities == [owners[0]], "Ann is one customer"
+
+
+def test_a_batch_full_of_new_keys_takes_no_more_advisory_locks_than_the_bound(postgres_url: str) -> None:
+    # Each advisory lock holds an entry of the server's shared lock table until the commit: a batch of thousands
+    # of new keys (a backfill, custom identifiers on every record) must not fill it for every session.
+    engine = make_engine(postgres_url, writer=True)
+    upgrade(engine)
+    sink = SqlSink(engine)
+    held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+    with sink.transaction() as tx:
+        sink.lock_keys(tx, [f"email:{n}@example.org" for n in range(MAX_KEY_LOCKS)])
+        at_bound = tx.exec_driver_sql(held).scalar_one()
+    with sink.transaction() as tx:
+        sink.lock_keys(tx, [f"email:{n}@example.org" for n in range(MAX_KEY_LOCKS + 1)])
+        over = tx.exec_driver_sql(held).scalar_one()
+    engine.dispose()
+    assert (at_bound, over) == (MAX_KEY_LOCKS, 0)
