@@ -58,7 +58,7 @@ def test_a_batch_waits_for_the_batch_adding_the_same_new_key_and_applies_once(po
         first_sink.go.set()
         reports: list[BatchReport] = [held.result(30), waiting.result(30)]
     assert [report.retries for report in reports] == [0, 0], "a batch was applied again"
-    assert reports[1].lock_wait_s.get("keys", 0) >= 1.0
+    assert reports[1].lock_wait_s.get("keys", 0) > 0.5, "the second batch did not wait on the key"
     with engine.connect() as conn:
         owners = conn.execute(select(t.touchpoints.c.customer_id).order_by(t.touchpoints.c.event_id)).scalars().all()
         identities = conn.execute(select(t.identities.c.customer_id)).scalars().all()
