@@ -21,7 +21,9 @@ test: $(STAMP) apache-kafka web-clients ## the whole suite: unit, property, inte
 	$(BIN)/python -m pytest -q
 
 web-clients: ## Segment's libraries (npm, tests/web) and Debian's Chromium for the browser and Node client tests
-	@command -v chromium >/dev/null && command -v npm >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium nodejs npm; }
+	@# Only what is missing: Debian's npm cannot be installed beside a Node.js from elsewhere (NodeSource's ships npm).
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
+	@command -v npm >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs npm; }
 	test -d tests/web/node_modules/@segment/analytics-next || (cd tests/web && npm ci --no-audit --no-fund)
 
 apache-kafka: $(STAMP) ## fetch Apache Kafka with Maven for the tests that run on it (kept in var/apache-kafka)
