@@ -35,15 +35,19 @@ from tests.support.results import (
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
 
 
-def run_to_completion(workers, env: dict[str, str], kafka_url: str, prefix: str, kills: int, seed: int) -> Engine:
-    """Run a worker over everything published; SIGKILL it ``kills`` times mid-run, restarting each time."""
+def run_to_completion(
+    workers, env: dict[str, str], kafka_url: str, prefix: str, kills: int, seed: int, started: bool = False
+) -> Engine:
+    """Run a worker over everything published; SIGKILL it ``kills`` times mid-run, restarting each time.
+    ``started``: the worker runs already (only wait for it to settle)."""
     engine = make_engine(env["CXSTREAM_DATABASE_URL"])
     group = env["CXSTREAM_APP_ID"]
     ends = end_offsets(kafka_url, Topics(prefix).channels)
     total = sum(ends.values())
     rng = random.Random(seed)
-    worker = workers.start(env)
+    worker = None if started else workers.start(env)
     for _ in range(kills):
+        assert worker is not None, "a worker started elsewhere is not killed here"
         before = applied_count(engine, group)
         wait_until(lambda: applied_count(engine, group) > before, 60, "the worker to make progress")  # noqa: B023
         time.sleep(rng.uniform(0, 0.3))  # land the kill anywhere in a batch: before, inside or after a commit
@@ -61,8 +65,10 @@ def test_kill_9_mid_run_ends_exactly_like_an_uninterrupted_run(kafka_url, topic_
     env_b = workers.env(f"sqlite:///{tmp_path / 'b.db'}", topic_prefix, app_id=f"{topic_prefix}b", **base)
     run_cli(env_a, "simulate", "--customers", "800", "--days", "10", "--seed", "11", "--malformed", "0.01")
 
-    clean = run_to_completion(workers, env_a, kafka_url, topic_prefix, kills=0, seed=1)
+    # The two runs side by side (their own consumer groups and databases): most of each is waiting.
+    workers.start(env_a, name="clean")
     crashed = run_to_completion(workers, env_b, kafka_url, topic_prefix, kills=3, seed=2)
+    clean = run_to_completion(workers, env_a, kafka_url, topic_prefix, kills=0, seed=1, started=True)
 
     expected, got = snapshot(clean), snapshot(crashed)
     # The merge log records the order in which links were discovered, which follows arrival order: both runs

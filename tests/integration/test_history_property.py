@@ -5,8 +5,8 @@ centre, web, marketplaces; duplicates, late records and garbage included), write
 the way such systems do (split into files, some sorted by time, some not), and publishes them file by file in a
 random order, channel by channel or interleaved, some files twice. A worker with the **default settings** runs
 meanwhile. The result tables must equal the oracle's replay of what is on the topics; a second worker, in a new
-consumer group with a fresh database, replays the same topics afterwards (another consumption order, other batch
-cuts) and must end with the same rows.
+consumer group with a fresh database, reads the same topics once all is published, beside the first (another
+consumption order, other batch cuts), and must end with the same rows.
 """
 
 from __future__ import annotations
@@ -99,13 +99,13 @@ def test_history_loaded_file_by_file_ends_where_the_oracle_does(
             publish_items(publisher, items)
         assert publisher.close().accounted
 
+        # The same topics, read again by a new consumer group into a fresh database: once everything is on them,
+        # while the live worker is still at it (other batch cuts, another consumption order).
+        workers.start({**workers.env(replay_db, prefix), "CXSTREAM_APP_ID": f"{prefix}replay"}, name="replay")
         events = consumed_events(kafka_url, prefix)
         assert max(e.occurred_at for e in events) - min(e.occurred_at for e in events) >= timedelta(days=60)
         expected = expected_results(events, load_settings())
         wait_for_results(make_engine(live_db), expected, timeout=120)
-
-        # The same topics, read again by a new consumer group into a fresh database.
-        workers.start({**workers.env(replay_db, prefix), "CXSTREAM_APP_ID": f"{prefix}replay"}, name="replay")
         wait_for_results(make_engine(replay_db), expected, timeout=120)
     finally:
         workers.stop_all()
