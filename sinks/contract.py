@@ -237,6 +237,11 @@ class BatchWrite:
     #: Merged customer id -> the customer its stored rows (identities, touchpoints, alerts, merges it survived)
     #: move to: the batch's merges applied in order, at once (``identity.repoint``).
     repointed: dict[str, str] = field(default_factory=dict)
+    #: Customers a split left without their id (no side keeps it: its key moved, or the identifier priority
+    #: changed) -> the customer keeping the kept identifiers. The split writes their touchpoints and identities
+    #: again; the rows that name them as a survivor (``identity_merges``) or an owner (``alerts``) move there, before
+    #: the batch's merges move theirs.
+    split_removed: dict[str, str] = field(default_factory=dict)
     removed_customers: list[str] = field(default_factory=list)
     customers: list[CustomerRow] = field(default_factory=list)
     identities: list[IdentityRow] = field(default_factory=list)

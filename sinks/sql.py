@@ -625,6 +625,12 @@ class SqlSink:
     def write_state(self, conn: Connection, batch: BatchWrite) -> None:
         """Write what the batch's locked customers own: merges, removed customers, customer states, identities and
         touchpoints (claimed keys and event ids only inserted: ``Contended`` if one was there meanwhile)."""
+        if batch.split_removed:
+            # Before the merges: one of them may merge the customer these rows move to. A row of a customer the
+            # split formed again whose survivor it now is names itself: it goes.
+            m = t.identity_merges.c
+            self._repoint(conn, m.survivor_id, batch.split_removed)
+            conn.execute(delete(t.identity_merges).where(m.merged_id == m.survivor_id))
         if batch.merges:
             # The merged customers' rows move to where the batch's merges, in order, leave them (``repointed``), then
             # the batch's merge rows are added with the survivor each lives on. Alerts are re-pointed under the
@@ -707,6 +713,7 @@ class SqlSink:
     def write_shared(self, conn: Connection, batch: BatchWrite) -> int | None:
         """Write what batches share, under the clock's lock (``lock_clock``): alerts, metric cells, applied offsets,
         partition times, the clock and the outbox row; return the outbox row id, if any."""
+        self._repoint(conn, t.alerts.c.customer_id, batch.split_removed)
         self._repoint(conn, t.alerts.c.customer_id, batch.repointed)
         if batch.removed_cells:
             cells = [

@@ -678,6 +678,9 @@ class BatchProcessor:
         for split in result.splits:
             records.merge(split)
         write.split_off = [split.merged_id for split in result.splits]
+        # A customer is removed by a merge or by a split that left no side its id.
+        merged = {merge.merged_id for merge in result.merges}
+        write.split_removed = {old: kept for old, kept in result.removed.items() if old not in merged}
         write.forgotten = result.forgotten
         write.removed_customers = list(result.removed)
         policy, target = self.stitcher.policy, self.settings.issue_target_s

@@ -272,3 +272,38 @@ def test_a_split_applied_with_a_pending_merge_made_by_hand_equals_the_oracle(dat
     # The merge named Bob but was stored as the customers' strongest keys (Ann's): Carol stays with Ann's side.
     for table in want:
         assert got[table] == want[table], table
+
+
+def test_a_split_after_a_priority_change_leaves_every_merge_row_on_a_live_customer(database_url: str) -> None:
+    """Found while fixing merge chains: the split's old id is removed (no side keeps it) but the ``identity_merges``
+    rows naming it as survivor stayed, pointing at no customer (the read API's merges and an erasure missed them),
+    and the row of the customer the split formed again said it was merged. The first now lives on the kept side;
+    the second goes."""
+    from config.settings import load_settings
+    from sinks.sql import SqlSink
+    from streams.pipeline import BatchProcessor
+
+    phone = {IdentifierType.PHONE: "+447700900001"}
+    events = [
+        *household(),
+        event(12, Channel.PHONE, EventType.SUPPORT_CONTACT, phone, issue_id="CASE-2"),
+        event(13, Channel.PHONE, EventType.SUPPORT_CONTACT, {IdentifierType.EMAIL: "ann@example.org"} | phone),
+    ]
+    _, engine, processor = worker(database_url)
+    feed(processor, records(events))
+    with engine.connect() as conn:
+        before = dict(conn.execute(select(t.identity_merges.c.merged_id, t.identity_merges.c.survivor_id)).all())
+    old = customer_of(engine, ANN)
+    assert len(before) == 2 and set(before.values()) == {old}, (
+        "the tablet's and the phone's customers merged into Ann's"
+    )
+    later = load_settings(database_url=database_url, identifier_priority=["web_anonymous_id"])
+    split_customer(later, ANN, [BOB], actor="test", wait_s=0)
+    BatchProcessor(later, SqlSink(engine)).tick()
+    kept = customer_of(engine, ANN)
+    assert kept != old, "the kept side is named by the tablet now"
+    with engine.connect() as conn:
+        live = set(conn.execute(select(t.customers.c.customer_id)).scalars())
+        after = dict(conn.execute(select(t.identity_merges.c.merged_id, t.identity_merges.c.survivor_id)).all())
+    phone_customer = next(merged for merged in before if merged != kept)
+    assert after == {phone_customer: kept}, f"before the split {before}, after {after}, customers {sorted(live)}"
