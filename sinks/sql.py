@@ -630,7 +630,8 @@ class SqlSink:
             # split formed again whose survivor it now is names itself: it goes.
             m = t.identity_merges.c
             self._repoint(conn, m.survivor_id, batch.split_removed)
-            conn.execute(delete(t.identity_merges).where(m.merged_id == m.survivor_id))
+            kept = sorted(set(batch.split_removed.values()))
+            conn.execute(delete(t.identity_merges).where(m.merged_id.in_(kept), m.merged_id == m.survivor_id))
         if batch.merges:
             # The merged customers' rows move to where the batch's merges, in order, leave them (``repointed``), then
             # the batch's merge rows are added with the survivor each lives on. Alerts are re-pointed under the
