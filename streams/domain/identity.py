@@ -32,6 +32,7 @@ never linked to others, because no event carries both it and a real identifier.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -72,6 +73,8 @@ def ranks(priority: Iterable[str]) -> dict[str, int]:
 
 #: The ranks in the default order (``IdentifierType``'s declaration order), anonymous identities last.
 DEFAULT_RANKS: dict[str, int] = ranks(IdentifierType)
+#: A salted hash as adapters write it (HMAC-SHA256, hex).
+_HASH = re.compile(r"[0-9a-f]{64}")
 #: Most hashed PII keys remembered, so a busy customer's e-mail is not re-hashed on every event.
 _HASH_CACHE_SIZE = 100_000
 
@@ -133,6 +136,8 @@ class IdentityRules:
         self._hashing = policy.hashing
         #: The fingerprint events hashed with this worker's salt carry (None: hashing is off here).
         self.fingerprint = None if policy.hashing is None else policy.hashing.fingerprint
+        #: The types stored hashed here; with hashing off, those that an adapter's hashing makes unusable.
+        self._hashed_types = PII_TYPES if policy.hashing is None else policy.hashing.types
         self._hashed: dict[tuple[str, str], str] = {}
         #: Most keys of a type one customer may hold, by key type.
         self.limits: dict[str, int] = {str(t): n for t, n in policy.limits.items()}
@@ -160,7 +165,7 @@ class IdentityRules:
 
     def stored_key(self, kind: str, value: str) -> str:
         """The key under which an (already normalised) identifier is stored: hashed when it is PII."""
-        if self._hashing is None or kind not in PII_TYPES:
+        if self._hashing is None or kind not in self._hashed_types:
             return identifier_key(kind, value)
         cache_key = (kind, value)
         key = self._hashed.get(cache_key)
@@ -175,22 +180,24 @@ class IdentityRules:
         keys: list[str] = []
         blocked = 0
         hashed = event.hashed_with
-        patterns, custom = self._patterns, self._custom
+        patterns, custom, hashed_types = self._patterns, self._custom, self._hashed_types
         for kind, value in event.identifiers.items():
             if not isinstance(kind, IdentifierType):
                 value = value.strip()
                 if kind not in custom or not value:
                     blocked += 1  # a custom type this worker does not declare (or an empty value): not stitched by
                     continue
-            if patterns and (hashed is None or kind not in PII_TYPES) and patterns.blocks(kind, value):
+            if patterns and (hashed is None or kind not in hashed_types) and patterns.blocks(kind, value):
                 blocked += 1  # a hashed value cannot be matched: the adapter that hashed it left blocked ones out
                 continue
-            if hashed is None or kind not in PII_TYPES:
+            if hashed is None or kind not in hashed_types:
                 key = self.stored_key(kind, value)
-            elif hashed == self.fingerprint:
+            elif hashed == self.fingerprint and _HASH.fullmatch(value):
                 key = identifier_key(kind, value)  # hashed by the adapter with this salt: stored as it is
             else:
-                blocked += 1  # hashed with another salt, or hashing is off here: it can match nothing
+                # Hashed with another salt or other types, or hashing is off here: it can match nothing. A raw value
+                # of a type the event's schema does not check (e-mail and phone only) is not stored as a hash.
+                blocked += 1
                 continue
             if key in self._blocked:
                 blocked += 1
