@@ -258,7 +258,7 @@ class Settings(BaseSettings):
     )
     hashed_identifier_types: Annotated[list[IdentifierName], NoDecode] = Field(
         default_factory=lambda: list[IdentifierType | str]([IdentifierType.EMAIL, IdentifierType.PHONE]),
-        description="The identifier types CXSTREAM_HASH_IDENTIFIERS stores as salted hashes, comma-separated: add those that hold personal data in your sources (a web_user_id that is an e-mail, a custom type such as a national id). Adapters and workers must agree, as on the salt: a worker leaves out (and counts blocked) the e-mail and phone of events hashed under other types, and their other hashed values link nothing.",
+        description="The identifier types CXSTREAM_HASH_IDENTIFIERS stores as salted hashes, comma-separated: add those that hold personal data in your sources (a web_user_id that is an e-mail, a custom type such as a national id). Always includes email and phone. Set it before the first event, like the salt: a type added later gives its identifiers new keys, which customers formed before, erasures and never-link rules do not hold. A worker leaves out (and counts blocked) the values an adapter hashed of types it stores raw.",
     )
     blocked_identifier_patterns: dict[IdentifierName, str] = Field(
         default_factory=dict,
@@ -430,8 +430,9 @@ class Settings(BaseSettings):
     @classmethod
     def _hashed_types(cls, value: list[IdentifierName], info: ValidationInfo) -> list[IdentifierName]:
         _known_types(value, info)
-        if not value:
-            raise ValueError("name at least one type (e-mail and phone are hashed by default)")
+        missing = [str(kind) for kind in (IdentifierType.EMAIL, IdentifierType.PHONE) if kind not in value]
+        if missing:
+            raise ValueError(f"e-mail and phone are always hashed: add {missing} to the list")
         return list(dict.fromkeys(value))
 
     @field_validator("blocked_identifier_patterns")

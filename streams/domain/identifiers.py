@@ -81,17 +81,17 @@ def salt_fingerprint(salt: str) -> str:
 
 
 def hashing_fingerprint(salt: str, types: frozenset[str] = PII_TYPES) -> str:
-    """The fingerprint events hashed with ``salt`` under ``types`` carry: the salt's alone for the default types
-    (events hashed before the types could be chosen say that), else one naming the types too, so that a worker
-    hashing other types than an adapter did finds out (a value hashed under one set and taken raw under the other
-    would be stored under a key no event of the person gives)."""
-    if types == PII_TYPES:
-        return salt_fingerprint(salt)
-    return (
-        salt_fingerprint(salt)
-        + "/"
-        + hmac.new(salt.encode(), ",".join(sorted(types)).encode(), "sha256").hexdigest()[:8]
-    )
+    """What events hashed with ``salt`` under ``types`` carry in ``hashed_with``: the salt's fingerprint, then the
+    types hashed besides e-mail and phone, in plain text (``hmac-sha256:<16 hex>+web_user_id,member_no``), so a
+    worker knows which of an event's identifiers are hashes whatever list it holds itself."""
+    added = sorted(types - PII_TYPES)
+    return salt_fingerprint(salt) + ("+" + ",".join(added) if added else "")
+
+
+def hashed_types(hashed_with: str) -> tuple[str, frozenset[str]]:
+    """The salt fingerprint and the hashed identifier types a ``hashed_with`` names (:func:`hashing_fingerprint`)."""
+    salt, _, added = hashed_with.partition("+")
+    return salt, (PII_TYPES | frozenset(added.split(",")) if added else PII_TYPES)
 
 
 # An e-mail address inside text (the local part as RFC 5322 allows it unquoted).

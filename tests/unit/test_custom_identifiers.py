@@ -177,18 +177,28 @@ def test_hashed_identifier_types_may_add_segments_user_id_and_custom_types() -> 
     assert stored_key("member_no:M-1", hashing, "GB") in rules.keys_of(raw[0]).keys
     assert len(replay(converted + raw, policies).customers) == 1
 
-    # A worker hashing only the default types holds another fingerprint: the e-mail is left out, and counted.
+    # A worker hashing only e-mail and phone takes the hashed e-mail, and leaves out (and counts) the hashed
+    # membership number: it stores membership numbers raw, so the hash could match nothing.
     default = Policies.from_settings(
         Settings(custom_identifier_types=["member_no"], hash_identifiers=True, identifier_salt="pepper")
     )
-    assert IdentityRules(default.identity).keys_of(sale).blocked == 1
+    default_keys = IdentityRules(default.identity).keys_of(sale)
+    assert default_keys.blocked == 1 and default_keys.keys == IdentityRules(default.identity).keys_of(raw[0]).keys[:1]
+
+    # Events hashed before the list grew (e-mail and phone only) still stitch: the worker hashes their raw userId.
+    before = identifier_hashing(
+        Settings(custom_identifier_types=["member_no"], hash_identifiers=True, identifier_salt="pepper")
+    )
+    old = convert_one(Channel.WEB, PAGE, received_at=RECEIVED, hashing=before)
+    assert isinstance(old, Accepted) and old.event.hashed_with == before.fingerprint  # type: ignore[union-attr]
+    assert rules.keys_of(old.event) == rules.keys_of(raw[1])
 
     # A raw value of an added type under the marker is not stored as if it were a hash.
     forged = page.model_copy(update={"identifiers": {**page.identifiers, "member_no": "M-1"}})
     assert rules.keys_of(forged).blocked == 1
 
 
-@pytest.mark.parametrize("value", ["shoe_size", ""])
+@pytest.mark.parametrize("value", ["shoe_size", "", "web_user_id", "email,web_user_id"])
 def test_hashed_identifier_types_name_known_types(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     monkeypatch.setenv("CXSTREAM_HASHED_IDENTIFIER_TYPES", value)
     with pytest.raises(SettingsError, match="CXSTREAM_HASHED_IDENTIFIER_TYPES"):
