@@ -221,7 +221,10 @@ class Settings(BaseSettings):
     )
 
     # --- identity --------------------------------------------------------------------------------
-    hash_identifiers: bool = Field(False, description="Store PII identifiers (email, phone) only as salted hashes.")
+    hash_identifiers: bool = Field(
+        False,
+        description="Store PII identifiers (email and phone; CXSTREAM_HASHED_IDENTIFIER_TYPES) only as salted hashes.",
+    )
     identifier_salt: str = Field(
         "",
         validate_default=True,
@@ -252,6 +255,10 @@ class Settings(BaseSettings):
     identifier_priority: Annotated[list[IdentifierName], NoDecode] = Field(
         default_factory=lambda: list[IdentifierType | str](IdentifierType),
         description="Identifier types, strongest first, comma-separated: a customer's id derives from its strongest identifier, and an event's strongest identifier is always linked (the others within the limits and rules). Types left out follow in the default order. Set it before the first event: after a change a customer is renamed only when a later event links something new to it.",
+    )
+    hashed_identifier_types: Annotated[list[IdentifierName], NoDecode] = Field(
+        default_factory=lambda: list[IdentifierType | str]([IdentifierType.EMAIL, IdentifierType.PHONE]),
+        description="The identifier types CXSTREAM_HASH_IDENTIFIERS stores as salted hashes, comma-separated: add those that hold personal data in your sources (a web_user_id that is an e-mail, a custom type such as a national id). Always includes email and phone. Set it before the first event, like the salt: a type added later gives its identifiers new keys, which customers formed before, erasures and never-link rules do not hold. A worker leaves out (and counts blocked) the values an adapter hashed of types it stores raw.",
     )
     blocked_identifier_patterns: dict[IdentifierName, str] = Field(
         default_factory=dict,
@@ -300,6 +307,7 @@ class Settings(BaseSettings):
         "blocked_identifiers",
         "identifier_priority",
         "custom_identifier_types",
+        "hashed_identifier_types",
         "write_keys",
         "read_keys",
         "admin_keys",
@@ -417,6 +425,15 @@ class Settings(BaseSettings):
             raise ValueError(f"each type at most once, got {twice} more than once")
         custom = info.data.get("custom_identifier_types", [])
         return [*value, *(kind for kind in [*IdentifierType, *custom] if kind not in value)]
+
+    @field_validator("hashed_identifier_types")
+    @classmethod
+    def _hashed_types(cls, value: list[IdentifierName], info: ValidationInfo) -> list[IdentifierName]:
+        _known_types(value, info)
+        missing = [str(kind) for kind in (IdentifierType.EMAIL, IdentifierType.PHONE) if kind not in value]
+        if missing:
+            raise ValueError(f"e-mail and phone are always hashed: add {missing} to the list")
+        return list(dict.fromkeys(value))
 
     @field_validator("blocked_identifier_patterns")
     @classmethod

@@ -137,9 +137,11 @@ class TouchpointEvent(BaseModel):
     attributes: dict[str, Any] = Field(default_factory=dict, description="Free channel-specific attributes.")
     hashed_with: str | None = Field(
         default=None,
-        description="Set when the adapter hashed the personal data: the fingerprint of the salt it used. The email "
-        "and phone identifiers are then salted hashes (64 hex digits), stored as they are, and e-mails and phone "
-        "numbers in free text are replaced by their keys. None: identifiers as the source gave them (normalised).",
+        description="Set when the adapter hashed the personal data: the fingerprint of the salt it used, then '+' "
+        "and the types it hashed besides email and phone, if any. The identifiers of the hashed types (email and phone, and "
+        "those CXSTREAM_HASHED_IDENTIFIER_TYPES adds) are then salted hashes (64 hex digits), stored as they are, "
+        "and e-mails and phone numbers in free text are replaced by their keys. None: identifiers as the source "
+        "gave them (normalised).",
     )
 
     @model_validator(mode="after")

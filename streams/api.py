@@ -75,7 +75,6 @@ from sinks.queries import (
 )
 from streams import pages
 from streams.auth import basic_user
-from streams.domain.identifiers import PII_TYPES
 from streams.erasure import Mode, NoSuchCustomer, erase
 from streams.identity_rules import BadIdentifier, merge_customers, split_customer
 from streams.kafka import BrokerUnreachable
@@ -403,7 +402,7 @@ class ReadApi:
         """Segment's ``.../profiles/{type}:{value}/external_ids``."""
         customer_id = await self._customer(request, SEGMENT_NOT_FOUND)
         rows = await asyncio.to_thread(customer_identities, self.engine, customer_id)
-        hashed = {str(kind) for kind in PII_TYPES} if self.hashing is not None else set()
+        hashed = self.hashing.types if self.hashing is not None else frozenset()
         data = [
             SegmentExternalId(
                 id=row["id_value"],

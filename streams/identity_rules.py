@@ -392,6 +392,7 @@ def rule_settings(settings: Settings) -> dict[str, Any]:
         },
         "blocked_patterns": {"count": len(patterns), "digest": digest(patterns)},
         "hash_identifiers": settings.hash_identifiers,
+        "hashed_types": [str(kind) for kind in settings.hashed_identifier_types],
     }
     return {**described, "digest": digest([orjson.dumps(described, option=orjson.OPT_SORT_KEYS).decode()])}
 

@@ -110,5 +110,8 @@ def identifier_hashing(settings: Settings) -> IdentifierHashing | None:
     if not settings.hash_identifiers:
         return None
     return IdentifierHashing(
-        settings.identifier_salt, settings.default_phone_region, BlockedPatterns(settings.blocked_identifier_patterns)
+        settings.identifier_salt,
+        settings.default_phone_region,
+        BlockedPatterns(settings.blocked_identifier_patterns),
+        frozenset(str(kind) for kind in settings.hashed_identifier_types),
     )

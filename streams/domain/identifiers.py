@@ -80,6 +80,20 @@ def salt_fingerprint(salt: str) -> str:
     return "hmac-sha256:" + hmac.new(salt.encode(), b"cxstream identifier salt", hashlib.sha256).hexdigest()[:16]
 
 
+def hashing_fingerprint(salt: str, types: frozenset[str] = PII_TYPES) -> str:
+    """What events hashed with ``salt`` under ``types`` carry in ``hashed_with``: the salt's fingerprint, then the
+    types hashed besides e-mail and phone, in plain text (``hmac-sha256:<16 hex>+web_user_id,member_no``), so a
+    worker knows which of an event's identifiers are hashes whatever list it holds itself."""
+    added = sorted(types - PII_TYPES)
+    return salt_fingerprint(salt) + ("+" + ",".join(added) if added else "")
+
+
+def hashed_types(hashed_with: str) -> tuple[str, frozenset[str]]:
+    """The salt fingerprint and the hashed identifier types a ``hashed_with`` names (:func:`hashing_fingerprint`)."""
+    salt, _, added = hashed_with.partition("+")
+    return salt, (PII_TYPES | frozenset(added.split(",")) if added else PII_TYPES)
+
+
 # An e-mail address inside text (the local part as RFC 5322 allows it unquoted).
 _EMAIL_IN_TEXT = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 # A phone number written as one, inside text: international (+...) or national (0...) form, 9 to 15 digits.
@@ -123,14 +137,17 @@ class IdentifierHashing:
     #: Values never used for stitching, by type (``CXSTREAM_BLOCKED_IDENTIFIER_PATTERNS``): the adapters leave
     #: them out of the events they hash, as their hash could no longer be matched against the patterns.
     blocked: BlockedPatterns = field(default_factory=lambda: BlockedPatterns({}))
+    #: The identifier types stored as hashes (``CXSTREAM_HASHED_IDENTIFIER_TYPES``): e-mail and phone by default.
+    types: frozenset[str] = PII_TYPES
+    #: What events hashed under this salt and these types carry (``hashed_with``).
     fingerprint: str = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "fingerprint", salt_fingerprint(self.salt))
+        object.__setattr__(self, "fingerprint", hashing_fingerprint(self.salt, self.types))
 
     def value(self, kind: str, value: str) -> str:
-        """The stored value of a normalised identifier: its salted hash when it is PII, else the value itself."""
-        return hash_identifier(kind, value, self.salt) if kind in PII_TYPES else value
+        """The stored value of a normalised identifier: its salted hash when its type is hashed, else the value."""
+        return hash_identifier(kind, value, self.salt) if kind in self.types else value
 
     def text(self, text: str) -> str:
         """Free text with every e-mail address and phone number in it replaced by its stored key (``email:<hash>``).

@@ -32,19 +32,21 @@ never linked to others, because no event carries both it and a real identifier.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from schemas.touchpoint import IdentifierType, TouchpointEvent, compose_id
 from streams.domain.identifiers import (
-    PII_TYPES,
     BlockedPatterns,
     IdentifierHashing,
     InvalidIdentifier,
     hash_identifier,
+    hashed_types,
     identifier_key,
     normalise_identifier,
+    salt_fingerprint,
 )
 
 #: Key type of anonymous source identities (not an IdentifierType: it is never linked).
@@ -72,6 +74,8 @@ def ranks(priority: Iterable[str]) -> dict[str, int]:
 
 #: The ranks in the default order (``IdentifierType``'s declaration order), anonymous identities last.
 DEFAULT_RANKS: dict[str, int] = ranks(IdentifierType)
+#: A salted hash as adapters write it (HMAC-SHA256, hex).
+_HASH = re.compile(r"[0-9a-f]{64}")
 #: Most hashed PII keys remembered, so a busy customer's e-mail is not re-hashed on every event.
 _HASH_CACHE_SIZE = 100_000
 
@@ -133,6 +137,12 @@ class IdentityRules:
         self._hashing = policy.hashing
         #: The fingerprint events hashed with this worker's salt carry (None: hashing is off here).
         self.fingerprint = None if policy.hashing is None else policy.hashing.fingerprint
+        #: The salt's part of it: an event hashed with the same salt under other types is still usable.
+        self._salt = None if policy.hashing is None else salt_fingerprint(policy.hashing.salt)
+        #: The types stored hashed here (none with hashing off).
+        self._hashed_types = frozenset[str]() if policy.hashing is None else policy.hashing.types
+        #: Per ``hashed_with`` seen: whether its salt is this worker's, and the types it hashed.
+        self._marks: dict[str, tuple[bool, frozenset[str]]] = {}
         self._hashed: dict[tuple[str, str], str] = {}
         #: Most keys of a type one customer may hold, by key type.
         self.limits: dict[str, int] = {str(t): n for t, n in policy.limits.items()}
@@ -160,7 +170,7 @@ class IdentityRules:
 
     def stored_key(self, kind: str, value: str) -> str:
         """The key under which an (already normalised) identifier is stored: hashed when it is PII."""
-        if self._hashing is None or kind not in PII_TYPES:
+        if kind not in self._hashed_types or self._hashing is None:
             return identifier_key(kind, value)
         cache_key = (kind, value)
         key = self._hashed.get(cache_key)
@@ -170,27 +180,41 @@ class IdentityRules:
             key = self._hashed[cache_key] = identifier_key(kind, hash_identifier(kind, value, self._hashing.salt))
         return key
 
+    def _mark(self, hashed_with: str) -> tuple[bool, frozenset[str]]:
+        """Whether an event's ``hashed_with`` names this worker's salt, and the types it says were hashed."""
+        found = self._marks.get(hashed_with)
+        if found is None:
+            if len(self._marks) >= 64:  # a few marks in practice; a flood of forged ones must not grow this
+                self._marks.clear()
+            salt, types = hashed_types(hashed_with)
+            found = self._marks[hashed_with] = (salt == self._salt, types)
+        return found
+
     def keys_of(self, event: TouchpointEvent) -> EventKeys:
         """Return the usable keys of an event, strongest first, falling back to its anonymous identity."""
         keys: list[str] = []
         blocked = 0
-        hashed = event.hashed_with
-        patterns, custom = self._patterns, self._custom
+        patterns, custom, here = self._patterns, self._custom, self._hashed_types
+        same_salt, hashed = False, frozenset[str]()  # the types the adapter hashed: none for a raw event
+        if event.hashed_with is not None:
+            same_salt, hashed = self._mark(event.hashed_with)
         for kind, value in event.identifiers.items():
             if not isinstance(kind, IdentifierType):
                 value = value.strip()
                 if kind not in custom or not value:
                     blocked += 1  # a custom type this worker does not declare (or an empty value): not stitched by
                     continue
-            if patterns and (hashed is None or kind not in PII_TYPES) and patterns.blocks(kind, value):
-                blocked += 1  # a hashed value cannot be matched: the adapter that hashed it left blocked ones out
-                continue
-            if hashed is None or kind not in PII_TYPES:
+            if kind not in hashed:
+                if patterns and patterns.blocks(kind, value):
+                    blocked += 1  # (a hashed value cannot be matched: the adapter that hashed it left those out)
+                    continue
                 key = self.stored_key(kind, value)
-            elif hashed == self.fingerprint:
+            elif same_salt and kind in here and _HASH.fullmatch(value):
                 key = identifier_key(kind, value)  # hashed by the adapter with this salt: stored as it is
             else:
-                blocked += 1  # hashed with another salt, or hashing is off here: it can match nothing
+                # Hashed with another salt, or of a type stored raw here (hashing off, or not in the list): it can
+                # match nothing. A raw value under the mark (the event schema checks e-mail and phone only) neither.
+                blocked += 1
                 continue
             if key in self._blocked:
                 blocked += 1

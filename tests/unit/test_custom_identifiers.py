@@ -138,3 +138,68 @@ def test_a_value_the_records_own_field_gave_is_never_replaced_by_its_identifiers
 def test_segments_names_of_the_web_types_cannot_be_custom_types() -> None:
     with pytest.raises(ValidationError, match="built-in type names"):
         Settings(custom_identifier_types=["user_id"])
+
+
+#: A worker and adapters that also hash Segment's userId (often an e-mail in practice) and a membership number.
+MORE_HASHED = Settings(
+    custom_identifier_types=["member_no"],
+    hash_identifiers=True,
+    identifier_salt="pepper",
+    hashed_identifier_types=["email", "phone", "web_user_id", "member_no"],
+)
+
+
+def test_hashed_identifier_types_may_add_segments_user_id_and_custom_types() -> None:
+    from streams.domain.identity import IdentityRules
+    from streams.policies import identifier_hashing
+
+    hashing = identifier_hashing(MORE_HASHED)
+    assert hashing is not None
+    converted = []
+    for channel, record in ((Channel.STORE, SALE), (Channel.WEB, PAGE)):
+        result = convert_one(channel, record, received_at=RECEIVED, hashing=hashing)
+        assert isinstance(result, Accepted), result
+        converted.append(result.event)
+    sale, page = converted
+    published = sale.model_dump_json() + page.model_dump_json() + partition_key(page).decode()
+    assert "M-1" not in published and '"u-9"' not in published, "no raw membership number or user id leaves"
+    assert (
+        page.hashed_with
+        == hashing.fingerprint
+        != identifier_hashing(Settings(hash_identifiers=True, identifier_salt="pepper")).fingerprint
+    )  # type: ignore[union-attr]
+
+    # A worker of the same settings stitches the hashed events and raw ones of the same person under the same keys.
+    policies = Policies.from_settings(MORE_HASHED)
+    raw = [accept(Channel.STORE, SALE), accept(Channel.WEB, PAGE)]
+    rules = IdentityRules(policies.identity)
+    assert [rules.keys_of(e) for e in converted] == [rules.keys_of(e) for e in raw]
+    assert stored_key("member_no:M-1", hashing, "GB") in rules.keys_of(raw[0]).keys
+    assert len(replay(converted + raw, policies).customers) == 1
+
+    # A worker hashing only e-mail and phone takes the hashed e-mail, and leaves out (and counts) the hashed
+    # membership number: it stores membership numbers raw, so the hash could match nothing.
+    default = Policies.from_settings(
+        Settings(custom_identifier_types=["member_no"], hash_identifiers=True, identifier_salt="pepper")
+    )
+    default_keys = IdentityRules(default.identity).keys_of(sale)
+    assert default_keys.blocked == 1 and default_keys.keys == IdentityRules(default.identity).keys_of(raw[0]).keys[:1]
+
+    # Events hashed before the list grew (e-mail and phone only) still stitch: the worker hashes their raw userId.
+    before = identifier_hashing(
+        Settings(custom_identifier_types=["member_no"], hash_identifiers=True, identifier_salt="pepper")
+    )
+    old = convert_one(Channel.WEB, PAGE, received_at=RECEIVED, hashing=before)
+    assert isinstance(old, Accepted) and old.event.hashed_with == before.fingerprint  # type: ignore[union-attr]
+    assert rules.keys_of(old.event) == rules.keys_of(raw[1])
+
+    # A raw value of an added type under the marker is not stored as if it were a hash.
+    forged = page.model_copy(update={"identifiers": {**page.identifiers, "member_no": "M-1"}})
+    assert rules.keys_of(forged).blocked == 1
+
+
+@pytest.mark.parametrize("value", ["shoe_size", "", "web_user_id", "email,web_user_id"])
+def test_hashed_identifier_types_name_known_types(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("CXSTREAM_HASHED_IDENTIFIER_TYPES", value)
+    with pytest.raises(SettingsError, match="CXSTREAM_HASHED_IDENTIFIER_TYPES"):
+        load_settings()
