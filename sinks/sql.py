@@ -625,6 +625,9 @@ class SqlSink:
     def write_state(self, conn: Connection, batch: BatchWrite) -> None:
         """Write what the batch's locked customers own: merges, removed customers, customer states, identities and
         touchpoints (claimed keys and event ids only inserted: ``Contended`` if one was there meanwhile)."""
+        if batch.split_off:
+            # Before the batch's merges, whose rows may name a customer the split formed again (merged once more).
+            conn.execute(delete(t.identity_merges).where(t.identity_merges.c.merged_id.in_(batch.split_off)))
         if batch.split_removed:
             # Before the merges: one of them may merge the customer these rows move to. A row of a customer the
             # split formed again whose survivor it now is names itself: it goes.
@@ -677,8 +680,6 @@ class SqlSink:
                     for split_id in batch.manual_splits
                 ],
             )
-        if batch.split_off:
-            conn.execute(delete(t.identity_merges).where(t.identity_merges.c.merged_id.in_(batch.split_off)))
         for chunk in _chunks(batch.forgotten):
             conn.execute(delete(t.identities).where(t.identities.c.identifier.in_(chunk)))
 

@@ -307,3 +307,23 @@ def test_a_split_after_a_priority_change_leaves_every_merge_row_on_a_live_custom
         after = dict(conn.execute(select(t.identity_merges.c.merged_id, t.identity_merges.c.survivor_id)).all())
     phone_customer = next(merged for merged in before if merged != kept)
     assert after == {phone_customer: kept}, f"before the split {before}, after {after}, customers {sorted(live)}"
+
+
+def test_a_merge_of_the_side_split_off_in_the_same_batch_keeps_its_merge_row(database_url: str) -> None:
+    """Found by review: the batch that applies a split also links Bob, now a customer again, with a CRM customer.
+    The split's clean-up of Bob's old merge rows ran after the batch's merge rows were written, and took the new
+    one with them; applied in two batches, the row stays."""
+    from config.settings import load_settings
+
+    crm = {IdentifierType.CRM_ID: "CRM-7"}
+    ends: dict[str, int] = {}
+    _, engine, processor = worker(database_url)
+    feed(processor, records([*household(), event(20, Channel.PHONE, EventType.PAGE_VIEW, crm)], ends))
+    crm_customer = customer_of(engine, "crm_id:CRM-7")
+    split_customer(load_settings(database_url=database_url), ANN, [BOB], actor="test", wait_s=0)
+    bob_and_crm = event(21, Channel.PHONE, EventType.SUPPORT_CONTACT, {IdentifierType.EMAIL: "bob@example.org"} | crm)
+    processor.process(records([bob_and_crm], ends))  # the split and the link, in one batch
+    assert customer_of(engine, BOB) == crm_customer
+    with engine.connect() as conn:
+        merged = dict(conn.execute(select(t.identity_merges.c.merged_id, t.identity_merges.c.survivor_id)).all())
+    assert crm_customer in merged.values(), f"Bob's customer merged into the CRM customer has its row: {merged}"
