@@ -456,7 +456,10 @@ class OutboxPublisher(Service):
         self.database_id, rows = await self._pending()
         if self.producer.transactional:
             await self.producer.take_over({row.worker_id for row in rows})
-        published = await self.producer.published_rows(self.database_id)
+        # Reading the markers waits for every open transaction on their topic to end, another worker's too: one
+        # killed while publishing holds its transaction open until the broker's timeout. Without rows of its own
+        # to check (a new worker, or all published), a worker has nothing to learn there and must not wait.
+        published = await self.producer.published_rows(self.database_id) if rows else {}
         for row in rows:
             if row.id <= published.get(row.worker_id, -1):
                 self._acknowledged.append(row.id)
