@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from schemas.touchpoint import Channel, EventType, IdentifierType
+from schemas.touchpoint import Channel, EventType, IdentifierType, SurveyAnswers
 from sinks import tables as t
 from streams.identity_rules import split_customer
 from tests.integration.test_event_time import order_free
@@ -284,15 +284,19 @@ def test_a_split_after_a_priority_change_leaves_every_merge_row_on_a_live_custom
     from streams.pipeline import BatchProcessor
 
     phone = {IdentifierType.PHONE: "+447700900001"}
+    ann = {IdentifierType.EMAIL: "ann@example.org"}
     events = [
         *household(),
         event(12, Channel.PHONE, EventType.SUPPORT_CONTACT, phone, issue_id="CASE-2"),
-        event(13, Channel.PHONE, EventType.SUPPORT_CONTACT, {IdentifierType.EMAIL: "ann@example.org"} | phone),
+        event(13, Channel.PHONE, EventType.SUPPORT_CONTACT, ann | phone),
+        # Ann is unhappy three times over: an alert on her customer, which the split must not leave on a dead id.
+        *(event(14 + n, Channel.PHONE, EventType.SURVEY, ann, survey=SurveyAnswers(nps=0)) for n in range(3)),
     ]
     _, engine, processor = worker(database_url)
     feed(processor, records(events))
     with engine.connect() as conn:
         before = dict(conn.execute(select(t.identity_merges.c.merged_id, t.identity_merges.c.survivor_id)).all())
+        alerted = sorted(set(conn.execute(select(t.alerts.c.customer_id)).scalars()))
     old = customer_of(engine, ANN)
     assert len(before) == 2 and set(before.values()) == {old}, (
         "the tablet's and the phone's customers merged into Ann's"
@@ -305,8 +309,10 @@ def test_a_split_after_a_priority_change_leaves_every_merge_row_on_a_live_custom
     with engine.connect() as conn:
         live = set(conn.execute(select(t.customers.c.customer_id)).scalars())
         after = dict(conn.execute(select(t.identity_merges.c.merged_id, t.identity_merges.c.survivor_id)).all())
+        alerts_after = sorted(set(conn.execute(select(t.alerts.c.customer_id)).scalars()))
     phone_customer = next(merged for merged in before if merged != kept)
     assert after == {phone_customer: kept}, f"before the split {before}, after {after}, customers {sorted(live)}"
+    assert alerted == [old] and alerts_after == [kept], "Ann's alert moves with her identifiers"
 
 
 def test_a_merge_of_the_side_split_off_in_the_same_batch_keeps_its_merge_row(database_url: str) -> None:
