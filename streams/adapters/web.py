@@ -120,7 +120,13 @@ def to_touchpoint(record: WebRecord, conversion: Conversion) -> TouchpointEvent:
         if traits:
             attributes["traits"] = traits
     if record.previous_id is not None and not aliased_anonymous:
-        attributes["previous_id"] = record.previous_id
+        # An earlier user id: hashed as user ids are when CXSTREAM_HASHED_IDENTIFIER_TYPES names them.
+        previous = record.previous_id
+        attributes["previous_id"] = (
+            previous
+            if conversion.hashing is None
+            else conversion.hashing.value(IdentifierType.WEB_USER_ID, previous.strip())
+        )
     if record.group_id is not None:
         # An account, not a person: kept on the touchpoint, never a stitching identifier (a company's users
         # would all become one customer).

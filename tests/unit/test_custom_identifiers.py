@@ -163,6 +163,9 @@ def test_hashed_identifier_types_may_add_segments_user_id_and_custom_types() -> 
     sale, page = converted
     published = sale.model_dump_json() + page.model_dump_json() + partition_key(page).decode()
     assert "M-1" not in published and '"u-9"' not in published, "no raw membership number or user id leaves"
+    alias = {**PAGE, "type": "alias", "previousId": "u-8", "anonymousId": "a-1"}
+    aliased = convert_one(Channel.WEB, alias, received_at=RECEIVED, hashing=hashing)
+    assert isinstance(aliased, Accepted) and "u-8" not in aliased.event.model_dump_json(), "nor an earlier user id"
     assert (
         page.hashed_with
         == hashing.fingerprint
