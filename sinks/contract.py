@@ -238,10 +238,16 @@ class BatchWrite:
     #: move to: the batch's merges applied in order, at once (``identity.repoint``).
     repointed: dict[str, str] = field(default_factory=dict)
     #: Customers a split left without their id (no side keeps it: its key moved, or the identifier priority
-    #: changed) -> the customer keeping the kept identifiers. The split writes their touchpoints and identities
+    #: changed), each as the ``identity_merges`` row that records it living on in the customer keeping the kept
+    #: identifiers (no evidence: no identifier linked them). The split writes their touchpoints and identities
     #: again; the rows that name them as a survivor (``identity_merges``) or an owner (``alerts``) move there, before
     #: the batch's merges move theirs.
-    split_removed: dict[str, str] = field(default_factory=dict)
+    split_removed: list[MergeRow] = field(default_factory=list)
+
+    def split_moved(self) -> dict[str, str]:
+        """``split_removed`` as removed id -> the customer its rows move to."""
+        return {row.merged_id: row.survivor_id for row in self.split_removed}
+
     removed_customers: list[str] = field(default_factory=list)
     customers: list[CustomerRow] = field(default_factory=list)
     identities: list[IdentityRow] = field(default_factory=list)

@@ -630,11 +630,12 @@ class SqlSink:
             conn.execute(delete(t.identity_merges).where(t.identity_merges.c.merged_id.in_(batch.split_off)))
         if batch.split_removed:
             # Before the merges: one of them may merge the customer these rows move to. A row of a customer the
-            # split formed again whose survivor it now is names itself: it goes.
-            m = t.identity_merges.c
-            self._repoint(conn, m.survivor_id, batch.split_removed)
-            kept = sorted(set(batch.split_removed.values()))
+            # split formed again whose survivor it now is names itself: it goes. Then the removed ids' own rows.
+            m, moved = t.identity_merges.c, batch.split_moved()
+            self._repoint(conn, m.survivor_id, moved)
+            kept = sorted(set(moved.values()))
             conn.execute(delete(t.identity_merges).where(m.merged_id.in_(kept), m.merged_id == m.survivor_id))
+            self._executemany(conn, "identity_merges", batch.split_removed)
         if batch.merges:
             # The merged customers' rows move to where the batch's merges, in order, leave them (``repointed``), then
             # the batch's merge rows are added with the survivor each lives on. Alerts are re-pointed under the
@@ -715,7 +716,7 @@ class SqlSink:
     def write_shared(self, conn: Connection, batch: BatchWrite) -> int | None:
         """Write what batches share, under the clock's lock (``lock_clock``): alerts, metric cells, applied offsets,
         partition times, the clock and the outbox row; return the outbox row id, if any."""
-        self._repoint(conn, t.alerts.c.customer_id, batch.split_removed)
+        self._repoint(conn, t.alerts.c.customer_id, batch.split_moved())
         self._repoint(conn, t.alerts.c.customer_id, batch.repointed)
         if batch.removed_cells:
             cells = [

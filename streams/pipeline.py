@@ -46,6 +46,7 @@ from streams.result_rows import (
     identity_rows,
     merge_row,
     overdue_at,
+    removal_row,
     stitched_by,
     touchpoint_row,
 )
@@ -534,7 +535,7 @@ class BatchProcessor:
         self._alerts(result, view, write, report, records)  # on the states as applied, with what was restored
         self.stitcher.close(view, result)
         # 5. results: what the batch's customers own, written under their locks
-        self._stitching(result, view, report, write, keys, records, stored)
+        self._stitching(result, view, report, write, keys, records, stored, splits)
         self.sink.write_state(tx, write)
         # ...and what batches share, under the clock's lock
         clock = self._lock_clock(tx, report)
@@ -665,10 +666,12 @@ class BatchProcessor:
         keys: Sequence[EventKeys],
         records: ResultRecords,
         stored: dict[str, StoredIdentity],
+        splits: Sequence[Split],
     ) -> None:
         """Merges, profiles, identities and touchpoints of the batch: their rows and records.
 
         ``stored``: the identity rows of the batch's keys as the table held them; updated to what it holds after.
+        ``splits``: the splits made by hand the batch applied.
         """
         repointed = repoint([(merge.merged_id, merge.survivor_id) for merge in result.merges])
         write.repointed = repointed.moved
@@ -679,8 +682,12 @@ class BatchProcessor:
             records.merge(split)
         write.split_off = [split.merged_id for split in result.splits]
         # A customer is removed by a merge or by a split that left no side its id.
-        merged = {merge.merged_id for merge in result.merges}
-        write.split_removed = {old: kept for old, kept in result.removed.items() if old not in merged}
+        merged, split_of = {merge.merged_id for merge in result.merges}, {split.customer_id: split for split in splits}
+        write.split_removed = [
+            removal_row(split_of[old], kept)
+            for old, kept in result.removed.items()
+            if old not in merged and old in split_of
+        ]
         write.forgotten = result.forgotten
         write.removed_customers = list(result.removed)
         policy, target = self.stitcher.policy, self.settings.issue_target_s

@@ -29,7 +29,7 @@ from streams.domain.customer import REASON_PREFIX, CustomerPolicy, CustomerState
 from streams.domain.entry import Entry
 from streams.domain.identity import EventKeys
 from streams.domain.profile import Profile
-from streams.domain.stitching import BatchResult
+from streams.domain.stitching import BatchResult, Split
 
 
 def overdue_at(state: CustomerState, policy: CustomerPolicy, issue_target_s: float) -> datetime | None:
@@ -184,6 +184,19 @@ def experience_alert_row(alert: ExperienceDropAlert, decided_at: datetime) -> Ex
     the rule and severity (one rule, one severity), and the scope as its value."""
     values = alert.model_dump(exclude={"rule", "severity"})
     return ExperienceAlertRow(**{**values, "scope": alert.scope.value}, decided_at=decided_at)
+
+
+def removal_row(split: Split, survivor_id: str) -> MergeRow:
+    """The ``identity_merges`` row of the customer ``split`` was applied to, when no side kept its id: it lives on
+    in ``survivor_id``, the side that kept the identifiers not moved (an erasure of that customer then finds it)."""
+    return MergeRow(
+        merged_id=split.customer_id,
+        survivor_id=survivor_id,
+        event_id=split.split_id,
+        identifiers={},
+        occurred_at=as_utc(split.at),
+        merged_into=survivor_id,
+    )
 
 
 def merge_row(merge: IdentityChange, survivor_id: str) -> MergeRow:

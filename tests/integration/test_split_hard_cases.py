@@ -5,10 +5,13 @@ customer's touchpoint; a split in one batch with redeliveries and new events of 
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from sqlalchemy import select
 
 from schemas.touchpoint import Channel, EventType, IdentifierType, SurveyAnswers
 from sinks import tables as t
+from sinks.erasure import erase_customer
 from streams.identity_rules import split_customer
 from tests.integration.test_event_time import order_free
 from tests.integration.test_never_link import (
@@ -278,7 +281,8 @@ def test_a_split_after_a_priority_change_leaves_every_merge_row_on_a_live_custom
     """Found while fixing merge chains: the split's old id is removed (no side keeps it) but the ``identity_merges``
     rows naming it as survivor stayed, pointing at no customer (the read API's merges and an erasure missed them),
     and the row of the customer the split formed again said it was merged. The first now lives on the kept side;
-    the second goes."""
+    the second goes; the removed id gets a row of its own (found by review: an erasure of the kept side left the
+    profile published under the removed id on the compacted topic)."""
     from config.settings import load_settings
     from sinks.sql import SqlSink
     from streams.pipeline import BatchProcessor
@@ -311,8 +315,14 @@ def test_a_split_after_a_priority_change_leaves_every_merge_row_on_a_live_custom
         after = dict(conn.execute(select(t.identity_merges.c.merged_id, t.identity_merges.c.survivor_id)).all())
         alerts_after = sorted(set(conn.execute(select(t.alerts.c.customer_id)).scalars()))
     phone_customer = next(merged for merged in before if merged != kept)
-    assert after == {phone_customer: kept}, f"before the split {before}, after {after}, customers {sorted(live)}"
+    # The phone's customer lives on the kept side, and so does the removed id (an erasure of the kept side then
+    # tombstones its profile too); the tablet's customer, formed again as the kept side, has no row.
+    assert after == {phone_customer: kept, old: kept}, f"before {before}, after {after}, customers {sorted(live)}"
     assert alerted == [old] and alerts_after == [kept], "Ann's alert moves with her identifiers"
+    erased = erase_customer(
+        engine, kept, suppress=None, erasure_id="e-1", at=datetime.now(UTC), actor="test", reason="", options={}
+    )
+    assert erased is not None and old in erased.merged_ids, "erasing the kept side tombstones the removed id too"
 
 
 def test_a_merge_of_the_side_split_off_in_the_same_batch_keeps_its_merge_row(database_url: str) -> None:
