@@ -71,7 +71,9 @@ def erase_customer(
         m = t.identity_merges.c
         erased.merged_ids = sorted(conn.execute(select(m.merged_id).where(m.survivor_id == customer_id)).scalars())
         cells = t.metric_cells.c
-        mine = (cells.scope == "customer") & (cells.key == customer_id)
+        # A merge folds the merged customer's cells into the survivor's; a split that removed an id leaves its
+        # cells (their counts taken back) under it: they name the person too.
+        mine = (cells.scope == "customer") & cells.key.in_([customer_id, *erased.merged_ids])
         erased.cells = [
             cell_key(scope, key, window, as_utc(start))
             for scope, key, window, start in conn.execute(

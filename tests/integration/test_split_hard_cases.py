@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from schemas.touchpoint import Channel, EventType, IdentifierType, SurveyAnswers
 from sinks import tables as t
@@ -319,10 +319,13 @@ def test_a_split_after_a_priority_change_leaves_every_merge_row_on_a_live_custom
     # tombstones its profile too); the tablet's customer, formed again as the kept side, has no row.
     assert after == {phone_customer: kept, old: kept}, f"before {before}, after {after}, customers {sorted(live)}"
     assert alerted == [old] and alerts_after == [kept], "Ann's alert moves with her identifiers"
+    with engine.connect() as conn:
+        left = conn.scalar(select(func.count()).select_from(t.metric_cells).where(t.metric_cells.c.key == old))
     erased = erase_customer(
         engine, kept, suppress=None, erasure_id="e-1", at=datetime.now(UTC), actor="test", reason="", options={}
     )
     assert erased is not None and old in erased.merged_ids, "erasing the kept side tombstones the removed id too"
+    assert left and sum(cell.key == old for cell in erased.cells) == left, "and its per-customer cells"
 
 
 def test_a_merge_of_the_side_split_off_in_the_same_batch_keeps_its_merge_row(database_url: str) -> None:
