@@ -636,6 +636,12 @@ class SqlSink:
             kept = sorted(set(moved.values()))
             conn.execute(delete(t.identity_merges).where(m.merged_id.in_(kept), m.merged_id == m.survivor_id))
             self._executemany(conn, "identity_merges", batch.split_removed)
+        if batch.relinked:
+            m = t.identity_merges.c
+            conn.execute(
+                update(t.identity_merges).where(m.merged_id == bindparam("m")).values(survivor_id=bindparam("s")),
+                [{"m": merged, "s": survivor} for merged, survivor in sorted(batch.relinked.items())],
+            )
         if batch.merges:
             # The merged customers' rows move to where the batch's merges, in order, leave them (``repointed``), then
             # the batch's merge rows are added with the survivor each lives on. Alerts are re-pointed under the

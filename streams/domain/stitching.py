@@ -147,6 +147,9 @@ class BatchResult:
     merges: list[IdentityChange] = field(default_factory=list)
     #: Splits made by hand, one record per customer a split customer's events now belong to (but its own).
     splits: list[IdentityChange] = field(default_factory=list)
+    #: Customers merged into a split customer before, that its re-stitch formed again and merged once more: the
+    #: customer each lives on now (their stored merge records follow it; the re-stitch's merges are no news).
+    relinked: dict[str, str] = field(default_factory=dict)
     #: Profile of each changed customer, then a ``merged_into`` tombstone for each removed one (``close``).
     profiles: list[Profile] = field(default_factory=list)
     #: Events older than the age bound, when one is set: dead-letter them as ``too_late``.
@@ -353,6 +356,8 @@ class _Batch:
         self.touched: set[CustomerState] = set()
         #: Removed customer id -> the state that took it over.
         self.removed: dict[str, CustomerState] = {}
+        #: Customer id formed again and merged by a split's re-stitch -> the state that took it over.
+        self.relinked: dict[str, CustomerState] = {}
         #: Event id -> its entry as emitted before a split re-applied it (re-emitted only if it changed).
         self.previous: dict[str, Entry] = {}
         #: Keys split customers held (those no customer holds at the end are ``forgotten``).
@@ -448,6 +453,9 @@ class _Batch:
         for link in split.links:
             self.link(link)
         new = result.created - created - {split.customer_id}
+        self.relinked.update(
+            (customer_id, self.removed[customer_id]) for customer_id in new if customer_id in self.removed
+        )
         result.created = created | new
         result.merges[merges:] = [m for m in result.merges[merges:] if m.merged_id not in new | {split.customer_id}]
         result.refused, result.kept_apart = refused, apart
@@ -587,6 +595,7 @@ class _Batch:
                 result.replaced[event_id] = timeline_entry(state.customer_id, row, before)
         result.changed = sorted({_final(state).customer_id for state in self.touched})
         result.forgotten = sorted(key for key in self.unlinked if key not in self.view.identities)
+        result.relinked = {customer_id: _final(holder).customer_id for customer_id, holder in self.relinked.items()}
         for old_id, holder in self.removed.items():
             if old_id not in result.created:  # one created in this batch was never stored: nothing to remove
                 result.removed[old_id] = _final(holder).customer_id

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from schemas.touchpoint import Channel, EventType, IdentifierType, SurveyAnswers
 from sinks import tables as t
 from sinks.erasure import erase_customer
+from streams.domain.identity import customer_id_for
 from streams.identity_rules import split_customer
 from tests.integration.test_event_time import order_free
 from tests.integration.test_never_link import (
@@ -346,3 +347,35 @@ def test_a_merge_of_the_side_split_off_in_the_same_batch_keeps_its_merge_row(dat
     with engine.connect() as conn:
         merged = dict(conn.execute(select(t.identity_merges.c.merged_id, t.identity_merges.c.survivor_id)).all())
     assert crm_customer in merged.values(), f"Bob's customer merged into the CRM customer has its row: {merged}"
+
+
+def test_a_customer_merged_in_before_a_split_follows_its_identifiers_to_the_side_split_off(database_url: str) -> None:
+    """Found by review: Bob's app (a customer of its own at first) was merged into the shared customer; splitting Bob
+    off with the app's id re-forms it on Bob's side, but its ``identity_merges`` row still named Ann's customer, with
+    Bob's identifiers as evidence, so an erasure of Bob left them behind and Ann's merges listed them."""
+    app = {IdentifierType.WEB_ANONYMOUS_ID: "bobs-phone-app"}
+    bob = {IdentifierType.EMAIL: "bob@example.org"}
+    events = [
+        event(0, Channel.WEB, EventType.PAGE_VIEW, app),
+        *household(),
+        event(20, Channel.WEB, EventType.IDENTIFY, bob | app),
+    ]
+    settings, engine, processor = worker(database_url)
+    feed(processor, records(events))
+    app_customer = customer_id_for("web_anonymous_id:bobs-phone-app")
+    with engine.connect() as conn:
+        before = dict(conn.execute(select(t.identity_merges.c.merged_id, t.identity_merges.c.survivor_id)).all())
+    assert before.get(app_customer) == customer_of(engine, ANN), (
+        f"the app's customer merged into the shared one: {before}"
+    )
+    split_customer(settings, ANN, [BOB, "web_anonymous_id:bobs-phone-app"], actor="test", wait_s=0)
+    processor.tick()
+    bobs = customer_of(engine, BOB)
+    assert bobs != customer_of(engine, ANN)
+    with engine.connect() as conn:
+        after = dict(conn.execute(select(t.identity_merges.c.merged_id, t.identity_merges.c.survivor_id)).all())
+    assert after.get(app_customer) == bobs, f"the app's merge row follows Bob: {after}"
+    erased = erase_customer(
+        engine, bobs, suppress=None, erasure_id="e-2", at=datetime.now(UTC), actor="test", reason="", options={}
+    )
+    assert erased is not None and app_customer in erased.merged_ids, "erasing Bob takes the app's merge row"
