@@ -86,16 +86,6 @@ def customer_exists(engine: Engine, customer_id: str) -> bool:
         )
 
 
-def survivor_of(engine: Engine, merged_id: str) -> str | None:
-    """The customer a customer merged away (or removed by a split) lives on now, if that customer exists: workers
-    keep ``identity_merges.survivor_id`` pointed at it through later merges."""
-    m, c = t.identity_merges.c, t.customers.c
-    query = select(m.survivor_id).join(t.customers, c.customer_id == m.survivor_id).where(m.merged_id == merged_id)
-    with engine.connect() as conn:
-        found = conn.scalar(query)
-        return None if found is None else str(found)
-
-
 def customer_of_key(engine: Engine, key: str) -> str | None:
     """The customer an identifier key (``type:value``, as stored) belongs to."""
     with engine.connect() as conn:

@@ -2,10 +2,9 @@
 
 JSON over HTTP, documented at ``/openapi.json``, authenticated by read keys (``CXSTREAM_READ_KEYS``, the HTTP Basic
 user name as for the collector's write keys, and never the same keys), paged by opaque cursors. A customer is
-referred to by its customer id (a merged customer's id finds the one it lives on) or by any identifier as
-``type:value`` (``email:ann@example.org``): the value is normalised, and hashed when identifier hashing is on,
-exactly as the adapters store it, so a lookup by e-mail works with hashing on. Reads run in threads beside the
-event loop; SQLite and PostgreSQL alike.
+referred to by its customer id or by any identifier as ``type:value`` (``email:ann@example.org``): the value is
+normalised, and hashed when identifier hashing is on, exactly as the adapters store it, so a lookup by e-mail
+works with hashing on. Reads run in threads beside the event loop; SQLite and PostgreSQL alike.
 """
 
 from __future__ import annotations
@@ -454,7 +453,7 @@ class ReadApi:
 
     def resolve(self, ref: str) -> str | None:
         """The customer id ``ref`` names (``streams.references.find_customer``)."""
-        return find_customer(self.engine, ref, self.hashing, self.settings.default_phone_region, merged=True)
+        return find_customer(self.engine, ref, self.hashing, self.settings.default_phone_region)
 
 
 def _no_customer(request: web.Request) -> str:
@@ -593,10 +592,7 @@ def openapi_document() -> dict[str, Any]:
         "name": "ref",
         "in": "path",
         "required": True,
-        "description": (
-            "A customer id (a merged customer's id finds the customer it lives on), or an identifier as type:value"
-            " (email:ann@example.org, phone:+447700900123)."
-        ),
+        "description": "A customer id, or an identifier as type:value (email:ann@example.org, phone:+447700900123).",
         "schema": {"type": "string"},
     }
     page = [

@@ -649,7 +649,7 @@ def timeline(ctx: click.Context, customer: str, as_json: bool) -> None:
     with _results_database(settings) as engine:
         # As the read API finds it (normalised, hashed with hashing on); else a bare value of any type as stored.
         customer_id = find_customer(
-            engine, customer, identifier_hashing(settings), settings.default_phone_region, merged=True
+            engine, customer, identifier_hashing(settings), settings.default_phone_region
         ) or resolve_customer(engine, customer)
         if customer_id is None:
             raise click.ClickException(f"no customer known by {customer!r}")

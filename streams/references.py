@@ -3,9 +3,7 @@
 A reference is a customer id, an identifier as ``type:value`` (Segment's ``user_id`` and ``anonymous_id`` names
 too), or a bare value whose type shows (an e-mail has an ``@``, a phone number starts with ``+`` or a digit). The
 value is normalised, and hashed when it is PII and identifier hashing is on, exactly as the adapters store it,
-so an e-mail typed in capitals finds its customer with hashing on. For reads, the id of a customer merged into
-another names the customer it lives on now: a downstream system keeps the ids it was given, and a merge must not
-make them dead ends.
+so an e-mail typed in capitals finds its customer with hashing on.
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ import re
 from sqlalchemy import Engine
 
 from schemas.touchpoint import CUSTOM_TYPE_PATTERN, IdentifierType
-from sinks.queries import customer_exists, customer_of_key, survivor_of
+from sinks.queries import customer_exists, customer_of_key
 from streams.domain.identifiers import IdentifierHashing, InvalidIdentifier, identifier_key, normalise_identifier
 
 #: Segment's names of the web identifiers, as its Profile API takes them in ``{type}:{value}``.
@@ -39,22 +37,14 @@ def _typed(ref: str) -> tuple[str, str] | None:
     return None
 
 
-def find_customer(
-    engine: Engine, ref: str, hashing: IdentifierHashing | None, default_region: str, *, merged: bool = False
-) -> str | None:
-    """The customer id ``ref`` names (see the module docstring), or None when no customer has it.
-
-    ``merged``: a merged customer's id names the customer it lives on, for reads. Commands that change or erase a
-    customer leave it off: an operator names the customer as it is now, and a merge record is evidence, not an
-    identifier (after a split it may name a side the person's identifiers have left)."""
+def find_customer(engine: Engine, ref: str, hashing: IdentifierHashing | None, default_region: str) -> str | None:
+    """The customer id ``ref`` names (see the module docstring), or None when no customer has it."""
     if not ref or "\x00" in ref:  # no stored text holds NUL, and PostgreSQL refuses it as a parameter
         return None
     if customer_exists(engine, ref):
         return ref
     key = stored_key(ref, hashing, default_region)
-    if key is not None:
-        return customer_of_key(engine, key)
-    return survivor_of(engine, ref) if merged else None
+    return None if key is None else customer_of_key(engine, key)
 
 
 def stored_key(ref: str, hashing: IdentifierHashing | None, default_region: str) -> str | None:
