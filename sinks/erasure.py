@@ -69,7 +69,11 @@ def erase_customer(
             conn.execute(select(t.identities.c.identifier).where(t.identities.c.customer_id == customer_id)).scalars()
         )
         m = t.identity_merges.c
-        erased.merged_ids = sorted(conn.execute(select(m.merged_id).where(m.survivor_id == customer_id)).scalars())
+        # Never a customer that lives: a merge record of one formed again (a split) is history, not this person.
+        live = select(t.customers.c.customer_id).where(t.customers.c.customer_id == m.merged_id).exists()
+        erased.merged_ids = sorted(
+            conn.execute(select(m.merged_id).where(m.survivor_id == customer_id, ~live)).scalars()
+        )
         cells = t.metric_cells.c
         # A merge folds the merged customer's cells into the survivor's; a split that removed an id leaves its
         # cells (their counts taken back) under it: they name the person too.

@@ -680,7 +680,7 @@ class BatchProcessor:
             records.merge(merge)
         for split in result.splits:
             records.merge(split)
-        write.split_off = [split.merged_id for split in result.splits]
+        write.split_off = sorted({split.merged_id for split in result.splits} | result.reformed)
         write.relinked = result.relinked
         # A customer is removed by a merge or by a split that left no side its id.
         merged, split_of = {merge.merged_id for merge in result.merges}, {split.customer_id: split for split in splits}

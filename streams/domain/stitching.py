@@ -150,6 +150,9 @@ class BatchResult:
     #: Customers merged into a split customer before, that its re-stitch formed again and merged once more: the
     #: customer each lives on now (their stored merge records follow it; the re-stitch's merges are no news).
     relinked: dict[str, str] = field(default_factory=dict)
+    #: Customers a split formed again that live at the end of the batch, every side (the kept one too): a merge
+    #: record saying one of them was merged away is history now.
+    reformed: set[str] = field(default_factory=set)
     #: Profile of each changed customer, then a ``merged_into`` tombstone for each removed one (``close``).
     profiles: list[Profile] = field(default_factory=list)
     #: Events older than the age bound, when one is set: dead-letter them as ``too_late``.
@@ -358,6 +361,8 @@ class _Batch:
         self.removed: dict[str, CustomerState] = {}
         #: Customer id formed again and merged by a split's re-stitch -> the state that took it over.
         self.relinked: dict[str, CustomerState] = {}
+        #: Customers a split formed (their ids new to the batch): those alive at the end are ``reformed``.
+        self.reformed: set[CustomerState] = set()
         #: Event id -> its entry as emitted before a split re-applied it (re-emitted only if it changed).
         self.previous: dict[str, Entry] = {}
         #: Keys split customers held (those no customer holds at the end are ``forgotten``).
@@ -460,6 +465,7 @@ class _Batch:
         result.merges[merges:] = [m for m in result.merges[merges:] if m.merged_id not in new | {split.customer_id}]
         result.refused, result.kept_apart = refused, apart
         customers = sorted({_final(state) for state in formed}, key=lambda state: state.customer_id)
+        self.reformed.update(state for state in customers if state.customer_id in new)
         if not customers:
             return
         moved = set(split.moved)
@@ -596,6 +602,7 @@ class _Batch:
         result.changed = sorted({_final(state).customer_id for state in self.touched})
         result.forgotten = sorted(key for key in self.unlinked if key not in self.view.identities)
         result.relinked = {customer_id: _final(holder).customer_id for customer_id, holder in self.relinked.items()}
+        result.reformed = {_final(state).customer_id for state in self.reformed} - self.removed.keys()
         for old_id, holder in self.removed.items():
             if old_id not in result.created:  # one created in this batch was never stored: nothing to remove
                 result.removed[old_id] = _final(holder).customer_id

@@ -379,3 +379,34 @@ def test_a_customer_merged_in_before_a_split_follows_its_identifiers_to_the_side
         engine, bobs, suppress=None, erasure_id="e-2", at=datetime.now(UTC), actor="test", reason="", options={}
     )
     assert erased is not None and app_customer in erased.merged_ids, "erasing Bob takes the app's merge row"
+
+
+def test_erasing_one_side_of_a_split_leaves_the_other_sides_rows(database_url: str) -> None:
+    """Found by review: Bob was a customer of his own before the tablet merged him into Ann's. Splitting Ann off
+    (her e-mail moves, so her side keeps the id) left Bob's side, formed again under his old id, with its merge row
+    saying it was merged into Ann's; an erasure of Ann then took Bob's per-customer cells and tombstoned his
+    profile."""
+    bob = {IdentifierType.EMAIL: "bob@example.org"}
+    events = [event(0, Channel.PHONE, EventType.SUPPORT_CONTACT, bob, issue_id="CASE-0"), *household()]
+    settings, engine, processor = worker(database_url)
+    feed(processor, records(events))
+    bobs_first = customer_id_for(BOB)
+    with engine.connect() as conn:
+        before = dict(conn.execute(select(t.identity_merges.c.merged_id, t.identity_merges.c.survivor_id)).all())
+    assert bobs_first in before, f"Bob's customer was merged into the shared one: {before}"
+    split_customer(settings, ANN, [ANN], actor="test", wait_s=0)
+    processor.tick()
+    anns, bobs = customer_of(engine, ANN), customer_of(engine, BOB)
+    assert bobs == bobs_first != anns, "Bob's side lives under his old id again"
+    with engine.connect() as conn:
+        live = set(conn.execute(select(t.customers.c.customer_id)).scalars())
+        merged = set(conn.execute(select(t.identity_merges.c.merged_id)).scalars())
+        cells = conn.scalar(select(func.count()).select_from(t.metric_cells).where(t.metric_cells.c.key == bobs))
+    assert not merged & live, f"no live customer is recorded as merged: {sorted(merged & live)}"
+    erased = erase_customer(
+        engine, anns, suppress=None, erasure_id="e-3", at=datetime.now(UTC), actor="test", reason="", options={}
+    )
+    assert erased is not None and bobs not in erased.merged_ids and all(c.key != bobs for c in erased.cells)
+    with engine.connect() as conn:
+        kept = conn.scalar(select(func.count()).select_from(t.metric_cells).where(t.metric_cells.c.key == bobs))
+    assert cells and kept == cells, "Bob's cells stay"
