@@ -243,9 +243,9 @@ class BatchWrite:
     #: again; the rows that name them as a survivor (``identity_merges``) or an owner (``alerts``) move there, before
     #: the batch's merges move theirs.
     split_removed: list[MergeRow] = field(default_factory=list)
-    #: Merged customers a split formed again and merged once more -> where each lives now: their stored
-    #: ``identity_merges`` rows follow (else a row would keep the split-off person's evidence on the other side).
-    relinked: dict[str, str] = field(default_factory=dict)
+    #: Merged customers a split formed again and merged once more, as their re-stitch's merge rows: these replace
+    #: their stored ``identity_merges`` rows (else a row would keep one side's evidence on the other side).
+    relinked: list[MergeRow] = field(default_factory=list)
 
     def split_moved(self) -> dict[str, str]:
         """``split_removed`` as removed id -> the customer its rows move to."""

@@ -635,13 +635,8 @@ class SqlSink:
             self._repoint(conn, m.survivor_id, moved)
             kept = sorted(set(moved.values()))
             conn.execute(delete(t.identity_merges).where(m.merged_id.in_(kept), m.merged_id == m.survivor_id))
-            self._executemany(conn, "identity_merges", batch.split_removed)
-        if batch.relinked:
-            m = t.identity_merges.c
-            conn.execute(
-                update(t.identity_merges).where(m.merged_id == bindparam("m")).values(survivor_id=bindparam("s")),
-                [{"m": merged, "s": survivor} for merged, survivor in sorted(batch.relinked.items())],
-            )
+            self._replace_merge_rows(conn, batch.split_removed)
+        self._replace_merge_rows(conn, batch.relinked)
         if batch.merges:
             # The merged customers' rows move to where the batch's merges, in order, leave them (``repointed``), then
             # the batch's merge rows are added with the survivor each lives on. Alerts are re-pointed under the
@@ -689,6 +684,13 @@ class SqlSink:
             )
         for chunk in _chunks(batch.forgotten):
             conn.execute(delete(t.identities).where(t.identities.c.identifier.in_(chunk)))
+
+    def _replace_merge_rows(self, conn: Connection, rows: Sequence[MergeRow]) -> None:
+        """Write ``rows`` in place of the stored rows of their merged ids, whole (the upsert keeps ``merged_into``)."""
+        if rows:
+            merged = t.identity_merges.c.merged_id
+            conn.execute(delete(t.identity_merges).where(merged.in_([row.merged_id for row in rows])))
+            self._executemany(conn, "identity_merges", rows)
 
     def _repoint(self, conn: Connection, column: Column[str], moved: Mapping[str, str]) -> None:
         """Set ``column`` to ``moved[value]`` in the rows whose value ``moved`` names, each row moved once: an indexed

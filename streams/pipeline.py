@@ -681,7 +681,7 @@ class BatchProcessor:
         for split in result.splits:
             records.merge(split)
         write.split_off = sorted({split.merged_id for split in result.splits} | result.reformed)
-        write.relinked = result.relinked
+        write.relinked = [merge_row(merge, survivor_id) for merge, survivor_id in result.relinked]
         # A customer is removed by a merge or by a split that left no side its id.
         merged, split_of = {merge.merged_id for merge in result.merges}, {split.customer_id: split for split in splits}
         write.split_removed = [

@@ -147,9 +147,10 @@ class BatchResult:
     merges: list[IdentityChange] = field(default_factory=list)
     #: Splits made by hand, one record per customer a split customer's events now belong to (but its own).
     splits: list[IdentityChange] = field(default_factory=list)
-    #: Customers merged into a split customer before, that its re-stitch formed again and merged once more: the
-    #: customer each lives on now (their stored merge records follow it; the re-stitch's merges are no news).
-    relinked: dict[str, str] = field(default_factory=dict)
+    #: Customers merged into a split customer before, that its re-stitch formed again and merged once more: that
+    #: merge (not published: the re-stitch's merges are no news) and the customer each lives on now. Their stored
+    #: merge records are replaced by these, evidence and all.
+    relinked: list[tuple[IdentityChange, str]] = field(default_factory=list)
     #: Customers a split formed again that live at the end of the batch, every side (the kept one too): a merge
     #: record saying one of them was merged away is history now.
     reformed: set[str] = field(default_factory=set)
@@ -359,8 +360,8 @@ class _Batch:
         self.touched: set[CustomerState] = set()
         #: Removed customer id -> the state that took it over.
         self.removed: dict[str, CustomerState] = {}
-        #: Customer id formed again and merged by a split's re-stitch -> the state that took it over.
-        self.relinked: dict[str, CustomerState] = {}
+        #: Customer id formed again and merged by a split's re-stitch -> that merge and the state that took it over.
+        self.relinked: dict[str, tuple[IdentityChange, CustomerState]] = {}
         #: Customers a split formed (their ids new to the batch): those alive at the end are ``reformed``.
         self.reformed: set[CustomerState] = set()
         #: Event id -> its entry as emitted before a split re-applied it (re-emitted only if it changed).
@@ -458,8 +459,11 @@ class _Batch:
         for link in split.links:
             self.link(link)
         new = result.created - created - {split.customer_id}
+        restitched = {m.merged_id: m for m in result.merges[merges:] if m.merged_id in new}
         self.relinked.update(
-            (customer_id, self.removed[customer_id]) for customer_id in new if customer_id in self.removed
+            (customer_id, (restitched[customer_id], self.removed[customer_id]))
+            for customer_id in new
+            if customer_id in self.removed and customer_id in restitched
         )
         result.created = created | new
         result.merges[merges:] = [m for m in result.merges[merges:] if m.merged_id not in new | {split.customer_id}]
@@ -601,7 +605,9 @@ class _Batch:
                 result.replaced[event_id] = timeline_entry(state.customer_id, row, before)
         result.changed = sorted({_final(state).customer_id for state in self.touched})
         result.forgotten = sorted(key for key in self.unlinked if key not in self.view.identities)
-        result.relinked = {customer_id: _final(holder).customer_id for customer_id, holder in self.relinked.items()}
+        result.relinked = [
+            (change, _final(holder).customer_id) for _, (change, holder) in sorted(self.relinked.items())
+        ]
         result.reformed = {_final(state).customer_id for state in self.reformed} - self.removed.keys()
         for old_id, holder in self.removed.items():
             if old_id not in result.created:  # one created in this batch was never stored: nothing to remove

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 
 from schemas.touchpoint import Channel, EventType, IdentifierType, SurveyAnswers
 from sinks import tables as t
@@ -403,6 +403,9 @@ def test_erasing_one_side_of_a_split_leaves_the_other_sides_rows(database_url: s
         merged = set(conn.execute(select(t.identity_merges.c.merged_id)).scalars())
         cells = conn.scalar(select(func.count()).select_from(t.metric_cells).where(t.metric_cells.c.key == bobs))
     assert not merged & live, f"no live customer is recorded as merged: {sorted(merged & live)}"
+    # The tablet's customer, merged into Ann's by her e-mail before, now merged into Bob's by his: its record says
+    # so, with Bob's evidence, not Ann's e-mail.
+    assert evidence(engine) and "ann@example.org" not in evidence(engine)
     erased = erase_customer(
         engine, anns, suppress=None, erasure_id="e-3", at=datetime.now(UTC), actor="test", reason="", options={}
     )
@@ -410,3 +413,9 @@ def test_erasing_one_side_of_a_split_leaves_the_other_sides_rows(database_url: s
     with engine.connect() as conn:
         kept = conn.scalar(select(func.count()).select_from(t.metric_cells).where(t.metric_cells.c.key == bobs))
     assert cells and kept == cells, "Bob's cells stay"
+
+
+def evidence(engine: Engine) -> str:
+    """Every ``identity_merges`` row's identifiers, as one text to search."""
+    with engine.connect() as conn:
+        return str(conn.execute(select(t.identity_merges.c.identifiers)).scalars().all())
