@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, func, insert, or_, select
+from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, or_, select, update
 
 from sinks import tables as t
 from sinks.contract import CellKey, cell_key
@@ -32,6 +32,8 @@ class ErasedRows:
     merges: int = 0
     #: Never-link rules naming one of the person's identifiers.
     rules: int = 0
+    #: Merge records of customers the person was split off from whose evidence held the person's identifiers.
+    evidence: int = 0
     cells: list[CellKey] = field(default_factory=list)
     #: Suppression entries added (0 with ``DELETE_ONLY``), and their hashes.
     suppressed: int = 0
@@ -97,15 +99,14 @@ def erase_customer(
         # So do splits made by hand: of this customer, or moving one of its keys (a split-off person's).
         held = set(keys)
         splits = t.manual_splits.c
-        named = [
-            split_id
-            for split_id, split_customer, moved in conn.execute(
-                select(splits.split_id, splits.customer_id, splits.moved)
-            )
-            if split_customer == customer_id or held.intersection(moved)
-        ]
+        named, split_from = [], set()
+        for split_id, split_customer, moved in conn.execute(select(splits.split_id, splits.customer_id, splits.moved)):
+            if split_customer == customer_id or held.intersection(moved):
+                named.append(split_id)
+                split_from.add(split_customer)
         if named:
             _delete(conn, t.manual_splits, splits.split_id.in_(named))
+        erased.evidence = _forget_evidence(conn, split_from - {customer_id}, held)
         if suppress is not None and keys:
             # Never-link rules name the person's keys: gone with them, as the person never comes back. Deleting
             # only keeps them: a replay into this database rebuilds the person under the same rules.
@@ -133,6 +134,7 @@ def erase_customer(
             "alerts": erased.alerts,
             "merges": erased.merges,
             "never_link_rules": erased.rules,
+            "merge_evidence": erased.evidence,
             "metric_cells": len(erased.cells),
             "suppressed": erased.suppressed,
         }
@@ -143,6 +145,26 @@ def erase_customer(
         )
         erased.outbox_before = conn.scalar(select(func.max(t.outbox.c.id)))
     return erased
+
+
+def _forget_evidence(conn: Connection, customers: set[str], held: set[str]) -> int:
+    """Take the person's identifier keys ``held`` out of the evidence of the merge records of ``customers`` (those
+    the person was split off from), and return how many records changed. A split leaves the record of a customer
+    merged in before, which its re-stitch did not form again, on the customer split, evidence and all, whichever
+    side the evidence went to; the person's identifiers must not stay there."""
+    if not customers:
+        return 0
+    m = t.identity_merges.c
+    changed = []
+    for merged_id, evidence in conn.execute(select(m.merged_id, m.identifiers).where(m.survivor_id.in_(customers))):
+        kept = {kind: value for kind, value in (evidence or {}).items() if f"{kind}:{value}" not in held}
+        if kept != evidence:
+            changed.append({"m": merged_id, "e": kept})
+    if changed:
+        conn.execute(
+            update(t.identity_merges).where(m.merged_id == bindparam("m")).values(identifiers=bindparam("e")), changed
+        )
+    return len(changed)
 
 
 def _delete(conn: Connection, table: t.Table, where: Any) -> int:

@@ -419,3 +419,31 @@ def evidence(engine: Engine) -> str:
     """Every ``identity_merges`` row's identifiers, as one text to search."""
     with engine.connect() as conn:
         return str(conn.execute(select(t.identity_merges.c.identifiers)).scalars().all())
+
+
+def test_erasing_a_person_split_off_takes_their_identifiers_out_of_the_merge_records_left_behind(
+    database_url: str,
+) -> None:
+    """Found by review: Bob's app arrived first and was a customer of its own until a later-arriving but earlier
+    call merged it into the shared customer, with Bob's e-mail as evidence. The split re-applies events in
+    event-time order, so the app's customer is never formed again and its record stays on Ann's side; erasing Bob
+    left his identifiers there."""
+    app = {IdentifierType.WEB_ANONYMOUS_ID: "bobs-phone-app"}
+    bob = {IdentifierType.EMAIL: "bob@example.org"}
+    arrivals = [
+        event(21, Channel.WEB, EventType.PAGE_VIEW, app),
+        *household(),
+        event(20, Channel.WEB, EventType.IDENTIFY, bob | app),
+    ]
+    settings, engine, processor = worker(database_url)
+    feed(processor, records(arrivals))
+    assert "bob@example.org" in evidence(engine), "the app's record holds Bob's e-mail"
+    split_customer(settings, ANN, [BOB, "web_anonymous_id:bobs-phone-app"], actor="test", wait_s=0)
+    processor.tick()
+    bobs = customer_of(engine, BOB)
+    erased = erase_customer(
+        engine, bobs, suppress=None, erasure_id="e-4", at=datetime.now(UTC), actor="test", reason="", options={}
+    )
+    left = evidence(engine)
+    assert "bob@example.org" not in left and "bobs-phone-app" not in left, left
+    assert erased is not None and erased.evidence >= 1, "and the erasure counts the records it changed"
