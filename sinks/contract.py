@@ -247,10 +247,6 @@ class BatchWrite:
     #: their stored ``identity_merges`` rows (else a row would keep one side's evidence on the other side).
     relinked: list[MergeRow] = field(default_factory=list)
 
-    def split_moved(self) -> dict[str, str]:
-        """``split_removed`` as removed id -> the customer its rows move to."""
-        return {row.merged_id: row.survivor_id for row in self.split_removed}
-
     removed_customers: list[str] = field(default_factory=list)
     customers: list[CustomerRow] = field(default_factory=list)
     identities: list[IdentityRow] = field(default_factory=list)
@@ -262,6 +258,10 @@ class BatchWrite:
     #: Experience-drop alerts whose status or figures the batch changed (replacing the stored rows).
     experience_alerts: list[ExperienceAlertRow] = field(default_factory=list)
     outbox: bytes | None = None
+
+    def split_moved(self) -> dict[str, str]:
+        """``split_removed`` as removed id -> the customer its rows move to."""
+        return {row.merged_id: row.survivor_id for row in self.split_removed}
 
 
 class HandRules(NamedTuple):

@@ -135,9 +135,8 @@ class IdentityRules:
 
     def __init__(self, policy: IdentityPolicy) -> None:
         self._hashing = policy.hashing
-        #: The fingerprint events hashed with this worker's salt carry (None: hashing is off here).
-        self.fingerprint = None if policy.hashing is None else policy.hashing.fingerprint
-        #: The salt's part of it: an event hashed with the same salt under other types is still usable.
+        #: The fingerprint of this worker's salt (None: hashing is off here): an event hashed with the same salt is
+        #: usable, whatever types its adapter hashed (``hashed_with`` names them).
         self._salt = None if policy.hashing is None else salt_fingerprint(policy.hashing.salt)
         #: The types stored hashed here (none with hashing off).
         self._hashed_types = frozenset[str]() if policy.hashing is None else policy.hashing.types

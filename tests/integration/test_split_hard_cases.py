@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, func, select
 
 from schemas.touchpoint import Channel, EventType, IdentifierType, SurveyAnswers
 from sinks import tables as t
-from sinks.erasure import erase_customer
+from sinks.erasure import ErasedRows, erase_customer
 from streams.domain.identity import customer_id_for
 from streams.identity_rules import split_customer
 from tests.integration.test_event_time import order_free
@@ -189,9 +189,6 @@ def test_a_split_does_not_bring_back_an_erased_persons_identifier(database_url: 
     recorded keys: Zed's key, now no one's and under no rule, is linked to Ann as a new key - an erased person's
     identifier is back in Ann's state (``customers.state``, the profile, the worker's cache), with no identity row.
     (And before any split, his raw number stays in Ann's touchpoint row, which the erasure does not scrub.)"""
-    from datetime import UTC, datetime
-
-    from sinks.erasure import erase_customer
     from streams.domain.suppression import suppression_hash
     from streams.identity_rules import keep_apart
     from streams.policies import suppression_salt
@@ -300,7 +297,7 @@ def test_a_split_after_a_priority_change_leaves_every_merge_row_on_a_live_custom
     _, engine, processor = worker(database_url)
     feed(processor, records(events))
     with engine.connect() as conn:
-        before = dict(conn.execute(select(t.identity_merges.c.merged_id, t.identity_merges.c.survivor_id)).all())
+        before = merge_records(conn)
         alerted = sorted(set(conn.execute(select(t.alerts.c.customer_id)).scalars()))
     old = customer_of(engine, ANN)
     assert len(before) == 2 and set(before.values()) == {old}, (
@@ -313,7 +310,7 @@ def test_a_split_after_a_priority_change_leaves_every_merge_row_on_a_live_custom
     assert kept != old, "the kept side is named by the tablet now"
     with engine.connect() as conn:
         live = set(conn.execute(select(t.customers.c.customer_id)).scalars())
-        after = dict(conn.execute(select(t.identity_merges.c.merged_id, t.identity_merges.c.survivor_id)).all())
+        after = merge_records(conn)
         alerts_after = sorted(set(conn.execute(select(t.alerts.c.customer_id)).scalars()))
     phone_customer = next(merged for merged in before if merged != kept)
     # The phone's customer lives on the kept side, and so does the removed id (an erasure of the kept side then
@@ -321,11 +318,9 @@ def test_a_split_after_a_priority_change_leaves_every_merge_row_on_a_live_custom
     assert after == {phone_customer: kept, old: kept}, f"before {before}, after {after}, customers {sorted(live)}"
     assert alerted == [old] and alerts_after == [kept], "Ann's alert moves with her identifiers"
     with engine.connect() as conn:
-        left = conn.scalar(select(func.count()).select_from(t.metric_cells).where(t.metric_cells.c.key == old))
-    erased = erase_customer(
-        engine, kept, suppress=None, erasure_id="e-1", at=datetime.now(UTC), actor="test", reason="", options={}
-    )
-    assert erased is not None and old in erased.merged_ids, "erasing the kept side tombstones the removed id too"
+        left = cells_of(conn, old)
+    erased = erase(engine, kept, "e-1")
+    assert old in erased.merged_ids, "erasing the kept side tombstones the removed id too"
     assert left and sum(cell.key == old for cell in erased.cells) == left, "and its per-customer cells"
 
 
@@ -345,7 +340,7 @@ def test_a_merge_of_the_side_split_off_in_the_same_batch_keeps_its_merge_row(dat
     processor.process(records([bob_and_crm], ends))  # the split and the link, in one batch
     assert customer_of(engine, BOB) == crm_customer
     with engine.connect() as conn:
-        merged = dict(conn.execute(select(t.identity_merges.c.merged_id, t.identity_merges.c.survivor_id)).all())
+        merged = merge_records(conn)
     assert crm_customer in merged.values(), f"Bob's customer merged into the CRM customer has its row: {merged}"
 
 
@@ -353,32 +348,23 @@ def test_a_customer_merged_in_before_a_split_follows_its_identifiers_to_the_side
     """Found by review: Bob's app (a customer of its own at first) was merged into the shared customer; splitting Bob
     off with the app's id re-forms it on Bob's side, but its ``identity_merges`` row still named Ann's customer, with
     Bob's identifiers as evidence, so an erasure of Bob left them behind and Ann's merges listed them."""
-    app = {IdentifierType.WEB_ANONYMOUS_ID: "bobs-phone-app"}
-    bob = {IdentifierType.EMAIL: "bob@example.org"}
-    events = [
-        event(0, Channel.WEB, EventType.PAGE_VIEW, app),
-        *household(),
-        event(20, Channel.WEB, EventType.IDENTIFY, bob | app),
-    ]
     settings, engine, processor = worker(database_url)
-    feed(processor, records(events))
-    app_customer = customer_id_for("web_anonymous_id:bobs-phone-app")
+    feed(processor, records(bobs_app(0)))
+    app_customer = customer_id_for(APP)
     with engine.connect() as conn:
-        before = dict(conn.execute(select(t.identity_merges.c.merged_id, t.identity_merges.c.survivor_id)).all())
+        before = merge_records(conn)
     assert before.get(app_customer) == customer_of(engine, ANN), (
         f"the app's customer merged into the shared one: {before}"
     )
-    split_customer(settings, ANN, [BOB, "web_anonymous_id:bobs-phone-app"], actor="test", wait_s=0)
+    split_customer(settings, ANN, [BOB, APP], actor="test", wait_s=0)
     processor.tick()
     bobs = customer_of(engine, BOB)
     assert bobs != customer_of(engine, ANN)
     with engine.connect() as conn:
-        after = dict(conn.execute(select(t.identity_merges.c.merged_id, t.identity_merges.c.survivor_id)).all())
+        after = merge_records(conn)
     assert after.get(app_customer) == bobs, f"the app's merge row follows Bob: {after}"
-    erased = erase_customer(
-        engine, bobs, suppress=None, erasure_id="e-2", at=datetime.now(UTC), actor="test", reason="", options={}
-    )
-    assert erased is not None and app_customer in erased.merged_ids, "erasing Bob takes the app's merge row"
+    erased = erase(engine, bobs, "e-2")
+    assert app_customer in erased.merged_ids, "erasing Bob takes the app's merge row"
 
 
 def test_erasing_one_side_of_a_split_leaves_the_other_sides_rows(database_url: str) -> None:
@@ -392,7 +378,7 @@ def test_erasing_one_side_of_a_split_leaves_the_other_sides_rows(database_url: s
     feed(processor, records(events))
     bobs_first = customer_id_for(BOB)
     with engine.connect() as conn:
-        before = dict(conn.execute(select(t.identity_merges.c.merged_id, t.identity_merges.c.survivor_id)).all())
+        before = merge_records(conn)
     assert bobs_first in before, f"Bob's customer was merged into the shared one: {before}"
     split_customer(settings, ANN, [ANN], actor="test", wait_s=0)
     processor.tick()
@@ -401,18 +387,56 @@ def test_erasing_one_side_of_a_split_leaves_the_other_sides_rows(database_url: s
     with engine.connect() as conn:
         live = set(conn.execute(select(t.customers.c.customer_id)).scalars())
         merged = set(conn.execute(select(t.identity_merges.c.merged_id)).scalars())
-        cells = conn.scalar(select(func.count()).select_from(t.metric_cells).where(t.metric_cells.c.key == bobs))
+        cells = cells_of(conn, bobs)
     assert not merged & live, f"no live customer is recorded as merged: {sorted(merged & live)}"
     # The tablet's customer, merged into Ann's by her e-mail before, now merged into Bob's by his: its record says
     # so, with Bob's evidence, not Ann's e-mail.
     assert evidence(engine) and "ann@example.org" not in evidence(engine)
-    erased = erase_customer(
-        engine, anns, suppress=None, erasure_id="e-3", at=datetime.now(UTC), actor="test", reason="", options={}
-    )
-    assert erased is not None and bobs not in erased.merged_ids and all(c.key != bobs for c in erased.cells)
+    erased = erase(engine, anns, "e-3")
+    assert bobs not in erased.merged_ids and all(c.key != bobs for c in erased.cells)
     with engine.connect() as conn:
-        kept = conn.scalar(select(func.count()).select_from(t.metric_cells).where(t.metric_cells.c.key == bobs))
+        kept = cells_of(conn, bobs)
     assert cells and kept == cells, "Bob's cells stay"
+
+
+#: Bob's phone app, a customer of its own until an identify call of Bob's links it.
+APP = "web_anonymous_id:bobs-phone-app"
+
+
+def bobs_app(first: int) -> list:
+    """The household, and Bob's app: first seen at hour ``first`` and sent first, identified by Bob at hour 20."""
+    app = {IdentifierType.WEB_ANONYMOUS_ID: "bobs-phone-app"}
+    return [
+        event(first, Channel.WEB, EventType.PAGE_VIEW, app),
+        *household(),
+        event(20, Channel.WEB, EventType.IDENTIFY, {IdentifierType.EMAIL: "bob@example.org"} | app),
+    ]
+
+
+def merge_records(conn: Connection) -> dict[str, str]:
+    """``identity_merges`` as merged id -> survivor id."""
+    return dict(conn.execute(select(t.identity_merges.c.merged_id, t.identity_merges.c.survivor_id)).all())
+
+
+def cells_of(conn: Connection, customer_id: str) -> int:
+    """How many metric cells are keyed by ``customer_id``."""
+    return int(conn.scalar(select(func.count()).select_from(t.metric_cells).where(t.metric_cells.c.key == customer_id)))
+
+
+def erase(engine: Engine, customer_id: str, erasure_id: str) -> ErasedRows:
+    """Erase a customer's rows (no suppression entries), as ``cxstream erase`` does before publishing."""
+    erased = erase_customer(
+        engine,
+        customer_id,
+        suppress=None,
+        erasure_id=erasure_id,
+        at=datetime.now(UTC),
+        actor="test",
+        reason="",
+        options={},
+    )
+    assert erased is not None
+    return erased
 
 
 def evidence(engine: Engine) -> str:
@@ -428,22 +452,13 @@ def test_erasing_a_person_split_off_takes_their_identifiers_out_of_the_merge_rec
     call merged it into the shared customer, with Bob's e-mail as evidence. The split re-applies events in
     event-time order, so the app's customer is never formed again and its record stays on Ann's side; erasing Bob
     left his identifiers there."""
-    app = {IdentifierType.WEB_ANONYMOUS_ID: "bobs-phone-app"}
-    bob = {IdentifierType.EMAIL: "bob@example.org"}
-    arrivals = [
-        event(21, Channel.WEB, EventType.PAGE_VIEW, app),
-        *household(),
-        event(20, Channel.WEB, EventType.IDENTIFY, bob | app),
-    ]
     settings, engine, processor = worker(database_url)
-    feed(processor, records(arrivals))
+    feed(processor, records(bobs_app(21)))
     assert "bob@example.org" in evidence(engine), "the app's record holds Bob's e-mail"
-    split_customer(settings, ANN, [BOB, "web_anonymous_id:bobs-phone-app"], actor="test", wait_s=0)
+    split_customer(settings, ANN, [BOB, APP], actor="test", wait_s=0)
     processor.tick()
     bobs = customer_of(engine, BOB)
-    erased = erase_customer(
-        engine, bobs, suppress=None, erasure_id="e-4", at=datetime.now(UTC), actor="test", reason="", options={}
-    )
+    erased = erase(engine, bobs, "e-4")
     left = evidence(engine)
     assert "bob@example.org" not in left and "bobs-phone-app" not in left, left
-    assert erased is not None and erased.evidence >= 1, "and the erasure counts the records it changed"
+    assert erased.evidence >= 1, "and the erasure counts the records it changed"
