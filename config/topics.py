@@ -44,7 +44,7 @@ class Topics:
 
     @property
     def metrics(self) -> str:
-        """MetricUpdate records keyed by scope/key/metric/window/start (compacted)."""
+        """MetricCellUpdate records (every figure of a cell) keyed by scope/key/window/start (compacted)."""
         return f"{self.prefix}metrics"
 
     @property

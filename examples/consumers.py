@@ -8,8 +8,9 @@ rule its topic needs:
 - ``profiles``: compacted, keyed by customer: keep the latest record per key; a record with ``merged_into`` says
   the customer was merged away (drop it, or follow it to the survivor).
 - ``timeline``: an entry is re-emitted when a later event changes it: keep the latest per ``event_id``.
-- ``metrics``: keep the record with the highest ``revision`` per key; ``status`` turns ``final`` when the
-  window closes (a late event may still revise a final figure, with a higher revision).
+- ``metrics``: one record per cell (scope, key, window, start) holding all its figures: keep the record with the
+  highest ``revision`` per key; ``status`` turns ``final`` when the window closes (a late event may still revise
+  a final cell, with a higher revision).
 - ``alerts``: ``alert_id`` is deterministic per cause: a redelivered alert has the same id; act once per id.
 - ``experience-alerts``: a channel's or the company's figure below its own baseline; compacted, keyed by
   ``alert_id``: the record of the highest ``revision`` per id is its status, ``firing`` or ``resolved``.
@@ -48,13 +49,14 @@ def fold_timeline(records: Iterable[Record]) -> dict[str, dict[str, Any]]:
 
 
 def fold_metrics(records: Iterable[Record]) -> dict[bytes | None, dict[str, Any]]:
-    """The current figure of every (scope, key, metric, window, start): the highest revision per record key."""
-    figures: dict[bytes | None, dict[str, Any]] = {}
+    """The current record of every cell (scope, key, window, start), its figures under ``figures``: the highest
+    revision per record key."""
+    cells: dict[bytes | None, dict[str, Any]] = {}
     for key, value in records:
-        held = figures.get(key)
+        held = cells.get(key)
         if held is None or value["revision"] > held["revision"]:
-            figures[key] = value
-    return figures
+            cells[key] = value
+    return cells
 
 
 def fold_alerts(records: Iterable[Record]) -> dict[str, dict[str, Any]]:

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from schemas.channels import CHANNEL_MODELS
 from schemas.deadletter import DeadLetter
-from schemas.outputs import Alert, CustomerProfile, ExperienceDropAlert, IdentityChange, MetricUpdate, TimelineEntry
+from schemas.outputs import Alert, CustomerProfile, ExperienceDropAlert, IdentityChange, MetricCellUpdate, TimelineEntry
 from schemas.touchpoint import TouchpointEvent
 
 JsonSchemaMode = Literal["validation", "serialization"]
@@ -24,7 +24,7 @@ PUBLISHED: tuple[type[BaseModel], ...] = (
     TimelineEntry,
     CustomerProfile,
     IdentityChange,
-    MetricUpdate,
+    MetricCellUpdate,
     Alert,
     ExperienceDropAlert,
 )

@@ -158,22 +158,40 @@ class MetricScope(StrEnum):
     OVERALL = "overall"
 
 
-class MetricUpdate(BaseModel):
-    """One metric over one window for one scope key; re-emitted with a higher revision when it changes."""
+class MetricFigure(BaseModel):
+    """One metric of a cell: its figure and the revision it is at."""
+
+    model_config = _OUT
+
+    numerator: float = Field(description="In the metric's own unit (currency, seconds); a count for count metrics.")
+    denominator: float = Field(description="1 for count metrics.")
+    value: float | None = Field(description="numerator / denominator; null while the denominator is 0.")
+    revision: int = Field(
+        description="How many event versions were added to or withdrawn from the metric's basis (+1 once final)."
+    )
+
+
+class MetricCellUpdate(BaseModel):
+    """Every metric of one scope key over one window (a cell), re-emitted whenever one of them changes.
+
+    The record carries all the cell's figures, not only the changed ones, so the last record of a cell (the
+    topic is compacted by cell) is the whole cell.
+    """
 
     model_config = _OUT
 
     scope: MetricScope
     key: str = Field(description="customer_id, channel name, or 'all'.")
-    metric: str
     window: str = Field(description="Window name: 1h, 1d, 7d, 30d or all.")
     window_start: AwareDatetime
     window_end: AwareDatetime
-    numerator: float
-    denominator: float
-    value: float | None
     status: Literal["provisional", "final"] = "provisional"
-    revision: int = Field(description="Grows with every change; a consumer keeps the highest.")
+    revision: int = Field(
+        description="The sum of the figures' revisions: grows with every change; a consumer keeps the highest."
+    )
+    figures: dict[str, MetricFigure] = Field(
+        description="Metric name -> figure, for every metric the cell has counted something for."
+    )
 
 
 class Severity(StrEnum):
@@ -223,7 +241,7 @@ class ExperienceDropAlert(BaseModel):
     window_start: AwareDatetime
     window_end: AwareDatetime
     baseline_start: AwareDatetime = Field(description="Start of the baseline: the windows before window_start.")
-    value: float | None = Field(description="The metric over the short window, in its own unit (as MetricUpdate).")
+    value: float | None = Field(description="The metric over the short window, in its own unit (as MetricFigure).")
     baseline: float | None = Field(description="The metric over the baseline's summed counters.")
     answers: int = Field(description="The figure's denominator over the short window (answers, issues, contacts).")
     baseline_answers: int = Field(description="The figure's denominator over the baseline.")

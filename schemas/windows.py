@@ -1,4 +1,4 @@
-"""Metric window names, as the settings list them and ``MetricUpdate.window`` publishes them.
+"""Metric window names, as the settings list them and ``MetricCellUpdate.window`` publishes them.
 
 A name is ``<number><m|h|d>``, a tumbling window of that length aligned to the Unix epoch, or ``all``, the
 all-time window. The grammar lives here, below both ``config`` and ``streams.domain``: the settings check the

@@ -68,7 +68,7 @@ class Outputs:
     """What a committed batch publishes downstream, in order: (topic, key, value, route) records.
 
     ``route`` is what the partition is computed from: the key itself, or for records whose keys are all
-    different (metric figures) the entity they belong to, so related records share a partition and the
+    different (metric cells) the entity they belong to, so related records share a partition and the
     partitioner's memo stays small. Either way one key always lands on one partition, which is what a
     compacted topic needs.
     """

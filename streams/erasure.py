@@ -42,6 +42,7 @@ from streams.domain.suppression import suppression_hash
 from streams.kafka import BrokerUnreachable, ensure_topics, make_producer, partition_for, wait_for_broker
 from streams.policies import identifier_hashing, suppression_salt
 from streams.references import find_customer
+from streams.result_records import metric_cell_key
 
 
 class Mode(StrEnum):
@@ -196,6 +197,9 @@ def _tombstones(producer: Any, topics: Topics, rows: ErasedRows) -> list[tuple[s
         entity = f"{cell.scope.value}|{cell.key}"
         partition = partition_for(entity.encode(), metrics)
         start = cell.window_start.isoformat()
+        records.append((topics.metrics, metric_cell_key(entity, cell.window, start).encode(), None, partition))
+        # Versions before one record per cell published one per figure, under keys naming the metric: a topic
+        # written by them may still hold the person's figures there.
         for metric in METRICS:
             records.append((topics.metrics, f"{entity}|{metric}|{cell.window}|{start}".encode(), None, partition))
     return records

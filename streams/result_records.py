@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from config.topics import Topics
 from schemas.deadletter import DeadLetter
 from schemas.outputs import Alert, ExperienceDropAlert, IdentityChange, MetricScope
-from streams.domain.aggregate import MetricRow
+from streams.domain.aggregate import CellFigures
 from streams.domain.entry import Entry
 from streams.domain.profile import Profile
 from streams.downstream import Outputs
@@ -32,6 +32,11 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     raise TypeError(f"{type(value).__name__} is not part of a timeline record")
+
+
+def metric_cell_key(entity: str, window: str, start: str) -> str:
+    """The ``cx.metrics`` key of a cell: ``<scope>|<key>|<window>|<window start, ISO 8601>``."""
+    return f"{entity}|{window}|{start}"
 
 
 def timeline_json(entry: Entry) -> bytes:
@@ -76,28 +81,30 @@ class ResultRecords:
         """A dead letter as published (``value``: with what the settings keep of its original bytes)."""
         self.outputs.add(self.topics.deadletter, dead.channel or "", value)
 
-    def metrics(self, rows: Iterable[MetricRow]) -> None:
-        """Metric figures (``MetricUpdate`` records; SQL holds only the cells' counters, the ``metrics`` view
-        computes the same figures). Built as dicts: a batch publishes a few figures per event."""
+    def metrics(self, cells: Iterable[CellFigures]) -> None:
+        """Metric cells (``MetricCellUpdate`` records, one per cell with every figure; SQL holds only the cells'
+        counters, the ``metrics`` view computes the same figures). Built as dicts: a batch publishes a record
+        for about every customer it touches."""
         topic, add = self.topics.metrics, self.outputs.add
         starts: dict[datetime, str] = {}
-        for scope, key, metric, window, start, end, numerator, denominator, value, status, revision in rows:
-            scope_name = _SCOPE_NAMES[scope]
+        for cell, status, revision, figures in cells:
+            scope_name = _SCOPE_NAMES[cell.scope]
+            start = cell.window_start
             data = {
                 "scope": scope_name,
-                "key": key,
-                "metric": metric,
-                "window": window,
+                "key": cell.key,
+                "window": cell.window,
                 "window_start": start,
-                "window_end": end,
-                "numerator": numerator,
-                "denominator": denominator,
-                "value": value,
+                "window_end": cell.window_end,
                 "status": status,
                 "revision": revision,
+                "figures": {
+                    metric: {"numerator": numerator, "denominator": denominator, "value": value, "revision": rev}
+                    for metric, numerator, denominator, value, rev in figures
+                },
             }
             start_text = starts.get(start)
             if start_text is None:
                 start_text = starts[start] = start.isoformat()
-            entity = f"{scope_name}|{key}"
-            add(topic, f"{entity}|{metric}|{window}|{start_text}", orjson.dumps(data), entity)
+            entity = f"{scope_name}|{cell.key}"
+            add(topic, metric_cell_key(entity, cell.window, start_text), orjson.dumps(data), entity)

@@ -8,11 +8,11 @@ The worker's cycle for one batch (all pure here; loading and writing belong to t
             agg.retract(batch.replaced[entry.event_id])
         agg.add(entry)
     current = load_counters(agg.touched())          # stored counters of those cells, from SQL
-    out = agg.updates(current)                      # merged counters + MetricRow figures
+    out = agg.updates(current)                      # merged counters + a CellFigures per changed cell
     write(out.counters); publish(out.updates)       # in the transaction that stores the offsets
 
 Revisions come from the counters themselves (``revision_of``): the number of entry versions added to or
-withdrawn from the metric's basis. The last record of every (cell, metric) is therefore the same however
+withdrawn from the metric's basis. The last record of every cell is therefore the same however
 the worker split the entries into batches; where the stitcher re-emits entries, the versions it emitted (which
 depend on its own batching) are counted too, and the revision still only grows.
 """
@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Literal, NamedTuple
 
-from schemas.outputs import MetricScope, MetricUpdate
+from schemas.outputs import MetricCellUpdate, MetricFigure, MetricScope
 from schemas.touchpoint import EventType
 from streams.domain.entry import Entry
 from streams.domain.metrics import (
@@ -36,7 +36,6 @@ from streams.domain.metrics import (
     ROLLING_SOURCE_WINDOW,
     ROLLING_WINDOWS,
     Counters,
-    Metric,
     contributions,
     first_purchase_in_window,
     merge,
@@ -68,12 +67,9 @@ def _utc(seconds: int) -> datetime:
     return datetime.fromtimestamp(seconds, tz=UTC)
 
 
-#: Scope -> counter -> the metrics whose revision that counter moves (its basis, or the basis's _retracted).
-_REVISED_BY: dict[MetricScope, dict[str, tuple[Metric, ...]]] = {
-    scope: {
-        counter: tuple(m for m in metrics if counter in (m.basis, RETRACTED[m.basis]))
-        for counter in {c for m in metrics for c in (m.basis, RETRACTED[m.basis])}
-    }
+#: Scope -> the counters that move a metric's revision (its basis, or the basis's _retracted).
+_REVISING: dict[MetricScope, frozenset[str]] = {
+    scope: frozenset(c for m in metrics for c in (m.basis, RETRACTED[m.basis]))
     for scope, metrics in METRICS_BY_SCOPE.items()
 }
 
@@ -119,12 +115,7 @@ def cells_for(entry: Entry, windows: Sequence[Window], customer_windows: Sequenc
 
 
 class MetricRow(NamedTuple):
-    """A ``MetricUpdate`` as a plain tuple with the same fields, in the same order.
-
-    Building a pydantic model per figure would cost several times the aggregation itself (a batch yields a
-    few figures per entry), so rows stay tuples: ``_asdict()`` is the SQL row and, through orjson, the JSON of
-    the published record; ``model()`` gives the validated ``MetricUpdate``.
-    """
+    """One figure of one cell, as a row of the SQL ``metrics`` view and an ``ApiFigure`` of the read API."""
 
     scope: MetricScope
     key: str
@@ -138,49 +129,90 @@ class MetricRow(NamedTuple):
     status: _Status
     revision: int
 
-    def model(self) -> MetricUpdate:
-        """The validated ``MetricUpdate`` of this row."""
-        return MetricUpdate(**self._asdict())
+
+class Figure(NamedTuple):
+    """One metric of a cell as a ``MetricCellUpdate`` record carries it (``MetricFigure``)."""
+
+    metric: str
+    numerator: float
+    denominator: float
+    value: float | None
+    revision: int
+
+
+class CellFigures(NamedTuple):
+    """Every figure of one cell, as one ``MetricCellUpdate`` record publishes them.
+
+    A record carries each metric the cell has, not only those a batch changed: the last record of a cell on the
+    compacted topic is then the whole cell. ``revision`` is the sum of the figures' revisions, so it grows
+    whenever one of them does and is the same however the worker split the entries into batches.
+    """
+
+    cell: CellKey
+    status: _Status
+    revision: int
+    figures: tuple[Figure, ...]
+
+    def rows(self) -> list[MetricRow]:
+        """The figures as per-metric rows (the ``metrics`` view's shape)."""
+        cell, status = self.cell, self.status
+        start, end = cell.window_start, cell.window_end
+        return [
+            MetricRow(cell.scope, cell.key, f.metric, cell.window, start, end, *f[1:4], status, f.revision)
+            for f in self.figures
+        ]
+
+    def model(self) -> MetricCellUpdate:
+        """The validated ``MetricCellUpdate`` of this cell."""
+        cell = self.cell
+        return MetricCellUpdate(
+            scope=cell.scope,
+            key=cell.key,
+            window=cell.window,
+            window_start=cell.window_start,
+            window_end=cell.window_end,
+            status=self.status,
+            revision=self.revision,
+            figures={
+                f.metric: MetricFigure(
+                    numerator=f.numerator, denominator=f.denominator, value=f.value, revision=f.revision
+                )
+                for f in self.figures
+            },
+        )
+
+
+def cell_figures(cell: CellKey, counters: Mapping[str, float], *, final: bool) -> CellFigures:
+    """The record of a cell with ``counters``: every metric it has (a revision above 0), provisional, or final
+    with each figure's revision + 1 (``finalise``), so that it supersedes the last provisional record."""
+    bump = 1 if final else 0
+    out = []
+    total = 0
+    for metric in METRICS_BY_SCOPE[cell.scope]:
+        revision = revision_of(metric, counters)
+        if revision:
+            revision += bump
+            total += revision
+            out.append(Figure(metric.name, *value_of(metric, counters), revision))
+    return CellFigures(cell, "final" if final else "provisional", total, tuple(out))
 
 
 @dataclass(slots=True)
 class AggregateResult:
-    """What one batch produces: the new stored counters of every touched cell, and the figures to publish."""
+    """What one batch produces: the new stored counters of every touched cell, and the records to publish."""
 
     counters: dict[CellKey, Counters] = field(default_factory=dict)
-    updates: list[MetricRow] = field(default_factory=list)
+    #: A record for every cell whose figures changed.
+    updates: list[CellFigures] = field(default_factory=list)
     #: The cells among ``counters`` whose window had closed already: stored final, their figures published final.
     final: set[CellKey] = field(default_factory=set)
 
 
-def _record(
-    cell: CellKey, counters: Mapping[str, float], metrics: Iterable[Metric], status: _Status, bump: int
-) -> list[MetricRow]:
-    start, end = cell.window_start, cell.window_end
-    return [
-        MetricRow(
-            cell.scope,
-            cell.key,
-            metric.name,
-            cell.window,
-            start,
-            end,
-            *value_of(metric, counters),
-            status,
-            revision_of(metric, counters) + bump,
-        )
-        for metric in metrics
-    ]
-
-
 def figures(cell: CellKey, counters: Mapping[str, float], *, final: bool) -> list[MetricRow]:
-    """Every figure of a cell as its latest record has it: each metric with a revision, provisional or final.
-
-    Final figures are the provisional ones re-published with status final and revision + 1 (``finalise``). The
-    SQL ``metrics`` view computes the same from the stored counters (``sinks.metrics_view``).
-    """
-    present = [m for m in METRICS_BY_SCOPE[cell.scope] if revision_of(m, counters)]
-    return _record(cell, counters, present, "final" if final else "provisional", 1 if final else 0)
+    """Every figure of a cell as per-metric rows, as the ``metrics`` view and the read API give them: the
+    figures of ``cell_figures``. The SQL ``metrics`` view computes the same from the stored counters
+    (``sinks.metrics_view``)."""
+    return cell_figures(cell, counters, final=final).rows()
 
 
 def rolling_figures(daily: Mapping[CellKey, Mapping[str, float]], today: datetime) -> list[MetricRow]:
@@ -314,28 +346,23 @@ class MetricAggregator:
     ) -> AggregateResult:
         """Merge the batch into ``current`` (stored counters; a missing cell is empty) and start a new batch.
 
-        A record is produced for every (cell, metric) whose revision (``revision_of``) grew in this batch, which
-        is whenever an entry version changing its numerator or denominator was added or withdrawn. A cell that
-        closed at or before ``watermark`` stays final: late events revise it with final records (revision + 1,
-        as ``finalise`` publishes them).
+        A record is produced for every cell with a metric whose revision (``revision_of``) grew in this batch,
+        which is whenever an entry version changing its numerator or denominator was added or withdrawn. A cell
+        that closed at or before ``watermark`` stays final: late events revise it with final records (each
+        figure's revision + 1, as ``finalise`` publishes them).
         """
         result = AggregateResult()
         for cell, delta in self._spread().items():
             # Zeros are dropped (a withdrawn version can bring a counter back to 0): a missing counter is 0.
             counters = {k: v for k, v in merge(dict(current.get(cell, {})), delta).items() if v}
             result.counters[cell] = counters
-            by_counter = _REVISED_BY[cell.scope]
-            changed: dict[str, Metric] = {}
-            for name, count in delta.items():
-                if count and name in by_counter:
-                    for metric in by_counter[name]:
-                        changed[metric.name] = metric
             closes = self.closes_at(cell)
-            if watermark is not None and closes is not None and closes <= watermark:
+            final = watermark is not None and closes is not None and closes <= watermark
+            if final:
                 result.final.add(cell)
-                result.updates += _record(cell, counters, changed.values(), "final", 1)
-            else:
-                result.updates += _record(cell, counters, changed.values(), "provisional", 0)
+            revising = _REVISING[cell.scope]
+            if any(count and name in revising for name, count in delta.items()):
+                result.updates.append(cell_figures(cell, counters, final=final))
         self._deltas = {}
         return result
 
@@ -347,16 +374,16 @@ class MetricAggregator:
 
     def finalise(
         self, cells: Mapping[CellKey, Mapping[str, float]], watermark: datetime, since: datetime | None = None
-    ) -> list[MetricRow]:
+    ) -> list[CellFigures]:
         """Final records of the cells that closed at or before ``watermark`` (and after ``since``, if given).
 
-        Every metric the cell ever published is re-published with status final and its revision + 1, so it
-        supersedes the last provisional record. A later event still revises it, with final records.
+        Every figure of the cell is re-published with status final and its revision + 1, so the record
+        supersedes the last provisional one. A later event still revises it, with final records.
         """
-        out: list[MetricRow] = []
+        out: list[CellFigures] = []
         for cell, counters in cells.items():
             closes = self.closes_at(cell)
             if closes is None or closes > watermark or (since is not None and closes <= since):
                 continue
-            out += figures(cell, counters, final=True)
+            out.append(cell_figures(cell, counters, final=True))
         return out

@@ -95,8 +95,9 @@ def test_each_topics_example_agrees_with_the_results_tables(kafka_url: str, topi
     assert drops and {a: v["status"] for a, v in read["experience-alerts"].items()} == drops
     assert set(read["identity"].values()) <= customers.keys() and read["identity"].keys() == merges.keys()
     current = {
-        (v["scope"], v["key"], v["metric"], v["window"], _naive(v["window_start"])): v["value"]
+        (v["scope"], v["key"], metric, v["window"], _naive(v["window_start"])): figure["value"]
         for v in read["metrics"].values()
+        for metric, figure in v["figures"].items()
     }
     assert {k: current[k] for k in figures} == figures, "highest revisions equal the metrics view"
     assert read["deadletter"] == {"invalid_json": 1}

@@ -57,6 +57,7 @@ def test_erase_publishes_tombstones_and_a_fresh_database_replaying_the_topics_le
     metrics = read_topic(kafka_url, topics.metrics, timeout=10)
     mine = {key: value for key, value in metrics if key and key.startswith(f"customer|{customer_id}|".encode())}
     assert mine and all(value is None for value in mine.values()), "every per-customer figure ends in a tombstone"
+    assert f"customer|{customer_id}|all|1970-01-01T00:00:00+00:00".encode() in mine, "the cell's own key among them"
     with engine.connect() as conn:
         assert conn.scalar(select(func.count()).where(t.customers.c.customer_id == customer_id)) == 0
         erasures = select(t.audit_log.c.actor).where(t.audit_log.c.action == "erasure")

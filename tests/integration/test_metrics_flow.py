@@ -49,7 +49,8 @@ def test_daily_nps_and_csat_per_channel_equal_the_oracle(kafka_url, topic_prefix
         aggregator.add(entry)
     expected = {
         (row.scope.value, row.key, row.metric, row.window_start): (row.numerator, row.denominator, row.value)
-        for row in aggregator.updates({}).updates
+        for record in aggregator.updates({}).updates
+        for row in record.rows()
         if row.scope in (MetricScope.CHANNEL, MetricScope.OVERALL)
         and row.window == "1d"
         and row.metric in SURVEY_METRICS
@@ -74,7 +75,7 @@ def test_daily_nps_and_csat_per_channel_equal_the_oracle(kafka_url, topic_prefix
 # --- lateness: revisions within the allowed lateness, dead letters beyond it ------------------------------------
 
 DAY = "2024-06-03"  # day D; the allowed lateness is the default 3 days
-CELL_KEY = f"channel|phone|nps|1d|{DAY}T00:00:00+00:00".encode()
+CELL_KEY = f"channel|phone|1d|{DAY}T00:00:00+00:00".encode()
 
 
 def _call(call_id: str, at: str, phone: str, nps: int | None = None) -> dict:
@@ -179,7 +180,10 @@ def test_late_answers_revise_the_figure_even_once_final_and_an_age_bound_is_opt_
     )
 
     # Downstream, the cell's key carries each revision: 100 while provisional, then the corrected 33.3, then final.
-    published = [orjson.loads(v) for k, v in read_topic(kafka_url, Topics(topic_prefix).metrics) if k == CELL_KEY]
+    cells = [orjson.loads(v) for k, v in read_topic(kafka_url, Topics(topic_prefix).metrics) if k == CELL_KEY]
+    assert [c["revision"] for c in cells] == sorted({c["revision"] for c in cells}), "a cell's revision only grows"
+    assert all(c["revision"] == sum(f["revision"] for f in c["figures"].values()) for c in cells)
+    published = [{**c["figures"]["nps"], "status": c["status"]} for c in cells if "nps" in c["figures"]]
     by_revision = {r["revision"]: (r["value"], r["denominator"], r["status"]) for r in published}
     assert by_revision[first["revision"]] == (100.0, 2, "provisional")
     assert by_revision[revised["revision"]] == (pytest.approx(100 / 3), 3, "provisional")

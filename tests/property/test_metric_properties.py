@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from schemas.outputs import MetricScope, Stage, TimelineEntry
 from schemas.touchpoint import Channel, EventType, SurveyAnswers
-from streams.domain.aggregate import CellKey, MetricAggregator, MetricPolicy, MetricRow, cells_for
+from streams.domain.aggregate import CellFigures, CellKey, MetricAggregator, MetricPolicy, MetricRow, cells_for
 from streams.domain.metrics import (
     METRICS,
     METRICS_BY_SCOPE,
@@ -98,10 +98,10 @@ def recompute(items: Sequence[TimelineEntry]) -> tuple[dict[CellKey, Counters], 
     return dict(totals), dict(per_entry)
 
 
-def run_batches(batches: Sequence[Sequence[TimelineEntry]]) -> tuple[dict[CellKey, Counters], list[MetricRow]]:
+def run_batches(batches: Sequence[Sequence[TimelineEntry]]) -> tuple[dict[CellKey, Counters], list[CellFigures]]:
     """The worker's cycle: per batch, load the touched cells, merge, store, publish."""
     stored: dict[CellKey, Counters] = {}
-    published: list[MetricRow] = []
+    published: list[CellFigures] = []
     agg = MetricAggregator(MetricPolicy(WINDOWS, CUSTOMER_WINDOWS, 3 * DAY))
     for batch in batches:
         for e in batch:
@@ -117,8 +117,18 @@ def split(items: list[TimelineEntry], cuts: list[int]) -> list[list[TimelineEntr
     return [items[a:b] for a, b in pairwise(bounds)]
 
 
-def cell_of(update: MetricRow) -> CellKey:
-    return CellKey(update.scope, update.key, update.window, int(update.window_start.timestamp()))
+def latest(published: Sequence[CellFigures]) -> dict[tuple[CellKey, str], MetricRow]:
+    """What a consumer keeping each cell's record of the highest revision holds, by (cell, metric); checks on the
+    way that a cell's revision grows with each record and that none of its figures' revisions falls."""
+    last: dict[CellKey, CellFigures] = {}
+    for record in published:
+        before = last.get(record.cell)
+        if before is not None:
+            assert record.revision > before.revision  # a consumer keeping the highest revision is right
+            revisions = {f.metric: f.revision for f in record.figures}
+            assert all(revisions.get(f.metric, -1) >= f.revision for f in before.figures)
+        last[record.cell] = record
+    return {(cell, row.metric): row for cell, record in last.items() for row in record.rows()}
 
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -137,13 +147,7 @@ def test_batches_in_any_order_equal_recomputation(raw: list[TimelineEntry], orde
     stored, published = run_batches(split(arrival, cuts))
     expected, per_entry = recompute(items)
     assert stored == expected
-
-    last: dict[tuple[CellKey, str], MetricRow] = {}
-    for update in published:
-        key = (cell_of(update), update.metric)
-        if key in last:
-            assert update.revision > last[key].revision  # a consumer keeping the highest revision is right
-        last[key] = update
+    last = latest(published)
 
     for cell, counters in expected.items():
         for metric in METRICS_BY_SCOPE[cell.scope]:
@@ -233,7 +237,7 @@ def test_re_emitted_versions_replace_their_predecessors(
         ops.append((by_id[event_id][k - 1] if k else None, by_id[event_id][k]))
 
     stored: dict[CellKey, Counters] = {}
-    last: dict[tuple[CellKey, str], MetricRow] = {}
+    published: list[CellFigures] = []
     agg = MetricAggregator(MetricPolicy(WINDOWS, CUSTOMER_WINDOWS, 3 * DAY))
     for batch in split(ops, cuts):  # type: ignore[arg-type]
         for old, new in batch:
@@ -242,10 +246,8 @@ def test_re_emitted_versions_replace_their_predecessors(
             agg.add(new)
         result = agg.updates({c: stored[c] for c in agg.touched() if c in stored})
         stored.update(result.counters)
-        for update in result.updates:
-            key = (cell_of(update), update.metric)
-            assert key not in last or update.revision > last[key].revision
-            last[key] = update
+        published += result.updates
+    last = latest(published)
 
     def live(counters: dict[CellKey, Counters]) -> dict[CellKey, Counters]:
         """Counters without zeros and withdrawal counts, of cells that still hold something."""

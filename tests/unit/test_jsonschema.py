@@ -25,7 +25,7 @@ def test_every_topic_record_has_a_schema(tmp_path: Path) -> None:
         "timeline_entry.schema.json",
         "customer_profile.schema.json",
         "identity_change.schema.json",
-        "metric_update.schema.json",
+        "metric_cell_update.schema.json",
         "alert.schema.json",
         "experience_drop_alert.schema.json",
         "store_record.schema.json",

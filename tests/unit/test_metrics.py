@@ -9,9 +9,18 @@ from typing import Any
 
 import pytest
 
-from schemas.outputs import MetricScope, MetricUpdate, Stage, TimelineEntry
+from config.topics import Topics
+from schemas.outputs import MetricCellUpdate, MetricScope, Stage, TimelineEntry
 from schemas.touchpoint import Channel, EventType, SurveyAnswers
-from streams.domain.aggregate import OVERALL_KEY, CellKey, MetricAggregator, MetricPolicy, MetricRow, cells_for
+from streams.domain.aggregate import (
+    OVERALL_KEY,
+    CellFigures,
+    CellKey,
+    MetricAggregator,
+    MetricPolicy,
+    MetricRow,
+    cells_for,
+)
 from streams.domain.metrics import (
     COUNTERS,
     METRICS,
@@ -25,6 +34,8 @@ from streams.domain.metrics import (
     value_of,
 )
 from streams.domain.windows import ALL_TIME_END, ALL_TIME_START, parse_window
+from streams.downstream import Outputs
+from streams.result_records import ResultRecords
 
 T0 = datetime(2024, 5, 1, 12, 30, tzinfo=UTC)
 DAY = 86400.0
@@ -316,39 +327,55 @@ def cell(scope: MetricScope, key: str, window: str, at: datetime = T0) -> CellKe
     return CellKey(scope, key, window, int(start.timestamp()))
 
 
-def test_updates_merge_into_stored_counters_and_emit_changed_metrics() -> None:
+def rows_of(records: list[CellFigures]) -> list[MetricRow]:
+    """The figures of cell records as per-metric rows."""
+    return [row for record in records for row in record.rows()]
+
+
+def test_updates_merge_into_stored_counters_and_publish_each_changed_cell_whole() -> None:
     agg = aggregator()
     agg.add(survey("s1", nps=10))
     agg.add(entry("v1"))
     hour = cell(MetricScope.OVERALL, OVERALL_KEY, "1h")
     assert hour in agg.touched()
-    stored = {hour: {"touchpoints": 3, "touchpoints_web": 3, "nps_answers": 1, "nps_detractors": 1}}
+    stored = {hour: {"touchpoints": 3, "touchpoints_web": 3, "nps_answers": 1, "nps_detractors": 1, "returns": 2}}
     result = agg.updates(stored)
     assert result.counters[hour]["nps_answers"] == 2
     assert result.counters[hour]["touchpoints"] == 5
     assert stored[hour]["touchpoints"] == 3  # the caller's mapping is not mutated
-    by_metric = {u.metric: u for u in result.updates if u.scope is MetricScope.OVERALL and u.window == "1h"}
+    assert len({record.cell for record in result.updates}) == len(result.updates)  # one record per cell
+    by_metric = {u.metric: u for u in rows_of(result.updates) if u.scope is MetricScope.OVERALL and u.window == "1h"}
     assert by_metric["nps"].value == 0.0 and by_metric["nps"].revision == 2
     assert by_metric["touchpoints"].revision == 5
     assert by_metric["channel_mix_web"].value == 100.0
     assert by_metric["nps"].window_start == datetime(2024, 5, 1, 12, tzinfo=UTC)
     assert by_metric["nps"].window_end == datetime(2024, 5, 1, 13, tzinfo=UTC)
-    # Metrics the batch did not touch are not re-published.
+    # The record is the whole cell: returns, which the batch did not change, is in it; metrics the cell never
+    # counted are not.
+    assert by_metric["returns"].value == 2.0 and by_metric["returns"].revision == 2
     assert "purchases" not in by_metric and "csat" not in by_metric
+    (record,) = [u for u in result.updates if u.cell == hour]
+    assert record.revision == sum(f.revision for f in record.figures)
     assert all(u.status == "provisional" for u in result.updates)
     assert agg.touched() == []  # updates() starts a new batch
 
 
-def test_rows_are_metric_updates() -> None:
+def test_published_records_are_metric_cell_updates() -> None:
     agg = aggregator()
     agg.add(survey("s", nps=3, csat=5, ces=2))
     agg.add(purchase("p", "9.99"))
-    rows = agg.updates({}).updates
-    assert MetricRow._fields == tuple(MetricUpdate.model_fields)
-    for row in rows:
-        model = row.model()
-        assert isinstance(model, MetricUpdate)
-        assert tuple(model.model_dump().values()) == tuple(row)
+    updates = agg.updates({}).updates
+    outputs = Outputs()
+    ResultRecords(Topics("cx."), outputs).metrics(updates)
+    assert len(outputs.records) == len(updates)
+    for (topic, key, value, route), record in zip(outputs.records, updates, strict=True):
+        model = record.model()
+        assert isinstance(model, MetricCellUpdate)
+        assert MetricCellUpdate.model_validate_json(value) == model
+        assert model.revision == sum(f.revision for f in model.figures.values())
+        assert topic == "cx.metrics"
+        assert key == f"{model.scope.value}|{model.key}|{model.window}|{model.window_start.isoformat()}".encode()
+        assert route == f"{model.scope.value}|{model.key}".encode()
 
 
 def test_customer_cells_count_purchasers_per_window() -> None:
@@ -377,14 +404,18 @@ def test_finalise_after_window_end_plus_lateness() -> None:
     assert agg.closes_at(cell(MetricScope.OVERALL, OVERALL_KEY, "all")) is None
     assert agg.finalise(counters, end + timedelta(minutes=59)) == []
     final = agg.finalise(counters, end + timedelta(hours=1))
-    assert {(u.scope, u.window) for u in final} == {(MetricScope.CHANNEL, "1h"), (MetricScope.OVERALL, "1h")}
-    web = {u.metric: u for u in final if u.scope is MetricScope.CHANNEL}
+    assert {(u.cell.scope, u.cell.window) for u in final} == {
+        (MetricScope.CHANNEL, "1h"),
+        (MetricScope.OVERALL, "1h"),
+    }
+    web = {u.metric: u for u in rows_of(final) if u.scope is MetricScope.CHANNEL}
     assert set(web) == {"touchpoints", "visits"}  # only metrics the cell has figures for
     assert web["touchpoints"].status == "final" and web["touchpoints"].revision == 2
     # Closed before the previous watermark: already finalised then.
     assert agg.finalise(counters, end + timedelta(hours=10), since=end + timedelta(hours=1)) == []
     later = agg.finalise(counters, end + timedelta(days=40), since=end + timedelta(hours=10))
-    assert {u.window for u in later} == {"1d", "7d", "30d"}
+    assert {u.cell.window for u in later} == {"1d", "7d", "30d"}
+    assert all(u.status == "final" for u in later)
 
 
 def test_retract_replaces_a_re_emitted_version() -> None:
@@ -404,7 +435,7 @@ def test_retract_replaces_a_re_emitted_version() -> None:
     assert value_of("repeat_contact_rate", counters) == (1.0, 2.0, 50.0)
     assert counters["issues_retracted"] == counters["contacts_retracted"] == 1
     assert "issues_resolved_first_contact" not in counters  # back to 0: dropped
-    records = {u.metric: u for u in result.updates if u.scope is MetricScope.CHANNEL and u.window == "1d"}
+    records = {u.metric: u for u in rows_of(result.updates) if u.scope is MetricScope.CHANNEL and u.window == "1d"}
     # Revisions count versions added and withdrawn: fcr 1 -> 3 although its basis is still 1.
     assert records["fcr"].revision == 3
     assert records["repeat_contact_rate"].revision == 4
@@ -429,7 +460,7 @@ def test_add_counters_moves_a_merged_customer() -> None:
     agg.add_counters(survivor, {"touchpoints": 4, "touchpoints_web": 4, "returns": 1})
     result = agg.updates({survivor: {"touchpoints": 1, "touchpoints_store": 1}})
     assert result.counters[survivor] == {"touchpoints": 5, "touchpoints_store": 1, "touchpoints_web": 4, "returns": 1}
-    assert {(u.metric, u.revision) for u in result.updates} == {("touchpoints", 5), ("returns", 1)}
+    assert {(u.metric, u.revision) for u in rows_of(result.updates)} == {("touchpoints", 5), ("returns", 1)}
 
 
 def test_settings_windows() -> None:
