@@ -53,6 +53,8 @@ def fold_metrics(records: Iterable[Record]) -> dict[bytes | None, dict[str, Any]
     revision per record key."""
     cells: dict[bytes | None, dict[str, Any]] = {}
     for key, value in records:
+        if "figures" not in value:
+            continue  # one figure per record, as versions before one record per cell published them
         held = cells.get(key)
         if held is None or value["revision"] > held["revision"]:
             cells[key] = value

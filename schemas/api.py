@@ -46,7 +46,7 @@ class ApiTimeline(BaseModel):
 
 
 class ApiFigure(BaseModel):
-    """One metric figure of one window, as on `cx.metrics`."""
+    """One metric figure of one window: a figure of a `cx.metrics` cell record, with its cell's status."""
 
     model_config = _OUT
 

@@ -165,7 +165,9 @@ class MetricFigure(BaseModel):
 
     numerator: float = Field(description="In the metric's own unit (currency, seconds); a count for count metrics.")
     denominator: float = Field(description="1 for count metrics.")
-    value: float | None = Field(description="numerator / denominator; null while the denominator is 0.")
+    value: float | None = Field(
+        description="The figure in the metric's unit: numerator / denominator, x 100 for shares and scores (NPS, CSAT, rates); null while the denominator is 0."
+    )
     revision: int = Field(
         description="How many event versions were added to or withdrawn from the metric's basis (+1 once final)."
     )

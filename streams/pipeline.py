@@ -859,13 +859,21 @@ class BatchProcessor:
         if watermark is None or watermark == self.swept_to:
             return
         aggregator = MetricAggregator(self.policies.metrics)
-        closable = self.sink.closable_cells(tx, watermark - self.grace)
-        if closable:
-            # A cell this batch changed is finalised with its new counters, not the stored ones.
-            cells = {
-                cell: write.cells[cell].counters if cell in write.cells else counters
-                for cell, counters in closable.items()
-            }
+        ended_by = watermark - self.grace
+        removed = set(write.removed_cells)
+        # A cell this batch changed is finalised with its new counters, not the stored ones. A cell it created is
+        # not stored yet: it is taken from the batch's rows, or it would stay provisional until the watermark moves
+        # again, and a cell's last record would depend on where batches were cut. A cell a merge removed (moved
+        # into the survivor's) is not finalised: its row would be written back.
+        cells = {
+            cell: write.cells[cell].counters if cell in write.cells else counters
+            for cell, counters in self.sink.closable_cells(tx, ended_by).items()
+            if cell not in removed
+        }
+        for cell, row in write.cells.items():
+            if not row.final and row.window_end <= ended_by and cell not in removed:
+                cells.setdefault(cell, row.counters)
+        if cells:
             records.metrics(aggregator.finalise(cells, watermark))
             for cell, counters in cells.items():
                 write.cells[cell] = cell_row(cell, counters, final=True)

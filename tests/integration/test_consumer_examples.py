@@ -110,3 +110,10 @@ def test_each_topics_example_agrees_with_the_results_tables(kafka_url: str, topi
 
 def _naive(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).replace(tzinfo=None)
+
+
+def test_the_metrics_example_skips_the_per_figure_records_of_earlier_versions() -> None:
+    cell = {"scope": "overall", "key": "all", "revision": 3, "figures": {"touchpoints": {"value": 3.0, "revision": 3}}}
+    legacy = {"scope": "overall", "key": "all", "metric": "touchpoints", "value": 2.0, "revision": 2}
+    folded = _example().fold_metrics([(b"overall|all|touchpoints|all|1970", legacy), (b"overall|all|all|1970", cell)])
+    assert folded == {b"overall|all|all|1970": cell}

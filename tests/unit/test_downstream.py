@@ -14,7 +14,7 @@ from streams.kafka import partition_for
 def test_an_outbox_payload_reads_back_record_for_record() -> None:
     outputs = Outputs()
     outputs.add("cx.timeline", "c-1", b'{"event_id":"e1","note":"\\u00e9 \\n |"}')
-    outputs.add("cx.metrics", "customer|c-1|nps|all|1970", b"{}", route="customer|c-1")
+    outputs.add("cx.metrics", "customer|c-1|all|1970", b"{}", route="customer|c-1")
     outputs.add("cx.timeline", "", b"")
     outputs.add("cx.deadletter", "web", bytes(range(256)))
 

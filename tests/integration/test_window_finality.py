@@ -1,0 +1,96 @@
+"""When metric windows turn final, through the worker's batches on SQL: a cell's last record on ``cx.metrics`` is
+the same however the batches were cut, and a merge in the batch that closes the merged customer's cells moves
+them into the survivor's instead of finalising them under the merged id."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy import select
+
+from config.settings import Settings, load_settings
+from schemas.touchpoint import Channel, EventType, IdentifierType, SourceRef, TouchpointEvent
+from sinks import tables as t
+from sinks.database import make_engine, upgrade
+from sinks.sql import SqlSink
+from streams.pipeline import BatchProcessor, BatchReport, InRecord
+
+D = datetime(2026, 10, 1, 9, tzinfo=UTC)
+ANN = {IdentifierType.EMAIL: "ann@example.org"}
+BOB = {IdentifierType.PHONE: "+447700900123"}
+
+
+def page_views(*views: tuple[datetime, dict[IdentifierType, str]]) -> list[InRecord]:
+    """Web page views at the given times, by the given identifiers, as records of one partition."""
+    out = []
+    for n, (at, ids) in enumerate(views):
+        event = TouchpointEvent(
+            event_id=f"web-{n}",
+            channel=Channel.WEB,
+            type=EventType.PAGE_VIEW,
+            occurred_at=at,
+            received_at=at,
+            identifiers=ids,
+            source=SourceRef(system="test", id=str(n)),
+        )
+        out.append(InRecord("cx.touchpoints.web", 0, n, event.model_dump_json().encode()))
+    return out
+
+
+def apply(settings: Settings, batches: Sequence[Sequence[InRecord]]) -> tuple[Any, list[BatchReport]]:
+    """Apply the batches as a worker does, on a fresh schema; return the engine and the batches' reports."""
+    engine = make_engine(settings.database_url, writer=True)
+    upgrade(engine)
+    processor = BatchProcessor(settings, SqlSink(engine))
+    return engine, [processor.process(list(batch)) for batch in batches]
+
+
+def last_records(reports: Sequence[BatchReport], prefix: str = "") -> dict[bytes, dict[str, Any]]:
+    """The last ``cx.metrics`` record of every key starting with ``prefix``."""
+    return {
+        key: orjson.loads(value)
+        for report in reports
+        for topic, key, value, _ in report.outputs.records
+        if topic == "cx.metrics" and key.startswith(prefix.encode())
+    }
+
+
+def test_a_cell_created_by_the_batch_that_closes_it_ends_final_as_with_any_other_cut(
+    database_url: str, second_database_url: str
+) -> None:
+    # Two page views ten days apart on one partition: the second moves the watermark past day D's windows.
+    records = page_views((D, ANN), (D + timedelta(days=10), BOB))
+    day = f"channel|web|1d|{D.date().isoformat()}T00:00:00+00:00".encode()
+    lasts = []
+    for url, batches in ((database_url, [records]), (second_database_url, [records[:1], records[1:]])):
+        engine, reports = apply(load_settings(database_url=url), batches)
+        lasts.append(last_records(reports)[day])
+        c = t.metric_cells.c
+        with engine.connect() as conn:
+            assert conn.scalar(select(c.final).where((c.scope == "channel") & (c.key == "web") & (c.window == "1d")))
+        engine.dispose()
+    one_batch, two_batches = lasts
+    assert one_batch["status"] == "final"
+    assert one_batch == two_batches
+
+
+def test_a_merge_in_the_batch_that_closes_the_merged_customers_cells_moves_them_once(database_url: str) -> None:
+    # Ann and Bob, two customers on day D, each with a daily cell; five days later one event carries both: one
+    # merges into the other in the batch whose watermark closes their day-D cells.
+    settings = load_settings(database_url=database_url, customer_metric_windows=["1d", "all"])
+    records = page_views((D, ANN), (D + timedelta(hours=1), BOB), (D + timedelta(days=5), ANN | BOB))
+    first, second = records[:2], records[2:]
+    engine, reports = apply(settings, [first, second])
+    ((merged, survivor),) = [(m.merged_id, m.survivor_id) for m in reports[1].result.merges]
+    c = t.metric_cells.c
+    with engine.connect() as conn:
+        cells = conn.execute(select(c.key, c.window, c.counters, c.final).where(c.scope == "customer")).all()
+    engine.dispose()
+    assert {row.key for row in cells} == {survivor}, "the merged customer's cells are not written back"
+    day = [row for row in cells if row.window == "1d" and row.counters.get("touchpoints") != 1]
+    assert [(row.counters["touchpoints"], row.final) for row in day] == [(2, True)], "counted once, then final"
+    assert not last_records(reports[1:], f"customer|{merged}|"), "no record published under the merged id"
+    assert last_records(reports[1:], f"customer|{survivor}|1d|{D.date().isoformat()}")
