@@ -727,11 +727,9 @@ class BatchProcessor:
         aggregator = MetricAggregator(self.policies.metrics)
         if write.repointed:
             # Merged customers' metric cells move into the survivor's: history is combined, not lost.
-            moved = self.sink.load_customer_cells(tx, write.repointed)
-            for cell, counters in moved.items():
+            for cell, counters in self.sink.load_customer_cells(tx, write.repointed).items():
                 aggregator.add_counters(cell._replace(key=write.repointed[cell.key]), counters)
                 write.removed_cells.append(cell)
-            records.metric_cells_removed(moved)
         for entry in result.entries:
             old = result.replaced.get(entry.event_id)
             if old is not None:
@@ -872,9 +870,9 @@ class BatchProcessor:
             for cell, counters in self.sink.closable_cells(tx, ended_by).items()
             if cell not in removed
         }
-        for cell, written in write.cells.items():
-            if not written.final and written.window_end <= ended_by and cell not in removed:
-                cells.setdefault(cell, written.counters)
+        for cell, row in write.cells.items():
+            if not row.final and row.window_end <= ended_by and cell not in removed:
+                cells.setdefault(cell, row.counters)
         if cells:
             records.metrics(aggregator.finalise(cells, watermark))
             for cell, counters in cells.items():

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from config.topics import Topics
 from schemas.deadletter import DeadLetter
 from schemas.outputs import Alert, ExperienceDropAlert, IdentityChange, MetricScope
-from streams.domain.aggregate import CellFigures, CellKey
+from streams.domain.aggregate import CellFigures
 from streams.domain.entry import Entry
 from streams.domain.profile import Profile
 from streams.downstream import Outputs
@@ -108,11 +108,3 @@ class ResultRecords:
                 start_text = starts[start] = start.isoformat()
             entity = f"{scope_name}|{cell.key}"
             add(topic, metric_cell_key(entity, cell.window, start_text), orjson.dumps(data), entity)
-
-    def metric_cells_removed(self, cells: Iterable[CellKey]) -> None:
-        """Tombstones for cells that no longer exist (a merged customer's, moved into the survivor's): a consumer
-        deletes them, and compaction takes their records off the topic."""
-        for cell in cells:
-            entity = f"{cell.scope.value}|{cell.key}"
-            key = metric_cell_key(entity, cell.window, cell.window_start.isoformat())
-            self.outputs.add(self.topics.metrics, key, None, entity)

@@ -49,7 +49,7 @@ class AnswerLostAfterCommit(DownstreamProducer):
 
     lost = False
 
-    async def publish(self, row: OutboxRef, records: Iterable[tuple[str, bytes, bytes | None, bytes]]) -> Counter[str]:
+    async def publish(self, row: OutboxRef, records: Iterable[tuple[str, bytes, bytes, bytes]]) -> Counter[str]:
         sent = await super().publish(row, records)
         if not self.lost:
             self.lost = True
