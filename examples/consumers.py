@@ -34,12 +34,19 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
-Record = tuple[bytes | None, dict[str, Any]]
+#: A record's key and decoded value; the value is None for a tombstone, which deletes its key (``cx.profiles`` and
+#: ``cx.metrics`` after an erasure).
+Record = tuple[bytes | None, dict[str, Any] | None]
 
 
 def fold_profiles(records: Iterable[Record]) -> dict[str, dict[str, Any]]:
-    """The current profile of every customer not merged away (latest record per key wins)."""
-    latest = {value["customer_id"]: value for _, value in records}
+    """The current profile of every customer not merged away or erased (latest record per key wins)."""
+    latest: dict[str, dict[str, Any]] = {}
+    for key, value in records:
+        if value is None:
+            latest.pop((key or b"").decode(), None)
+        else:
+            latest[value["customer_id"]] = value
     return {customer_id: p for customer_id, p in latest.items() if p.get("merged_into") is None}
 
 
@@ -53,6 +60,9 @@ def fold_metrics(records: Iterable[Record]) -> dict[bytes | None, dict[str, Any]
     revision per record key."""
     cells: dict[bytes | None, dict[str, Any]] = {}
     for key, value in records:
+        if value is None:
+            cells.pop(key, None)  # an erased person's cell
+            continue
         if "figures" not in value:
             continue  # one figure per record, as versions before one record per cell published them
         held = cells.get(key)
@@ -128,7 +138,8 @@ def _servers(kafka_url: str) -> list[str]:
 
 def read_topic(kafka_url: str, topic: str, timeout_s: float = 60.0) -> Iterator[Record]:
     """Decoded records of ``topic`` from its beginning to its current end, committed transactions only (a
-    snapshot: no consumer group, nothing committed). Tombstones (no value) are skipped."""
+    snapshot: no consumer group, nothing committed). A tombstone comes as ``(key, None)``: until compaction the
+    key's earlier records are still there, and the tombstone says to forget them."""
     consumer = KafkaConsumer(
         bootstrap_servers=_servers(kafka_url),
         group_id=None,
@@ -146,8 +157,7 @@ def read_topic(kafka_url: str, topic: str, timeout_s: float = 60.0) -> Iterator[
                 raise TimeoutError(f"{topic} not read to its end within {timeout_s} s (an open transaction?)")
             for messages in consumer.poll(timeout_ms=500).values():
                 for message in messages:
-                    if message.value is not None:
-                        yield message.key, json.loads(message.value)
+                    yield message.key, None if message.value is None else json.loads(message.value)
     finally:
         consumer.close()
 
@@ -169,8 +179,7 @@ def follow_topic(kafka_url: str, topic: str, group_id: str) -> Iterator[Record]:
     )
     try:
         for message in consumer:
-            if message.value is not None:
-                yield message.key, json.loads(message.value)
+            yield message.key, None if message.value is None else json.loads(message.value)
             consumer.commit()
     finally:
         consumer.close()

@@ -870,9 +870,9 @@ class BatchProcessor:
             for cell, counters in self.sink.closable_cells(tx, ended_by).items()
             if cell not in removed
         }
-        for cell, row in write.cells.items():
-            if not row.final and row.window_end <= ended_by and cell not in removed:
-                cells.setdefault(cell, row.counters)
+        for cell, written in write.cells.items():
+            if not written.final and written.window_end <= ended_by and cell not in removed:
+                cells.setdefault(cell, written.counters)
         if cells:
             records.metrics(aggregator.finalise(cells, watermark))
             for cell, counters in cells.items():

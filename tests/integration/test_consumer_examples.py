@@ -117,3 +117,14 @@ def test_the_metrics_example_skips_the_per_figure_records_of_earlier_versions() 
     legacy = {"scope": "overall", "key": "all", "metric": "touchpoints", "value": 2.0, "revision": 2}
     folded = _example().fold_metrics([(b"overall|all|touchpoints|all|1970", legacy), (b"overall|all|all|1970", cell)])
     assert folded == {b"overall|all|all|1970": cell}
+
+
+def test_the_examples_forget_what_an_erasure_tombstoned() -> None:
+    # A snapshot read before compaction sees the erased person's records, then their tombstones.
+    example = _example()
+    profile = {"customer_id": "c-1", "events": 3}
+    assert example.fold_profiles([(b"c-1", profile), (b"c-2", {**profile, "customer_id": "c-2"}), (b"c-1", None)]) == {
+        "c-2": {**profile, "customer_id": "c-2"}
+    }
+    cell = {"scope": "customer", "key": "c-1", "revision": 1, "figures": {"touchpoints": {"value": 1.0}}}
+    assert example.fold_metrics([(b"customer|c-1|all|1970", cell), (b"customer|c-1|all|1970", None)]) == {}
