@@ -199,7 +199,7 @@ class WithoutCustomerLocks(CrashingSink):
         return dict(conn.execute(select(c.customer_id, c.version).where(c.customer_id.in_(sorted(ids)))).all())
 
     def write_state(self, tx: Any, batch: BatchWrite) -> None:
-        time.sleep(0.02)
+        time.sleep(0.05)
         super().write_state(tx, batch)
 
 
@@ -211,18 +211,26 @@ class WithoutClockLock(CrashingSink):
         return self.clock_in(conn, group_id)
 
     def write_shared(self, tx: Any, batch: BatchWrite) -> int | None:
-        time.sleep(0.02)
+        time.sleep(0.05)
         return super().write_shared(tx, batch)
 
 
 def apply_partitions(
-    database_url: str, arrivals: list[InRecord], seed: int, crash_every: int, sink: type[CrashingSink]
+    database_url: str,
+    arrivals: list[InRecord],
+    seed: int,
+    crash_every: int,
+    sink: type[CrashingSink],
+    start: Any = None,
 ) -> None:
     """One worker of a group: the records of its partitions (``arrivals``, in the order it reads them) in random
     batches, crashing inside or between transactions now and then and redelivered from earlier each time (run in
-    a process of its own; the records are passed, not simulated again, which would stamp other arrival times)."""
+    a process of its own; the records are passed, not simulated again, which would stamp other arrival times).
+    ``start``: a barrier the group's processes pass together once started, so that their batches overlap."""
     settings = load_settings(database_url=database_url)
     engine = make_engine(database_url, writer=True)
+    if start is not None:
+        start.wait(120)
     rng = random.Random(seed)
     writes = Counter[str]()
     crash_after = {n for n in range(1, 10_000) if rng.random() < 1 / crash_every}
@@ -261,6 +269,9 @@ def run_concurrently(database_url: str, workers: int, seed: int, sink: type[Cras
     random.Random(seed).shuffle(owned)
     context = multiprocessing.get_context("spawn")
     arrivals = list(redelivery(dict.fromkeys(LOGS, 0)))
+    # Spawned processes start one by one (each imports the project first): without a common start, one could be
+    # done before the next began, and nothing they share would be written concurrently.
+    start = context.Barrier(workers)
     processes = [
         context.Process(
             target=apply_partitions,
@@ -270,6 +281,7 @@ def run_concurrently(database_url: str, workers: int, seed: int, sink: type[Cras
                 seed * 10 + n,
                 6,
                 sink,
+                start,
             ),
         )
         for n in range(workers)
