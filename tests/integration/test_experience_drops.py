@@ -19,12 +19,13 @@ from schemas.touchpoint import Channel, EventType, IdentifierType, SourceRef, Su
 from sinks import tables as t
 from sinks.contract import cell_key
 from sinks.database import make_engine, upgrade
-from sinks.sql import SqlSink, as_utc, current_experience_drops
+from sinks.sql import as_utc, current_experience_drops
 from streams.adapters.reader import convert_one
 from streams.domain import experience_drops
-from streams.pipeline import BatchProcessor, InRecord
+from streams.pipeline import InRecord
 from streams.policies import Policies
 from streams.sandbox.journeys import simulate
+from tests.support.population import worker_processor
 from tests.support.read_api import READ_KEY, read_api
 
 #: A business already running when tracking begins (``warmup_days``: no cold start of everyone's journey, which
@@ -47,9 +48,7 @@ def simulated(degrade: str | None) -> list[InRecord]:
 
 def run(settings: Settings, batches: Iterable[list[InRecord]]) -> tuple[Engine, list[ExperienceDropAlert]]:
     """Apply the batches as a worker does; return the database and the experience alerts published."""
-    engine = make_engine(settings.database_url, writer=True)
-    upgrade(engine)
-    processor = BatchProcessor(settings, SqlSink(engine))
+    engine, processor = worker_processor(settings)
     published = []
     for batch in batches:
         report = processor.process(batch)

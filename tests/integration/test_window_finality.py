@@ -14,9 +14,8 @@ from sqlalchemy import select
 from config.settings import Settings, load_settings
 from schemas.touchpoint import Channel, EventType, IdentifierType, SourceRef, TouchpointEvent
 from sinks import tables as t
-from sinks.database import make_engine, upgrade
-from sinks.sql import SqlSink
-from streams.pipeline import BatchProcessor, BatchReport, InRecord
+from streams.pipeline import BatchReport, InRecord
+from tests.support.population import worker_processor
 
 D = datetime(2026, 10, 1, 9, tzinfo=UTC)
 ANN = {IdentifierType.EMAIL: "ann@example.org"}
@@ -42,9 +41,7 @@ def page_views(*views: tuple[datetime, dict[IdentifierType, str]]) -> list[InRec
 
 def apply(settings: Settings, batches: Sequence[Sequence[InRecord]]) -> tuple[Any, list[BatchReport]]:
     """Apply the batches as a worker does, on a fresh schema; return the engine and the batches' reports."""
-    engine = make_engine(settings.database_url, writer=True)
-    upgrade(engine)
-    processor = BatchProcessor(settings, SqlSink(engine))
+    engine, processor = worker_processor(settings)
     return engine, [processor.process(list(batch)) for batch in batches]
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from config.settings import load_settings
+from sqlalchemy.engine import Engine
+
+from config.settings import Settings, load_settings
 from schemas.touchpoint import Channel, TouchpointEvent
 from sinks.database import make_engine, upgrade
 from sinks.sql import SqlSink
@@ -14,6 +16,14 @@ from streams.sandbox.journeys import simulate
 SALT = "read-side-test-salt"
 #: Large enough to hold merges and alerts (about 1,100 touchpoints).
 CUSTOMERS, DAYS, SEED = 150, 14, 41
+
+
+def worker_processor(settings: Settings) -> tuple[Engine, BatchProcessor]:
+    """A writer engine on ``settings.database_url``, its schema upgraded, and a batch processor on it: what a
+    worker's apply process holds."""
+    engine = make_engine(settings.database_url, writer=True)
+    upgrade(engine)
+    return engine, BatchProcessor(settings, SqlSink(engine))
 
 
 def raw_events() -> list[TouchpointEvent]:
@@ -33,8 +43,7 @@ def fill(database_url: str, hashing: bool, batch: int = 500) -> None:
     settings = load_settings(
         database_url=database_url, hash_identifiers=hashing, identifier_salt=SALT if hashing else ""
     )
-    engine = make_engine(database_url, writer=True)
-    upgrade(engine)
+    engine, processor = worker_processor(settings)
     converter = identifier_hashing(settings)
     records = []
     for n, rec in enumerate(simulate(customers=CUSTOMERS, days=DAYS, seed=SEED), 1):
@@ -42,7 +51,6 @@ def fill(database_url: str, hashing: bool, batch: int = 500) -> None:
         event = getattr(item, "event", None)
         if event is not None:
             records.append(InRecord("cx.touchpoints.all", 0, len(records), event.model_dump_json().encode()))
-    processor = BatchProcessor(settings, SqlSink(engine))
     for start in range(0, len(records), batch):
         processor.process(records[start : start + batch])
     engine.dispose()
