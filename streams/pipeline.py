@@ -730,11 +730,7 @@ class BatchProcessor:
             for cell, counters in self.sink.load_customer_cells(tx, write.repointed).items():
                 aggregator.add_counters(cell._replace(key=write.repointed[cell.key]), counters)
                 write.removed_cells.append(cell)
-        for entry in result.entries:
-            old = result.replaced.get(entry.event_id)
-            if old is not None:
-                aggregator.retract(old)
-            aggregator.add(entry)
+        aggregator.add_batch(result.entries, result.replaced, write.repointed)
         touched = aggregator.touched()
         current, missing = lookup(self.cache.cells, touched)
         # A customer created in this batch has no stored cells: asking for them was most of the misses.

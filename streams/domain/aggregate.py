@@ -3,10 +3,8 @@
 The worker's cycle for one batch (all pure here; loading and writing belong to the worker)::
 
     agg = MetricAggregator(policy)                  # a MetricPolicy: windows and grace
-    for entry in batch.entries:                     # the stitcher's BatchResult
-        if entry.event_id in batch.replaced:
-            agg.retract(batch.replaced[entry.event_id])
-        agg.add(entry)
+    agg.add_counters(...)                           # merged customers' stored cells, under their survivor
+    agg.add_batch(batch.entries, batch.replaced, moved)  # the stitcher's BatchResult; moved: merged id -> survivor
     current = load_counters(agg.touched())          # stored counters of those cells, from SQL
     out = agg.updates(current)                      # merged counters + a CellFigures per changed cell
     write(out.counters); publish(out.updates)       # in the transaction that stores the offsets
@@ -20,7 +18,7 @@ depend on its own batching) are counted too, and the revision still only grows.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Literal, NamedTuple
@@ -288,6 +286,22 @@ class MetricAggregator:
     def retract(self, entry: Entry) -> None:
         """Withdraw the version a re-emitted entry replaces (the stitcher's ``replaced``); then add the new one."""
         self._apply(entry, retraction(contributions(entry)), -1)
+
+    def add_batch(self, entries: Iterable[Entry], replaced: Mapping[str, Entry], moved: Mapping[str, str]) -> None:
+        """Add a batch's entries (the stitcher's ``BatchResult.entries``), each re-emitted one after withdrawing
+        the version it replaces (``replaced``).
+
+        ``moved``: merged customer id -> survivor id, for the customers whose cells the batch's merges folded into
+        the survivor's (``add_counters``). A replaced version counted under such a customer is withdrawn from the
+        survivor's cells, where its counts now are: a split re-emits its customer's entries, replacing versions
+        under the id it split, and a merge in the same batch may then fold that id into another customer.
+        """
+        for entry in entries:
+            old = replaced.get(entry.event_id)
+            if old is not None:
+                survivor = moved.get(old.customer_id) if old.customer_id is not None else None
+                self.retract(old if survivor is None else replace(old, customer_id=survivor))
+            self.add(entry)
 
     def _apply(self, entry: Entry, contrib: Counters, sign: int) -> None:
         # Entries are summed per (scope, key, window starts) group, one dict merge per scope instead of one per

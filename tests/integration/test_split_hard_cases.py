@@ -344,6 +344,30 @@ def test_a_merge_of_the_side_split_off_in_the_same_batch_keeps_its_merge_row(dat
     assert crm_customer in merged.values(), f"Bob's customer merged into the CRM customer has its row: {merged}"
 
 
+def test_a_merge_of_the_side_kept_in_the_same_batch_as_its_split_counts_every_event_once(database_url: str) -> None:
+    """Found by review: the batch that applies a split (Ann's side keeps the shared customer's id) also links Ann
+    with a CRM customer, which survives. The merge moved the shared customer's cells, Bob's events and all, into
+    the CRM customer's, but the split's re-emitted entries were withdrawn from the old id's cells: the CRM
+    customer counted 15 touchpoints where 7 are right, and the old id's cell came back, empty, after the merge
+    deleted it."""
+    crm = {IdentifierType.CRM_ID: "CRM-7"}
+    ends: dict[str, int] = {}
+    settings, engine, processor = worker(database_url)
+    events = [*household(), event(20, Channel.PHONE, EventType.PAGE_VIEW, crm)]
+    feed(processor, records(events, ends))
+    shared, crm_customer = customer_of(engine, ANN), customer_of(engine, "crm_id:CRM-7")
+    split_customer(settings, ANN, [BOB], actor="test", wait_s=0)
+    ann_and_crm = event(21, Channel.PHONE, EventType.SUPPORT_CONTACT, {IdentifierType.EMAIL: "ann@example.org"} | crm)
+    processor.process(records([ann_and_crm], ends))  # the split and the merge, in one batch
+    assert customer_of(engine, ANN) == crm_customer and customer_of(engine, BOB) not in (shared, crm_customer)
+    with engine.connect() as conn:
+        assert cells_of(conn, shared) == 0, "the merged id has no cells left"
+    expected = expected_results([*events, ann_and_crm], settings, rules(settings))
+    got, want = comparable(order_free(engine)), comparable(expected)
+    for table in want:
+        assert got[table] == want[table], table
+
+
 def test_a_customer_merged_in_before_a_split_follows_its_identifiers_to_the_side_split_off(database_url: str) -> None:
     """Found by review: Bob's app (a customer of its own at first) was merged into the shared customer; splitting Bob
     off with the app's id re-forms it on Bob's side, but its ``identity_merges`` row still named Ann's customer, with
