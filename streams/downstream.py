@@ -71,27 +71,57 @@ class Outputs:
     different (metric cells) the entity they belong to, so related records share a partition and the
     partitioner's memo stays small. Either way one key always lands on one partition, which is what a
     compacted topic needs.
+
+    Each record is framed as it is added (the outbox row's frames, ``encode``), not kept as its own bytes until
+    the batch ends: orjson (3.13) leaves every value it makes in a buffer of at least 4 KiB, so a batch's
+    values, two per event of about 600 bytes each, held 61 MB of a 5,000-event batch where their frames take 7.
     """
 
-    records: list[tuple[str, bytes, bytes, bytes]] = field(default_factory=list)
+    #: The records' frames, as ``encode`` compresses them after the topic list.
+    frames: bytearray = field(default_factory=bytearray)
+    #: Topic -> its index in the frames, in order of first use.
+    topics: dict[str, int] = field(default_factory=dict)
 
     def add(self, topic: str, key: str, value: bytes, route: str | None = None) -> None:
         """Queue one downstream record."""
         encoded = key.encode()
-        self.records.append((topic, encoded, value, encoded if route is None else route.encode()))
+        i = self.topics.get(topic)
+        if i is None:
+            i = self.topics[topic] = len(self.topics)
+        routed = encoded if route is None else route.encode()
+        frames = self.frames
+        frames += _FRAME.pack(i, len(encoded), len(value))
+        frames += encoded
+        frames += value
+        frames += _LENGTH.pack(len(routed))
+        frames += routed
+
+    def __bool__(self) -> bool:
+        return bool(self.frames)
+
+    @property
+    def records(self) -> list[tuple[str, bytes, bytes, bytes]]:
+        """The queued records, decoded from their frames (for inspection: the worker publishes ``encode``'s)."""
+        return list(_records(list(self.topics), bytes(self.frames), 0))
 
     def encode(self) -> bytes:
         """Serialise for the outbox row (length-prefixed frames: no escaping of the JSON values)."""
-        index: dict[str, int] = {}
-        parts: list[bytes] = []
-        pack = _FRAME.pack
-        for topic, key, value, route in self.records:
-            i = index.get(topic)
-            if i is None:
-                i = index[topic] = len(index)
-            parts += (pack(i, len(key), len(value)), key, value, _LENGTH.pack(len(route)), route)
-        head = orjson.dumps(list(index))
-        return _MAGIC + _COMPRESSOR.compress(b"".join((_LENGTH.pack(len(head)), head, *parts)))
+        head = orjson.dumps(list(self.topics))
+        return _MAGIC + _COMPRESSOR.compress(b"".join((_LENGTH.pack(len(head)), head, self.frames)))
+
+
+def _records(topics: list[str], payload: bytes, pos: int) -> Iterator[tuple[str, bytes, bytes, bytes]]:
+    """The (topic, key, value, route) records framed in ``payload`` from ``pos`` on (``Outputs.add``)."""
+    end = len(payload)
+    while pos < end:
+        i, klen, vlen = _FRAME.unpack_from(payload, pos)
+        pos += _FRAME.size
+        key, value = payload[pos : pos + klen], payload[pos + klen : pos + klen + vlen]
+        pos += klen + vlen
+        (rlen,) = _LENGTH.unpack_from(payload, pos)
+        pos += _LENGTH.size
+        yield topics[i], key, value, payload[pos : pos + rlen]
+        pos += rlen
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,17 +145,7 @@ class OutboxPayload:
         payload = zlib.decompress(body) if self.data.startswith(_MAGIC_ZLIB) else _DECOMPRESSOR.decompress(body)
         (size,) = _LENGTH.unpack_from(payload)
         start = _LENGTH.size
-        topics = orjson.loads(payload[start : start + size])
-        pos, end = start + size, len(payload)
-        while pos < end:
-            i, klen, vlen = _FRAME.unpack_from(payload, pos)
-            pos += _FRAME.size
-            key, value = payload[pos : pos + klen], payload[pos + klen : pos + klen + vlen]
-            pos += klen + vlen
-            (rlen,) = _LENGTH.unpack_from(payload, pos)
-            pos += _LENGTH.size
-            yield topics[i], key, value, payload[pos : pos + rlen]
-            pos += rlen
+        yield from _records(orjson.loads(payload[start : start + size]), payload, start + size)
 
 
 class Partitioner:

@@ -255,7 +255,7 @@ class BatchProcessor:
                     self._follow(tx, write, report, records, {}, backlog, clock, StateView())
                     if not (write.partitions or write.watermark or write.swept_to):
                         return report
-                    write.outbox = report.outbox = report.outputs.encode() if report.outputs.records else None
+                    write.outbox = report.outbox = report.outputs.encode() if report.outputs else None
                     report.outbox_id = self.sink.write_shared(tx, write)
         except BaseException:
             self.cache.clear()
@@ -546,7 +546,7 @@ class BatchProcessor:
         # 7. write
         self._refused(result, before, report)
         self._publish_dead_letters(report, records)
-        write.outbox = report.outbox = report.outputs.encode() if report.outputs.records else None
+        write.outbox = report.outbox = report.outputs.encode() if report.outputs else None
         report.outbox_id = self.sink.write_shared(tx, write)
         return clock, write, view, tuple(result.removed), stored, versions
 
