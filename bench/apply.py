@@ -29,7 +29,7 @@ from sqlalchemy import Engine
 
 from bench.procs import PostgresServer, throwaway_postgres
 from bench.workload import prepare, simulate_records
-from config.settings import load_settings
+from config.settings import Settings, load_settings
 from sinks.database import make_engine, upgrade
 from sinks.sql import SqlSink
 from streams import apply_process
@@ -133,7 +133,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.apply", description=__doc__.split("\n\n")[0])
     parser.add_argument("--customers", type=int, default=20_000)
     parser.add_argument("--days", type=int, default=30)
-    parser.add_argument("--batch", type=int, default=5_000, help="events per batch (CXSTREAM_BATCH_MAX_EVENTS)")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=Settings.model_fields["batch_max_events"].default,
+        help="events per batch (default: CXSTREAM_BATCH_MAX_EVENTS's)",
+    )
     parser.add_argument("--skip", type=int, default=2, help="batches left out of the figures (warm-up)")
     parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--postgres-url", default=os.environ.get("CXSTREAM_BENCH_POSTGRES_URL"))

@@ -78,9 +78,9 @@ class Outputs:
     """
 
     #: The records' frames, as ``encode`` compresses them after the topic list.
-    frames: bytearray = field(default_factory=bytearray)
+    frames: bytearray = field(default_factory=bytearray, init=False)
     #: Topic -> its index in the frames, in order of first use.
-    topics: dict[str, int] = field(default_factory=dict)
+    topics: dict[str, int] = field(default_factory=dict, init=False)
 
     def add(self, topic: str, key: str, value: bytes, route: str | None = None) -> None:
         """Queue one downstream record."""

@@ -130,7 +130,9 @@ class BatchResult:
 
     #: Timeline entries to publish/upsert by event_id, in processing order, one per event id.
     entries: list[Entry] = field(default_factory=list)
-    #: For entries re-emitted from an earlier batch: the version they replace (customer id re-pointed).
+    #: For entries re-emitted from an earlier batch: the version they replace, under the customer id it now counts
+    #: under (a merge's survivor), or, for a split's, the id split (which a merge later in the batch may fold into
+    #: another customer: ``MetricAggregator.add_batch``).
     replaced: dict[str, Entry] = field(default_factory=dict)
     #: Ids of the customers whose state changed (write ``view.customers[id].to_dict()``), sorted.
     changed: list[str] = field(default_factory=list)
