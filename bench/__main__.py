@@ -142,7 +142,14 @@ def worker_defaults() -> dict[str, str]:
     """The batching and fetch defaults of the code under test, read from its Settings (they change as it is tuned)."""
     from config.settings import Settings
 
-    fields = ("batch_max_events", "batch_max_wait", "broker_fetch_max_wait", "broker_max_poll_interval")
+    fields = (
+        "batch_max_events",
+        "batch_max_events_behind",
+        "batch_behind_s",
+        "batch_max_wait",
+        "broker_fetch_max_wait",
+        "broker_max_poll_interval",
+    )
     # A field the code under test does not have yet (a baseline run of an older commit) is left out.
     known = Settings.model_fields
     return {f"CXSTREAM_{name.upper()}": str(known[name].default) for name in fields if name in known}

@@ -92,9 +92,17 @@ class Settings(BaseSettings):
 
     # --- processing ----------------------------------------------------------------------------
     batch_max_events: int = Field(
-        10_000,
+        5000, ge=1, description="Most events the worker applies in one transaction while it keeps up with its input."
+    )
+    batch_max_events_behind: int = Field(
+        20_000,
         ge=1,
-        description="Most events the worker applies in one transaction: more costs less CPU per event and more memory (README, Scaling).",
+        description="Most events in one transaction while the worker is behind (CXSTREAM_BATCH_BEHIND_S): a bigger batch costs less CPU per event and more memory (README, Scaling); not below CXSTREAM_BATCH_MAX_EVENTS.",
+    )
+    batch_behind_s: float = Field(
+        10.0,
+        gt=0,
+        description="The worker is behind while the input records waiting for it would take longer than this to apply, seconds (estimated from its recent batches).",
     )
     stream_buffer_records: int = Field(
         500,

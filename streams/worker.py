@@ -38,6 +38,7 @@ from sinks.queries import ENGAGEMENT_QUANTILES, engagement_quantiles
 from sinks.sql import SqlSink, current_experience_drops, customers_count
 from streams import apply_process
 from streams.apply_process import ApplyProcess, BatchSummary, is_transient, tune_collector
+from streams.batch_bound import BatchBound
 from streams.collector import SEGMENT_PATHS, Collector, CollectorReply
 from streams.downstream import DownstreamProducer, OutboxPayload, OutboxPublisher
 from streams.erasure import restore_suppressions
@@ -106,7 +107,8 @@ class Worker:
             on_waiting=self.instruments.outbox_unpublished.labels(settings.worker_id).set,
             on_transactional=self.instruments.outputs_transactional.labels(settings.worker_id).set,
         )
-        self.batches = BatchFeeder(self._apply_batch, self._finish_batch, settings.batch_max_events, self._fail)
+        self.bound = BatchBound(settings.batch_max_events, settings.batch_max_events_behind, settings.batch_behind_s)
+        self.batches = BatchFeeder(self._apply_batch, self._finish_batch, self._batch_limit, self._fail)
         self.app = self._build_app()
 
     def _build_app(self) -> faust.App:
@@ -269,15 +271,21 @@ class Worker:
 
     # --- batches ----------------------------------------------------------------------------------
 
+    def _batch_limit(self) -> int:
+        """The most events the next batch takes (``BatchBound``): more while the worker is behind its input."""
+        return self.bound.limit(sum(self._lag().values()))
+
     async def handle(self, records: list[InRecord]) -> list[Applied]:
-        """Apply records in transactions of at most ``batch_max_events`` events (envelopes hold many).
+        """Apply records in transactions of at most ``_batch_limit()`` events (envelopes hold many).
 
         Returns each transaction's summary, in commit order, for ``_finish_batch``.
         """
         await self.publisher.ready.wait()  # what a previous run left unpublished goes out first
         applied: list[Applied] = []
-        for chunk in chunk_by_events(records, self.settings.batch_max_events):
-            applied += await self._handle_chunk(chunk)
+        for chunk in chunk_by_events(records, self._batch_limit()):
+            done = await self._handle_chunk(chunk)
+            self.bound.observe(len(chunk), sum(map(events_in, chunk)), sum(seconds for _, seconds in done))
+            applied += done
         return applied
 
     async def _handle_chunk(self, records: list[InRecord]) -> list[Applied]:
@@ -510,7 +518,7 @@ class BatchFeeder(Generic[Done]):
     Faust's per-record work (taking records) and the SQL transaction overlap: while one batch is applied, what
     arrives meanwhile is gathered, and applied next as one batch. Under load batches grow (fewer transactions,
     less fixed cost per event); when idle, a record waits only for the take window. ``add`` waits while
-    ``max_events`` events are already gathered, so memory stays bounded.
+    ``max_events()`` events are already gathered, so memory stays bounded.
 
     The apply process is the worker's bottleneck, so it is never kept waiting for bookkeeping: once a batch is
     applied, the next one is submitted first, and only then is the applied one finished (``finish``: metrics,
@@ -523,9 +531,10 @@ class BatchFeeder(Generic[Done]):
         self,
         apply: Callable[[list[InRecord]], Awaitable[Done | None]],
         finish: Callable[[Done], Awaitable[None]],
-        max_events: int,
+        max_events: Callable[[], int],
         fail: Callable[[BaseException], Awaitable[None]],
     ) -> None:
+        """``max_events``: how many events may be gathered for the next batch, asked as records arrive."""
         self._apply = apply
         self._finish = finish
         self._fail = fail
@@ -543,7 +552,7 @@ class BatchFeeder(Generic[Done]):
         finished nor acknowledged, and nothing after it is applied.
         """
         # Bounded by events, not records: an envelope holds a hundred.
-        while self._events >= self._max_events:
+        while self._events >= self._max_events():
             self._room.clear()
             await self._room.wait()
         self._records += records

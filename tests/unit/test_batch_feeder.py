@@ -43,7 +43,7 @@ def test_records_taken_while_a_batch_applies_are_applied_next_as_one_batch() -> 
         return done
 
     async def run() -> None:
-        feeder = BatchFeeder(apply, nothing, max_events=100, fail=unexpected)
+        feeder = BatchFeeder(apply, nothing, max_events=lambda: 100, fail=unexpected)
         await feeder.add(records(0, 1), ack(1))
         await asyncio.sleep(0)
         await feeder.add(records(2), ack(2))
@@ -68,7 +68,7 @@ def test_a_batch_that_cannot_be_applied_is_never_acknowledged() -> None:
         acked.append(1)
 
     async def run() -> None:
-        feeder = BatchFeeder(apply, nothing, max_events=10, fail=unexpected)
+        feeder = BatchFeeder(apply, nothing, max_events=lambda: 10, fail=unexpected)
         await feeder.add(records(0), ack)
         await asyncio.sleep(0.05)
 
@@ -86,7 +86,7 @@ def test_adding_waits_while_a_full_batch_is_gathered() -> None:
         return len(batch)
 
     async def run() -> None:
-        feeder = BatchFeeder(apply, nothing, max_events=2, fail=unexpected)
+        feeder = BatchFeeder(apply, nothing, max_events=lambda: 2, fail=unexpected)
         await feeder.add(records(0), nothing)  # applying: waits on release
         await asyncio.sleep(0)
         await feeder.add(records(1, 2), nothing)  # gathered: 2 records, the limit
@@ -110,7 +110,7 @@ def test_envelopes_count_by_their_events() -> None:
         return len(batch)
 
     async def run() -> None:
-        feeder = BatchFeeder(apply, nothing, max_events=3, fail=unexpected)
+        feeder = BatchFeeder(apply, nothing, max_events=lambda: 3, fail=unexpected)
         await feeder.add(records(0), nothing)  # applying
         await asyncio.sleep(0)
         await feeder.add(envelope, nothing)  # one record, three events: the limit
@@ -157,7 +157,7 @@ def test_the_next_batch_is_submitted_before_the_last_one_is_finished_and_acknowl
             await asyncio.sleep(0.01)
 
     async def run() -> None:
-        feeder = BatchFeeder(apply, finish, max_events=100, fail=unexpected)
+        feeder = BatchFeeder(apply, finish, max_events=lambda: 100, fail=unexpected)
         await feeder.add(records(0, 1), ack(0))
         await asyncio.sleep(0.01)  # the first batch is applying
         await feeder.add(records(2), ack(2))  # gathered meanwhile
@@ -181,7 +181,7 @@ def test_a_batch_applied_last_is_finished_even_when_nothing_follows() -> None:
         finished.append(first)
 
     async def run() -> None:
-        feeder = BatchFeeder(apply, finish, max_events=100, fail=unexpected)
+        feeder = BatchFeeder(apply, finish, max_events=lambda: 100, fail=unexpected)
         await feeder.add(records(5), nothing)
         await asyncio.sleep(0.05)
         await feeder.add(records(6), nothing)  # after the feeder went idle
@@ -214,7 +214,7 @@ def test_a_failure_while_finishing_is_reported_and_stops_acknowledging() -> None
         failures.append(exc)
 
     async def run() -> None:
-        feeder = BatchFeeder(apply, finish, max_events=100, fail=fail)
+        feeder = BatchFeeder(apply, finish, max_events=lambda: 100, fail=fail)
         await feeder.add(records(0), ack(0))
         await asyncio.sleep(0.05)
         await feeder.add(records(1), ack(1))
