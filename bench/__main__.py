@@ -489,7 +489,12 @@ def _profile_reads(ctx: BenchContext, args: argparse.Namespace, results: dict[st
         "requests_per_kind": args.profile_requests,
         "warmup_per_kind": reads.WARMUP_PER_KIND,
         "seed": reads.SEED,
-        "batch_events": int(worker_defaults().get("CXSTREAM_BATCH_MAX_EVENTS", 5000)),
+        # A database built from a history: the worker's batches while it is behind its input.
+        "batch_events": int(
+            worker_defaults().get(
+                "CXSTREAM_BATCH_MAX_EVENTS_BEHIND", worker_defaults().get("CXSTREAM_BATCH_MAX_EVENTS", 5000)
+            )
+        ),
         "databases": {kind: {"status": "not run"} for kind in ("sqlite", "postgres")},
     }
     results["profile_reads"] = section

@@ -148,8 +148,8 @@ class Worker:
         @app.agent(inputs, name="cxstream.touchpoints")
         async def touchpoints(stream: faust.StreamT) -> None:
             # noack_take: offsets move only after our SQL commit, never because the batch was merely read.
-            # Takes are bounded in records too: the batches gather takes up to batch_max_events events, and a
-            # take of batch_max_events envelopes would hold a hundred times that.
+            # Takes are bounded in records too: the batches gather takes up to the batch bound's events
+            # (``_batch_limit``), and a take of that many envelopes would hold a hundred times that.
             async for events in stream.noack_take(s.stream_buffer_records, within=s.batch_max_wait):
                 await self.batches.add(
                     [InRecord(e.message.topic, e.message.partition, e.message.offset, e.value) for e in events],
@@ -284,7 +284,9 @@ class Worker:
         applied: list[Applied] = []
         for chunk in chunk_by_events(records, self._batch_limit()):
             done = await self._handle_chunk(chunk)
-            self.bound.observe(len(chunk), sum(map(events_in, chunk)), sum(seconds for _, seconds in done))
+            if len(done) == 1:  # not applied one record at a time after a failure, whose pace says nothing
+                summary, seconds = done[0]
+                self.bound.observe(len(chunk), sum(map(events_in, chunk)), summary.events, seconds)
             applied += done
         return applied
 

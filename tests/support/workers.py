@@ -82,7 +82,12 @@ class WorkerFactory:
         self.started: list[WorkerProcess] = []
 
     def env(self, database_url: str, topic_prefix: str, **settings: str) -> dict[str, str]:
-        """Environment of a worker for this test: its broker, database, topics and a free web port."""
+        """Environment of a worker for this test: its broker, database, topics and a free web port.
+
+        A test that sets ``batch_max_events`` wants batches that small (kills and outages between many of them):
+        it gets the same bound while behind its input, unless it sets ``batch_max_events_behind`` too."""
+        if "batch_max_events" in settings:
+            settings.setdefault("batch_max_events_behind", settings["batch_max_events"])
         env = {k: v for k, v in os.environ.items() if not k.startswith("CXSTREAM_")}
         env.update(
             CXSTREAM_KAFKA_URL=self.kafka_url,
