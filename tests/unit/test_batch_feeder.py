@@ -101,6 +101,38 @@ def test_adding_waits_while_a_full_batch_is_gathered() -> None:
     assert order[:2] == ["apply 1", "apply 2"]
 
 
+def test_a_bound_that_changes_while_records_are_gathered_neither_stalls_nor_overfills() -> None:
+    """The bound is asked at every add (the worker's grows while it is behind its input): gathering follows the
+    bound of the moment, and one that falls below what is gathered waits for the next batch to take it."""
+    release = asyncio.Event()
+    bound = [4]
+    applied: list[int] = []
+
+    async def apply(batch: list[InRecord]) -> int:
+        applied.append(len(batch))
+        await release.wait()
+        return len(batch)
+
+    async def run() -> None:
+        feeder = BatchFeeder(apply, nothing, max_events=lambda: bound[0], fail=unexpected)
+        await feeder.add(records(0), nothing)  # applying: waits on release
+        await asyncio.sleep(0)
+        await feeder.add(records(1, 2, 3), nothing)  # gathered 3, under the bound of 4
+        bound[0] = 2  # the worker caught up: the bound falls below what is gathered
+        blocked = asyncio.ensure_future(feeder.add(records(4), nothing))
+        await asyncio.sleep(0.05)
+        assert not blocked.done(), "no room under the lower bound"
+        release.set()  # the next batch takes the 3 gathered: room again
+        await asyncio.wait_for(blocked, 1)
+        bound[0] = 10  # behind again: more may be gathered
+        await asyncio.wait_for(feeder.add(records(5, 6, 7), nothing), 1)
+        while sum(applied) < 8:
+            await asyncio.sleep(0.01)
+
+    asyncio.run(run())
+    assert applied[:2] == [1, 3] and sum(applied) == 8, applied
+
+
 def test_envelopes_count_by_their_events() -> None:
     release = asyncio.Event()
     envelope = [InRecord("t", 0, 1, b'[{"event_id":"a"},{"event_id":"b"},{"event_id":"c"}]')]
