@@ -483,6 +483,7 @@ def _latency(ctx: BenchContext, args: argparse.Namespace, available: int, result
 
 def _profile_reads(ctx: BenchContext, args: argparse.Namespace, results: dict[str, Any]) -> None:
     """The read API's latency on a database of ``--profile-customers``, built once per database kind."""
+    defaults = worker_defaults()
     section: dict[str, Any] = {
         "customers": args.profile_customers,
         "days": args.profile_days,
@@ -491,9 +492,7 @@ def _profile_reads(ctx: BenchContext, args: argparse.Namespace, results: dict[st
         "seed": reads.SEED,
         # A database built from a history: the worker's batches while it is behind its input.
         "batch_events": int(
-            worker_defaults().get(
-                "CXSTREAM_BATCH_MAX_EVENTS_BEHIND", worker_defaults().get("CXSTREAM_BATCH_MAX_EVENTS", 5000)
-            )
+            defaults.get("CXSTREAM_BATCH_MAX_EVENTS_BEHIND", defaults.get("CXSTREAM_BATCH_MAX_EVENTS", 5000))
         ),
         "databases": {kind: {"status": "not run"} for kind in ("sqlite", "postgres")},
     }

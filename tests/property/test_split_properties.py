@@ -196,12 +196,10 @@ class SplitWorker:
             del self.states[removed]
         for changed in result.changed:
             self.states[changed] = json.dumps(view.customers[changed].to_dict())
-        survivors = {merge.merged_id: merge.survivor_id for merge in result.merges}
+        moved = repoint([(merge.merged_id, merge.survivor_id) for merge in result.merges]).moved
         for event_id, (owner, stored) in list(table.items()):
-            if owner in survivors:
-                while owner in survivors:
-                    owner = survivors[owner]
-                table[event_id] = (owner, stored)
+            if owner in moved:
+                table[event_id] = (moved[owner], stored)
         for entry in result.entries:
             table[entry.event_id] = (entry.customer_id, stored_of(entry))
         for event in batch:
