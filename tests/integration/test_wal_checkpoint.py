@@ -1,13 +1,15 @@
-"""The SQLite writer's WAL is checkpointed off its thread, and emptied once it grows past the limit."""
+"""The SQLite writer's WAL is checkpointed off its thread, and emptied once it grows past the limit; new databases
+get the page size that was measured cheaper, existing ones keep theirs."""
 
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 
 from sqlalchemy import text
 
-from sinks.database import make_engine
+from sinks.database import SQLITE_PAGE_SIZE, make_engine, upgrade
 from sinks.wal import WalCheckpointer
 from tests.support.processes import wait_until
 
@@ -29,6 +31,29 @@ def test_writer_commits_are_checkpointed_by_the_thread(tmp_path: Path) -> None:
     path = tmp_path / "cx.db"
     wait_until(lambda: path.stat().st_size > 500 * 500, 10, "the rows in the database file", 0.02)
     engine.dispose()
+
+
+def test_a_new_database_gets_the_larger_page_size_and_an_existing_one_keeps_its_own(tmp_path: Path) -> None:
+    fresh = make_engine(f"sqlite:///{tmp_path / 'fresh.db'}", writer=True)
+    upgrade(fresh)
+    with fresh.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA page_size").scalar() == SQLITE_PAGE_SIZE == 16384
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    fresh.dispose()
+
+    # A database made by an earlier version (4 KiB pages, already in WAL mode) opens, migrates and takes writes.
+    old_path = tmp_path / "old.db"
+    with sqlite3.connect(old_path) as raw:
+        raw.execute("PRAGMA journal_mode=WAL")
+        raw.execute("CREATE TABLE before_upgrade (k INTEGER PRIMARY KEY)")
+    old = make_engine(f"sqlite:///{old_path}", writer=True)
+    upgrade(old)
+    with old.begin() as conn:
+        conn.execute(text("INSERT INTO before_upgrade VALUES (1)"))
+    with old.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA page_size").scalar() == 4096
+        assert conn.execute(text("SELECT count(*) FROM before_upgrade")).scalar() == 1
+    old.dispose()
 
 
 def test_checkpointer_truncates_a_log_past_its_limit(tmp_path: Path) -> None:
