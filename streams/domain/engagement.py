@@ -47,6 +47,7 @@ TALLIED_MOMENTS: frozenset[str] = frozenset(m.value for m in NEGATIVE_MOMENTS if
 COUNTS = ("touches", "purchases", "positive_surveys", "negative_surveys", "negative_moments")
 #: The weight names of ``CXSTREAM_ENGAGEMENT_WEIGHTS``, in :data:`COUNTS` order.
 WEIGHT_NAMES = ("touch", "purchase", "positive_survey", "negative_survey", "negative_moment")
+#: The weights by default (``CXSTREAM_ENGAGEMENT_WEIGHTS`` fills what it leaves out from these).
 DEFAULT_WEIGHTS: dict[str, float] = {
     "touch": 1.0,
     "purchase": 5.0,
