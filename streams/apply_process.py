@@ -24,6 +24,7 @@ from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from operator import attrgetter
 from typing import Any, TypeVar
 
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -101,7 +102,9 @@ class BatchSummary:
     def of(cls, report: BatchReport, applied: dict[tuple[str, int], int]) -> BatchSummary:
         """Summarise ``report``; ``applied`` is the processor's applied offsets after it."""
         base = cls(
-            events_by_channel=dict(Counter(event.channel.value for event in report.events)),
+            events_by_channel={
+                channel.value: n for channel, n in Counter(map(attrgetter("channel"), report.events)).items()
+            },
             events=len(report.events),
             applied=dict(applied),
             gaps=report.gaps,

@@ -456,8 +456,15 @@ class BatchProcessor:
         without the batch reading its row (the merge's UPDATE moved it) is not among them: the cache forgets it.
         ``versions``: the customers' versions as locked (PostgreSQL); a written customer's is now one more.
         """
+        # Most keys keep their customer: their row is stored as read (a NamedTuple _replace per key cost 3% of
+        # the apply path).
         identities = (
-            (key, None if (row := stored.get(key)) is None else row._replace(customer_id=customer_id))
+            (
+                key,
+                row
+                if (row := stored.get(key)) is None or row.customer_id == customer_id
+                else row._replace(customer_id=customer_id),
+            )
             for key, customer_id in view.identities.items()
         )
         for key in write.forgotten:  # a split left it with no customer: its row is gone
