@@ -15,10 +15,9 @@ import pydantic_settings
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from schemas.outputs import WatchedMetric
+from schemas.outputs import ENGAGEMENT_WEIGHTS, WatchedMetric
 from schemas.touchpoint import CUSTOM_TYPE_PATTERN, IdentifierName, IdentifierType
 from schemas.windows import window_seconds
-from streams.domain.engagement import DEFAULT_WEIGHTS
 
 ENV_PREFIX = "CXSTREAM_"
 #: The collector's default write key: public (it is in this README), for the embedded default on loopback only.
@@ -189,7 +188,7 @@ class Settings(BaseSettings):
         description="Engagement score: weeks counted, up to the week of the customer's latest event; each customer's state keeps one small row per week with events.",
     )
     engagement_weights: dict[str, float] = Field(
-        default_factory=lambda: dict(DEFAULT_WEIGHTS),
+        default_factory=lambda: dict(ENGAGEMENT_WEIGHTS),
         description='Engagement score weights, JSON (names left out keep their default): {"touch": 1, "purchase": 5, "positive_survey": 3, "negative_survey": 3, "negative_moment": 2}; the negative kinds are subtracted.',
     )
     metric_windows: Annotated[list[str], NoDecode] = Field(
@@ -395,13 +394,13 @@ class Settings(BaseSettings):
     @field_validator("engagement_weights")
     @classmethod
     def _weights(cls, value: dict[str, float]) -> dict[str, float]:
-        unknown = sorted(set(value) - set(DEFAULT_WEIGHTS))
+        unknown = sorted(set(value) - set(ENGAGEMENT_WEIGHTS))
         if unknown:
-            raise ValueError(f"unknown weights {unknown}: expected some of {list(DEFAULT_WEIGHTS)}")
+            raise ValueError(f"unknown weights {unknown}: expected some of {list(ENGAGEMENT_WEIGHTS)}")
         bad = {name: w for name, w in value.items() if not 0 <= w < float("inf")}
         if bad:
             raise ValueError(f"weights must be finite and at least 0: {bad}")
-        return {**DEFAULT_WEIGHTS, **value}
+        return {**ENGAGEMENT_WEIGHTS, **value}
 
     @field_validator("identifier_limits")
     @classmethod

@@ -87,6 +87,17 @@ class TimelineEntry(BaseModel):
     source_id: str = ""
 
 
+#: The engagement score's weights by default, by name (``CXSTREAM_ENGAGEMENT_WEIGHTS`` overrides some or all). The
+#: negative kinds are subtracted, so given as positive numbers.
+ENGAGEMENT_WEIGHTS: dict[str, float] = {
+    "touch": 1.0,
+    "purchase": 5.0,
+    "positive_survey": 3.0,
+    "negative_survey": 3.0,
+    "negative_moment": 2.0,
+}
+
+
 class CustomerProfile(BaseModel):
     """Current summary of one customer (compacted topic keyed by customer_id)."""
 

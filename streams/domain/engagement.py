@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
-from schemas.outputs import NEGATIVE_MOMENTS, Moment
+from schemas.outputs import ENGAGEMENT_WEIGHTS, NEGATIVE_MOMENTS, Moment
 from schemas.touchpoint import EventType
 from streams.domain.stages import is_journey_event
 
@@ -47,14 +47,6 @@ TALLIED_MOMENTS: frozenset[str] = frozenset(m.value for m in NEGATIVE_MOMENTS if
 COUNTS = ("touches", "purchases", "positive_surveys", "negative_surveys", "negative_moments")
 #: The weight names of ``CXSTREAM_ENGAGEMENT_WEIGHTS``, in :data:`COUNTS` order.
 WEIGHT_NAMES = ("touch", "purchase", "positive_survey", "negative_survey", "negative_moment")
-#: The weights by default (``CXSTREAM_ENGAGEMENT_WEIGHTS`` fills what it leaves out from these).
-DEFAULT_WEIGHTS: dict[str, float] = {
-    "touch": 1.0,
-    "purchase": 5.0,
-    "positive_survey": 3.0,
-    "negative_survey": 3.0,
-    "negative_moment": 2.0,
-}
 
 _PURCHASE = EventType.PURCHASE.value
 # Identify calls are profile updates (a login, a CRM sync re-sending everyone's traits), not dealings: counted, they
@@ -75,7 +67,7 @@ class EngagementPolicy:
     scale: float = 20.0
     horizon_weeks: int = 52
     #: Weights in :data:`WEIGHT_NAMES` order; the negative kinds are subtracted, so given as positive numbers.
-    weights: tuple[float, ...] = tuple(DEFAULT_WEIGHTS.values())
+    weights: tuple[float, ...] = tuple(ENGAGEMENT_WEIGHTS[name] for name in WEIGHT_NAMES)
     #: Signed weights in :data:`COUNTS` order, and the decay factor of each age in weeks (derived).
     signed: tuple[float, ...] = field(init=False, repr=False, compare=False)
     decay: tuple[float, ...] = field(init=False, repr=False, compare=False)
