@@ -51,7 +51,7 @@ def make_engine(url: str, *, writer: bool = False) -> Engine:
             # synchronous=NORMAL is durable across process crashes, which is the fault we guard against.
             cur = dbapi_conn.cursor()
             # Only takes effect on a database not created yet: an existing one keeps its page size (README,
-            # "Upgrading").
+            # "Upgrade notes").
             cur.execute(f"PRAGMA page_size={SQLITE_PAGE_SIZE}")
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")

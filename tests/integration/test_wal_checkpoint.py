@@ -44,6 +44,7 @@ def test_a_new_database_gets_the_larger_page_size_and_an_existing_one_keeps_its_
     # A database made by an earlier version (4 KiB pages, already in WAL mode) opens, migrates and takes writes.
     old_path = tmp_path / "old.db"
     with sqlite3.connect(old_path) as raw:
+        raw.execute("PRAGMA page_size=4096")
         raw.execute("PRAGMA journal_mode=WAL")
         raw.execute("CREATE TABLE before_upgrade (k INTEGER PRIMARY KEY)")
     old = make_engine(f"sqlite:///{old_path}", writer=True)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 #: Ports handed out by ``free_port``: below Linux's default ephemeral range (32768-60999), in a slice per pytest-xdist
 #: worker process.
-_PORTS_FROM, _PORTS_TO, _SLICES = 12000, 32000, 8
+_PORTS_FROM, _PORTS_TO = 12000, 32000
 _next_port: list[int] = []
 
 
@@ -35,9 +35,11 @@ def free_port() -> int:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             return int(sock.getsockname()[1])
-    size = (_PORTS_TO - _PORTS_FROM) // _SLICES
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
-    first = _PORTS_FROM + (int(worker) % _SLICES if worker.isdigit() else 0) * size
+    # xdist names its workers gw0 ... gw(N-1); a run without it has the whole range.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    size = (_PORTS_TO - _PORTS_FROM) // max(workers, 1)
+    first = _PORTS_FROM + worker * size
     if not _next_port:
         _next_port.append(first + random.randrange(size))
     for _ in range(size):
