@@ -4,7 +4,12 @@ get the page size that was measured cheaper, existing ones keep theirs."""
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import sqlite3
+import subprocess
+import sys
+from contextlib import closing
 from pathlib import Path
 
 from sqlalchemy import text
@@ -43,7 +48,7 @@ def test_a_new_database_gets_the_larger_page_size_and_an_existing_one_keeps_its_
 
     # A database made by an earlier version (4 KiB pages, already in WAL mode) opens, migrates and takes writes.
     old_path = tmp_path / "old.db"
-    with sqlite3.connect(old_path) as raw:
+    with closing(sqlite3.connect(old_path)) as raw:
         raw.execute("PRAGMA page_size=4096")
         raw.execute("PRAGMA journal_mode=WAL")
         raw.execute("CREATE TABLE before_upgrade (k INTEGER PRIMARY KEY)")
@@ -55,6 +60,27 @@ def test_a_new_database_gets_the_larger_page_size_and_an_existing_one_keeps_its_
         assert conn.exec_driver_sql("PRAGMA page_size").scalar() == 4096
         assert conn.execute(text("SELECT count(*) FROM before_upgrade")).scalar() == 1
     old.dispose()
+
+
+def test_the_readme_command_converts_an_existing_database_to_the_larger_pages(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    note = readme[readme.index("**16 KiB SQLite pages.**") :]
+    command = re.search(r"```sh\n(python -c .*?) cxstream.db\n```", note, re.S)
+    assert command is not None, "the README's conversion command"
+    path = tmp_path / "cxstream.db"
+    with closing(sqlite3.connect(path)) as raw:  # as an earlier version made it
+        raw.execute("PRAGMA page_size=4096")
+        raw.execute("PRAGMA journal_mode=WAL")
+        raw.execute("CREATE TABLE kept (k INTEGER PRIMARY KEY)")
+        raw.executemany("INSERT INTO kept VALUES (?)", [(i,) for i in range(1000)])
+        raw.commit()
+    args = shlex.split(command.group(1))
+    assert args[0] == "python"
+    subprocess.run([sys.executable, *args[1:], str(path)], check=True, timeout=60)
+    with closing(sqlite3.connect(path)) as raw:
+        assert raw.execute("PRAGMA page_size").fetchone()[0] == 16384
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert raw.execute("SELECT count(*) FROM kept").fetchone()[0] == 1000
 
 
 def test_checkpointer_truncates_a_log_past_its_limit(tmp_path: Path) -> None:
