@@ -538,7 +538,9 @@ def _cpu_section(results: dict[str, Any]) -> list[str]:
         total = sum(per.values())
         rate = run.get("rate") or run.get("sustained_eps")
         parts = ", ".join(f"{k} {v:,.0f}" for k, v in per.items())
-        lines.append(f"| {name} | {parts} | {total:,.0f} | {_fmt(nproc * 1e6 / total)} | {_fmt(rate)} |")
+        # A tiny run can measure no CPU at all (the counters' resolution): no ceiling then.
+        ceiling = nproc * 1e6 / total if total > 0 else None
+        lines.append(f"| {name} | {parts} | {total:,.0f} | {_fmt(ceiling)} | {_fmt(rate)} |")
     passthrough = results["baselines"].get("faust-pass", {}).get("rate")
     if passthrough:
         budget = nproc * 1e6 / (2 * passthrough)
