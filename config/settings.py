@@ -256,6 +256,11 @@ class Settings(BaseSettings):
         default_factory=lambda: ["email:test@example.com", "email:noreply@example.com", "phone:+10000000000"],
         description="Identifiers never used for stitching, as type:value, comma-separated.",
     )
+    split_max_touchpoints: int = Field(
+        200_000,
+        ge=1,
+        description="Most touchpoints a customer split by hand (`cxstream split`, `POST /v1/splits`) may have: a worker applies all of a split customer's events again in one batch, holding them in memory (about 1.2 KB each) and its customers' locks meanwhile; a larger split is refused at once, naming this variable.",
+    )
     identifier_priority: Annotated[list[IdentifierName], NoDecode] = Field(
         default_factory=lambda: list[IdentifierType | str](IdentifierType),
         description="Identifier types, strongest first, comma-separated: a customer's id derives from its strongest identifier, and an event's strongest identifier is always linked (the others within the limits and rules). Types left out follow in the default order. Set it before the first event: after a change a customer is renamed only when a later event links something new to it.",

@@ -40,7 +40,7 @@ from sinks.identity_rules import (
     remove_rules_of,
     split_applied_at,
 )
-from sinks.queries import customer_identities, customer_of_key
+from sinks.queries import customer_identities, customer_of_key, customer_touchpoints
 from streams.domain.identity import key_strength, ranks
 from streams.domain.suppression import suppression_hash
 from streams.policies import identifier_hashing, suppression_salt
@@ -49,6 +49,10 @@ from streams.references import find_customer, stored_key
 
 class BadIdentifier(ValueError):
     """A name that is no valid identifier (the message says which)."""
+
+
+class SplitTooLarge(BadIdentifier):
+    """A split of a customer with more touchpoints than ``CXSTREAM_SPLIT_MAX_TOUCHPOINTS``."""
 
 
 @dataclass
@@ -245,6 +249,15 @@ def split_customer(
             raise BadIdentifier("name at least one identifier to split off (--identifier TYPE:VALUE)")
         if not kept:
             raise BadIdentifier(f"customer {customer_id} holds no other identifier: nothing would be left to split")
+        touchpoints = customer_touchpoints(engine, customer_id)
+        if touchpoints > settings.split_max_touchpoints:
+            # The worker re-applies the whole customer in one batch (``stitching.Split``): past the bound, that
+            # batch could exhaust its memory, fail, and be tried again at every start.
+            raise SplitTooLarge(
+                f"customer {customer_id} has {touchpoints:,} touchpoints, over CXSTREAM_SPLIT_MAX_TOUCHPOINTS="
+                f"{settings.split_max_touchpoints:,}: a split applies them all again in one batch (README: Splitting "
+                "a customer by hand)"
+            )
         split_id = str(uuid.uuid4())
         rules = add_manual_split(
             engine, customer_id, moved, kept, split_id=split_id, at=datetime.now(UTC), actor=actor, reason=reason

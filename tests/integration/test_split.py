@@ -23,7 +23,7 @@ from sinks import tables as t
 from sinks.erasure import erase_customer
 from streams.cli import main
 from streams.domain.identity import KeptApart
-from streams.identity_rules import BadIdentifier, import_rules, rules_in_force, split_customer
+from streams.identity_rules import BadIdentifier, SplitTooLarge, import_rules, rules_in_force, split_customer
 from tests.integration.test_event_time import order_free
 from tests.integration.test_manual_merge import identity_records
 from tests.integration.test_never_link import (
@@ -142,6 +142,10 @@ def test_a_split_refuses_what_the_customer_does_not_hold_and_leaving_nothing(dat
         split_customer(settings, ANN, [ANN, BOB, TABLET_KEY], actor="test", wait_s=0)
     with pytest.raises(BadIdentifier, match="at least one identifier"):
         split_customer(settings, ANN, [], actor="test", wait_s=0)
+    # A customer's events are applied again in one batch: a bigger customer than the bound is refused up front.
+    bounded = settings.model_copy(update={"split_max_touchpoints": 7})
+    with pytest.raises(SplitTooLarge, match="has 8 touchpoints, over CXSTREAM_SPLIT_MAX_TOUCHPOINTS=7"):
+        split_customer(bounded, ANN, [BOB], actor="test", wait_s=0)
     with engine.connect() as conn:
         assert conn.execute(select(t.manual_splits)).all() == [] and conn.execute(select(t.never_link)).all() == []
 
@@ -163,6 +167,11 @@ def test_the_command_splits_and_reports_both_sides(sqlite_url: str) -> None:
     *_, processor = worker(sqlite_url)
     feed(processor, records(household()))
     env = {"CXSTREAM_DATABASE_URL": sqlite_url}
+    too_large = CliRunner().invoke(
+        main, ["split", ANN, "--identifier", BOB], env={**env, "CXSTREAM_SPLIT_MAX_TOUCHPOINTS": "7"}
+    )
+    assert too_large.exit_code == 1 and "over CXSTREAM_SPLIT_MAX_TOUCHPOINTS=7" in too_large.output
+    assert len(too_large.output.strip().splitlines()) == 1, too_large.output
     queued = CliRunner().invoke(
         main, ["split", ANN, "--identifier", BOB, "--wait", "0", "--json"], env=env, catch_exceptions=False
     )
