@@ -257,9 +257,9 @@ class Settings(BaseSettings):
         description="Identifiers never used for stitching, as type:value, comma-separated.",
     )
     split_max_touchpoints: int = Field(
-        200_000,
+        100_000,
         ge=1,
-        description="Most touchpoints a customer split by hand (`cxstream split`, `POST /v1/splits`) may have: a worker applies all of a split customer's events again in one batch, holding them in memory (about 1.2 KB each) and its customers' locks meanwhile; a larger split is refused at once, naming this variable.",
+        description="Most touchpoints a customer split by hand (`cxstream split`, `POST /v1/splits`) may have, and most a worker's batch applies again for splits: a split applies all of its customer's events again in one batch, in memory (1.2 KB each that stays, 3.5 KB each that moves). Workers refuse a larger one (marked done, audit row split_refused); the command and the API refuse it up front.",
     )
     identifier_priority: Annotated[list[IdentifierName], NoDecode] = Field(
         default_factory=lambda: list[IdentifierType | str](IdentifierType),

@@ -228,6 +228,9 @@ class BatchWrite:
     manual_merges: list[str] = field(default_factory=list)
     #: Splits made by hand the batch applied (``manual_splits`` rows to mark applied).
     manual_splits: list[str] = field(default_factory=list)
+    #: Splits made by hand the batch refused, with why (a customer of more touchpoints than the bound): marked
+    #: applied, with a ``split_refused`` audit row instead of ``split_applied``.
+    refused_splits: dict[str, str] = field(default_factory=dict)
     #: Customers a split formed again: their old ``identity_merges`` rows (merged into the customer split) go.
     split_off: list[str] = field(default_factory=list)
     #: Identifier keys a split left with no customer: their ``identities`` rows go.
@@ -339,6 +342,9 @@ class ResultSink(Protocol):
 
     def customer_keys(self, tx: Any, customer_id: str) -> list[str]:
         """Every identifier key the customer holds."""
+
+    def count_touchpoints(self, tx: Any, customer_id: str, up_to: int) -> int:
+        """How many touchpoints the customer has, counted up to ``up_to``."""
 
     def load_customer_events(self, tx: Any, customer_id: str) -> list[StoredEvent]:
         """Every touchpoint of the customer, as a split applies it again."""

@@ -190,6 +190,13 @@ def split_applied_at(engine: Engine, split_id: str) -> datetime | None:
     return None if at is None else as_utc(at)
 
 
+def split_refusal(engine: Engine, split_id: str) -> str | None:
+    """Why a worker refused the split made by hand ``split_id`` (its ``split_refused`` audit row), or None."""
+    a = t.audit_log.c
+    with engine.connect() as conn:
+        return conn.scalar(select(a.reason).where(a.action == "split_refused", a.subject == split_id).limit(1))
+
+
 def merge_applied_at(engine: Engine, merge_id: str) -> datetime | None:
     """When a worker applied the merge made by hand ``merge_id`` (None: not yet)."""
     c = t.manual_merges.c

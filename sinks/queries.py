@@ -93,13 +93,6 @@ def customer_of_key(engine: Engine, key: str) -> str | None:
         return None if found is None else str(found)
 
 
-def customer_touchpoints(engine: Engine, customer_id: str) -> int:
-    """How many touchpoints a customer has (counted on the customer-time index)."""
-    c = t.touchpoints.c
-    with engine.connect() as conn:
-        return conn.scalar(select(func.count()).select_from(t.touchpoints).where(c.customer_id == customer_id)) or 0
-
-
 def customer_profile(engine: Engine, customer_id: str) -> dict[str, Any] | None:
     """A customer's ``customers`` row (without the stitching state) and its identifier keys; None if unknown."""
     c = t.customers.c

@@ -499,6 +499,10 @@ class SqlSink:
         c = t.identities.c
         return list(conn.execute(select(c.identifier).where(c.customer_id == customer_id)).scalars())
 
+    def count_touchpoints(self, conn: Connection, customer_id: str, up_to: int) -> int:
+        """How many touchpoints the customer has, counted up to ``up_to`` (a bigger customer counts ``up_to``)."""
+        return count_touchpoints(conn, customer_id, up_to)
+
     def load_customer_events(self, conn: Connection, customer_id: str) -> list[StoredEvent]:
         """Every touchpoint of the customer, as a split applies it again (``stitching.StoredEvent``)."""
         c = t.touchpoints.c
@@ -658,11 +662,11 @@ class SqlSink:
                 .where(m.merge_id.in_(batch.manual_merges), m.applied_at.is_(None))
                 .values(applied_at=datetime.now(UTC))
             )
-        if batch.manual_splits:
+        if batch.manual_splits or batch.refused_splits:
             s, now = t.manual_splits.c, datetime.now(UTC)
             conn.execute(
                 update(t.manual_splits)
-                .where(s.split_id.in_(batch.manual_splits), s.applied_at.is_(None))
+                .where(s.split_id.in_([*batch.manual_splits, *batch.refused_splits]), s.applied_at.is_(None))
                 .values(applied_at=now)
             )
             # A split moves keys between customers that both live on, which a batch that read the keys before this
@@ -680,6 +684,17 @@ class SqlSink:
                         "detail": {},
                     }
                     for split_id in batch.manual_splits
+                ]
+                + [
+                    {
+                        "at": now,
+                        "action": "split_refused",
+                        "subject": split_id,
+                        "actor": f"worker:{batch.worker_id}"[:128],
+                        "reason": why,
+                        "detail": {},
+                    }
+                    for split_id, why in batch.refused_splits.items()
                 ],
             )
         for chunk in _chunks(batch.forgotten):
@@ -893,6 +908,14 @@ def current_experience_drops(
             .distinct()
         )
         return [(scope, key, metric) for scope, key, metric in rows]
+
+
+def count_touchpoints(conn: Connection, customer_id: str, up_to: int) -> int:
+    """How many touchpoints a customer has, counted up to ``up_to`` on the customer-time index (a customer of
+    millions of them costs no more than ``up_to``)."""
+    c = t.touchpoints.c
+    found = select(literal_column("1")).where(c.customer_id == customer_id).limit(up_to).subquery()
+    return conn.scalar(select(func.count()).select_from(found)) or 0
 
 
 def customers_count(engine: Engine) -> int:

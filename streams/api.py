@@ -753,7 +753,11 @@ def openapi_document() -> dict[str, Any]:
                         "200": answer(SplitResult, "the split, and both sides once applied"),
                         "400": answer(ApiError, "a field cannot be used"),
                         "401": answer(ApiError, "no valid admin key"),
-                        "409": answer(ApiError, "no such customer, an identifier it does not hold, or nothing left"),
+                        "409": answer(
+                            ApiError,
+                            "no such customer, an identifier it does not hold, nothing left, or a customer of more "
+                            "touchpoints than CXSTREAM_SPLIT_MAX_TOUCHPOINTS",
+                        ),
                         "503": answer(ApiError, "the database cannot answer"),
                     },
                 }

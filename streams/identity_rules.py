@@ -39,8 +39,10 @@ from sinks.identity_rules import (
     remove_never_link,
     remove_rules_of,
     split_applied_at,
+    split_refusal,
 )
-from sinks.queries import customer_identities, customer_of_key, customer_touchpoints
+from sinks.queries import customer_identities, customer_of_key
+from sinks.sql import count_touchpoints
 from streams.domain.identity import key_strength, ranks
 from streams.domain.suppression import suppression_hash
 from streams.policies import identifier_hashing, suppression_salt
@@ -221,7 +223,9 @@ def split_customer(
     again and ``cx.identity`` gets a ``split`` record. Waits up to ``wait_s`` for a worker to apply it.
 
     Raises BadIdentifier when ``ref`` names no customer, an identifier is not the customer's, or nothing would be
-    kept. The rules stay in force (replays, future events) until removed with ``cxstream never-link --remove``.
+    kept; SplitTooLarge (before recording anything) when the customer has more touchpoints than
+    ``CXSTREAM_SPLIT_MAX_TOUCHPOINTS``, or when a worker refused it for that reason by its own setting (the rules
+    stay then). The rules stay in force (replays, future events) until removed with ``cxstream never-link --remove``.
     """
     hashing = identifier_hashing(settings)
     engine = make_engine(settings.database_url, writer=True)
@@ -249,14 +253,15 @@ def split_customer(
             raise BadIdentifier("name at least one identifier to split off (--identifier TYPE:VALUE)")
         if not kept:
             raise BadIdentifier(f"customer {customer_id} holds no other identifier: nothing would be left to split")
-        touchpoints = customer_touchpoints(engine, customer_id)
-        if touchpoints > settings.split_max_touchpoints:
-            # The worker re-applies the whole customer in one batch (``stitching.Split``): past the bound, that
-            # batch could exhaust its memory, fail, and be tried again at every start.
+        # The worker applies the whole customer again in one batch (``stitching.Split``) and refuses one over its
+        # bound (``BatchProcessor._split_targets``); this says so at once, by this process's setting.
+        bound = settings.split_max_touchpoints
+        with engine.connect() as conn:
+            over = count_touchpoints(conn, customer_id, bound + 1) > bound
+        if over:
             raise SplitTooLarge(
-                f"customer {customer_id} has {touchpoints:,} touchpoints, over CXSTREAM_SPLIT_MAX_TOUCHPOINTS="
-                f"{settings.split_max_touchpoints:,}: a split applies them all again in one batch (README: Splitting "
-                "a customer by hand)"
+                f"customer {customer_id} has more than {bound} touchpoints (CXSTREAM_SPLIT_MAX_TOUCHPOINTS={bound}): "
+                "a split applies them all again in one batch (README: Splitting a customer by hand)"
             )
         split_id = str(uuid.uuid4())
         rules = add_manual_split(
@@ -267,6 +272,8 @@ def split_customer(
         while not applied and time.monotonic() < deadline:
             time.sleep(0.2)
             applied = split_applied_at(engine, split_id) is not None
+        if applied and (why := split_refusal(engine, split_id)) is not None:
+            raise SplitTooLarge(f"a worker refused split {split_id}: {why}")
         return SplitReport(
             split_id,
             customer_id,

@@ -122,6 +122,16 @@ class _Read:
     fingerprints: dict[TopicPartition, str] = field(default_factory=dict)
 
 
+@dataclass
+class _SplitPlan:
+    """The pending splits a batch applies (``targets``: one per customer; ``taken``: their ids) and those it refuses
+    (id -> why)."""
+
+    targets: list[tuple[str, str, tuple[str, ...], datetime]] = field(default_factory=list)
+    taken: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)
+
+
 class BatchProcessor:
     """Applies batches of input records to the results sink, exactly once per input offset."""
 
@@ -232,7 +242,7 @@ class BatchProcessor:
             done = set(applied[1].manual_merges)
             self.manual_links = [link for link in self.manual_links if link.link_id not in done]
             self._waiting_links = {link.link_id for link in self.manual_links}
-            done = set(applied[1].manual_splits)
+            done = {*applied[1].manual_splits, *applied[1].refused_splits}
             self.manual_splits = [split for split in self.manual_splits if split[0] not in done]
             report.committed_at = datetime.now(UTC)
             self.applied.update(read.offsets)
@@ -503,11 +513,11 @@ class BatchProcessor:
         links = list(self.manual_links)
         wanted = {key for event_keys in keys for key in event_keys.keys}
         wanted.update(key for link in links for key in link.keys)
-        targets = self._split_targets(tx, wanted)
+        plan = self._split_targets(tx, wanted)
         stored, customers, versions = self._lock_customers(tx, report, wanted)
         if self.sink.concurrent and self._refresh_hand_rules(tx):
             raise Contended("the identity graph was changed by hand while the batch waited for its customers")
-        splits = self._splits(tx, targets, customers)
+        splits = self._splits(tx, plan.targets, customers)
         identities = {key: row.customer_id for key, row in stored.items()}
         applied = {
             event_id: NO_CUSTOMER if customer_id is None else customer_id
@@ -534,7 +544,8 @@ class BatchProcessor:
             state_changed=bool(events or links or splits),
             # Applied once both keys are held (a never-link rule may still refuse it); else it waits for them.
             manual_merges=[link.link_id for link in links if all(key in view.identities for key in link.keys)],
-            manual_splits=[split[0] for split in self.manual_splits],
+            manual_splits=plan.taken,
+            refused_splits=plan.refused,
             claimed_identities=wanted - stored.keys(),
             claimed_events={event.event_id for event in events} - applied.keys(),
         )
@@ -557,11 +568,19 @@ class BatchProcessor:
         report.outbox_id = self.sink.write_shared(tx, write)
         return clock, write, view, tuple(result.removed), stored, versions
 
-    def _split_targets(self, tx: Any, wanted: set[str]) -> list[tuple[str, str, tuple[str, ...], datetime]]:
-        """The pending splits, one per customer they apply to (those of one customer together: a re-stitch under
-        all their rules applies them all), whose keys join ``wanted``: the customer named, or, if another batch
-        merged it away before the split was applied, the one now holding the moved keys."""
-        targets: dict[str, tuple[str, str, tuple[str, ...], datetime]] = {}
+    def _split_targets(self, tx: Any, wanted: set[str]) -> _SplitPlan:
+        """The pending splits to apply in this batch, one per customer they apply to (those of one customer
+        together: a re-stitch under all their rules applies them all), whose keys join ``wanted``: the customer
+        named, or, if another batch merged it away before the split was applied, the one now holding the moved
+        keys.
+
+        A split applies all of its customer's touchpoints again, held in memory: oldest first, the batch takes
+        splits while their customers' touchpoints add up to ``CXSTREAM_SPLIT_MAX_TOUCHPOINTS``, and leaves the
+        rest to the next. A customer over that bound alone (grown, or merged into a bigger one, since the split
+        was asked) is not split: its splits are refused, marked done with why, rather than a batch that could
+        exhaust the worker's memory at every start."""
+        bound = self.settings.split_max_touchpoints
+        grouped: dict[str, tuple[list[str], tuple[str, str, tuple[str, ...], datetime], list[str]]] = {}
         for split_id, customer_id, moved, at in self.manual_splits:
             keys = self.sink.customer_keys(tx, customer_id)
             if not keys:
@@ -569,13 +588,29 @@ class BatchProcessor:
                 if holder is not None:
                     customer_id = holder.customer_id
                     keys = self.sink.customer_keys(tx, customer_id)
-            wanted.update(keys)
-            first = targets.get(customer_id)
-            if first is None:
-                targets[customer_id] = (split_id, customer_id, moved, at)
+            found = grouped.get(customer_id)
+            if found is None:
+                grouped[customer_id] = ([split_id], (split_id, customer_id, moved, at), keys)
             else:
-                targets[customer_id] = (first[0], customer_id, (*first[2], *moved), first[3])
-        return list(targets.values())
+                first = found[1]
+                found[0].append(split_id)
+                grouped[customer_id] = (found[0], (first[0], customer_id, (*first[2], *moved), first[3]), keys)
+        plan, total = _SplitPlan(), 0
+        for customer_id, (split_ids, target, keys) in grouped.items():
+            touchpoints = self.sink.count_touchpoints(tx, customer_id, bound + 1)
+            if touchpoints > bound:
+                why = (
+                    f"customer {customer_id} has more than {bound} touchpoints (CXSTREAM_SPLIT_MAX_TOUCHPOINTS): "
+                    "a split applies them all again in one batch"
+                )
+                log.error("split %s refused: %s", ", ".join(split_ids), why)
+                plan.refused.update(dict.fromkeys(split_ids, why))
+            elif total + touchpoints <= bound or not plan.targets:
+                total += touchpoints
+                plan.targets.append(target)
+                plan.taken += split_ids
+                wanted.update(keys)
+        return plan
 
     def _splits(
         self, tx: Any, targets: list[tuple[str, str, tuple[str, ...], datetime]], customers: dict[str, CustomerState]

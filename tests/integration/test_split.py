@@ -18,12 +18,14 @@ from click.testing import CliRunner
 from sqlalchemy import Engine, select, update
 
 from config.settings import Settings, load_settings
-from schemas.touchpoint import Channel, EventType, IdentifierType
+from schemas.touchpoint import Channel, EventType, IdentifierType, TouchpointEvent
 from sinks import tables as t
 from sinks.erasure import erase_customer
+from sinks.sql import SqlSink
 from streams.cli import main
 from streams.domain.identity import KeptApart
 from streams.identity_rules import BadIdentifier, SplitTooLarge, import_rules, rules_in_force, split_customer
+from streams.pipeline import BatchProcessor
 from tests.integration.test_event_time import order_free
 from tests.integration.test_manual_merge import identity_records
 from tests.integration.test_never_link import (
@@ -144,10 +146,88 @@ def test_a_split_refuses_what_the_customer_does_not_hold_and_leaving_nothing(dat
         split_customer(settings, ANN, [], actor="test", wait_s=0)
     # A customer's events are applied again in one batch: a bigger customer than the bound is refused up front.
     bounded = settings.model_copy(update={"split_max_touchpoints": 7})
-    with pytest.raises(SplitTooLarge, match="has 8 touchpoints, over CXSTREAM_SPLIT_MAX_TOUCHPOINTS=7"):
+    with pytest.raises(SplitTooLarge, match="more than 7 touchpoints \\(CXSTREAM_SPLIT_MAX_TOUCHPOINTS=7\\)"):
         split_customer(bounded, ANN, [BOB], actor="test", wait_s=0)
     with engine.connect() as conn:
         assert conn.execute(select(t.manual_splits)).all() == [] and conn.execute(select(t.never_link)).all() == []
+        assert conn.execute(select(t.audit_log).where(t.audit_log.c.action.like("split%"))).all() == []
+    # At the bound (the customer's 8 touchpoints), it goes through.
+    exact = settings.model_copy(update={"split_max_touchpoints": 8})
+    assert split_customer(exact, ANN, [BOB], actor="test", wait_s=0).customer_id == customer_of(engine, ANN)
+
+
+def bounded_worker(database_url: str, split_max_touchpoints: int) -> tuple[Settings, Engine, BatchProcessor]:
+    settings, engine, _ = worker(database_url)
+    settings = settings.model_copy(update={"split_max_touchpoints": split_max_touchpoints})
+    return settings, engine, BatchProcessor(settings, SqlSink(engine))
+
+
+def two_households() -> list[TouchpointEvent]:
+    """Ann and Bob (8 events, one customer), and Cleo and Dan on a tablet of their own (8 more, another)."""
+    cleo_dan = [
+        e.model_copy(
+            update={
+                "event_id": f"{e.event_id}-b",
+                "identifiers": {
+                    kind: {"ann@example.org": "cleo@example.org", "bob@example.org": "dan@example.org"}.get(
+                        value, value + "-b"
+                    )
+                    for kind, value in e.identifiers.items()
+                },
+            }
+        )
+        for e in household()
+    ]
+    return household() + cleo_dan
+
+
+def test_a_worker_takes_splits_while_their_customers_fit_its_bound_and_leaves_the_rest_to_its_next_batch(
+    database_url: str,
+) -> None:
+    settings, engine, processor = bounded_worker(database_url, 10)
+    feed(processor, records(two_households()))
+    assert customers(engine) == 2
+    first = split_customer(settings, ANN, [BOB], actor="test", wait_s=0)
+    second = split_customer(settings, "email:cleo@example.org", ["email:dan@example.org"], actor="test", wait_s=0)
+
+    processor.tick()  # 8 + 8 touchpoints: over 10 together, so one split now
+    applied = {split_id for split_id, at in _split_rows(engine) if at is not None}
+    assert applied == {first.split_id} and customers(engine) == 3
+    processor.tick()
+    assert all(at is not None for _, at in _split_rows(engine)) and customers(engine) == 4
+    assert second.split_id in {split_id for split_id, _ in _split_rows(engine)}
+
+
+def test_a_worker_refuses_a_split_whose_customer_is_over_its_bound_and_goes_on(database_url: str) -> None:
+    # The command's bound let it through (another process, another setting); the worker's does not.
+    settings, engine, processor = bounded_worker(database_url, 7)
+    ends: dict[str, int] = {}
+    feed(processor, records(household(), ends))
+    asking = settings.model_copy(update={"split_max_touchpoints": 8})
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(split_customer, asking, ANN, [BOB], actor="test", wait_s=30)
+        wait_until(lambda: bool(_split_rows(engine)), 20, "the split to be recorded", 0.05)
+        processor.tick()
+        with pytest.raises(SplitTooLarge, match=r"a worker refused split .*: customer .* more than 7 touchpoints"):
+            answer.result()
+
+    assert customers(engine) == 1, "not split"
+    [(split_id, applied_at)] = _split_rows(engine)
+    assert applied_at is not None, "done with, not retried at every start"
+    with engine.connect() as conn:
+        refusal = conn.execute(
+            select(t.audit_log.c.subject, t.audit_log.c.reason).where(t.audit_log.c.action == "split_refused")
+        ).one()
+    assert refusal.subject == split_id and "more than 7 touchpoints" in refusal.reason
+    # The worker goes on: events keep being applied.
+    eve = event(50, Channel.WEB, EventType.PAGE_VIEW, {IdentifierType.EMAIL: "eve@example.org"})
+    feed(processor, records([eve], ends))
+    assert customers(engine) == 2
+
+
+def _split_rows(engine: Engine) -> list[tuple[str, datetime | None]]:
+    with engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(select(t.manual_splits.c.split_id, t.manual_splits.c.applied_at))]
 
 
 def test_events_stored_before_their_keys_were_stay_with_the_strongest_identifier(sqlite_url: str) -> None:
@@ -170,7 +250,7 @@ def test_the_command_splits_and_reports_both_sides(sqlite_url: str) -> None:
     too_large = CliRunner().invoke(
         main, ["split", ANN, "--identifier", BOB], env={**env, "CXSTREAM_SPLIT_MAX_TOUCHPOINTS": "7"}
     )
-    assert too_large.exit_code == 1 and "over CXSTREAM_SPLIT_MAX_TOUCHPOINTS=7" in too_large.output
+    assert too_large.exit_code == 1 and "(CXSTREAM_SPLIT_MAX_TOUCHPOINTS=7)" in too_large.output
     assert len(too_large.output.strip().splitlines()) == 1, too_large.output
     queued = CliRunner().invoke(
         main, ["split", ANN, "--identifier", BOB, "--wait", "0", "--json"], env=env, catch_exceptions=False
