@@ -664,39 +664,32 @@ class SqlSink:
             )
         if batch.manual_splits or batch.refused_splits:
             s, now = t.manual_splits.c, datetime.now(UTC)
-            conn.execute(
-                update(t.manual_splits)
-                .where(s.split_id.in_([*batch.manual_splits, *batch.refused_splits]), s.applied_at.is_(None))
-                .values(applied_at=now)
+            done = set(
+                conn.execute(
+                    update(t.manual_splits)
+                    .where(s.split_id.in_([*batch.manual_splits, *batch.refused_splits]), s.applied_at.is_(None))
+                    .values(applied_at=now)
+                    .returning(s.split_id)
+                ).scalars()
             )
             # A split moves keys between customers that both live on, which a batch that read the keys before this
             # commit cannot tell from the customers' rows (a merge deletes one): the audit row is what every other
-            # worker's batch checks once it holds its customers' locks, and then applies itself again.
-            conn.execute(
-                insert(t.audit_log),
-                [
-                    {
-                        "at": now,
-                        "action": "split_applied",
-                        "subject": split_id,
-                        "actor": f"worker:{batch.worker_id}"[:128],
-                        "reason": "",
-                        "detail": {},
-                    }
-                    for split_id in batch.manual_splits
-                ]
-                + [
-                    {
-                        "at": now,
-                        "action": "split_refused",
-                        "subject": split_id,
-                        "actor": f"worker:{batch.worker_id}"[:128],
-                        "reason": why,
-                        "detail": {},
-                    }
-                    for split_id, why in batch.refused_splits.items()
-                ],
-            )
+            # worker's batch checks once it holds its customers' locks, and then applies itself again. Rows only for
+            # the splits this batch marked done: another worker may have refused one first (refusals take no
+            # customer lock), or marked done the split of a customer gone meanwhile, which nobody applies.
+            actor = f"worker:{batch.worker_id}"[:128]
+            rows = [
+                {"at": now, "action": "split_applied", "subject": split_id, "actor": actor, "reason": "", "detail": {}}
+                for split_id in batch.manual_splits
+                if split_id in done
+            ]
+            rows += [
+                {"at": now, "action": "split_refused", "subject": split_id, "actor": actor, "reason": why, "detail": {}}
+                for split_id, why in batch.refused_splits.items()
+                if split_id in done
+            ]
+            if rows:
+                conn.execute(insert(t.audit_log), rows)
         for chunk in _chunks(batch.forgotten):
             conn.execute(delete(t.identities).where(t.identities.c.identifier.in_(chunk)))
 

@@ -326,7 +326,8 @@ audit_log = Table(
     # What was done to the identity graph by hand, by whom and why: rows are added, never changed.
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
     Column("at", TS, nullable=False),
-    # action: erasure, never_link, never_link_removed, manual_merge, split, identity_rules; subject: its id.
+    # action: erasure, never_link, never_link_removed, manual_merge, split, split_applied, split_refused,
+    # identity_rules; subject: its id.
     Column("action", String(32), nullable=False, comment="erasure"),
     Column("subject", String(128), nullable=False, comment="what it was done to (an erasure id: never a person's id)"),
     Column("actor", String(128), nullable=False, comment="the command or API key (by fingerprint) that did it"),

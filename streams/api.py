@@ -756,7 +756,8 @@ def openapi_document() -> dict[str, Any]:
                         "409": answer(
                             ApiError,
                             "no such customer, an identifier it does not hold, nothing left, or a customer of more "
-                            "touchpoints than CXSTREAM_SPLIT_MAX_TOUCHPOINTS",
+                            "touchpoints than CXSTREAM_SPLIT_MAX_TOUCHPOINTS (nothing recorded); or a worker refused "
+                            "the split for that reason (its never-link rules stay)",
                         ),
                         "503": answer(ApiError, "the database cannot answer"),
                     },

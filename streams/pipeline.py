@@ -124,12 +124,28 @@ class _Read:
 
 @dataclass
 class _SplitPlan:
-    """The pending splits a batch applies (``targets``: one per customer; ``taken``: their ids) and those it refuses
-    (id -> why)."""
+    """The pending splits a batch applies (``targets``: one per customer; ``ids``: the split ids of each) and those
+    it refuses (id -> why), under the bound on touchpoints applied again (``CXSTREAM_SPLIT_MAX_TOUCHPOINTS``)."""
 
+    bound: int
     targets: list[tuple[str, str, tuple[str, ...], datetime]] = field(default_factory=list)
-    taken: list[str] = field(default_factory=list)
+    ids: dict[str, list[str]] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def taken(self) -> list[str]:
+        """The ids of the splits applied (refused ones left out)."""
+        return [split_id for split_ids in self.ids.values() for split_id in split_ids]
+
+    def refuse(self, split_ids: list[str]) -> None:
+        """Refuse the splits of one customer over the bound. The reason names no customer: audit rows are never
+        rewritten, and an erasure of the customer must not leave its id behind."""
+        why = (
+            f"the customer has more than {self.bound} touchpoints (CXSTREAM_SPLIT_MAX_TOUCHPOINTS): a split applies "
+            "them all again in one batch; its never-link rules stay (cxstream never-link --remove --rule SPLIT_ID)"
+        )
+        log.error("split %s refused: %s", ", ".join(split_ids), why)
+        self.refused.update(dict.fromkeys(split_ids, why))
 
 
 class BatchProcessor:
@@ -517,7 +533,7 @@ class BatchProcessor:
         stored, customers, versions = self._lock_customers(tx, report, wanted)
         if self.sink.concurrent and self._refresh_hand_rules(tx):
             raise Contended("the identity graph was changed by hand while the batch waited for its customers")
-        splits = self._splits(tx, plan.targets, customers)
+        splits = self._splits(tx, plan, customers)
         identities = {key: row.customer_id for key, row in stored.items()}
         applied = {
             event_id: NO_CUSTOMER if customer_id is None else customer_id
@@ -595,33 +611,32 @@ class BatchProcessor:
                 first = found[1]
                 found[0].append(split_id)
                 grouped[customer_id] = (found[0], (first[0], customer_id, (*first[2], *moved), first[3]), keys)
-        plan, total = _SplitPlan(), 0
+        plan, total = _SplitPlan(bound=bound), 0
         for customer_id, (split_ids, target, keys) in grouped.items():
             touchpoints = self.sink.count_touchpoints(tx, customer_id, bound + 1)
             if touchpoints > bound:
-                why = (
-                    f"customer {customer_id} has more than {bound} touchpoints (CXSTREAM_SPLIT_MAX_TOUCHPOINTS): "
-                    "a split applies them all again in one batch"
-                )
-                log.error("split %s refused: %s", ", ".join(split_ids), why)
-                plan.refused.update(dict.fromkeys(split_ids, why))
-            elif total + touchpoints <= bound or not plan.targets:
+                plan.refuse(split_ids)
+            elif total + touchpoints <= bound:
                 total += touchpoints
                 plan.targets.append(target)
-                plan.taken += split_ids
+                plan.ids[customer_id] = split_ids
                 wanted.update(keys)
+            else:
+                break  # oldest first: this one and the younger ones wait for the next batch
         return plan
 
-    def _splits(
-        self, tx: Any, targets: list[tuple[str, str, tuple[str, ...], datetime]], customers: dict[str, CustomerState]
-    ) -> list[Split]:
+    def _splits(self, tx: Any, plan: _SplitPlan, customers: dict[str, CustomerState]) -> list[Split]:
         """The splits made by hand to apply, each with its customer's events and applied manual merges, read under
         the customer's lock. A customer gone meanwhile (erased) has nothing to split: its split is marked applied
-        all the same."""
+        all the same. A customer that grew past the bound since ``_split_targets`` counted it (a merge another
+        batch committed meanwhile) is refused: counted again under its lock, where it no longer changes."""
         splits = []
-        for split_id, customer_id, moved, at in targets:
+        for split_id, customer_id, moved, at in plan.targets:
             state = customers.get(customer_id)
             if state is None:
+                continue
+            if self.sink.count_touchpoints(tx, customer_id, plan.bound + 1) > plan.bound:
+                plan.refuse(plan.ids.pop(customer_id))
                 continue
             events = self.sink.load_customer_events(tx, customer_id)
             held = state.identifier_keys()

@@ -10,6 +10,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -208,7 +209,7 @@ def test_a_worker_refuses_a_split_whose_customer_is_over_its_bound_and_goes_on(d
         answer = pool.submit(split_customer, asking, ANN, [BOB], actor="test", wait_s=30)
         wait_until(lambda: bool(_split_rows(engine)), 20, "the split to be recorded", 0.05)
         processor.tick()
-        with pytest.raises(SplitTooLarge, match=r"a worker refused split .*: customer .* more than 7 touchpoints"):
+        with pytest.raises(SplitTooLarge, match=r"a worker refused split .*: the customer has more than 7 touchpoints"):
             answer.result()
 
     assert customers(engine) == 1, "not split"
@@ -219,10 +220,39 @@ def test_a_worker_refuses_a_split_whose_customer_is_over_its_bound_and_goes_on(d
             select(t.audit_log.c.subject, t.audit_log.c.reason).where(t.audit_log.c.action == "split_refused")
         ).one()
     assert refusal.subject == split_id and "more than 7 touchpoints" in refusal.reason
+    assert "c-" not in refusal.reason, "audit rows stay after an erasure: no customer id in them"
     # The worker goes on: events keep being applied.
     eve = event(50, Channel.WEB, EventType.PAGE_VIEW, {IdentifierType.EMAIL: "eve@example.org"})
     feed(processor, records([eve], ends))
     assert customers(engine) == 2
+
+
+class _GrowsWhileUnlocked(SqlSink):
+    """A sink whose first count of a customer's touchpoints (before the batch locks it) is the one it had when the
+    split was asked: as if another worker's merge made it bigger between that count and the lock."""
+
+    def __init__(self, engine: Engine, counted_before: int) -> None:
+        super().__init__(engine)
+        self.counted_before: int | None = counted_before
+
+    def count_touchpoints(self, conn: Any, customer_id: str, up_to: int) -> int:
+        if self.counted_before is not None:
+            counted, self.counted_before = self.counted_before, None
+            return counted
+        return super().count_touchpoints(conn, customer_id, up_to)
+
+
+def test_a_customer_that_grew_past_the_bound_before_its_lock_is_refused_under_it(database_url: str) -> None:
+    settings, engine, _ = bounded_worker(database_url, 7)
+    processor = BatchProcessor(settings, _GrowsWhileUnlocked(engine, counted_before=5))
+    feed(processor, records(household()))
+    split_customer(settings.model_copy(update={"split_max_touchpoints": 8}), ANN, [BOB], actor="test", wait_s=0)
+
+    processor.tick()
+    assert customers(engine) == 1, "not split: counted again under the lock, 8 touchpoints"
+    with engine.connect() as conn:
+        actions = conn.execute(select(t.audit_log.c.action).where(t.audit_log.c.action.like("split_%"))).scalars()
+        assert list(actions) == ["split_refused"]
 
 
 def _split_rows(engine: Engine) -> list[tuple[str, datetime | None]]:
