@@ -130,6 +130,8 @@ class _SplitPlan:
     bound: int
     targets: list[tuple[str, str, tuple[str, ...], datetime]] = field(default_factory=list)
     ids: dict[str, list[str]] = field(default_factory=dict)
+    #: Customers of ``targets`` that held identifiers when counted (the others are gone: nothing to split).
+    live: set[str] = field(default_factory=set)
     refused: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -620,6 +622,8 @@ class BatchProcessor:
                 total += touchpoints
                 plan.targets.append(target)
                 plan.ids[customer_id] = split_ids
+                if keys:
+                    plan.live.add(customer_id)
                 wanted.update(keys)
             else:
                 break  # oldest first: this one and the younger ones wait for the next batch
@@ -627,13 +631,17 @@ class BatchProcessor:
 
     def _splits(self, tx: Any, plan: _SplitPlan, customers: dict[str, CustomerState]) -> list[Split]:
         """The splits made by hand to apply, each with its customer's events and applied manual merges, read under
-        the customer's lock. A customer gone meanwhile (erased) has nothing to split: its split is marked applied
-        all the same. A customer that grew past the bound since ``_split_targets`` counted it (a merge another
-        batch committed meanwhile) is refused: counted again under its lock, where it no longer changes."""
+        the customer's lock. A customer gone (erased: no identifier left) has nothing to split: its split is
+        marked applied all the same. One merged into another by a batch that committed between ``_split_targets``
+        and the lock waits for the next batch, which follows its keys to the customer holding them. A customer
+        that grew past the bound meanwhile (such a merge the other way) is refused: counted again under its lock,
+        where it no longer changes."""
         splits = []
         for split_id, customer_id, moved, at in plan.targets:
             state = customers.get(customer_id)
             if state is None:
+                if customer_id in plan.live:
+                    del plan.ids[customer_id]
                 continue
             if self.sink.count_touchpoints(tx, customer_id, plan.bound + 1) > plan.bound:
                 plan.refuse(plan.ids.pop(customer_id))

@@ -22,6 +22,7 @@ from config.settings import Settings, load_settings
 from schemas.touchpoint import Channel, EventType, IdentifierType, TouchpointEvent
 from sinks import tables as t
 from sinks.erasure import erase_customer
+from sinks.identity_rules import add_manual_split
 from sinks.sql import SqlSink
 from streams.cli import main
 from streams.domain.identity import KeptApart
@@ -253,6 +254,48 @@ def test_a_customer_that_grew_past_the_bound_before_its_lock_is_refused_under_it
     with engine.connect() as conn:
         actions = conn.execute(select(t.audit_log.c.action).where(t.audit_log.c.action.like("split_%"))).scalars()
         assert list(actions) == ["split_refused"]
+
+
+class _StaleKeys(SqlSink):
+    """A sink whose first read of one customer's identifier keys is from before another worker's batch merged that
+    customer away: as when the merge commits between the batch's read of its splits and its customers' locks."""
+
+    def __init__(self, engine: Engine, customer_id: str, keys: list[str]) -> None:
+        super().__init__(engine)
+        self.stale: tuple[str, list[str]] | None = (customer_id, keys)
+
+    def customer_keys(self, conn: Any, customer_id: str) -> list[str]:
+        if self.stale is not None and self.stale[0] == customer_id:
+            keys, self.stale = self.stale[1], None
+            return keys
+        return super().customer_keys(conn, customer_id)
+
+
+def test_a_split_whose_customer_was_merged_away_before_its_lock_waits_and_then_follows_its_keys(
+    database_url: str,
+) -> None:
+    settings, engine, processor = worker(database_url)
+    ends: dict[str, int] = {}
+    feed(processor, records(household(), ends))
+    shared = customer_of(engine, ANN)
+    with engine.connect() as conn:
+        keys = SqlSink(engine).customer_keys(conn, shared)
+    # A CRM id (stronger) joins the shared customer, which merges it into the customer of that id; the split was
+    # asked before (its row names the shared customer), and the batch below read the keys before the merge.
+    crm = {IdentifierType.CRM_ID: "crm-ann", IdentifierType.EMAIL: "ann@example.org"}
+    feed(processor, records([event(60, Channel.STORE, EventType.PURCHASE, crm, amount=5, currency="GBP")], ends))
+    holder = customer_of(engine, ANN)
+    assert holder != shared and customer_of(engine, BOB) == holder, "merged away"
+    add_manual_split(
+        engine, shared, [BOB], [ANN, TABLET_KEY], split_id="split-1", at=datetime.now(UTC), actor="test", reason=""
+    )
+
+    late = BatchProcessor(settings, _StaleKeys(engine, shared, keys))
+    late.tick()
+    assert _split_rows(engine) == [("split-1", None)], "not marked done: nothing was split"
+    late.tick()
+    assert customer_of(engine, BOB) != customer_of(engine, ANN) == holder
+    assert _split_rows(engine)[0][1] is not None
 
 
 def _split_rows(engine: Engine) -> list[tuple[str, datetime | None]]:
