@@ -675,8 +675,8 @@ class SqlSink:
             # A split moves keys between customers that both live on, which a batch that read the keys before this
             # commit cannot tell from the customers' rows (a merge deletes one): the audit row is what every other
             # worker's batch checks once it holds its customers' locks, and then applies itself again. Rows only for
-            # the splits this batch marked done: another worker may have refused one first (refusals take no
-            # customer lock), or marked done the split of a customer gone meanwhile, which nobody applies.
+            # the splits this batch marked done: splits are applied and refused under their customer's lock, so
+            # another batch marking one done first did so for a customer gone meanwhile, which nobody applies.
             actor = f"worker:{batch.worker_id}"[:128]
             rows = [
                 {"at": now, "action": "split_applied", "subject": split_id, "actor": actor, "reason": "", "detail": {}}

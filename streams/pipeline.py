@@ -142,12 +142,14 @@ class _SplitPlan:
     def refuse(self, split_ids: list[str]) -> None:
         """Refuse the splits of one customer over the bound. The reason names no customer: audit rows are never
         rewritten, and an erasure of the customer must not leave its id behind."""
-        why = (
-            f"the customer has more than {self.bound} touchpoints (CXSTREAM_SPLIT_MAX_TOUCHPOINTS): a split applies "
-            "them all again in one batch; its never-link rules stay (cxstream never-link --remove --rule SPLIT_ID)"
-        )
-        log.error("split %s refused: %s", ", ".join(split_ids), why)
-        self.refused.update(dict.fromkeys(split_ids, why))
+        for split_id in split_ids:
+            why = (
+                f"the customer has more than {self.bound} touchpoints (CXSTREAM_SPLIT_MAX_TOUCHPOINTS): a split "
+                "applies them all again in one batch; its never-link rules stay (cxstream never-link --remove "
+                f"--rule {split_id})"
+            )
+            log.error("split %s refused: %s", split_id, why)
+            self.refused[split_id] = why
 
 
 class BatchProcessor:
@@ -595,8 +597,8 @@ class BatchProcessor:
         A split applies all of its customer's touchpoints again, held in memory: oldest first, the batch takes
         splits while their customers' touchpoints add up to ``CXSTREAM_SPLIT_MAX_TOUCHPOINTS``, and leaves the
         rest to the next. A customer over that bound alone (grown, or merged into a bigger one, since the split
-        was asked) is not split: its splits are refused, marked done with why, rather than a batch that could
-        exhaust the worker's memory at every start."""
+        was asked) is taken to be refused under its lock (``_splits``): marked done with why, rather than a batch
+        that could exhaust the worker's memory at every start."""
         bound = self.settings.split_max_touchpoints
         grouped: dict[str, tuple[list[str], tuple[str, str, tuple[str, ...], datetime], list[str]]] = {}
         for split_id, customer_id, moved, at in self.manual_splits:
@@ -616,17 +618,17 @@ class BatchProcessor:
         plan, total = _SplitPlan(bound=bound), 0
         for customer_id, (split_ids, target, keys) in grouped.items():
             touchpoints = self.sink.count_touchpoints(tx, customer_id, bound + 1)
-            if touchpoints > bound:
-                plan.refuse(split_ids)
-            elif total + touchpoints <= bound:
+            if touchpoints <= bound:
+                if total + touchpoints > bound:
+                    break  # oldest first: this one and the younger ones wait for the next batch
                 total += touchpoints
-                plan.targets.append(target)
-                plan.ids[customer_id] = split_ids
-                if keys:
-                    plan.live.add(customer_id)
-                wanted.update(keys)
-            else:
-                break  # oldest first: this one and the younger ones wait for the next batch
+            # One over the bound on its own is taken too, and refused by ``_splits`` under its lock: a refusal
+            # taken without it could commit while another worker (another bound) applies the same split.
+            plan.targets.append(target)
+            plan.ids[customer_id] = split_ids
+            if keys:
+                plan.live.add(customer_id)
+            wanted.update(keys)
         return plan
 
     def _splits(self, tx: Any, plan: _SplitPlan, customers: dict[str, CustomerState]) -> list[Split]:

@@ -187,17 +187,33 @@ def test_a_worker_takes_splits_while_their_customers_fit_its_bound_and_leaves_th
     database_url: str,
 ) -> None:
     settings, engine, processor = bounded_worker(database_url, 10)
-    feed(processor, records(two_households()))
-    assert customers(engine) == 2
+    carl, dave, tablet = (
+        {IdentifierType.EMAIL: "carl@example.org"},
+        {IdentifierType.EMAIL: "dave@example.org"},
+        {IdentifierType.WEB_ANONYMOUS_ID: "tablet-c"},
+    )
+    small = [
+        event(70, Channel.WEB, EventType.IDENTIFY, carl | tablet),
+        event(71, Channel.WEB, EventType.IDENTIFY, dave | tablet),
+    ]
+    feed(processor, records(two_households() + small))
+    assert customers(engine) == 3
     first = split_customer(settings, ANN, [BOB], actor="test", wait_s=0)
     second = split_customer(settings, "email:cleo@example.org", ["email:dan@example.org"], actor="test", wait_s=0)
+    third = split_customer(settings, "email:carl@example.org", ["email:dave@example.org"], actor="test", wait_s=0)
 
-    processor.tick()  # 8 + 8 touchpoints: over 10 together, so one split now
-    applied = {split_id for split_id, at in _split_rows(engine) if at is not None}
-    assert applied == {first.split_id} and customers(engine) == 3
+    # 8 + 8 touchpoints are over 10 together: one split now, and the third (2 touchpoints, which would fit) waits
+    # behind the second: oldest first.
     processor.tick()
-    assert all(at is not None for _, at in _split_rows(engine)) and customers(engine) == 4
-    assert second.split_id in {split_id for split_id, _ in _split_rows(engine)}
+    assert {split_id for split_id, at in _split_rows(engine) if at is not None} == {first.split_id}
+    assert customers(engine) == 4
+    processor.tick()
+    assert {split_id for split_id, at in _split_rows(engine) if at is not None} == {
+        first.split_id,
+        second.split_id,
+        third.split_id,
+    }
+    assert customers(engine) == 6
 
 
 def test_a_worker_refuses_a_split_whose_customer_is_over_its_bound_and_goes_on(database_url: str) -> None:
