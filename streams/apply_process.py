@@ -75,6 +75,8 @@ class BatchSummary:
     merges: int = 0
     #: Customers split off by splits made by hand.
     splits: int = 0
+    #: Splits made by hand refused (their customer over CXSTREAM_SPLIT_MAX_TOUCHPOINTS).
+    splits_refused: int = 0
     alerts: int = 0
     blocked: int = 0
     over_limit: int = 0
@@ -114,6 +116,7 @@ class BatchSummary:
             watermark=report.watermark,
             partitions=report.partitions,
             alerts=report.alerts,
+            splits_refused=report.splits_refused,
             lock_wait_s=dict(report.lock_wait_s),
             retries=report.retries,
             suppressed=report.suppressed,

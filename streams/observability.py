@@ -93,6 +93,13 @@ class Instruments:
             ["worker"],
             registry=r,
         )
+        self.identity_splits_refused = Counter(
+            "cxstream_identity_splits_refused_total",
+            "Splits made by hand a worker refused: their customer had more touchpoints than "
+            "CXSTREAM_SPLIT_MAX_TOUCHPOINTS.",
+            ["worker"],
+            registry=r,
+        )
         self.blocked_identifiers = Counter(
             "cxstream_identifiers_rejected_total",
             "Identifiers not used for stitching: blocked values, over a per-type limit, or kept apart by a never-link rule.",

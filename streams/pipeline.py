@@ -81,6 +81,8 @@ class BatchReport:
     #: Input partitions the batch read new records of (counted once per partition, not per record).
     partitions: int = 0
     alerts: int = 0
+    #: Splits made by hand the batch refused (their customer over ``CXSTREAM_SPLIT_MAX_TOUCHPOINTS``).
+    splits_refused: int = 0
     #: Experience-drop alerts whose status the batch changed (fired, resolved, fired again).
     experience_alerts: int = 0
     #: The group's watermark after the batch.
@@ -569,6 +571,7 @@ class BatchProcessor:
             claimed_identities=wanted - stored.keys(),
             claimed_events={event.event_id for event in events} - applied.keys(),
         )
+        report.splits_refused = len(plan.refused)
         records = ResultRecords(self.topics, report.outputs)
         self._alerts(result, view, write, report, records)  # on the states as applied, with what was restored
         self.stitcher.close(view, result)

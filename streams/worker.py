@@ -382,6 +382,8 @@ class Worker:
         inst.identity_merges.labels(w).inc(summary.merges)
         if summary.splits:
             inst.identity_splits.labels(w).inc(summary.splits)
+        if summary.splits_refused:
+            inst.identity_splits_refused.labels(w).inc(summary.splits_refused)
         inst.blocked_identifiers.labels(w, "blocked").inc(summary.blocked)
         inst.blocked_identifiers.labels(w, "over_limit").inc(summary.over_limit)
         inst.blocked_identifiers.labels(w, "never_link").inc(summary.kept_apart)
