@@ -603,7 +603,9 @@ class BatchProcessor:
         was asked) is taken to be refused under its lock (``_splits``): marked done with why, rather than a batch
         that could exhaust the worker's memory at every start."""
         bound = self.settings.split_max_touchpoints
-        grouped: dict[str, tuple[list[str], tuple[str, str, tuple[str, ...], datetime], list[str]]] = {}
+        targets: dict[str, tuple[str, str, tuple[str, ...], datetime]] = {}
+        split_ids: dict[str, list[str]] = {}
+        customer_keys: dict[str, list[str]] = {}
         for split_id, customer_id, moved, at in self.manual_splits:
             keys = self.sink.customer_keys(tx, customer_id)
             if not keys:
@@ -611,15 +613,16 @@ class BatchProcessor:
                 if holder is not None:
                     customer_id = holder.customer_id
                     keys = self.sink.customer_keys(tx, customer_id)
-            found = grouped.get(customer_id)
-            if found is None:
-                grouped[customer_id] = ([split_id], (split_id, customer_id, moved, at), keys)
+            first = targets.get(customer_id)
+            if first is None:
+                targets[customer_id] = (split_id, customer_id, moved, at)
             else:
-                first = found[1]
-                found[0].append(split_id)
-                grouped[customer_id] = (found[0], (first[0], customer_id, (*first[2], *moved), first[3]), keys)
+                targets[customer_id] = (first[0], customer_id, (*first[2], *moved), first[3])
+            split_ids.setdefault(customer_id, []).append(split_id)
+            customer_keys[customer_id] = keys
         plan, total = _SplitPlan(bound=bound), 0
-        for customer_id, (split_ids, target, keys) in grouped.items():
+        for customer_id, target in targets.items():
+            keys = customer_keys[customer_id]
             touchpoints = self.sink.count_touchpoints(tx, customer_id, bound + 1)
             if touchpoints <= bound:
                 if total + touchpoints > bound:
@@ -628,7 +631,7 @@ class BatchProcessor:
             # One over the bound on its own is taken too, and refused by ``_splits`` under its lock: a refusal
             # taken without it could commit while another worker (another bound) applies the same split.
             plan.targets.append(target)
-            plan.ids[customer_id] = split_ids
+            plan.ids[customer_id] = split_ids[customer_id]
             if keys:
                 plan.live.add(customer_id)
             wanted.update(keys)
