@@ -384,5 +384,8 @@ class ResultSink(Protocol):
     def pending_outbox(self, group_id: str, worker_id: str, orphaned_before: datetime) -> list[OutboxRow]:
         """Outbox rows a worker must publish at start: its own, and those another worker left behind."""
 
+    def outbox_after(self, group_id: str, worker_id: str, after_id: int) -> list[OutboxRow]:
+        """A worker's outbox rows with an id above ``after_id``, in commit order."""
+
     def delete_outbox(self, ids: Sequence[int]) -> None:
         """Forget outbox rows once their records are acknowledged."""

@@ -866,6 +866,16 @@ class SqlSink:
                 )
             ]
 
+    def outbox_after(self, group_id: str, worker_id: str, after_id: int) -> list[OutboxRow]:
+        """A worker's outbox rows with an id above ``after_id``, in commit order."""
+        c = t.outbox.c
+        mine = and_(c.group_id == group_id, c.worker_id == worker_id, c.id > after_id)
+        with self.engine.connect() as conn:
+            return [
+                OutboxRow(row_id, worker_id, bytes(payload))
+                for row_id, payload in conn.execute(select(c.id, c.payload).where(mine).order_by(c.id))
+            ]
+
     def delete_outbox(self, ids: Sequence[int]) -> None:
         """Forget outbox rows once their records are acknowledged."""
         if ids:

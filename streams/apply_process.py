@@ -25,7 +25,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from operator import attrgetter
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -41,6 +41,13 @@ T = TypeVar("T")
 
 #: The processor of this process, when it is the apply process (set by ``_start``).
 _processor: BatchProcessor | None = None
+
+#: The highest id of this worker's outbox rows the Faust process knows of (read at start by ``pending_outbox``, or
+#: returned with a summary); -1: none.
+_outbox_told = -1
+
+#: A call failed since the last summary was returned: it may have committed all the same (see ``_told``).
+_unsure = False
 
 
 class TransientDatabaseError(Exception):
@@ -67,6 +74,9 @@ class BatchSummary:
     #: The outbox row's payload (``Outputs.encode``): one bytes object crosses to the Faust process, not the
     #: thousands of records it holds (pickling those kept the apply process from its next batch).
     outbox: bytes | None = None
+    #: This worker's outbox rows committed by calls that seemed to fail (``_told``), oldest first: published before
+    #: ``outbox``.
+    unreported: tuple[OutboxRow, ...] = ()
     #: Counters of the domain's outcome; zero when nothing was applied.
     duplicates: int = 0
     late_accepted: int = 0
@@ -193,17 +203,44 @@ def tune_collector() -> None:
 
 
 def _call(work: Callable[..., T], reload: bool, *args: Any) -> T:
+    global _unsure
     processor = _processor
     assert processor is not None, "not the apply process"
     try:
         if reload:
             processor.reload()
-        return work(processor, *args)
+        result = work(processor, *args)
+        return cast(T, _told(processor, result)) if isinstance(result, BatchSummary) else result
     except Exception as exc:
+        _unsure = True
         # The driver's exceptions do not always survive pickling; whether to retry is decided here.
         if is_transient(exc) and not isinstance(exc, TransientDatabaseError):
             raise TransientDatabaseError(f"{exc.__class__.__name__}: {exc}") from None
         raise
+
+
+def _told(processor: BatchProcessor, summary: BatchSummary) -> BatchSummary:
+    """``summary``, with the outbox rows of this worker that no summary returned, after a call failed.
+
+    A connection that breaks while its COMMIT is on the way fails the call, yet the server may have committed: the
+    worker applies the records again, finds them applied, and no summary would ever carry that commit's outbox row,
+    which the running worker would then never publish (``pending_outbox`` finds it only at the next start). This
+    process commits one transaction at a time, so this worker's rows above the last one returned, other than the
+    summary's own, are exactly those. (A retried call waits for the locks the lost transaction held, partitions and
+    clock, or finds its records applied: its commit is visible by then.)
+    """
+    global _outbox_told, _unsure
+    if _unsure:
+        rows = processor.sink.outbox_after(processor.group_id, processor.settings.worker_id, _outbox_told)
+        unreported = tuple(row for row in rows if row.id != summary.outbox_id)
+        if unreported:
+            summary = replace(summary, unreported=unreported)
+        _unsure = False
+    told = [row.id for row in summary.unreported]
+    if summary.outbox_id is not None:
+        told.append(summary.outbox_id)
+    _outbox_told = max([_outbox_told, *told])
+    return summary
 
 
 #: Batches between full cycle collections (see ``settle_heap``).
@@ -282,7 +319,10 @@ def reload(processor: BatchProcessor) -> dict[tuple[str, int], int]:
 
 def pending_outbox(processor: BatchProcessor, worker_id: str, orphaned_before: datetime) -> tuple[str, list[OutboxRow]]:
     """The database's id and the outbox rows to publish at start (see SqlSink.pending_outbox)."""
-    return processor.sink.database_id(), processor.sink.pending_outbox(processor.group_id, worker_id, orphaned_before)
+    global _outbox_told
+    rows = processor.sink.pending_outbox(processor.group_id, worker_id, orphaned_before)
+    _outbox_told = max([_outbox_told, *(row.id for row in rows if row.worker_id == worker_id)])
+    return processor.sink.database_id(), rows
 
 
 def delete_outbox(processor: BatchProcessor, ids: Sequence[int]) -> None:

@@ -346,6 +346,9 @@ class Worker:
                 "records of %s[%d] from offset %d went missing in transit: seeking back", topic, partition, offset
             )
             await self.app.consumer.seek(TP(topic, partition), offset)
+        for row in summary.unreported:
+            log.warning("outbox row %d was committed by a database call that seemed to fail: publishing it", row.id)
+            await self.publisher.put(row.id, OutboxPayload(row.payload))
         if summary.outbox_id is not None:
             if summary.outbox is None:
                 raise RuntimeError(f"outbox row {summary.outbox_id} came back without its payload")

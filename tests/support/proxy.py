@@ -41,12 +41,12 @@ class CuttableProxy:
 
     def cut(self) -> None:
         """Refuse new connections and break every open one, as a crashed or unreachable server would."""
-        if self._listener is not None:
-            with contextlib.suppress(OSError):  # shutdown wakes the accepting thread; close() alone does not
-                self._listener.shutdown(socket.SHUT_RDWR)
-            self._listener.close()
-            self._listener = None
         with self._lock:
+            if self._listener is not None:
+                with contextlib.suppress(OSError):  # shutdown wakes the accepting thread; close() alone does not
+                    self._listener.shutdown(socket.SHUT_RDWR)
+                self._listener.close()
+                self._listener = None
             for conn in self._conns:
                 with contextlib.suppress(OSError):
                     conn.shutdown(socket.SHUT_RDWR)
@@ -68,6 +68,11 @@ class CuttableProxy:
                 client.close()
                 continue
             with self._lock:
+                # Accepted before a cut() that ran while this connected: it must not outlive the cut.
+                if self._listener is not listener:
+                    client.close()
+                    upstream.close()
+                    return
                 self._conns += [client, upstream]
             for src, dst in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
