@@ -30,6 +30,7 @@ __all__ = [
     "CustomerRow",
     "IdentityRow",
     "MergeRow",
+    "ParkedEvent",
     "ResultSink",
     "StoredIdentity",
     "TouchpointRow",
@@ -176,6 +177,19 @@ class MergeRow(NamedTuple):
     merged_into: str
 
 
+class ParkedEvent(NamedTuple):
+    """An event a batch could not apply without waiting for another worker's batch (its customer was held), stored
+    for the group's next batch (``parked_events``)."""
+
+    #: Its row id; None until stored.
+    id: int | None
+    occurred_at: datetime
+    #: Batches that found its customer held (a batch that takes it with this many or more waits for the lock).
+    attempts: int
+    #: The event as validated (``TouchpointEvent.model_dump_json``).
+    event: bytes
+
+
 class Contended(Exception):
     """A concurrent batch of another worker took first what this batch meant to take (a new identifier key, a new
     event id), or the two waited for each other (a deadlock): the transaction is rolled back and the batch
@@ -261,6 +275,10 @@ class BatchWrite:
     #: Experience-drop alerts whose status or figures the batch changed (replacing the stored rows).
     experience_alerts: list[ExperienceAlertRow] = field(default_factory=list)
     outbox: bytes | None = None
+    #: Events this batch parks (their customer held by another worker's batch), and the ids of the parked rows it
+    #: took (applied, or parked again among ``parked``).
+    parked: list[ParkedEvent] = field(default_factory=list)
+    unparked: list[int] = field(default_factory=list)
 
     def split_moved(self) -> dict[str, str]:
         """``split_removed`` as removed id -> the customer its rows move to."""
@@ -305,6 +323,20 @@ class ResultSink(Protocol):
     def lock_keys(self, tx: Any, keys: Collection[str]) -> None:
         """Keep other batches from adding the given identifier keys until the transaction ends (in a fixed order;
         a sink may take none for too many keys: their inserts are then checked, ``BatchWrite.claimed_identities``)."""
+
+    def try_lock_customers(self, tx: Any, ids: Iterable[str]) -> tuple[dict[str, int], set[str]]:
+        """``lock_customers`` without waiting: the versions of those locked, and the ids of those another
+        transaction holds (existing, not locked)."""
+
+    def try_lock_keys(self, tx: Any, keys: Collection[str]) -> set[str]:
+        """``lock_keys`` without waiting: the keys another transaction holds (not locked)."""
+
+    def take_parked(self, tx: Any, group_id: str, limit: int) -> list[ParkedEvent]:
+        """Up to ``limit`` of the group's parked events, oldest first, that no other transaction took; locked until
+        the transaction ends (the batch deletes those it takes: ``BatchWrite.unparked``)."""
+
+    def oldest_parked(self, tx: Any, group_id: str, taken: Collection[int]) -> datetime | None:
+        """The earliest ``occurred_at`` of the group's parked events but those ``taken``; None if there are none."""
 
     def lock_clock(self, tx: Any, group_id: str) -> Clock:
         """Lock the group's clock until the transaction ends, and read it: what batches share (the watermark, the

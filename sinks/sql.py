@@ -52,6 +52,7 @@ from sinks.contract import (
     IdentityRow,
     MergeRow,
     OutboxRow,
+    ParkedEvent,
     StoredIdentity,
     TouchpointRow,
     cell_key,
@@ -357,6 +358,59 @@ class SqlSink:
         full of new keys must not fill it; such a batch finds a key taken at its insert, as before."""
         if self.concurrent and len(keys) <= MAX_KEY_LOCKS:
             _advisory_locks(conn, (f"identifier\0{key}" for key in keys))
+
+    def try_lock_customers(self, conn: Connection, ids: Iterable[str]) -> tuple[dict[str, int], set[str]]:
+        """``lock_customers`` without waiting (PostgreSQL: ``SKIP LOCKED``): the versions of the customers locked,
+        and the ids of those another transaction holds. SQLite: ``lock_customers`` (nothing is ever held)."""
+        ids = sorted(ids)
+        if not self.concurrent or not ids:
+            return self.lock_customers(conn, ids), set()
+        sql = "SELECT customer_id, version FROM customers WHERE customer_id = ANY(%b::text[]) FOR UPDATE SKIP LOCKED"
+        found: dict[str, int] = dict(conn.exec_driver_sql(sql, (ids,)).all())  # type: ignore[arg-type]
+        rest = [customer_id for customer_id in ids if customer_id not in found]
+        if not rest:
+            return found, set()
+        # Skipped: locked by another transaction, or gone (merged away). Those still there are held.
+        sql = "SELECT customer_id FROM customers WHERE customer_id = ANY(%b::text[])"
+        return found, set(conn.exec_driver_sql(sql, (rest,)).scalars())  # type: ignore[arg-type]
+
+    def try_lock_keys(self, conn: Connection, keys: Collection[str]) -> set[str]:
+        """``lock_keys`` without waiting: the keys another transaction holds. Takes none for more than
+        ``MAX_KEY_LOCKS`` keys, as ``lock_keys``."""
+        if not self.concurrent or not keys or len(keys) > MAX_KEY_LOCKS:
+            return set()
+        names: dict[int, list[str]] = {}
+        for key in keys:
+            names.setdefault(_lock_key(f"identifier\0{key}"), []).append(key)
+        sql = "SELECT k FROM unnest(%b::bigint[]) AS k WHERE NOT pg_try_advisory_xact_lock(k)"
+        held = conn.exec_driver_sql(sql, (sorted(names),)).scalars()  # type: ignore[arg-type]
+        return {key for lock in held for key in names[lock]}
+
+    def take_parked(self, conn: Connection, group_id: str, limit: int) -> list[ParkedEvent]:
+        """Up to ``limit`` of the group's parked events, oldest first, that no other batch took (PostgreSQL: locked,
+        ``SKIP LOCKED``; SQLite never parks)."""
+        if not self.concurrent:
+            return []
+        p = t.parked_events.c
+        query = (
+            select(p.id, p.occurred_at, p.attempts, p.event)
+            .where(p.group_id == group_id)
+            .order_by(p.occurred_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return [ParkedEvent(row[0], as_utc(row[1]), row[2], row[3]) for row in conn.execute(query)]
+
+    def oldest_parked(self, conn: Connection, group_id: str, taken: Collection[int]) -> datetime | None:
+        """The earliest ``occurred_at`` of the group's parked events but those ``taken``."""
+        if not self.concurrent:
+            return None
+        p = t.parked_events.c
+        query = select(func.min(p.occurred_at)).where(p.group_id == group_id)
+        if taken:
+            query = query.where(p.id.not_in(list(taken)))
+        found = conn.scalar(query)
+        return None if found is None else as_utc(found)
 
     def lock_clock(self, conn: Connection, group_id: str) -> Clock:
         """Lock the group's clock row until the transaction ends and read it (PostgreSQL: the row is created on
@@ -751,6 +805,7 @@ class SqlSink:
         self._executemany(conn, "alerts", batch.alerts)
         self._executemany(conn, "experience_alerts", batch.experience_alerts)
         self._write_offsets(conn, batch)
+        self._write_parked(conn, batch)
         if batch.outbox is not None:
             return int(
                 conn.execute(
@@ -770,6 +825,17 @@ class SqlSink:
         """``write_state`` then ``write_shared``: a whole batch whose transaction holds what it shares already."""
         self.write_state(conn, batch)
         return self.write_shared(conn, batch)
+
+    def _write_parked(self, conn: Connection, batch: BatchWrite) -> None:
+        """Delete the parked events the batch took, store those it parks."""
+        if batch.unparked:
+            conn.execute(delete(t.parked_events).where(t.parked_events.c.id.in_(batch.unparked)))
+        if batch.parked:
+            rows = [
+                {"group_id": batch.group_id, "occurred_at": e.occurred_at, "attempts": e.attempts, "event": e.event}
+                for e in batch.parked
+            ]
+            conn.execute(t.parked_events.insert(), rows)
 
     def _write_offsets(self, conn: Connection, batch: BatchWrite) -> None:
         if batch.offsets:

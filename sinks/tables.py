@@ -269,6 +269,19 @@ outbox = Table(
     sqlite_autoincrement=True,
 )
 
+parked_events = Table(
+    "parked_events",
+    metadata,
+    # Events a batch read while another worker's batch held their customer (PostgreSQL): their offsets are
+    # applied, and the group's next batch applies them (``BatchProcessor._park``). Hold the watermark back.
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("group_id", String(128), nullable=False),
+    Column("occurred_at", TS, nullable=False),
+    Column("attempts", Integer, nullable=False, comment="batches that found its customer held by another"),
+    Column("event", LargeBinary, nullable=False, comment="the event as validated (JSON)"),
+    Index("parked_events_oldest", "group_id", "occurred_at"),
+)
+
 database_identity = Table(
     "database_identity",
     metadata,

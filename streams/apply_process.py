@@ -106,6 +106,9 @@ class BatchSummary:
     retries: int = 0
     #: Events dropped because they carry an erased person's identifier.
     suppressed: int = 0
+    #: Events parked (another worker's batch held their customer), and parked events taken (PostgreSQL).
+    parked: int = 0
+    unparked: int = 0
     #: Seconds from each new entry's ``received_at`` to the batch's apply and commit.
     processing_s: list[float] = field(default_factory=list)
     end_to_end_s: list[float] = field(default_factory=list)
@@ -130,6 +133,8 @@ class BatchSummary:
             lock_wait_s=dict(report.lock_wait_s),
             retries=report.retries,
             suppressed=report.suppressed,
+            parked=len(report.parked),
+            unparked=report.unparked,
         )
         result, committed = report.result, report.committed_at
         if result is None or committed is None:

@@ -144,6 +144,13 @@ class Instruments:
             ["worker"],
             registry=r,
         )
+        self.events_parked = Counter(
+            "cxstream_events_parked_total",
+            "Events a batch parked rather than wait for another worker's batch holding their customer (PostgreSQL); "
+            "a later batch applies them, counted then in cxstream_events_in_total.",
+            ["worker"],
+            registry=r,
+        )
         self.sink_contended = Counter(
             "cxstream_sink_contended_total",
             "Batches applied again because another worker's batch took a new identifier or event id first, or the "

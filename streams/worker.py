@@ -375,6 +375,8 @@ class Worker:
             inst.suppressed.labels(w).inc(summary.suppressed)
         if summary.retries:
             inst.sink_contended.labels(w).inc(summary.retries)
+        if summary.parked:
+            inst.events_parked.labels(w).inc(summary.parked)
         inst.duplicates.labels(w).inc(summary.duplicates)
         inst.late_events.labels(w, "accepted").inc(summary.late_accepted)
         inst.late_events.labels(w, "too_late").inc(summary.too_late)
@@ -469,6 +471,8 @@ def describe_batch(summary: BatchSummary, seconds: float, lag: int) -> str:
         (summary.restored, "history read back", "histories read back"),
         (summary.retries, "retry after contention", "retries after contention"),
         (summary.suppressed, "suppressed (erased person)", "suppressed (erased people)"),
+        (summary.parked, "parked (customer held by another worker)", "parked (customers held by another worker)"),
+        (summary.unparked, "parked earlier taken", "parked earlier taken"),
     ):
         if count:
             counts.append(_n(count, one, many))

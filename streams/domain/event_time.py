@@ -57,9 +57,15 @@ def advance(
 
 
 def watermark(
-    partitions: Mapping[TopicPartition, PartitionTime], now: float, idle_s: float, previous: float | None
+    partitions: Mapping[TopicPartition, PartitionTime],
+    now: float,
+    idle_s: float,
+    previous: float | None,
+    parked: float | None = None,
 ) -> float | None:
-    """The group's watermark over its partitions (see the module docstring); ``previous`` is the last one."""
+    """The group's watermark over its partitions (see the module docstring); ``previous`` is the last one.
+    ``parked``: the earliest event time of the events read but not applied yet (parked while another worker held
+    their customer): the watermark waits for them, as it waits for a partition's backlog."""
     active = [p for p in partitions.values() if p.active_at is not None and now - p.active_at <= idle_s]
     candidate: float | None
     if active:
@@ -71,4 +77,6 @@ def watermark(
     if candidate is None:
         return previous
     candidate = min(candidate, now + MAX_CLOCK_SKEW_S)
+    if parked is not None:
+        candidate = min(candidate, parked)
     return candidate if previous is None else max(previous, candidate)

@@ -8,8 +8,9 @@ that is what shows the comparison can catch a lost state write or a non-idempote
 
 On PostgreSQL it also runs two and three apply processes at once, each owning some of the partitions (as the
 workers of a consumer group do), committing concurrently on customers they share (a person's channels are
-different topics), crashing inside and between transactions; and with the customers' row locks, or the clock's
-lock, skipped, which it must catch.
+different topics), crashing inside and between transactions, parking the events of customers another process's
+batch holds; and with the customers' row locks, or the clock's lock, skipped, or parked events lost, which it
+must catch.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ class CrashingSink(SqlSink):
 
     def write_shared(self, tx: Any, batch: BatchWrite) -> int | None:
         self.writes["write"] += 1
+        self.writes["parked"] += len(batch.parked)
         result = super().write_shared(tx, batch)
         if self.writes["write"] in self.crash_after:
             raise Crash(f"killed in batch {self.writes['write']}")
@@ -198,6 +200,9 @@ class WithoutCustomerLocks(CrashingSink):
         c = t.customers.c
         return dict(conn.execute(select(c.customer_id, c.version).where(c.customer_id.in_(sorted(ids)))).all())
 
+    def try_lock_customers(self, conn: Any, ids: Any) -> tuple[dict[str, int], set[str]]:
+        return self.lock_customers(conn, ids), set()  # none held: none parked
+
     def write_state(self, tx: Any, batch: BatchWrite) -> None:
         time.sleep(0.05)
         super().write_state(tx, batch)
@@ -215,6 +220,14 @@ class WithoutClockLock(CrashingSink):
         return super().write_shared(tx, batch)
 
 
+class LosingParkedEvents(CrashingSink):
+    """Broken: the events a batch parks (their customer held by another worker's batch) are not stored."""
+
+    def _write_parked(self, conn: Any, batch: BatchWrite) -> None:
+        batch.parked.clear()
+        super()._write_parked(conn, batch)
+
+
 def apply_partitions(
     database_url: str,
     arrivals: list[InRecord],
@@ -222,11 +235,13 @@ def apply_partitions(
     crash_every: int,
     sink: type[CrashingSink],
     start: Any = None,
+    parked: Any = None,
 ) -> None:
     """One worker of a group: the records of its partitions (``arrivals``, in the order it reads them) in random
     batches, crashing inside or between transactions now and then and redelivered from earlier each time (run in
     a process of its own; the records are passed, not simulated again, which would stamp other arrival times).
-    ``start``: a barrier the group's processes pass together once started, so that their batches overlap."""
+    ``start``: a barrier the group's processes pass together once started, so that their batches overlap;
+    ``parked``: a shared counter of the events its batches parked (committed or not)."""
     settings = load_settings(database_url=database_url)
     engine = make_engine(database_url, writer=True)
     if start is not None:
@@ -258,10 +273,16 @@ def apply_partitions(
             for tp in mine
         }
     engine.dispose()
+    if parked is not None:
+        with parked.get_lock():
+            parked.value += writes["parked"]
 
 
-def run_concurrently(database_url: str, workers: int, seed: int, sink: type[CrashingSink] = CrashingSink) -> dict:
-    """``workers`` apply processes sharing the partitions, at once; then the clock is followed to the end."""
+def run_concurrently(
+    database_url: str, workers: int, seed: int, sink: type[CrashingSink] = CrashingSink
+) -> tuple[dict, int]:
+    """``workers`` apply processes sharing the partitions, at once; then the clock is followed to the end (the
+    events parked last applied). Returns the results and how many events the processes' batches parked."""
     settings = load_settings(database_url=database_url)
     engine = make_engine(database_url, writer=True)
     upgrade(engine)
@@ -272,6 +293,7 @@ def run_concurrently(database_url: str, workers: int, seed: int, sink: type[Cras
     # Spawned processes start one by one (each imports the project first): without a common start, one could be
     # done before the next began, and nothing they share would be written concurrently.
     start = context.Barrier(workers)
+    parked = context.Value("i", 0)
     processes = [
         context.Process(
             target=apply_partitions,
@@ -282,6 +304,7 @@ def run_concurrently(database_url: str, workers: int, seed: int, sink: type[Cras
                 6,
                 sink,
                 start,
+                parked,
             ),
         )
         for n in range(workers)
@@ -295,7 +318,7 @@ def run_concurrently(database_url: str, workers: int, seed: int, sink: type[Cras
     later = time.time() + settings.partition_idle_s + 1
     processor.clock = lambda: later
     processor.tick()
-    return snapshot(engine)
+    return snapshot(engine), parked.value
 
 
 def order_free(snap: dict, other: dict) -> dict:
@@ -319,19 +342,24 @@ def differences(expected: dict, got: dict) -> str:
 def test_apply_processes_committing_concurrently_leave_the_results_of_one(
     uninterrupted: dict, postgres_url: str, workers: int
 ) -> None:
-    result = run_concurrently(postgres_url, workers, seed=workers)
+    result, parked = run_concurrently(postgres_url, workers, seed=workers)
     assert result["identity_merges"], "workers merged customers"
+    assert parked, "no batch found a customer held by another worker's: nothing was parked"
     difference = differences(uninterrupted, result)
     assert not difference, difference
 
 
 @pytest.mark.postgres
-@pytest.mark.parametrize("broken", [WithoutCustomerLocks, WithoutClockLock], ids=["customer-locks", "clock-lock"])
-def test_the_harness_catches_workers_that_skip_a_lock(
+@pytest.mark.parametrize(
+    "broken",
+    [WithoutCustomerLocks, WithoutClockLock, LosingParkedEvents],
+    ids=["customer-locks", "clock-lock", "parked-events"],
+)
+def test_the_harness_catches_workers_that_skip_a_lock_or_lose_parked_events(
     uninterrupted: dict, postgres_url: str, broken: type[CrashingSink]
 ) -> None:
     try:
-        result = run_concurrently(postgres_url, 3, seed=7, sink=broken)
+        result, _ = run_concurrently(postgres_url, 3, seed=7, sink=broken)
     except AssertionError as exc:  # a process failed on what it read: caught too
         caught = str(exc)
     else:

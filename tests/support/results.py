@@ -60,7 +60,8 @@ def end_offsets(kafka_url: str, topics: list[str]) -> dict[tuple[str, int], int]
 
 
 def caught_up(engine: Engine, group_id: str, ends: dict[tuple[str, int], int]) -> bool:
-    """True when the worker has applied every record below ``ends`` and published its outbox."""
+    """True when the worker has applied every record below ``ends`` (no event of them parked) and published its
+    outbox."""
     with engine.connect() as conn:
         applied = {
             (topic, part): off
@@ -71,7 +72,12 @@ def caught_up(engine: Engine, group_id: str, ends: dict[tuple[str, int], int]) -
             )
         }
         pending = conn.execute(select(t.outbox.c.id)).first()
-    return pending is None and all(applied.get(tp, -1) >= end - 1 for tp, end in ends.items() if end > 0)
+        parked = conn.execute(select(t.parked_events.c.id).where(t.parked_events.c.group_id == group_id)).first()
+    return (
+        pending is None
+        and parked is None
+        and all(applied.get(tp, -1) >= end - 1 for tp, end in ends.items() if end > 0)
+    )
 
 
 def settled(engine: Engine, group_id: str, ends: dict[tuple[str, int], int]) -> bool:

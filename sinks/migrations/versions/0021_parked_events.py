@@ -1,0 +1,37 @@
+"""parked_events: events a batch read while another worker's batch held their customer (PostgreSQL)
+
+Two workers' batches of thousands of events nearly always share a customer, and one waited for the other's whole
+transaction on its row (38% of batch time in make bench). A batch now locks the customers it can without waiting
+and parks the events of the others here, in its own transaction, with its offsets; the group's next batch
+applies them first. SQLite, one writer at a time, never parks.
+
+Revision ID: 0021
+Revises: 0020
+Create Date: 2026-12-07
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0021"
+down_revision = "0020"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "parked_events",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+        sa.Column("group_id", sa.String(128), nullable=False),
+        sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("attempts", sa.Integer, nullable=False, comment="batches that found its customer held by another"),
+        sa.Column("event", sa.LargeBinary, nullable=False, comment="the event as validated (JSON)"),
+    )
+    op.create_index("parked_events_oldest", "parked_events", ["group_id", "occurred_at"])
+
+
+def downgrade() -> None:
+    op.drop_table("parked_events")
