@@ -331,9 +331,13 @@ class ResultSink(Protocol):
     def try_lock_keys(self, tx: Any, keys: Collection[str]) -> set[str]:
         """``lock_keys`` without waiting: the keys another transaction holds (not locked)."""
 
-    def take_parked(self, tx: Any, group_id: str, limit: int) -> list[ParkedEvent]:
-        """Up to ``limit`` of the group's parked events, oldest first, that no other transaction took; locked until
-        the transaction ends (the batch deletes those it takes: ``BatchWrite.unparked``)."""
+    def take_parked(self, tx: Any, group_id: str, limit: int, ids: Collection[int] | None = None) -> list[ParkedEvent]:
+        """Up to ``limit`` of the group's parked events (of ``ids`` only, if given), oldest first, that no other
+        transaction took; locked until the transaction ends (the batch deletes those it takes:
+        ``BatchWrite.unparked``)."""
+
+    def drop_parked(self, tx: Any, group_id: str, ids: Collection[int]) -> list[bytes]:
+        """Delete the given parked events of the group; return the events deleted."""
 
     def oldest_parked(self, tx: Any, group_id: str, taken: Collection[int]) -> datetime | None:
         """The earliest ``occurred_at`` of the group's parked events but those ``taken``; None if there are none."""

@@ -386,20 +386,25 @@ class SqlSink:
         held = conn.exec_driver_sql(sql, (sorted(names),)).scalars()  # type: ignore[arg-type]
         return {key for lock in held for key in names[lock]}
 
-    def take_parked(self, conn: Connection, group_id: str, limit: int) -> list[ParkedEvent]:
-        """Up to ``limit`` of the group's parked events, oldest first, that no other batch took (PostgreSQL: locked,
-        ``SKIP LOCKED``; SQLite never parks)."""
+    def take_parked(
+        self, conn: Connection, group_id: str, limit: int, ids: Collection[int] | None = None
+    ) -> list[ParkedEvent]:
+        """Up to ``limit`` of the group's parked events (of ``ids`` only, if given), oldest first, that no other
+        batch took (PostgreSQL: locked, ``SKIP LOCKED``; SQLite never parks)."""
         if not self.concurrent:
             return []
         p = t.parked_events.c
-        query = (
-            select(p.id, p.occurred_at, p.attempts, p.event)
-            .where(p.group_id == group_id)
-            .order_by(p.occurred_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
+        query = select(p.id, p.occurred_at, p.attempts, p.event).where(p.group_id == group_id)
+        if ids is not None:
+            query = query.where(p.id.in_(list(ids)))
+        query = query.order_by(p.occurred_at).limit(limit).with_for_update(skip_locked=True)
         return [ParkedEvent(row[0], as_utc(row[1]), row[2], row[3]) for row in conn.execute(query)]
+
+    def drop_parked(self, conn: Connection, group_id: str, ids: Collection[int]) -> list[bytes]:
+        """Delete the given parked events of the group; return the events deleted."""
+        p = t.parked_events
+        query = delete(p).where(p.c.group_id == group_id, p.c.id.in_(list(ids))).returning(p.c.event)
+        return list(conn.execute(query).scalars())
 
     def oldest_parked(self, conn: Connection, group_id: str, taken: Collection[int]) -> datetime | None:
         """The earliest ``occurred_at`` of the group's parked events but those ``taken``."""

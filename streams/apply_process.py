@@ -290,20 +290,36 @@ def settle_heap() -> None:
 
 
 def process(
-    processor: BatchProcessor, records: Sequence[InRecord], backlog: Collection[TopicPartition] = ()
+    processor: BatchProcessor,
+    records: Sequence[InRecord],
+    backlog: Collection[TopicPartition] = (),
+    parked: Sequence[int] | None = None,
 ) -> BatchSummary:
     """Apply ``records`` in one transaction (see BatchProcessor.process)."""
-    summary = without_cycle_collector(_summarised, processor, records, backlog)
+    summary = without_cycle_collector(_summarised, processor, records, backlog, parked)
     settle_heap()
     return summary
 
 
 def _summarised(
-    processor: BatchProcessor, records: Sequence[InRecord], backlog: Collection[TopicPartition]
+    processor: BatchProcessor,
+    records: Sequence[InRecord],
+    backlog: Collection[TopicPartition],
+    parked: Sequence[int] | None,
 ) -> BatchSummary:
     # The report is summarised and dropped with the collector still paused: the first allocation after
     # gc.enable() runs a young collection, which would walk the whole report (6 µs an event, bench.apply).
-    return BatchSummary.of(processor.process(records, backlog), processor.applied)
+    return BatchSummary.of(processor.process(records, backlog, parked), processor.applied)
+
+
+def last_unparked(processor: BatchProcessor) -> list[int]:
+    """The ids of the parked events the last batch took, committed or not (see BatchProcessor.process)."""
+    return list(processor.last_unparked)
+
+
+def reject_parked(processor: BatchProcessor, row_id: int, reason: str, detail: str) -> BatchSummary:
+    """Dead-letter a parked event the database will never accept (see BatchProcessor.reject_parked)."""
+    return BatchSummary.of(processor.reject_parked(row_id, reason, detail), processor.applied)
 
 
 def tick(processor: BatchProcessor, backlog: Collection[TopicPartition] = ()) -> BatchSummary:

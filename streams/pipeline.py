@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
+
 from config.settings import Settings
 from config.topics import Topics
 from schemas.deadletter import DeadLetter
@@ -204,6 +206,8 @@ class BatchProcessor:
         self.manual_splits: list[tuple[str, str, tuple[str, ...], datetime]] = []
         #: Whether a tick found parked events waiting: the batch it runs takes them, even with no records.
         self._parked_due = False
+        #: Ids of the parked events the last batch took (``process``), committed or not.
+        self.last_unparked: list[int] = []
         #: Hand-made identity changes (``audit_log`` rows) as of the rules last read; -1: not read yet.
         self._hand_changes = -1
         # Read on first use, not here: the database may be unreachable when the apply process starts, and a call
@@ -231,10 +235,18 @@ class BatchProcessor:
 
     # --- the batch --------------------------------------------------------------------------------
 
-    def process(self, records: Sequence[InRecord], backlog: Iterable[TopicPartition] = ()) -> BatchReport:
+    def process(
+        self,
+        records: Sequence[InRecord],
+        backlog: Iterable[TopicPartition] = (),
+        parked: Sequence[int] | None = None,
+    ) -> BatchReport:
         """Apply ``records`` in one transaction; return what was done and what to publish.
 
         ``backlog``: the worker's input partitions with records still to read, which hold the watermark.
+        ``parked``: the parked events to take (PostgreSQL): None, those no other batch took, oldest first, up to
+        ``UNPARK_LIMIT``; else the ones of these ids still parked (``[]``: none). ``last_unparked`` then holds the
+        ids the batch took, whether it committed or not.
 
         The commit, step by step (each step is marked where it happens, here and in ``_apply``):
 
@@ -256,17 +268,19 @@ class BatchProcessor:
         The Faust process then publishes the outbox row and acknowledges the records (``streams.worker``).
         """
         self._load()
+        self.last_unparked = []
         retries = 0
         while True:
             report = BatchReport(retries=retries)
             read = self.decode(records, report)  # 1. decode
             report.partitions = len(read.offsets)
-            if not read.offsets and not self._due() and not self.manual_splits and not self._parked_due:
+            waiting = self._parked_due if parked is None else bool(parked)
+            if not read.offsets and not self._due() and not self.manual_splits and not waiting:
                 return report
             try:
                 with self.sink.transaction() as tx:
                     hint = self._begin(tx, report, read.offsets)  # 2. lock the partitions
-                    applied = self._apply(tx, report, read, backlog, hint)  # 3. to 7.
+                    applied = self._apply(tx, report, read, backlog, hint, parked)  # 3. to 7.
             except _AppliedElsewhere:
                 log.info("another worker applied records of this batch's partitions: reading its offsets")
                 self.reload()
@@ -356,6 +370,24 @@ class BatchProcessor:
             with self.sink.transaction() as tx:
                 report.outbox_id = self.sink.write_shared(tx, write)
             self.applied.update(offsets)
+        return report
+
+    def reject_parked(self, row_id: int, reason: str, detail: str) -> BatchReport:
+        """Dead-letter a parked event the database will never accept (every batch taking it failed), in one
+        transaction that removes it: a parked event must not fail every batch after it."""
+        self._load()
+        report = BatchReport()
+        with self.sink.transaction() as tx:
+            for event in self.sink.drop_parked(tx, self.group_id, [row_id]):
+                channel = orjson.loads(event).get("channel")
+                report.dead_letters.append(dead_letter(channel, reason, f"{detail} (a parked event)", event))
+            if report.dead_letters:
+                self._publish_dead_letters(report, ResultRecords(self.topics, report.outputs))
+                report.outbox = report.outputs.encode()
+                write = BatchWrite(
+                    group_id=self.group_id, offsets={}, outbox=report.outbox, worker_id=self.settings.worker_id
+                )
+                report.outbox_id = self.sink.write_shared(tx, write)
         return report
 
     # --- 1. decode ----------------------------------------------------------------------------------
@@ -569,11 +601,18 @@ class BatchProcessor:
     # --- 3. to 7. ---------------------------------------------------------------------------------------
 
     def _apply(
-        self, tx: Any, report: BatchReport, read: _Read, backlog: Iterable[TopicPartition], hint: Clock
+        self,
+        tx: Any,
+        report: BatchReport,
+        read: _Read,
+        backlog: Iterable[TopicPartition],
+        hint: Clock,
+        parked: Sequence[int] | None,
     ) -> tuple[Clock, BatchWrite, StateView, tuple[str, ...], dict[str, StoredIdentity], dict[str, int]]:
         """Steps 3 to 7 of ``process``: load what the batch touches, apply it, write everything back; return what
-        ``_committed`` remembers once the transaction commits. ``hint``: the group's clock as the batch began."""
-        unparked = self._unpark(tx, report)
+        ``_committed`` remembers once the transaction commits. ``hint``: the group's clock as the batch began;
+        ``parked``: as ``process``."""
+        unparked = self._unpark(tx, report, parked)
         keys = self.stitcher.keys_of(report.events)
         self._refresh_hand_rules(tx)
         if self.suppressions:
@@ -736,12 +775,15 @@ class BatchProcessor:
         self.cache.clear()
         return True
 
-    def _unpark(self, tx: Any, report: BatchReport) -> _Unparked:
-        """Put the events earlier batches parked, and no other batch took, at the head of this one's (PostgreSQL)."""
+    def _unpark(self, tx: Any, report: BatchReport, parked: Sequence[int] | None) -> _Unparked:
+        """Put the events earlier batches parked, and no other batch took, at the head of this one's (PostgreSQL);
+        ``parked``: as ``process``."""
         unparked = _Unparked()
-        if not self.sink.concurrent:
+        self.last_unparked = []
+        if not self.sink.concurrent or parked == []:
             return unparked
-        rows = self.sink.take_parked(tx, self.group_id, UNPARK_LIMIT)
+        rows = self.sink.take_parked(tx, self.group_id, UNPARK_LIMIT if parked is None else len(parked), parked)
+        self.last_unparked = [row.id for row in rows if row.id is not None]
         if rows:
             events = [TouchpointEvent.model_validate_json(row.event) for row in rows]
             unparked.ids = [row.id for row in rows if row.id is not None]

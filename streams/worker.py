@@ -184,7 +184,15 @@ class Worker:
                 if is_transient(exc):
                     log.warning("database unavailable (%s); the clock waits", exc)
                     return
-                await self._fail(exc)
+                try:  # the batch of a tick that took parked events: one of them may be what failed
+                    settled = await self._settle_parked()
+                except Exception as again:
+                    await self._fail(again)
+                    return
+                if not settled:
+                    await self._fail(exc)
+                    return
+                await self._finish_batch(settled)
                 return
             await self._publish(summary)
 
@@ -298,14 +306,31 @@ class Worker:
             raise  # the apply process died, not the batch: the worker stops with nothing acknowledged
         except Exception as exc:
             log.warning("batch rejected by the database (%s); applying its records one by one", exc)
-        applied = []
+        applied = await self._settle_parked()
         for record in records:
-            try:
-                applied.append(await self._apply(apply_process.process, [record], self._backlog()))
+            try:  # without parked events: one the database refuses would fail every record's batch
+                applied.append(await self._apply(apply_process.process, [record], self._backlog(), []))
+            except BrokenProcessPool:
+                raise
             except Exception as single:
                 self.instruments.sink_failures.labels(self.settings.worker_id, "permanent").inc()
                 detail = f"{single.__class__.__name__}: {single}"[:2000]
                 applied.append(await self._apply(apply_process.reject, [record], "sink_rejected", detail))
+        return applied
+
+    async def _settle_parked(self) -> list[Applied]:
+        """Apply the parked events a failed batch took, one per transaction, dead-lettering one the database
+        refuses for good: a parked event is taken by every batch until applied, and must not fail them all."""
+        applied = []
+        for row_id in await self._with_database(apply_process.last_unparked):
+            try:
+                applied.append(await self._apply(apply_process.process, [], self._backlog(), [row_id]))
+            except BrokenProcessPool:
+                raise
+            except Exception as single:
+                self.instruments.sink_failures.labels(self.settings.worker_id, "permanent").inc()
+                detail = f"{single.__class__.__name__}: {single}"[:2000]
+                applied.append(await self._apply(apply_process.reject_parked, row_id, "sink_rejected", detail))
         return applied
 
     async def _apply(self, work: Callable[..., BatchSummary], *args: Any) -> Applied:

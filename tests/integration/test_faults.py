@@ -184,3 +184,40 @@ def test_a_row_the_database_refuses_is_dead_lettered_and_the_rest_lands(
         if line.startswith("cxstream_sink_failures_total{") and 'kind="permanent"' in line
     ]
     assert permanent and float(permanent[0].rsplit(" ", 1)[1]) >= 1
+
+
+def test_a_parked_event_the_database_refuses_is_dead_lettered_and_stops_nothing(
+    kafka_url, topic_prefix, postgres_url, workers
+) -> None:
+    """A parked event (PostgreSQL) is taken by every batch until one applies it: one the database refuses for good
+    is applied alone, dead-lettered and dropped, and the records of the batches that took it still land."""
+    from schemas.deadletter import DeadLetter
+    from sinks.database import upgrade
+
+    env = workers.env(postgres_url, topic_prefix)
+    run_cli(env, "publish", "--channel", "web", str(SAMPLES / "web.jsonl"))
+    good = consumed_events(kafka_url, topic_prefix)
+    bad = good[0].model_copy(update={"event_id": "x" * 100})  # longer than touchpoints.event_id allows
+    engine = make_engine(postgres_url, writer=True)
+    upgrade(engine)
+    with engine.begin() as conn:  # as a batch that found its customer held would have parked it
+        conn.execute(
+            t.parked_events.insert().values(
+                group_id=env["CXSTREAM_APP_ID"],
+                occurred_at=bad.occurred_at,
+                attempts=1,
+                event=bad.model_dump_json().encode(),
+            )
+        )
+
+    worker = workers.start(env)
+    ends = end_offsets(kafka_url, Topics(topic_prefix).channels)
+    wait_until(lambda: caught_up(engine, env["CXSTREAM_APP_ID"], ends), 90, "the worker to apply every record")
+
+    with engine.connect() as conn:
+        landed = set(conn.execute(select(t.touchpoints.c.event_id)).scalars())
+    expected = set(replay(good, Policies.from_settings(load_settings())).entries)
+    assert expected <= landed and bad.event_id not in landed, "the records of the batch that took it still land"
+    dead = [DeadLetter.model_validate_json(v) for _, v in read_topic(kafka_url, Topics(topic_prefix).deadletter)]
+    assert [(d.reason, d.original()) for d in dead] == [("sink_rejected", bad.model_dump_json().encode())]
+    assert worker.is_serving(), "the worker goes on"
