@@ -13,6 +13,7 @@ from config.settings import load_settings
 from config.topics import Topics
 from sinks import tables as t
 from sinks.database import make_engine
+from streams.domain.identity import customer_id_for
 from streams.domain.oracle import replay
 from streams.policies import Policies
 from tests.support.faults import applied_count, through_proxy
@@ -59,6 +60,18 @@ def run_to_completion(
     return engine
 
 
+def merged_ids_astray(snap: dict[str, list[dict]]) -> dict[str, tuple[str, str | None]]:
+    """The merged ids of a snapshot that do not end up where its identity map puts them: ``{merged id: (where it
+    ends up, the customer holding the identifier its id derives from)}``.
+
+    A customer's id derives from its strongest identifier (``customer_id_for``), and a merge moves every
+    identifier of the merged customer to the survivor: however the links were discovered, a merged id ends up
+    with the customer that holds that identifier at the end.
+    """
+    holder = {customer_id_for(row["identifier"]): row["customer_id"] for row in snap["identities"]}
+    return {m: (s, holder.get(m)) for m, s in final_survivors(snap).items() if holder.get(m) != s}
+
+
 def test_kill_9_mid_run_ends_exactly_like_an_uninterrupted_run(kafka_url, topic_prefix, tmp_path, workers) -> None:
     base = dict(batch_max_events="50", batch_max_wait="0.05")
     env_a = workers.env(f"sqlite:///{tmp_path / 'a.db'}", topic_prefix, app_id=f"{topic_prefix}a", **base)
@@ -71,12 +84,19 @@ def test_kill_9_mid_run_ends_exactly_like_an_uninterrupted_run(kafka_url, topic_
     clean = run_to_completion(workers, env_a, kafka_url, topic_prefix, kills=0, seed=1, started=True)
 
     expected, got = snapshot(clean), snapshot(crashed)
-    # The merge log records the order in which links were discovered, which follows arrival order: both runs
-    # must agree on where every merged id ended up, not on the path. Likewise an overdue-issue alert depends on
-    # whether the resolving contact arrived before the watermark passed the due time (see the README).
+    # The merge log records the order in which links were discovered, which follows arrival order: which of a
+    # person's identifiers first made a customer of their own (the merged ids), and by which path it joined, depend
+    # on how the worker's fetches interleaved the partitions and where batches were cut, which a crash changes.
+    # What the README promises is where every merged id ends up, and the identity map (compared row for row
+    # below): each run's merged ids must end up where its identity map puts them, so the two runs agree on every
+    # merged id either of them has. Likewise an overdue-issue alert depends on whether the resolving contact
+    # arrived before the watermark passed the due time (see the README).
     ends_a, ends_b = final_survivors(expected), final_survivors(got)
+    assert ends_a and ends_b, "both runs merged customers"
+    for run, snap in (("clean", expected), ("crashed", got)):
+        astray = merged_ids_astray(snap)
+        assert not astray, f"{run} run: merged ids not with the customer holding their identifier: {astray}"
     both = ends_a.keys() & ends_b.keys()
-    assert len(both) > 0.9 * len(ends_a)
     assert {m: ends_a[m] for m in both} == {m: ends_b[m] for m in both}
     for table in ("identity_merges", "alerts"):
         expected.pop(table), got.pop(table)
