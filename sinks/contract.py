@@ -279,6 +279,8 @@ class BatchWrite:
     #: took (applied, or parked again among ``parked``).
     parked: list[ParkedEvent] = field(default_factory=list)
     unparked: list[int] = field(default_factory=list)
+    #: New identifier keys the batch claimed (``ResultSink.claim_keys``): their claims go with its commit.
+    claims: set[str] = field(default_factory=set)
 
     def split_moved(self) -> dict[str, str]:
         """``split_removed`` as removed id -> the customer its rows move to."""
@@ -320,16 +322,14 @@ class ResultSink(Protocol):
         """Lock the rows of the given customers until the transaction ends (in a fixed order); return the version
         of each that exists."""
 
-    def lock_keys(self, tx: Any, keys: Collection[str]) -> None:
-        """Keep other batches from adding the given identifier keys until the transaction ends (in a fixed order;
-        a sink may take none for too many keys: their inserts are then checked, ``BatchWrite.claimed_identities``)."""
-
     def try_lock_customers(self, tx: Any, ids: Iterable[str]) -> tuple[dict[str, int], set[str]]:
         """``lock_customers`` without waiting: the versions of those locked, and the ids of those another
         transaction holds (existing, not locked)."""
 
-    def try_lock_keys(self, tx: Any, keys: Collection[str]) -> set[str]:
-        """``lock_keys`` without waiting: the keys another transaction holds (not locked)."""
+    def claim_keys(self, tx: Any, keys: Collection[str]) -> set[str]:
+        """Claim identifier keys no row holds, so that other batches do not add them meanwhile, without waiting;
+        return those another batch in progress claimed (the batch deletes its claims with its commit:
+        ``BatchWrite.claims``)."""
 
     def take_parked(self, tx: Any, group_id: str, limit: int, ids: Collection[int] | None = None) -> list[ParkedEvent]:
         """Up to ``limit`` of the group's parked events (of ``ids`` only, if given), oldest first, that no other

@@ -98,10 +98,6 @@ def _lock_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
-#: Most advisory locks a batch takes on new identifier keys (``SqlSink.lock_keys``).
-MAX_KEY_LOCKS = 1000
-
-
 def _advisory_locks(conn: Connection, names: Iterable[str]) -> None:
     """Take a transaction-scoped advisory lock per name, in key order (two transactions taking overlapping sets
     never wait for each other in a cycle)."""
@@ -346,19 +342,6 @@ class SqlSink:
         )
         return dict(conn.exec_driver_sql(sql, (ids,)).all())  # type: ignore[arg-type]
 
-    def lock_keys(self, conn: Connection, keys: Collection[str]) -> None:
-        """Keep other batches from adding the given identifier keys until the transaction ends (PostgreSQL: one
-        advisory lock per key, in order; SQLite's transaction holds the whole database).
-
-        A batch takes them for the keys of its events that no row holds, then reads those rows again: another
-        worker's batch adding one of them meanwhile has committed by then, and this batch sees its row instead of
-        inserting it too, finding that out at the insert and applying the whole batch again. More than
-        ``MAX_KEY_LOCKS`` keys take none: each advisory lock holds an entry of the server's shared lock table
-        until the commit (``max_locks_per_transaction`` x ``max_connections``: 6,400 by default), and a batch
-        full of new keys must not fill it; such a batch finds a key taken at its insert, as before."""
-        if self.concurrent and len(keys) <= MAX_KEY_LOCKS:
-            _advisory_locks(conn, (f"identifier\0{key}" for key in keys))
-
     def try_lock_customers(self, conn: Connection, ids: Iterable[str]) -> tuple[dict[str, int], set[str]]:
         """``lock_customers`` without waiting (PostgreSQL: ``SKIP LOCKED``): the versions of the customers locked,
         and the ids of those another transaction holds. SQLite: ``lock_customers`` (nothing is ever held)."""
@@ -374,17 +357,29 @@ class SqlSink:
         sql = "SELECT customer_id FROM customers WHERE customer_id = ANY(%b::text[])"
         return found, set(conn.exec_driver_sql(sql, (rest,)).scalars())  # type: ignore[arg-type]
 
-    def try_lock_keys(self, conn: Connection, keys: Collection[str]) -> set[str]:
-        """``lock_keys`` without waiting: the keys another transaction holds. Takes none for more than
-        ``MAX_KEY_LOCKS`` keys, as ``lock_keys``."""
-        if not self.concurrent or not keys or len(keys) > MAX_KEY_LOCKS:
+    def claim_keys(self, conn: Connection, keys: Collection[str]) -> set[str]:
+        """Claim identifier keys no row holds for the transaction of ``conn``, without waiting; return those another
+        batch's transaction in progress claimed (PostgreSQL; SQLite, one writer at a time: none).
+
+        A claim is an ``identity_claims`` row committed at once, on a connection of its own, so that every other
+        batch sees it while this one runs; it lasts while its transaction is in progress (``txid_status``), so a
+        batch that rolled back or died leaves nothing in force, and a batch deletes its own with its commit
+        (``BatchWrite.claims``). Advisory locks would do the same, but each holds an entry of the server's shared
+        lock table until the commit (6,400 by default), and a batch of a history load adds thousands of keys."""
+        if not self.concurrent or not keys:
             return set()
-        names: dict[int, list[str]] = {}
-        for key in keys:
-            names.setdefault(_lock_key(f"identifier\0{key}"), []).append(key)
-        sql = "SELECT k FROM unnest(%b::bigint[]) AS k WHERE NOT pg_try_advisory_xact_lock(k)"
-        held = conn.exec_driver_sql(sql, (sorted(names),)).scalars()  # type: ignore[arg-type]
-        return {key for lock in held for key in names[lock]}
+        xid = conn.exec_driver_sql("SELECT txid_current()").scalar_one()
+        sql = (
+            "INSERT INTO identity_claims (identifier, xid) SELECT k, %b FROM unnest(%b::text[]) AS k "
+            "ON CONFLICT (identifier) DO UPDATE SET xid = EXCLUDED.xid "
+            "WHERE txid_status(identity_claims.xid) IS DISTINCT FROM 'in progress' RETURNING identifier"
+        )
+        with self.engine.begin() as side:
+            # The claim's transaction only waits for another's insert or delete of the same claim (a commit's
+            # last step, which waits for no batch): bounded all the same.
+            side.exec_driver_sql("SET LOCAL lock_timeout = '10s'")
+            claimed = set(side.exec_driver_sql(sql, (xid, sorted(keys))).scalars())  # type: ignore[arg-type]
+        return set(keys) - claimed
 
     def take_parked(
         self, conn: Connection, group_id: str, limit: int, ids: Collection[int] | None = None
@@ -832,7 +827,13 @@ class SqlSink:
         return self.write_shared(conn, batch)
 
     def _write_parked(self, conn: Connection, batch: BatchWrite) -> None:
-        """Delete the parked events the batch took, store those it parks."""
+        """Delete the parked events the batch took, store those it parks; delete the batch's claims of new keys
+        (their rows are written now)."""
+        if batch.claims:
+            conn.exec_driver_sql(
+                "DELETE FROM identity_claims WHERE identifier = ANY(%b::text[])",
+                (sorted(batch.claims),),  # type: ignore[arg-type]
+            )
         if batch.unparked:
             conn.execute(delete(t.parked_events).where(t.parked_events.c.id.in_(batch.unparked)))
         if batch.parked:

@@ -282,6 +282,16 @@ parked_events = Table(
     Index("parked_events_oldest", "group_id", "occurred_at"),
 )
 
+identity_claims = Table(
+    "identity_claims",
+    metadata,
+    # Identifier keys no identities row holds yet that a batch is adding (PostgreSQL): committed at once, on a
+    # connection of their own, so other batches see them and park their events carrying these keys; a claim lasts
+    # while the claiming transaction is in progress (txid_status), and the batch deletes its own with its commit.
+    Column("identifier", String(IDENTIFIER_KEY_MAX), primary_key=True),
+    Column("xid", BigInteger, nullable=False, comment="txid_current() of the claiming batch's transaction"),
+)
+
 database_identity = Table(
     "database_identity",
     metadata,

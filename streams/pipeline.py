@@ -467,20 +467,21 @@ class BatchProcessor:
 
     def _lock_customers(
         self, tx: Any, report: BatchReport, keys: set[str], patient: set[str]
-    ) -> tuple[dict[str, StoredIdentity], dict[str, CustomerState], dict[str, int], set[str]]:
+    ) -> tuple[dict[str, StoredIdentity], dict[str, CustomerState], dict[str, int], set[str], set[str]]:
         """The stored identity rows of ``keys`` and the states of their customers, those customers' rows locked
-        (PostgreSQL), with each locked customer's version; the cache first where it is still valid; and the keys
-        another worker's batch holds (their customer's row, or, for a key no row holds, its key lock), whose events
-        the batch parks rather than wait for that batch to commit (``_park``). The customers of ``patient`` keys
-        are waited for (hand-made changes, events parked ``PATIENT_AFTER`` times): none of those is held.
+        (PostgreSQL), with each locked customer's version; the cache first where it is still valid; the keys
+        another worker's batch holds (their customer's row, or, for a key no row holds, its claim), whose events
+        the batch parks rather than wait for that batch to commit (``_park``); and the keys no row holds it claimed.
+        The customers of ``patient`` keys are waited for (hand-made changes, events parked ``PATIENT_AFTER``
+        times): none of those is held.
 
         A key's customer changes only under that customer's lock: by a merge, which deletes the merged customer's
         row, or by a split made by hand, which adds an ``audit_log`` row (checked once the locks are held: the
         batch is then applied again). So once its customer is locked and still there, a key read before the lock
         is still right; a key whose customer is gone is read again and its new customer locked. A cached state is
-        used only if its version is the stored one. Keys no row holds are locked (PostgreSQL: advisory locks, after
-        the customers') and read again, so a batch adding them meanwhile has committed and its rows are seen; one
-        that adds them without those locks is still caught when this batch writes
+        used only if its version is the stored one. Keys no row holds are claimed (``ResultSink.claim_keys``, after
+        the customers' locks) and read again, so a batch that added them meanwhile has committed and its rows are
+        seen; one that adds them anyway (a patient event's) is still caught when this batch writes
         (``BatchWrite.claimed_identities``).
         """
         stored, missing = lookup(self.cache.identities, keys)
@@ -490,6 +491,7 @@ class BatchProcessor:
         versions: dict[str, int] = {}
         held: set[str] = set()  # customers another batch holds
         held_keys: set[str] = set()  # keys no row holds, another batch adding them
+        claims: set[str] = set()  # keys no row holds this batch claimed
         new_keys_locked = False
         while concurrent:
             if ids := {row.customer_id for row in stored.values()} - versions.keys() - held:
@@ -514,15 +516,17 @@ class BatchProcessor:
                 continue
             if new_keys_locked or not (new := keys - stored.keys()):
                 break
-            # Keys no row holds: another worker's batch may be adding them. Waiting for it here, then reading them
-            # again, costs what its commit takes; finding it out at the insert cost the whole batch, applied again
-            # (``Contended``: a third of the batches of two workers sharing customers, make bench). So the batch
-            # waits only for the patient ones, and parks the events of the others.
+            # Keys no row holds: another worker's batch may be adding them. Finding it out at the insert costs the
+            # whole batch, applied again (``Contended``: a third of the batches of two workers sharing customers,
+            # make bench), so the batch claims them first and parks the events of those another batch claimed.
+            # Then it reads them again: a batch that added one meanwhile has committed. A patient event's key is
+            # added all the same: if the other batch commits it first, this one is applied again.
             new_keys_locked = True
             start = time.perf_counter()
-            self.sink.lock_keys(tx, new & patient)
+            held_keys = self.sink.claim_keys(tx, new)
             report.waited("keys", start)
-            held_keys = self.sink.try_lock_keys(tx, new - patient)
+            claims.update(new - held_keys)
+            held_keys -= patient
             stored.update(self.sink.load_identities(tx, new - held_keys))
         if held:
             held_keys.update(key for key, row in stored.items() if row.customer_id in held)
@@ -538,7 +542,7 @@ class BatchProcessor:
                 unknown.append(customer_id)
         for customer_id, state in self.sink.load_customers(tx, unknown).items():
             customers[customer_id] = CustomerState.from_dict(state)
-        return stored, customers, versions, held_keys
+        return stored, customers, versions, held_keys, claims
 
     def _lock_clock(self, tx: Any, report: BatchReport) -> Clock:
         """Lock and read the group's clock: from here to the commit the batch changes what all batches share (the
@@ -629,7 +633,7 @@ class BatchProcessor:
             for key in event_keys.keys
         }
         wanted = {key for event_keys in keys for key in event_keys.keys} | by_hand
-        stored, customers, versions, held = self._lock_customers(tx, report, wanted, patient)
+        stored, customers, versions, held, claims = self._lock_customers(tx, report, wanted, patient)
         if held:
             keys = self._park(report, keys, held, unparked)
             wanted = {key for event_keys in keys for key in event_keys.keys} | by_hand
@@ -669,6 +673,7 @@ class BatchProcessor:
             claimed_events={event.event_id for event in events} - applied.keys(),
             parked=report.parked,
             unparked=unparked.ids,
+            claims=claims,
         )
         report.splits_refused = len(plan.refused)
         records = ResultRecords(self.topics, report.outputs)

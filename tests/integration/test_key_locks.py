@@ -1,6 +1,6 @@
 """Two workers' batches adding the same new identifier key at once (PostgreSQL): the second parks the events
 carrying it, and a later batch applies them on what the first committed, rather than finding the key taken at its
-insert and applying the whole batch again; and the bound on the advisory locks a batch takes."""
+insert and applying the whole batch again; and the claims of new keys that make it so."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from schemas.touchpoint import Channel, EventType, IdentifierType
 from sinks import tables as t
 from sinks.contract import BatchWrite
 from sinks.database import make_engine, upgrade
-from sinks.sql import MAX_KEY_LOCKS, SqlSink
+from sinks.sql import SqlSink
 from streams.pipeline import BatchProcessor, BatchReport, InRecord
 from tests.integration.test_never_link import event
 
@@ -72,18 +72,26 @@ def test_a_batch_parks_the_events_of_a_new_key_another_batch_is_adding_and_appli
     assert len(owners) == 2 and len(set(owners)) == 1 and identities == [owners[0]], "Ann is one customer"
 
 
-def test_a_batch_full_of_new_keys_takes_no_more_advisory_locks_than_the_bound(postgres_url: str) -> None:
-    # Each advisory lock holds an entry of the server's shared lock table until the commit: a batch of thousands
-    # of new keys (a backfill, custom identifiers on every record) must not fill it for every session.
+def test_claims_of_new_keys_last_while_their_transaction_runs_and_have_no_bound(postgres_url: str) -> None:
+    # A batch of a history load adds thousands of new keys: claims are rows, not advisory locks, each of which
+    # would hold an entry of the server's shared lock table (6,400 by default) until the commit.
     engine = make_engine(postgres_url, writer=True)
     upgrade(engine)
     sink = SqlSink(engine)
-    held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
-    with sink.transaction() as tx:
-        sink.lock_keys(tx, [f"email:{n}@example.org" for n in range(MAX_KEY_LOCKS)])
-        at_bound = tx.exec_driver_sql(held).scalar_one()
-    with sink.transaction() as tx:
-        sink.lock_keys(tx, [f"email:{n}@example.org" for n in range(MAX_KEY_LOCKS + 1)])
-        over = tx.exec_driver_sql(held).scalar_one()
+    first_keys = [f"email:{n}@example.org" for n in range(5_000)]
+    more = [f"email:{n}@example.net" for n in range(10)]
+    advisory = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+    with pytest.raises(RuntimeError), sink.transaction() as first:
+        assert sink.claim_keys(first, first_keys) == set(), "nothing claimed them before"
+        assert first.exec_driver_sql(advisory).scalar_one() == 0
+        with sink.transaction() as second:
+            assert sink.claim_keys(second, [first_keys[0], *more]) == {first_keys[0]}, "held while the first runs"
+        raise RuntimeError("the first batch rolls back")
+    with sink.transaction() as third:
+        assert sink.claim_keys(third, first_keys[:3]) == set(), "a rolled-back batch's claims are not in force"
+        write = BatchWrite("g", {}, claims=set(first_keys[:3]))
+        sink.write_shared(third, write)
+    with engine.connect() as conn:
+        left = set(conn.execute(select(t.identity_claims.c.identifier)).scalars())
     engine.dispose()
-    assert (at_bound, over) == (MAX_KEY_LOCKS, 0)
+    assert not left & set(first_keys[:3]), "a batch deletes its claims with its commit"

@@ -1,9 +1,11 @@
-"""parked_events: events a batch read while another worker's batch held their customer (PostgreSQL)
+"""parked_events, identity_claims: events a batch read while another worker's batch held their customer, and the
+new identifier keys batches are adding (PostgreSQL)
 
 Two workers' batches of thousands of events nearly always share a customer, and one waited for the other's whole
 transaction on its row (38% of batch time in make bench). A batch now locks the customers it can without waiting
 and parks the events of the others here, in its own transaction, with its offsets; the group's next batch
-applies them first. SQLite, one writer at a time, never parks.
+applies them first. New identifier keys are claimed in identity_claims instead of advisory locks, which a batch of
+thousands of new keys could not take (PostgreSQL's shared lock table). SQLite, one writer at a time, never parks.
 
 Revision ID: 0021
 Revises: 0020
@@ -20,6 +22,9 @@ down_revision = "0020"
 branch_labels = None
 depends_on = None
 
+#: IDENTIFIER_KEY_MAX when this revision was written (the identities table's key column).
+KEY_MAX = 320
+
 
 def upgrade() -> None:
     op.create_table(
@@ -31,7 +36,13 @@ def upgrade() -> None:
         sa.Column("event", sa.LargeBinary, nullable=False, comment="the event as validated (JSON)"),
     )
     op.create_index("parked_events_oldest", "parked_events", ["group_id", "occurred_at"])
+    op.create_table(
+        "identity_claims",
+        sa.Column("identifier", sa.String(KEY_MAX), primary_key=True),
+        sa.Column("xid", sa.BigInteger, nullable=False, comment="txid_current() of the claiming batch's transaction"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("identity_claims")
     op.drop_table("parked_events")
