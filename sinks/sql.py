@@ -376,8 +376,9 @@ class SqlSink:
         )
         with self.engine.begin() as side:
             # The claim's transaction only waits for another's insert or delete of the same claim (a commit's
-            # last step, which waits for no batch): bounded all the same.
-            side.exec_driver_sql("SET LOCAL lock_timeout = '10s'")
+            # last step, which waits for no batch): bounded all the same. A claim need not survive a server crash,
+            # which ends the claiming transaction too: its commit does not wait for the WAL to reach the disk.
+            side.exec_driver_sql("SET LOCAL lock_timeout = '10s'; SET LOCAL synchronous_commit = off")
             claimed = set(side.exec_driver_sql(sql, (xid, sorted(keys))).scalars())  # type: ignore[arg-type]
         return set(keys) - claimed
 
