@@ -629,6 +629,7 @@ def summarise(results: dict[str, Any]) -> None:
                 for lock, seconds in sorted(counters.get("lock_wait_by_lock", {}).items())
             }
             scaling["contended"] = counters.get("contended", 0)
+            scaling["parked"] = counters.get("parked", 0)
         share = scaling.get("lock_wait_share")
         verdict(
             "two workers: lock waits < 5% of batch time",

@@ -389,16 +389,18 @@ def _stream_sections(results: dict[str, Any], png_name: str | None) -> list[str]
                 + "; partitions: their own, customers: their customers' rows, keys: identifier keys no row held yet, "
                 "clock: the group's clock for the shared last step), and "
                 f"{sc.get('contended', 0):,} batches were applied again after contending with the other worker's "
-                f"(a new identifier or event id taken first, or a deadlock). Events per CPU-second of the job "
+                f"(a new identifier or event id taken first, or a deadlock); {sc.get('parked', 0):,} events were "
+                "parked (their customer, or a new key of theirs, held by the other worker's batch) and applied by a "
+                "later batch. Events per CPU-second of the job "
                 f"(workers and PostgreSQL): "
                 + (f"{sc['cpu_ratio']:.2f}x one worker's." if sc.get("cpu_ratio") is not None else "not measured."),
                 "",
-                "Batches of different workers commit concurrently and wait for each other only on the customers "
-                "they share (row locks, taken in order, held to the commit) and for the last step that changes what "
-                "all batches share (the channel and overall metric cells, the watermark and the sweep) under the "
-                "group's clock row. A person's events of different channels are on different topics, so they reach "
-                "both workers, and two batches of thousands of events each share customers: the customers' row "
-                "locks are where a second worker waits here. On 2 shared CPUs the one-worker run already keeps the "
+                "Batches of different workers commit concurrently. A person's events of different channels are on "
+                "different topics, so they reach both workers, and two batches of thousands of events each share "
+                "customers: a batch parks the events of the customers the other holds rather than wait for its "
+                "commit (an event parked three times waits), and waits for the last step that changes what all "
+                "batches share (the channel and overall metric cells, the watermark and the sweep) under the group's "
+                "clock row. On 2 shared CPUs the one-worker run already keeps the "
                 f"machine {one.get('machine_cpu_busy', 0):.0%} busy (broker, PostgreSQL and the worker's two "
                 "processes), which also bounds what a second worker can add on this machine.",
             ]

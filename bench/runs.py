@@ -420,6 +420,8 @@ def scrape_counters(workers: list[WorkerProc]) -> dict[str, Any]:
                     by_lock[labels["lock"]] = by_lock.get(labels["lock"], 0.0) + value
                 elif name == "cxstream_sink_contended_total":
                     out["contended"] = out.get("contended", 0) + int(value)
+                elif name == "cxstream_events_parked_total":
+                    out["parked"] = out.get("parked", 0) + int(value)
                 elif name == "cxstream_late_events_total" and labels.get("outcome") == "too_late":
                     out["too_late"] = out.get("too_late", 0) + int(value)
     return out
