@@ -369,10 +369,14 @@ class SqlSink:
         if not self.concurrent or not keys:
             return set()
         xid = conn.exec_driver_sql("SELECT txid_current()").scalar_one()
+        # A claim from another run of the server (a restored backup) is void, and its xid may mean nothing here:
+        # txid_status fails on one "in the future".
         sql = (
-            "INSERT INTO identity_claims (identifier, xid) SELECT k, %b FROM unnest(%b::text[]) AS k "
-            "ON CONFLICT (identifier) DO UPDATE SET xid = EXCLUDED.xid "
-            "WHERE txid_status(identity_claims.xid) IS DISTINCT FROM 'in progress' RETURNING identifier"
+            "INSERT INTO identity_claims (identifier, xid, server_started) "
+            "SELECT k, %b, pg_postmaster_start_time() FROM unnest(%b::text[]) AS k "
+            "ON CONFLICT (identifier) DO UPDATE SET xid = EXCLUDED.xid, server_started = EXCLUDED.server_started "
+            "WHERE CASE WHEN identity_claims.server_started IS DISTINCT FROM EXCLUDED.server_started THEN true "
+            "ELSE txid_status(identity_claims.xid) IS DISTINCT FROM 'in progress' END RETURNING identifier"
         )
         with self.engine.begin() as side:
             # The claim's transaction only waits for another's insert or delete of the same claim (a commit's
@@ -831,8 +835,10 @@ class SqlSink:
         """Delete the parked events the batch took, store those it parks; delete the batch's claims of new keys
         (their rows are written now)."""
         if batch.claims:
+            # Locked in key order first, as the claims' inserts lock them: the two never wait in a cycle.
             conn.exec_driver_sql(
-                "DELETE FROM identity_claims WHERE identifier = ANY(%b::text[])",
+                "DELETE FROM identity_claims WHERE identifier IN (SELECT identifier FROM identity_claims "
+                "WHERE identifier = ANY(%b::text[]) ORDER BY identifier FOR UPDATE)",
                 (sorted(batch.claims),),  # type: ignore[arg-type]
             )
         if batch.unparked:

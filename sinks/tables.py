@@ -290,6 +290,7 @@ identity_claims = Table(
     # while the claiming transaction is in progress (txid_status), and the batch deletes its own with its commit.
     Column("identifier", String(IDENTIFIER_KEY_MAX), primary_key=True),
     Column("xid", BigInteger, nullable=False, comment="txid_current() of the claiming batch's transaction"),
+    Column("server_started", TS, nullable=False, comment="pg_postmaster_start_time() then: xid means nothing after"),
 )
 
 database_identity = Table(

@@ -294,9 +294,10 @@ def process(
     records: Sequence[InRecord],
     backlog: Collection[TopicPartition] = (),
     parked: Sequence[int] | None = None,
+    force: bool = False,
 ) -> BatchSummary:
     """Apply ``records`` in one transaction (see BatchProcessor.process)."""
-    summary = without_cycle_collector(_summarised, processor, records, backlog, parked)
+    summary = without_cycle_collector(_summarised, processor, records, backlog, parked, force)
     settle_heap()
     return summary
 
@@ -306,10 +307,11 @@ def _summarised(
     records: Sequence[InRecord],
     backlog: Collection[TopicPartition],
     parked: Sequence[int] | None,
+    force: bool,
 ) -> BatchSummary:
     # The report is summarised and dropped with the collector still paused: the first allocation after
     # gc.enable() runs a young collection, which would walk the whole report (6 µs an event, bench.apply).
-    return BatchSummary.of(processor.process(records, backlog, parked), processor.applied)
+    return BatchSummary.of(processor.process(records, backlog, parked, force), processor.applied)
 
 
 def last_unparked(processor: BatchProcessor) -> list[int]:

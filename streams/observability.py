@@ -146,8 +146,9 @@ class Instruments:
         )
         self.events_parked = Counter(
             "cxstream_events_parked_total",
-            "Events a batch parked rather than wait for another worker's batch holding their customer (PostgreSQL); "
-            "a later batch applies them, counted then in cxstream_events_in_total.",
+            "Events a batch parked rather than wait for another worker's batch holding their customer (PostgreSQL; "
+            "an event parked again counts again); a later batch applies them, counted then in "
+            "cxstream_events_in_total.",
             ["worker"],
             registry=r,
         )

@@ -240,13 +240,15 @@ class BatchProcessor:
         records: Sequence[InRecord],
         backlog: Iterable[TopicPartition] = (),
         parked: Sequence[int] | None = None,
+        force: bool = False,
     ) -> BatchReport:
         """Apply ``records`` in one transaction; return what was done and what to publish.
 
         ``backlog``: the worker's input partitions with records still to read, which hold the watermark.
         ``parked``: the parked events to take (PostgreSQL): None, those no other batch took, oldest first, up to
         ``UNPARK_LIMIT``; else the ones of these ids still parked (``[]``: none). ``last_unparked`` then holds the
-        ids the batch took, whether it committed or not.
+        ids the batch took, whether it committed or not. ``force``: run the transaction even with nothing to apply
+        (what a tick's batch does besides: hand-made changes, the clock).
 
         The commit, step by step (each step is marked where it happens, here and in ``_apply``):
 
@@ -275,7 +277,7 @@ class BatchProcessor:
             read = self.decode(records, report)  # 1. decode
             report.partitions = len(read.offsets)
             waiting = self._parked_due if parked is None else bool(parked)
-            if not read.offsets and not self._due() and not self.manual_splits and not waiting:
+            if not (read.offsets or force or waiting or self._due() or self.manual_splits):
                 return report
             try:
                 with self.sink.transaction() as tx:
@@ -316,6 +318,7 @@ class BatchProcessor:
         it passes is swept (windows finalised, issues overdue). Writes nothing when nothing moved. A merge made by
         hand and not applied yet is applied then, by a batch of no records (``process``)."""
         self._load()
+        self.last_unparked = []
         report = BatchReport()
         try:
             with self.sink.transaction() as tx:

@@ -184,12 +184,13 @@ class Worker:
                 if is_transient(exc):
                     log.warning("database unavailable (%s); the clock waits", exc)
                     return
-                try:  # the batch of a tick that took parked events: one of them may be what failed
+                log.warning("the clock's batch failed (%s: %s)", exc.__class__.__name__, exc)
+                try:  # a tick's batch that took parked events: one of them may be what failed
                     settled = await self._settle_parked()
                 except Exception as again:
                     await self._fail(again)
                     return
-                if not settled:
+                if settled is None:
                     await self._fail(exc)
                     return
                 await self._finish_batch(settled)
@@ -306,7 +307,7 @@ class Worker:
             raise  # the apply process died, not the batch: the worker stops with nothing acknowledged
         except Exception as exc:
             log.warning("batch rejected by the database (%s); applying its records one by one", exc)
-        applied = await self._settle_parked()
+        applied = await self._settle_parked() or []
         for record in records:
             try:  # without parked events: one the database refuses would fail every record's batch
                 applied.append(await self._apply(apply_process.process, [record], self._backlog(), []))
@@ -318,11 +319,22 @@ class Worker:
                 applied.append(await self._apply(apply_process.reject, [record], "sink_rejected", detail))
         return applied
 
-    async def _settle_parked(self) -> list[Applied]:
-        """Apply the parked events a failed batch took, one per transaction, dead-lettering one the database
-        refuses for good: a parked event is taken by every batch until applied, and must not fail them all."""
-        applied = []
-        for row_id in await self._with_database(apply_process.last_unparked):
+    async def _settle_parked(self) -> list[Applied] | None:
+        """After a failed batch that took parked events: apply them one per transaction, dead-lettering one the
+        database refuses for good (a parked event is taken by every batch until applied, and must not fail them
+        all). None if the batch took none, or if a batch without them (and without records) fails too: then the
+        failure is not theirs, and none of them is dead-lettered."""
+        taken = await self._with_database(apply_process.last_unparked)
+        if not taken:
+            return None
+        try:
+            applied = [await self._apply(apply_process.process, [], self._backlog(), [], True)]
+        except BrokenProcessPool:
+            raise
+        except Exception as exc:
+            log.error("a batch without parked events fails too (%s: %s)", exc.__class__.__name__, exc)
+            return None
+        for row_id in taken:
             try:
                 applied.append(await self._apply(apply_process.process, [], self._backlog(), [row_id]))
             except BrokenProcessPool:

@@ -40,6 +40,12 @@ def upgrade() -> None:
         "identity_claims",
         sa.Column("identifier", sa.String(KEY_MAX), primary_key=True),
         sa.Column("xid", sa.BigInteger, nullable=False, comment="txid_current() of the claiming batch's transaction"),
+        sa.Column(
+            "server_started",
+            sa.DateTime(timezone=True),
+            nullable=False,
+            comment="pg_postmaster_start_time() then: xid means nothing after",
+        ),
     )
 
 
