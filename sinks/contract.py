@@ -184,6 +184,9 @@ class ParkedEvent(NamedTuple):
     #: Its row id; None until stored.
     id: int | None
     occurred_at: datetime
+    event_id: str
+    #: Where it was read (topic, partition, offset): of two copies of one event, the first read goes first.
+    read_at: tuple[str, int, int]
     #: Batches that found its customer held (a batch that takes it with this many or more waits for the lock).
     attempts: int
     #: The event as validated (``TouchpointEvent.model_dump_json``).
@@ -338,6 +341,9 @@ class ResultSink(Protocol):
 
     def drop_parked(self, tx: Any, group_id: str, ids: Collection[int]) -> list[bytes]:
         """Delete the given parked events of the group; return the events deleted."""
+
+    def parked_event_ids(self, tx: Any, group_id: str, taken: Collection[int]) -> set[str]:
+        """The event ids of the group's parked events but those ``taken``."""
 
     def oldest_parked(self, tx: Any, group_id: str, taken: Collection[int]) -> datetime | None:
         """The earliest ``occurred_at`` of the group's parked events but those ``taken``; None if there are none."""

@@ -394,11 +394,26 @@ class SqlSink:
         if not self.concurrent:
             return []
         p = t.parked_events.c
-        query = select(p.id, p.occurred_at, p.attempts, p.event).where(p.group_id == group_id)
+        query = select(
+            p.id, p.occurred_at, p.event_id, p.topic, p.partition, p.record_offset, p.attempts, p.event
+        ).where(p.group_id == group_id)
         if ids is not None:
             query = query.where(p.id.in_(list(ids)))
         query = query.order_by(p.occurred_at).limit(limit).with_for_update(skip_locked=True)
-        return [ParkedEvent(row[0], as_utc(row[1]), row[2], row[3]) for row in conn.execute(query)]
+        return [
+            ParkedEvent(row_id, as_utc(at), event_id, (topic, part, off), attempts, event)
+            for row_id, at, event_id, topic, part, off, attempts, event in conn.execute(query)
+        ]
+
+    def parked_event_ids(self, conn: Connection, group_id: str, taken: Collection[int]) -> set[str]:
+        """The event ids of the group's parked events but those ``taken`` (SQLite never parks)."""
+        if not self.concurrent:
+            return set()
+        p = t.parked_events.c
+        query = select(p.event_id).where(p.group_id == group_id)
+        if taken:
+            query = query.where(p.id.not_in(list(taken)))
+        return set(conn.execute(query).scalars())
 
     def drop_parked(self, conn: Connection, group_id: str, ids: Collection[int]) -> list[bytes]:
         """Delete the given parked events of the group; return the events deleted."""
@@ -845,7 +860,16 @@ class SqlSink:
             conn.execute(delete(t.parked_events).where(t.parked_events.c.id.in_(batch.unparked)))
         if batch.parked:
             rows = [
-                {"group_id": batch.group_id, "occurred_at": e.occurred_at, "attempts": e.attempts, "event": e.event}
+                {
+                    "group_id": batch.group_id,
+                    "occurred_at": e.occurred_at,
+                    "event_id": e.event_id,
+                    "topic": e.read_at[0],
+                    "partition": e.read_at[1],
+                    "record_offset": e.read_at[2],
+                    "attempts": e.attempts,
+                    "event": e.event,
+                }
                 for e in batch.parked
             ]
             conn.execute(t.parked_events.insert(), rows)

@@ -277,6 +277,11 @@ parked_events = Table(
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
     Column("group_id", String(128), nullable=False),
     Column("occurred_at", TS, nullable=False),
+    Column("event_id", Text, nullable=False, comment="unbounded: an over-long one is refused where it is applied"),
+    # Where it was read: of two copies of one event (a resend), the first read is applied first.
+    Column("topic", String(255), nullable=False),
+    Column("partition", Integer, nullable=False),
+    Column("record_offset", BigInteger, nullable=False),
     Column("attempts", Integer, nullable=False, comment="batches that found its customer held by another"),
     Column("event", LargeBinary, nullable=False, comment="the event as validated (JSON)"),
     Index("parked_events_oldest", "group_id", "occurred_at"),

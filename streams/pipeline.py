@@ -134,6 +134,9 @@ class _Read:
     latest: dict[TopicPartition, float] = field(default_factory=dict)
     #: Digest of the record at the highest offset.
     fingerprints: dict[TopicPartition, str] = field(default_factory=dict)
+    #: Where each event was read (topic, partition, offset), by ``id()`` of the event (``BatchProcessor._park``
+    #: keeps two copies of one event in the order they were read).
+    read_at: dict[int, tuple[str, int, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -144,6 +147,8 @@ class _Unparked:
     ids: list[int] = field(default_factory=list)
     #: How many batches parked each, by ``id()`` of its event.
     attempts: dict[int, int] = field(default_factory=dict)
+    #: Event ids of the parked events the batch did not take: a copy of one of them (a resend) waits for it.
+    elsewhere: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -403,7 +408,7 @@ class BatchProcessor:
         consumer dropped a fetch during a rebalance): it is not applied, and the partition is sought back.
         """
         read = _Read()
-        offsets = read.offsets
+        offsets, read_at = read.offsets, read.read_at
         prefix = f"{self.settings.topic_prefix}touchpoints."
         max_bytes = self.settings.max_record_bytes
         events, dead_letters = report.events, report.dead_letters
@@ -424,6 +429,9 @@ class BatchProcessor:
             last[tp] = rec.value
             first = len(events)
             decode_record(rec, prefix, max_bytes, events, dead_letters)
+            where = (rec.topic, rec.partition, rec.offset)
+            for event in events[first:]:
+                read_at[id(event)] = where
             if len(events) == first + 1:
                 at = events[first].occurred_at
                 if tp not in newest or at > newest[tp]:
@@ -619,7 +627,7 @@ class BatchProcessor:
         """Steps 3 to 7 of ``process``: load what the batch touches, apply it, write everything back; return what
         ``_committed`` remembers once the transaction commits. ``hint``: the group's clock as the batch began;
         ``parked``: as ``process``."""
-        unparked = self._unpark(tx, report, parked)
+        unparked = self._unpark(tx, report, read, parked)
         keys = self.stitcher.keys_of(report.events)
         self._refresh_hand_rules(tx)
         if self.suppressions:
@@ -637,8 +645,8 @@ class BatchProcessor:
         }
         wanted = {key for event_keys in keys for key in event_keys.keys} | by_hand
         stored, customers, versions, held, claims = self._lock_customers(tx, report, wanted, patient)
-        if held:
-            keys = self._park(report, keys, held, unparked)
+        if held or unparked.elsewhere:
+            keys = self._park(report, read, keys, held, unparked)
             wanted = {key for event_keys in keys for key in event_keys.keys} | by_hand
         events = report.events
         if self.sink.concurrent and self._refresh_hand_rules(tx):
@@ -783,39 +791,50 @@ class BatchProcessor:
         self.cache.clear()
         return True
 
-    def _unpark(self, tx: Any, report: BatchReport, parked: Sequence[int] | None) -> _Unparked:
-        """Put the events earlier batches parked, and no other batch took, at the head of this one's (PostgreSQL);
-        ``parked``: as ``process``."""
+    def _unpark(self, tx: Any, report: BatchReport, read: _Read, parked: Sequence[int] | None) -> _Unparked:
+        """Put the events earlier batches parked, and no other batch took, at the head of this one's, in the order
+        they were read (PostgreSQL); ``parked``: as ``process``. Also finds the event ids of the parked events the
+        batch did not take (``_park``)."""
         unparked = _Unparked()
         self.last_unparked = []
-        if not self.sink.concurrent or parked == []:
+        if not self.sink.concurrent:
             return unparked
-        rows = self.sink.take_parked(tx, self.group_id, UNPARK_LIMIT if parked is None else len(parked), parked)
-        self.last_unparked = [row.id for row in rows if row.id is not None]
-        if rows:
+        if parked != []:
+            rows = self.sink.take_parked(tx, self.group_id, UNPARK_LIMIT if parked is None else len(parked), parked)
+            rows.sort(key=lambda row: (row.read_at, row.id))
+            self.last_unparked = unparked.ids = [row.id for row in rows if row.id is not None]
             events = [TouchpointEvent.model_validate_json(row.event) for row in rows]
-            unparked.ids = [row.id for row in rows if row.id is not None]
-            unparked.attempts = {id(event): row.attempts for event, row in zip(events, rows, strict=True)}
+            for event, row in zip(events, rows, strict=True):
+                unparked.attempts[id(event)] = row.attempts
+                read.read_at[id(event)] = row.read_at
             report.events[:0] = events
             report.unparked = len(rows)
+        unparked.elsewhere = self.sink.parked_event_ids(tx, self.group_id, unparked.ids)
         return unparked
 
-    def _park(self, report: BatchReport, keys: list[EventKeys], held: set[str], unparked: _Unparked) -> list[EventKeys]:
+    def _park(
+        self, report: BatchReport, read: _Read, keys: list[EventKeys], held: set[str], unparked: _Unparked
+    ) -> list[EventKeys]:
         """Park the events carrying a key another worker's batch holds (``held``), for a later batch, rather than
         wait for that batch to commit; return the other events' keys.
 
         Two workers' batches of thousands of events nearly always share a customer (38% of two workers' batch time
         went waiting on a customer's row, make bench). Results do not depend on how events are cut into batches, so
         an event applied a batch later ends the same: parked events go in this transaction, with the offsets
-        they were read at, and hold the watermark back until applied (``_follow``)."""
+        they were read at, and hold the watermark back until applied (``_follow``). But of two copies of one event
+        (a resend) the first applied is kept, so a copy waits while an earlier one is parked, here or elsewhere."""
         kept_events, kept_keys = [], []
+        waiting = set(unparked.elsewhere)
         for event, event_keys in zip(report.events, keys, strict=True):
-            if held.isdisjoint(event_keys.keys):
+            if event.event_id not in waiting and held.isdisjoint(event_keys.keys):
                 kept_events.append(event)
                 kept_keys.append(event_keys)
             else:
+                waiting.add(event.event_id)
                 attempts = unparked.attempts.get(id(event), 0) + 1
-                report.parked.append(ParkedEvent(None, event.occurred_at, attempts, event.model_dump_json().encode()))
+                read_at = read.read_at[id(event)]
+                body = event.model_dump_json().encode()
+                report.parked.append(ParkedEvent(None, event.occurred_at, event.event_id, read_at, attempts, body))
         report.events = kept_events
         return kept_keys
 

@@ -225,6 +225,10 @@ def test_a_parked_event_the_database_refuses_is_dead_lettered_and_stops_nothing(
             t.parked_events.insert().values(
                 group_id=env["CXSTREAM_APP_ID"],
                 occurred_at=bad.occurred_at,
+                event_id=bad.event_id,
+                topic=Topics(topic_prefix).channel("web"),
+                partition=0,
+                record_offset=0,
                 attempts=1,
                 event=bad.model_dump_json().encode(),
             )

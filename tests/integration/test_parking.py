@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import UTC, timedelta
 
 import pytest
 from sqlalchemy import Engine, select
@@ -123,3 +124,38 @@ def test_an_event_parked_patient_after_times_waits_for_its_customer(postgres_url
         owner = conn.execute(select(t.touchpoints.c.customer_id).where(t.touchpoints.c.event_id == "web-3")).scalar()
     engine.dispose()
     assert owner == ann
+
+
+def test_a_resent_event_waits_for_its_parked_first_copy(postgres_url: str, tmp_path) -> None:
+    """Of two copies of one event, the first applied is kept (the second is a duplicate): a copy read after one
+    that was parked waits for it, even when its customer is free, or the touchpoint would keep the resend's
+    ``received_at``, unlike a worker applying the records alone."""
+    settings = load_settings(database_url=postgres_url)
+    engine, processor = worker_processor(settings)
+    processor.process(records(FIRST, 0))
+    ann = customer_of(engine, "email:ann@example.org")
+    first_copy = LATER[0]
+    resend = first_copy.model_copy(update={"received_at": first_copy.received_at + timedelta(minutes=5)})
+    with held(engine, ann):
+        report = processor.process(records([first_copy], 2))
+    assert [e.event_id for e in report.events] == [] and len(report.parked) == 1
+    # The resend's batch takes the parked copy first: both are applied, in the order they were read.
+    # Taken elsewhere (another worker's batch holding its row), the resend would be parked behind it.
+    with processor.sink.transaction() as other:
+        assert processor.sink.take_parked(other, processor.group_id, 10), "another batch takes the first copy"
+        report = processor.process(records([resend], 3))
+    assert [e.event_id for e in report.events] == [] and [e.event_id for e in report.parked] == ["web-3"]
+    finish(processor)
+    with engine.connect() as conn:
+        received = conn.execute(
+            select(t.touchpoints.c.received_at).where(t.touchpoints.c.event_id == "web-3")
+        ).scalar_one()
+    alone_engine, alone = worker_processor(load_settings(database_url=f"sqlite:///{tmp_path / 'alone.db'}"))
+    alone.process(records(FIRST, 0))
+    alone.process(records([first_copy, resend], 2))
+    finish(alone)
+    difference = differences(snapshot(alone_engine), snapshot(engine))
+    engine.dispose()
+    alone_engine.dispose()
+    assert received.astimezone(UTC) == first_copy.received_at
+    assert not difference, difference

@@ -32,6 +32,12 @@ def upgrade() -> None:
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
         sa.Column("group_id", sa.String(128), nullable=False),
         sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column(
+            "event_id", sa.Text, nullable=False, comment="unbounded: an over-long one is refused where it is applied"
+        ),
+        sa.Column("topic", sa.String(255), nullable=False),
+        sa.Column("partition", sa.Integer, nullable=False),
+        sa.Column("record_offset", sa.BigInteger, nullable=False),
         sa.Column("attempts", sa.Integer, nullable=False, comment="batches that found its customer held by another"),
         sa.Column("event", sa.LargeBinary, nullable=False, comment="the event as validated (JSON)"),
     )
