@@ -220,8 +220,9 @@ class BatchProcessor:
         self._loaded = False
 
     def _parked_waiting(self, tx: Any) -> bool:
-        """Whether events parked by a batch wait for the next (PostgreSQL): a tick then applies them."""
-        return self.sink.concurrent and self.sink.oldest_parked(tx, self.group_id, ()) is not None
+        """Whether parked events no other batch took wait for a batch (PostgreSQL): a tick then applies them.
+        (Those another batch holds would make it a batch of nothing, waiting for the group's clock.)"""
+        return bool(self.sink.take_parked(tx, self.group_id, 1))
 
     def _due(self) -> bool:
         """Whether a merge made by hand waits for a batch that may apply it (not only for its keys to arrive)."""
