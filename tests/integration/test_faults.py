@@ -11,8 +11,10 @@ from sqlalchemy import Engine, func, select
 
 from config.settings import load_settings
 from config.topics import Topics
+from schemas.deadletter import DeadLetter
+from schemas.touchpoint import TouchpointEvent
 from sinks import tables as t
-from sinks.database import make_engine
+from sinks.database import make_engine, upgrade
 from streams.domain.identity import customer_id_for
 from streams.domain.oracle import replay
 from streams.policies import Policies
@@ -169,13 +171,28 @@ def test_database_outage_mid_run_pauses_and_loses_nothing(kafka_url, topic_prefi
     assert retries and float(retries[0].rsplit(" ", 1)[1]) > 0, "the outage shows in the retry counter"
 
 
+def applied_and_dead(
+    engine: Engine, kafka_url: str, prefix: str, group: str, good: list[TouchpointEvent]
+) -> tuple[set[str], set[str], list[DeadLetter]]:
+    """Once the worker has applied every record: the event ids of the touchpoints stored, those the oracle makes of
+    ``good``, and the dead letters on the topic."""
+    ends = end_offsets(kafka_url, Topics(prefix).channels)
+    wait_until(lambda: caught_up(engine, group, ends), 90, "the worker to apply every record")
+    with engine.connect() as conn:
+        landed = set(conn.execute(select(t.touchpoints.c.event_id)).scalars())
+    expected = set(replay(good, Policies.from_settings(load_settings())).entries)
+    return (
+        landed,
+        expected,
+        [DeadLetter.model_validate_json(v) for _, v in read_topic(kafka_url, Topics(prefix).deadletter)],
+    )
+
+
 def test_a_row_the_database_refuses_is_dead_lettered_and_the_rest_lands(
     kafka_url, topic_prefix, postgres_url, workers
 ) -> None:
     """PostgreSQL enforces column lengths: an event id longer than `touchpoints.event_id` allows is refused for good."""
     from kafka import KafkaProducer
-
-    from schemas.deadletter import DeadLetter
 
     env = workers.env(postgres_url, topic_prefix)
     run_cli(env, "publish", "--channel", "web", str(SAMPLES / "web.jsonl"))
@@ -188,14 +205,8 @@ def test_a_row_the_database_refuses_is_dead_lettered_and_the_rest_lands(
 
     worker = workers.start(env)
     engine = make_engine(postgres_url)
-    ends = end_offsets(kafka_url, Topics(topic_prefix).channels)
-    wait_until(lambda: caught_up(engine, env["CXSTREAM_APP_ID"], ends), 90, "the worker to apply every record")
-
-    with engine.connect() as conn:
-        landed = set(conn.execute(select(t.touchpoints.c.event_id)).scalars())
-    expected = set(replay(good, Policies.from_settings(load_settings())).entries)
+    landed, expected, dead = applied_and_dead(engine, kafka_url, topic_prefix, env["CXSTREAM_APP_ID"], good)
     assert expected <= landed and bad.event_id not in landed, "the good records of the batch still land"
-    dead = [DeadLetter.model_validate_json(v) for _, v in read_topic(kafka_url, Topics(topic_prefix).deadletter)]
     refused = [d for d in dead if d.reason == "sink_rejected"]
     assert len(refused) == 1 and refused[0].original() == bad.model_dump_json().encode()
     permanent = [
@@ -211,8 +222,6 @@ def test_a_parked_event_the_database_refuses_is_dead_lettered_and_stops_nothing(
 ) -> None:
     """A parked event (PostgreSQL) is taken by every batch until one applies it: one the database refuses for good
     is applied alone, dead-lettered and dropped, and the records of the batches that took it still land."""
-    from schemas.deadletter import DeadLetter
-    from sinks.database import upgrade
 
     env = workers.env(postgres_url, topic_prefix)
     run_cli(env, "publish", "--channel", "web", str(SAMPLES / "web.jsonl"))
@@ -235,13 +244,7 @@ def test_a_parked_event_the_database_refuses_is_dead_lettered_and_stops_nothing(
         )
 
     worker = workers.start(env)
-    ends = end_offsets(kafka_url, Topics(topic_prefix).channels)
-    wait_until(lambda: caught_up(engine, env["CXSTREAM_APP_ID"], ends), 90, "the worker to apply every record")
-
-    with engine.connect() as conn:
-        landed = set(conn.execute(select(t.touchpoints.c.event_id)).scalars())
-    expected = set(replay(good, Policies.from_settings(load_settings())).entries)
+    landed, expected, dead = applied_and_dead(engine, kafka_url, topic_prefix, env["CXSTREAM_APP_ID"], good)
     assert expected <= landed and bad.event_id not in landed, "the records of the batch that took it still land"
-    dead = [DeadLetter.model_validate_json(v) for _, v in read_topic(kafka_url, Topics(topic_prefix).deadletter)]
     assert [(d.reason, d.original()) for d in dead] == [("sink_rejected", bad.model_dump_json().encode())]
     assert worker.is_serving(), "the worker goes on"
