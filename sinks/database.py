@@ -85,8 +85,22 @@ def make_engine(url: str, *, writer: bool = False) -> Engine:
     # psycopg prepares a statement after 5 executions, and PostgreSQL then keeps a generic plan made when the
     # tables were small (a sequential scan of identities for every batch once they are large; without
     # autovacuum nothing replans it). Custom plans are made with the batch's values and the tables' sizes.
-    options = {"options": "-c plan_cache_mode=force_custom_plan"}
+    options: dict[str, Any] = {"options": "-c plan_cache_mode=force_custom_plan", **PG_CONNECTION_TIMEOUTS}
     return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2, connect_args=options, **codec)
+
+
+#: libpq settings that turn a network cut into an error within about a minute (the worker then retries, README:
+#: database outages): a cut that sends nothing (a dropped route, a vanished host) otherwise leaves a connection
+#: waiting for an answer for the kernel's two hours of keepalive idle time. Keepalive probes are answered by the
+#: server's kernel, so a query that waits for a lock (a patient event) is not cut short.
+PG_CONNECTION_TIMEOUTS = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 60_000,  # ms: data sent but not acknowledged
+}
 
 
 def missing_sqlite_file(url: str) -> str | None:

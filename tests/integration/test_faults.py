@@ -14,7 +14,7 @@ from config.topics import Topics
 from schemas.deadletter import DeadLetter
 from schemas.touchpoint import TouchpointEvent
 from sinks import tables as t
-from sinks.database import make_engine, upgrade
+from sinks.database import PG_CONNECTION_TIMEOUTS, make_engine, upgrade
 from streams.domain.identity import customer_id_for
 from streams.domain.oracle import replay
 from streams.policies import Policies
@@ -248,3 +248,16 @@ def test_a_parked_event_the_database_refuses_is_dead_lettered_and_stops_nothing(
     assert expected <= landed and bad.event_id not in landed, "the records of the batch that took it still land"
     assert [(d.reason, d.original()) for d in dead] == [("sink_rejected", bad.model_dump_json().encode())]
     assert worker.is_serving(), "the worker goes on"
+
+
+def test_database_connections_give_up_on_a_silent_network_within_a_minute(postgres_url: str) -> None:
+    """A cut that sends nothing (a dropped route) must fail the worker's call, which it then retries, rather than
+    leave it waiting hours for an answer: the libpq keepalive and timeout settings reach every connection. (The cut
+    itself needs a network a test cannot drop here: the proxy's kernel answers probes.)"""
+    engine = make_engine(postgres_url, writer=True)
+    with engine.connect() as conn:
+        parameters = conn.connection.dbapi_connection.info.get_parameters()  # type: ignore[union-attr]
+    engine.dispose()
+    assert {name: parameters.get(name) for name in PG_CONNECTION_TIMEOUTS} == {
+        name: str(value) for name, value in PG_CONNECTION_TIMEOUTS.items()
+    }
