@@ -211,8 +211,6 @@ class BatchProcessor:
         self._waiting_links: set[str] = set()
         #: Splits made by hand not applied yet, as read with the rules: (split id, customer id, keys, when asked).
         self.manual_splits: list[tuple[str, str, tuple[str, ...], datetime]] = []
-        #: Whether a tick found parked events waiting: the batch it runs takes them, even with no records.
-        self._parked_due = False
         #: Ids of the parked events the last batch took (``process``), committed or not.
         self.last_unparked: list[int] = []
         #: Hand-made identity changes (``audit_log`` rows) as of the rules last read; -1: not read yet.
@@ -284,8 +282,7 @@ class BatchProcessor:
             report = BatchReport(retries=retries)
             read = self.decode(records, report)  # 1. decode
             report.partitions = len(read.offsets)
-            waiting = self._parked_due if parked is None else bool(parked)
-            if not (read.offsets or force or waiting or self._due() or self.manual_splits):
+            if not (read.offsets or force or parked or self._due() or self.manual_splits):
                 return report
             try:
                 with self.sink.transaction() as tx:
@@ -318,7 +315,6 @@ class BatchProcessor:
             self.manual_splits = [split for split in self.manual_splits if split[0] not in done]
             report.committed_at = datetime.now(UTC)
             self.applied.update(read.offsets)
-            self._parked_due = False
             return report
 
     def tick(self, backlog: Iterable[TopicPartition] = ()) -> BatchReport:
@@ -346,8 +342,7 @@ class BatchProcessor:
             self.cache.clear()
             raise
         if due:  # after the tick's transaction: the batch takes its own
-            self._parked_due = True
-            return self.process([], backlog)
+            return self.process([], backlog, force=True)
         self._committed(clock, write, StateView(), (), {}, {})
         report.committed_at = datetime.now(UTC)
         return report
@@ -411,7 +406,9 @@ class BatchProcessor:
         consumer dropped a fetch during a rebalance): it is not applied, and the partition is sought back.
         """
         read = _Read()
-        offsets, read_at = read.offsets, read.read_at
+        offsets = read.offsets
+        # Where each event was read matters only to a batch that may park it (PostgreSQL): no per-event work else.
+        read_at = read.read_at if self.sink.concurrent else None
         prefix = f"{self.settings.topic_prefix}touchpoints."
         max_bytes = self.settings.max_record_bytes
         events, dead_letters = report.events, report.dead_letters
@@ -432,9 +429,10 @@ class BatchProcessor:
             last[tp] = rec.value
             first = len(events)
             decode_record(rec, prefix, max_bytes, events, dead_letters)
-            where = (rec.topic, rec.partition, rec.offset)
-            for event in events[first:]:
-                read_at[id(event)] = where
+            if read_at is not None:
+                where = (rec.topic, rec.partition, rec.offset)
+                for event in events[first:]:
+                    read_at[id(event)] = where
             if len(events) == first + 1:
                 at = events[first].occurred_at
                 if tp not in newest or at > newest[tp]:
@@ -511,7 +509,7 @@ class BatchProcessor:
             if ids := {row.customer_id for row in stored.values()} - versions.keys() - held:
                 waited = {row.customer_id for key in patient if (row := stored.get(key)) is not None} & ids
                 start = time.perf_counter()
-                # Those waited for first, in id order (the only locks a batch waits for: no cycle of waits).
+                # Those waited for first, in id order; the others are skipped if held, never waited for.
                 found = self.sink.lock_customers(tx, waited) if waited else {}
                 report.waited("customers", start)
                 if rest := ids - waited:

@@ -309,15 +309,21 @@ class Worker:
             log.warning("batch rejected by the database (%s); applying its records one by one", exc)
         applied = await self._settle_parked() or []
         for record in records:
-            try:  # without parked events: one the database refuses would fail every record's batch
-                applied.append(await self._apply(apply_process.process, [record], self._backlog(), []))
-            except BrokenProcessPool:
-                raise
-            except Exception as single:
-                self.instruments.sink_failures.labels(self.settings.worker_id, "permanent").inc()
-                detail = f"{single.__class__.__name__}: {single}"[:2000]
-                applied.append(await self._apply(apply_process.reject, [record], "sink_rejected", detail))
+            # Without parked events: one the database refuses would fail every record's batch.
+            applied.append(await self._alone(([record], self._backlog(), []), apply_process.reject, [record]))
         return applied
+
+    async def _alone(self, batch: tuple[Any, ...], reject: Callable[..., BatchSummary], what: Any) -> Applied:
+        """Apply ``batch`` (``apply_process.process``'s arguments) in a transaction of its own; if the database
+        refuses it for good, dead-letter ``what`` as ``sink_rejected`` with ``reject`` instead."""
+        try:
+            return await self._apply(apply_process.process, *batch)
+        except BrokenProcessPool:
+            raise  # the apply process died, not the batch
+        except Exception as exc:
+            self.instruments.sink_failures.labels(self.settings.worker_id, "permanent").inc()
+            detail = f"{exc.__class__.__name__}: {exc}"[:2000]
+            return await self._apply(reject, what, "sink_rejected", detail)
 
     async def _settle_parked(self) -> list[Applied] | None:
         """After a failed batch that took parked events: apply them one per transaction, dead-lettering one the
@@ -335,14 +341,7 @@ class Worker:
             log.error("a batch without parked events fails too (%s: %s)", exc.__class__.__name__, exc)
             return None
         for row_id in taken:
-            try:
-                applied.append(await self._apply(apply_process.process, [], self._backlog(), [row_id]))
-            except BrokenProcessPool:
-                raise
-            except Exception as single:
-                self.instruments.sink_failures.labels(self.settings.worker_id, "permanent").inc()
-                detail = f"{single.__class__.__name__}: {single}"[:2000]
-                applied.append(await self._apply(apply_process.reject_parked, row_id, "sink_rejected", detail))
+            applied.append(await self._alone(([], self._backlog(), [row_id]), apply_process.reject_parked, row_id))
         return applied
 
     async def _apply(self, work: Callable[..., BatchSummary], *args: Any) -> Applied:
