@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -29,7 +29,7 @@ from schemas.touchpoint import TouchpointEvent
 from sinks.contract import BatchWrite, Clock, Contended, ParkedEvent, ResultSink, StoredIdentity
 from streams.decoding import InRecord, dead_letter, decode_record, record_fingerprint
 from streams.domain import event_time, experience_drops
-from streams.domain.aggregate import CellKey, MetricAggregator
+from streams.domain.aggregate import AggregateResult, CellKey, MetricAggregator
 from streams.domain.alerts import READ_TYPES, OpenIssueInfo, evaluate, overdue
 from streams.domain.customer import MOMENTS, SURVEY, TYPE, CustomerState, T, is_kept, row_of, timeline_entry
 from streams.domain.entry import Entry
@@ -151,6 +151,17 @@ class _Unparked:
     attempts: dict[int, int] = field(default_factory=dict)
     #: Event ids of the parked events the batch did not take: a copy of one of them (a resend) waits for it.
     elsewhere: set[str] = field(default_factory=set)
+
+
+class _CustomerMetrics(NamedTuple):
+    """A batch's metric cells as ``_customer_metrics`` leaves them to ``_metrics``."""
+
+    #: The batch's changes to the channel and overall cells, not merged yet.
+    aggregator: MetricAggregator
+    #: The customers' cells merged with their stored counters.
+    merged: AggregateResult
+    #: The watermark their final flags were decided by (the clock's, once the customers were held).
+    watermark: datetime | None
 
 
 @dataclass
@@ -693,10 +704,11 @@ class BatchProcessor:
         self.stitcher.close(view, result)
         # 5. results: what the batch's customers own, written under their locks
         self._stitching(result, view, report, write, keys, records, stored, splits)
+        metrics = self._customer_metrics(tx, result, write)
         self.sink.write_state(tx, write)
         # ...and what batches share, under the clock's lock
         clock = self._lock_clock(tx, report)
-        self._metrics(tx, result, write, records, clock.watermark)
+        self._metrics(tx, metrics, write, records, clock.watermark)
         self._experience_drops(tx, write, report, records, clock.sequence + 1)
         # 6. event time
         self._follow(tx, write, report, records, read.latest, backlog, clock, view)
@@ -955,11 +967,14 @@ class BatchProcessor:
                 write.touchpoints.append(touchpoint_row(entry, now, *stitched_by(event, held)))
             records.timeline(entry)
 
-    def _metrics(
-        self, tx: Any, result: BatchResult, write: BatchWrite, records: ResultRecords, watermark: datetime | None
-    ) -> None:
-        """The metric cells the batch's entries change (merged customers' cells folded into the survivor's):
-        their rows, and the figures that changed."""
+    def _customer_metrics(self, tx: Any, result: BatchResult, write: BatchWrite) -> _CustomerMetrics:
+        """The first part of the metric cells the batch's entries change, done under its customers' locks so that
+        the clock's (``_metrics``) is held for less: every cell's changes, and the new counters of the customers'
+        cells (merged customers' cells folded into the survivor's).
+
+        Only a batch holding a customer changes its cells' counters (a sweep turns them final, no more): read
+        once the batch holds its customers, the stored and cached ones are the last committed. The cache is kept
+        if no other batch committed since this worker's last (the clock's sequence)."""
         aggregator = MetricAggregator(self.policies.metrics)
         if write.repointed:
             # Merged customers' metric cells move into the survivor's: history is combined, not lost.
@@ -967,13 +982,29 @@ class BatchProcessor:
                 aggregator.add_counters(cell._replace(key=write.repointed[cell.key]), counters)
                 write.removed_cells.append(cell)
         aggregator.add_batch(result.entries, result.replaced, write.repointed)
-        touched = aggregator.touched()
-        current, missing = lookup(self.cache.cells, touched)
+        clock = self.sink.clock_in(tx, self.group_id)
+        if clock.sequence != self.cache.sequence:
+            self.cache.cells.clear()
+        customer = MetricScope.CUSTOMER
+        current, missing = lookup(self.cache.cells, [cell for cell in aggregator.touched() if cell.scope is customer])
         # A customer created in this batch has no stored cells: asking for them was most of the misses.
-        customer, created = MetricScope.CUSTOMER, result.created
-        current.update(self.sink.load_cells(tx, [c for c in missing if c.scope != customer or c.key not in created]))
+        current.update(self.sink.load_cells(tx, [cell for cell in missing if cell.key not in result.created]))
+        merged = aggregator.updates(current, clock.watermark, scope=customer)
+        return _CustomerMetrics(aggregator, merged, clock.watermark)
+
+    def _metrics(
+        self, tx: Any, metrics: _CustomerMetrics, write: BatchWrite, records: ResultRecords, watermark: datetime | None
+    ) -> None:
+        """The rest of the batch's metric cells, under the clock's lock: the channel and overall cells merged, the
+        customers' cells whose window the watermark closed since ``_customer_metrics`` turned final; their rows,
+        and the figures that changed."""
+        aggregator, merged = metrics.aggregator, metrics.merged
+        current, missing = lookup(self.cache.cells, aggregator.touched())
+        current.update(self.sink.load_cells(tx, missing))
         # Cells the watermark had closed stay final: a late event revises them with final figures.
-        merged = aggregator.updates(current, watermark)
+        merged.extend(aggregator.updates(current, watermark))
+        if watermark != metrics.watermark:
+            aggregator.close(merged, watermark)
         for cell, counters in merged.counters.items():
             write.cells[cell] = cell_row(cell, counters, final=cell in merged.final)
         records.metrics(merged.updates)

@@ -205,6 +205,12 @@ class AggregateResult:
     #: The cells among ``counters`` whose window had closed already: stored final, their figures published final.
     final: set[CellKey] = field(default_factory=set)
 
+    def extend(self, other: AggregateResult) -> None:
+        """Add the cells of ``other`` (another part of the same batch: ``MetricAggregator.updates``'s ``scope``)."""
+        self.counters.update(other.counters)
+        self.updates.extend(other.updates)
+        self.final.update(other.final)
+
 
 def figures(cell: CellKey, counters: Mapping[str, float], *, final: bool) -> list[MetricRow]:
     """Every figure of a cell as per-metric rows, as the ``metrics`` view and the read API give them: the
@@ -356,7 +362,10 @@ class MetricAggregator:
         return list(self._spread())
 
     def updates(
-        self, current: Mapping[CellKey, Mapping[str, float]], watermark: datetime | None = None
+        self,
+        current: Mapping[CellKey, Mapping[str, float]],
+        watermark: datetime | None = None,
+        scope: MetricScope | None = None,
     ) -> AggregateResult:
         """Merge the batch into ``current`` (stored counters; a missing cell is empty) and start a new batch.
 
@@ -364,9 +373,17 @@ class MetricAggregator:
         which is whenever an entry version changing its numerator or denominator was added or withdrawn. A cell
         that closed at or before ``watermark`` stays final: late events revise it with final records (each
         figure's revision + 1, as ``finalise`` publishes them).
+
+        ``scope``: merge only that scope's cells; the others stay for the next call (``touched`` lists them).
         """
         result = AggregateResult()
-        for cell, delta in self._spread().items():
+        deltas = self._spread()
+        if scope is None:
+            self._deltas = {}
+        else:
+            self._deltas = {cell: delta for cell, delta in deltas.items() if cell.scope is not scope}
+            deltas = {cell: delta for cell, delta in deltas.items() if cell.scope is scope}
+        for cell, delta in deltas.items():
             # Zeros are dropped (a withdrawn version can bring a counter back to 0): a missing counter is 0.
             counters = {k: v for k, v in merge(dict(current.get(cell, {})), delta).items() if v}
             result.counters[cell] = counters
@@ -377,8 +394,24 @@ class MetricAggregator:
             revising = _REVISING[cell.scope]
             if any(count and name in revising for name, count in delta.items()):
                 result.updates.append(cell_figures(cell, counters, final=final))
-        self._deltas = {}
         return result
+
+    def close(self, result: AggregateResult, watermark: datetime | None) -> None:
+        """Turn final the cells of ``result`` that closed at or before ``watermark``, a watermark later than the one
+        ``updates`` was given: stored final, and their records re-made final (a cell closed stays final)."""
+        if watermark is None:
+            return
+        closed = {
+            cell
+            for cell in result.counters
+            if cell not in result.final and (closes := self.closes_at(cell)) is not None and closes <= watermark
+        }
+        if closed:
+            result.final |= closed
+            result.updates = [
+                cell_figures(u.cell, result.counters[u.cell], final=True) if u.cell in closed else u
+                for u in result.updates
+            ]
 
     def closes_at(self, cell: CellKey) -> datetime | None:
         """When a cell becomes final: window end + grace; None for the all-time window."""

@@ -4,11 +4,15 @@ them into the survivor's instead of finalising them under the merged id."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+import pytest
 from sqlalchemy import select
 
 from config.settings import Settings, load_settings
@@ -22,20 +26,20 @@ ANN = {IdentifierType.EMAIL: "ann@example.org"}
 BOB = {IdentifierType.PHONE: "+447700900123"}
 
 
-def page_views(*views: tuple[datetime, dict[IdentifierType, str]]) -> list[InRecord]:
+def page_views(*views: tuple[datetime, dict[IdentifierType, str]], partition: int = 0) -> list[InRecord]:
     """Web page views at the given times, by the given identifiers, as records of one partition."""
     out = []
     for n, (at, ids) in enumerate(views):
         event = TouchpointEvent(
-            event_id=f"web-{n}",
+            event_id=f"web-{partition}-{n}",
             channel=Channel.WEB,
             type=EventType.PAGE_VIEW,
             occurred_at=at,
             received_at=at,
             identifiers=ids,
-            source=SourceRef(system="test", id=str(n)),
+            source=SourceRef(system="test", id=f"{partition}-{n}"),
         )
-        out.append(InRecord("cx.touchpoints.web", 0, n, event.model_dump_json().encode()))
+        out.append(InRecord("cx.touchpoints.web", partition, n, event.model_dump_json().encode()))
     return out
 
 
@@ -91,3 +95,46 @@ def test_a_merge_in_the_batch_that_closes_the_merged_customers_cells_moves_them_
     assert [(row.counters["touchpoints"], row.final) for row in day] == [(2, True)], "counted once, then final"
     assert not last_records(reports[1:], f"customer|{merged}|"), "no record published under the merged id"
     assert last_records(reports[1:], f"customer|{survivor}|1d|{D.date().isoformat()}")
+
+
+@pytest.mark.postgres
+def test_a_customer_cell_another_workers_batch_closed_meanwhile_is_written_and_published_final(
+    postgres_url: str,
+) -> None:
+    # Worker A merges its customers' cells before it takes the clock's lock. Worker B's batch commits in between,
+    # moving the watermark past Ann's day-D cell and finalising it: A must write it back final and publish it
+    # final, not provisional after B's final record.
+    settings = load_settings(database_url=postgres_url, customer_metric_windows=["1d", "all"])
+    engine, a = worker_processor(settings)
+    _, b = worker_processor(settings.model_copy(update={"worker_id": "worker-b"}))
+    first, second = page_views((D, ANN), (D + timedelta(hours=2), ANN))
+    a.process([first])
+    bob = page_views((D + timedelta(days=10), BOB), partition=1)
+    later = time.time() + settings.partition_idle_s + 1
+    b.clock = lambda: later  # A's partition idle: B's event time alone moves the watermark
+
+    metrics_done, b_done = threading.Event(), threading.Event()
+    lock_clock = a._lock_clock
+
+    def paused(*args: Any) -> Any:
+        metrics_done.set()
+        assert b_done.wait(60)
+        return lock_clock(*args)
+
+    a._lock_clock = paused  # type: ignore[method-assign]
+    with ThreadPoolExecutor(1) as pool:
+        report_a = pool.submit(a.process, [second])
+        assert metrics_done.wait(60)
+        b.process(bob)
+        b_done.set()
+        reports = [report_a.result(60)]
+    (customer,) = {e.customer_id for e in reports[0].result.entries}
+    key = f"customer|{customer}|1d|{D.date().isoformat()}T00:00:00+00:00"
+    c = t.metric_cells.c
+    with engine.connect() as conn:
+        stored = conn.execute(
+            select(c.counters, c.final).where((c.scope == "customer") & (c.key == customer) & (c.window == "1d"))
+        ).one()
+    engine.dispose()
+    assert (stored.counters["touchpoints"], stored.final) == (2, True)
+    assert last_records(reports, key)[key.encode()]["status"] == "final"

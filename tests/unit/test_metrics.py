@@ -19,6 +19,7 @@ from streams.domain.aggregate import (
     MetricAggregator,
     MetricPolicy,
     MetricRow,
+    cell_figures,
     cells_for,
 )
 from streams.domain.metrics import (
@@ -416,6 +417,41 @@ def test_finalise_after_window_end_plus_lateness() -> None:
     later = agg.finalise(counters, end + timedelta(days=40), since=end + timedelta(hours=10))
     assert {u.cell.window for u in later} == {"1d", "7d", "30d"}
     assert all(u.status == "final" for u in later)
+
+
+def test_updates_of_one_scope_leave_the_others_for_the_next_call() -> None:
+    # The worker merges its customers' cells under their locks and the shared ones under the clock's.
+    agg = aggregator()
+    agg.add(entry("v1"))
+    customers = agg.updates({}, scope=MetricScope.CUSTOMER)
+    assert {c.scope for c in customers.counters} == {MetricScope.CUSTOMER}
+    assert {c.scope for c in agg.touched()} == {MetricScope.CHANNEL, MetricScope.OVERALL}
+    shared = agg.updates({})
+    whole = aggregator()
+    whole.add(entry("v1"))
+    customers.extend(shared)
+    assert customers.counters == whole.updates({}).counters
+    assert agg.touched() == []
+
+
+def test_close_turns_final_what_a_later_watermark_closed() -> None:
+    # Decided under an earlier watermark; another worker's batch moved it past the 30d cell's close meanwhile: the
+    # cell must not be written back provisional, nor its record published provisional after the final one.
+    agg = aggregator(lateness_s=0)
+    month = cell(MetricScope.CUSTOMER, "c1", "30d")
+    agg.add(entry("v1"))
+    result = agg.updates({month: {"touchpoints": 1, "touchpoints_web": 1}}, T0, scope=MetricScope.CUSTOMER)
+    assert month not in result.final
+    agg.close(result, T0)  # the same watermark: nothing closed
+    assert result.final == set()
+    later = agg.closes_at(month)
+    assert later is not None
+    agg.close(result, later)
+    assert result.final == {month}  # the all-time cell never closes
+    (record,) = [u for u in result.updates if u.cell == month]
+    assert record.status == "final"
+    assert record == cell_figures(month, result.counters[month], final=True)
+    assert all(u.status == "provisional" for u in result.updates if u.cell != month)
 
 
 def test_retract_replaces_a_re_emitted_version() -> None:
