@@ -33,7 +33,6 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
-    tuple_,
     update,
 )
 from sqlalchemy.exc import DBAPIError
@@ -409,11 +408,9 @@ class SqlSink:
         """The event ids of the group's parked events but those ``taken`` (SQLite never parks)."""
         if not self.concurrent:
             return set()
-        p = t.parked_events.c
-        query = select(p.event_id).where(p.group_id == group_id)
-        if taken:
-            query = query.where(p.id.not_in(list(taken)))
-        return set(conn.execute(query).scalars())
+        # The ids taken as one array parameter: a NOT IN list of up to UNPARK_LIMIT parameters is parsed per query.
+        sql = "SELECT event_id FROM parked_events WHERE group_id = %s AND id <> ALL(%b::bigint[])"
+        return set(conn.exec_driver_sql(sql, (group_id, list(taken))).scalars())  # type: ignore[arg-type]
 
     def drop_parked(self, conn: Connection, group_id: str, ids: Collection[int]) -> list[bytes]:
         """Delete the given parked events of the group; return the events deleted."""
@@ -425,11 +422,8 @@ class SqlSink:
         """The earliest ``occurred_at`` of the group's parked events but those ``taken``."""
         if not self.concurrent:
             return None
-        p = t.parked_events.c
-        query = select(func.min(p.occurred_at)).where(p.group_id == group_id)
-        if taken:
-            query = query.where(p.id.not_in(list(taken)))
-        found = conn.scalar(query)
+        sql = "SELECT min(occurred_at) FROM parked_events WHERE group_id = %s AND id <> ALL(%b::bigint[])"
+        found = conn.exec_driver_sql(sql, (group_id, list(taken))).scalar()  # type: ignore[arg-type]
         return None if found is None else as_utc(found)
 
     def lock_clock(self, conn: Connection, group_id: str) -> Clock:
@@ -471,9 +465,19 @@ class SqlSink:
             return self.clock_in(conn, group_id)
 
     def load_identities(self, conn: Connection, keys: Iterable[str]) -> dict[str, StoredIdentity]:
-        """The stored row of each known identifier key."""
+        """The stored row of each known identifier key (PostgreSQL: one query over an array of the keys, as
+        ``_lookup``)."""
         c = t.identities.c
         found: dict[str, StoredIdentity] = {}
+        if self.concurrent:
+            if keys := sorted(keys):
+                sql = (
+                    "SELECT identifier, customer_id, first_seen, last_seen FROM identities "
+                    "WHERE identifier = ANY(%b::text[])"
+                )
+                for key, customer_id, first, last in conn.exec_driver_sql(sql, (keys,)):  # type: ignore[arg-type]
+                    found[key] = StoredIdentity(customer_id, as_utc(first), as_utc(last))
+            return found
         for chunk in _chunks(sorted(keys)):
             rows = conn.execute(
                 select(c.identifier, c.customer_id, c.first_seen, c.last_seen).where(c.identifier.in_(chunk))
@@ -641,23 +645,38 @@ class SqlSink:
         return _lookup(conn, c.customer_id, c.state, ids)
 
     def load_cells(self, conn: Connection, keys: Iterable[CellKey]) -> dict[CellKey, dict[str, float]]:
-        """Stored counters of the given metric cells (one query per few hundred cells: a round trip is the cost)."""
+        """Stored counters of the given metric cells (PostgreSQL: one query joining arrays of the keys; SQLite: one
+        per hundred cells)."""
         c = t.metric_cells.c
-        columns = tuple_(c.scope, c.key, c.window, c.window_start)
         found: dict[CellKey, dict[str, float]] = {}
+        if self.concurrent:
+            keys = list(keys)
+            if keys:
+                # A row-value IN list of thousands of parameters is parsed and planned per query (as ``_lookup``).
+                columns = (
+                    [cell.scope.value for cell in keys],
+                    [cell.key for cell in keys],
+                    [cell.window for cell in keys],
+                    [cell.window_start for cell in keys],
+                )
+                sql = (
+                    'SELECT c.scope, c.key, c."window", c.window_start, c.counters FROM metric_cells c '
+                    "JOIN unnest(%b::text[], %b::text[], %b::text[], %b::timestamptz[]) AS k(scope, key, w, start) "
+                    'ON c.scope = k.scope AND c.key = k.key AND c."window" = k.w AND c.window_start = k.start'
+                )
+                for scope, key, window, start, counters in conn.exec_driver_sql(sql, columns):  # type: ignore[arg-type]
+                    found[cell_key(scope, key, window, as_utc(start))] = counters
+            return found
         values = [(cell.scope.value, cell.key, cell.window, cell.window_start) for cell in keys]
         for chunk in _chunks(values, CHUNK // 4):
-            if conn.dialect.name == "sqlite":
-                # SQLite answers a row-value IN list by scanning the whole table (a cost that grows with every
-                # cell kept); an OR of key equalities is a primary-key search per cell.
-                where = or_(
-                    *(
-                        and_(c.scope == scope, c.key == key, c.window == window, c.window_start == start)
-                        for scope, key, window, start in chunk
-                    )
+            # SQLite answers a row-value IN list by scanning the whole table (a cost that grows with every cell
+            # kept); an OR of key equalities is a primary-key search per cell.
+            where = or_(
+                *(
+                    and_(c.scope == scope, c.key == key, c.window == window, c.window_start == start)
+                    for scope, key, window, start in chunk
                 )
-            else:
-                where = columns.in_(chunk)
+            )
             rows = conn.execute(select(c.scope, c.key, c.window, c.window_start, c.counters).where(where))
             for scope, key, window, start, counters in rows:
                 found[cell_key(scope, key, window, as_utc(start))] = counters
