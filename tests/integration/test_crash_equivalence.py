@@ -10,18 +10,21 @@ On PostgreSQL it also runs two and three apply processes at once, each owning so
 workers of a consumer group do), committing concurrently on customers they share (a person's channels are
 different topics), crashing inside and between transactions, parking the events of customers another process's
 batch holds; and with the customers' row locks, or the clock's lock, skipped, or parked events lost, which it
-must catch.
+must catch. Without the customers' locks, two workers' transactions are made to overlap on a customer both write
+(``Meeting``), rather than left to the scheduler to interleave so.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import random
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from sqlalchemy import Engine, select
@@ -40,6 +43,7 @@ from streams.sandbox.journeys import simulate
 from tests.support.results import final_survivors, snapshot, snapshot_diff, without_versions
 
 PARTITIONS = 2
+SPAWN = multiprocessing.get_context("spawn")
 
 
 class Crash(Exception):
@@ -188,23 +192,122 @@ def test_the_harness_catches_a_broken_sink(uninterrupted: dict, tmp_path: Path, 
 # --- concurrent apply processes (PostgreSQL) -------------------------------------------------------------------
 
 
+class Meeting:
+    """Brings two apply processes' transactions together on a customer both write back, for
+    ``WithoutCustomerLocks``: left to the scheduler (a pause before every write), one run in fifteen had no two
+    transactions of different workers between reading a shared customer and writing it.
+
+    A transaction about to write customers it read (not new ones) arrives (``arrive``) and waits for a transaction
+    of another process about to write one of them too, which it then meets: the first writes and commits while the
+    second waits for it to end, and the second writes back what it read before: the first's changes to the customer
+    are lost, which the run must show (with the locks, the second could not have read the customer before the first
+    committed). Neither is killed before its commit (``CrashingSink``). When every running process waits, and the
+    one arriving last meets none of them, nobody else can come: all go on, and their next transactions try again.
+    Once a pair both committed, nobody waits any more. Shared by the spawned processes through a manager.
+    """
+
+    def __init__(self, manager: Any, processes: int) -> None:
+        self.lock = manager.Lock()
+        #: The transactions waiting, by process: the customers each writes.
+        self.waiting = manager.dict()
+        #: ``pair``: the processes of the pair met, first and second; ``round``: how many times all went on.
+        self.state = manager.dict(running=processes, round=0, pair=None, first_committed=None, met=False)
+
+    def arrive(self, customers: set[str]) -> str | None:
+        """Where a transaction about to write ``customers`` stands: "first" once a second came, "second" once the
+        first ended; None if it met no other."""
+        me, state = os.getpid(), self.state
+        with self.lock:
+            if state["met"] or state["pair"] is not None or not customers:
+                return None
+            first = next((pid for pid, theirs in self.waiting.items() if not customers.isdisjoint(theirs)), None)
+            if first is not None:
+                del self.waiting[first]
+                state.update(pair=(first, me), first_committed=None)
+            elif len(self.waiting) + 1 >= state["running"]:
+                self._go_on()
+                return None
+            else:
+                self.waiting[me] = sorted(customers)
+                turn = state["round"]
+        if first is not None:
+            _until(lambda: state["first_committed"] is not None)
+            return "second"
+        _until(lambda: me not in self.waiting or state["round"] != turn or state["met"])
+        with self.lock:
+            self.waiting.pop(me, None)
+            pair = state["pair"]
+        return "first" if pair is not None and pair[0] == me else None
+
+    def ended(self, role: str, committed: bool) -> None:
+        """The transaction that arrived as ``role`` ended; once both committed, the meeting is over."""
+        with self.lock:
+            if role == "first":
+                self.state["first_committed"] = committed
+            else:
+                self.state.update(pair=None, met=committed and bool(self.state["first_committed"]))
+
+    def leave(self) -> None:
+        """A process is done: the others stop waiting for it."""
+        with self.lock:
+            self.state["running"] -= 1
+            if self.waiting and len(self.waiting) >= self.state["running"]:
+                self._go_on()
+
+    def met(self) -> bool:
+        return bool(self.state["met"])
+
+    def _go_on(self) -> None:
+        self.waiting.clear()
+        self.state["round"] += 1
+
+
+def _until(done: Any, timeout: float = 10) -> None:
+    """Wait until ``done()``, up to ``timeout``: a bound for what should not happen (a process that cannot come
+    because it waits for a lock a waiter holds, as a correct sink's waiter would)."""
+    deadline = time.monotonic() + timeout
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.002)
+
+
 class WithoutCustomerLocks(CrashingSink):
     """Broken: batches of different workers do not wait for each other on the customers they share (the rows are
     read, not locked).
 
-    Its writes take a little longer, as on a loaded database, so that two workers' transactions overlap between
-    reading a shared customer and writing it back, every run.
+    Two workers' transactions that read a customer both write back are brought together before either writes
+    (``Meeting``), so that one's changes to it are lost every run.
     """
+
+    #: Set in each apply process (``apply_partitions``).
+    meeting: ClassVar[Meeting | None] = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        self.read: set[str] = set()  # the customers the transaction read, as they were before it
+        self.role: str | None = None  # where it stands in the meeting
+        committed = False
+        try:
+            with super().transaction() as tx:
+                yield tx
+            committed = True
+        finally:
+            if self.role is not None and self.meeting is not None:
+                self.meeting.ended(self.role, committed)
 
     def lock_customers(self, conn: Any, ids: Any) -> dict[str, int]:
         c = t.customers.c
-        return dict(conn.execute(select(c.customer_id, c.version).where(c.customer_id.in_(sorted(ids)))).all())
+        found = dict(conn.execute(select(c.customer_id, c.version).where(c.customer_id.in_(sorted(ids)))).all())
+        self.read.update(found)
+        return found
 
     def try_lock_customers(self, conn: Any, ids: Any) -> tuple[dict[str, int], set[str]]:
         return self.lock_customers(conn, ids), set()  # none held: none parked
 
     def write_state(self, tx: Any, batch: BatchWrite) -> None:
-        time.sleep(0.05)
+        if self.meeting is not None:
+            self.role = self.meeting.arrive({row.customer_id for row in batch.customers} & self.read)
+            if self.role is not None:
+                self.crash_after.discard(self.writes["write"] + 1)  # this transaction's: it commits
         super().write_state(tx, batch)
 
 
@@ -236,12 +339,15 @@ def apply_partitions(
     sink: type[CrashingSink],
     start: Any = None,
     parked: Any = None,
+    meeting: Meeting | None = None,
 ) -> None:
     """One worker of a group: the records of its partitions (``arrivals``, in the order it reads them) in random
     batches, crashing inside or between transactions now and then and redelivered from earlier each time (run in
     a process of its own; the records are passed, not simulated again, which would stamp other arrival times).
     ``start``: a barrier the group's processes pass together once started, so that their batches overlap;
-    ``parked``: a shared counter of the events its batches parked (committed or not)."""
+    ``parked``: a shared counter of the events its batches parked (committed or not); ``meeting``: for
+    ``WithoutCustomerLocks``."""
+    WithoutCustomerLocks.meeting = meeting  # this process's class (spawned: nothing else shares it)
     settings = load_settings(database_url=database_url)
     engine = make_engine(database_url, writer=True)
     if start is not None:
@@ -249,29 +355,33 @@ def apply_partitions(
     rng = random.Random(seed)
     writes = Counter[str]()
     crash_after = {n for n in range(1, 10_000) if rng.random() < 1 / crash_every}
-    processor = BatchProcessor(settings, sink(engine, crash_after, writes))
-    mine = {(record.topic, record.partition) for record in arrivals}
-    position = dict.fromkeys(mine, 0)
-    while True:
-        records = [record for record in arrivals if record.offset >= position[(record.topic, record.partition)]]
-        restart, start = False, 0
-        while start < len(records) and not restart:
-            size = rng.randint(1, 60)
-            batch, start = records[start : start + size], start + size
-            try:
-                processor.process(batch)
-            except Crash:
-                restart = True  # killed inside the transaction
-            else:
-                restart = rng.random() < 1 / crash_every  # killed between transactions
-        if not restart:
-            break
+    try:
         processor = BatchProcessor(settings, sink(engine, crash_after, writes))
-        processor.reload()
-        position = {
-            tp: rng.randint(max(0, processor.applied.get(tp, -1) - 30), processor.applied.get(tp, -1) + 1)
-            for tp in mine
-        }
+        mine = {(record.topic, record.partition) for record in arrivals}
+        position = dict.fromkeys(mine, 0)
+        while True:
+            records = [record for record in arrivals if record.offset >= position[(record.topic, record.partition)]]
+            restart, start = False, 0
+            while start < len(records) and not restart:
+                size = rng.randint(1, 60)
+                batch, start = records[start : start + size], start + size
+                try:
+                    processor.process(batch)
+                except Crash:
+                    restart = True  # killed inside the transaction
+                else:
+                    restart = rng.random() < 1 / crash_every  # killed between transactions
+            if not restart:
+                break
+            processor = BatchProcessor(settings, sink(engine, crash_after, writes))
+            processor.reload()
+            position = {
+                tp: rng.randint(max(0, processor.applied.get(tp, -1) - 30), processor.applied.get(tp, -1) + 1)
+                for tp in mine
+            }
+    finally:
+        if meeting is not None:
+            meeting.leave()
     engine.dispose()
     if parked is not None:
         with parked.get_lock():
@@ -279,7 +389,7 @@ def apply_partitions(
 
 
 def run_concurrently(
-    database_url: str, workers: int, seed: int, sink: type[CrashingSink] = CrashingSink
+    database_url: str, workers: int, seed: int, sink: type[CrashingSink] = CrashingSink, meeting: Meeting | None = None
 ) -> tuple[dict, int]:
     """``workers`` apply processes sharing the partitions, at once; then the clock is followed to the end (the
     events parked last applied). Returns the results and how many events the processes' batches parked."""
@@ -288,14 +398,13 @@ def run_concurrently(
     upgrade(engine)
     owned = sorted(LOGS)
     random.Random(seed).shuffle(owned)
-    context = multiprocessing.get_context("spawn")
     arrivals = list(redelivery(dict.fromkeys(LOGS, 0)))
     # Spawned processes start one by one (each imports the project first): without a common start, one could be
     # done before the next began, and nothing they share would be written concurrently.
-    start = context.Barrier(workers)
-    parked = context.Value("i", 0)
+    start = SPAWN.Barrier(workers)
+    parked = SPAWN.Value("i", 0)
     processes = [
-        context.Process(
+        SPAWN.Process(
             target=apply_partitions,
             args=(
                 database_url,
@@ -305,6 +414,7 @@ def run_concurrently(
                 sink,
                 start,
                 parked,
+                meeting,
             ),
         )
         for n in range(workers)
@@ -358,10 +468,13 @@ def test_apply_processes_committing_concurrently_leave_the_results_of_one(
 def test_the_harness_catches_workers_that_skip_a_lock_or_lose_parked_events(
     uninterrupted: dict, postgres_url: str, broken: type[CrashingSink]
 ) -> None:
-    try:
-        result, _ = run_concurrently(postgres_url, 3, seed=7, sink=broken)
-    except AssertionError as exc:  # a process failed on what it read: caught too
-        caught = str(exc)
-    else:
-        caught = differences(uninterrupted, result)
-    assert caught, f"{broken.__doc__} went unnoticed"
+    with SPAWN.Manager() as manager:
+        meeting = Meeting(manager, processes=3)
+        try:
+            result, _ = run_concurrently(postgres_url, 3, seed=7, sink=broken, meeting=meeting)
+        except AssertionError as exc:  # a process failed on what it read: caught too
+            caught = str(exc)
+        else:
+            caught = differences(uninterrupted, result)
+        met = meeting.met()  # only WithoutCustomerLocks's transactions meet
+    assert caught, f"{broken.__doc__} went unnoticed (two transactions met on a customer: {met})"
