@@ -9,7 +9,8 @@ wrote itself, which was about a tenth of a batch's time. It is exact only while 
 - on PostgreSQL, where workers commit concurrently, a cached customer state is used only if its version is the
   one the batch reads when it locks the customer's row, and an identity key only while its customer's row is
   there (``BatchProcessor._lock_customers``); cached metric cells are dropped when another batch committed since
-  this worker's last (checked under the clock's lock).
+  this worker's last (checked once the batch holds its customers, whose cells it merges then, and again under the
+  clock's lock, for the channel and overall cells).
 
 A batch that fails drops it all, because the stitching engine changes cached customer states in place before
 the transaction commits.

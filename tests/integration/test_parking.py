@@ -1,7 +1,8 @@
 """Two workers' batches sharing a customer on PostgreSQL: the batch that finds the customer held by the other's
 parks that customer's events rather than wait for the other's commit, in its own transaction, and a later batch
 applies them: nothing lost, nothing counted twice, the watermark held back meanwhile. An event parked
-``PATIENT_AFTER`` times waits for its lock. (New keys another batch is adding: test_key_locks.py. The whole-run
+``PATIENT_AFTER`` times waits for its lock. A customer another worker's batch changed is counted from what it
+stored, not from this worker's cache. (New keys another batch is adding: test_key_locks.py. The whole-run
 proof with crashes: the concurrent crash-equivalence harness.)"""
 
 from __future__ import annotations
@@ -159,3 +160,24 @@ def test_a_resent_event_waits_for_its_parked_first_copy(postgres_url: str, tmp_p
     alone_engine.dispose()
     assert received.astimezone(UTC) == first_copy.received_at
     assert not difference, difference
+
+
+def test_a_worker_counts_a_customer_another_worker_changed_since_from_its_stored_cells(postgres_url: str) -> None:
+    """A worker keeps the metric cells it wrote, and merges a batch's customers' cells before it takes the clock's
+    lock: those of a customer another worker's batch changed since must be read again, or Ann's cell would count
+    her events as if the other worker's were not there."""
+    settings = load_settings(database_url=postgres_url)
+    engine, a = worker_processor(settings)
+    _, b = worker_processor(settings.model_copy(update={"worker_id": "worker-b"}))
+    views = [event(n, Channel.WEB, EventType.PAGE_VIEW, ANN) for n in (1, 2, 3)]
+    a.process(records(views[:1], 0))
+    b.process([InRecord(TOPIC, 1, 0, views[1].model_dump_json().encode())])
+    a.process(records(views[2:], 1))
+    ann = customer_of(engine, "email:ann@example.org")
+    c = t.metric_cells.c
+    with engine.connect() as conn:
+        counters = conn.execute(
+            select(c.counters).where(c.scope == "customer", c.key == ann, c.window == "all")
+        ).scalar_one()
+    engine.dispose()
+    assert counters["touchpoints"] == 3
