@@ -71,21 +71,25 @@ def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
         yield items[i : i + size]
 
 
-def _lookup(conn: Connection, key: Any, value: Any, keys: Iterable[str]) -> dict[Any, Any]:
-    """``value`` of each row whose ``key`` is among ``keys``: on PostgreSQL in one query over a binary array of
-    the keys, elsewhere a few hundred keys per ``IN`` list."""
-    found: dict[Any, Any] = {}
+def _rows_by_key(conn: Connection, key: Any, columns: Sequence[Any], keys: Iterable[str]) -> Iterator[Any]:
+    """``(key, *columns)`` of each row whose ``key`` is among ``keys``: on PostgreSQL in one query over a binary
+    array of the keys, elsewhere a few hundred keys per ``IN`` list."""
+    keys = sorted(keys)
     if conn.dialect.name == "postgresql":
-        keys = sorted(keys)
         if keys:
             # A list of thousands of parameters is parsed and planned per query; one array is one parameter, and
             # %b spares psycopg's text format, which escapes every element in Python.
-            sql = f"SELECT {key.name}, {value.name} FROM {key.table.name} WHERE {key.name} = ANY(%b::text[])"
-            found.update(conn.exec_driver_sql(sql, (keys,)).all())  # type: ignore[arg-type]
-        return found
-    for chunk in _chunks(sorted(keys)):
-        found.update(conn.execute(select(key, value).where(key.in_(chunk))).all())
-    return found
+            names = ", ".join(column.name for column in (key, *columns))
+            sql = f"SELECT {names} FROM {key.table.name} WHERE {key.name} = ANY(%b::text[])"
+            yield from conn.exec_driver_sql(sql, (keys,))  # type: ignore[arg-type]
+        return
+    for chunk in _chunks(keys):
+        yield from conn.execute(select(key, *columns).where(key.in_(chunk)))
+
+
+def _lookup(conn: Connection, key: Any, value: Any, keys: Iterable[str]) -> dict[Any, Any]:
+    """``value`` of each row whose ``key`` is among ``keys`` (``_rows_by_key``)."""
+    return dict(_rows_by_key(conn, key, (value,), keys))
 
 
 #: PostgreSQL's SQLSTATE for a transaction it failed to end a deadlock.
@@ -465,26 +469,10 @@ class SqlSink:
             return self.clock_in(conn, group_id)
 
     def load_identities(self, conn: Connection, keys: Iterable[str]) -> dict[str, StoredIdentity]:
-        """The stored row of each known identifier key (PostgreSQL: one query over an array of the keys, as
-        ``_lookup``)."""
+        """The stored row of each known identifier key."""
         c = t.identities.c
-        found: dict[str, StoredIdentity] = {}
-        if self.concurrent:
-            if keys := sorted(keys):
-                sql = (
-                    "SELECT identifier, customer_id, first_seen, last_seen FROM identities "
-                    "WHERE identifier = ANY(%b::text[])"
-                )
-                for key, customer_id, first, last in conn.exec_driver_sql(sql, (keys,)):  # type: ignore[arg-type]
-                    found[key] = StoredIdentity(customer_id, as_utc(first), as_utc(last))
-            return found
-        for chunk in _chunks(sorted(keys)):
-            rows = conn.execute(
-                select(c.identifier, c.customer_id, c.first_seen, c.last_seen).where(c.identifier.in_(chunk))
-            )
-            for key, customer_id, first, last in rows:
-                found[key] = StoredIdentity(customer_id, as_utc(first), as_utc(last))
-        return found
+        rows = _rows_by_key(conn, c.identifier, (c.customer_id, c.first_seen, c.last_seen), keys)
+        return {key: StoredIdentity(customer_id, as_utc(first), as_utc(last)) for key, customer_id, first, last in rows}
 
     def load_applied(self, conn: Connection, event_ids: Iterable[str]) -> dict[str, str | None]:
         """customer_id of each given event id that was applied (has a touchpoint row; None: unattributed)."""

@@ -704,7 +704,7 @@ class BatchProcessor:
         self.stitcher.close(view, result)
         # 5. results: what the batch's customers own, written under their locks
         self._stitching(result, view, report, write, keys, records, stored, splits)
-        metrics = self._customer_metrics(tx, result, write)
+        metrics = self._customer_metrics(tx, result, write, hint)
         self.sink.write_state(tx, write)
         # ...and what batches share, under the clock's lock
         clock = self._lock_clock(tx, report)
@@ -967,14 +967,15 @@ class BatchProcessor:
                 write.touchpoints.append(touchpoint_row(entry, now, *stitched_by(event, held)))
             records.timeline(entry)
 
-    def _customer_metrics(self, tx: Any, result: BatchResult, write: BatchWrite) -> _CustomerMetrics:
+    def _customer_metrics(self, tx: Any, result: BatchResult, write: BatchWrite, hint: Clock) -> _CustomerMetrics:
         """The first part of the metric cells the batch's entries change, done under its customers' locks so that
         the clock's (``_metrics``) is held for less: every cell's changes, and the new counters of the customers'
         cells (merged customers' cells folded into the survivor's).
 
         Only a batch holding a customer changes its cells' counters (a sweep turns them final, no more): read
         once the batch holds its customers, the stored and cached ones are the last committed. The cache is kept
-        if no other batch committed since this worker's last (the clock's sequence)."""
+        if no other batch committed since this worker's last (the clock's sequence). ``hint``: the clock as the
+        batch began, still the clock where the transaction holds the whole database (SQLite)."""
         aggregator = MetricAggregator(self.policies.metrics)
         if write.repointed:
             # Merged customers' metric cells move into the survivor's: history is combined, not lost.
@@ -982,7 +983,7 @@ class BatchProcessor:
                 aggregator.add_counters(cell._replace(key=write.repointed[cell.key]), counters)
                 write.removed_cells.append(cell)
         aggregator.add_batch(result.entries, result.replaced, write.repointed)
-        clock = self.sink.clock_in(tx, self.group_id)
+        clock = self.sink.clock_in(tx, self.group_id) if self.sink.concurrent else hint
         if clock.sequence != self.cache.sequence:
             self.cache.cells.clear()
         customer = MetricScope.CUSTOMER
