@@ -270,6 +270,10 @@ class BatchWrite:
     removed_customers: list[str] = field(default_factory=list)
     customers: list[CustomerRow] = field(default_factory=list)
     identities: list[IdentityRow] = field(default_factory=list)
+    #: Keys among ``identities`` stored already, with the same customer: only their first and last seen move, so
+    #: their rows are written without setting the customer (SQLite rewrites an index entry whenever its column is
+    #: set, even to the same value).
+    seen_identities: set[str] = field(default_factory=set)
     touchpoints: list[TouchpointRow] = field(default_factory=list)
     #: The batch's metric cells by key (a cell finalised by the sweep replaces the batch's own row of it).
     cells: dict[CellKey, CellRow] = field(default_factory=dict)

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 from schemas.limits import (
@@ -50,7 +51,7 @@ customers = Table(
     Column("contacts", Integer, nullable=False, default=0),
     Column("returns", Integer, nullable=False, default=0),
     Column("open_issues", Integer, nullable=False, default=0),
-    Column("overdue_at", TS, index=True, comment="when the earliest open issue passes its target time"),
+    Column("overdue_at", TS, comment="when the earliest open issue passes its target time"),
     # The stitcher's per-customer state: one record per customer, written with the results.
     Column("state", JSON, nullable=False),
     Column("traits", JSON, comment="identify traits, the latest value of each by event time (null: none written yet)"),
@@ -66,6 +67,14 @@ customers = Table(
         nullable=False,
         server_default="0",
         comment="writes of this row so far: a worker's cached state is valid while it is unchanged",
+    ),
+    # Only the customers with an open issue (the sweep's): a null entry would move with every write of the row
+    # (migration 0022).
+    Index(
+        "ix_customers_overdue_at",
+        "overdue_at",
+        sqlite_where=text("overdue_at IS NOT NULL"),
+        postgresql_where=text("overdue_at IS NOT NULL"),
     ),
 )
 

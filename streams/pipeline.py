@@ -946,6 +946,11 @@ class BatchProcessor:
                 state = view.customers[profile.customer_id]
                 write.customers.append(customer_row(profile, state, overdue_at(state, policy, target)))
         write.identities = identity_rows(report.events, keys, result, view.identities, stored)
+        write.seen_identities = {
+            row.identifier
+            for row in write.identities
+            if (old := stored.get(row.identifier)) is not None and old.customer_id == row.customer_id
+        }
         for row in write.identities:
             stored[row.identifier] = StoredIdentity(row.customer_id, row.first_seen, row.last_seen)
         now = report.committed_at or datetime.now(UTC)

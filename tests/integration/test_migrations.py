@@ -9,7 +9,7 @@ from sqlalchemy import insert, select, text
 from sinks import tables as t
 from sinks.database import make_engine, upgrade
 from sinks.migrations import run_migrations
-from sinks.sql import as_utc
+from sinks.sql import SqlSink, as_utc
 
 
 def test_0006_keeps_the_day_of_identities_last_seen_and_first_seen_exact(database_url: str) -> None:
@@ -93,3 +93,48 @@ def test_0020_leaves_room_for_heap_only_updates_on_postgresql(postgres_url: str)
         "metric_cells": ["fillfactor=50"],
         "identities": ["fillfactor=70"],
     }
+
+
+def test_0022_indexes_only_the_customers_with_an_open_issue_and_the_sweep_still_finds_them(database_url: str) -> None:
+    engine = make_engine(database_url)
+    run_migrations(engine, "0021")
+    due = datetime(2024, 5, 2, 12, tzinfo=UTC)
+    with engine.begin() as conn:
+        for customer_id, overdue_at in (("c-ann", due), ("c-bob", None)):
+            conn.execute(
+                insert(t.customers).values(
+                    customer_id=customer_id,
+                    first_seen=due,
+                    last_seen=due,
+                    stage="purchase",
+                    events=1,
+                    purchases=1,
+                    revenue=0,
+                    contacts=0,
+                    returns=0,
+                    open_issues=0 if overdue_at is None else 1,
+                    overdue_at=overdue_at,
+                    state={"v": 2},
+                )
+            )
+
+    upgrade(engine)
+
+    with engine.connect() as conn:
+        found = SqlSink(engine).customers_due(conn, datetime(2024, 5, 1, tzinfo=UTC), datetime(2024, 5, 3, tzinfo=UTC))
+        if engine.dialect.name == "sqlite":
+            definition = conn.execute(
+                text("SELECT sql FROM sqlite_master WHERE name = 'ix_customers_overdue_at'")
+            ).scalar_one()
+            plan = conn.execute(
+                text("EXPLAIN QUERY PLAN SELECT customer_id FROM customers WHERE overdue_at <= :until"),
+                {"until": "2024-05-03 00:00:00.000000"},
+            ).all()
+            assert "ix_customers_overdue_at" in str(plan)  # the sweep's comparison implies IS NOT NULL
+        else:
+            definition = conn.execute(
+                text("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_customers_overdue_at'")
+            ).scalar_one()
+    engine.dispose()
+    assert list(found) == ["c-ann"]
+    assert "WHERE (overdue_at IS NOT NULL)" in definition or "WHERE overdue_at IS NOT NULL" in definition
