@@ -17,8 +17,12 @@ from schemas.touchpoint import TouchpointEvent
 
 JsonSchemaMode = Literal["validation", "serialization"]
 
+
+#: A record type with a JSON Schema: a pydantic model, or the event (a pydantic dataclass with the same methods).
+Described = type[BaseModel] | type[TouchpointEvent]
+
 #: Records cxstream publishes, described as they appear on the topic (serialised: Decimal is a string).
-PUBLISHED: tuple[type[BaseModel], ...] = (
+PUBLISHED: tuple[Described, ...] = (
     TouchpointEvent,
     DeadLetter,
     TimelineEntry,
@@ -30,17 +34,17 @@ PUBLISHED: tuple[type[BaseModel], ...] = (
 )
 
 #: Records source systems send, described as what cxstream accepts (a number or a string for an amount).
-ACCEPTED: tuple[type[BaseModel], ...] = tuple(CHANNEL_MODELS.values())
+ACCEPTED: tuple[Described, ...] = tuple(CHANNEL_MODELS.values())
 
 _DRAFT = "https://json-schema.org/draft/2020-12/schema"
 
 
-def schema_file_name(model: type[BaseModel]) -> str:
+def schema_file_name(model: Described) -> str:
     """File name of a model's schema: ``TouchpointEvent`` → ``touchpoint_event.schema.json``."""
     return re.sub(r"(?<!^)(?=[A-Z])", "_", model.__name__).lower() + ".schema.json"
 
 
-def render_schema(model: type[BaseModel], mode: JsonSchemaMode) -> str:
+def render_schema(model: Described, mode: JsonSchemaMode) -> str:
     """The schema document of one model as deterministic text: sorted keys, two-space indent, final newline."""
     schema = {"$schema": _DRAFT, **model.model_json_schema(mode=mode)}
     return json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
@@ -50,7 +54,7 @@ def export_schemas(out_dir: Path | str) -> list[Path]:
     """Write one ``<model>.schema.json`` per topic record into ``out_dir``; return the paths written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    jobs: list[tuple[type[BaseModel], JsonSchemaMode]] = [(m, "serialization") for m in PUBLISHED]
+    jobs: list[tuple[Described, JsonSchemaMode]] = [(m, "serialization") for m in PUBLISHED]
     jobs += [(m, "validation") for m in ACCEPTED]
     written = []
     for model, mode in jobs:

@@ -6,9 +6,11 @@ import hashlib
 import re
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AwareDatetime, ConfigDict, Field, StringConstraints, TypeAdapter, model_validator
+from pydantic.dataclasses import dataclass
+from pydantic.json_schema import JsonSchemaMode
 
 #: A salted identifier hash: 64 lower-case hex digits (HMAC-SHA256).
 _HASHED = re.compile(r"[0-9a-f]{64}")
@@ -85,10 +87,9 @@ CSAT = Annotated[int, Field(ge=1, le=5, strict=True)]
 CES = Annotated[int, Field(ge=1, le=7, strict=True)]
 
 
-class SurveyAnswers(BaseModel):
+@dataclass(frozen=True, slots=True, kw_only=True, config=ConfigDict(extra="forbid"))
+class SurveyAnswers:
     """Survey scores given with a touchpoint; each scale is bounded (NPS 0-10, CSAT 1-5, CES 1-7)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     nps: NPS | None = None
     csat: CSAT | None = None
@@ -99,10 +100,9 @@ class SurveyAnswers(BaseModel):
         return self.nps is None and self.csat is None and self.ces is None
 
 
-class SourceRef(BaseModel):
+@dataclass(frozen=True, slots=True, kw_only=True, config=ConfigDict(extra="forbid"))
+class SourceRef:
     """Where a touchpoint came from, for tracing it back to the source system."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     system: str = Field(description="Source system within the channel: store id, call queue, marketplace, site.")
     id: str = Field(description="The source's own record id (receipt, call, messageId, order id + status).")
@@ -110,10 +110,12 @@ class SourceRef(BaseModel):
     line: int | None = None
 
 
-class TouchpointEvent(BaseModel):
+# A pydantic dataclass with slots, not a BaseModel: a batch holds thousands of events at once, and a BaseModel
+# instance keeps a __dict__ and a set of the fields given per model. 20,000 of the benchmark's events: 3,254 ->
+# 1,718 bytes each, validated from JSON in 5.6 -> 4.5 µs. The model_* methods below keep BaseModel's interface.
+@dataclass(frozen=True, slots=True, kw_only=True, config=ConfigDict(extra="ignore"))
+class TouchpointEvent:
     """One validated customer touchpoint in canonical form, whatever the channel."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
 
     event_id: str = Field(description="Deterministic id derived from channel + source id: the idempotency key.")
     channel: Channel
@@ -153,6 +155,44 @@ class TouchpointEvent(BaseModel):
                 if value is not None and not _HASHED.fullmatch(value):
                     raise ValueError(f"identifiers.{kind}: not a salted hash, although hashed_with is set")
         return self
+
+    @classmethod
+    def model_validate_json(cls, data: str | bytes) -> TouchpointEvent:
+        """The event a JSON document holds, validated (``pydantic.ValidationError`` if it is not one)."""
+        return _EVENT.validate_json(data)
+
+    @classmethod
+    def model_validate(cls, data: Any) -> TouchpointEvent:
+        """The event a Python object (a dict, as from JSON) holds, validated."""
+        return _EVENT.validate_python(data)
+
+    @classmethod
+    def model_json_schema(cls, mode: JsonSchemaMode = "validation") -> dict[str, Any]:
+        """The JSON Schema of the event (``schemas.jsonschema``)."""
+        return _EVENT.json_schema(mode=mode)
+
+    def model_dump_json(self) -> str:
+        """The event as JSON, as it is published (``Decimal`` as a string)."""
+        return _EVENT.dump_json(self).decode()
+
+    def model_copy(self, *, update: dict[str, Any] | None = None) -> TouchpointEvent:
+        """A copy with the ``update`` fields replaced, not validated again (as ``BaseModel.model_copy``)."""
+        copy = object.__new__(TouchpointEvent)
+        for name in TouchpointEvent.__dataclass_fields__:
+            object.__setattr__(copy, name, getattr(self, name))
+        for name, value in (update or {}).items():
+            if name not in TouchpointEvent.__dataclass_fields__:
+                raise TypeError(f"TouchpointEvent has no field {name!r}")
+            object.__setattr__(copy, name, value)
+        return copy
+
+    def model_dump(self, mode: Literal["python", "json"] = "python") -> dict[str, Any]:
+        """The event as a dict (``mode="json"``: as JSON would give it)."""
+        dumped: dict[str, Any] = _EVENT.dump_python(self, mode=mode)
+        return dumped
+
+
+_EVENT = TypeAdapter(TouchpointEvent)
 
 
 #: Joins the parts of a composed id: a store record's ``store_id:kind:receipt``, a marketplace buyer's
