@@ -9,6 +9,7 @@ import shlex
 import sqlite3
 import subprocess
 import sys
+import time
 from contextlib import closing
 from pathlib import Path
 
@@ -95,5 +96,64 @@ def test_checkpointer_truncates_a_log_past_its_limit(tmp_path: Path) -> None:
     checkpointer.request()
     wait_until(lambda: checkpointer.truncations == 1, 10, "a TRUNCATE checkpoint", 0.02)
     assert os.path.getsize(path + "-wal") == 0
+    checkpointer.stop()
+    engine.dispose()
+
+
+def _log_frames(path: str) -> int:
+    """Frames in the WAL now (a PASSIVE checkpoint's second column)."""
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        frames: int = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+    return frames
+
+
+def test_checkpointer_restarts_a_log_past_its_restart_size_and_the_next_commit_writes_it_from_the_start(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "cx.db")
+    engine = make_engine(f"sqlite:///{path}")  # not a writer: no checkpointer of its own to race with
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)"))
+    checkpointer = WalCheckpointer(path, restart_wal_bytes=64 * 1024)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO t VALUES (:k, :v)"), [{"k": i, "v": "y" * 1000} for i in range(500)])
+    grown = _log_frames(path)
+    checkpointer.request()
+    wait_until(lambda: checkpointer.restarts == 1, 10, "a RESTART checkpoint", 0.02)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO t VALUES (1000, 'z')"))
+    assert _log_frames(path) < grown / 10  # written from the start of the log again
+    assert checkpointer.truncations == 0 and os.path.getsize(path + "-wal") > 0  # the file is kept
+    checkpointer.stop()
+    engine.dispose()
+
+
+def test_a_restart_held_up_by_a_reader_gives_up_instead_of_holding_the_writer_back(tmp_path: Path) -> None:
+    path = str(tmp_path / "cx.db")
+    engine = make_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)"))
+        conn.execute(text("INSERT INTO t VALUES (:k, :v)"), [{"k": i, "v": "y" * 1000} for i in range(500)])
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM t").fetchone()  # a snapshot in the log: a restart must wait for it
+    with engine.begin() as conn:  # the log now holds frames past the reader's snapshot
+        conn.execute(text("INSERT INTO t VALUES (:k, :v)"), [{"k": 1000 + i, "v": "w" * 1000} for i in range(100)])
+    checkpointer = WalCheckpointer(path, restart_wal_bytes=64 * 1024, restart_wait_s=0.1, min_interval_s=0.05)
+    try:
+        checkpointer.request()
+        started = time.monotonic()
+        for k in range(20):  # the writer goes on committing while the checkpointer tries, and fails, to restart
+            with engine.begin() as conn:
+                conn.execute(text("INSERT INTO t VALUES (:k, 'x')"), {"k": 5000 + k})
+            checkpointer.request()
+            time.sleep(0.05)
+        assert time.monotonic() - started < 5  # with the connection's 30 s wait, a commit waited for the reader
+        assert checkpointer.restarts == 0
+    finally:
+        reader.execute("COMMIT")
+        reader.close()
+    checkpointer.request()
+    wait_until(lambda: checkpointer.restarts >= 1, 10, "a RESTART once the reader is gone", 0.02)
     checkpointer.stop()
     engine.dispose()
