@@ -115,11 +115,16 @@ def dead_letter(channel: str | None, reason: str, detail: str, raw: bytes, rec: 
     )
 
 
+#: Messages of pydantic's that read wrong for JSON: an event's nested objects are dataclasses, whose unknown keys
+#: pydantic reports as keyword arguments.
+_MESSAGES = {"unexpected_keyword_argument": "Extra inputs are not permitted"}
+
+
 def _describe(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:5]:
         where = ".".join(str(p) for p in err["loc"]) or "(record)"
-        parts.append(f"{where}: {err['msg']}")
+        parts.append(f"{where}: {_MESSAGES.get(err['type'], err['msg'])}")
     return "; ".join(parts)
 
 

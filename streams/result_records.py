@@ -12,7 +12,6 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-from pydantic import BaseModel
 
 from config.topics import Topics
 from schemas.deadletter import DeadLetter
@@ -26,11 +25,10 @@ _SCOPE_NAMES = {scope: scope.value for scope in MetricScope}
 
 
 def _json_default(value: Any) -> Any:
-    # What orjson leaves to us in an entry or a profile: amounts (pydantic writes a Decimal as its string) and survey answers.
+    # What orjson leaves to us in an entry or a profile: amounts (pydantic writes a Decimal as its string). Survey
+    # answers are dataclasses, which orjson writes itself.
     if isinstance(value, Decimal):
         return str(value)
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
     raise TypeError(f"{type(value).__name__} is not part of a timeline record")
 
 
