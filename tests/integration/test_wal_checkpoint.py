@@ -13,7 +13,7 @@ import time
 from contextlib import closing
 from pathlib import Path
 
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 
 from sinks.database import SQLITE_PAGE_SIZE, make_engine, upgrade
 from sinks.wal import WalCheckpointer
@@ -84,14 +84,21 @@ def test_the_readme_command_converts_an_existing_database_to_the_larger_pages(tm
         assert raw.execute("SELECT count(*) FROM kept").fetchone()[0] == 1000
 
 
-def test_checkpointer_truncates_a_log_past_its_limit(tmp_path: Path) -> None:
+def _grown_log(tmp_path: Path) -> tuple[str, Engine]:
+    """A database whose WAL holds about 500 KB of rows, and its engine (not a writer: no checkpointer of its own to
+    race with the test's)."""
     path = str(tmp_path / "cx.db")
-    engine = make_engine(f"sqlite:///{path}")  # not a writer: no checkpointer of its own to race with
+    engine = make_engine(f"sqlite:///{path}")
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)"))
-    checkpointer = WalCheckpointer(path, max_wal_bytes=64 * 1024)
     with engine.begin() as conn:
         conn.execute(text("INSERT INTO t VALUES (:k, :v)"), [{"k": i, "v": "y" * 1000} for i in range(500)])
+    return path, engine
+
+
+def test_checkpointer_truncates_a_log_past_its_limit(tmp_path: Path) -> None:
+    path, engine = _grown_log(tmp_path)
+    checkpointer = WalCheckpointer(path, max_wal_bytes=64 * 1024)
     assert os.path.getsize(path + "-wal") > 64 * 1024
     checkpointer.request()
     wait_until(lambda: checkpointer.truncations == 1, 10, "a TRUNCATE checkpoint", 0.02)
@@ -110,13 +117,8 @@ def _log_frames(path: str) -> int:
 def test_checkpointer_restarts_a_log_past_its_restart_size_and_the_next_commit_writes_it_from_the_start(
     tmp_path: Path,
 ) -> None:
-    path = str(tmp_path / "cx.db")
-    engine = make_engine(f"sqlite:///{path}")  # not a writer: no checkpointer of its own to race with
-    with engine.begin() as conn:
-        conn.execute(text("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)"))
+    path, engine = _grown_log(tmp_path)
     checkpointer = WalCheckpointer(path, restart_wal_bytes=64 * 1024)
-    with engine.begin() as conn:
-        conn.execute(text("INSERT INTO t VALUES (:k, :v)"), [{"k": i, "v": "y" * 1000} for i in range(500)])
     grown = _log_frames(path)
     checkpointer.request()
     wait_until(lambda: checkpointer.restarts == 1, 10, "a RESTART checkpoint", 0.02)
@@ -129,11 +131,7 @@ def test_checkpointer_restarts_a_log_past_its_restart_size_and_the_next_commit_w
 
 
 def test_a_restart_held_up_by_a_reader_gives_up_instead_of_holding_the_writer_back(tmp_path: Path) -> None:
-    path = str(tmp_path / "cx.db")
-    engine = make_engine(f"sqlite:///{path}")
-    with engine.begin() as conn:
-        conn.execute(text("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)"))
-        conn.execute(text("INSERT INTO t VALUES (:k, :v)"), [{"k": i, "v": "y" * 1000} for i in range(500)])
+    path, engine = _grown_log(tmp_path)
     reader = sqlite3.connect(path, isolation_level=None)
     reader.execute("BEGIN")
     reader.execute("SELECT count(*) FROM t").fetchone()  # a snapshot in the log: a restart must wait for it
