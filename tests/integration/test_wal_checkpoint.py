@@ -13,6 +13,7 @@ import time
 from contextlib import closing
 from pathlib import Path
 
+import pytest
 from sqlalchemy import Engine, text
 
 from sinks.database import SQLITE_PAGE_SIZE, make_engine, upgrade
@@ -130,14 +131,22 @@ def test_checkpointer_restarts_a_log_past_its_restart_size_and_the_next_commit_w
     engine.dispose()
 
 
-def test_a_restart_held_up_by_a_reader_gives_up_instead_of_holding_the_writer_back(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["RESTART", "TRUNCATE"])
+def test_a_checkpoint_held_up_by_a_reader_gives_up_instead_of_holding_the_writer_back(
+    tmp_path: Path, mode: str
+) -> None:
     path, engine = _grown_log(tmp_path)
     reader = sqlite3.connect(path, isolation_level=None)
     reader.execute("BEGIN")
     reader.execute("SELECT count(*) FROM t").fetchone()  # a snapshot in the log: a restart must wait for it
     with engine.begin() as conn:  # the log now holds frames past the reader's snapshot
         conn.execute(text("INSERT INTO t VALUES (:k, :v)"), [{"k": 1000 + i, "v": "w" * 1000} for i in range(100)])
-    checkpointer = WalCheckpointer(path, restart_wal_bytes=64 * 1024, restart_wait_s=0.1, min_interval_s=0.05)
+    limit = {"restart_wal_bytes": 64 * 1024} if mode == "RESTART" else {"max_wal_bytes": 64 * 1024}
+    checkpointer = WalCheckpointer(path, **limit, block_wait_s=0.1, min_interval_s=0.05)
+
+    def blocking_checkpoints() -> int:
+        return checkpointer.restarts + checkpointer.truncations
+
     try:
         checkpointer.request()
         started = time.monotonic()
@@ -147,11 +156,12 @@ def test_a_restart_held_up_by_a_reader_gives_up_instead_of_holding_the_writer_ba
             checkpointer.request()
             time.sleep(0.05)
         assert time.monotonic() - started < 5  # with the connection's 30 s wait, a commit waited for the reader
-        assert checkpointer.restarts == 0
+        assert blocking_checkpoints() == 0
     finally:
         reader.execute("COMMIT")
         reader.close()
     checkpointer.request()
-    wait_until(lambda: checkpointer.restarts >= 1, 10, "a RESTART once the reader is gone", 0.02)
+    wait_until(lambda: blocking_checkpoints() >= 1, 10, f"a {mode} once the reader is gone", 0.02)
+    assert (checkpointer.truncations >= 1) == (mode == "TRUNCATE")
     checkpointer.stop()
     engine.dispose()
