@@ -543,7 +543,9 @@ class CustomerState:
         if since >= self.complete_from:
             return
         history_ids = {row[EVENT_ID] for row in self.history if row[T] < self.history_from}
-        fact_ids = {p[1] for p in self.purchase_times if p[0] < self.facts_from}
+        # Every purchase held, not only those before facts_from: when only history is restored (facts_from <= since
+        # < history_from), the previous purchase may be one the facts hold already.
+        fact_ids = {p[1] for p in self.purchase_times}
         for contacts in self.issues.values():
             fact_ids.update(c[1] for c in contacts if c[0] < self.facts_from)
         for row in rows:

@@ -572,6 +572,17 @@ def test_restore_puts_back_what_retention_dropped_and_nothing_twice() -> None:
     assert (state.issues, state.history, state.complete_from) == ({}, [], kept_from)
 
 
+def test_restoring_history_only_does_not_add_a_previous_purchase_the_facts_hold_already() -> None:
+    # Found by test_never_link_properties (tight policies, resends): facts complete from earlier than history, and a
+    # restore of history whose previous purchase lies in the facts added it a second time.
+    state = CustomerState(ANN)
+    state.purchase_times = [[100.0, "p-1"], [300.0, "p-2"]]
+    state.facts_from, state.history_from = 50.0, 400.0
+    state.restore([], (100.0, "p-1"), 150.0)
+    assert state.purchase_times == [[100.0, "p-1"], [300.0, "p-2"]]
+    assert (state.facts_from, state.history_from) == (50.0, 150.0)
+
+
 def test_a_stored_entry_rebuilds_the_row_it_was_made_from() -> None:
     event = ev(
         EventType.SUPPORT_CONTACT,
