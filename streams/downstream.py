@@ -105,9 +105,16 @@ class Outputs:
         return list(_records(list(self.topics), bytes(self.frames), 0))
 
     def encode(self) -> bytes:
-        """Serialise for the outbox row (length-prefixed frames: no escaping of the JSON values)."""
+        """Serialise for the outbox row (length-prefixed frames: no escaping of the JSON values).
+
+        Compressed as a stream, part by part, with the whole size declared up front: the same bytes as compressing
+        the parts joined, without a copy of the frames (20 MB for a 20,000-event batch, at the batch's peak).
+        """
         head = orjson.dumps(list(self.topics))
-        return _MAGIC + _COMPRESSOR.compress(b"".join((_LENGTH.pack(len(head)), head, self.frames)))
+        length = _LENGTH.pack(len(head))
+        stream = _COMPRESSOR.compressobj(size=len(length) + len(head) + len(self.frames))
+        parts = (stream.compress(length), stream.compress(head), stream.compress(self.frames), stream.flush())
+        return _MAGIC + b"".join(parts)
 
 
 def _records(topics: list[str], payload: bytes, pos: int) -> Iterator[tuple[str, bytes, bytes, bytes]]:
