@@ -188,11 +188,12 @@ class ApiMerge(BaseModel):
 
 
 class ApiMerges(BaseModel):
-    """The merges that ended in a customer."""
+    """A page of the merges that ended in a customer."""
 
     model_config = _OUT
 
     merges: list[ApiMerge]
+    next: str | None = Field(description="Cursor of the next page (`?after=`); null on the last page.")
 
 
 # --- Segment's Profile API shapes (so an existing client only changes its base URL) ---------------------------------

@@ -113,9 +113,10 @@ def customer_profile(engine: Engine, customer_id: str) -> dict[str, Any] | None:
 
 
 def _page(
-    engine: Engine, query: Select[Any], order: Sequence[Any], after: Sequence[Any] | None, limit: int
+    engine: Engine, query: Select[Any], order: Sequence[Any], after: Sequence[Any] | None, limit: int | None
 ) -> list[dict[str, Any]]:
-    """Rows of ``query`` in ``order`` (a unique key), up to ``limit`` of them after the position ``after``."""
+    """Rows of ``query`` in ``order`` (a unique key), up to ``limit`` of them (all without one) after the position
+    ``after``."""
     if after is not None:
         query = query.where(tuple_(*order) > tuple_(*(_utc(value) for value in after)))
     with engine.connect() as conn:
@@ -194,15 +195,14 @@ def customer_identities(engine: Engine, customer_id: str) -> list[dict[str, Any]
         return [_plain(row) for row in conn.execute(query.order_by(c.identifier)).mappings()]
 
 
-def customer_merges(engine: Engine, customer_id: str, limit: int | None = None) -> list[dict[str, Any]]:
-    """The merges that ended in a customer (the customers merged into it, with their evidence), by event time;
-    the first ``limit`` of them when given."""
+def customer_merges(
+    engine: Engine, customer_id: str, after: tuple[datetime, str] | None = None, limit: int | None = None
+) -> list[dict[str, Any]]:
+    """The merges that ended in a customer (the customers merged into it, with their evidence), by event time, ties
+    by merged id; up to ``limit`` of them (all without one) after ``after``."""
     m = t.identity_merges.c
-    query = select(t.identity_merges).where(m.survivor_id == customer_id).order_by(m.occurred_at, m.merged_id)
-    if limit is not None:
-        query = query.limit(limit)
-    with engine.connect() as conn:
-        return [_plain(row) for row in conn.execute(query).mappings()]
+    query = select(t.identity_merges).where(m.survivor_id == customer_id)
+    return _page(engine, query, (m.occurred_at, m.merged_id), after, limit)
 
 
 #: The filters ``alert_page`` takes: a column of ``alerts`` each.

@@ -320,10 +320,12 @@ class ReadApi:
         return _json(ApiExperienceAlerts(experience_alerts=alerts, next=cursor))
 
     async def merges(self, request: web.Request) -> web.Response:
-        """``GET /v1/customers/{ref}/merges``: the customers merged into this one, with their evidence."""
+        """``GET /v1/customers/{ref}/merges?limit=&after=``: the customers merged into this one, with their evidence,
+        by event time, a page at a time (a customer can absorb thousands, through a shared identifier)."""
         customer_id = await self._customer(request)
-        rows = await asyncio.to_thread(customer_merges, self.engine, customer_id)
-        return _json(ApiMerges(merges=[ApiMerge.model_validate(row) for row in rows]))
+        fetch = functools.partial(customer_merges, self.engine, customer_id)
+        rows, cursor = await _paged(request, fetch, ("occurred_at", "merged_id"))
+        return _json(ApiMerges(merges=[ApiMerge.model_validate(row) for row in rows], next=cursor))
 
     # --- pages -----------------------------------------------------------------------------------------------------
 
@@ -343,7 +345,7 @@ class ReadApi:
         touchpoints, total = latest_touchpoints(self.engine, customer_id, pages.JOURNEY_TOUCHPOINTS)
         # One more than the page shows tells it there are more (a customer may have thousands of either).
         alerts = latest_alerts(self.engine, pages.JOURNEY_ALERTS + 1, customer_id)
-        merges = customer_merges(self.engine, customer_id, pages.JOURNEY_MERGES + 1)
+        merges = customer_merges(self.engine, customer_id, limit=pages.JOURNEY_MERGES + 1)
         return pages.Journey(
             profile=profile,
             touchpoints=touchpoints,
@@ -666,10 +668,10 @@ def openapi_document() -> dict[str, Any]:
             },
             "/v1/customers/{ref}/merges": {
                 "get": {
-                    "summary": "The customers merged into this one, with their evidence",
-                    "parameters": [ref],
+                    "summary": "The customers merged into this one, with their evidence, by event time",
+                    "parameters": [ref, *page],
                     "responses": {
-                        "200": answer(ApiMerges, "the merges"),
+                        "200": answer(ApiMerges, "a page"),
                         "404": answer(ApiError, "no such customer"),
                         **refused,
                     },

@@ -184,8 +184,19 @@ def test_alerts_merges_and_segment_profile_api_shapes(api: tuple[str, str, bool]
     assert with_alerts["latest_alerts"] == newest_first[:10]
     figures = get(base, "/v1/metrics", scope="customer", key=one["customer_id"], limit=1000).json()
     assert with_alerts["metrics"] == figures["figures"] and figures["figures"], "per-customer figures on the profile"
-    merges = get(base, f"/v1/customers/{survivor}/merges").json()["merges"]
-    assert len(merges) == merged and {m["survivor_id"] for m in merges} == {survivor}
+    whole = get(base, f"/v1/customers/{survivor}/merges").json()
+    assert len(whole["merges"]) == merged and whole["next"] is None and merged <= 100
+    assert {m["survivor_id"] for m in whole["merges"]} == {survivor}
+    # A page at a time, in event-time order, each merge once.
+    assert merged >= 2, "a customer merged from several, to page through"
+    merges, cursor = [], None
+    while True:
+        page = get(base, f"/v1/customers/{survivor}/merges", limit=1, **({"after": cursor} if cursor else {})).json()
+        assert len(page["merges"]) == 1
+        merges += page["merges"]
+        if (cursor := page["next"]) is None:
+            break
+    assert merges == whole["merges"] == sorted(merges, key=lambda m: (m["occurred_at"], m["merged_id"]))
 
     # Segment's Profile API, by Segment's own id names, for a customer with traits.
     customer_id, traits = next((cid, tr) for cid, tr in with_traits if tr)
