@@ -61,7 +61,7 @@ def fold_metrics(records: Iterable[Record]) -> dict[bytes | None, dict[str, Any]
     cells: dict[bytes | None, dict[str, Any]] = {}
     for key, value in records:
         if value is None:
-            cells.pop(key, None)  # an erased person's cell
+            cells.pop(key, None)  # an erased person's cell, or a merged customer's
             continue
         if "figures" not in value:
             continue  # one figure per record, as versions before one record per cell published them

@@ -52,6 +52,12 @@ _COMPRESSOR = zstandard.ZstdCompressor(level=1)
 _DECOMPRESSOR = zstandard.ZstdDecompressor()
 _LENGTH = struct.Struct("<I")
 _FRAME = struct.Struct("<HII")
+#: The value length of a record without a value (a tombstone, on a compacted topic): no value is 4 GiB long.
+_NO_VALUE = 0xFFFFFFFF
+
+#: A downstream record as queued and sent: topic, key, value (None: a tombstone) and the route its partition is
+#: computed from.
+OutRecord = tuple[str, bytes, bytes | None, bytes]
 
 log = logging.getLogger(__name__)
 
@@ -82,17 +88,21 @@ class Outputs:
     #: Topic -> its index in the frames, in order of first use.
     topics: dict[str, int] = field(default_factory=dict, init=False)
 
-    def add(self, topic: str, key: str, value: bytes, route: str | None = None) -> None:
-        """Queue one downstream record."""
+    def add(self, topic: str, key: str, value: bytes | None, route: str | None = None) -> None:
+        """Queue one downstream record (``value`` None: a tombstone)."""
         encoded = key.encode()
         i = self.topics.get(topic)
         if i is None:
             i = self.topics[topic] = len(self.topics)
         routed = encoded if route is None else route.encode()
         frames = self.frames
-        frames += _FRAME.pack(i, len(encoded), len(value))
-        frames += encoded
-        frames += value
+        if value is None:
+            frames += _FRAME.pack(i, len(encoded), _NO_VALUE)
+            frames += encoded
+        else:
+            frames += _FRAME.pack(i, len(encoded), len(value))
+            frames += encoded
+            frames += value
         frames += _LENGTH.pack(len(routed))
         frames += routed
 
@@ -100,7 +110,7 @@ class Outputs:
         return bool(self.frames)
 
     @property
-    def records(self) -> list[tuple[str, bytes, bytes, bytes]]:
+    def records(self) -> list[OutRecord]:
         """The queued records, decoded from their frames (for inspection: the worker publishes ``encode``'s)."""
         return list(_records(list(self.topics), bytes(self.frames), 0))
 
@@ -117,14 +127,17 @@ class Outputs:
         return _MAGIC + b"".join(parts)
 
 
-def _records(topics: list[str], payload: bytes, pos: int) -> Iterator[tuple[str, bytes, bytes, bytes]]:
+def _records(topics: list[str], payload: bytes, pos: int) -> Iterator[OutRecord]:
     """The (topic, key, value, route) records framed in ``payload`` from ``pos`` on (``Outputs.add``)."""
     end = len(payload)
     while pos < end:
         i, klen, vlen = _FRAME.unpack_from(payload, pos)
         pos += _FRAME.size
-        key, value = payload[pos : pos + klen], payload[pos + klen : pos + klen + vlen]
-        pos += klen + vlen
+        key, pos = payload[pos : pos + klen], pos + klen
+        if vlen == _NO_VALUE:
+            value = None
+        else:
+            value, pos = payload[pos : pos + vlen], pos + vlen
         (rlen,) = _LENGTH.unpack_from(payload, pos)
         pos += _LENGTH.size
         yield topics[i], key, value, payload[pos : pos + rlen]
@@ -146,7 +159,7 @@ class OutboxPayload:
         if not self.data.startswith((_MAGIC, _MAGIC_ZLIB)):
             raise ValueError("not an outbox payload of this version")
 
-    def records(self) -> Iterator[tuple[str, bytes, bytes, bytes]]:
+    def records(self) -> Iterator[OutRecord]:
         """The (topic, key, value, route) records, in order; only one decompressed copy exists meanwhile."""
         body = self.data[len(_MAGIC) :]
         payload = zlib.decompress(body) if self.data.startswith(_MAGIC_ZLIB) else _DECOMPRESSOR.decompress(body)
@@ -367,9 +380,7 @@ class DownstreamProducer:
             count = self._partitions[topic] = len(partitions)
         return count
 
-    async def send(
-        self, records: Iterable[tuple[str, bytes, bytes, bytes]], producer: AIOKafkaProducer | None = None
-    ) -> Counter[str]:
+    async def send(self, records: Iterable[OutRecord], producer: AIOKafkaProducer | None = None) -> Counter[str]:
         """Send (topic, key, value, route) records with ``producer`` (this one's by default) and wait until the broker
         acknowledged all of them; return the records per topic."""
         producer, partition_of = producer or self.producer, self._partition_of
@@ -389,14 +400,16 @@ class DownstreamProducer:
                 futures.append(await producer.send_batch(builder, topic, partition=tp[1]))
                 builder = builders[tp] = producer.create_batch()
                 if builder.append(key=key, value=value, timestamp=None) is None:  # type: ignore[attr-defined]
-                    raise ValueError(f"a record of {len(value)} bytes for {topic} exceeds the batch size")
+                    raise ValueError(
+                        f"a record of {len(key) + len(value or b'')} bytes for {topic} exceeds the batch size"
+                    )
             sent[topic] += 1
         for (topic, partition), builder in builders.items():
             futures.append(await producer.send_batch(builder, topic, partition=partition))
         await asyncio.gather(*futures)
         return sent
 
-    async def publish(self, row: OutboxRef, records: Iterable[tuple[str, bytes, bytes, bytes]]) -> Counter[str]:
+    async def publish(self, row: OutboxRef, records: Iterable[OutRecord]) -> Counter[str]:
         """Send the records of outbox row ``row``: when transactional, in one transaction with the marker saying
         the row is published, under the transactional id of the worker that committed the row.
 

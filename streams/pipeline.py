@@ -1013,6 +1013,9 @@ class BatchProcessor:
             aggregator.close(merged, watermark)
         for cell, counters in merged.counters.items():
             write.cells[cell] = cell_row(cell, counters, final=cell in merged.final)
+        # Before the updates, as SQL deletes the removed cells' rows before writing: a cell removed and formed again
+        # in one batch (a split re-forming a merged customer) ends with its new record.
+        records.removed_metrics(write.removed_cells)
         records.metrics(merged.updates)
 
     def _experience_drops(

@@ -16,7 +16,7 @@ import orjson
 from config.topics import Topics
 from schemas.deadletter import DeadLetter
 from schemas.outputs import Alert, ExperienceDropAlert, IdentityChange, MetricScope
-from streams.domain.aggregate import CellFigures
+from streams.domain.aggregate import CellFigures, CellKey
 from streams.domain.entry import Entry
 from streams.domain.profile import Profile
 from streams.downstream import Outputs
@@ -78,6 +78,15 @@ class ResultRecords:
     def dead_letter(self, dead: DeadLetter, value: bytes) -> None:
         """A dead letter as published (``value``: with what the settings keep of its original bytes)."""
         self.outputs.add(self.topics.deadletter, dead.channel or "", value)
+
+    def removed_metrics(self, cells: Iterable[CellKey]) -> None:
+        """Tombstones for metric cells that are gone (a merged customer's, folded into its survivor's): on the
+        compacted topic they delete the cells' last records, as an erasure's do, so that a consumer holding the
+        latest record per key does not count the merged customer's figures a second time."""
+        topic, add = self.topics.metrics, self.outputs.add
+        for cell in cells:
+            entity = f"{_SCOPE_NAMES[cell.scope]}|{cell.key}"
+            add(topic, metric_cell_key(entity, cell.window, cell.window_start.isoformat()), None, entity)
 
     def metrics(self, cells: Iterable[CellFigures]) -> None:
         """Metric cells (``MetricCellUpdate`` records, one per cell with every figure; SQL holds only the cells'

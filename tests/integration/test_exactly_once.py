@@ -23,7 +23,7 @@ from config.topics import Topics
 from sinks import tables as t
 from sinks.database import make_engine, upgrade
 from sinks.sql import SqlSink
-from streams.downstream import DownstreamProducer, OutboxPayload, OutboxPublisher, OutboxRef, Outputs
+from streams.downstream import DownstreamProducer, OutboxPayload, OutboxPublisher, OutboxRef, Outputs, OutRecord
 from streams.kafka import ensure_topics
 from tests.support.kafka import published_outbox_rows, read_committed
 from tests.support.processes import wait_until
@@ -49,7 +49,7 @@ class AnswerLostAfterCommit(DownstreamProducer):
 
     lost = False
 
-    async def publish(self, row: OutboxRef, records: Iterable[tuple[str, bytes, bytes, bytes]]) -> Counter[str]:
+    async def publish(self, row: OutboxRef, records: Iterable[OutRecord]) -> Counter[str]:
         sent = await super().publish(row, records)
         if not self.lost:
             self.lost = True

@@ -49,10 +49,10 @@ def apply(settings: Settings, batches: Sequence[Sequence[InRecord]]) -> tuple[An
     return engine, [processor.process(list(batch)) for batch in batches]
 
 
-def last_records(reports: Sequence[BatchReport], prefix: str = "") -> dict[bytes, dict[str, Any]]:
-    """The last ``cx.metrics`` record of every key starting with ``prefix``."""
+def last_records(reports: Sequence[BatchReport], prefix: str = "") -> dict[bytes, dict[str, Any] | None]:
+    """The last ``cx.metrics`` record of every key starting with ``prefix`` (None: a tombstone)."""
     return {
-        key: orjson.loads(value)
+        key: None if value is None else orjson.loads(value)
         for report in reports
         for topic, key, value, _ in report.outputs.records
         if topic == "cx.metrics" and key.startswith(prefix.encode())
@@ -93,7 +93,8 @@ def test_a_merge_in_the_batch_that_closes_the_merged_customers_cells_moves_them_
     assert {row.key for row in cells} == {survivor}, "the merged customer's cells are not written back"
     day = [row for row in cells if row.window == "1d" and row.counters.get("touchpoints") != 1]
     assert [(row.counters["touchpoints"], row.final) for row in day] == [(2, True)], "counted once, then final"
-    assert not last_records(reports[1:], f"customer|{merged}|"), "no record published under the merged id"
+    gone = last_records(reports[1:], f"customer|{merged}|")
+    assert gone and all(record is None for record in gone.values()), "the merged id's cells tombstoned, no figures"
     assert last_records(reports[1:], f"customer|{survivor}|1d|{D.date().isoformat()}")
 
 

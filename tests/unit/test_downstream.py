@@ -24,6 +24,19 @@ def test_an_outbox_payload_reads_back_record_for_record() -> None:
     assert again[1][3] == b"customer|c-1", "the route is kept for the partition"
 
 
+def test_a_tombstone_reads_back_as_no_value_and_an_empty_value_as_empty() -> None:
+    outputs = Outputs()
+    outputs.add("cx.metrics", "customer|c-2|all|1970", None, route="customer|c-2")
+    outputs.add("cx.timeline", "c-1", b"")
+    outputs.add("cx.metrics", "customer|c-1|all|1970", b"{}", route="customer|c-1")
+
+    assert list(OutboxPayload(outputs.encode()).records()) == [
+        ("cx.metrics", b"customer|c-2|all|1970", None, b"customer|c-2"),
+        ("cx.timeline", b"c-1", b"", b"c-1"),
+        ("cx.metrics", b"customer|c-1|all|1970", b"{}", b"customer|c-1"),
+    ]
+
+
 def test_a_payload_of_the_previous_version_still_reads() -> None:
     # Rows the previous version committed (zlib) are published by the upgraded worker at its start.
     outputs = Outputs()
