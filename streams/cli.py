@@ -795,10 +795,17 @@ def deadletters(
         click.echo(dumps(dl.letter_json(letter, original=True)) if as_json else "\n".join(dl.show_lines(letter, topic)))
         return
     letters: list[dl.Letter] = []
+    lines: list[tuple[tuple[datetime, int, int], str]] = []
     tally = dl.Tally()
+
+    def line_of(letter: dl.Letter) -> None:
+        dead = letter.dead
+        lines.append(((dead.rejected_at, letter.partition, letter.offset), dl.list_line(letter)))
+
     try:
-        # The counts need no dead letter kept, so any number of them can be counted in bounded memory.
-        keep = letters.append if as_list or replay else tally.add
+        # Only what is shown is kept: the counts need no dead letter, a plain list a line each, not its original
+        # bytes (up to CXSTREAM_MAX_RECORD_BYTES each), so a long list stays small. JSON and replays need them.
+        keep = letters.append if replay or (as_list and as_json) else line_of if as_list else tally.add
         scan = dl.scan(settings, selection, keep, limit=limit, timeout_s=timeout)
     except BrokerUnreachable as exc:
         raise click.ClickException(str(exc)) from None
@@ -820,7 +827,7 @@ def deadletters(
             raise click.ClickException(f"{topic} was not read to its end within --timeout: nothing was republished")
         _replay(settings, letters, dry_run)
     elif as_list:
-        click.echo("\n".join(dl.list_line(letter) for letter in letters))
+        click.echo("\n".join(line for _, line in sorted(lines)))
     else:
         click.echo("\n".join(tally.lines()))
 

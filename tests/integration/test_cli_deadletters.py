@@ -157,6 +157,8 @@ def test_adapter_dead_letters_are_counted_listed_shown_and_replayed_through_the_
         str(tmp_path / "calls.jsonl"),
         str(tmp_path / "more.jsonl"),
     }
+    plain = run(env, "deadletters", "--list").stdout.splitlines()
+    assert [line.split("  ")[0] for line in plain] == [letter["position"] for letter in listed], "in --json's order"
     (line,) = run(env, "deadletters", "--list", "--reason", "invalid_identifier").stdout.splitlines()
     assert line.startswith(f"{at['invalid_identifier']}  ")
     assert line.endswith(f"phone  adapter  {tmp_path / 'calls.jsonl'}:1  phone: not a possible phone number")
