@@ -24,6 +24,8 @@ _T = TypeVar("_T")
 
 #: Identifier types that are personal data and may be stored only as salted hashes.
 PII_TYPES: frozenset[IdentifierType] = frozenset({IdentifierType.EMAIL, IdentifierType.PHONE})
+#: Built-in types by name: ``normalise_identifier`` tells them by identity, and a dict key is a plain string.
+_BUILT_IN: dict[str, IdentifierType] = {kind.value: kind for kind in IdentifierType}
 
 
 class InvalidIdentifier(ValueError):
@@ -188,7 +190,8 @@ class IdentifierHashing:
         return identifier_key(kind, self.value(kind, value))
 
     def walk(self, value: _T, keep: Callable[[str], bool] = lambda _path: False, path: str = "") -> _T:
-        """``value`` with :meth:`text` applied to every string in it (lists and dicts walked, keys left alone).
+        """``value`` with :meth:`text` applied to every string in it (lists and dicts walked, keys left alone), and a
+        string held under the name of a hashed type (a Segment trait ``member_no``) stored as that type's key.
 
         ``keep(path)`` spares the strings at the paths it is true for (``properties.issue_id``: ids an adapter
         stores as they are); items of a list share their list's path.
@@ -196,10 +199,29 @@ class IdentifierHashing:
         if isinstance(value, str):
             return value if keep(path) else cast(_T, self.text(value))
         if isinstance(value, dict):
-            return cast(_T, {k: self.walk(v, keep, f"{path}.{k}" if path else str(k)) for k, v in value.items()})
+            walked = {}
+            for name, item in value.items():
+                at = f"{path}.{name}" if path else str(name)
+                if isinstance(item, str) and name in self.types and not keep(at):
+                    walked[name] = self.named(name, item)
+                else:
+                    walked[name] = self.walk(item, keep, at)
+            return cast(_T, walked)
         if isinstance(value, list):
             return cast(_T, [self.walk(v, keep, path) for v in value])
         return value
+
+    def named(self, kind: str, value: str) -> str:
+        """A string named as an identifier of hashed type ``kind`` (a trait or property of that name): its stored key
+        (``member_no:<hash>``), as :meth:`text` stores the e-mails it finds. The shape of an e-mail or a phone number
+        finds only those; a membership number or a national id is known by its name alone. A value that is not one
+        of its type (an empty string, a malformed phone number) is free text."""
+        kind = _BUILT_IN.get(kind, kind)
+        try:
+            normalised = normalise_identifier(kind, value, self.default_region)
+        except InvalidIdentifier:
+            return self.text(value)
+        return self._key(kind, normalised)
 
 
 def identifier_key(kind: str, value: str) -> str:

@@ -201,6 +201,40 @@ def test_hashed_identifier_types_may_add_segments_user_id_and_custom_types() -> 
     assert rules.keys_of(forged).blocked == 1
 
 
+def test_values_named_as_a_hashed_type_are_stored_as_its_keys_in_traits_and_properties() -> None:
+    # A Segment identify carries the membership number as a trait too: hashed as the identifier is, or the raw
+    # number would sit on the customer's profile. Known by its name only: in free text it is not recognised.
+    from streams.policies import identifier_hashing
+
+    hashing = identifier_hashing(MORE_HASHED)
+    assert hashing is not None
+    identify = {**PAGE, "type": "identify", "messageId": "m-2",
+                "traits": {"member_no": " M-1 ", "web_user_id": "u-9", "email": "Ann@Example.org", "phone": "n/a",
+                           "plan": "gold", "address": {"member_no": "M-1"}}}  # fmt: skip
+    track = {**PAGE, "type": "track", "messageId": "m-3", "event": "Card Linked",
+             "properties": {"member_no": "M-2", "note": "card M-2 linked", "member_nos": ["M-3"]}}  # fmt: skip
+    events = []
+    for record in (identify, track):
+        result = convert_one(Channel.WEB, record, received_at=RECEIVED, hashing=hashing)
+        assert isinstance(result, Accepted), result
+        events.append(result.event)
+    traits, properties = events[0].attributes["traits"], events[1].attributes["properties"]
+
+    def stored(ref: str) -> str | None:
+        return stored_key(ref, hashing, "GB")
+
+    assert traits == {
+        "member_no": stored("member_no:M-1"),
+        "web_user_id": stored("web_user_id:u-9"),
+        "email": stored("email:ann@example.org"),
+        "phone": "n/a",  # not a phone number: free text, kept
+        "plan": "gold",
+        "address": {"member_no": stored("member_no:M-1")},
+    }
+    assert properties == {"member_no": stored("member_no:M-2"), "note": "card M-2 linked", "member_nos": ["M-3"]}
+    assert "M-1" not in events[0].model_dump_json() and '"u-9"' not in events[0].model_dump_json()
+
+
 @pytest.mark.parametrize("value", ["shoe_size", "", "web_user_id", "email,web_user_id"])
 def test_hashed_identifier_types_name_known_types(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     monkeypatch.setenv("CXSTREAM_HASHED_IDENTIFIER_TYPES", value)
