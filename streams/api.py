@@ -79,6 +79,7 @@ from streams.erasure import Mode, NoSuchCustomer, erase
 from streams.identity_rules import BadIdentifier, merge_customers, split_customer
 from streams.kafka import BrokerUnreachable
 from streams.policies import Policies, identifier_hashing, suppression_salt
+from streams.recent import ENGAGEMENT_TTL_S, Recent
 from streams.references import find_customer
 
 #: Segment's Profile API's answer for a profile it does not know.
@@ -127,6 +128,8 @@ class ReadApi:
         self.admin_keys = frozenset(settings.admin_keys)
         self.hashing = identifier_hashing(settings)
         self.customer_policy = Policies.from_settings(settings).customer
+        # One scan of every customer row: requests share an answer for a minute, as the worker's gauges do.
+        self.engagement_rows = Recent(functools.partial(engagement_quantiles, engine), ENGAGEMENT_TTL_S)
 
     def application(self) -> web.Application:
         """The aiohttp application: the JSON routes behind the read-key check, and the OpenAPI document."""
@@ -290,8 +293,9 @@ class ReadApi:
         return _json(ApiFigures(figures=[ApiFigure.model_validate(row) for row in rows], next=cursor))
 
     async def engagement(self, _request: web.Request) -> web.Response:
-        """``GET /v1/engagement``: the engagement score's quantiles per channel of touch, and over all customers."""
-        rows = await asyncio.to_thread(engagement_quantiles, self.engine)
+        """``GET /v1/engagement``: the engagement score's quantiles per channel of touch, and over all customers, as
+        read at most a minute before (``ENGAGEMENT_TTL_S``)."""
+        rows = await asyncio.to_thread(self.engagement_rows.get)
         return _json(ApiEngagement(channels=[ApiEngagementChannel.model_validate(row) for row in rows]))
 
     async def customer_alerts(self, request: web.Request) -> web.Response:

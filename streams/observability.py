@@ -5,14 +5,14 @@
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from streams.recent import ENGAGEMENT_TTL_S, Recent
 
 log = logging.getLogger(__name__)
 
@@ -191,10 +191,6 @@ class Instruments:
         )
 
 
-#: Seconds a read of the engagement distribution serves scrapes before it is read again.
-ENGAGEMENT_TTL_S = 60.0
-
-
 class EngagementCollector(Collector):
     """The engagement score's distribution per channel as gauges, read from the results database at scrape time
     (at most once per ``ttl_s``: one scan of the customers table, ``sinks.queries.engagement_quantiles``).
@@ -212,27 +208,19 @@ class EngagementCollector(Collector):
         ttl_s: float = ENGAGEMENT_TTL_S,
     ) -> None:
         self.worker = worker
-        self.read = read
         self.quantiles = tuple(quantiles)
-        self.ttl_s = ttl_s
-        self._lock = threading.Lock()
-        self._rows: Sequence[dict[str, Any]] = ()
-        self._read_at = -float("inf")
+        self.rows = Recent(read, ttl_s)
 
     def describe(self) -> list[Any]:
         # Registering must not read the database: the families, without samples.
         return list(self._families([]))
 
     def collect(self) -> Iterator[Any]:
-        with self._lock:
-            if time.monotonic() - self._read_at >= self.ttl_s:
-                try:
-                    self._rows = self.read()
-                except Exception as exc:  # the database is down: this scrape goes without the gauges
-                    log.warning("engagement distribution not read: %s", exc)
-                    return iter(())
-                self._read_at = time.monotonic()
-            rows = self._rows
+        try:
+            rows = self.rows.get()
+        except Exception as exc:  # the database is down: this scrape goes without the gauges
+            log.warning("engagement distribution not read: %s", exc)
+            return iter(())
         return self._families(rows)
 
     def _families(self, rows: Sequence[dict[str, Any]]) -> Iterator[Any]:
