@@ -14,7 +14,7 @@ import hmac
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import phonenumbers
 
@@ -190,8 +190,9 @@ class IdentifierHashing:
         return identifier_key(kind, self.value(kind, value))
 
     def walk(self, value: _T, keep: Callable[[str], bool] = lambda _path: False, path: str = "") -> _T:
-        """``value`` with :meth:`text` applied to every string in it (lists and dicts walked, keys left alone), and a
-        string held under the name of a hashed type (a Segment trait ``member_no``) stored as that type's key.
+        """``value`` with :meth:`text` applied to every string in it (lists and dicts walked, keys left alone), and
+        what is held under the name of a hashed type (a Segment trait ``member_no``) stored as that type's keys
+        (:meth:`named`).
 
         ``keep(path)`` spares the strings at the paths it is true for (``properties.issue_id``: ids an adapter
         stores as they are); items of a list share their list's path.
@@ -202,26 +203,40 @@ class IdentifierHashing:
             walked = {}
             for name, item in value.items():
                 at = f"{path}.{name}" if path else str(name)
-                if isinstance(item, str) and name in self.types and not keep(at):
-                    walked[name] = self.named(name, item)
-                else:
-                    walked[name] = self.walk(item, keep, at)
+                walked[name] = (
+                    self.named(name, item) if name in self.types and not keep(at) else self.walk(item, keep, at)
+                )
             return cast(_T, walked)
         if isinstance(value, list):
             return cast(_T, [self.walk(v, keep, path) for v in value])
         return value
 
-    def named(self, kind: str, value: str) -> str:
-        """A string named as an identifier of hashed type ``kind`` (a trait or property of that name): its stored key
-        (``member_no:<hash>``), as :meth:`text` stores the e-mails it finds. The shape of an e-mail or a phone number
-        finds only those; a membership number or a national id is known by its name alone. A value that is not one
-        of its type (an empty string, a malformed phone number) is free text."""
-        kind = _BUILT_IN.get(kind, kind)
+    def named(self, kind: str, value: Any) -> Any:
+        """What a trait or property named after hashed type ``kind`` holds, stored as that type's keys: a string or
+        a whole number (``member_no: 12345678``) as ``member_no:<hash>``, each item of a list alike, what a dict holds
+        walked by its own names.
+
+        A membership number or a national id is known by its name alone. An e-mail or a phone number is first looked
+        for by its shape (:meth:`text`), as in free text, so that ``mailto:ann@example.org`` keeps the person's key;
+        only when none is found is the whole value taken for one. A value that is not one of its type (an empty
+        string, a malformed e-mail) is free text.
+        """
+        if isinstance(value, list):
+            return [self.named(kind, item) for item in value]
+        if isinstance(value, dict):
+            return self.walk(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            return value
+        identifier = _BUILT_IN.get(kind, kind)
+        if identifier in PII_TYPES and (found := self.text(value)) != value:
+            return found
         try:
-            normalised = normalise_identifier(kind, value, self.default_region)
+            normalised = normalise_identifier(identifier, value, self.default_region)
         except InvalidIdentifier:
             return self.text(value)
-        return self._key(kind, normalised)
+        return self._key(identifier, normalised)
 
 
 def identifier_key(kind: str, value: str) -> str:

@@ -209,10 +209,11 @@ def test_values_named_as_a_hashed_type_are_stored_as_its_keys_in_traits_and_prop
     hashing = identifier_hashing(MORE_HASHED)
     assert hashing is not None
     identify = {**PAGE, "type": "identify", "messageId": "m-2",
-                "traits": {"member_no": " M-1 ", "web_user_id": "u-9", "email": "Ann@Example.org", "phone": "n/a",
-                           "plan": "gold", "address": {"member_no": "M-1"}}}  # fmt: skip
+                "traits": {"member_no": " M-1 ", "web_user_id": "u-9", "email": "mailto:Ann@Example.org",
+                           "phone": "n/a", "plan": "gold", "address": {"member_no": "M-1"}}}  # fmt: skip
     track = {**PAGE, "type": "track", "messageId": "m-3", "event": "Card Linked",
-             "properties": {"member_no": "M-2", "note": "card M-2 linked", "member_nos": ["M-3"]}}  # fmt: skip
+             "properties": {"member_no": 12345678, "note": "card M-2 linked", "member_nos": ["M-3"],
+                            "cards": {"member_no": ["M-2", 87654321, None]}, "email": "ann@example.org"}}  # fmt: skip
     events = []
     for record in (identify, track):
         result = convert_one(Channel.WEB, record, received_at=RECEIVED, hashing=hashing)
@@ -226,12 +227,18 @@ def test_values_named_as_a_hashed_type_are_stored_as_its_keys_in_traits_and_prop
     assert traits == {
         "member_no": stored("member_no:M-1"),
         "web_user_id": stored("web_user_id:u-9"),
-        "email": stored("email:ann@example.org"),
+        "email": f"mailto:{stored('email:ann@example.org')}",  # found by its shape first: the person's key
         "phone": "n/a",  # not a phone number: free text, kept
         "plan": "gold",
         "address": {"member_no": stored("member_no:M-1")},
     }
-    assert properties == {"member_no": stored("member_no:M-2"), "note": "card M-2 linked", "member_nos": ["M-3"]}
+    assert properties == {
+        "member_no": stored("member_no:12345678"),  # a number as the identifier it names
+        "note": "card M-2 linked",  # free text: a membership number has no shape to be found by
+        "member_nos": ["M-3"],  # another name
+        "cards": {"member_no": [stored("member_no:M-2"), stored("member_no:87654321"), None]},
+        "email": stored("email:ann@example.org"),
+    }
     assert "M-1" not in events[0].model_dump_json() and '"u-9"' not in events[0].model_dump_json()
 
 
