@@ -30,11 +30,19 @@ def test_a_tombstone_reads_back_as_no_value_and_an_empty_value_as_empty() -> Non
     outputs.add("cx.timeline", "c-1", b"")
     outputs.add("cx.metrics", "customer|c-1|all|1970", b"{}", route="customer|c-1")
 
-    assert list(OutboxPayload(outputs.encode()).records()) == [
+    payload = outputs.encode()
+    assert payload.startswith(b"CXO4"), "marked apart: a version that cannot read a tombstone refuses the row"
+    assert list(OutboxPayload(payload).records()) == [
         ("cx.metrics", b"customer|c-2|all|1970", None, b"customer|c-2"),
         ("cx.timeline", b"c-1", b"", b"c-1"),
         ("cx.metrics", b"customer|c-1|all|1970", b"{}", b"customer|c-1"),
     ]
+
+
+def test_a_payload_without_tombstones_keeps_the_layout_the_version_before_reads() -> None:
+    outputs = Outputs()
+    outputs.add("cx.timeline", "c-1", b"{}")
+    assert outputs.encode().startswith(b"CXO3")
 
 
 def test_a_payload_of_the_previous_version_still_reads() -> None:
