@@ -182,6 +182,8 @@ class Worker:
                 return
             except Exception as exc:
                 if is_transient(exc):
+                    # A worker without input asks the database only here: its gauge must say so too.
+                    self._database_answered(False)
                     log.warning("database unavailable (%s); the clock waits", exc)
                     return
                 log.warning("the clock's batch failed (%s: %s)", exc.__class__.__name__, exc)
@@ -195,6 +197,7 @@ class Worker:
                     return
                 await self._finish_batch(settled)
                 return
+            self._database_answered(True)
             await self._publish(summary)
 
         deadletters = app.topic(self.topics.deadletter, value_serializer="raw", key_serializer="raw")
@@ -364,8 +367,7 @@ class Worker:
             except Exception as exc:
                 if not is_transient(exc):
                     raise
-                self.instruments.database_up.labels(self.settings.worker_id).set(0)
-                self.instruments.sink_failures.labels(self.settings.worker_id, "transient").inc()
+                self._database_answered(False)
                 self.instruments.sink_retries.labels(self.settings.worker_id).inc()
                 log.warning("database unavailable (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
@@ -373,8 +375,14 @@ class Worker:
                 # A failed transaction rolled back: go on from what the database says, not from memory.
                 reload = work is not apply_process.reload
             else:
-                self.instruments.database_up.labels(self.settings.worker_id).set(1)
+                self._database_answered(True)
                 return result
+
+    def _database_answered(self, answered: bool) -> None:
+        """Record how a database call ended: ``cxstream_database_up``, and a transient failure counted."""
+        self.instruments.database_up.labels(self.settings.worker_id).set(1 if answered else 0)
+        if not answered:
+            self.instruments.sink_failures.labels(self.settings.worker_id, "transient").inc()
 
     async def _publish(self, summary: BatchSummary) -> None:
         for (topic, partition), offset in summary.gaps.items():

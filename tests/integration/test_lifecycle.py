@@ -116,6 +116,29 @@ def test_a_worker_started_without_its_database_waits_for_it(kafka_url, topic_pre
         assert set(conn.execute(select(t.touchpoints.c.event_id)).scalars()) == expected
 
 
+def test_an_idle_workers_database_gauge_follows_an_outage_and_its_end(
+    kafka_url, topic_prefix, postgres_url, workers
+) -> None:
+    """Ops alert on ``cxstream_database_up``: a worker with no input asks the database only through its clock's
+    batch, once a second, and the gauge must say whether it answers (it stayed 1 through an outage)."""
+    proxy, via_proxy = through_proxy(postgres_url)
+    env = workers.env(via_proxy, topic_prefix)
+    try:
+        worker = workers.start(env)
+
+        def up() -> float | None:
+            return prometheus_value(worker.metrics_text(), "cxstream_database_up")
+
+        wait_until(lambda: up() == 1, 30, "the gauge to say the database answers")
+        proxy.cut()
+        wait_until(lambda: up() == 0, 30, "the gauge to say the database is away")
+        assert worker.proc.poll() is None, f"the worker stopped:\n{worker.log()[-3000:]}"
+        proxy.restore()
+        wait_until(lambda: up() == 1, 60, "the gauge to say the database answers again")
+    finally:
+        proxy.close()
+
+
 def test_a_worker_given_partitions_while_its_database_is_away_waits_then_applies_all(
     kafka_url, topic_prefix, postgres_url, workers
 ) -> None:
