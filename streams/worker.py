@@ -79,6 +79,10 @@ class Worker:
         self.settings = settings
         self.topics = Topics(settings.topic_prefix)
         self.instruments = Instruments(settings.worker_id)
+        # Held by the agent's batches and the clock's, each from its call to the apply process to settling a failure:
+        # settling asks which parked events "the last batch" took, which the other's batch must not be in between
+        # (the clock's then read none, took its failure for not the parked events', and stopped the worker).
+        self.turn = asyncio.Lock()
         self.engine = make_engine(settings.database_url)  # this process only reads (gauges)
         self.drops = drop_policy(settings)
         self.instruments.registry.register(
@@ -174,31 +178,13 @@ class Worker:
             # apply process is noticed when no record arrives.
             if not self.publisher.ready.is_set():
                 return  # what a previous run left unpublished goes out first
-            try:
-                summary = await self.apply_process.run(apply_process.tick, self._backlog())
-            except BrokenProcessPool as exc:
-                log.error("the apply process died; stopping the worker")
-                await self.app.crash(exc)
-                return
-            except Exception as exc:
-                if is_transient(exc):
-                    # A worker without input asks the database only here: its gauge must say so too.
-                    self._database_answered(False)
-                    log.warning("database unavailable (%s); the clock waits", exc)
-                    return
-                log.warning("the clock's batch failed (%s: %s)", exc.__class__.__name__, exc)
-                try:  # a tick's batch that took parked events: one of them may be what failed
-                    settled = await self._settle_parked()
-                except Exception as again:
-                    await self._fail(again)
-                    return
-                if settled is None:
-                    await self._fail(exc)
-                    return
-                await self._finish_batch(settled)
-                return
-            self._database_answered(True)
-            await self._publish(summary)
+            async with self.turn:
+                done = await self._tick()
+            # Outside the turn: publishing may wait for the broker, and the agent's batches need not wait for that.
+            if isinstance(done, list):
+                await self._finish_batch(done)
+            elif done is not None:
+                await self._publish(done)
 
         deadletters = app.topic(self.topics.deadletter, value_serializer="raw", key_serializer="raw")
 
@@ -287,6 +273,34 @@ class Worker:
         """The most events the next batch takes (``BatchBound``): more while the worker is behind its input."""
         return self.bound.limit(sum(self._lag().values()))
 
+    async def _tick(self) -> BatchSummary | list[Applied] | None:
+        """The clock's batch (``follow_the_clock``): its summary to publish; if it failed on parked events, the
+        batches that settled them, to finish; None when there is nothing to publish (the worker stops, or waits for
+        the database)."""
+        try:
+            summary = await self.apply_process.run(apply_process.tick, self._backlog())
+        except BrokenProcessPool as exc:
+            log.error("the apply process died; stopping the worker")
+            await self.app.crash(exc)
+            return None
+        except Exception as exc:
+            if is_transient(exc):
+                # A worker without input asks the database only here: its gauge must say so too.
+                self._database_answered(False)
+                log.warning("database unavailable (%s); the clock waits", exc)
+                return None
+            log.warning("the clock's batch failed (%s: %s)", exc.__class__.__name__, exc)
+            try:  # a tick's batch that took parked events: one of them may be what failed
+                settled = await self._settle_parked()
+            except Exception as again:
+                await self._fail(again)
+                return None
+            if settled is None:
+                await self._fail(exc)
+            return settled
+        self._database_answered(True)
+        return summary
+
     async def handle(self, records: list[InRecord]) -> list[Applied]:
         """Apply records in transactions of at most ``_batch_limit()`` events (envelopes hold many).
 
@@ -304,6 +318,10 @@ class Worker:
 
     async def _handle_chunk(self, records: list[InRecord]) -> list[Applied]:
         """Apply one transaction's records; a record the database rejects for good is dead-lettered on its own."""
+        async with self.turn:
+            return await self._apply_chunk(records)
+
+    async def _apply_chunk(self, records: list[InRecord]) -> list[Applied]:
         try:
             return [await self._apply(apply_process.process, records, self._backlog())]
         except BrokenProcessPool:
