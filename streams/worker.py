@@ -13,12 +13,14 @@ import contextlib
 import functools
 import logging
 import os
+import signal
 import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from concurrent.futures.process import BrokenProcessPool
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import faust
@@ -34,6 +36,7 @@ from config.topics import Topics
 from schemas.deadletter import label_values
 from sinks.contract import OutboxRow
 from sinks.database import make_engine, upgrade
+from sinks.lease import WorkerLease
 from sinks.queries import ENGAGEMENT_QUANTILES, engagement_quantiles
 from sinks.sql import SqlSink, current_experience_drops, customers_count
 from streams import apply_process
@@ -70,6 +73,13 @@ TICK_S = 1.0
 
 #: Longest pause between retries of a failing database write.
 MAX_BACKOFF_S = 10.0
+
+#: Seconds between checks of the worker id's lease: by a worker waiting for it, and by the holder (whose
+#: PostgreSQL session may have ended in an outage, dropping the lease with it).
+LEASE_CHECK_S = 2.0
+
+#: A worker waiting for its id's lease says so at most this often, seconds.
+LEASE_SAY_S = 30.0
 
 
 class Worker:
@@ -565,6 +575,46 @@ def until_database_answers(settings: Settings, work: Callable[[], T]) -> T:
             delay = min(delay * 2, MAX_BACKOFF_S)
 
 
+def until_leased(settings: Settings, lease: WorkerLease) -> None:
+    """Wait until this process holds the lease of its worker id (``sinks.lease``): while another process of the
+    group runs with the same ``CXSTREAM_WORKER_ID``, this one waits, saying so, rather than start beside it."""
+    said = -LEASE_SAY_S
+    while not until_database_answers(settings, lease.take):
+        if time.monotonic() - said >= LEASE_SAY_S:
+            said = time.monotonic()
+            log.error(
+                "CXSTREAM_WORKER_ID=%s is in use: another worker of %s holds its lease (%s); waiting for it to stop. "
+                "Give every running worker its own CXSTREAM_WORKER_ID.",
+                settings.worker_id,
+                settings.app_id,
+                lease.where,
+            )
+        time.sleep(LEASE_CHECK_S)
+    log.info("worker id %s leased (%s)", settings.worker_id, lease.where)
+
+
+def keep_lease(settings: Settings, lease: WorkerLease, check_s: float = LEASE_CHECK_S) -> None:
+    """Check the lease every ``check_s`` and take it again when a database outage ended it (a thread of the running
+    worker). Should another process with this worker id have taken it meanwhile, this worker stops (SIGTERM) and
+    its supervisor's restart waits for the lease: only one of them runs."""
+    while True:
+        time.sleep(check_s)
+        try:
+            held = lease.take()
+        except Exception as exc:
+            if not is_transient(exc):
+                log.exception("checking the worker id's lease failed")
+            continue  # the database is down: the lease is taken again when it answers
+        if not held:
+            log.error(
+                "CXSTREAM_WORKER_ID=%s: another process took this worker id's lease while the database was "
+                "unreachable; stopping this one. Give every running worker its own CXSTREAM_WORKER_ID.",
+                settings.worker_id,
+            )
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+
+
 def check_log(settings: Settings, store: SqlSink) -> None:
     """Refuse to start on a database that followed another log than the broker's (``LogMismatch``).
 
@@ -695,6 +745,7 @@ def chunk_by_events(records: list[InRecord], max_events: int) -> list[list[InRec
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """Run a worker in the foreground until SIGINT/SIGTERM.
 
+    Waits, before joining the group, while another process holds the lease of its worker id (``sinks.lease``).
     Raises LogMismatch, before consuming anything, when the database applied records the broker does not hold, and
     SettingsError for a configuration unsafe outside a laptop (``config.settings.exposure_problems``).
     """
@@ -706,6 +757,14 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     for warning in warnings:
         log.warning("UNSAFE: %s", warning)
     ensure_topics(settings)
+    lease = WorkerLease(settings.database_url, settings.app_id, settings.worker_id)
+    try:
+        until_leased(settings, lease)
+    except FileNotFoundError as exc:  # the SQLite database's directory: the lock file is made beside the database
+        raise SettingsError(
+            f"CXSTREAM_DATABASE_URL: the SQLite database's directory {Path(exc.filename).parent} does not exist"
+        ) from None
+    threading.Thread(target=keep_lease, args=(settings, lease), name="worker-lease", daemon=True).start()
     worker = Worker(settings, loglevel)
     # The database may be down or locked at start: wait for it, as a running worker does, rather than exit.
     until_database_answers(settings, lambda: upgrade(worker.engine))

@@ -58,3 +58,19 @@ def test_simulator_arguments_out_of_range_are_one_line_each(tmp_path: Path) -> N
         proc = cli(tmp_path, "simulate", "--out", str(tmp_path / "out"), *args)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr and named in proc.stderr, proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_worker_whose_sqlite_directory_is_missing_says_so_in_one_line(tmp_path: Path, kafka_url: str) -> None:
+    missing = tmp_path / "no-such-dir"
+    database = f"sqlite:///{missing}/cx.db"
+    proc = cli(
+        tmp_path,
+        "worker",
+        CXSTREAM_KAFKA_URL=kafka_url,
+        CXSTREAM_DATABASE_URL=database,
+        CXSTREAM_TOPIC_PREFIX="tnodir.",
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert f"CXSTREAM_DATABASE_URL: the SQLite database's directory {missing} does not exist" in proc.stderr
+    assert not missing.exists()

@@ -81,7 +81,7 @@ def test_claims_of_new_keys_last_while_their_transaction_runs_and_have_no_bound(
     sink = SqlSink(engine)
     first_keys = [f"email:{n}@example.org" for n in range(5_000)]
     more = [f"email:{n}@example.net" for n in range(10)]
-    advisory = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+    advisory = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
     with pytest.raises(RuntimeError), sink.transaction() as first:
         assert sink.claim_keys(first, first_keys) == set(), "nothing claimed them before"
         assert first.exec_driver_sql(advisory).scalar_one() == 0

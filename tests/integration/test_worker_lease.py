@@ -1,0 +1,93 @@
+"""One running process per worker id: a second worker started with an id in use waits instead of fencing the first.
+
+On Apache Kafka two processes with one ``CXSTREAM_WORKER_ID`` share an outputs transactional id, and the second's
+producer fences the first, which stops; without transactions both publish each other's outbox rows. The lease
+(``sinks.lease``) keeps the second waiting, saying why, until the first ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from config.topics import Topics
+from sinks.database import make_engine
+from sinks.lease import WorkerLease
+from tests.support.processes import wait_until
+from tests.support.results import caught_up, end_offsets, run_cli
+
+IN_USE = "CXSTREAM_WORKER_ID=worker-1 is in use"
+
+
+@pytest.mark.parametrize("database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_a_second_worker_with_an_id_in_use_waits_and_takes_over_when_the_first_dies(
+    request, kafka_url, topic_prefix, tmp_path, workers, database
+) -> None:
+    url = f"sqlite:///{tmp_path / 'cx.db'}" if database == "sqlite" else request.getfixturevalue("postgres_url")
+    env = workers.env(url, topic_prefix)
+    first = workers.start(env)
+    second = workers.start(env, wait=False)  # the same, default, worker id
+    wait_until(lambda: IN_USE in second.log(), 60, "the second worker to say its id is in use")
+    assert not second.is_serving(), "it waits before joining the group"
+
+    # The first goes on applying meanwhile: it was neither fenced nor stopped.
+    run_cli(env, "simulate", "--customers", "40", "--days", "2", "--seed", "3")
+    engine = make_engine(url)
+    channels = Topics(topic_prefix).channels
+    ends = end_offsets(kafka_url, channels)
+    wait_until(lambda: caught_up(engine, env["CXSTREAM_APP_ID"], ends), 120, "the first worker to apply every record")
+    assert first.is_serving() and not second.is_serving()
+
+    # Killed, the first leaves the lease with its process: the second starts and applies what comes next.
+    first.kill()
+    wait_until(second.is_serving, 90, "the second worker to take the lease and start")
+    run_cli(env, "simulate", "--customers", "40", "--days", "2", "--seed", "4")
+    ends = end_offsets(kafka_url, channels)
+    wait_until(lambda: caught_up(engine, env["CXSTREAM_APP_ID"], ends), 120, "the second worker to apply every record")
+    assert second.log().count(IN_USE) >= 1
+
+
+@pytest.mark.parametrize("database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_a_lease_is_one_holders_per_id_and_group(request, tmp_path, database) -> None:
+    url = f"sqlite:///{tmp_path / 'cx.db'}" if database == "sqlite" else request.getfixturevalue("postgres_url")
+    first, again, other_id, other_group = (
+        WorkerLease(url, "g", "worker-1"),
+        WorkerLease(url, "g", "worker-1"),
+        WorkerLease(url, "g", "worker-2"),
+        WorkerLease(url, "h", "worker-1"),
+    )
+    try:
+        assert first.take()
+        assert not again.take(), "one holder per id, also within one process"
+        assert other_id.take() and other_group.take()
+        assert first.take(), "taking a lease held already says it still is"
+        first.release()
+        assert again.take()
+    finally:
+        for lease in (first, again, other_id, other_group):
+            lease.release()
+
+
+@pytest.mark.postgres
+def test_a_lease_whose_session_ended_is_taken_again_unless_another_took_it(postgres_url) -> None:
+    # A database outage ends the lease's session and the lock with it: the holder takes it again when the database
+    # answers (``keep_lease``), or learns that a waiting process with the same id took it first.
+    holder, waiting = WorkerLease(postgres_url, "g", "worker-1"), WorkerLease(postgres_url, "g", "worker-1")
+    engine = make_engine(postgres_url)
+    end_sessions = (
+        "SELECT pg_terminate_backend(pid, 10000) FROM pg_locks WHERE locktype = 'advisory' AND database = "
+        "(SELECT oid FROM pg_database WHERE datname = current_database())"
+    )
+    try:
+        assert holder.take()
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql(end_sessions).all() == [(True,)]
+        assert holder.take(), "taken again on a new session"
+        assert not waiting.take()
+        with engine.connect() as conn:
+            conn.exec_driver_sql(end_sessions)
+        assert waiting.take()
+        assert not holder.take(), "the other process holds it now"
+    finally:
+        holder.release()
+        waiting.release()
+        engine.dispose()
