@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("var"), description="Directory for the worker's local data (one per worker).")
     worker_id: str = Field(
         "worker-1",
-        description="Name of this worker in logs and in Prometheus labels; unique per running worker of a group (its outputs' transactional id).",
+        description="Name of this worker in logs and in Prometheus labels; unique per running worker of a group (its outputs' transactional id): a worker started with an id in use waits for it.",
     )
     app_id: str = Field("cxstream", description="Faust application id: the consumer group of the workers.")
 

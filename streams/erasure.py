@@ -42,7 +42,7 @@ from streams.domain.suppression import suppression_hash
 from streams.kafka import BrokerUnreachable, ensure_topics, make_producer, partition_for, wait_for_broker
 from streams.policies import identifier_hashing, suppression_salt
 from streams.references import find_customer
-from streams.result_records import metric_cell_key
+from streams.result_records import metric_cell_route
 
 
 class Mode(StrEnum):
@@ -194,10 +194,10 @@ def _tombstones(producer: Any, topics: Topics, rows: ErasedRows) -> list[tuple[s
         records.append((topics.profiles, key, None, partition_for(key, profiles)))
     metrics = len(producer.partitions_for(topics.metrics))
     for cell in rows.cells:
-        entity = f"{cell.scope.value}|{cell.key}"
-        partition = partition_for(entity.encode(), metrics)
         start = cell.window_start.isoformat()
-        records.append((topics.metrics, metric_cell_key(entity, cell.window, start).encode(), None, partition))
+        key, entity = metric_cell_route(cell, start)
+        partition = partition_for(entity.encode(), metrics)
+        records.append((topics.metrics, key.encode(), None, partition))
         # Versions before one record per cell published one per figure, under keys naming the metric: a topic
         # written by them may still hold the person's figures there.
         for metric in METRICS:

@@ -32,9 +32,12 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not part of a timeline record")
 
 
-def metric_cell_key(entity: str, window: str, start: str) -> str:
-    """The ``cx.metrics`` key of a cell: ``<scope>|<key>|<window>|<window start, ISO 8601>``."""
-    return f"{entity}|{window}|{start}"
+def metric_cell_route(cell: CellKey, start: str | None = None) -> tuple[str, str]:
+    """The ``cx.metrics`` key of a cell, ``<scope>|<key>|<window>|<window start, ISO 8601>``, and what its records
+    are routed by, ``<scope>|<key>`` (all cells of a customer on one partition). ``start``: the window start's text,
+    where the caller made it already."""
+    entity = f"{_SCOPE_NAMES[cell.scope]}|{cell.key}"
+    return f"{entity}|{cell.window}|{start or cell.window_start.isoformat()}", entity
 
 
 def timeline_json(entry: Entry) -> bytes:
@@ -85,8 +88,8 @@ class ResultRecords:
         latest record per key does not count the merged customer's figures a second time."""
         topic, add = self.topics.metrics, self.outputs.add
         for cell in cells:
-            entity = f"{_SCOPE_NAMES[cell.scope]}|{cell.key}"
-            add(topic, metric_cell_key(entity, cell.window, cell.window_start.isoformat()), None, entity)
+            key, entity = metric_cell_route(cell)
+            add(topic, key, None, entity)
 
     def metrics(self, cells: Iterable[CellFigures]) -> None:
         """Metric cells (``MetricCellUpdate`` records, one per cell with every figure; SQL holds only the cells'
@@ -113,5 +116,5 @@ class ResultRecords:
             start_text = starts.get(start)
             if start_text is None:
                 start_text = starts[start] = start.isoformat()
-            entity = f"{scope_name}|{cell.key}"
-            add(topic, metric_cell_key(entity, cell.window, start_text), orjson.dumps(data), entity)
+            key, entity = metric_cell_route(cell, start_text)
+            add(topic, key, orjson.dumps(data), entity)
