@@ -20,7 +20,6 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from concurrent.futures.process import BrokenProcessPool
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import faust
@@ -36,7 +35,7 @@ from config.topics import Topics
 from schemas.deadletter import label_values
 from sinks.contract import OutboxRow
 from sinks.database import make_engine, upgrade
-from sinks.lease import WorkerLease
+from sinks.lease import LeaseUncertain, WorkerLease
 from sinks.queries import ENGAGEMENT_QUANTILES, engagement_quantiles
 from sinks.sql import SqlSink, current_experience_drops, customers_count
 from streams import apply_process
@@ -577,14 +576,24 @@ def until_database_answers(settings: Settings, work: Callable[[], T]) -> T:
 
 def until_leased(settings: Settings, lease: WorkerLease) -> None:
     """Wait until this process holds the lease of its worker id (``sinks.lease``): while another process of the
-    group runs with the same ``CXSTREAM_WORKER_ID``, this one waits, saying so, rather than start beside it."""
+    group runs with the same ``CXSTREAM_WORKER_ID``, this one waits, saying so, rather than start beside it.
+
+    Raises SettingsError when the SQLite lease's lock file cannot be made (a missing or read-only directory)."""
     said = -LEASE_SAY_S
-    while not until_database_answers(settings, lease.take):
+    while True:
+        try:
+            if until_database_answers(settings, lease.take):
+                break
+        except OSError as exc:  # the lock file beside a SQLite database
+            raise SettingsError(
+                f"CXSTREAM_DATABASE_URL: cannot make the worker's lease file {lease.lock_path()} beside the SQLite "
+                f"database ({exc.strerror or exc})"
+            ) from None
         if time.monotonic() - said >= LEASE_SAY_S:
             said = time.monotonic()
             log.error(
-                "CXSTREAM_WORKER_ID=%s is in use: another worker of %s holds its lease (%s); waiting for it to stop. "
-                "Give every running worker its own CXSTREAM_WORKER_ID.",
+                "CXSTREAM_WORKER_ID=%s is in use: another process of group %s holds its lease (%s); waiting for it "
+                "to stop. Give every running worker its own CXSTREAM_WORKER_ID.",
                 settings.worker_id,
                 settings.app_id,
                 lease.where,
@@ -595,16 +604,22 @@ def until_leased(settings: Settings, lease: WorkerLease) -> None:
 
 def keep_lease(settings: Settings, lease: WorkerLease, check_s: float = LEASE_CHECK_S) -> None:
     """Check the lease every ``check_s`` and take it again when a database outage ended it (a thread of the running
-    worker). Should another process with this worker id have taken it meanwhile, this worker stops (SIGTERM) and
-    its supervisor's restart waits for the lease: only one of them runs."""
+    worker). Should another process with this worker id have taken it meanwhile, this worker stops (SIGTERM): its
+    supervisor's restart waits for the lease, and the other runs."""
+    said = -LEASE_SAY_S
     while True:
         time.sleep(check_s)
         try:
             held = lease.take()
+        except LeaseUncertain as exc:
+            log.warning("%s; asking again in %.0fs", exc, check_s)
+            continue
         except Exception as exc:
-            if not is_transient(exc):
-                log.exception("checking the worker id's lease failed")
-            continue  # the database is down: the lease is taken again when it answers
+            # The database is down (the lease is taken again when it answers), or refuses: said now and then.
+            if not is_transient(exc) and time.monotonic() - said >= LEASE_SAY_S:
+                said = time.monotonic()
+                log.error("checking the worker id's lease failed (%s: %s)", exc.__class__.__name__, exc)
+            continue
         if not held:
             log.error(
                 "CXSTREAM_WORKER_ID=%s: another process took this worker id's lease while the database was "
@@ -758,12 +773,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
         log.warning("UNSAFE: %s", warning)
     ensure_topics(settings)
     lease = WorkerLease(settings.database_url, settings.app_id, settings.worker_id)
-    try:
-        until_leased(settings, lease)
-    except FileNotFoundError as exc:  # the SQLite database's directory: the lock file is made beside the database
-        raise SettingsError(
-            f"CXSTREAM_DATABASE_URL: the SQLite database's directory {Path(exc.filename).parent} does not exist"
-        ) from None
+    until_leased(settings, lease)
     threading.Thread(target=keep_lease, args=(settings, lease), name="worker-lease", daemon=True).start()
     worker = Worker(settings, loglevel)
     # The database may be down or locked at start: wait for it, as a running worker does, rather than exit.

@@ -72,5 +72,6 @@ def test_a_worker_whose_sqlite_directory_is_missing_says_so_in_one_line(tmp_path
     )
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
-    assert f"CXSTREAM_DATABASE_URL: the SQLite database's directory {missing} does not exist" in proc.stderr
+    assert "CXSTREAM_DATABASE_URL: cannot make the worker's lease file" in proc.stderr
+    assert f"{missing}/cx.db-" in proc.stderr and "(No such file or directory)" in proc.stderr
     assert not missing.exists()

@@ -26,6 +26,9 @@ class CuttableProxy:
         self.family, self.address = family, address
         self.port = free_port()
         self._conns: list[socket.socket] = []
+        self._upstreams: set[socket.socket] = set()
+        #: Set by ``drop_clients``: a broken connection leaves its server side open.
+        self._servers_kept = False
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
         self.restore()
@@ -55,6 +58,18 @@ class CuttableProxy:
 
     close = cut
 
+    def drop_clients(self) -> None:
+        """Break the open connections on the clients' side only, and keep accepting: the server keeps its sessions,
+        as when a middlebox resets a client's connection (the server hears nothing until it sends or probes)."""
+        with self._lock:
+            self._servers_kept = True
+            for conn in self._conns:
+                if conn not in self._upstreams:
+                    with contextlib.suppress(OSError):
+                        conn.shutdown(socket.SHUT_RDWR)
+                    conn.close()
+            self._conns = [conn for conn in self._conns if conn in self._upstreams]
+
     def _accept(self, listener: socket.socket) -> None:
         while True:
             try:
@@ -74,11 +89,11 @@ class CuttableProxy:
                     upstream.close()
                     return
                 self._conns += [client, upstream]
+                self._upstreams.add(upstream)
             for src, dst in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
 
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
                 dst.sendall(data)
@@ -86,5 +101,7 @@ class CuttableProxy:
             pass
         finally:
             for sock in (src, dst):
+                if self._servers_kept and sock in self._upstreams:
+                    continue
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
