@@ -285,7 +285,7 @@ class Settings(BaseSettings):
     )
     admin_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Keys allowed to change the identity graph through the read API (`POST /v1/erasures`, `POST /v1/merges`; HTTP Basic user name), comma-separated; separate from the read keys. Empty: the API erases and merges nothing (`cxstream erase` and `cxstream merge` still do).",
+        description="Keys allowed to change the identity graph through the read API (`POST /v1/erasures`, `POST /v1/merges`, `POST /v1/splits`; HTTP Basic user name), comma-separated; separate from the read keys. Empty: the API erases, merges and splits nothing (`cxstream erase`, `merge` and `split` still do).",
     )
     collector_allowed_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
