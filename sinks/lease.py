@@ -53,6 +53,11 @@ _HOLDER = (
 )
 
 
+#: Ends a session known by its pid and start (not the pid alone: it may be another's by now), waiting up to 5 s for
+#: it to go (the two-argument form needs PostgreSQL 14).
+_END_SESSION = "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE pid = %s AND backend_start = %s"
+
+
 class LeaseUncertain(Exception):
     """The lease's own earlier session still holds it, and could not be ended yet: ask again later."""
 
@@ -80,8 +85,11 @@ class WorkerLease:
         self.url = make_url(normalise_url(database_url))
         self.group_id, self.worker_id = group_id, worker_id
         self.keys = _keys(lease_name(group_id, worker_id))
-        self._connection: Connection | None = None  # PostgreSQL: the session holding the lock
-        self._session: _Session | None = None  # PostgreSQL: the last session that held it
+        #: PostgreSQL: the lease's session, holding the lock (``_held``) or waiting to take it.
+        self._connection: Connection | None = None
+        self._held = False
+        #: PostgreSQL: the session that took the lock last (None: not taken, or given up).
+        self._session: _Session | None = None
         self._file: IO[bytes] | None = None  # SQLite: the lock file
         self._engine = (
             None
@@ -91,6 +99,12 @@ class WorkerLease:
                 self.url, poolclass=NullPool, isolation_level="AUTOCOMMIT", connect_args=dict(PG_CONNECTION_TIMEOUTS)
             )
         )
+
+    @property
+    def can_lapse(self) -> bool:
+        """Whether the lease can end while the process lives (a PostgreSQL session ended by an outage), and so
+        needs checking (``streams.worker.keep_lease``); a SQLite lease lasts as long as the process."""
+        return self._engine is not None
 
     @property
     def where(self) -> str:
@@ -114,21 +128,16 @@ class WorkerLease:
         if self._file is not None:
             self._file.close()  # closing the file's only descriptor drops its lock
             self._file = None
-        if self._connection is not None:
-            try:
-                self._connection.close()
-            finally:
-                self._connection = None
+        self._close()
 
     def lock_path(self) -> Path | None:
-        """The SQLite lease's lock file, beside the database: ``<database>-<app id>-<worker id>.lease``."""
+        """The SQLite lease's lock file, beside the database: ``<database>-<app id>-<worker id>-<digest>.lease``."""
         database = self.url.database
+        if self.url.query.get("mode") == "memory":  # a URI filename's in-memory database (``?mode=memory&uri=true``)
+            return None
+        database = (database or "").removeprefix("file:")  # a URI filename: its parameters are in the query
         if not database or database == ":memory:":
             return None
-        if database.startswith("file:"):  # a URI filename (``?uri=true``): the path without its parameters
-            database = database.removeprefix("file:").split("?", 1)[0]
-            if not database or database == ":memory:" or "mode=memory" in (self.url.database or ""):
-                return None
         # Readable, and distinct for any two ids: characters a file name should not hold are replaced, and a short
         # digest of the exact names tells apart ids that differ only in those.
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{self.group_id}-{self.worker_id}")[:80]
@@ -155,22 +164,16 @@ class WorkerLease:
         return True
 
     def _take_advisory(self) -> bool:
-        assert self._engine is not None
-        if self._connection is not None:
+        if self._connection is not None and self._held:
             try:
                 self._connection.exec_driver_sql("SELECT 1")
                 return True
-            except DBAPIError:
-                self.release()  # the session ended, and the lock with it, unless the server has not noticed yet
-        connection = self._engine.connect()
+            except DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise  # the session is there (a statement cancelled, say): so is its lock
+                self._close()  # the session ended, and the lock with it, unless the server has not noticed yet
         try:
-            for name, value in _SERVER_TIMEOUTS.items():
-                try:
-                    connection.exec_driver_sql(f"SET {name} = {value}")
-                except DBAPIError as exc:
-                    if exc.connection_invalidated:
-                        raise
-                    # A server without the setting (tcp_user_timeout before 12): the keepalives still hold.
+            connection = self._connection or self._connect()  # a waiting process asks on one session
             held = self._try_lock(connection)
             if not held:
                 holder = self._holder(connection)
@@ -178,7 +181,7 @@ class WorkerLease:
                     # Released meanwhile; or held by this lease's earlier session, which the client saw end before
                     # the server did (a reset from a middlebox, a server paused for a while): end it, and try again.
                     if holder is not None:
-                        connection.exec_driver_sql("SELECT pg_terminate_backend(%s, 5000)", (holder.pid,))
+                        connection.exec_driver_sql(_END_SESSION, (holder.pid, holder.started))
                     held = self._try_lock(connection)
                     if not held and holder is not None and self._holder(connection) == holder:
                         raise LeaseUncertain("this worker's earlier database session still holds its lease")
@@ -186,14 +189,30 @@ class WorkerLease:
                 pid, started = connection.exec_driver_sql(
                     "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
                 ).one()
-        except BaseException:
-            connection.close()
+                self._session = _Session(pid, started)
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                self._close()
             raise
-        if not held:
+        self._held = held
+        return held
+
+    def _connect(self) -> Connection:
+        assert self._engine is not None
+        connection = self._connection = self._engine.connect()
+        for name, value in _SERVER_TIMEOUTS.items():
+            try:
+                connection.exec_driver_sql(f"SET {name} = {value}")
+            except DBAPIError as exc:
+                if exc.connection_invalidated:
+                    raise
+                # A server without the setting (tcp_user_timeout before 12): the keepalives still hold.
+        return connection
+
+    def _close(self) -> None:
+        connection, self._connection, self._held = self._connection, None, False
+        if connection is not None:
             connection.close()
-            return False
-        self._connection, self._session = connection, _Session(pid, started)
-        return True
 
     def _try_lock(self, connection: Connection) -> bool:
         return bool(connection.exec_driver_sql("SELECT pg_try_advisory_lock(%s, %s)", self.keys).scalar_one())

@@ -37,7 +37,7 @@ def metric_cell_route(cell: CellKey, start: str | None = None) -> tuple[str, str
     are routed by, ``<scope>|<key>`` (all cells of a customer on one partition). ``start``: the window start's text,
     where the caller made it already."""
     entity = f"{_SCOPE_NAMES[cell.scope]}|{cell.key}"
-    return f"{entity}|{cell.window}|{start or cell.window_start.isoformat()}", entity
+    return f"{entity}|{cell.window}|{start if start is not None else cell.window_start.isoformat()}", entity
 
 
 def timeline_json(entry: Entry) -> bytes:

@@ -80,6 +80,10 @@ LEASE_CHECK_S = 2.0
 #: A worker waiting for its id's lease says so at most this often, seconds.
 LEASE_SAY_S = 30.0
 
+#: A worker says it waits for its id's lease once it has waited this long, seconds: a restart overlapping the end of
+#: the process it replaces waits a moment, which is no misconfiguration.
+LEASE_FIRST_SAY_S = 5.0
+
 
 class Worker:
     """Ties the Faust app, the apply process, the outbox publisher and the Prometheus instruments together."""
@@ -579,7 +583,7 @@ def until_leased(settings: Settings, lease: WorkerLease) -> None:
     group runs with the same ``CXSTREAM_WORKER_ID``, this one waits, saying so, rather than start beside it.
 
     Raises SettingsError when the SQLite lease's lock file cannot be made (a missing or read-only directory)."""
-    said = -LEASE_SAY_S
+    said = time.monotonic() - LEASE_SAY_S + LEASE_FIRST_SAY_S
     while True:
         try:
             if until_database_answers(settings, lease.take):
@@ -602,23 +606,31 @@ def until_leased(settings: Settings, lease: WorkerLease) -> None:
     log.info("worker id %s leased (%s)", settings.worker_id, lease.where)
 
 
-def keep_lease(settings: Settings, lease: WorkerLease, check_s: float = LEASE_CHECK_S) -> None:
+def keep_lease(
+    settings: Settings,
+    lease: WorkerLease,
+    check_s: float = LEASE_CHECK_S,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    stop: Callable[[], None] = lambda: os.kill(os.getpid(), signal.SIGTERM),
+) -> None:
     """Check the lease every ``check_s`` and take it again when a database outage ended it (a thread of the running
-    worker). Should another process with this worker id have taken it meanwhile, this worker stops (SIGTERM): its
-    supervisor's restart waits for the lease, and the other runs."""
+    worker). Should another process with this worker id have taken it meanwhile, this worker stops (``stop``:
+    SIGTERM to itself): its supervisor's restart waits for the lease, and the other runs."""
     said = -LEASE_SAY_S
     while True:
-        time.sleep(check_s)
+        sleep(check_s)
         try:
             held = lease.take()
-        except LeaseUncertain as exc:
-            log.warning("%s; asking again in %.0fs", exc, check_s)
-            continue
         except Exception as exc:
-            # The database is down (the lease is taken again when it answers), or refuses: said now and then.
+            # The database is down (the lease is taken again when it answers), refuses, or still holds this
+            # worker's earlier session: said now and then, and asked again.
             if not is_transient(exc) and time.monotonic() - said >= LEASE_SAY_S:
                 said = time.monotonic()
-                log.error("checking the worker id's lease failed (%s: %s)", exc.__class__.__name__, exc)
+                if isinstance(exc, LeaseUncertain):
+                    log.warning("%s; asking again", exc)
+                else:
+                    log.error("checking the worker id's lease failed (%s: %s)", exc.__class__.__name__, exc)
             continue
         if not held:
             log.error(
@@ -626,7 +638,7 @@ def keep_lease(settings: Settings, lease: WorkerLease, check_s: float = LEASE_CH
                 "unreachable; stopping this one. Give every running worker its own CXSTREAM_WORKER_ID.",
                 settings.worker_id,
             )
-            os.kill(os.getpid(), signal.SIGTERM)
+            stop()
             return
 
 
@@ -774,7 +786,8 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     ensure_topics(settings)
     lease = WorkerLease(settings.database_url, settings.app_id, settings.worker_id)
     until_leased(settings, lease)
-    threading.Thread(target=keep_lease, args=(settings, lease), name="worker-lease", daemon=True).start()
+    if lease.can_lapse:
+        threading.Thread(target=keep_lease, args=(settings, lease), name="worker-lease", daemon=True).start()
     worker = Worker(settings, loglevel)
     # The database may be down or locked at start: wait for it, as a running worker does, rather than exit.
     until_database_answers(settings, lambda: upgrade(worker.engine))

@@ -34,7 +34,8 @@ class CuttableProxy:
         self.restore()
 
     def restore(self) -> None:
-        """Listen and forward again."""
+        """Listen and forward again (and break connections on both sides again)."""
+        self._servers_kept = False
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", self.port))
@@ -55,6 +56,7 @@ class CuttableProxy:
                     conn.shutdown(socket.SHUT_RDWR)
                 conn.close()
             self._conns.clear()
+            self._upstreams.clear()
 
     close = cut
 
