@@ -61,6 +61,12 @@ def run_demo(settings: Settings, customers: int, days: int, rate: float, seed: i
     lifetime.die_with_parent(signal.SIGTERM, os.getppid())
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _stop_requested)
+    if not port_is_free(settings.web_port, settings.web_host):
+        # Another worker (or demo) answers there: waiting for /metrics would take its answer for this worker's.
+        raise click.ClickException(
+            f"CXSTREAM_WEB_PORT: {settings.web_host}:{settings.web_port} is in use (another worker or demo?): "
+            "stop it, or give this demo another port"
+        )
     children: list[subprocess.Popen[bytes]] = []
     var = Path(settings.data_dir)
     var.mkdir(parents=True, exist_ok=True)

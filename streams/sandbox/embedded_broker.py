@@ -32,8 +32,10 @@ def broker_binary() -> Path:
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    """True when nothing listens on host:port (Tansu panics on a taken port, so look before starting)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """True when nothing listens on host:port (Tansu panics on a taken port, so look before starting); ``host`` an
+    IPv4 or IPv6 address or a name."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))

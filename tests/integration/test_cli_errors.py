@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -75,3 +76,17 @@ def test_a_worker_whose_sqlite_directory_is_missing_says_so_in_one_line(tmp_path
     assert "CXSTREAM_DATABASE_URL: cannot make the worker's lease file" in proc.stderr
     assert f"{missing}/cx.db-" in proc.stderr and "(No such file or directory)" in proc.stderr
     assert not missing.exists()
+
+
+def test_a_demo_whose_metrics_port_is_taken_says_so_and_starts_nothing(tmp_path: Path) -> None:
+    # Found by review: the demo waited for /metrics on its worker's port, and took another process's answer there
+    # for its own worker's ("worker up") while that worker waited for its id's lease or failed to bind.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = cli(tmp_path, "demo", CXSTREAM_WEB_PORT=str(port), CXSTREAM_DATA_DIR=str(tmp_path / "var"))
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert f"CXSTREAM_WEB_PORT: 127.0.0.1:{port} is in use" in proc.stderr
+    assert not (tmp_path / "var").exists(), "nothing started"
