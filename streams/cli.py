@@ -769,7 +769,7 @@ def deadletters(
     """
     from config.topics import Topics
     from streams import deadletters as dl
-    from streams.inspection import dumps
+    from streams.inspection import SortedJsonList, dumps
     from streams.kafka import BrokerUnreachable
 
     if as_list + bool(position) + replay > 1:
@@ -796,16 +796,21 @@ def deadletters(
         return
     letters: list[dl.Letter] = []
     lines: list[tuple[tuple[datetime, int, int], str]] = []
+    listed = SortedJsonList()
     tally = dl.Tally()
 
     def line_of(letter: dl.Letter) -> None:
         dead = letter.dead
         lines.append(((dead.rejected_at, letter.partition, letter.offset), dl.list_line(letter)))
 
+    def json_of(letter: dl.Letter) -> None:
+        listed.add((letter.dead.rejected_at, letter.partition, letter.offset), dl.letter_json(letter))
+
     try:
         # Only what is shown is kept: the counts need no dead letter, a plain list a line each, not its original
-        # bytes (up to CXSTREAM_MAX_RECORD_BYTES each), so a long list stays small. JSON and replays need them.
-        keep = letters.append if replay or (as_list and as_json) else line_of if as_list else tally.add
+        # bytes (up to CXSTREAM_MAX_RECORD_BYTES each), so a long list stays small; a JSON list, which shows them,
+        # keeps them in a temporary file. Replays need the letters.
+        keep = letters.append if replay else (json_of if as_json else line_of) if as_list else tally.add
         scan = dl.scan(settings, selection, keep, limit=limit, timeout_s=timeout)
     except BrokerUnreachable as exc:
         raise click.ClickException(str(exc)) from None
@@ -817,8 +822,10 @@ def deadletters(
     for note in scan.notes():
         click.echo(note, err=True)
     letters.sort(key=lambda one: (one.dead.rejected_at, one.partition, one.offset))
-    if as_json:
-        click.echo(dumps([dl.letter_json(letter) for letter in letters] if as_list else tally.rows()))
+    if as_json and as_list:
+        listed.write(click.echo)
+    elif as_json:
+        click.echo(dumps(tally.rows()))
     elif not scan.matched:
         what = "dead letters" if selection == dl.Selection() else "dead letters match"
         click.echo(f"no {what} on {topic} ({scan.read} records read)" + (": nothing to replay" if replay else ""))

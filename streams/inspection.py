@@ -4,7 +4,8 @@ the plain-text helpers every such command shares (tables, times, numbers, escapi
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -76,6 +77,41 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: frozense
 def dumps(data: object) -> str:
     """JSON output: indented, times as ISO 8601, decimals as strings."""
     return orjson.dumps(data, default=str, option=orjson.OPT_INDENT_2).decode()
+
+
+class SortedJsonList:
+    """A JSON list written in key order once every item is known, its items kept in a temporary file meanwhile:
+    a long list of big items (dead letters with their original bytes) costs its keys in memory, not its items."""
+
+    def __init__(self) -> None:
+        """An empty list; ``close`` (or the end of the process) removes its file."""
+        self._file = tempfile.TemporaryFile()  # noqa: SIM115  # open for the life of the list (close)
+        self._places: list[tuple[Any, int, int]] = []  # key, where the item's JSON starts, its length
+
+    def add(self, key: Any, item: object) -> None:
+        """Add ``item``, to be written at the place ``key`` sorts to (keys are distinct)."""
+        data = orjson.dumps(item, default=str, option=orjson.OPT_INDENT_2)
+        self._places.append((key, self._file.tell(), len(data)))
+        self._file.write(data)
+
+    def write(self, echo: Callable[[str], None]) -> None:
+        """Give ``echo`` the list a line at a time (the lines of ``dumps`` of the sorted items)."""
+        if not self._places:
+            echo("[]")
+            return
+        echo("[")
+        last = len(self._places) - 1
+        for n, (_, start, size) in enumerate(sorted(self._places, key=lambda place: place[0])):
+            self._file.seek(start)
+            text = self._file.read(size).decode()
+            # Indented on "\n" alone, which JSON strings never hold raw (``str.splitlines`` would also split on
+            # characters such as U+0085 inside them).
+            echo("  " + text.replace("\n", "\n  ") + ("," if n < last else ""))
+        echo("]")
+
+    def close(self) -> None:
+        """Remove the temporary file."""
+        self._file.close()
 
 
 # --- metrics -------------------------------------------------------------------------------------------------------
