@@ -72,11 +72,6 @@ def lease_name(group_id: str, worker_id: str) -> str:
     return f"worker-lease\0{group_id}\0{worker_id}"
 
 
-def _keys(name: str) -> tuple[int, int]:
-    digest = hashlib.sha256(name.encode()).digest()
-    return int.from_bytes(digest[:4], "big", signed=True), int.from_bytes(digest[4:8], "big", signed=True)
-
-
 class WorkerLease:
     """The lease of one worker id, taken with ``take`` and kept until the process ends (or ``release``)."""
 
@@ -84,7 +79,11 @@ class WorkerLease:
         """A lease on ``worker_id`` of ``group_id`` in the database at ``database_url`` (not taken yet)."""
         self.url = make_url(normalise_url(database_url))
         self.group_id, self.worker_id = group_id, worker_id
-        self.keys = _keys(lease_name(group_id, worker_id))
+        digest = hashlib.sha256(lease_name(group_id, worker_id).encode()).digest()
+        #: The advisory lock's two int4 keys (PostgreSQL).
+        self.keys = int.from_bytes(digest[:4], "big", signed=True), int.from_bytes(digest[4:8], "big", signed=True)
+        #: Tells apart lock files of ids that differ only in characters a file name should not hold (SQLite).
+        self._suffix = digest.hex()[:8]
         #: PostgreSQL: the lease's session, holding the lock (``_held``) or waiting to take it.
         self._connection: Connection | None = None
         self._held = False
@@ -141,8 +140,7 @@ class WorkerLease:
         # Readable, and distinct for any two ids: characters a file name should not hold are replaced, and a short
         # digest of the exact names tells apart ids that differ only in those.
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{self.group_id}-{self.worker_id}")[:80]
-        digest = hashlib.sha256(lease_name(self.group_id, self.worker_id).encode()).hexdigest()[:8]
-        return Path(f"{database}-{name}-{digest}.lease")
+        return Path(f"{database}-{name}-{self._suffix}.lease")
 
     def _take_file(self) -> bool:
         if self._file is not None:

@@ -101,13 +101,11 @@ class Outputs:
             i = self.topics[topic] = len(self.topics)
         routed = encoded if route is None else route.encode()
         frames = self.frames
+        frames += _FRAME.pack(i, len(encoded), _NO_VALUE if value is None else len(value))
+        frames += encoded
         if value is None:
             self.no_values = True
-            frames += _FRAME.pack(i, len(encoded), _NO_VALUE)
-            frames += encoded
         else:
-            frames += _FRAME.pack(i, len(encoded), len(value))
-            frames += encoded
             frames += value
         frames += _LENGTH.pack(len(routed))
         frames += routed
