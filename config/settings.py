@@ -261,6 +261,11 @@ class Settings(BaseSettings):
         ge=1,
         description="Most touchpoints a customer split by hand (`cxstream split`, `POST /v1/splits`) may have, and most a worker's batch applies again for splits: a split applies all of its customer's events again in one batch, in memory (1.2 KB each that stays, 3.5 KB each that moves). Workers refuse a larger one (marked done, audit row split_refused); the command and the API refuse it up front.",
     )
+    merge_max_touchpoints: int = Field(
+        100_000,
+        ge=1,
+        description="Most touchpoints the customers one link merges may hold together (an event carrying identifiers of two customers, or `cxstream merge`): a merge reads their touchpoints back into memory (1.2-3.5 KB each), so a worker refuses a larger one and the event stays with its strongest identifier's customer, as when a per-type limit refuses a link (counted in cxstream_identifiers_rejected_total{reason=\"merge_too_large\"}). Guards against an identifier everyone shares, such as a till's house loyalty card; `cxstream merge` refuses up front.",
+    )
     identifier_priority: Annotated[list[IdentifierName], NoDecode] = Field(
         default_factory=lambda: list[IdentifierType | str](IdentifierType),
         description="Identifier types, strongest first, comma-separated: a customer's id derives from its strongest identifier, and an event's strongest identifier is always linked (the others within the limits and rules). Types left out follow in the default order. Set it before the first event: after a change a customer is renamed only when a later event links something new to it.",

@@ -742,7 +742,10 @@ def openapi_document() -> dict[str, Any]:
                         "200": answer(MergeResult, "the merge, and the survivor once applied"),
                         "400": answer(ApiError, "a field cannot be used"),
                         "401": answer(ApiError, "no valid admin key"),
-                        "409": answer(ApiError, "no such customer, one customer twice, or a never-link rule"),
+                        "409": answer(
+                            ApiError,
+                            "no such customer, one customer twice, a never-link rule, or more touchpoints together than CXSTREAM_MERGE_MAX_TOUCHPOINTS",
+                        ),
                         "503": answer(ApiError, "the database cannot answer"),
                     },
                 }

@@ -92,6 +92,8 @@ class BatchSummary:
     over_limit: int = 0
     #: Identifier links refused by a never-link rule.
     kept_apart: int = 0
+    #: Identifier links refused because the merge would be over CXSTREAM_MERGE_MAX_TOUCHPOINTS.
+    merge_too_large: int = 0
     #: Customers whose history was read back from SQL for late events.
     restored: int = 0
     #: Dead letters of the batch by reason.
@@ -153,6 +155,7 @@ class BatchSummary:
             blocked=result.blocked,
             over_limit=result.over_limit,
             kept_apart=result.apart,
+            merge_too_large=result.over_bound,
             processing_s=_seconds_since(fresh, applied_at),
             end_to_end_s=_seconds_since(fresh, committed),
         )

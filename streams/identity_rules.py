@@ -57,6 +57,10 @@ class SplitTooLarge(BadIdentifier):
     """A split of a customer with more touchpoints than ``CXSTREAM_SPLIT_MAX_TOUCHPOINTS``."""
 
 
+class MergeTooLarge(BadIdentifier):
+    """A merge of customers with more touchpoints together than ``CXSTREAM_MERGE_MAX_TOUCHPOINTS``."""
+
+
 @dataclass
 class RuleChange:
     """What ``keep_apart`` or ``allow_link`` did."""
@@ -151,7 +155,8 @@ def merge_customers(
     ``wait_s`` for a worker to apply it.
 
     Raises BadIdentifier when a reference names no customer, both name one, or a never-link rule keeps them apart
-    (remove it first). Per-type limits do not apply: a merge made by hand is the person's decision.
+    (remove it first); MergeTooLarge (before recording anything) when they hold more touchpoints together than
+    ``CXSTREAM_MERGE_MAX_TOUCHPOINTS``. Per-type limits do not apply: a merge made by hand is the person's decision.
     """
     hashing = identifier_hashing(settings)
     engine = make_engine(settings.database_url, writer=True)
@@ -171,6 +176,15 @@ def merge_customers(
                 raise BadIdentifier(
                     f"never-link rule {rule.rule_id} keeps them apart: remove it first (cxstream never-link --remove)"
                 )
+        # A worker refuses a merge over its bound (``plan_link``): its history would be read back whole.
+        bound = settings.merge_max_touchpoints
+        with engine.connect() as conn:
+            together = sum(count_touchpoints(conn, customer_id, bound + 1) for customer_id in customers)
+        if together > bound:
+            raise MergeTooLarge(
+                f"customers {customers[0]} and {customers[1]} hold more than {bound} touchpoints together "
+                f"(CXSTREAM_MERGE_MAX_TOUCHPOINTS={bound}): a merge reads them back into memory"
+            )
         rank = ranks(settings.identifier_priority)
         key_a, key_b = (min(keys, key=lambda key: key_strength(key, rank)) for keys in held)
         merge_id = str(uuid.uuid4())
@@ -406,6 +420,7 @@ def rule_settings(settings: Settings) -> dict[str, Any]:
         "custom_types": list(settings.custom_identifier_types),
         "priority": [str(kind) for kind in settings.identifier_priority],
         "limits": {str(kind): n for kind, n in sorted(settings.identifier_limits.items())},
+        "merge_max_touchpoints": settings.merge_max_touchpoints,
         "blocked_identifiers": {
             "count": len(settings.blocked_identifiers),
             "digest": digest(settings.blocked_identifiers),

@@ -102,7 +102,8 @@ class Instruments:
         )
         self.blocked_identifiers = Counter(
             "cxstream_identifiers_rejected_total",
-            "Identifiers not used for stitching: blocked values, over a per-type limit, or kept apart by a never-link rule.",
+            "Identifiers not used for stitching: blocked values, over a per-type limit, kept apart by a never-link rule, "
+            "or whose customer a merge would take over CXSTREAM_MERGE_MAX_TOUCHPOINTS.",
             ["worker", "reason"],
             registry=r,
         )

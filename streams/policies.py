@@ -47,6 +47,7 @@ class Policies:
                 default_region=settings.default_phone_region,
                 priority=tuple(settings.identifier_priority),
                 custom_types=frozenset(settings.custom_identifier_types),
+                merge_max_touchpoints=settings.merge_max_touchpoints,
             ),
             customer=CustomerPolicy(
                 timeline_limit=settings.timeline_limit,

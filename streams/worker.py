@@ -467,6 +467,7 @@ class Worker:
         inst.blocked_identifiers.labels(w, "blocked").inc(summary.blocked)
         inst.blocked_identifiers.labels(w, "over_limit").inc(summary.over_limit)
         inst.blocked_identifiers.labels(w, "never_link").inc(summary.kept_apart)
+        inst.blocked_identifiers.labels(w, "merge_too_large").inc(summary.merge_too_large)
         # Only entries new in this batch: one re-emitted because a later event changed it is not a new arrival.
         processing, end_to_end = inst.processing_latency.labels(w), inst.end_to_end_latency.labels(w)
         for seconds in summary.processing_s:
@@ -544,6 +545,11 @@ def describe_batch(summary: BatchSummary, seconds: float, lag: int) -> str:
         (summary.late_accepted, "late", "late"),
         (summary.unattributed, "unattributed", "unattributed"),
         (summary.restored, "history read back", "histories read back"),
+        (
+            summary.merge_too_large,
+            "link refused (CXSTREAM_MERGE_MAX_TOUCHPOINTS)",
+            "links refused (CXSTREAM_MERGE_MAX_TOUCHPOINTS)",
+        ),
         (summary.retries, "retry after contention", "retries after contention"),
         (summary.suppressed, "suppressed (erased person)", "suppressed (erased people)"),
         (summary.parked, "parked (customer held by another worker)", "parked (customers held by another worker)"),

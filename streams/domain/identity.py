@@ -16,9 +16,11 @@ type's rank in ``IdentityPolicy.priority`` — ``CXSTREAM_IDENTIFIER_PRIORITY``,
 the key), so ids do not depend on the order events arrive in.
 
 Per-type limits (``IdentityPolicy.limits``) refuse a link that would give a customer more keys of
-a type than allowed, and never-link rules (:class:`KeptApart`, set by hand: ``cxstream never-link``) refuse one
+a type than allowed, the merge bound (``IdentityPolicy.merge_max_touchpoints``) one that would combine customers
+holding more touchpoints together than it allows, and never-link rules (:class:`KeptApart`, set by hand: ``cxstream never-link``) refuse one
 that would put two keys a rule keeps apart in one customer: the event goes to the customer of its strongest key
-and the refused keys stay where they were (:func:`plan_link`). Both guard against wrong merges, but when they
+and the refused keys stay where they were (:func:`plan_link`). They guard against wrong merges (the bound also
+against reading a huge history back into memory: a till's "house" loyalty card scanned for everyone), but when they
 bite the result depends on arrival order (whichever link came first wins: a device two people share stays with
 the first of them seen on it), as does which of two records claiming one event id is applied (see
 ``stitching``); nothing else here does.
@@ -128,6 +130,9 @@ class IdentityPolicy:
     priority: tuple[str, ...] = tuple(IdentifierType)
     #: Custom identifier types declared (``CXSTREAM_CUSTOM_IDENTIFIER_TYPES``): events' others are not stitched by.
     custom_types: frozenset[str] = frozenset()
+    #: Most touchpoints (``CustomerState.events``) the customers a link combines may hold together: a merge reads
+    #: their history back into memory (``Stitcher.history_needs``). None: no bound.
+    merge_max_touchpoints: int | None = None
 
 
 class IdentityRules:
@@ -145,6 +150,8 @@ class IdentityRules:
         self._hashed: dict[tuple[str, str], str] = {}
         #: Most keys of a type one customer may hold, by key type.
         self.limits: dict[str, int] = {str(t): n for t, n in policy.limits.items()}
+        #: Most touchpoints the customers one link combines may hold together (None: no bound).
+        self.merge_bound = policy.merge_max_touchpoints
         self._blocked = frozenset(self._blocked_key(item, policy.default_region) for item in policy.blocked)
         self._patterns = policy.blocked_patterns
         self._custom = policy.custom_types
@@ -259,14 +266,22 @@ class KeptApart:
 NO_RULES = KeptApart()
 
 
+class MergeBound(NamedTuple):
+    """Most touchpoints the customers one link combines may hold together, and each customer's count."""
+
+    most: int
+    size: Callable[[str], int]
+
+
 class LinkPlan(NamedTuple):
-    """What an event links: existing customers to combine, keys new to the graph, keys refused by a type limit
-    and keys a never-link rule keeps out."""
+    """What an event links: existing customers to combine, keys new to the graph, keys refused by a type limit,
+    keys a never-link rule keeps out and keys refused because their customer would make the merge too large."""
 
     group: list[str]
     new_keys: list[str]
     refused: list[str]
     apart: list[str]
+    too_large: list[str]
 
 
 def plan_link(
@@ -275,16 +290,18 @@ def plan_link(
     holdings: Callable[[str], Mapping[str, Sequence[str]]],
     limits: Mapping[str, int],
     apart: KeptApart = NO_RULES,
+    bound: MergeBound | None = None,
 ) -> LinkPlan:
-    """Plan the links an event makes, strongest key first, refusing any that would break a type limit or a
-    never-link rule.
+    """Plan the links an event makes, strongest key first, refusing any that would break a type limit, the merge
+    bound or a never-link rule.
 
     ``keys`` are the event's keys strongest first, ``identities`` maps keys to customer ids and
     ``holdings(customer_id)`` gives a customer's identifier values by type. The strongest key is always taken; each
-    further key joins (with its customer's keys) only if the combined customer stays within ``limits`` and holds
-    no two keys ``apart`` keeps apart.
+    further key joins (with its customer's keys) only if the combined customer stays within ``limits`` and
+    ``bound`` and holds no two keys ``apart`` keeps apart.
     """
-    plan = LinkPlan([], [], [], [])
+    plan = LinkPlan([], [], [], [], [])
+    touchpoints = 0  # of plan.group's customers together (counted only under a bound)
     counts: dict[str, int] | None = None  # keys by limited type linked so far; computed when first needed
     marked: set[str] | None = None  # keys named by a never-link rule linked so far; computed when first needed
     for index, key in enumerate(keys):
@@ -303,6 +320,9 @@ def plan_link(
             if any(counts[kind] + n > limits[kind] for kind, n in adds.items()):
                 plan.refused.append(key)
                 continue
+            if bound is not None and owner is not None and plan.group and touchpoints + bound.size(owner) > bound.most:
+                plan.too_large.append(key)
+                continue
             if apart:
                 if marked is None:
                     marked = apart.marked(_linked_keys(plan, holdings))
@@ -317,6 +337,8 @@ def plan_link(
             plan.new_keys.append(key)
         else:
             plan.group.append(owner)
+            if bound is not None:
+                touchpoints += bound.size(owner)
     return plan
 
 

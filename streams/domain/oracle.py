@@ -2,7 +2,7 @@
 
 ``replay`` is a pure function of the events and the policies. The stitcher over any arrival order and
 any batch split, with the history the worker restores from SQL, must end with the same customers, identity
-map, entries and stages (as long as no identifier limit bites, no age bound is set and no record reuses
+map, entries and stages (as long as no identifier limit or merge bound bites, no age bound is set and no record reuses
 another person's event id: whichever is applied first holds the id, see ``stitching``); integration tests compare
 SQL contents with it.
 """

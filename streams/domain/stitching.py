@@ -58,6 +58,7 @@ from streams.domain.identity import (
     IdentityPolicy,
     IdentityRules,
     KeptApart,
+    MergeBound,
     customer_id_for,
     plan_link,
 )
@@ -168,6 +169,9 @@ class BatchResult:
     refused: dict[str, list[str]] = field(default_factory=dict)
     #: Event id -> keys it carried that were not linked because a never-link rule keeps them apart.
     kept_apart: dict[str, list[str]] = field(default_factory=dict)
+    #: Event (or merge made by hand) id -> keys it carried that were not linked because their customer and the
+    #: event's would hold more touchpoints together than the merge bound (``IdentityPolicy.merge_max_touchpoints``).
+    too_large: dict[str, list[str]] = field(default_factory=dict)
     #: Events already applied (redeliveries), skipped.
     duplicates: int = 0
     #: Blocked identifier values seen (ignored for stitching).
@@ -182,6 +186,11 @@ class BatchResult:
     def apart(self) -> int:
         """How many identifier links were refused because a never-link rule keeps the keys apart."""
         return sum(len(keys) for keys in self.kept_apart.values())
+
+    @property
+    def over_bound(self) -> int:
+        """How many identifier links were refused because the merge would be over the bound on touchpoints."""
+        return sum(len(keys) for keys in self.too_large.values())
 
 
 class StitchPolicies(Protocol):
@@ -225,11 +234,22 @@ class Stitcher:
         from ``CustomerPolicy.span_s`` before it (``CustomerPolicy.history_needed``). Customers the batch may merge
         need more: a merge can change any entry of either side from the younger side's first event on, so every
         customer linked, through the batch's keys, to an older one needs its history from the second-earliest
-        ``first_seen`` of the group, minus the span. Customers complete from early enough are left out: in a live
-        stream, with events no later than ``CustomerPolicy.grace_s``, nobody is.
+        ``first_seen`` of the group, minus the span. A customer over the merge bound
+        (``IdentityPolicy.merge_max_touchpoints``) is merged with no other (``plan_link`` refuses it), so it needs
+        only what its own events need: a "house" identifier shared by everyone does not bring its whole history
+        back. Customers complete from early enough are left out: in a live stream, with events no later than
+        ``CustomerPolicy.grace_s``, nobody is.
         """
         span = self.policy.span_s
         identities = view.identities
+        bound = self.rules.merge_bound
+        # Counts only grow within a batch, so a customer over the bound before it is refused every merge in it.
+        solo = (
+            set()
+            if bound is None
+            else {customer_id for customer_id, state in view.customers.items() if state.events > bound}
+        )
+
         # Nodes are identifier keys and stored customers ("\0" + id). Only an event carrying several keys that are
         # not all one stored customer's can link customers: only those are unioned (the live usual case has few).
         parent: dict[str, str] = {}
@@ -248,31 +268,49 @@ class Stitcher:
                 parent[rb] = ra
 
         needs: dict[str, float] = {}  # node -> earliest event time needed from
+
+        def note(node: str, since: float) -> None:
+            if since < needs.get(node, since + 1):
+                needs[node] = since
+
         for link in links:
             for key in link.keys:
                 union(link.keys[0], key)
                 owner = identities.get(key)
-                if owner is not None:
+                if owner is not None and owner not in solo:
                     union(key, "\0" + owner)
+        # Keys new to the view that an event of the batch gives to a customer over the bound (its strongest owned
+        # key's): later events carrying them may go to that customer too.
+        joined: dict[str, str] = {}
         for event, event_keys in zip(events, keys, strict=True):
             keys_ = event_keys.keys
             if not keys_:
                 continue
-            owners = {identities.get(key) for key in keys_}
-            if len(keys_) > 1 and (len(owners) > 1 or None in owners):
-                for key in keys_:
+            if joined:
+                owners = [identities.get(key) or joined.get(key) for key in keys_]
+            else:
+                owners = [identities.get(key) for key in keys_]
+            # Customers the event may go to that merge with nobody: they need what the event needs, nothing more.
+            alone = [owner for owner in owners if owner in solo] if solo else []
+            if alone:
+                first = next(owner for owner in owners if owner is not None)
+                if first in alone:
+                    joined.update((key, first) for key, owner in zip(keys_, owners, strict=True) if owner is None)
+            distinct = set(owners)
+            if len(keys_) > 1 and (len(distinct) > 1 or None in distinct):
+                for key, owner in zip(keys_, owners, strict=True):
                     union(keys_[0], key)
-                    owner = identities.get(key)
-                    if owner is not None:
+                    if owner is not None and owner not in alone:
                         union(key, "\0" + owner)
                 node = keys_[0]
             else:
-                owner = next(iter(owners))
-                node = keys_[0] if owner is None else "\0" + owner
+                owner = owners[0]
+                node = keys_[0] if owner is None or alone else "\0" + owner
             if _may_be_kept(event):
-                need = event.occurred_at.timestamp() - span
-                if need < needs.get(node, need + 1):
-                    needs[node] = need
+                earliest = event.occurred_at.timestamp() - span
+                note(node, earliest)
+                for owner in alone:
+                    note("\0" + owner, earliest)
         members: dict[str, set[str]] = {}
         for customer_id in set(identities.values()):
             members.setdefault(find("\0" + customer_id), set()).add(customer_id)
@@ -351,6 +389,7 @@ class _Batch:
     def __init__(self, stitcher: Stitcher, view: StateView, reject_before: float | None) -> None:
         self.rules = stitcher.rules
         self.apart = stitcher.apart
+        self.merge_bound = stitcher.rules.merge_bound
         self.policy = stitcher.policy
         self.view = view
         self.reject_before = reject_before
@@ -444,7 +483,8 @@ class _Batch:
             previous[stored.row[EVENT_ID]] = timeline_entry(
                 split.customer_id, stored.row, whole.derive(stored.row, policy)
             )
-        merges, refused, apart, created = len(result.merges), dict(result.refused), dict(result.kept_apart), set()
+        merges, created = len(result.merges), set()
+        refused, apart, too_large = dict(result.refused), dict(result.kept_apart), dict(result.too_large)
         created.update(result.created)
         formed: set[CustomerState] = set()
         limits = self.rules.limits
@@ -454,7 +494,8 @@ class _Batch:
             view.applied.pop(event_id, None)
             # Events stored before their keys were (migration 0018) stay with the customer's strongest key.
             keys = tuple(key for key in stored.keys if key in own) or fallback
-            state = self._link(event_id, _utc(row[T]), keys, limits)
+            # No merge bound: the customer's whole history is in memory already.
+            state = self._link(event_id, _utc(row[T]), keys, limits, bounded=False)
             state.add(row, stored.identify)
             self.dirty[event_id] = (row, state, None)
             formed.add(state)
@@ -469,7 +510,7 @@ class _Batch:
         )
         result.created = created | new
         result.merges[merges:] = [m for m in result.merges[merges:] if m.merged_id not in new | {split.customer_id}]
-        result.refused, result.kept_apart = refused, apart
+        result.refused, result.kept_apart, result.too_large = refused, apart, too_large
         customers = sorted({_final(state) for state in formed}, key=lambda state: state.customer_id)
         self.reformed.update(state for state in customers if state.customer_id in new)
         if not customers:
@@ -514,8 +555,8 @@ class _Batch:
     def link(self, link: ManualLink) -> None:
         """Apply a merge made by hand: link its keys as an event carrying both would, with no type limit.
 
-        A key no customer holds (erased meanwhile) links nothing; a link a never-link rule refuses is reported
-        (``kept_apart``) and changes nothing.
+        A key no customer holds (erased meanwhile) links nothing; a link a never-link rule or the merge bound
+        refuses is reported (``kept_apart``, ``too_large``) and changes nothing.
         """
         known = [key for key in link.keys if key in self.view.identities]
         if len(known) == 2:
@@ -529,14 +570,27 @@ class _Batch:
         keys: tuple[str, ...],
         limits: Mapping[str, int],
         kind: Literal["merge", "manual_merge"] = "merge",
+        *,
+        bounded: bool = True,
     ) -> CustomerState:
-        """Link an event's keys (or a merge's made by hand: ``kind``) and return the customer they belong to."""
+        """Link an event's keys (or a merge's made by hand: ``kind``) and return the customer they belong to; under
+        the merge bound unless ``bounded`` is false."""
         view, result = self.view, self.result
-        plan = plan_link(keys, view.identities, lambda cid: self._state(cid).identifiers, limits, self.apart)
+        most = self.merge_bound if bounded else None
+        plan = plan_link(
+            keys,
+            view.identities,
+            lambda cid: self._state(cid).identifiers,
+            limits,
+            self.apart,
+            None if most is None else MergeBound(most, lambda cid: self._state(cid).events),
+        )
         if plan.refused:
             result.refused[event_id] = plan.refused
         if plan.apart:
             result.kept_apart[event_id] = plan.apart
+        if plan.too_large:
+            result.too_large[event_id] = plan.too_large
         if not plan.new_keys and len(plan.group) == 1:
             return self._state(plan.group[0])  # the usual case: nothing new to link
         states = [self._state(cid) for cid in plan.group]
@@ -555,7 +609,9 @@ class _Batch:
                 self.result.created.add(final_id)
         absorbed = [state for state in states if state is not survivor]
         renamed = survivor.customer_id != final_id  # a stronger key joined: the old id merges into the new
-        linked = [key for key in keys if key not in plan.refused and key not in plan.apart]
+        linked = [
+            key for key in keys if key not in plan.refused and key not in plan.apart and key not in plan.too_large
+        ]
         repoint: list[str] = []
         for state in absorbed:
             for side, row in survivor.merge_affected(state, self.policy):

@@ -150,11 +150,17 @@ def restore_history(needs: dict[str, float], view: StateView, table: dict[str, t
 
 
 def run_like_worker(
-    stitcher: Stitcher, arrived: list, rng: random.Random, links: Sequence[tuple[int, ManualLink]] = ()
+    stitcher: Stitcher,
+    arrived: list,
+    rng: random.Random,
+    links: Sequence[tuple[int, ManualLink]] = (),
+    *,
+    read_back_all: bool = False,
 ) -> tuple[dict, dict, list[BatchResult]]:
     """Apply ``arrived`` in random batches the way the worker does: load a partial view, read back the history
     its late events need from the touchpoints table, apply, close, write back. ``links``: merges made by hand, each
-    applied by the batch that holds its position in ``arrived`` (after that batch's events)."""
+    applied by the batch that holds its position in ``arrived`` (after that batch's events). ``read_back_all``:
+    read back every loaded customer's whole history instead of what ``Stitcher.history_needs`` asks for."""
     identities: dict[str, str] = {}
     states: dict[str, str] = {}
     table: dict[str, tuple[str | None, StoredEntry]] = {}  # the touchpoints table: event id -> (customer, row)
@@ -172,7 +178,10 @@ def run_like_worker(
             cid: CustomerState.from_dict(json.loads(states[cid])) for cid in set(view.identities.values())
         }
         view.applied = {e.event_id: table[e.event_id][0] or NO_CUSTOMER for e in batch if e.event_id in table}
-        restore_history(stitcher.history_needs(batch, keys, view, linked), view, table)
+        if read_back_all:
+            restore_history(dict.fromkeys(view.customers, 0.0), view, table)
+        else:
+            restore_history(stitcher.history_needs(batch, keys, view, linked), view, table)
         result = stitcher.apply(batch, view, keys, links=linked)
         stitcher.close(view, result)
         identities.update(result.identities)

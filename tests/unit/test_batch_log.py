@@ -34,8 +34,9 @@ def test_rare_counts_are_named_only_when_not_zero() -> None:
         "applied 1 event (0 dead letters, 0 duplicates, 0 merges, 0 alerts) from 1 partition in 0.05 s; "
         "watermark 2026-12-01T00:00:00Z; lag 0 records"
     )
-    late = BatchSummary(events=9, partitions=2, late_accepted=7, unattributed=1, restored=2)
+    late = BatchSummary(events=9, partitions=2, late_accepted=7, unattributed=1, restored=2, merge_too_large=1)
     assert describe_batch(late, 1.0, lag=1) == (
         "applied 9 events (0 dead letters, 0 duplicates, 0 merges, 0 alerts, 7 late, 1 unattributed, "
-        "2 histories read back) from 2 partitions in 1.00 s; watermark none yet; lag 1 record"
+        "2 histories read back, 1 link refused (CXSTREAM_MERGE_MAX_TOUCHPOINTS)) from 2 partitions in 1.00 s; "
+        "watermark none yet; lag 1 record"
     )

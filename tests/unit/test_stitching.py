@@ -24,7 +24,7 @@ from schemas.touchpoint import (
 from streams.domain.customer import EVENT_ID, MAX_TRAITS, CustomerState, StoredEntry, issue_key, make_row, row_of
 from streams.domain.entry import Entry
 from streams.domain.identifiers import hash_identifier
-from streams.domain.identity import customer_id_for
+from streams.domain.identity import LinkPlan, MergeBound, customer_id_for, plan_link
 from streams.domain.metrics import contributions, merge, value_of
 from streams.domain.moments import event_moments, is_complaint, nps_moment
 from streams.domain.oracle import replay
@@ -961,3 +961,61 @@ def test_a_resolving_calls_own_low_post_call_survey_contradicts_it() -> None:
     for survey, contradicted in ((SurveyAnswers(csat=1), True), (SurveyAnswers(csat=5, nps=9), False)):
         call = contact(0, issue_id="CASE-9", resolved=True, survey=survey)
         assert replay([call], POLICIES).entries[call.event_id].resolution_contradicted is contradicted
+
+
+def test_plan_link_refuses_a_customer_that_would_take_the_merge_over_the_bound() -> None:
+    identities = {"loyalty_id:HOUSE": "house", "email:ann@example.org": "ann", "email:bob@example.org": "bob"}
+    sizes = {"house": 40, "ann": 6, "bob": 4}
+    bound = MergeBound(10, sizes.__getitem__)
+
+    def plan(*keys: str) -> LinkPlan:
+        return plan_link(keys, identities, lambda cid: {}, {}, bound=bound)
+
+    # The strongest key is always taken; a merge of 40 with 6 is not.
+    assert plan("loyalty_id:HOUSE", "email:ann@example.org") == (["house"], [], [], [], ["email:ann@example.org"])
+    # 6 + 4 is at the bound: merged; a new key joins whatever the sizes.
+    assert plan("email:ann@example.org", "email:bob@example.org", "phone:+447900000001") == (
+        ["ann", "bob"],
+        ["phone:+447900000001"],
+        [],
+        [],
+        [],
+    )
+    assert plan("phone:+447900000001", "loyalty_id:HOUSE") == (["house"], ["phone:+447900000001"], [], [], [])
+    # Counted together: ann and bob fill the bound, so the house is refused after them.
+    assert plan("email:ann@example.org", "email:bob@example.org", "loyalty_id:HOUSE").too_large == ["loyalty_id:HOUSE"]
+
+
+def test_a_customer_over_the_merge_bound_is_merged_with_nobody_and_its_history_is_not_read_back() -> None:
+    # A till's "house" loyalty card, scanned for anyone without a card of their own: it holds more touchpoints
+    # than the bound, and a merge would read all those since the other customer's first event back into memory.
+    stitcher = new_stitcher(window_grace_s=DAY, merge_max_touchpoints=6)
+    unbounded = new_stitcher(window_grace_s=DAY)
+    view = StateView()
+    house_card = {LOYALTY: "HOUSE"}
+    till = [contact(24 * d, Channel.STORE, identifiers=house_card, reason="receipt") for d in (0, 1, 2, 3, 4, 5, 100)]
+    run(stitcher, till, view)
+    run(stitcher, [ev(hours=24 * d) for d in (3, 4, 100)], view)
+    house = customer_id_for("loyalty_id:HOUSE")
+    assert view.customers[house].events == 7
+    scan = ev(EventType.PURCHASE, 24 * 100.5, Channel.STORE, identifiers={LOYALTY: "HOUSE", EMAIL: "ann@example.org"})
+    keys = stitcher.keys_of([scan])
+    # Without the bound the merge would need the house's history from Ann's first event (minus the span) on.
+    assert house in unbounded.history_needs([scan], keys, view)
+    assert stitcher.history_needs([scan], keys, view) == {}
+
+    result = run(stitcher, [scan], view)
+    assert result.too_large == {scan.event_id: ["email:ann@example.org"]} and result.over_bound == 1
+    assert not result.merges and not result.refused
+    assert view.identities == {"loyalty_id:HOUSE": house, "email:ann@example.org": ANN}
+    assert [(e.event_id, e.customer_id) for e in result.entries] == [(scan.event_id, house)]
+    # A late contact on the house card still reads back what its own events need.
+    late = contact(24 * 2.5, Channel.STORE, identifiers={LOYALTY: "HOUSE", EMAIL: "ann@example.org"}, reason="receipt")
+    needs = stitcher.history_needs([late], stitcher.keys_of([late]), view)
+    assert needs[house] == late.occurred_at.timestamp() - stitcher.policy.span_s
+    # An identifier new to the graph that the batch gives to the house customer takes a later event there too.
+    phone = {IdentifierType.PHONE: "+447700900123"}
+    given = ev(hours=24 * 100.6, channel=Channel.STORE, identifiers={LOYALTY: "HOUSE"} | phone)
+    later = contact(24 * 2.5, Channel.PHONE, identifiers=phone, reason="receipt")
+    needs = stitcher.history_needs([given, later], stitcher.keys_of([given, later]), view)
+    assert needs == {house: later.occurred_at.timestamp() - stitcher.policy.span_s}
