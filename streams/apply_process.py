@@ -94,6 +94,8 @@ class BatchSummary:
     kept_apart: int = 0
     #: Identifier links refused because the merge would be over CXSTREAM_MERGE_MAX_TOUCHPOINTS.
     merge_too_large: int = 0
+    #: Customers that came to hold more than CXSTREAM_MERGE_MAX_TOUCHPOINTS touchpoints in the batch.
+    outgrown: tuple[str, ...] = ()
     #: Customers whose history was read back from SQL for late events.
     restored: int = 0
     #: Dead letters of the batch by reason.
@@ -156,6 +158,7 @@ class BatchSummary:
             over_limit=result.over_limit,
             kept_apart=result.apart,
             merge_too_large=result.over_bound,
+            outgrown=tuple(result.outgrown),
             processing_s=_seconds_since(fresh, applied_at),
             end_to_end_s=_seconds_since(fresh, committed),
         )

@@ -273,6 +273,8 @@ class Worker:
         # A batch of redelivered records only (after a rebalance) read nothing new: no line, as for an idle tick.
         if summary.partitions and log.isEnabledFor(logging.INFO):
             log.info("%s", describe_batch(summary, seconds, sum(self._lag().values())))
+        for customer_id in summary.outgrown:
+            log.warning("%s", outgrown_warning(customer_id, self.settings.merge_max_touchpoints))
 
     @staticmethod
     async def _ack(stream: faust.StreamT, events: list[Any]) -> None:
@@ -561,6 +563,16 @@ def describe_batch(summary: BatchSummary, seconds: float, lag: int) -> str:
     return (
         f"applied {_n(applied, 'event')} ({', '.join(counts)}) from {_n(summary.partitions, 'partition')} "
         f"in {seconds:.2f} s; watermark {watermark}; lag {_n(lag, 'record')}"
+    )
+
+
+def outgrown_warning(customer_id: str, bound: int) -> str:
+    """The warning a worker logs once a customer holds more touchpoints than the merge bound."""
+    return (
+        f"customer {customer_id} now holds more than {bound:,} touchpoints (CXSTREAM_MERGE_MAX_TOUCHPOINTS): links "
+        "to it are refused from now on. If an identifier many people share made it (a till's house loyalty card, "
+        "a shared inbox), add that identifier to CXSTREAM_BLOCKED_IDENTIFIERS (cxstream timeline "
+        f"{customer_id} lists its identifiers)"
     )
 
 

@@ -172,6 +172,9 @@ class BatchResult:
     #: Event (or merge made by hand) id -> keys it carried that were not linked because their customer and the
     #: event's would hold more touchpoints together than the merge bound (``IdentityPolicy.merge_max_touchpoints``).
     too_large: dict[str, list[str]] = field(default_factory=dict)
+    #: Customers that came to hold more touchpoints than the merge bound in this batch: merged with nobody from
+    #: now on. Usually an identifier many people share made them (a house loyalty card), which should be blocked.
+    outgrown: list[str] = field(default_factory=list)
     #: Events already applied (redeliveries), skipped.
     duplicates: int = 0
     #: Blocked identifier values seen (ignored for stitching).
@@ -399,6 +402,8 @@ class _Batch:
         #: Event ids applied to no customer in this batch.
         self.unattributed: set[str] = set()
         self.touched: set[CustomerState] = set()
+        #: Each loaded customer's touchpoints before the batch, under a merge bound (to tell who outgrew it).
+        self.sizes = {} if self.merge_bound is None else {state: state.events for state in view.customers.values()}
         #: Removed customer id -> the state that took it over.
         self.removed: dict[str, CustomerState] = {}
         #: Customer id formed again and merged by a split's re-stitch -> that merge and the state that took it over.
@@ -661,7 +666,13 @@ class _Batch:
             elif after != before:
                 result.entries.append(timeline_entry(state.customer_id, row, after))
                 result.replaced[event_id] = timeline_entry(state.customer_id, row, before)
-        result.changed = sorted({_final(state).customer_id for state in self.touched})
+        finals = {_final(state) for state in self.touched}
+        result.changed = sorted(state.customer_id for state in finals)
+        if (bound := self.merge_bound) is not None:
+            sizes = self.sizes
+            result.outgrown = sorted(
+                state.customer_id for state in finals if state.events > bound >= sizes.get(state, 0)
+            )
         result.forgotten = sorted(key for key in self.unlinked if key not in self.view.identities)
         result.relinked = [
             (change, _final(holder).customer_id) for _, (change, holder) in sorted(self.relinked.items())

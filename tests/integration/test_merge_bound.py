@@ -45,18 +45,21 @@ def ann_scans_the_house_card() -> TouchpointEvent:
     return event(24 * 40 + 2, Channel.STORE, EventType.PURCHASE, both, amount=Decimal(12), currency="GBP")
 
 
-def scanned(database_url: str, bound: int) -> tuple[BatchProcessor, BatchReport]:
-    """Feed the shoppers, then Ann's scan of the house card in a batch of its own, under ``bound``."""
+def scanned(database_url: str, bound: int) -> tuple[BatchProcessor, list[str], BatchReport]:
+    """Feed the shoppers in batches of 10, then Ann's scan of the house card in a batch of its own, under
+    ``bound``; return the customers the batches said outgrew the bound, and the scan's report."""
     settings, engine, _ = worker(database_url)
     processor = BatchProcessor(settings.model_copy(update={"merge_max_touchpoints": bound}), SqlSink(engine))
     ends: dict[str, int] = {}
-    feed(processor, records(shoppers(), ends), size=10)
+    items, outgrown = records(shoppers(), ends), []
+    for start in range(0, len(items), 10):
+        outgrown += BatchSummary.of(processor.process(items[start : start + 10]), {}).outgrown
     assert customers(engine) == 2
-    return processor, processor.process(records([ann_scans_the_house_card()], ends))
+    return processor, outgrown, processor.process(records([ann_scans_the_house_card()], ends))
 
 
 def test_a_link_to_a_customer_over_the_bound_is_refused_and_its_history_is_not_read_back(database_url: str) -> None:
-    processor, report = scanned(database_url, BOUND)
+    processor, outgrown, report = scanned(database_url, BOUND)
     scan = ann_scans_the_house_card()
     assert report.result is not None
     assert report.result.too_large == {scan.event_id: [ANN]} and not report.result.merges
@@ -64,6 +67,7 @@ def test_a_link_to_a_customer_over_the_bound_is_refused_and_its_history_is_not_r
     assert BatchSummary.of(report, {}).merge_too_large == 1  # cxstream_identifiers_rejected_total{reason=...}
     engine = processor.sink.engine
     house = customer_of(engine, HOUSE)
+    assert outgrown == [house], "the batch that took it over the bound said so (the worker logs a warning)"
     assert customers(engine) == 2 and customer_of(engine, ANN) != house
     with engine.connect() as conn:
         owner = conn.execute(select(t.touchpoints.c.customer_id).where(t.touchpoints.c.event_id == scan.event_id))
@@ -72,7 +76,8 @@ def test_a_link_to_a_customer_over_the_bound_is_refused_and_its_history_is_not_r
 
 
 def test_without_the_bound_the_same_record_merges_and_reads_the_history_back(database_url: str) -> None:
-    processor, report = scanned(database_url, 100_000)
+    processor, outgrown, report = scanned(database_url, 100_000)
+    assert not outgrown
     assert report.result is not None and len(report.result.merges) == 1 and not report.result.too_large
     assert report.restored >= 1, "a merge reads back the older side's history from the younger's first event"
     assert customers(processor.sink.engine) == 1

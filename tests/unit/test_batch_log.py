@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 
 from streams.apply_process import BatchSummary
-from streams.worker import describe_batch
+from streams.worker import describe_batch, outgrown_warning
 
 
 def test_a_busy_batch_in_one_line() -> None:
@@ -40,3 +40,9 @@ def test_rare_counts_are_named_only_when_not_zero() -> None:
         "2 histories read back, 1 link refused (CXSTREAM_MERGE_MAX_TOUCHPOINTS)) from 2 partitions in 1.00 s; "
         "watermark none yet; lag 1 record"
     )
+
+
+def test_a_customer_over_the_merge_bound_is_named_with_what_to_do() -> None:
+    line = outgrown_warning("c-0123", 100_000)
+    assert line.startswith("customer c-0123 now holds more than 100,000 touchpoints (CXSTREAM_MERGE_MAX_TOUCHPOINTS)")
+    assert "CXSTREAM_BLOCKED_IDENTIFIERS" in line and "\n" not in line

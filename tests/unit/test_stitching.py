@@ -994,9 +994,10 @@ def test_a_customer_over_the_merge_bound_is_merged_with_nobody_and_its_history_i
     view = StateView()
     house_card = {LOYALTY: "HOUSE"}
     till = [contact(24 * d, Channel.STORE, identifiers=house_card, reason="receipt") for d in (0, 1, 2, 3, 4, 5, 100)]
-    run(stitcher, till, view)
-    run(stitcher, [ev(hours=24 * d) for d in (3, 4, 100)], view)
     house = customer_id_for("loyalty_id:HOUSE")
+    assert run(stitcher, till[:6], view).outgrown == [], "at the bound"
+    assert run(stitcher, till[6:], view).outgrown == [house], "over it: the worker warns, once"
+    assert run(stitcher, [ev(hours=24 * d) for d in (3, 4, 100)], view).outgrown == []
     assert view.customers[house].events == 7
     scan = ev(EventType.PURCHASE, 24 * 100.5, Channel.STORE, identifiers={LOYALTY: "HOUSE", EMAIL: "ann@example.org"})
     keys = stitcher.keys_of([scan])
@@ -1006,6 +1007,7 @@ def test_a_customer_over_the_merge_bound_is_merged_with_nobody_and_its_history_i
 
     result = run(stitcher, [scan], view)
     assert result.too_large == {scan.event_id: ["email:ann@example.org"]} and result.over_bound == 1
+    assert result.outgrown == [], "it was over the bound before"
     assert not result.merges and not result.refused
     assert view.identities == {"loyalty_id:HOUSE": house, "email:ann@example.org": ANN}
     assert [(e.event_id, e.customer_id) for e in result.entries] == [(scan.event_id, house)]
