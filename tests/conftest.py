@@ -11,12 +11,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from tests.support.apache_kafka import ApacheKafkaCluster
 from tests.support.processes import free_port
 from tests.support.workers import WorkerFactory
+
+# Timing belongs to `make bench`: a pause of a shared, loaded machine must not fail an example (Hypothesis' default
+# deadline is 200 ms an example). Tests that set their own settings keep them.
+hypothesis_settings.register_profile("cxstream", deadline=None)
+hypothesis_settings.load_profile("cxstream")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
