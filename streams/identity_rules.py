@@ -155,7 +155,8 @@ def merge_customers(
     ``wait_s`` for a worker to apply it.
 
     Raises BadIdentifier when a reference names no customer, both name one, or a never-link rule keeps them apart
-    (remove it first); MergeTooLarge (before recording anything) when they hold more touchpoints together than
+    (remove it first), or a worker that applied it within the wait kept them apart (its own merge bound, or a rule
+    added meanwhile); MergeTooLarge (before recording anything) when they hold more touchpoints together than
     ``CXSTREAM_MERGE_MAX_TOUCHPOINTS``. Per-type limits do not apply: a merge made by hand is the person's decision.
     """
     hashing = identifier_hashing(settings)
@@ -195,6 +196,11 @@ def merge_customers(
             time.sleep(0.2)
             applied = merge_applied_at(engine, merge_id) is not None
         survivor = customer_of_key(engine, key_a) if applied else None
+        if survivor is not None and customer_of_key(engine, key_b) not in (survivor, None):
+            raise BadIdentifier(
+                f"a worker refused merge {merge_id}: the customers stay apart (its CXSTREAM_MERGE_MAX_TOUCHPOINTS, or "
+                "a never-link rule added meanwhile; cxstream_identifiers_rejected_total counts it)"
+            )
         return MergeReport(merge_id, (customers[0], customers[1]), survivor)
     finally:
         engine.dispose()

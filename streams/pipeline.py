@@ -670,7 +670,7 @@ class BatchProcessor:
             for event_id, customer_id in self.sink.load_applied(tx, {event.event_id for event in events}).items()
         }
         view = StateView(identities=identities, customers=customers, applied=applied)
-        report.restored = self._restore(tx, view, self.stitcher.history_needs(events, keys, view, links))
+        report.restored = self._restore(tx, view, self.stitcher.history_needs(events, keys, view, links, splits))
         # 4. apply
         before = hint.watermark
         max_age = self.settings.max_event_age_s

@@ -230,6 +230,7 @@ class Stitcher:
         keys: Sequence[EventKeys],
         view: StateView,
         links: Sequence[ManualLink] = (),
+        splits: Sequence[Split] = (),
     ) -> dict[str, float]:
         """Customers of the view whose facts and history must be restored before ``apply``, and from when.
 
@@ -239,18 +240,25 @@ class Stitcher:
         customer linked, through the batch's keys, to an older one needs its history from the second-earliest
         ``first_seen`` of the group, minus the span. A customer over the merge bound
         (``IdentityPolicy.merge_max_touchpoints``) is merged with no other (``plan_link`` refuses it), so it needs
-        only what its own events need: a "house" identifier shared by everyone does not bring its whole history
-        back. Customers complete from early enough are left out: in a live stream, with events no later than
-        ``CustomerPolicy.grace_s``, nobody is.
+        only what the events that may go to it need: a "house" identifier shared by everyone does not bring its
+        whole history back. Customers complete from early enough are left out: in a live stream, with events no
+        later than ``CustomerPolicy.grace_s``, nobody is. ``links`` and ``splits`` are the batch's, as ``apply``
+        gets them.
         """
         span = self.policy.span_s
         identities = view.identities
         bound = self.rules.merge_bound
-        # Counts only grow within a batch, so a customer over the bound before it is refused every merge in it.
+        # Counts only grow within a batch, so a customer over the bound before it is refused every merge in it;
+        # unless the batch splits it, into pieces that may be under the bound.
+        split_ids = {split.customer_id for split in splits}
         solo = (
             set()
             if bound is None
-            else {customer_id for customer_id, state in view.customers.items() if state.events > bound}
+            else {
+                customer_id
+                for customer_id, state in view.customers.items()
+                if state.events > bound and customer_id not in split_ids
+            }
         )
 
         # Nodes are identifier keys and stored customers ("\0" + id). Only an event carrying several keys that are
@@ -276,42 +284,54 @@ class Stitcher:
             if since < needs.get(node, since + 1):
                 needs[node] = since
 
+        def linking(keys_: Sequence[str]) -> list[str]:
+            # A customer over the bound keeps its keys for the whole batch and links with nobody: its keys connect
+            # nothing (shoppers who scan a house card are not one merge group).
+            return [key for key in keys_ if identities.get(key) not in solo] if solo else list(keys_)
+
         for link in links:
-            for key in link.keys:
-                union(link.keys[0], key)
+            linked = linking(link.keys)
+            for key in linked:
+                union(linked[0], key)
                 owner = identities.get(key)
-                if owner is not None and owner not in solo:
+                if owner is not None:
                     union(key, "\0" + owner)
-        # Keys new to the view that an event of the batch gives to a customer over the bound (its strongest owned
-        # key's): later events carrying them may go to that customer too.
-        joined: dict[str, str] = {}
+        # Keys new to the view -> the customers over the bound that an event of the batch may have given them to
+        # (any such customer among its keys': type limits and never-link rules decide which, if any, takes them).
+        joined: dict[str, set[str]] = {}
         for event, event_keys in zip(events, keys, strict=True):
             keys_ = event_keys.keys
             if not keys_:
                 continue
-            if joined:
-                owners = [identities.get(key) or joined.get(key) for key in keys_]
-            else:
-                owners = [identities.get(key) for key in keys_]
-            # Customers the event may go to that merge with nobody: they need what the event needs, nothing more.
-            alone = [owner for owner in owners if owner in solo] if solo else []
-            if alone:
-                first = next(owner for owner in owners if owner is not None)
-                if first in alone:
-                    joined.update((key, first) for key, owner in zip(keys_, owners, strict=True) if owner is None)
-            distinct = set(owners)
-            if len(keys_) > 1 and (len(distinct) > 1 or None in distinct):
+            owners = [identities.get(key) for key in keys_]
+            # Customers over the bound the event may go to: they need what it needs, nothing more.
+            alone: set[str] = set()
+            if solo:
+                for key, owner in zip(keys_, owners, strict=True):
+                    if owner is not None and owner in solo:
+                        alone.add(owner)
+                    elif owner is None and key in joined:
+                        alone |= joined[key]
+                if alone:
+                    for key, owner in zip(keys_, owners, strict=True):
+                        if owner is None:
+                            joined.setdefault(key, set()).update(alone)
+                    keys_ = tuple(linking(keys_))
+                    owners = [identities.get(key) for key in keys_]
+            node = None
+            if len(keys_) > 1 and (len(distinct := set(owners)) > 1 or None in distinct):
                 for key, owner in zip(keys_, owners, strict=True):
                     union(keys_[0], key)
-                    if owner is not None and owner not in alone:
+                    if owner is not None:
                         union(key, "\0" + owner)
                 node = keys_[0]
-            else:
+            elif keys_:
                 owner = owners[0]
-                node = keys_[0] if owner is None or alone else "\0" + owner
+                node = keys_[0] if owner is None else "\0" + owner
             if _may_be_kept(event):
                 earliest = event.occurred_at.timestamp() - span
-                note(node, earliest)
+                if node is not None:
+                    note(node, earliest)
                 for owner in alone:
                     note("\0" + owner, earliest)
         members: dict[str, set[str]] = {}
@@ -505,7 +525,7 @@ class _Batch:
             self.dirty[event_id] = (row, state, None)
             formed.add(state)
         for link in split.links:
-            self.link(link)
+            self.link(link, bounded=False)  # applied before: the customer's own history is in memory already
         new = result.created - created - {split.customer_id}
         restitched = {m.merged_id: m for m in result.merges[merges:] if m.merged_id in new}
         self.relinked.update(
@@ -557,16 +577,17 @@ class _Batch:
         if row[EVENT_ID] not in self.dirty:
             self.dirty[row[EVENT_ID]] = (row, state, state.derive(row, self.policy))
 
-    def link(self, link: ManualLink) -> None:
+    def link(self, link: ManualLink, *, bounded: bool = True) -> None:
         """Apply a merge made by hand: link its keys as an event carrying both would, with no type limit.
 
         A key no customer holds (erased meanwhile) links nothing; a link a never-link rule or the merge bound
-        refuses is reported (``kept_apart``, ``too_large``) and changes nothing.
+        refuses is reported (``kept_apart``, ``too_large``) and changes nothing. ``bounded`` false: no merge bound
+        (a split applying its customer's merges again, with its whole history in memory).
         """
         known = [key for key in link.keys if key in self.view.identities]
         if len(known) == 2:
             keys = tuple(sorted(known, key=self.rules.strength))
-            self.touched.add(self._link(link.link_id, link.at, keys, {}, kind="manual_merge"))
+            self.touched.add(self._link(link.link_id, link.at, keys, {}, kind="manual_merge", bounded=bounded))
 
     def _link(
         self,

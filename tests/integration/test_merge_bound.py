@@ -6,20 +6,22 @@ refuses such a merge up front, naming the variable."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 
 from schemas.touchpoint import Channel, EventType, IdentifierType, TouchpointEvent
 from sinks import tables as t
 from sinks.sql import SqlSink
 from streams.apply_process import BatchSummary
 from streams.cli import main
-from streams.identity_rules import MergeTooLarge, merge_customers
+from streams.identity_rules import BadIdentifier, MergeTooLarge, merge_customers
 from streams.pipeline import BatchProcessor, BatchReport
 from tests.integration.test_never_link import customer_of, customers, event, feed, records, worker
+from tests.support.processes import wait_until
 
 ANN, HOUSE = "email:ann@example.org", "loyalty_id:HOUSE"
 #: The bound of these tests: the house card holds 40 touchpoints, Ann 2.
@@ -97,6 +99,26 @@ def test_a_merge_by_hand_over_the_bound_is_refused_up_front(database_url: str) -
     assert merge_customers(
         settings.model_copy(update={"merge_max_touchpoints": 42}), ANN, HOUSE, actor="test", wait_s=0
     )
+
+
+def test_a_merge_by_hand_that_a_worker_refuses_by_its_own_bound_is_not_reported_done(database_url: str) -> None:
+    # The command's bound let it through (another process, another setting); the worker's does not.
+    settings, engine, _ = worker(database_url)
+    processor = BatchProcessor(settings.model_copy(update={"merge_max_touchpoints": BOUND}), SqlSink(engine))
+    feed(processor, records(shoppers()), size=10)
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(merge_customers, settings, ANN, HOUSE, actor="test", wait_s=30)
+        wait_until(lambda: bool(manual_merges(engine)), 20, "the merge to be recorded", 0.05)
+        report = processor.tick()
+        assert report.result is not None and report.result.over_bound == 1
+        with pytest.raises(BadIdentifier, match=r"a worker refused merge .*: the customers stay apart"):
+            answer.result()
+    assert customers(engine) == 2 and all(applied_at is not None for _, applied_at in manual_merges(engine))
+
+
+def manual_merges(engine: Engine) -> list[tuple[str, object]]:
+    with engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(select(t.manual_merges.c.merge_id, t.manual_merges.c.applied_at))]
 
 
 def test_the_merge_command_names_the_variable(sqlite_url: str) -> None:

@@ -15,24 +15,31 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from datetime import timedelta
+from decimal import Decimal
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from config.settings import Settings
-from schemas.touchpoint import IdentifierType, TouchpointEvent
+from schemas.touchpoint import Channel, EventType, IdentifierType, SourceRef, TouchpointEvent, derive_event_id
 from streams.domain.identity import EventKeys
 from streams.domain.oracle import final_entries
 from streams.domain.stitching import BatchResult, ManualLink, StateView, Stitcher, _may_be_kept
 from streams.policies import Policies
-from tests.property.test_stitching_properties import DAY, deliveries, histories, run_like_worker
+from tests.property.test_split_properties import SplitWorker
+from tests.property.test_stitching_properties import DAY, T0, deliveries, histories, run_like_worker
 
-#: Identifiers several people's events carry: a till's house loyalty cards, a family tablet, a shared inbox.
+#: Identifiers several people's events carry: a till's house loyalty cards, a family tablet, a shared inbox, a
+#: shared account and a kiosk's login.
 SHARED = [
     {IdentifierType.LOYALTY_ID: "HOUSE-1"},
     {IdentifierType.LOYALTY_ID: "HOUSE-2"},
     {IdentifierType.WEB_ANONYMOUS_ID: "family-tablet"},
     {IdentifierType.EMAIL: "family@example.org"},
+    # Of types limited to one a customer: links refused by a type limit next to those refused by the bound.
+    {IdentifierType.CRM_ID: "shared-account"},
+    {IdentifierType.WEB_USER_ID: "kiosk-login"},
 ]
 #: Short lookbacks, grace and history (as ``test_stitching_properties.TIGHT``): states forget early, so merges
 #: need their history read back.
@@ -121,3 +128,156 @@ def test_what_history_needs_reads_back_is_enough_when_the_merge_bound_bites(
     ]
     assert {cid: profiles[0][cid] for cid in states} == {cid: profiles[1][cid] for cid in states}
     assert sum(r.over_bound for r in results) == sum(r.over_bound for r in everything[2])
+
+
+# --- cases a review found: each failed before the fix ---------------------------------------------------------------
+
+_serial = iter(range(10**6))
+
+
+def touch(day: float, ids: dict, kind: EventType = EventType.PURCHASE) -> TouchpointEvent:
+    """A touchpoint ``day`` days after T0: a purchase unless ``kind`` says otherwise."""
+    n = next(_serial)
+    at = T0 + timedelta(days=day)
+    extra: dict = {"amount": Decimal(10), "currency": "GBP"} if kind is EventType.PURCHASE else {}
+    return TouchpointEvent(
+        event_id=derive_event_id(Channel.PHONE, f"m{n}"),
+        channel=Channel.PHONE,
+        type=kind,
+        occurred_at=at,
+        received_at=at,
+        identifiers=ids,
+        source=SourceRef(system="test", id=f"m{n}"),
+        **extra,
+    )
+
+
+class Batches:
+    """Batch sizes for ``run_like_worker``: each history event alone, then the batch under test at once."""
+
+    def __init__(self, history: int, batch: int) -> None:
+        self.sizes = [1] * history + [batch]
+
+    def randint(self, _low: int, _high: int) -> int:
+        return self.sizes.pop(0)
+
+
+def assert_reads_back_enough(policies: Policies, history: list, batch: list) -> None:
+    """Apply ``history`` an event a batch, then ``batch`` at once: what was read back covers the batch's merges and
+    events (``Audited``), and the entries equal those of reading every history back whole."""
+    arrived = history + batch
+    needed = run_like_worker(Audited(policies), arrived, Batches(len(history), len(batch)))  # type: ignore[arg-type]
+    everything = run_like_worker(
+        Stitcher(policies),
+        arrived,
+        Batches(len(history), len(batch)),  # type: ignore[arg-type]
+        read_back_all=True,
+    )
+    assert final_entries(needed[2]) == final_entries(everything[2])
+
+
+def test_keys_a_type_limit_keeps_from_a_customer_over_the_bound_may_link_other_customers() -> None:
+    house = {IdentifierType.EMAIL: "house@example.org"}
+    history = [touch(d, {IdentifierType.PHONE: "+441"}) for d in (0, 20)]
+    history += [touch(d, {IdentifierType.LOYALTY_ID: "B"}) for d in (1, 21)]
+    own = {IdentifierType.PHONE: "+440", IdentifierType.WEB_USER_ID: "wH", IdentifierType.MARKETPLACE_BUYER_ID: "mH"}
+    history += [touch(d, house | own, EventType.SUPPORT_CONTACT) for d in range(0, 40, 5)]
+    batch = [
+        # x and y are refused by the house customer's limits, and then link two other customers.
+        touch(41, house | {IdentifierType.WEB_USER_ID: "x"}, EventType.SUPPORT_CONTACT),
+        touch(
+            41.05, {IdentifierType.PHONE: "+440", IdentifierType.MARKETPLACE_BUYER_ID: "y"}, EventType.SUPPORT_CONTACT
+        ),
+        touch(41.1, {IdentifierType.PHONE: "+441", IdentifierType.WEB_USER_ID: "x"}, EventType.SUPPORT_CONTACT),
+        touch(
+            41.2, {IdentifierType.LOYALTY_ID: "B", IdentifierType.MARKETPLACE_BUYER_ID: "y"}, EventType.SUPPORT_CONTACT
+        ),
+        touch(
+            41.3, {IdentifierType.WEB_USER_ID: "x", IdentifierType.MARKETPLACE_BUYER_ID: "y"}, EventType.SUPPORT_CONTACT
+        ),
+    ]
+    limits = {"crm_id": 1, "web_user_id": 1, "marketplace_buyer_id": 1, "web_anonymous_id": 50}
+    settings = Settings(merge_max_touchpoints=7, identifier_limits=limits, **TIGHT)  # type: ignore[arg-type]
+    assert_reads_back_enough(Policies.from_settings(settings), history, batch)
+
+
+def test_a_key_new_to_the_graph_that_a_customer_over_the_bound_takes_brings_later_events_to_it() -> None:
+    history = [touch(d, {IdentifierType.CRM_ID: "ca", IdentifierType.EMAIL: "a@example.org"}) for d in (0, 30)]
+    history += [touch(d, {IdentifierType.WEB_ANONYMOUS_ID: "kiosk"}) for d in range(0, 40, 5)]
+    batch = [
+        # A (the first owned key's customer) is refused by the crm_id limit: the kiosk's customer takes x.
+        touch(
+            40,
+            {
+                IdentifierType.CRM_ID: "x",
+                IdentifierType.EMAIL: "a@example.org",
+                IdentifierType.WEB_ANONYMOUS_ID: "kiosk",
+            },
+            EventType.PAGE_VIEW,
+        ),
+        touch(12, {IdentifierType.CRM_ID: "x"}),  # late: goes to the kiosk's customer
+    ]
+    settings = Settings(merge_max_touchpoints=5, **TIGHT)  # type: ignore[arg-type]
+    assert_reads_back_enough(Policies.from_settings(settings), history, batch)
+
+
+class ReadingBackAll(Stitcher):
+    """A stitcher whose batches read back every loaded customer's whole history (the reference)."""
+
+    def history_needs(self, events: object, keys: object, view: StateView, *_: object) -> dict[str, float]:  # type: ignore[override]
+        return dict.fromkeys(view.customers, 0.0)
+
+
+def split_then(stitcher: Stitcher, history: list, moved: str, batch: list) -> SplitWorker:
+    """Apply ``history`` an event a batch, then split ``moved`` off its customer in the batch of ``batch``."""
+    worker = SplitWorker(Policies.from_settings(Settings()))
+    worker.stitcher = stitcher
+    for event in history:
+        worker.run([event])
+    worker.run(batch, splits=[worker.split_of("split-1", worker.identities[moved], [moved])])
+    return worker
+
+
+def test_a_customer_over_the_merge_bound_that_the_batch_splits_may_merge_again() -> None:
+    # The tablet's customer (Ann and Bob, 7 touchpoints) is over the bound of 5; Bob's piece (3) is not, and the
+    # batch that splits him off links him to Carol (2).
+    ann, bob = {IdentifierType.EMAIL: "ann@example.org"}, {IdentifierType.EMAIL: "bob@example.org"}
+    tablet, carol = {IdentifierType.WEB_ANONYMOUS_ID: "tablet"}, {IdentifierType.PHONE: "+447700900001"}
+    history = [
+        touch(3, carol, EventType.SUPPORT_CONTACT),
+        touch(30, carol),
+        touch(0, ann | tablet),
+        touch(1, bob | tablet),
+        touch(3.5, bob, EventType.SUPPORT_CONTACT),
+        touch(10, bob),
+        touch(15, ann),
+        touch(20, ann),
+        touch(25, ann),
+    ]
+    link = [touch(41, bob | carol)]
+    policies = Policies.from_settings(Settings(merge_max_touchpoints=5, **TIGHT))  # type: ignore[arg-type]
+    needed = split_then(Stitcher(policies), history, "email:bob@example.org", link)
+    everything = split_then(ReadingBackAll(policies), history, "email:bob@example.org", link)
+    assert len(needed.results[-1].merges) == 1
+    assert final_entries(needed.results) == final_entries(everything.results)
+
+
+def test_a_split_applies_its_customers_merges_by_hand_again_whatever_the_bound() -> None:
+    x, y, z = (
+        {IdentifierType.EMAIL: "x@example.org"},
+        {IdentifierType.PHONE: "+447700900002"},
+        {IdentifierType.WEB_ANONYMOUS_ID: "z"},
+    )
+    worker = SplitWorker(Policies.from_settings(Settings(merge_max_touchpoints=5)))
+    for event in [touch(1, x), touch(2, y), touch(3, y)]:
+        worker.run([event])
+    assert (
+        len(worker.run([], links=[ManualLink("merge-1", ("email:x@example.org", "phone:+447700900002"), T0)]).merges)
+        == 1
+    )
+    for event in [touch(4, x), touch(5, x), touch(6, x), touch(7, x | z)]:  # 8 touchpoints now, over the bound
+        worker.run([event])
+    customer = worker.identities["email:x@example.org"]
+    result = worker.run([], splits=[worker.split_of("split-1", customer, ["web_anonymous_id:z"])])
+    assert worker.identities["email:x@example.org"] == worker.identities["phone:+447700900002"], "still merged"
+    assert not result.too_large

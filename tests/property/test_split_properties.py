@@ -186,7 +186,7 @@ class SplitWorker:
         loaded = set(view.identities.values()) | {split.customer_id for split in splits}
         view.customers = {cid: CustomerState.from_dict(json.loads(self.states[cid])) for cid in loaded}
         view.applied = {e.event_id: table[e.event_id][0] or NO_CUSTOMER for e in batch if e.event_id in table}
-        restore_history(stitcher.history_needs(batch, keys, view, links), view, table)
+        restore_history(stitcher.history_needs(batch, keys, view, links, splits), view, table)
         result = stitcher.apply(batch, view, keys, links=links, splits=splits)
         stitcher.close(view, result)
         identities.update(result.identities)

@@ -1021,3 +1021,23 @@ def test_a_customer_over_the_merge_bound_is_merged_with_nobody_and_its_history_i
     later = contact(24 * 2.5, Channel.PHONE, identifiers=phone, reason="receipt")
     needs = stitcher.history_needs([given, later], stitcher.keys_of([given, later]), view)
     assert needs == {house: later.occurred_at.timestamp() - stitcher.policy.span_s}
+
+
+def test_shoppers_who_scan_a_customer_over_the_bound_in_one_batch_are_not_read_back_for_each_other() -> None:
+    stitcher = new_stitcher(window_grace_s=DAY, merge_max_touchpoints=6)
+    view = StateView()
+    run(stitcher, [contact(24 * d, Channel.STORE, identifiers={LOYALTY: "HOUSE"}, reason="r") for d in range(8)], view)
+    for who, start in (("ann", 0), ("bob", 5)):
+        run(
+            stitcher,
+            [contact(24 * d, identifiers={EMAIL: f"{who}@example.org"}, reason="r") for d in range(start, 60, 15)],
+            view,
+        )
+    scans = [
+        ev(EventType.PURCHASE, 24 * 60.5, Channel.STORE, identifiers={LOYALTY: "HOUSE", EMAIL: f"{who}@example.org"})
+        for who in ("ann", "bob")
+    ]
+    # Neither can merge with the house card's customer, so the house card links nobody to anybody.
+    assert stitcher.history_needs(scans, stitcher.keys_of(scans), view) == {}
+    result = run(stitcher, scans, view)
+    assert not result.merges and result.over_bound == 2
