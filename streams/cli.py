@@ -19,7 +19,7 @@ from schemas.outputs import MetricScope
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-    from streams.deadletters import Letter
+    from streams.deadletters import ReplayPlan
 
 
 #: A share of records (the simulator's rates): at least 0, less than 1.
@@ -794,10 +794,12 @@ def deadletters(
             raise click.ClickException(str(exc)) from None
         click.echo(dumps(dl.letter_json(letter, original=True)) if as_json else "\n".join(dl.show_lines(letter, topic)))
         return
-    letters: list[dl.Letter] = []
     lines: list[tuple[tuple[datetime, int, int], str]] = []
     listed = SortedJsonList()
     tally = dl.Tally()
+    plan = dl.ReplayPlan(settings)
+    ctx.call_on_close(listed.close)  # their temporary files
+    ctx.call_on_close(plan.close)
 
     def line_of(letter: dl.Letter) -> None:
         dead = letter.dead
@@ -809,8 +811,8 @@ def deadletters(
     try:
         # Only what is shown is kept: the counts need no dead letter, a plain list a line each, not its original
         # bytes (up to CXSTREAM_MAX_RECORD_BYTES each), so a long list stays small; a JSON list, which shows them,
-        # keeps them in a temporary file. Replays need the letters.
-        keep = letters.append if replay else (json_of if as_json else line_of) if as_list else tally.add
+        # and a replay, which sends them, keep them in a temporary file.
+        keep = plan.add if replay else (json_of if as_json else line_of) if as_list else tally.add
         scan = dl.scan(settings, selection, keep, limit=limit, timeout_s=timeout)
     except BrokerUnreachable as exc:
         raise click.ClickException(str(exc)) from None
@@ -821,7 +823,6 @@ def deadletters(
         return
     for note in scan.notes():
         click.echo(note, err=True)
-    letters.sort(key=lambda one: (one.dead.rejected_at, one.partition, one.offset))
     if as_json and as_list:
         listed.write(click.echo)
     elif as_json:
@@ -832,20 +833,20 @@ def deadletters(
     elif replay:
         if scan.timed_out:  # a replay of part of a selection could not be told from a whole one afterwards
             raise click.ClickException(f"{topic} was not read to its end within --timeout: nothing was republished")
-        _replay(settings, letters, dry_run)
+        _replay(settings, plan, scan.matched, dry_run)
     elif as_list:
         click.echo("\n".join(line for _, line in sorted(lines)))
     else:
         click.echo("\n".join(tally.lines()))
 
 
-def _replay(settings: Settings, letters: list[Letter], dry_run: bool) -> None:
-    """Replay (or with ``dry_run`` describe) dead letters; exit 1 on a refusal, 2 when the broker lost some."""
+def _replay(settings: Settings, plan: ReplayPlan, selected: int, dry_run: bool) -> None:
+    """Replay (or with ``dry_run`` describe) the ``selected`` dead letters ``plan`` holds; exit 1 on a refusal, 2
+    when the broker lost some."""
     from streams import deadletters as dl
     from streams.kafka import BrokerUnreachable
 
-    plan = dl.plan_replay(letters, settings)
-    if refusal := plan.refusal(len(letters)):
+    if refusal := plan.refusal(selected):
         raise click.ClickException(refusal)
     if dry_run:
         click.echo("\n".join([*plan.preview(), *plan.lines(sent=None)]))

@@ -17,7 +17,7 @@ import binascii
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -32,7 +32,7 @@ from schemas.deadletter import DeadLetter
 from schemas.touchpoint import Channel, TouchpointEvent
 from streams.adapters import partition_key
 from streams.adapters.reader import Accepted, convert_one
-from streams.inspection import plural, printable, table, when
+from streams.inspection import Spool, plural, printable, table, when
 from streams.kafka import BrokerUnreachable, ensure_topics, wait_for_broker
 from streams.policies import identifier_hashing
 from streams.publisher import Publisher, PublishSummary, encode_event
@@ -396,23 +396,107 @@ class Tally:
 
 @dataclass(frozen=True, slots=True)
 class Republish:
-    """One record a replay sends: where, with which key or partition, and the dead letter it comes from."""
+    """One record a replay sends: where, with which key or partition, and which dead letter it comes from. Its
+    value stays in the plan's spool (``ReplayPlan.value``)."""
 
-    letter: Letter
+    #: The dead letter's ``rejected_at``, partition and offset: records are sent in this order.
+    order: tuple[datetime, int, int]
+    #: The dead letter's position and reason, for the preview.
+    position: str
+    reason: str
     topic: str
-    value: bytes
+    #: Where the value is in the plan's spool.
+    place: tuple[int, int]
     key: bytes | None = None
     partition: int | None = None
 
 
-@dataclass
 class ReplayPlan:
-    """What a replay would send; what it cannot replay (by why: any stops it); adapter dead letters the adapter
-    still rejects today (by reason: left where they are)."""
+    """What a replay would send, built a dead letter at a time (``add``); what it cannot replay (by why: any
+    stops it); adapter dead letters the adapter still rejects today (by reason: left where they are).
 
-    records: list[Republish] = field(default_factory=list)
-    refused: Counter[str] = field(default_factory=Counter)
-    still_rejected: Counter[str] = field(default_factory=Counter)
+    The values to send are kept in a temporary file, not in memory: a selection of 10,000 dead letters of up to
+    ``CXSTREAM_MAX_RECORD_BYTES`` each costs their positions and keys, not their bytes. ``close`` removes it.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        """An empty plan, with today's settings (the adapters' region and identifier hashing, the topics)."""
+        self.records: list[Republish] = []
+        self.refused: Counter[str] = Counter()
+        self.still_rejected: Counter[str] = Counter()
+        self._topics = Topics(settings.topic_prefix)
+        self._prefix = settings.topic_prefix
+        self._hashing = identifier_hashing(settings)
+        self._region = settings.default_phone_region
+        self._spool = Spool()
+
+    def add(self, letter: Letter) -> None:
+        """Plan the replay of one dead letter (none of its bytes stays in memory)."""
+        dead = letter.dead
+        state = original_state(dead)
+        topics = self._topics
+        cause = None
+        if state != "kept":
+            setting = {"hashed": "hash", "dropped": "drop"}.get(state)
+            cause = f"originals {state}" + (f" (CXSTREAM_DEAD_LETTER_ORIGINALS={setting})" if setting else "")
+        elif dead.reason == "empty_record":
+            cause = "empty records (no event to replay)"
+        elif dead.stage == "collector":
+            cause = "collector requests (their clients send them again)"
+        elif dead.stage == "adapter" and (dead.reason == "invalid_csv" or _is_csv(dead.source_file)):
+            cause = "CSV rows (without their file's header: publish the fixed file again)"
+        elif dead.channel not in _CHANNELS and dead.topic is None:
+            cause = "without a channel"
+        elif dead.topic is not None and dead.topic not in topics.channels:
+            cause = f"read from a topic that is not a channel topic of prefix {self._prefix!r}"
+        if cause is not None:
+            self.refused[cause] += 1
+        elif dead.stage == "adapter":
+            item = convert_one(
+                str(dead.channel),
+                dead.original(),
+                source_file=dead.source_file,
+                line=dead.line,
+                default_region=self._region,
+                hashing=self._hashing,
+            )
+            if isinstance(item, Accepted):
+                event = encode_event(item.event)
+                self._send(letter, topics.channel(event.channel), event.value, key=event.key)
+            else:
+                self.still_rejected[item.reason] += 1
+        else:
+            self._worker_record(letter, dead.topic or topics.channel(str(dead.channel)))
+
+    def _worker_record(self, letter: Letter, topic: str) -> None:
+        """A worker's dead letter as it goes back: an event keyed as the adapters key it (so it joins its
+        customer's partition), anything else to the partition it was read from."""
+        raw = letter.dead.original()
+        try:
+            event = TouchpointEvent.model_validate_json(raw)
+        except ValidationError:
+            self._send(letter, topic, raw, partition=letter.dead.partition)
+            return
+        self._send(letter, topic, raw, key=partition_key(event))
+
+    def _send(
+        self, letter: Letter, topic: str, value: bytes, *, key: bytes | None = None, partition: int | None = None
+    ) -> None:
+        order = (letter.dead.rejected_at, letter.partition, letter.offset)
+        place = self._spool.add(value)
+        self.records.append(Republish(order, letter.position, letter.dead.reason, topic, place, key, partition))
+
+    def ordered(self) -> list[Republish]:
+        """The records to send, oldest dead letter first."""
+        return sorted(self.records, key=lambda record: record.order)
+
+    def value(self, record: Republish) -> bytes:
+        """The bytes ``record`` sends."""
+        return self._spool.read(record.place)
+
+    def close(self) -> None:
+        """Remove the temporary file of values."""
+        self._spool.close()
 
     def refusal(self, total: int) -> str | None:
         """The one-line error of a plan that must not run, or None."""
@@ -427,16 +511,16 @@ class ReplayPlan:
     def preview(self) -> list[str]:
         """One line per record a dry run would send: the dead letter's position and reason, and where it goes."""
         return [
-            f"  {record.letter.position}  {record.letter.dead.reason}  -> {record.topic}"
+            f"  {record.position}  {record.reason}  -> {record.topic}"
             + ("" if record.partition is None else f"[{record.partition}]")
-            for record in self.records
+            for record in self.ordered()
         ]
 
     def lines(self, *, sent: PublishSummary | None) -> list[str]:
         """What was (or, without ``sent``, would be) republished, by topic, and what the adapter still rejects."""
         verb = "would republish" if sent is None else "republished"
         by_topic = Counter(record.topic for record in self.records)
-        by_reason = Counter(record.letter.dead.reason for record in self.records)
+        by_reason = Counter(record.reason for record in self.records)
         count = len(self.records) if sent is None else sent.published
         reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(by_reason.items()))
         lines = [f"{verb} {plural(count, 'dead letter')}" + (f" ({reasons})" if reasons else "")]
@@ -450,62 +534,8 @@ class ReplayPlan:
         return lines
 
 
-def plan_replay(letters: Iterable[Letter], settings: Settings) -> ReplayPlan:
-    """What replaying ``letters`` sends, with today's settings (the adapters' region and identifier hashing)."""
-    topics = Topics(settings.topic_prefix)
-    hashing = identifier_hashing(settings)
-    plan = ReplayPlan()
-    for letter in letters:
-        dead = letter.dead
-        state = original_state(dead)
-        cause = None
-        if state != "kept":
-            setting = {"hashed": "hash", "dropped": "drop"}.get(state)
-            cause = f"originals {state}" + (f" (CXSTREAM_DEAD_LETTER_ORIGINALS={setting})" if setting else "")
-        elif dead.reason == "empty_record":
-            cause = "empty records (no event to replay)"
-        elif dead.stage == "collector":
-            cause = "collector requests (their clients send them again)"
-        elif dead.stage == "adapter" and (dead.reason == "invalid_csv" or _is_csv(dead.source_file)):
-            cause = "CSV rows (without their file's header: publish the fixed file again)"
-        elif dead.channel not in _CHANNELS and dead.topic is None:
-            cause = "without a channel"
-        elif dead.topic is not None and dead.topic not in topics.channels:
-            cause = f"read from a topic that is not a channel topic of prefix {settings.topic_prefix!r}"
-        if cause is not None:
-            plan.refused[cause] += 1
-        elif dead.stage == "adapter":
-            item = convert_one(
-                str(dead.channel),
-                dead.original(),
-                source_file=dead.source_file,
-                line=dead.line,
-                default_region=settings.default_phone_region,
-                hashing=hashing,
-            )
-            if isinstance(item, Accepted):
-                event = encode_event(item.event)
-                plan.records.append(Republish(letter, topics.channel(event.channel), event.value, key=event.key))
-            else:
-                plan.still_rejected[item.reason] += 1
-        else:
-            plan.records.append(_worker_record(letter, dead.topic or topics.channel(str(dead.channel))))
-    return plan
-
-
 def _is_csv(source_file: str | None) -> bool:
     return source_file is not None and source_file.lower().endswith(".csv")
-
-
-def _worker_record(letter: Letter, topic: str) -> Republish:
-    """A worker's dead letter as it goes back: an event keyed as the adapters key it (so it joins its customer's
-    partition), anything else to the partition it was read from."""
-    raw = letter.dead.original()
-    try:
-        event = TouchpointEvent.model_validate_json(raw)
-    except ValidationError:
-        return Republish(letter, topic, raw, partition=letter.dead.partition)
-    return Republish(letter, topic, raw, key=partition_key(event))
 
 
 def replay(plan: ReplayPlan, settings: Settings) -> PublishSummary:
@@ -514,7 +544,7 @@ def replay(plan: ReplayPlan, settings: Settings) -> PublishSummary:
         return PublishSummary()
     ensure_topics(settings, sorted({record.topic for record in plan.records}))
     publisher = Publisher(settings)
-    for record in plan.records:
+    for record in plan.ordered():
         publisher.summary.read += 1
-        publisher.record(record.topic, record.value, key=record.key, partition=record.partition)
+        publisher.record(record.topic, plan.value(record), key=record.key, partition=record.partition)
     return publisher.close()

@@ -4,6 +4,7 @@ the plain-text helpers every such command shares (tables, times, numbers, escapi
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -79,20 +80,43 @@ def dumps(data: object) -> str:
     return orjson.dumps(data, default=str, option=orjson.OPT_INDENT_2).decode()
 
 
+class Spool:
+    """Byte strings kept in a temporary file, each read back by the place ``add`` gave it: many big items cost
+    their places in memory, not their bytes."""
+
+    def __init__(self) -> None:
+        """An empty spool; ``close`` (or the end of the process) removes its file."""
+        self._file = tempfile.TemporaryFile()  # noqa: SIM115  # open for the life of the spool (close)
+
+    def add(self, data: bytes) -> tuple[int, int]:
+        """Keep ``data``; return its place (where it starts, its length)."""
+        start = self._file.seek(0, os.SEEK_END)
+        self._file.write(data)
+        return start, len(data)
+
+    def read(self, place: tuple[int, int]) -> bytes:
+        """The bytes kept at ``place``."""
+        start, size = place
+        self._file.seek(start)
+        return self._file.read(size)
+
+    def close(self) -> None:
+        """Remove the temporary file."""
+        self._file.close()
+
+
 class SortedJsonList:
     """A JSON list written in key order once every item is known, its items kept in a temporary file meanwhile:
     a long list of big items (dead letters with their original bytes) costs its keys in memory, not its items."""
 
     def __init__(self) -> None:
         """An empty list; ``close`` (or the end of the process) removes its file."""
-        self._file = tempfile.TemporaryFile()  # noqa: SIM115  # open for the life of the list (close)
-        self._places: list[tuple[Any, int, int]] = []  # key, where the item's JSON starts, its length
+        self._spool = Spool()
+        self._places: list[tuple[Any, tuple[int, int]]] = []  # key, where the item's JSON is
 
     def add(self, key: Any, item: object) -> None:
         """Add ``item``, to be written at the place ``key`` sorts to (keys are distinct)."""
-        data = orjson.dumps(item, default=str, option=orjson.OPT_INDENT_2)
-        self._places.append((key, self._file.tell(), len(data)))
-        self._file.write(data)
+        self._places.append((key, self._spool.add(orjson.dumps(item, default=str, option=orjson.OPT_INDENT_2))))
 
     def write(self, echo: Callable[[str], None]) -> None:
         """Give ``echo`` the list a line at a time (the lines of ``dumps`` of the sorted items)."""
@@ -101,9 +125,8 @@ class SortedJsonList:
             return
         echo("[")
         last = len(self._places) - 1
-        for n, (_, start, size) in enumerate(sorted(self._places, key=lambda place: place[0])):
-            self._file.seek(start)
-            text = self._file.read(size).decode()
+        for n, (_, place) in enumerate(sorted(self._places, key=lambda item: item[0])):
+            text = self._spool.read(place).decode()
             # Indented on "\n" alone, which JSON strings never hold raw (``str.splitlines`` would also split on
             # characters such as U+0085 inside them).
             echo("  " + text.replace("\n", "\n  ") + ("," if n < last else ""))
@@ -111,7 +134,7 @@ class SortedJsonList:
 
     def close(self) -> None:
         """Remove the temporary file."""
-        self._file.close()
+        self._spool.close()
 
 
 # --- metrics -------------------------------------------------------------------------------------------------------
