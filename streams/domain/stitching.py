@@ -296,8 +296,9 @@ class Stitcher:
                 owner = identities.get(key)
                 if owner is not None:
                     union(key, "\0" + owner)
-        # Keys new to the view -> the customers over the bound that an event of the batch may have given them to
-        # (any such customer among its keys': type limits and never-link rules decide which, if any, takes them).
+        # Keys new to the view, or a split customer's -> the customers over the bound that an event of the batch
+        # may have given them to (any such customer among its keys': type limits and never-link rules decide which,
+        # if any, takes them).
         joined: dict[str, set[str]] = {}
         for event, event_keys in zip(events, keys, strict=True):
             keys_ = event_keys.keys
@@ -307,14 +308,16 @@ class Stitcher:
             # Customers over the bound the event may go to: they need what it needs, nothing more.
             alone: set[str] = set()
             if solo:
+                # A key the batch's split customer held may be free once it is split (a key it forgets), and is
+                # taken as new to the graph here.
                 for key, owner in zip(keys_, owners, strict=True):
                     if owner is not None and owner in solo:
                         alone.add(owner)
-                    elif owner is None and key in joined:
+                    elif (owner is None or owner in split_ids) and key in joined:
                         alone |= joined[key]
                 if alone:
                     for key, owner in zip(keys_, owners, strict=True):
-                        if owner is None:
+                        if owner is None or owner in split_ids:
                             joined.setdefault(key, set()).update(alone)
                     keys_ = tuple(linking(keys_))
                     owners = [identities.get(key) for key in keys_]
@@ -525,7 +528,10 @@ class _Batch:
             self.dirty[event_id] = (row, state, None)
             formed.add(state)
         for link in split.links:
-            self.link(link, bounded=False)  # applied before: the customer's own history is in memory already
+            # Its own merges by hand only: one naming another customer's key was refused when it was applied (the
+            # sink finds every applied merge naming one of its keys), and a split changes no other customer.
+            if own.issuperset(link.keys):
+                self.link(link, bounded=False)  # applied before: the customer's own history is in memory already
         new = result.created - created - {split.customer_id}
         restitched = {m.merged_id: m for m in result.merges[merges:] if m.merged_id in new}
         self.relinked.update(

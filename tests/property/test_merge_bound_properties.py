@@ -228,13 +228,14 @@ class ReadingBackAll(Stitcher):
         return dict.fromkeys(view.customers, 0.0)
 
 
-def split_then(stitcher: Stitcher, history: list, moved: str, batch: list) -> SplitWorker:
-    """Apply ``history`` an event a batch, then split ``moved`` off its customer in the batch of ``batch``."""
+def split_then(stitcher: Stitcher, history: list, moved: str, batch: list, kept: str | None = None) -> SplitWorker:
+    """Apply ``history`` an event a batch, then split ``moved`` off its customer (the one holding ``kept``, when
+    given) in the batch of ``batch``."""
     worker = SplitWorker(Policies.from_settings(Settings()))
     worker.stitcher = stitcher
     for event in history:
         worker.run([event])
-    worker.run(batch, splits=[worker.split_of("split-1", worker.identities[moved], [moved])])
+    worker.run(batch, splits=[worker.split_of("split-1", worker.identities[kept or moved], [moved])])
     return worker
 
 
@@ -281,3 +282,46 @@ def test_a_split_applies_its_customers_merges_by_hand_again_whatever_the_bound()
     result = worker.run([], splits=[worker.split_of("split-1", customer, ["web_anonymous_id:z"])])
     assert worker.identities["email:x@example.org"] == worker.identities["phone:+447700900002"], "still merged"
     assert not result.too_large
+
+
+def test_a_split_does_not_apply_again_a_merge_by_hand_the_bound_refused() -> None:
+    # X (3 touchpoints) and S (7) were asked to merge by hand: refused by the bound of 5, yet marked applied. A
+    # split of X in a batch that loads S must not merge them now, unbounded.
+    s = {IdentifierType.PHONE: "+447700900009"}
+    x, x2 = {IdentifierType.EMAIL: "x@example.org"}, {IdentifierType.WEB_USER_ID: "x2"}
+    history = [touch(d, s) for d in range(0, 70, 10)]
+    history += [touch(3, x | x2, EventType.SUPPORT_CONTACT), touch(12, x), touch(41, x2)]
+    link = ManualLink("merge-1", ("email:x@example.org", "phone:+447700900009"), T0)
+    page = touch(75, s, EventType.PAGE_VIEW)  # loads S in the split's batch
+    policies = Policies.from_settings(Settings(merge_max_touchpoints=5, **TIGHT))  # type: ignore[arg-type]
+
+    def run(stitcher: Stitcher) -> SplitWorker:
+        worker = SplitWorker(Policies.from_settings(Settings()))
+        worker.stitcher = stitcher
+        for event in history:
+            worker.run([event])
+        assert worker.run([], links=[link]).too_large == {"merge-1": ["phone:+447700900009"]}
+        split = worker.split_of("split-1", worker.identities["email:x@example.org"], ["web_user_id:x2"])
+        assert list(split.links) == [link], "the sink gives every applied merge naming one of the customer's keys"
+        worker.run([page], splits=[split])
+        return worker
+
+    needed, everything = run(Stitcher(policies)), run(ReadingBackAll(policies))
+    assert needed.identities["email:x@example.org"] != needed.identities["phone:+447700900009"]
+    assert final_entries(needed.results) == final_entries(everything.results)
+
+
+def test_a_key_a_split_frees_is_new_to_the_graph_for_the_batch() -> None:
+    # X = {k, m, f}, f only ever seen beside m. Splitting m off frees f, which S (over the bound) then takes, and a
+    # late purchase carrying f goes to S: S's history must be read back for it.
+    s = {IdentifierType.LOYALTY_ID: "S"}
+    k, m = {IdentifierType.EMAIL: "k@example.org"}, {IdentifierType.PHONE: "+447700900003"}
+    f = {IdentifierType.WEB_ANONYMOUS_ID: "f"}
+    history = [touch(d, s) for d in range(0, 70, 10)]
+    history += [touch(1, k | m, EventType.PAGE_VIEW), touch(2, m | f, EventType.PAGE_VIEW)]
+    batch = [touch(100, s | f, EventType.PAGE_VIEW), touch(33, f)]
+    policies = Policies.from_settings(Settings(merge_max_touchpoints=5, **TIGHT))  # type: ignore[arg-type]
+    needed = split_then(Stitcher(policies), history, "phone:+447700900003", batch, kept="email:k@example.org")
+    everything = split_then(ReadingBackAll(policies), history, "phone:+447700900003", batch, kept="email:k@example.org")
+    assert needed.identities["web_anonymous_id:f"] == needed.identities["loyalty_id:S"]
+    assert final_entries(needed.results) == final_entries(everything.results)

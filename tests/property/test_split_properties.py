@@ -171,7 +171,8 @@ class SplitWorker:
         self.pairs += kept_apart_pairs(keys, moved)
         self.stitcher.apart = KeptApart(self.pairs)
         mine = [self.events[event_id] for event_id, (owner, _) in self.table.items() if owner == customer_id]
-        links = [link for link in self.links if all(self.identities.get(key) == customer_id for key in link.keys)]
+        # As the sink's ``applied_links``: every applied merge by hand naming one of the customer's keys.
+        links = [link for link in self.links if any(self.identities.get(key) == customer_id for key in link.keys)]
         return Split(split_id, customer_id, tuple(moved), T0, stored_events(self.stitcher, mine), links)
 
     def run(self, batch: Sequence[TouchpointEvent], links: Sequence[ManualLink] = (), splits: Sequence[Split] = ()):
