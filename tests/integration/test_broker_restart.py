@@ -34,7 +34,7 @@ from streams.kafka import ensure_topics
 from streams.policies import Policies
 from streams.publisher import Publisher, PublishSummary
 from streams.sandbox.embedded_broker import port_is_free, wait_for_port
-from streams.sandbox.journeys import simulate
+from streams.sandbox.journeys import SimRecord, simulate
 from streams.sandbox.traffic import publish_simulated
 from tests.support.faults import applied_count
 from tests.support.kafka import read_topic
@@ -45,6 +45,8 @@ from tests.support.workers import WorkerFactory
 
 CUSTOMERS, DAYS, SEED, MALFORMED = 300, 5, 17, 0.005
 RATE = 150.0  # records/s: about 10 s of traffic, so the broker dies with most of it still to come
+#: Records published before the rest waits for the broker's kill (the test kills it after 200 were read).
+GATE = 300
 OUTAGE_S = 5.0  # longer than the test producer's delivery timeout: records really fail and must be re-sent
 
 
@@ -113,10 +115,20 @@ def test_broker_killed_and_restarted_mid_run_loses_nothing(
     publisher = Publisher(settings, producer=short_timeout_producer(settings), resend_timeout=60, resend_backoff=0.5)
     summaries: list[PublishSummary] = []
 
+    killed = threading.Event()
+
+    def gated(records: Iterator[SimRecord]) -> Iterator[SimRecord]:
+        # The rest of the traffic waits for the kill: on a loaded machine the worker's start can take longer than
+        # the whole traffic at RATE, and the broker would die with nothing left to send (nothing to re-send).
+        for n, record in enumerate(records):
+            if n == GATE:
+                killed.wait(120)
+            yield record
+
     def adapters() -> None:
         records = simulate(customers=CUSTOMERS, days=DAYS, seed=SEED, malformed_rate=MALFORMED)
         try:
-            publish_simulated(publisher, records, rate=RATE)
+            publish_simulated(publisher, gated(iter(records)), rate=RATE)
         finally:
             summaries.append(publisher.close())
 
@@ -135,6 +147,7 @@ def test_broker_killed_and_restarted_mid_run_loses_nothing(
         wait_until(lambda: publisher.summary.read > 200, 30, "the adapters to publish a part of the traffic")
 
         durable_broker.kill()
+        killed.set()
         mark("broker killed")
         time.sleep(OUTAGE_S)
         durable_broker.start()
