@@ -301,7 +301,7 @@ def plan_link(
     ``bound`` and holds no two keys ``apart`` keeps apart.
     """
     plan = LinkPlan([], [], [], [], [])
-    touchpoints = 0  # of plan.group's customers together (counted only under a bound)
+    touchpoints: int | None = None  # of plan.group's customers together; counted when first needed
     counts: dict[str, int] | None = None  # keys by limited type linked so far; computed when first needed
     marked: set[str] | None = None  # keys named by a never-link rule linked so far; computed when first needed
     for index, key in enumerate(keys):
@@ -320,9 +320,12 @@ def plan_link(
             if any(counts[kind] + n > limits[kind] for kind, n in adds.items()):
                 plan.refused.append(key)
                 continue
-            if bound is not None and owner is not None and plan.group and touchpoints + bound.size(owner) > bound.most:
-                plan.too_large.append(key)
-                continue
+            if bound is not None and owner is not None and plan.group:
+                if touchpoints is None:
+                    touchpoints = sum(map(bound.size, plan.group))
+                if touchpoints + bound.size(owner) > bound.most:
+                    plan.too_large.append(key)
+                    continue
             if apart:
                 if marked is None:
                     marked = apart.marked(_linked_keys(plan, holdings))
@@ -337,7 +340,7 @@ def plan_link(
             plan.new_keys.append(key)
         else:
             plan.group.append(owner)
-            if bound is not None:
+            if touchpoints is not None and bound is not None:
                 touchpoints += bound.size(owner)
     return plan
 

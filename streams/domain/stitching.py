@@ -416,6 +416,10 @@ class _Batch:
         self.rules = stitcher.rules
         self.apart = stitcher.apart
         self.merge_bound = stitcher.rules.merge_bound
+        #: The bound as ``plan_link`` takes it (None: no bound), built once a batch.
+        self.bound = (
+            None if self.merge_bound is None else MergeBound(self.merge_bound, lambda cid: self._state(cid).events)
+        )
         self.policy = stitcher.policy
         self.view = view
         self.reject_before = reject_before
@@ -608,14 +612,13 @@ class _Batch:
         """Link an event's keys (or a merge's made by hand: ``kind``) and return the customer they belong to; under
         the merge bound unless ``bounded`` is false."""
         view, result = self.view, self.result
-        most = self.merge_bound if bounded else None
         plan = plan_link(
             keys,
             view.identities,
             lambda cid: self._state(cid).identifiers,
             limits,
             self.apart,
-            None if most is None else MergeBound(most, lambda cid: self._state(cid).events),
+            self.bound if bounded else None,
         )
         if plan.refused:
             result.refused[event_id] = plan.refused
