@@ -325,3 +325,50 @@ def test_a_key_a_split_frees_is_new_to_the_graph_for_the_batch() -> None:
     everything = split_then(ReadingBackAll(policies), history, "phone:+447700900003", batch, kept="email:k@example.org")
     assert needed.identities["web_anonymous_id:f"] == needed.identities["loyalty_id:S"]
     assert final_entries(needed.results) == final_entries(everything.results)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    events=histories(max_people=5, max_events=50, span_days=90.0),
+    shared=st.floats(0.0, 0.6),
+    bound=st.integers(2, 15),
+    seed=st.integers(0, 2**32),
+)
+def test_with_splits_and_merges_by_hand_in_the_batches_what_history_needs_reads_back_is_enough(
+    events: list, shared: float, bound: int, seed: int
+) -> None:
+    # Splits of random customers and merges by hand of random pairs, in the batches of new events (as a worker
+    # takes them): the batches read back only what history_needs names, or every loaded history, and end alike.
+    rng = random.Random(seed)
+    events = [
+        e.model_copy(update={"identifiers": e.identifiers | rng.choice(SHARED)}) if rng.random() < shared else e
+        for e in events
+    ]
+    arrived = deliveries(events, rng)
+    policies = Policies.from_settings(Settings(merge_max_touchpoints=bound, **TIGHT))  # type: ignore[arg-type]
+    needed, everything = SplitWorker(policies), SplitWorker(policies)
+    everything.stitcher = ReadingBackAll(policies)
+    i = n = 0
+    while i < len(arrived):
+        batch = arrived[i : i + rng.randint(1, 10)]
+        i += len(batch)
+        splits: list[tuple[str, list[str]]] = []
+        links: list[ManualLink] = []
+        customers = sorted(set(everything.identities.values()))
+        several = [cid for cid in customers if len(everything.keys_of(cid)) > 1]
+        if several and rng.random() < 0.3:
+            customer_id = rng.choice(several)
+            keys = everything.keys_of(customer_id)
+            splits.append((customer_id, rng.sample(keys, rng.randint(1, len(keys) - 1))))
+        if len(customers) > 1 and rng.random() < 0.2:
+            x, y = rng.sample(customers, 2)
+            links.append(ManualLink(f"merge-{n}", (everything.keys_of(x)[0], everything.keys_of(y)[0]), T0))
+        for worker in (needed, everything):
+            worker.run(
+                batch,
+                links=links,
+                splits=[worker.split_of(f"split-{n}", customer_id, moved) for customer_id, moved in splits],
+            )
+        n += 1
+    assert needed.identities == everything.identities
+    assert final_entries(needed.results) == final_entries(everything.results)
