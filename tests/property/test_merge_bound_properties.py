@@ -41,6 +41,16 @@ SHARED = [
     {IdentifierType.CRM_ID: "shared-account"},
     {IdentifierType.WEB_USER_ID: "kiosk-login"},
 ]
+
+
+def sharing(events: list, share: float, rng: random.Random) -> list:
+    """The events, ``share`` of them also carrying one of the ``SHARED`` identifiers."""
+    return [
+        e.model_copy(update={"identifiers": e.identifiers | rng.choice(SHARED)}) if rng.random() < share else e
+        for e in events
+    ]
+
+
 #: Short lookbacks, grace and history (as ``test_stitching_properties.TIGHT``): states forget early, so merges
 #: need their history read back.
 TIGHT = {
@@ -108,11 +118,7 @@ def test_what_history_needs_reads_back_is_enough_when_the_merge_bound_bites(
     events: list, shared: float, bound: int, tight: bool, seed: int
 ) -> None:
     rng = random.Random(seed)
-    events = [
-        e.model_copy(update={"identifiers": e.identifiers | rng.choice(SHARED)}) if rng.random() < shared else e
-        for e in events
-    ]
-    arrived = deliveries(events, rng)
+    arrived = deliveries(sharing(events, shared, rng), rng)
     policies = Policies.from_settings(Settings(merge_max_touchpoints=bound, **(TIGHT if tight else {})))  # type: ignore[arg-type]
 
     batches = rng.getrandbits(32)
@@ -340,11 +346,7 @@ def test_with_splits_and_merges_by_hand_in_the_batches_what_history_needs_reads_
     # Splits of random customers and merges by hand of random pairs, in the batches of new events (as a worker
     # takes them): the batches read back only what history_needs names, or every loaded history, and end alike.
     rng = random.Random(seed)
-    events = [
-        e.model_copy(update={"identifiers": e.identifiers | rng.choice(SHARED)}) if rng.random() < shared else e
-        for e in events
-    ]
-    arrived = deliveries(events, rng)
+    arrived = deliveries(sharing(events, shared, rng), rng)
     policies = Policies.from_settings(Settings(merge_max_touchpoints=bound, **TIGHT))  # type: ignore[arg-type]
     needed, everything = SplitWorker(policies), SplitWorker(policies)
     everything.stitcher = ReadingBackAll(policies)
