@@ -425,7 +425,6 @@ class ReplayPlan:
         self.refused: Counter[str] = Counter()
         self.still_rejected: Counter[str] = Counter()
         self._topics = Topics(settings.topic_prefix)
-        self._prefix = settings.topic_prefix
         self._hashing = identifier_hashing(settings)
         self._region = settings.default_phone_region
         self._spool = Spool()
@@ -448,7 +447,7 @@ class ReplayPlan:
         elif dead.channel not in _CHANNELS and dead.topic is None:
             cause = "without a channel"
         elif dead.topic is not None and dead.topic not in topics.channels:
-            cause = f"read from a topic that is not a channel topic of prefix {self._prefix!r}"
+            cause = f"read from a topic that is not a channel topic of prefix {topics.prefix!r}"
         if cause is not None:
             self.refused[cause] += 1
         elif dead.stage == "adapter":

@@ -415,11 +415,9 @@ class _Batch:
     def __init__(self, stitcher: Stitcher, view: StateView, reject_before: float | None) -> None:
         self.rules = stitcher.rules
         self.apart = stitcher.apart
-        self.merge_bound = stitcher.rules.merge_bound
-        #: The bound as ``plan_link`` takes it (None: no bound), built once a batch.
-        self.bound = (
-            None if self.merge_bound is None else MergeBound(self.merge_bound, lambda cid: self._state(cid).events)
-        )
+        most = stitcher.rules.merge_bound
+        #: The merge bound as ``plan_link`` takes it (None: no bound), built once a batch.
+        self.bound = None if most is None else MergeBound(most, lambda cid: self._state(cid).events)
         self.policy = stitcher.policy
         self.view = view
         self.reject_before = reject_before
@@ -430,7 +428,7 @@ class _Batch:
         self.unattributed: set[str] = set()
         self.touched: set[CustomerState] = set()
         #: Each loaded customer's touchpoints before the batch, under a merge bound (to tell who outgrew it).
-        self.sizes = {} if self.merge_bound is None else {state: state.events for state in view.customers.values()}
+        self.sizes = {} if self.bound is None else {state: state.events for state in view.customers.values()}
         #: Removed customer id -> the state that took it over.
         self.removed: dict[str, CustomerState] = {}
         #: Customer id formed again and merged by a split's re-stitch -> that merge and the state that took it over.
@@ -698,8 +696,8 @@ class _Batch:
                 result.replaced[event_id] = timeline_entry(state.customer_id, row, before)
         finals = {_final(state) for state in self.touched}
         result.changed = sorted(state.customer_id for state in finals)
-        if (bound := self.merge_bound) is not None:
-            sizes = self.sizes
+        if self.bound is not None:
+            bound, sizes = self.bound.most, self.sizes
             result.outgrown = sorted(
                 state.customer_id for state in finals if state.events > bound >= sizes.get(state, 0)
             )
